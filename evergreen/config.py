@@ -1,0 +1,255 @@
+"""Typed configuration of one monitored model.
+
+The same model is used by the YAML loader (`load_config`) and by the Prefect block in
+`blocks/`; nothing here reads the environment or touches the disk at import time.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Literal
+
+from pydantic import BaseModel, ConfigDict, Field, SecretStr, ValidationError, model_validator
+
+ProblemType = Literal["binary_classification", "regression"]
+BINARY_METRICS = ("roc_auc", "f1", "accuracy", "precision", "recall")
+REGRESSION_METRICS = ("mae", "rmse", "mse", "mape")
+LOWER_IS_BETTER = frozenset({"mae", "rmse", "mse", "mape"})
+
+
+class _Section(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+
+class ColumnRoles(_Section):
+    """Which column plays which role in batches, labels and training data."""
+
+    id: str = "id"
+    timestamp: str = "timestamp"
+    target: str
+    prediction: str = "y_pred"
+    probability: str | None = "y_pred_proba"
+    model_version: str = "model_version"
+    features: list[str] = Field(min_length=1)
+    categorical: list[str] = Field(default_factory=list)
+    slices: list[str] = Field(default_factory=list, description="columns for per-slice metrics")
+
+    @model_validator(mode="after")
+    def _check_subsets(self) -> ColumnRoles:
+        unknown = [c for c in self.categorical if c not in self.features]
+        if unknown:
+            raise ValueError(f"columns.categorical names columns that are not features: {unknown}")
+        unknown = [c for c in self.slices if c not in self.features]
+        if unknown:
+            raise ValueError(f"columns.slices names columns that are not features: {unknown}")
+        if len(set(self.features)) != len(self.features):
+            raise ValueError("columns.features lists a column twice")
+        reserved = {self.id, self.timestamp, self.target, self.prediction, self.model_version}
+        clash = sorted(reserved.intersection(self.features))
+        if clash:
+            raise ValueError(f"columns.features contains role columns: {clash}")
+        return self
+
+    @property
+    def continuous(self) -> list[str]:
+        return [c for c in self.features if c not in self.categorical]
+
+
+class DataConfig(_Section):
+    """Where the data of the model lives. Relative paths resolve against `root`."""
+
+    root: str = ".evergreen/data"
+    training_reference: str = "reference.parquet"
+    monitor_reference: str = "monitor_reference.parquet"
+    batches: str = "batches"
+    labels: str = "labels"
+    predictions_log: str = "predictions"
+    dataset_store: str = "datasets"
+    state: str = "state"
+    label_delay_days: int = Field(3, ge=0, le=365)
+    rows_per_batch: int = Field(2500, ge=10)
+    start_date: str = "2019-01-01"
+    min_batch_rows: int = Field(1, ge=0)
+    max_batch_rows: int = Field(5_000_000, ge=1)
+
+    def path(self, name: str) -> str:
+        """Absolute path (or fsspec URL) of a data location named by a field."""
+        value = getattr(self, name)
+        if "://" in value or Path(value).is_absolute():
+            return value
+        root = self.root if "://" in self.root else str(Path(self.root).resolve())
+        return f"{root.rstrip('/')}/{value}"
+
+
+class MonitoringConfig(_Section):
+    """Drift and performance thresholds; the decisions are made in the flow."""
+
+    chunk_size: int | None = Field(None, ge=10, description="rows per NannyML chunk; default: whole batch")
+    continuous_methods: list[str] = Field(default_factory=lambda: ["jensen_shannon"])
+    categorical_methods: list[str] = Field(default_factory=lambda: ["jensen_shannon"])
+    drifted_feature_share: float = Field(
+        0.25, gt=0, le=1, description="share of features alerting that counts as drift"
+    )
+    multivariate_drift: bool = True
+    performance_drop: float = Field(
+        0.03, ge=0, le=1, description="allowed drop of the metric below the reference value"
+    )
+    metric_floor: float | None = Field(None, description="absolute floor on the estimated/realized metric")
+
+
+class RetrainPolicyConfig(_Section):
+    """When to retrain and on what window."""
+
+    window: Literal["sliding", "expanding"] = "sliding"
+    window_days: int | None = Field(14, ge=1)
+    window_rows: int | None = Field(None, ge=100)
+    include_reference: bool = True
+    cooldown_hours: float = Field(24.0, ge=0)
+    hysteresis_k: int = Field(1, ge=1)
+    hysteresis_n: int = Field(1, ge=1)
+    min_new_rows: int = Field(0, ge=0)
+    max_retrains_per_period: int = Field(4, ge=1)
+    period_days: int = Field(30, ge=1)
+    signals: list[Literal["estimated_drop", "realized_drop", "multivariate_drift", "feature_drift"]] = Field(
+        default_factory=lambda: ["estimated_drop", "realized_drop", "multivariate_drift", "feature_drift"]
+    )
+
+    @model_validator(mode="after")
+    def _check_hysteresis(self) -> RetrainPolicyConfig:
+        if self.hysteresis_k > self.hysteresis_n:
+            raise ValueError("retrain.hysteresis_k must be <= retrain.hysteresis_n")
+        return self
+
+
+class TrainingConfig(_Section):
+    """XGBoost training settings."""
+
+    seed: int = 42
+    validation_fraction: float = Field(0.2, gt=0, lt=0.9)
+    evaluation_fraction: float = Field(0.2, gt=0, lt=0.9)
+    num_boost_round: int = Field(300, ge=1)
+    early_stopping_rounds: int = Field(20, ge=1)
+    params: dict[str, float | int | str] = Field(
+        default_factory=lambda: {"max_depth": 6, "eta": 0.1, "subsample": 0.9, "colsample_bytree": 0.9}
+    )
+    search_budget_seconds: float = Field(0.0, ge=0, description="0 disables the hyperparameter search")
+    nthread: int = Field(2, ge=1)
+
+
+class GateConfig(_Section):
+    """The validation gate a challenger must pass against the champion."""
+
+    metric_floor: float | None = None
+    mode: Literal["non_inferiority", "improvement"] = "non_inferiority"
+    margin: float = Field(0.005, ge=0, le=1)
+    slice_margin: float = Field(0.03, ge=0, le=1)
+    bootstrap_samples: int = Field(500, ge=50)
+    confidence: float = Field(0.95, gt=0.5, lt=1)
+    calibration_margin: float = Field(0.01, ge=0, le=1)
+    max_latency_ms: float = Field(50.0, gt=0, description="per 1,000 rows")
+    max_model_mb: float = Field(100.0, gt=0)
+    seed: int = 7
+
+
+class CanaryConfig(_Section):
+    """Canary traffic share and how much evidence the review needs."""
+
+    traffic_share: float = Field(0.2, ge=0, le=1)
+    min_predictions: int = Field(500, ge=1)
+    min_labels: int = Field(200, ge=0)
+    window_hours: float = Field(24.0, ge=0)
+    margin: float = Field(0.01, ge=0, le=1)
+
+
+class MlflowConfig(_Section):
+    """Where the model registry and tracking live."""
+
+    tracking_uri: str = "sqlite:///.evergreen/mlflow.db"
+    artifact_root: str = ".evergreen/mlartifacts"
+    model_name: str
+    monitoring_experiment: str = "evergreen-monitoring"
+    training_experiment: str = "evergreen-training"
+    username: str | None = None
+    password: SecretStr | None = None
+
+    def resolved_tracking_uri(self) -> str:
+        """The tracking URI with a relative SQLite path made absolute (clients in any cwd)."""
+        prefix = "sqlite:///"
+        uri = self.tracking_uri
+        if uri.startswith(prefix) and not uri.startswith(prefix + "/"):
+            return prefix + str(Path(uri[len(prefix) :]).resolve())
+        return uri
+
+    def resolved_artifact_root(self) -> str:
+        root = self.artifact_root
+        if "://" in root:
+            return root
+        return Path(root).resolve().as_uri()
+
+
+class NotificationConfig(_Section):
+    webhook_url: SecretStr | None = None
+
+
+class ModelConfig(_Section):
+    """Everything Evergreen needs to know about one monitored model."""
+
+    name: str = Field(pattern=r"^[A-Za-z0-9_.-]+$")
+    problem_type: ProblemType = "binary_classification"
+    metric: str = "roc_auc"
+    columns: ColumnRoles
+    data: DataConfig = Field(default_factory=DataConfig)
+    monitoring: MonitoringConfig = Field(default_factory=MonitoringConfig)
+    retrain: RetrainPolicyConfig = Field(default_factory=RetrainPolicyConfig)
+    training: TrainingConfig = Field(default_factory=TrainingConfig)
+    gate: GateConfig = Field(default_factory=GateConfig)
+    canary: CanaryConfig = Field(default_factory=CanaryConfig)
+    mlflow: MlflowConfig
+    notifications: NotificationConfig = Field(default_factory=NotificationConfig)
+
+    @model_validator(mode="after")
+    def _check_metric(self) -> ModelConfig:
+        allowed = BINARY_METRICS if self.problem_type == "binary_classification" else REGRESSION_METRICS
+        if self.metric not in allowed:
+            raise ValueError(f"metric {self.metric!r} is not valid for {self.problem_type}; use one of {allowed}")
+        if self.problem_type == "binary_classification" and self.columns.probability is None:
+            raise ValueError("columns.probability is required for binary_classification")
+        return self
+
+    @property
+    def resource_id(self) -> str:
+        """Prefect event resource id of this model (contract)."""
+        return f"evergreen.model.{self.name}"
+
+    @property
+    def higher_is_better(self) -> bool:
+        return self.metric not in LOWER_IS_BETTER
+
+
+class ConfigError(ValueError):
+    """A configuration that cannot be used; the message names the field."""
+
+
+def parse_config(raw: dict) -> ModelConfig:
+    """Validate a raw mapping; errors name the dotted field that is wrong."""
+    try:
+        return ModelConfig.model_validate(raw)
+    except ValidationError as exc:
+        lines = []
+        for err in exc.errors():
+            where = ".".join(str(p) for p in err["loc"]) or "(top level)"
+            lines.append(f"{where}: {err['msg']}")
+        raise ConfigError("invalid Evergreen config:\n  " + "\n  ".join(lines)) from None
+
+
+def load_config(path: str | Path) -> ModelConfig:
+    """Read a model config from a YAML file."""
+    import yaml
+
+    p = Path(path)
+    if not p.exists():
+        raise ConfigError(f"config file not found: {p}")
+    raw = yaml.safe_load(p.read_text(encoding="utf-8")) or {}
+    if not isinstance(raw, dict):
+        raise ConfigError(f"config file {p} must hold a mapping at the top level")
+    return parse_config(raw)
