@@ -169,6 +169,7 @@ class MlflowConfig(_Section):
     model_name: str
     monitoring_experiment: str = "evergreen-monitoring"
     training_experiment: str = "evergreen-training"
+    ui_url: str = Field("http://127.0.0.1:5000", description="where people open the MLflow UI")
     username: str | None = None
     password: SecretStr | None = None
 

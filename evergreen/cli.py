@@ -1,0 +1,112 @@
+"""The `evergreen` command line. Heavy libraries are imported inside each command, so that
+`evergreen --help` answers at once."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import TYPE_CHECKING, Annotated
+
+import typer
+
+from evergreen.telemetry import disable_telemetry
+
+if TYPE_CHECKING:
+    from evergreen.config import ModelConfig
+
+app = typer.Typer(
+    name="evergreen",
+    help="Evergreen keeps tabular ML models accurate in production. Scheduling, automations and "
+    "history live in Prefect (`prefect` CLI / UI) and MLflow; this CLI covers the rest.",
+    no_args_is_help=True,
+    add_completion=False,
+    pretty_exceptions_enable=False,
+)
+
+ConfigOpt = Annotated[Path, typer.Option("--config", "-c", help="model config YAML", exists=True, dir_okay=False)]
+OutOpt = Annotated[Path | None, typer.Option("--out", "-o", help="write the result as JSON here")]
+
+
+@app.callback()
+def _main() -> None:
+    disable_telemetry()
+
+
+def _load(config: Path, data_root: Path | None = None) -> ModelConfig:
+    from evergreen.config import ConfigError, load_config
+
+    try:
+        cfg = load_config(config)
+    except ConfigError as exc:
+        typer.echo(str(exc), err=True)
+        raise typer.Exit(2) from None
+    if data_root is not None:
+        cfg = cfg.model_copy(update={"data": cfg.data.model_copy(update={"root": str(data_root)})})
+    return cfg
+
+
+def _write_json(path: Path | None, obj: object) -> None:
+    if path is None:
+        return
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(json.dumps(obj, indent=2, default=str) + "\n", encoding="utf-8")
+
+
+@app.command()
+def stream(
+    config: ConfigOpt,
+    out: Annotated[Path, typer.Option("--out", help="stream folder to write")],
+    drift: Annotated[str, typer.Option(help="none|covariate|concept|prior|bad")] = "none",
+    drift_start: Annotated[str | None, typer.Option(help="day index (0-based) or YYYY-MM-DD")] = None,
+    seed: Annotated[int, typer.Option(help="seed for drift injection")] = 0,
+) -> None:
+    """Write the demo production stream (daily batches and delayed labels) from NannyML's
+    synthetic car-loan data, optionally with drift injected from a given day on."""
+    from evergreen.stream import write_demo_stream
+
+    if drift not in ("none", "covariate", "concept", "prior", "bad"):
+        raise typer.BadParameter(f"unknown drift kind {drift!r}", param_hint="--drift")
+    cfg = _load(config, data_root=out)
+    start: int | str | None = int(drift_start) if drift_start and drift_start.isdigit() else drift_start
+    info = write_demo_stream(cfg, str(out), drift=drift, drift_start=start, seed=seed)
+    typer.echo(json.dumps(info.to_dict() if hasattr(info, "to_dict") else info.__dict__, indent=2, default=str))
+
+
+def _stream_root_of(batch: Path) -> Path | None:
+    """A batch inside `<root>/batches/` of a written stream: that stream's root."""
+    root = batch.resolve().parent.parent
+    return root if (root / "monitor_reference.parquet").exists() else None
+
+
+@app.command()
+def monitor(
+    config: ConfigOpt,
+    batch: Annotated[Path | None, typer.Option(help="one batch file; default: every batch not yet monitored")] = None,
+    data_root: Annotated[Path | None, typer.Option(help="override data.root of the config")] = None,
+    out: OutOpt = None,
+) -> None:
+    """Validate a batch, estimate drift and performance, emit drift events (the `monitor` flow).
+
+    Exit status 0 when the run completed (drift or not), 1 when a batch was rejected."""
+    root = data_root or (_stream_root_of(batch) if batch else None)
+    cfg = _load(config, data_root=root)
+    from flows.monitor import monitor as monitor_flow
+
+    state = monitor_flow(config=cfg, batch=str(batch) if batch else None, return_state=True)
+    results = state.result(raise_on_failure=False)
+    if isinstance(results, BaseException):
+        typer.echo(f"monitor failed: {results}", err=True)
+        raise typer.Exit(1)
+    rows = [r.model_dump() for r in results]
+    payload = rows[0] if batch is not None and len(rows) == 1 else {"batches": rows}
+    _write_json(out, payload)
+    for r in results:
+        flag = "REJECTED" if not r.valid else ("DRIFT" if r.drift_detected else "ok")
+        typer.echo(f"{r.batch_id}: {flag} {r.message}")
+    if state.is_failed():
+        typer.echo(state.message or "a batch was rejected", err=True)
+        raise typer.Exit(1)
+
+
+if __name__ == "__main__":  # pragma: no cover
+    app()

@@ -1,0 +1,56 @@
+"""The batch ledger: what the monitor decided about each production batch.
+
+An append-mostly JSON record under the data's state folder. The monitor uses it to find
+the batches it has not seen yet; retraining uses it to leave out batches that failed
+validation.
+"""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime
+
+from pydantic import BaseModel, Field
+
+from evergreen import io
+
+
+class BatchRecord(BaseModel):
+    day: str
+    path: str
+    valid: bool
+    message: str = ""
+    drift_detected: bool = False
+    performance_degraded: bool = False
+    events: list[str] = Field(default_factory=list)
+    flow_run_id: str | None = None
+    processed_at: str = Field(default_factory=lambda: datetime.now(UTC).isoformat())
+
+
+class BatchLedger(BaseModel):
+    batches: dict[str, BatchRecord] = Field(default_factory=dict)
+
+    def unprocessed(self, days: list[str]) -> list[str]:
+        return [d for d in days if d not in self.batches]
+
+    def rejected(self) -> dict[str, str]:
+        """Days of batches that failed validation, with the reason."""
+        return {d: r.message for d, r in self.batches.items() if not r.valid}
+
+    def with_record(self, record: BatchRecord) -> BatchLedger:
+        return BatchLedger(batches={**self.batches, record.day: record})
+
+
+def ledger_path(state_dir: str) -> str:
+    return f"{state_dir.rstrip('/')}/monitor_ledger.json"
+
+
+def read_ledger(state_dir: str) -> BatchLedger:
+    raw = io.read_json(ledger_path(state_dir), default=None)
+    return BatchLedger.model_validate(raw) if raw else BatchLedger()
+
+
+def record_batch(state_dir: str, record: BatchRecord) -> BatchLedger:
+    """Add (or replace) one batch's record; the file is rewritten atomically."""
+    ledger = read_ledger(state_dir).with_record(record)
+    io.write_json(ledger.model_dump(), ledger_path(state_dir))
+    return ledger

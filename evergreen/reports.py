@@ -1,0 +1,32 @@
+"""Typed results of the flows, as written by the CLI's --out JSON."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from pydantic import BaseModel, Field
+
+
+class MonitorResult(BaseModel):
+    """What the monitor concluded about one batch (the `evergreen monitor --out` JSON)."""
+
+    model: str
+    batch_id: str
+    batch_path: str
+    valid: bool
+    message: str = ""
+    failures: list[dict[str, Any]] = Field(default_factory=list)
+    drift_detected: bool = False
+    performance_degraded: bool = False
+    features: dict[str, dict[str, Any]] = Field(default_factory=dict)
+    multivariate: dict[str, Any] | None = None
+    estimated_metric: float | None = None
+    realized_metric: float | None = None
+    realized_on: str | None = Field(None, description="batch whose labels gave the realized metric")
+    metric: str = ""
+    reasons: list[str] = Field(default_factory=list)
+    events: list[str] = Field(default_factory=list)
+    event_ids: list[str] = Field(default_factory=list)
+    rows: int = 0
+    mlflow_run_id: str | None = None
+    mlflow_run_url: str | None = None

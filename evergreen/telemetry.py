@@ -1,0 +1,27 @@
+"""Every telemetry channel of the stack, off.
+
+Called by the entry points (CLI, flows, tests) before any heavy library is imported;
+explicit values set by the user win.
+"""
+
+from __future__ import annotations
+
+import os
+
+TELEMETRY_OFF = {
+    # MLflow only honours "true" here, not "1".
+    "DO_NOT_TRACK": "true",
+    "MLFLOW_DISABLE_TELEMETRY": "true",
+    "PREFECT_SERVER_ANALYTICS_ENABLED": "false",
+    # NannyML posts usage to an analytics host unless this is set (any value).
+    "NML_DISABLE_USAGE_LOGGING": "1",
+    "GX_ANALYTICS_ENABLED": "false",
+    # mlflow server: no job-execution workers we don't use.
+    "MLFLOW_SERVER_ENABLE_JOB_EXECUTION": "false",
+}
+
+
+def disable_telemetry() -> None:
+    """Turn every known telemetry channel off for this process and its children."""
+    for key, value in TELEMETRY_OFF.items():
+        os.environ.setdefault(key, value)

@@ -1,0 +1,79 @@
+"""MLflow tracking plumbing: where runs go, and links people can open.
+
+mlflow is imported inside the functions: it costs ~6 s and the CLI and scoring service
+must not pay it unless they log something.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Any
+
+from evergreen.config import MlflowConfig
+
+
+def connect(cfg: MlflowConfig) -> str:
+    """Point this process's MLflow client at the configured tracking server / store.
+
+    Returns the tracking URI as clients should use it (relative SQLite paths made absolute).
+    """
+    import mlflow
+
+    uri = cfg.resolved_tracking_uri()
+    if uri.startswith("sqlite:///"):
+        Path(uri[len("sqlite:///") :]).parent.mkdir(parents=True, exist_ok=True)
+    if cfg.username:
+        os.environ["MLFLOW_TRACKING_USERNAME"] = cfg.username
+    if cfg.password is not None:
+        os.environ["MLFLOW_TRACKING_PASSWORD"] = cfg.password.get_secret_value()
+    mlflow.set_tracking_uri(uri)
+    mlflow.set_registry_uri(uri)
+    return uri
+
+
+def ensure_experiment(cfg: MlflowConfig, name: str) -> str:
+    """Id of the named experiment, created with an explicit artifact location if missing."""
+    import mlflow
+    from mlflow.exceptions import MlflowException
+
+    client = mlflow.MlflowClient()
+    exp = client.get_experiment_by_name(name)
+    if exp is not None:
+        return str(exp.experiment_id)
+    location = f"{cfg.resolved_artifact_root().rstrip('/')}/{name}"
+    try:
+        return str(client.create_experiment(name, artifact_location=location))
+    except MlflowException:
+        # Another process created it between our read and our write.
+        exp = client.get_experiment_by_name(name)
+        if exp is None:
+            raise
+        return str(exp.experiment_id)
+
+
+def run_url(cfg: MlflowConfig, experiment_id: str, run_id: str) -> str:
+    """Link to a run in the MLflow UI."""
+    uri = cfg.resolved_tracking_uri()
+    base = uri if uri.startswith(("http://", "https://")) else cfg.ui_url
+    return f"{base.rstrip('/')}/#/experiments/{experiment_id}/runs/{run_id}"
+
+
+def safe_metric_name(name: str) -> str:
+    """MLflow metric keys allow alphanumerics, _ - . space / only."""
+    return "".join(c if c.isalnum() or c in "_-. /" else "_" for c in name)
+
+
+def log_metrics(metrics: dict[str, Any], step: int | None = None) -> None:
+    """Log the finite numeric values of a mapping to the active run."""
+    import math
+
+    import mlflow
+
+    clean = {
+        safe_metric_name(k): float(v)
+        for k, v in metrics.items()
+        if v is not None and isinstance(v, (int, float)) and math.isfinite(float(v))
+    }
+    if clean:
+        mlflow.log_metrics(clean, step=step)

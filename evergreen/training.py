@@ -1,0 +1,352 @@
+"""XGBoost training and inference for one monitored model.
+
+Training and inference share `prepare_features`, which applies the category lists fixed at
+training time, so a batch whose categories arrive in another order (or with new values)
+is encoded exactly as the training data was. Models are stored in XGBoost's own UBJSON
+format plus a small JSON metadata file; nothing here pickles or unpickles.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from dataclasses import dataclass, field
+from pathlib import PurePosixPath
+from typing import Any
+
+import numpy as np
+import pandas as pd
+import xgboost as xgb
+
+from evergreen.config import ColumnRoles, ModelConfig, ProblemType
+
+MODEL_FILE = "model.ubj"
+METADATA_FILE = "evergreen_model.json"
+METADATA_FORMAT = 1
+DEFAULT_THRESHOLD = 0.5
+
+# The search space of the optional hyperparameter search; small on purpose: the budget is
+# meant for seconds to minutes on one machine, and these two parameters matter most.
+SEARCH_MAX_DEPTH = (3, 4, 6, 8)
+SEARCH_ETA = (0.03, 0.1, 0.3)
+
+
+class TrainingError(ValueError):
+    """Training data that cannot be used; the message names the column and the fix."""
+
+
+@dataclass(frozen=True)
+class Predictions:
+    """Model output for a frame: class (0/1) or value, and the positive-class probability."""
+
+    prediction: np.ndarray
+    probability: np.ndarray | None
+
+
+@dataclass(frozen=True)
+class SearchTrial:
+    """One evaluated hyperparameter candidate (score: validation loss, lower is better)."""
+
+    params: dict[str, Any]
+    best_iteration: int
+    score: float
+
+
+@dataclass
+class TrainedModel:
+    """A trained booster with everything needed to score new data identically."""
+
+    booster: xgb.Booster
+    features: list[str]
+    categories: dict[str, list[str]]
+    problem_type: ProblemType
+    best_iteration: int
+    params: dict[str, Any]
+    threshold: float = DEFAULT_THRESHOLD
+    validation_score: float | None = None
+    validation_metric: str | None = None
+    n_train: int = 0
+    n_validation: int = 0
+    search: list[SearchTrial] = field(default_factory=list)
+
+    def predict(self, df: pd.DataFrame) -> Predictions:
+        """Score a frame holding (at least) the model's feature columns."""
+        x = prepare_features(df, self.features, self.categories)
+        raw = self.booster.predict(_dmatrix(x, nthread=_nthread(self.params)))
+        if self.problem_type == "binary_classification":
+            proba = raw.astype(float)
+            return Predictions(prediction=(proba >= self.threshold).astype(np.int64), probability=proba)
+        return Predictions(prediction=raw.astype(float), probability=None)
+
+    def feature_importance(self) -> dict[str, float]:
+        """Total gain per feature (0 for features the trees never split on)."""
+        gain = self.booster.get_score(importance_type="total_gain")
+        return {f: float(gain.get(f, 0.0)) for f in self.features}
+
+    def metadata(self) -> dict[str, Any]:
+        """The JSON metadata stored next to the booster."""
+        return {
+            "format": METADATA_FORMAT,
+            "features": list(self.features),
+            "categories": {k: list(v) for k, v in self.categories.items()},
+            "problem_type": self.problem_type,
+            "threshold": self.threshold,
+            "best_iteration": self.best_iteration,
+            "params": self.params,
+            "validation_score": self.validation_score,
+            "validation_metric": self.validation_metric,
+            "n_train": self.n_train,
+            "n_validation": self.n_validation,
+        }
+
+    def to_bytes(self) -> bytes:
+        """The booster in XGBoost's UBJSON format (deterministic; use it for hashing)."""
+        return bytes(self.booster.save_raw(raw_format="ubj"))
+
+    def save(self, directory: str) -> None:
+        """Write `model.ubj` and `evergreen_model.json` into `directory` (any fsspec path)."""
+        fs, root = _fs(directory)
+        fs.makedirs(root, exist_ok=True)
+        with fs.open(f"{root}/{MODEL_FILE}", "wb") as fh:
+            fh.write(self.to_bytes())
+        with fs.open(f"{root}/{METADATA_FILE}", "w") as fh:
+            json.dump(self.metadata(), fh, indent=2, sort_keys=True)
+
+    @classmethod
+    def load(cls, directory: str) -> TrainedModel:
+        """Read a model written by `save`; never unpickles anything."""
+        fs, root = _fs(directory)
+        model_path, meta_path = f"{root}/{MODEL_FILE}", f"{root}/{METADATA_FILE}"
+        for p in (model_path, meta_path):
+            if not fs.exists(p):
+                raise FileNotFoundError(f"{p}: missing; is {directory} a directory written by TrainedModel.save?")
+        with fs.open(meta_path, "r") as fh:
+            meta = json.load(fh)
+        if meta.get("format") != METADATA_FORMAT:
+            raise ValueError(f"{meta_path}: unsupported metadata format {meta.get('format')!r}")
+        booster = xgb.Booster()
+        with fs.open(model_path, "rb") as fh:
+            booster.load_model(bytearray(fh.read()))
+        if list(booster.feature_names or []) != list(meta["features"]):
+            raise ValueError(
+                f"{model_path}: booster features {booster.feature_names} differ from "
+                f"{meta_path} features {meta['features']}; the two files come from different models"
+            )
+        return cls(
+            booster=booster,
+            features=list(meta["features"]),
+            categories={k: list(v) for k, v in meta["categories"].items()},
+            problem_type=meta["problem_type"],
+            best_iteration=int(meta["best_iteration"]),
+            params=dict(meta["params"]),
+            threshold=float(meta["threshold"]),
+            validation_score=meta.get("validation_score"),
+            validation_metric=meta.get("validation_metric"),
+            n_train=int(meta.get("n_train", 0)),
+            n_validation=int(meta.get("n_validation", 0)),
+        )
+
+
+def fit_categories(df: pd.DataFrame, columns: ColumnRoles) -> dict[str, list[str]]:
+    """Sorted category values (as strings) of each categorical feature, fixed at training time.
+
+    Booleans become "True"/"False" and integral floats lose their ".0", so a column read as
+    int in one file and as float (because of a null) in another maps to the same category.
+    """
+    _require_columns(df, columns.categorical, "training data")
+    return {c: sorted(_as_category_strings(df[c]).dropna().unique().tolist()) for c in columns.categorical}
+
+
+def prepare_features(
+    df: pd.DataFrame, columns: ColumnRoles | list[str], categories: dict[str, list[str]]
+) -> pd.DataFrame:
+    """A new frame with exactly the feature columns, in order, typed for XGBoost.
+
+    Categorical features become pandas Categoricals over the fixed `categories` (values not
+    seen in training become NaN, which XGBoost treats as missing); every other feature
+    becomes float (values that are not numbers become NaN).
+    """
+    features = columns.features if isinstance(columns, ColumnRoles) else list(columns)
+    _require_columns(df, features, "input frame")
+    out: dict[str, pd.Series] = {}
+    for name in features:
+        col = df[name]
+        if name in categories:
+            dtype = pd.CategoricalDtype(categories=categories[name], ordered=False)
+            out[name] = _as_category_strings(col).astype(dtype)
+        else:
+            out[name] = pd.to_numeric(col, errors="coerce").astype(float)
+    return pd.DataFrame(out, index=df.index)
+
+
+@dataclass(frozen=True)
+class TimeSplit:
+    """A time-ordered split: the last rows (by timestamp) are the validation set."""
+
+    train: pd.DataFrame
+    validation: pd.DataFrame
+
+
+def split_by_time(df: pd.DataFrame, timestamp: str, validation_fraction: float) -> TimeSplit:
+    """Sort by `timestamp` (stable) and hold out the last `validation_fraction` of the rows."""
+    _require_columns(df, [timestamp], "training data")
+    ordered = df.assign(_ts=pd.to_datetime(df[timestamp])).sort_values("_ts", kind="mergesort")
+    ordered = ordered.drop(columns="_ts")
+    n_val = int(round(len(ordered) * validation_fraction))
+    n_val = min(max(n_val, 1), len(ordered) - 1)
+    return TimeSplit(train=ordered.iloc[: len(ordered) - n_val], validation=ordered.iloc[len(ordered) - n_val :])
+
+
+def train_model(df: pd.DataFrame, config: ModelConfig, *, refit_full: bool = True) -> TrainedModel:
+    """Train an XGBoost model on labelled rows, deterministic for the same data and seed.
+
+    The last `training.validation_fraction` of the rows by time is the early-stopping set.
+    With `refit_full` the final booster is retrained on all rows for the number of rounds
+    early stopping chose, so the most recent data (the most relevant under drift) is not
+    left out of the model. `training.search_budget_seconds > 0` first searches max_depth and
+    eta in a seeded order until the budget is spent.
+    """
+    cols, training = config.columns, config.training
+    labelled = _labelled_rows(df, cols, config.problem_type)
+    _check_feature_types(labelled, cols)
+    if len(labelled) < 10:
+        raise TrainingError(f"only {len(labelled)} labelled rows in the training data; need at least 10")
+    categories = fit_categories(labelled, cols)
+    split = split_by_time(labelled, cols.timestamp, training.validation_fraction)
+    dtrain = _dmatrix(prepare_features(split.train, cols, categories), _labels(split.train, cols), training.nthread)
+    dval = _dmatrix(
+        prepare_features(split.validation, cols, categories), _labels(split.validation, cols), training.nthread
+    )
+    base = _base_params(config)
+    trials = _search(base, config, dtrain, dval) if training.search_budget_seconds > 0 else []
+    params = min(trials, key=lambda t: t.score).params if trials else base
+    booster = _fit(params, dtrain, dval, training.num_boost_round, training.early_stopping_rounds)
+    best_iteration = int(booster.best_iteration)
+    score, metric = float(booster.best_score), str(params["eval_metric"][-1])
+    if refit_full:
+        dall = _dmatrix(prepare_features(labelled, cols, categories), _labels(labelled, cols), training.nthread)
+        booster = xgb.train(params, dall, num_boost_round=best_iteration + 1, verbose_eval=False)
+    else:
+        # Keep only the trees early stopping chose, so every consumer predicts the same way.
+        booster = booster[: best_iteration + 1]
+    return TrainedModel(
+        booster=booster,
+        features=list(cols.features),
+        categories=categories,
+        problem_type=config.problem_type,
+        best_iteration=best_iteration,
+        params={**params, "refit_full": refit_full},
+        validation_score=score,
+        validation_metric=metric,
+        n_train=len(split.train),
+        n_validation=len(split.validation),
+        search=trials,
+    )
+
+
+def _base_params(config: ModelConfig) -> dict[str, Any]:
+    binary = config.problem_type == "binary_classification"
+    fixed = {
+        "objective": "binary:logistic" if binary else "reg:squarederror",
+        # The last metric drives early stopping: logloss is smoother than AUC.
+        "eval_metric": ["auc", "logloss"] if binary else ["rmse"],
+        "tree_method": "hist",
+        "seed": config.training.seed,
+        "nthread": config.training.nthread,
+    }
+    return {**config.training.params, **fixed}
+
+
+def _fit(params: dict[str, Any], dtrain: xgb.DMatrix, dval: xgb.DMatrix, rounds: int, patience: int) -> xgb.Booster:
+    return xgb.train(
+        params,
+        dtrain,
+        num_boost_round=rounds,
+        evals=[(dval, "validation")],
+        early_stopping_rounds=patience,
+        verbose_eval=False,
+    )
+
+
+def _search(base: dict[str, Any], config: ModelConfig, dtrain: xgb.DMatrix, dval: xgb.DMatrix) -> list[SearchTrial]:
+    """Evaluate the base params, then seeded-random grid points, until the budget is spent."""
+    training = config.training
+    grid = [(d, e) for d in SEARCH_MAX_DEPTH for e in SEARCH_ETA]
+    order = np.random.default_rng(training.seed).permutation(len(grid))
+    candidates = [base] + [{**base, "max_depth": grid[i][0], "eta": grid[i][1]} for i in order]
+    deadline = time.monotonic() + training.search_budget_seconds
+    trials: list[SearchTrial] = []
+    for params in candidates:
+        if trials and time.monotonic() >= deadline:
+            break
+        booster = _fit(params, dtrain, dval, training.num_boost_round, training.early_stopping_rounds)
+        trials.append(SearchTrial(params=params, best_iteration=int(booster.best_iteration), score=float(booster.best_score)))
+    return trials
+
+
+def _labelled_rows(df: pd.DataFrame, cols: ColumnRoles, problem_type: ProblemType) -> pd.DataFrame:
+    _require_columns(df, [cols.target], "training data")
+    target = pd.to_numeric(df[cols.target], errors="coerce")
+    bad = df[cols.target].notna() & target.isna()
+    if bad.any():
+        example = df.loc[bad, cols.target].iloc[0]
+        raise TrainingError(f"target column {cols.target!r} holds non-numeric values such as {example!r}")
+    labelled = df.loc[target.notna()]
+    if problem_type == "binary_classification":
+        values = set(pd.unique(target.dropna()))
+        if not values <= {0, 1}:
+            raise TrainingError(
+                f"target column {cols.target!r} must hold 0/1 for binary_classification; found {sorted(values)[:5]}"
+            )
+    return labelled
+
+
+def _check_feature_types(df: pd.DataFrame, cols: ColumnRoles) -> None:
+    _require_columns(df, cols.features, "training data")
+    for name in cols.continuous:
+        if not (pd.api.types.is_numeric_dtype(df[name]) or pd.api.types.is_bool_dtype(df[name])):
+            raise TrainingError(
+                f"feature {name!r} has dtype {df[name].dtype} but is not listed in columns.categorical; "
+                "add it there or convert it to numbers"
+            )
+
+
+def _labels(df: pd.DataFrame, cols: ColumnRoles) -> np.ndarray:
+    return pd.to_numeric(df[cols.target]).to_numpy(dtype=float)
+
+
+def _dmatrix(x: pd.DataFrame, label: np.ndarray | None = None, nthread: int = 1) -> xgb.DMatrix:
+    return xgb.DMatrix(x, label=label, enable_categorical=True, nthread=nthread)
+
+
+def _nthread(params: dict[str, Any]) -> int:
+    return int(params.get("nthread", 1))
+
+
+def _as_category_strings(col: pd.Series) -> pd.Series:
+    """Category values as strings; nulls stay null. Mapped per unique value (cheap)."""
+    values = col.astype(object)
+    uniques = pd.unique(values[values.notna()])
+    mapping = {v: _category_string(v) for v in uniques}
+    return values.map(mapping).astype(object)
+
+
+def _category_string(value: Any) -> str:
+    if isinstance(value, bool | np.bool_):
+        return "True" if value else "False"
+    if isinstance(value, float | np.floating) and float(value).is_integer():
+        return str(int(value))
+    return str(value)
+
+
+def _require_columns(df: pd.DataFrame, names: list[str], what: str) -> None:
+    missing = [c for c in names if c not in df.columns]
+    if missing:
+        raise KeyError(f"{what} lacks columns {missing}; it has {list(df.columns)}")
+
+
+def _fs(path: str) -> tuple[Any, str]:
+    import fsspec
+
+    fs, _, paths = fsspec.get_fs_token_paths(path)
+    return fs, str(PurePosixPath(paths[0]))

@@ -1,0 +1,124 @@
+"""The `monitor` flow: validate each new production batch, estimate drift and performance,
+emit drift events, publish what was found."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from prefect import flow, get_run_logger
+from prefect.runtime import flow_run
+from prefect.states import Completed, Failed, State
+
+from blocks.model_config import resolve_config
+from evergreen import io
+from evergreen.config import ModelConfig
+from evergreen.ledger import BatchRecord
+from evergreen.reports import MonitorResult
+from evergreen.telemetry import disable_telemetry
+from tasks import data, monitoring
+from tasks.events import emit
+from tasks.publish import log_monitor_run, publish_artifacts
+
+DATA_REJECTED = "evergreen.data.rejected"
+DRIFT_DETECTED = "evergreen.drift.detected"
+PERFORMANCE_DEGRADED = "evergreen.performance.degraded"
+
+
+@flow(name="monitor", log_prints=True)
+def monitor(config: str | ModelConfig = "car-loan", batch: str | None = None) -> State:
+    """Monitor one batch (`batch`), or every batch of the stream not monitored yet."""
+    disable_telemetry()
+    cfg = resolve_config(config)
+    files = [_batch_file(cfg, batch)] if batch else data.pending_batches(cfg)
+    if not files:
+        return Completed(message="no new batches to monitor", data=[])
+
+    reference = data.load_monitor_reference(cfg)
+    suite = monitoring.derive_suite(reference, cfg)
+    fitted = monitoring.fit_monitor(reference, cfg)
+    results = [_monitor_batch(cfg, f, suite, fitted) for f in files]
+
+    rejected = [r for r in results if not r.valid]
+    if rejected:
+        return Failed(
+            name="DataRejected",
+            message="; ".join(r.message for r in rejected),
+            data=results,
+        )
+    drifted = [r.batch_id for r in results if r.drift_detected or r.performance_degraded]
+    summary = f"{len(results)} batch(es) monitored; alerts on {drifted}" if drifted else (
+        f"{len(results)} batch(es) monitored; no drift"
+    )
+    return Completed(message=summary, data=results)
+
+
+def _batch_file(cfg: ModelConfig, path: str) -> io.BatchFile:
+    known = {Path(b.path).resolve(): b for b in io.list_batches(cfg.data.path("batches"))}
+    found = known.get(Path(path).resolve())
+    return found or io.BatchFile(path=path, day=Path(path).stem, index=len(known))
+
+
+def _monitor_batch(cfg: ModelConfig, f: io.BatchFile, suite, fitted) -> MonitorResult:  # noqa: ANN001
+    logger = get_run_logger()
+    run_id = str(flow_run.id) if flow_run.id else None
+    try:
+        frame = data.load_batch(f.path)
+        report = monitoring.validate_batch(frame, suite, f.path)
+    except io.DataReadError as exc:
+        frame, report = None, None
+        message = str(exc)
+        failures = [{"expectation": "readable_file", "column": None, "message": message}]
+    if report is not None and report.success:
+        return _estimate(cfg, f, frame, fitted, run_id)
+    if report is not None:
+        message = report.summary()
+        failures = [x.to_dict() for x in report.failures]
+    logger.error("batch %s rejected: %s", f.day, message)
+    event_id = emit(cfg, DATA_REJECTED, {"batch_id": f.day, "path": f.path, "failures": failures, "reason": message})
+    result = MonitorResult(
+        model=cfg.name, batch_id=f.day, batch_path=f.path, valid=False, message=message,
+        failures=failures, rows=0 if frame is None else len(frame), metric=cfg.metric,
+        events=[DATA_REJECTED], event_ids=[e for e in [event_id] if e],
+    )
+    return _publish(cfg, f, result, plots={}, chunks=[], run_id=run_id)
+
+
+def _estimate(cfg: ModelConfig, f: io.BatchFile, frame, fitted, run_id: str | None) -> MonitorResult:  # noqa: ANN001
+    labels = data.load_labels(cfg, f.day)
+    report = monitoring.compute_monitor(fitted, frame, labels)
+    decision = monitoring.decide_alerts(report, cfg)
+    summary = report.to_dict()
+    events, event_ids = [], []
+    for name, payload in decision.event_payloads().items():
+        event_id = emit(cfg, name, {**payload, "batch_id": f.day, "chunk": f.day})
+        events.append(name)
+        if event_id:
+            event_ids.append(event_id)
+    est = summary.get("estimated_metric") or {}
+    real = summary.get("realized_metric") or {}
+    result = MonitorResult(
+        model=cfg.name, batch_id=f.day, batch_path=f.path, valid=True,
+        message="; ".join(decision.reasons) or "no drift",
+        drift_detected=decision.drift_detected, performance_degraded=decision.performance_degraded,
+        features=summary.get("features", {}), multivariate=summary.get("multivariate"),
+        estimated_metric=est.get("value"), realized_metric=real.get("value") if real else None,
+        realized_on=real.get("batch_id") if real else None,
+        metric=cfg.metric, reasons=list(decision.reasons), events=events, event_ids=event_ids,
+        rows=len(frame),
+    )
+    return _publish(cfg, f, result, plots=report.plots(), chunks=summary.get("chunks", []), run_id=run_id)
+
+
+def _publish(cfg: ModelConfig, f: io.BatchFile, result: MonitorResult, plots: dict, chunks: list, run_id: str | None) -> MonitorResult:
+    run = log_monitor_run(cfg, result, f.index, plots, chunks, run_id)
+    result = result.model_copy(update={"mlflow_run_id": run.run_id, "mlflow_run_url": run.url})
+    publish_artifacts(cfg, result, run)
+    data.record_batch(
+        cfg,
+        BatchRecord(
+            day=f.day, path=f.path, valid=result.valid, message=result.message,
+            drift_detected=result.drift_detected, performance_degraded=result.performance_degraded,
+            events=result.events, flow_run_id=run_id,
+        ),
+    )
+    return result

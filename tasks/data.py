@@ -1,0 +1,58 @@
+"""I/O tasks: reading batches, labels and references. The only tasks with retries."""
+
+from __future__ import annotations
+
+import pandas as pd
+from prefect import task
+
+from evergreen import io, ledger
+from evergreen.config import ModelConfig
+
+
+def _transient(task, task_run, state) -> bool:  # noqa: ANN001 - Prefect's callback signature
+    """Retry I/O errors, not files that are simply bad: those fail the same way every time."""
+    try:
+        state.result()
+    except io.DataReadError:
+        return False
+    except Exception:
+        return True
+    return False
+
+
+@task(name="load-batch", retries=2, retry_delay_seconds=1, retry_condition_fn=_transient)
+def load_batch(path: str) -> pd.DataFrame:
+    """Read one production batch (raises DataReadError naming the file when unreadable)."""
+    return io.read_table(path)
+
+
+@task(name="load-monitor-reference", retries=2, retry_delay_seconds=1)
+def load_monitor_reference(config: ModelConfig) -> pd.DataFrame:
+    """The NannyML reference: the serving model's predictions on held-out labelled data."""
+    path = config.data.path("monitor_reference")
+    if not io.exists(path):
+        raise FileNotFoundError(
+            f"monitor reference {path} not found: generate the data with "
+            "`evergreen stream --config FILE --out DIR` or retrain a model first"
+        )
+    return io.read_table(path)
+
+
+@task(name="load-labels", retries=2, retry_delay_seconds=1)
+def load_labels(config: ModelConfig, up_to_day: str) -> pd.DataFrame | None:
+    """Labels delivered on or before `up_to_day`."""
+    return io.read_labels(config.data.path("labels"), up_to_day=up_to_day)
+
+
+@task(name="pending-batches")
+def pending_batches(config: ModelConfig) -> list[io.BatchFile]:
+    """Batches the monitor has not processed yet, in day order."""
+    files = io.list_batches(config.data.path("batches"))
+    seen = ledger.read_ledger(config.data.path("state"))
+    todo = set(seen.unprocessed([f.day for f in files]))
+    return [f for f in files if f.day in todo]
+
+
+@task(name="record-batch", retries=2, retry_delay_seconds=1)
+def record_batch(config: ModelConfig, record: ledger.BatchRecord) -> None:
+    ledger.record_batch(config.data.path("state"), record)

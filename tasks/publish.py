@@ -1,0 +1,131 @@
+"""Publishing what the monitor found: Prefect artifacts and an MLflow run per batch."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from prefect import task
+from prefect.artifacts import create_link_artifact, create_markdown_artifact, create_table_artifact
+from prefect.cache_policies import NO_CACHE
+
+from evergreen import tracking
+from evergreen.config import ModelConfig
+from evergreen.reports import MonitorResult
+
+
+@dataclass(frozen=True)
+class PublishedRun:
+    run_id: str
+    experiment_id: str
+    url: str
+
+
+def _artifact_key(config: ModelConfig, kind: str) -> str:
+    # Artifact keys allow lowercase letters, digits and dashes only.
+    raw = f"{config.name}-{kind}".lower()
+    return "".join(c if c.isalnum() else "-" for c in raw)
+
+
+@task(name="log-monitor-run", retries=2, retry_delay_seconds=2, cache_policy=NO_CACHE)
+def log_monitor_run(
+    config: ModelConfig,
+    result: MonitorResult,
+    step: int,
+    plots: dict[str, str],
+    chunks: list[dict],
+    flow_run_id: str | None,
+) -> PublishedRun:
+    """One MLflow run per monitored batch in the monitoring experiment: metrics, tags, plots."""
+    import mlflow
+
+    tracking.connect(config.mlflow)
+    exp_id = tracking.ensure_experiment(config.mlflow, config.mlflow.monitoring_experiment)
+    tags = {
+        "evergreen.model": config.name,
+        "evergreen.batch": result.batch_id,
+        "evergreen.valid": str(result.valid).lower(),
+        "evergreen.drift_detected": str(result.drift_detected).lower(),
+        "evergreen.performance_degraded": str(result.performance_degraded).lower(),
+        "evergreen.events": ",".join(result.events),
+    }
+    if flow_run_id:
+        tags["prefect.flow_run_id"] = flow_run_id
+    with mlflow.start_run(experiment_id=exp_id, run_name=f"monitor-{result.batch_id}", tags=tags) as run:
+        metrics: dict[str, float | None] = {"valid": float(result.valid), "rows": float(result.rows)}
+        if result.valid:
+            metrics |= {f"drift.{name}": f.get("value") for name, f in result.features.items()}
+            metrics["drifted_features"] = float(sum(bool(f.get("alert")) for f in result.features.values()))
+            if result.multivariate:
+                metrics["multivariate.reconstruction_error"] = result.multivariate.get("value")
+            metrics[f"estimated.{result.metric}"] = result.estimated_metric
+            metrics[f"realized.{result.metric}"] = result.realized_metric
+        tracking.log_metrics(metrics, step=step)
+        mlflow.log_dict(result.model_dump(), "monitor_result.json")
+        if chunks:
+            mlflow.log_dict({"chunks": chunks}, "chunks.json")
+        for name, html in plots.items():
+            mlflow.log_text(html, f"plots/{name}.html")
+    return PublishedRun(
+        run_id=run.info.run_id,
+        experiment_id=exp_id,
+        url=tracking.run_url(config.mlflow, exp_id, run.info.run_id),
+    )
+
+
+def _summary_markdown(result: MonitorResult, run: PublishedRun | None) -> str:
+    status = "REJECTED" if not result.valid else "drift detected" if result.drift_detected else "no drift"
+    lines = [
+        f"# Monitor: `{result.model}` batch `{result.batch_id}` — {status}",
+        "",
+        f"- rows: {result.rows}",
+        f"- data valid: **{result.valid}**",
+    ]
+    if not result.valid:
+        lines.append(f"- why: {result.message}")
+    else:
+        est = "n/a" if result.estimated_metric is None else f"{result.estimated_metric:.4f}"
+        real = "n/a (no labels yet)" if result.realized_metric is None else f"{result.realized_metric:.4f}"
+        lines += [
+            f"- drift detected: **{result.drift_detected}**",
+            f"- performance degraded: **{result.performance_degraded}**",
+            f"- estimated {result.metric}: {est}",
+            f"- realized {result.metric}: {real}" + (f" (batch {result.realized_on})" if result.realized_on else ""),
+        ]
+        if result.multivariate:
+            mv = result.multivariate
+            lines.append(f"- multivariate reconstruction error: {mv.get('value')} (alert: {mv.get('alert')})")
+    if result.reasons:
+        lines += ["", "## Reasons", *[f"- {r}" for r in result.reasons]]
+    lines += ["", f"Events: {', '.join(result.events) or 'none'}"]
+    if run:
+        lines.append(f"\nMLflow run: [{run.run_id}]({run.url})")
+    return "\n".join(lines)
+
+
+@task(name="publish-artifacts", cache_policy=NO_CACHE)
+def publish_artifacts(config: ModelConfig, result: MonitorResult, run: PublishedRun | None) -> None:
+    """Prefect artifacts: a markdown summary, a per-feature drift table, a link to MLflow."""
+    create_markdown_artifact(
+        key=_artifact_key(config, "monitor-summary"),
+        markdown=_summary_markdown(result, run),
+        description=f"monitor summary for batch {result.batch_id}",
+    )
+    if result.valid and result.features:
+        records = [{"feature": name, **fields} for name, fields in result.features.items()]
+        create_table_artifact(
+            key=_artifact_key(config, "feature-drift"),
+            table=records,
+            description=f"per-feature drift for batch {result.batch_id}",
+        )
+    if not result.valid and result.failures:
+        create_table_artifact(
+            key=_artifact_key(config, "validation-failures"),
+            table=result.failures,
+            description=f"failed expectations for batch {result.batch_id}",
+        )
+    if run:
+        create_link_artifact(
+            key=_artifact_key(config, "monitor-mlflow-run"),
+            link=run.url,
+            link_text=f"MLflow run for batch {result.batch_id}",
+        )

@@ -1,0 +1,39 @@
+"""Flow tests: a Prefect test-harness server for the session, a temporary MLflow store and
+a generated stream per test module."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from evergreen.config import ModelConfig, load_config
+
+ROOT = Path(__file__).resolve().parents[2]
+
+
+@pytest.fixture(scope="session", autouse=True)
+def prefect_server():
+    from prefect.testing.utilities import prefect_test_harness
+
+    # The harness server needs 20-40 s to start on this machine.
+    with prefect_test_harness(server_startup_timeout=120):
+        yield
+
+
+@pytest.fixture(scope="module")
+def demo_config(tmp_path_factory: pytest.TempPathFactory) -> ModelConfig:
+    """The demo config pointed at a temporary data root and MLflow store."""
+    tmp = tmp_path_factory.mktemp("evergreen")
+    cfg = load_config(ROOT / "configs" / "demo.yaml")
+    return cfg.model_copy(
+        update={
+            "data": cfg.data.model_copy(update={"root": str(tmp / "data")}),
+            "mlflow": cfg.mlflow.model_copy(
+                update={
+                    "tracking_uri": f"sqlite:///{tmp / 'mlflow.db'}",
+                    "artifact_root": str(tmp / "mlartifacts"),
+                }
+            ),
+        }
+    )
