@@ -14,6 +14,8 @@ export PREFECT_SERVER_ANALYTICS_ENABLED := false
 export NML_DISABLE_USAGE_LOGGING := 1
 export GX_ANALYTICS_ENABLED := false
 export MLFLOW_SERVER_ENABLE_JOB_EXECUTION := false
+# XGBoost/OpenMP on shared cores: don't spin while waiting (20x slower under load otherwise).
+export OMP_WAIT_POLICY := passive
 
 .PHONY: setup demo test lint format bench clean
 

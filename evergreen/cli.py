@@ -108,5 +108,30 @@ def monitor(
         raise typer.Exit(1)
 
 
+@app.command()
+def retrain(
+    config: ConfigOpt,
+    data_root: Annotated[Path | None, typer.Option(help="override data.root of the config")] = None,
+    trigger: Annotated[str, typer.Option(help="schedule|event|manual")] = "manual",
+    event_id: Annotated[str | None, typer.Option(help="id of the event that asked for it")] = None,
+    reason: Annotated[str | None, typer.Option(help="why (recorded on the version)")] = None,
+    out: OutOpt = None,
+) -> None:
+    """Train a candidate on the current window and register it as `challenger` (the `retrain`
+    flow). Exit status 1 when the training data was rejected."""
+    cfg = _load(config, data_root=data_root)
+    from flows.retrain import retrain as retrain_flow
+
+    state = retrain_flow(config=cfg, trigger=trigger, event_id=event_id, reason=reason, return_state=True)
+    result = state.result(raise_on_failure=False)
+    if isinstance(result, BaseException):
+        typer.echo(f"retrain failed: {result}", err=True)
+        raise typer.Exit(1)
+    _write_json(out, result.model_dump())
+    typer.echo(result.message)
+    if state.is_failed():
+        raise typer.Exit(1)
+
+
 if __name__ == "__main__":  # pragma: no cover
     app()

@@ -30,3 +30,25 @@ class MonitorResult(BaseModel):
     rows: int = 0
     mlflow_run_id: str | None = None
     mlflow_run_url: str | None = None
+
+
+class RetrainResult(BaseModel):
+    """What a retrain produced (the `evergreen retrain --out` JSON)."""
+
+    model_name: str
+    status: str = Field(description="registered | rejected")
+    version: str | None = None
+    run_id: str | None = None
+    dataset_digest: str | None = None
+    dataset_uri: str | None = None
+    dataset_reused: bool = False
+    rows: int = 0
+    aliases: list[str] = Field(default_factory=list)
+    bootstrap: bool = False
+    metrics: dict[str, float] = Field(default_factory=dict)
+    tracking_uri: str | None = None
+    trigger: dict[str, Any] = Field(default_factory=dict)
+    sources: list[str] = Field(default_factory=list)
+    excluded: dict[str, str] = Field(default_factory=dict)
+    message: str = ""
+    events: list[str] = Field(default_factory=list)

@@ -24,6 +24,8 @@ MODEL_FILE = "model.ubj"
 METADATA_FILE = "evergreen_model.json"
 METADATA_FORMAT = 1
 DEFAULT_THRESHOLD = 0.5
+# mlflow.xgboost.log_model(extra_files=[...]) puts extra files in this subdirectory.
+MLFLOW_EXTRA_FILES = "extra_files"
 
 # The search space of the optional hyperparameter search; small on purpose: the budget is
 # meant for seconds to minutes on one machine, and these two parameters matter most.
@@ -75,13 +77,15 @@ class TrainedModel:
         raw = self.booster.predict(_dmatrix(x, nthread=_nthread(self.params)))
         if self.problem_type == "binary_classification":
             proba = raw.astype(float)
-            return Predictions(prediction=(proba >= self.threshold).astype(np.int64), probability=proba)
+            return Predictions(
+                prediction=(proba >= self.threshold).astype(np.int64), probability=proba
+            )
         return Predictions(prediction=raw.astype(float), probability=None)
 
     def feature_importance(self) -> dict[str, float]:
         """Total gain per feature (0 for features the trees never split on)."""
         gain = self.booster.get_score(importance_type="total_gain")
-        return {f: float(gain.get(f, 0.0)) for f in self.features}
+        return {f: float(gain.get(f, 0.0)) for f in self.features}  # type: ignore[arg-type]
 
     def metadata(self) -> dict[str, Any]:
         """The JSON metadata stored next to the booster."""
@@ -114,12 +118,17 @@ class TrainedModel:
 
     @classmethod
     def load(cls, directory: str) -> TrainedModel:
-        """Read a model written by `save`; never unpickles anything."""
+        """Read a model written by `save` (or an MLflow xgboost model directory holding the
+        metadata as an extra file); never unpickles anything."""
         fs, root = _fs(directory)
         model_path, meta_path = f"{root}/{MODEL_FILE}", f"{root}/{METADATA_FILE}"
+        if not fs.exists(meta_path) and fs.exists(f"{root}/{MLFLOW_EXTRA_FILES}/{METADATA_FILE}"):
+            meta_path = f"{root}/{MLFLOW_EXTRA_FILES}/{METADATA_FILE}"
         for p in (model_path, meta_path):
             if not fs.exists(p):
-                raise FileNotFoundError(f"{p}: missing; is {directory} a directory written by TrainedModel.save?")
+                raise FileNotFoundError(
+                    f"{p}: missing; is {directory} a directory written by TrainedModel.save?"
+                )
         with fs.open(meta_path, "r") as fh:
             meta = json.load(fh)
         if meta.get("format") != METADATA_FORMAT:
@@ -154,7 +163,10 @@ def fit_categories(df: pd.DataFrame, columns: ColumnRoles) -> dict[str, list[str
     int in one file and as float (because of a null) in another maps to the same category.
     """
     _require_columns(df, columns.categorical, "training data")
-    return {c: sorted(_as_category_strings(df[c]).dropna().unique().tolist()) for c in columns.categorical}
+    return {
+        c: sorted(_as_category_strings(df[c]).dropna().unique().tolist())
+        for c in columns.categorical
+    }
 
 
 def prepare_features(
@@ -194,7 +206,9 @@ def split_by_time(df: pd.DataFrame, timestamp: str, validation_fraction: float) 
     ordered = ordered.drop(columns="_ts")
     n_val = int(round(len(ordered) * validation_fraction))
     n_val = min(max(n_val, 1), len(ordered) - 1)
-    return TimeSplit(train=ordered.iloc[: len(ordered) - n_val], validation=ordered.iloc[len(ordered) - n_val :])
+    return TimeSplit(
+        train=ordered.iloc[: len(ordered) - n_val], validation=ordered.iloc[len(ordered) - n_val :]
+    )
 
 
 def train_model(df: pd.DataFrame, config: ModelConfig, *, refit_full: bool = True) -> TrainedModel:
@@ -210,12 +224,20 @@ def train_model(df: pd.DataFrame, config: ModelConfig, *, refit_full: bool = Tru
     labelled = _labelled_rows(df, cols, config.problem_type)
     _check_feature_types(labelled, cols)
     if len(labelled) < 10:
-        raise TrainingError(f"only {len(labelled)} labelled rows in the training data; need at least 10")
+        raise TrainingError(
+            f"only {len(labelled)} labelled rows in the training data; need at least 10"
+        )
     categories = fit_categories(labelled, cols)
     split = split_by_time(labelled, cols.timestamp, training.validation_fraction)
-    dtrain = _dmatrix(prepare_features(split.train, cols, categories), _labels(split.train, cols), training.nthread)
+    dtrain = _dmatrix(
+        prepare_features(split.train, cols, categories),
+        _labels(split.train, cols),
+        training.nthread,
+    )
     dval = _dmatrix(
-        prepare_features(split.validation, cols, categories), _labels(split.validation, cols), training.nthread
+        prepare_features(split.validation, cols, categories),
+        _labels(split.validation, cols),
+        training.nthread,
     )
     base = _base_params(config)
     trials = _search(base, config, dtrain, dval) if training.search_budget_seconds > 0 else []
@@ -224,7 +246,9 @@ def train_model(df: pd.DataFrame, config: ModelConfig, *, refit_full: bool = Tru
     best_iteration = int(booster.best_iteration)
     score, metric = float(booster.best_score), str(params["eval_metric"][-1])
     if refit_full:
-        dall = _dmatrix(prepare_features(labelled, cols, categories), _labels(labelled, cols), training.nthread)
+        dall = _dmatrix(
+            prepare_features(labelled, cols, categories), _labels(labelled, cols), training.nthread
+        )
         booster = xgb.train(params, dall, num_boost_round=best_iteration + 1, verbose_eval=False)
     else:
         # Keep only the trees early stopping chose, so every consumer predicts the same way.
@@ -257,7 +281,9 @@ def _base_params(config: ModelConfig) -> dict[str, Any]:
     return {**config.training.params, **fixed}
 
 
-def _fit(params: dict[str, Any], dtrain: xgb.DMatrix, dval: xgb.DMatrix, rounds: int, patience: int) -> xgb.Booster:
+def _fit(
+    params: dict[str, Any], dtrain: xgb.DMatrix, dval: xgb.DMatrix, rounds: int, patience: int
+) -> xgb.Booster:
     return xgb.train(
         params,
         dtrain,
@@ -268,7 +294,9 @@ def _fit(params: dict[str, Any], dtrain: xgb.DMatrix, dval: xgb.DMatrix, rounds:
     )
 
 
-def _search(base: dict[str, Any], config: ModelConfig, dtrain: xgb.DMatrix, dval: xgb.DMatrix) -> list[SearchTrial]:
+def _search(
+    base: dict[str, Any], config: ModelConfig, dtrain: xgb.DMatrix, dval: xgb.DMatrix
+) -> list[SearchTrial]:
     """Evaluate the base params, then seeded-random grid points, until the budget is spent."""
     training = config.training
     grid = [(d, e) for d in SEARCH_MAX_DEPTH for e in SEARCH_ETA]
@@ -279,8 +307,16 @@ def _search(base: dict[str, Any], config: ModelConfig, dtrain: xgb.DMatrix, dval
     for params in candidates:
         if trials and time.monotonic() >= deadline:
             break
-        booster = _fit(params, dtrain, dval, training.num_boost_round, training.early_stopping_rounds)
-        trials.append(SearchTrial(params=params, best_iteration=int(booster.best_iteration), score=float(booster.best_score)))
+        booster = _fit(
+            params, dtrain, dval, training.num_boost_round, training.early_stopping_rounds
+        )
+        trials.append(
+            SearchTrial(
+                params=params,
+                best_iteration=int(booster.best_iteration),
+                score=float(booster.best_score),
+            )
+        )
     return trials
 
 
@@ -290,7 +326,9 @@ def _labelled_rows(df: pd.DataFrame, cols: ColumnRoles, problem_type: ProblemTyp
     bad = df[cols.target].notna() & target.isna()
     if bad.any():
         example = df.loc[bad, cols.target].iloc[0]
-        raise TrainingError(f"target column {cols.target!r} holds non-numeric values such as {example!r}")
+        raise TrainingError(
+            f"target column {cols.target!r} holds non-numeric values such as {example!r}"
+        )
     labelled = df.loc[target.notna()]
     if problem_type == "binary_classification":
         values = set(pd.unique(target.dropna()))

@@ -1,0 +1,243 @@
+"""The MLflow model registry behind a small interface: versions, aliases, status tags and the
+alias history that MLflow itself does not keep.
+
+Alias history lives in the registry too, as registered-model tags `evergreen.history.<seq>`
+(one JSON record per move), so it survives restarts and travels with the registry.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from typing import Any
+
+CHAMPION, CHALLENGER, CANARY = "champion", "challenger", "canary"
+STATUS_TAG = "evergreen.status"
+HISTORY_PREFIX = "evergreen.history."
+STATUSES = ("candidate", "rejected", "canary", "champion", "retired")
+
+
+@dataclass(frozen=True)
+class VersionInfo:
+    """A registered model version as Evergreen sees it."""
+
+    name: str
+    version: str
+    run_id: str | None
+    source: str
+    aliases: list[str] = field(default_factory=list)
+    tags: dict[str, str] = field(default_factory=dict)
+
+    @property
+    def status(self) -> str | None:
+        return self.tags.get(STATUS_TAG)
+
+
+@dataclass(frozen=True)
+class AliasMove:
+    """One recorded alias move: who moved which alias from which version to which, and why."""
+
+    time: str
+    alias: str
+    from_version: str | None
+    to_version: str | None
+    reason: str
+    actor: str
+    flow_run_id: str | None = None
+
+    def to_dict(self) -> dict[str, Any]:
+        return dict(self.__dict__)
+
+
+def _client() -> Any:
+    import mlflow
+
+    return mlflow.MlflowClient()
+
+
+def _info(mv: Any) -> VersionInfo:
+    return VersionInfo(
+        name=mv.name,
+        version=str(mv.version),
+        run_id=mv.run_id,
+        source=mv.source,
+        aliases=list(getattr(mv, "aliases", []) or []),
+        tags=dict(mv.tags or {}),
+    )
+
+
+def ensure_registered_model(name: str) -> None:
+    """Create the registered model if it does not exist yet."""
+    from mlflow.exceptions import MlflowException
+
+    client = _client()
+    try:
+        client.get_registered_model(name)
+    except MlflowException:
+        try:
+            client.create_registered_model(name, description="Managed by Evergreen.")
+        except MlflowException:
+            client.get_registered_model(name)  # created concurrently
+
+
+def get_version(name: str, version: str) -> VersionInfo:
+    return _info(_client().get_model_version(name, str(version)))
+
+
+def version_by_alias(name: str, alias: str) -> VersionInfo | None:
+    """The version an alias points at, or None when the alias (or the model) does not exist."""
+    from mlflow.exceptions import MlflowException
+
+    try:
+        return _info(_client().get_model_version_by_alias(name, alias))
+    except MlflowException:
+        return None
+
+
+def list_versions(name: str) -> list[VersionInfo]:
+    from mlflow.exceptions import MlflowException
+
+    try:
+        found = _client().search_model_versions(f"name = '{name}'")
+    except MlflowException:
+        return []
+    return sorted((_info(v) for v in found), key=lambda v: int(v.version))
+
+
+def create_version(name: str, source: str, run_id: str, tags: dict[str, str]) -> VersionInfo:
+    """Register a new version of `name` from a logged model URI."""
+    ensure_registered_model(name)
+    mv = _client().create_model_version(name=name, source=source, run_id=run_id, tags=tags)
+    return _info(mv)
+
+
+def set_tags(name: str, version: str, tags: dict[str, str]) -> None:
+    client = _client()
+    for key, value in tags.items():
+        client.set_model_version_tag(name, str(version), key, str(value))
+
+
+def move_alias(
+    name: str,
+    alias: str,
+    to_version: str | None,
+    reason: str,
+    actor: str,
+    flow_run_id: str | None = None,
+) -> AliasMove:
+    """Point `alias` at `to_version` (None removes it) and append the move to the history.
+
+    Callers serialize moves per model (see tasks/registry.py); MLflow's alias writes are
+    last-writer-wins.
+    """
+    client = _client()
+    current = version_by_alias(name, alias)
+    from_version = current.version if current else None
+    if to_version is None:
+        if current is not None:
+            client.delete_registered_model_alias(name, alias)
+    else:
+        client.set_registered_model_alias(name, alias, str(to_version))
+    move = AliasMove(
+        time=datetime.now(UTC).isoformat(),
+        alias=alias,
+        from_version=from_version,
+        to_version=None if to_version is None else str(to_version),
+        reason=reason,
+        actor=actor,
+        flow_run_id=flow_run_id,
+    )
+    _append_history(name, move)
+    return move
+
+
+def _append_history(name: str, move: AliasMove) -> None:
+    client = _client()
+    tags = client.get_registered_model(name).tags or {}
+    seq = 1 + max((int(k[len(HISTORY_PREFIX) :]) for k in tags if k.startswith(HISTORY_PREFIX)), default=0)
+    client.set_registered_model_tag(name, f"{HISTORY_PREFIX}{seq:06d}", json.dumps(move.to_dict()))
+
+
+def alias_history(name: str) -> list[AliasMove]:
+    """Every recorded alias move of the model, oldest first."""
+    from mlflow.exceptions import MlflowException
+
+    try:
+        tags = _client().get_registered_model(name).tags or {}
+    except MlflowException:
+        return []
+    rows = [json.loads(v) for k, v in sorted(tags.items()) if k.startswith(HISTORY_PREFIX)]
+    return [AliasMove(**r) for r in rows]
+
+
+# ----------------------------------------------------------------------- model files in MLflow
+
+MODEL_ARTIFACT = "model"
+
+
+def _pip_requirements() -> list[str]:
+    # Explicit: otherwise MLflow spends ~12 s inferring them in a subprocess.
+    from importlib.metadata import version
+
+    return [f"xgboost=={version('xgboost')}", f"pandas=={version('pandas')}"]
+
+
+def log_model(model: Any, input_example: Any) -> Any:
+    """Log a TrainedModel to the active run in XGBoost's own format (UBJSON, no pickle), with
+    its signature, an input example and Evergreen's metadata (features, fixed categories)."""
+    import tempfile
+    from pathlib import Path
+
+    import mlflow.xgboost
+    from mlflow.models import infer_signature
+
+    from evergreen.training import METADATA_FILE
+
+    preds = model.predict(input_example)
+    output = preds.probability if preds.probability is not None else preds.prediction
+    signature = infer_signature(input_example, output)
+    with tempfile.TemporaryDirectory() as tmp:
+        meta = Path(tmp) / METADATA_FILE
+        meta.write_text(json.dumps(model.metadata(), indent=2, sort_keys=True), encoding="utf-8")
+        return mlflow.xgboost.log_model(
+            model.booster,
+            name=MODEL_ARTIFACT,
+            signature=signature,
+            input_example=input_example,
+            pip_requirements=_pip_requirements(),
+            model_format="ubj",
+            extra_files=[str(meta)],
+            # MLflow checks the example through pyfunc, which rejects categorical inputs;
+            # Evergreen scores the booster natively (evergreen.serving).
+            validate_serving_input=False,
+        )
+
+
+@dataclass
+class LoadedModel:
+    """A registry model loaded for scoring: the version and the TrainedModel."""
+
+    version: VersionInfo
+    model: Any
+
+
+def load_version(name: str, version: str) -> LoadedModel:
+    """Download one registered version and load it natively (never through pickle)."""
+    import tempfile
+
+    import mlflow.artifacts
+
+    from evergreen.training import TrainedModel
+
+    info = get_version(name, version)
+    with tempfile.TemporaryDirectory() as tmp:
+        local = mlflow.artifacts.download_artifacts(artifact_uri=f"models:/{name}/{version}", dst_path=tmp)
+        model = TrainedModel.load(local)
+    return LoadedModel(version=info, model=model)
+
+
+def load_alias(name: str, alias: str) -> LoadedModel | None:
+    """The version an alias points at, loaded; None when the alias is not set."""
+    info = version_by_alias(name, alias)
+    return None if info is None else load_version(name, info.version)

@@ -1,0 +1,64 @@
+"""The retrain steps between a training window and a registrable candidate: hold out the
+most recent slice, train on the rest, evaluate, and build the next NannyML reference."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import pandas as pd
+
+from evergreen.config import ModelConfig
+from evergreen.evaluation import EvaluationResult, evaluate_predictions
+from evergreen.training import TrainedModel, split_by_time
+
+
+@dataclass(frozen=True)
+class HoldOut:
+    """Training rows and the most recent rows held out for evaluation."""
+
+    train: pd.DataFrame
+    evaluation: pd.DataFrame
+
+
+def hold_out_recent(frame: pd.DataFrame, config: ModelConfig) -> HoldOut:
+    """The last `training.evaluation_fraction` of the window by time is never trained on."""
+    split = split_by_time(frame, config.columns.timestamp, config.training.evaluation_fraction)
+    return HoldOut(train=split.train, evaluation=split.validation)
+
+
+def evaluate_model(model: TrainedModel, frame: pd.DataFrame, config: ModelConfig) -> EvaluationResult:
+    """The configured metric, calibration and per-slice metrics of `model` on labelled rows."""
+    cols = config.columns
+    preds = model.predict(frame)
+    score = preds.probability if preds.probability is not None else preds.prediction
+    return evaluate_predictions(
+        frame[cols.target].to_numpy(),
+        score,
+        config.problem_type,
+        config.metric,
+        slices={c: frame[c].to_numpy() for c in cols.slices},
+        threshold=model.threshold,
+    )
+
+
+def monitor_reference(model: TrainedModel, frame: pd.DataFrame, config: ModelConfig, version: str) -> pd.DataFrame:
+    """NannyML's reference for the next monitor: the held-out rows with this model's
+    predictions, probabilities and labels."""
+    cols = config.columns
+    preds = model.predict(frame)
+    out = frame.copy()
+    out[cols.prediction] = preds.prediction
+    if cols.probability is not None and preds.probability is not None:
+        out[cols.probability] = preds.probability
+    out[cols.model_version] = version
+    return out
+
+
+def training_suite(batch_suite, max_rows: int = 100_000_000):  # noqa: ANN001, ANN201 - SuiteSpec
+    """The monitor's suite for a training window: the same expectations on ids, timestamps
+    and features, without the serving model's prediction columns (a window has labels
+    instead) and without the per-batch row limit."""
+    keep = [c for c in batch_suite.columns if c.role not in ("prediction", "probability")]
+    return batch_suite.model_copy(
+        update={"name": batch_suite.name.replace("-batch", "") + "-training", "columns": keep, "max_rows": max_rows}
+    )

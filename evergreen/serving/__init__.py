@@ -1,0 +1,34 @@
+"""Evergreen's scoring service: MLflow's scoring protocol with a champion/canary split.
+
+Modules: `router` (which alias serves an id), `schema` (request parsing and validation),
+`models` (the served snapshot and its refresher), `scoring` (one request on one snapshot),
+`predlog` (the prediction log), `app` (FastAPI app and `serve`).
+
+Attributes are imported on first use, so `from evergreen.serving.predlog import ...` does not
+pull in FastAPI.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+_EXPORTS = {
+    "create_app": "evergreen.serving.app",
+    "serve": "evergreen.serving.app",
+    "LogSettings": "evergreen.serving.app",
+    "RequestLimits": "evergreen.serving.schema",
+    "read_prediction_log": "evergreen.serving.predlog",
+    "compact_day": "evergreen.serving.predlog",
+    "PredictionLogWriter": "evergreen.serving.predlog",
+    "route": "evergreen.serving.router",
+}
+
+__all__ = sorted(_EXPORTS)
+
+
+def __getattr__(name: str) -> Any:
+    if name in _EXPORTS:
+        import importlib
+
+        return getattr(importlib.import_module(_EXPORTS[name]), name)
+    raise AttributeError(f"module 'evergreen.serving' has no attribute {name!r}")

@@ -1,0 +1,210 @@
+"""The scoring service: MLflow's scoring protocol with a champion/canary split.
+
+    POST /invocations   score rows (dataframe_split / dataframe_records / instances / inputs, CSV)
+    GET  /health, /ping process alive
+    GET  /ready         200 once a champion is loaded, else 503 with the reason
+    GET  /models        the versions being served and the canary share
+
+Nothing heavy is imported here: mlflow is imported by the refresher thread when it first
+talks to the registry; nannyml, great_expectations and prefect never are.
+"""
+
+from __future__ import annotations
+
+import logging
+import uuid
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from dataclasses import dataclass
+from typing import Any
+
+import pandas as pd
+from fastapi import FastAPI, Request
+from fastapi.responses import JSONResponse
+from starlette.concurrency import run_in_threadpool
+
+from evergreen.config import ModelConfig
+from evergreen.serving.models import ModelStore
+from evergreen.serving.predlog import PredictionLogWriter
+from evergreen.serving.schema import PayloadError, RequestLimits, parse_body
+from evergreen.serving.scoring import NotReadyError, ScoredRequest, score_table
+
+log = logging.getLogger("evergreen.serving")
+
+
+@dataclass(frozen=True)
+class LogSettings:
+    """Where and how often the prediction log is written."""
+
+    directory: str | None = None  # default: config.data.path("predictions_log")
+    flush_rows: int = 1000
+    flush_seconds: float = 5.0
+
+
+def create_app(
+    config: ModelConfig,
+    *,
+    refresh_seconds: float = 2.0,
+    limits: RequestLimits | None = None,
+    log_settings: LogSettings | None = None,
+    store: ModelStore | None = None,
+) -> FastAPI:
+    """The scoring app for one model. Models load in the background once the app starts
+    (FastAPI lifespan); `store` replaces the registry-backed model store (tests)."""
+    limits = limits or RequestLimits()
+    settings = log_settings or LogSettings()
+    if store is None:
+        store = ModelStore(
+            config.mlflow.model_name, config.canary.traffic_share, connect=_connector(config)
+        )
+    writer = PredictionLogWriter(
+        settings.directory or config.data.path("predictions_log"),
+        timestamp_column=config.columns.timestamp,
+        flush_rows=settings.flush_rows,
+        flush_seconds=settings.flush_seconds,
+    )
+
+    @asynccontextmanager
+    async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+        store.start(refresh_seconds)
+        writer.start()
+        log.info(
+            "scoring %s (registry model %s); prediction log in %s",
+            config.name,
+            config.mlflow.model_name,
+            writer.directory,
+        )
+        try:
+            yield
+        finally:
+            store.stop()
+            try:
+                writer.close()
+            except Exception:
+                log.exception(
+                    "could not flush %d logged predictions to %s at shutdown",
+                    writer.buffered_rows,
+                    writer.directory,
+                )
+
+    app = FastAPI(
+        title=f"Evergreen scoring: {config.name}",
+        description="MLflow scoring protocol with a champion/canary split.",
+        lifespan=lifespan,
+    )
+    app.state.store = store
+    app.state.writer = writer
+    app.state.config = config
+
+    def score(body: bytes, content_type: str | None) -> ScoredRequest:
+        snapshot = store.snapshot  # one snapshot for the whole request
+        table = parse_body(body, content_type, limits)
+        result = score_table(snapshot, table, config, pd.Timestamp.now(tz="UTC"), uuid.uuid4().hex)
+        writer.append(result.log_rows)
+        return result
+
+    @app.post("/invocations")
+    async def invocations(request: Request) -> JSONResponse:
+        try:
+            body = await _read_body(request, limits.max_body_bytes)
+            result = await run_in_threadpool(score, body, request.headers.get("content-type"))
+        except PayloadError as exc:
+            return JSONResponse(exc.to_dict(), status_code=exc.status)
+        except NotReadyError as exc:
+            return JSONResponse(
+                {"error_code": "TEMPORARILY_UNAVAILABLE", "message": str(exc)}, status_code=503
+            )
+        except Exception as exc:
+            log.exception("scoring failed")
+            return JSONResponse(
+                {"error_code": "INTERNAL_ERROR", "message": f"{type(exc).__name__}: {exc}"},
+                status_code=500,
+            )
+        return JSONResponse(result.response())
+
+    @app.get("/health")
+    @app.get("/ping")
+    def health() -> dict[str, str]:
+        return {"status": "ok"}
+
+    @app.get("/ready")
+    def ready() -> JSONResponse:
+        ok, reason = store.readiness()
+        return JSONResponse({"ready": ok, "reason": reason}, status_code=200 if ok else 503)
+
+    @app.get("/models")
+    def models() -> dict[str, Any]:
+        return {
+            **store.snapshot.describe(),
+            "last_refresh": store.last_refresh,
+            "refresh_seconds": refresh_seconds,
+            "errors": dict(store.errors),
+            "prediction_log": {
+                "directory": writer.directory,
+                "buffered_rows": writer.buffered_rows,
+                "rows_written": writer.rows_written,
+                "last_error": writer.last_error,
+            },
+        }
+
+    return app
+
+
+async def _read_body(request: Request, max_bytes: int) -> bytes:
+    declared = request.headers.get("content-length")
+    if declared and declared.isdigit() and int(declared) > max_bytes:
+        raise PayloadError(
+            f"request body is {declared} bytes; the limit is {max_bytes} bytes. "
+            "Send fewer rows per request.",
+            status=413,
+        )
+    chunks, size = [], 0
+    async for chunk in request.stream():
+        size += len(chunk)
+        if size > max_bytes:
+            raise PayloadError(
+                f"request body exceeds the limit of {max_bytes} bytes. Send fewer rows per request.",
+                status=413,
+            )
+        chunks.append(chunk)
+    return b"".join(chunks)
+
+
+def _connector(config: ModelConfig) -> Any:
+    def connect() -> None:
+        from evergreen.tracking import connect as connect_tracking
+
+        connect_tracking(config.mlflow)
+
+    return connect
+
+
+def serve(
+    config: ModelConfig,
+    host: str = "127.0.0.1",
+    port: int = 5001,
+    *,
+    refresh_seconds: float = 2.0,
+    limits: RequestLimits | None = None,
+    log_settings: LogSettings | None = None,
+) -> None:
+    """Run the scoring service with uvicorn until interrupted (flushes the log on exit)."""
+    import uvicorn
+    from uvicorn.config import LOGGING_CONFIG
+
+    from evergreen.telemetry import disable_telemetry
+
+    disable_telemetry()
+    app = create_app(
+        config, refresh_seconds=refresh_seconds, limits=limits, log_settings=log_settings
+    )
+    uvicorn.run(app, host=host, port=port, log_config=_log_config(LOGGING_CONFIG))
+
+
+def _log_config(base: dict[str, Any]) -> dict[str, Any]:
+    """uvicorn's logging config plus Evergreen's loggers on the same handler."""
+    loggers = {
+        **base["loggers"],
+        "evergreen": {"handlers": ["default"], "level": "INFO", "propagate": False},
+    }
+    return {**base, "loggers": loggers}

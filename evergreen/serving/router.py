@@ -1,0 +1,70 @@
+"""Champion/canary routing: a pure, deterministic decision per entity id.
+
+Each row goes to `canary` when the sha256 of its entity id (salted by the model name)
+falls below the canary traffic share, else to `champion`. The same id always lands on the
+same side for the same model and share, so one customer sees one model during a canary, and
+raising the share only moves ids from champion to canary (never back).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import math
+from collections.abc import Iterable
+from numbers import Integral, Real
+
+from evergreen.registry import CANARY, CHAMPION
+
+_BUCKETS = float(2**64)
+
+
+def routing_key(entity_id: object) -> str:
+    """The canonical text of an entity id: 7, 7.0 and "7" are the same entity.
+
+    JSON clients send ids as numbers or strings and CSV readers turn integers into floats,
+    so integral numbers are written without a fraction before hashing.
+    """
+    if isinstance(entity_id, bool):
+        raise TypeError(f"entity id must be a string or a number, not a boolean ({entity_id!r})")
+    if isinstance(entity_id, str):
+        return entity_id
+    if isinstance(entity_id, Integral):
+        return str(int(entity_id))
+    if isinstance(entity_id, Real):
+        value = float(entity_id)
+        if not math.isfinite(value):
+            raise ValueError(f"entity id must be finite, got {entity_id!r}")
+        return str(int(value)) if value.is_integer() else repr(value)
+    raise TypeError(f"entity id must be a string or a number, got {type(entity_id).__name__}")
+
+
+def routing_bucket(entity_id: object, salt: str) -> float:
+    """Where an id falls in [0, 1): the first 8 bytes of sha256(salt, id) as a fraction."""
+    digest = hashlib.sha256(f"{salt}\x00{routing_key(entity_id)}".encode()).digest()
+    return int.from_bytes(digest[:8], "big") / _BUCKETS
+
+
+def route(entity_id: object, salt: str, canary_share: float, has_canary: bool) -> str:
+    """The alias that serves this id: `canary` for the configured share when a canary exists.
+
+    A share of 0 sends nothing and a share of 1 everything to the canary (buckets are < 1).
+    """
+    _check_share(canary_share)
+    if not has_canary or canary_share <= 0.0:
+        return CHAMPION
+    return CANARY if routing_bucket(entity_id, salt) < canary_share else CHAMPION
+
+
+def route_many(
+    entity_ids: Iterable[object], salt: str, canary_share: float, has_canary: bool
+) -> list[str]:
+    """`route` for each id, in order."""
+    _check_share(canary_share)
+    if not has_canary or canary_share <= 0.0:
+        return [CHAMPION for _ in entity_ids]
+    return [CANARY if routing_bucket(i, salt) < canary_share else CHAMPION for i in entity_ids]
+
+
+def _check_share(share: float) -> None:
+    if not 0.0 <= share <= 1.0:
+        raise ValueError(f"canary traffic share must be within [0, 1], got {share}")

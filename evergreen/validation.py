@@ -1,0 +1,684 @@
+"""Data validation: an expectation suite derived from the reference, run with Great Expectations.
+
+`derive_suite` turns a reference frame into a `SuiteSpec` (plain pydantic, JSON round-trip),
+so the suite can be stored, diffed and reviewed. `Validator` builds the GX 1.x context and
+expectation suite from a spec once and validates many batches with it; `validate_batch` is the
+one-shot convenience. Structural problems GX cannot evaluate (a missing column, numbers that
+arrived as strings) are found with cheap dtype checks first and reported in the same form,
+and the GX expectations on those columns are left out so they do not raise.
+
+great_expectations is imported lazily: it costs ~14 s.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import math
+from collections.abc import Iterable
+from dataclasses import asdict, dataclass, field
+from typing import Any, Literal
+
+import numpy as np
+import pandas as pd
+from pydantic import BaseModel, ConfigDict, Field, StrictBool, StrictFloat, StrictInt, StrictStr
+
+from evergreen.config import ModelConfig
+
+ColumnKind = Literal["numeric", "string", "bool", "datetime"]
+ColumnRole = Literal["id", "timestamp", "feature", "prediction", "probability"]
+CategoryValue = StrictBool | StrictInt | StrictFloat | StrictStr
+
+NOW_PARAMETER = "evergreen_now"
+TYPE_EXPECTATION = "expect_column_values_to_be_in_type_list"
+EXIST_EXPECTATION = "expect_column_to_exist"
+CONSTANT_EXPECTATION = "expect_column_unique_value_count_to_be_between"
+
+
+class SuiteOptions(BaseModel):
+    """Tolerances used when deriving a suite: drift is not invalidity, impossible values are."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    range_tolerance: float = Field(0.5, ge=0, description="widen [min, max] by this share of the range")
+    range_mostly: float = Field(0.999, gt=0, le=1, description="share of values that must be in range")
+    null_tolerance: float = Field(0.05, ge=0, le=1, description="null share allowed above the reference's")
+    category_mostly: float = Field(0.95, gt=0, le=1, description="share of values that must be known")
+    max_categories: int = Field(1000, ge=1, description="no set check above this many reference values")
+    check_constant: bool = True
+    min_rows_for_constant_check: int = Field(100, ge=2)
+    clock_skew_seconds: float = Field(300.0, ge=0, description="timestamps may lead `now` by this much")
+
+
+class ColumnSpec(BaseModel):
+    """What one column of a batch must look like."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    name: str
+    role: ColumnRole
+    kind: ColumnKind
+    max_null_fraction: float = Field(0.0, ge=0, le=1)
+    min_value: float | None = None
+    max_value: float | None = None
+    range_mostly: float = 1.0
+    value_set: list[CategoryValue] | None = None
+    set_mostly: float = 1.0
+    unique: bool = False
+    finite: bool = False
+    not_constant: bool = False
+    not_future: bool = False
+
+
+class SuiteSpec(BaseModel):
+    """A serializable description of the expectations a production batch must meet."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    name: str
+    model_name: str
+    columns: list[ColumnSpec]
+    min_rows: int = Field(0, ge=0)
+    max_rows: int = Field(5_000_000, ge=1)
+    clock_skew_seconds: float = 300.0
+    min_rows_for_constant_check: int = 100
+    reference_rows: int = 0
+
+    def column(self, name: str) -> ColumnSpec:
+        """The spec of column `name`; KeyError names the column when it is not in the suite."""
+        for spec in self.columns:
+            if spec.name == name:
+                return spec
+        raise KeyError(f"column {name!r} is not in suite {self.name!r}")
+
+    def to_json(self) -> str:
+        return self.model_dump_json(indent=2)
+
+    @classmethod
+    def from_json(cls, text: str) -> SuiteSpec:
+        return cls.model_validate_json(text)
+
+
+@dataclass(frozen=True)
+class ExpectationFailure:
+    """One failed expectation, in words a person can act on."""
+
+    expectation_type: str
+    column: str | None
+    observed: Any
+    expected: Any
+    message: str
+
+    def to_dict(self) -> dict[str, Any]:
+        return _plain(asdict(self))
+
+
+@dataclass(frozen=True)
+class ValidationStatistics:
+    evaluated: int
+    successful: int
+
+    @property
+    def unsuccessful(self) -> int:
+        return self.evaluated - self.successful
+
+
+@dataclass(frozen=True)
+class ValidationReport:
+    """The outcome of validating one batch (or one labels file)."""
+
+    success: bool
+    batch_id: str
+    failures: list[ExpectationFailure]
+    statistics: ValidationStatistics
+    rows: int = 0
+    seconds: float = 0.0
+
+    def summary(self) -> str:
+        """One line naming the batch and, on failure, each failing column and expectation."""
+        stats = self.statistics
+        if self.success:
+            return (
+                f"batch {self.batch_id}: passed {stats.successful}/{stats.evaluated} expectations "
+                f"({self.rows:,} rows)"
+            )
+        shown = "; ".join(
+            f"{f.column or '(table)'}: {f.expectation_type} — {f.message}" for f in self.failures[:5]
+        )
+        more = f"; and {len(self.failures) - 5} more" if len(self.failures) > 5 else ""
+        return (
+            f"batch {self.batch_id}: failed {len(self.failures)} of {stats.evaluated} expectations "
+            f"({self.rows:,} rows): {shown}{more}"
+        )
+
+    def to_dict(self) -> dict[str, Any]:
+        """Plain JSON types only (event payloads, artifacts)."""
+        return {
+            "success": self.success,
+            "batch_id": self.batch_id,
+            "rows": self.rows,
+            "seconds": round(self.seconds, 4),
+            "statistics": {
+                "evaluated": self.statistics.evaluated,
+                "successful": self.statistics.successful,
+                "unsuccessful": self.statistics.unsuccessful,
+            },
+            "failures": [f.to_dict() for f in self.failures],
+            "summary": self.summary(),
+        }
+
+    def event_payload(self) -> dict[str, Any]:
+        """Payload of `evergreen.data.rejected`: the batch id and the failing expectations."""
+        return {
+            "batch_id": self.batch_id,
+            "reason": self.summary(),
+            "failures": [f.to_dict() for f in self.failures],
+        }
+
+
+# ----------------------------------------------------------------------------- deriving
+
+
+def derive_suite(
+    reference: pd.DataFrame, config: ModelConfig, options: SuiteOptions | None = None
+) -> SuiteSpec:
+    """Derive the expectations a production batch must meet from the reference frame.
+
+    Required: id, timestamp, features, prediction and probability. Ranges of numeric
+    features are the reference's widened by `options.range_tolerance` of the range (a value
+    never goes below 0 when the reference has none); categories must be known for
+    `options.category_mostly` of the rows; nulls may exceed the reference's share by
+    `options.null_tolerance`; ids are unique; timestamps are not in the future.
+    """
+    opts = options or SuiteOptions()
+    cols = config.columns
+    required = [cols.id, cols.timestamp, *cols.features, cols.prediction]
+    if cols.probability:
+        required.append(cols.probability)
+    missing = [c for c in required if c not in reference.columns]
+    if missing:
+        raise ValueError(
+            f"reference lacks columns {missing} named in the config of {config.name!r}; "
+            "fix columns.* in the config or use the right reference file"
+        )
+    if reference.empty:
+        raise ValueError(f"reference for {config.name!r} has no rows; cannot derive expectations")
+
+    specs = [
+        ColumnSpec(name=cols.id, role="id", kind=column_kind(reference[cols.id]), unique=True),
+        ColumnSpec(name=cols.timestamp, role="timestamp", kind="datetime", not_future=True),
+        *(_feature_spec(reference[c], c in cols.categorical, opts) for c in cols.features),
+        _prediction_spec(reference[cols.prediction], config),
+    ]
+    if cols.probability:
+        specs.append(
+            ColumnSpec(
+                name=cols.probability, role="probability", kind="numeric",
+                min_value=0.0, max_value=1.0, finite=True,
+            )
+        )
+    return SuiteSpec(
+        name=f"{config.name}-batch",
+        model_name=config.name,
+        columns=specs,
+        min_rows=config.data.min_batch_rows,
+        max_rows=config.data.max_batch_rows,
+        clock_skew_seconds=opts.clock_skew_seconds,
+        min_rows_for_constant_check=opts.min_rows_for_constant_check if opts.check_constant else 0,
+        reference_rows=len(reference),
+    )
+
+
+def column_kind(series: pd.Series) -> ColumnKind:
+    """The kind of a column from its dtype: numeric, string (incl. object/category), bool, datetime."""
+    dtype = series.dtype
+    if pd.api.types.is_bool_dtype(dtype):
+        return "bool"
+    if pd.api.types.is_datetime64_any_dtype(dtype):
+        return "datetime"
+    if pd.api.types.is_numeric_dtype(dtype):
+        return "numeric"
+    return "string"
+
+
+def _feature_spec(ref: pd.Series, categorical: bool, opts: SuiteOptions) -> ColumnSpec:
+    kind = column_kind(ref)
+    null_share = float(ref.isna().mean())
+    spec: dict[str, Any] = {
+        "name": str(ref.name),
+        "role": "feature",
+        "kind": kind,
+        "max_null_fraction": min(1.0, null_share + opts.null_tolerance),
+        "not_constant": opts.check_constant and ref.nunique(dropna=True) > 1,
+    }
+    values = ref.dropna()
+    if kind == "bool":
+        spec["value_set"] = [False, True]
+    elif categorical or kind == "string":
+        distinct = values.unique()
+        if len(distinct) <= opts.max_categories:
+            spec["value_set"] = sorted((_plain(v) for v in distinct), key=lambda v: (str(type(v)), v))
+            spec["set_mostly"] = opts.category_mostly
+    elif kind == "numeric" and np.isfinite(values.to_numpy(dtype=float)).any():
+        finite = values[np.isfinite(values.to_numpy(dtype=float))]
+        lo, hi = float(finite.min()), float(finite.max())
+        pad = (hi - lo) * opts.range_tolerance or abs(lo) * opts.range_tolerance or 1.0
+        spec |= {
+            "min_value": max(0.0, lo - pad) if lo >= 0 else lo - pad,
+            "max_value": hi + pad,
+            "range_mostly": opts.range_mostly,
+            "finite": True,
+        }
+    return ColumnSpec(**spec)
+
+
+def _prediction_spec(ref: pd.Series, config: ModelConfig) -> ColumnSpec:
+    name = config.columns.prediction
+    if config.problem_type == "binary_classification":
+        kind = column_kind(ref)
+        allowed: list[Any] = [False, True] if kind == "bool" else [0, 1]
+        return ColumnSpec(name=name, role="prediction", kind=kind, value_set=allowed)
+    return ColumnSpec(name=name, role="prediction", kind="numeric", finite=True)
+
+
+# ----------------------------------------------------------------------------- validating
+
+
+class Validator:
+    """Validates batches against one suite; the GX context and suites are built once."""
+
+    def __init__(self, suite: SuiteSpec) -> None:
+        import great_expectations as gx
+        from great_expectations.data_context.types.base import (
+            DataContextConfig,
+            InMemoryStoreBackendDefaults,
+            ProgressBarsConfig,
+        )
+
+        self.spec = suite
+        project = DataContextConfig(
+            store_backend_defaults=InMemoryStoreBackendDefaults(),
+            analytics_enabled=False,
+            progress_bars=ProgressBarsConfig(globally=False),
+        )
+        self._gx = gx
+        self._context = gx.get_context(project_config=project, mode="ephemeral")
+        asset = self._context.data_sources.add_pandas("evergreen").add_dataframe_asset("batch")
+        self._batch_definition = asset.add_batch_definition_whole_dataframe("whole-batch")
+        self._suites: dict[tuple[frozenset[str], bool], Any] = {}
+        self._suite_for(frozenset(), True)  # the common case, built up front
+
+    def validate(
+        self, batch: pd.DataFrame, batch_id: str, now: dt.datetime | pd.Timestamp | None = None
+    ) -> ValidationReport:
+        """Validate one batch; never raises on bad data, returns the failures instead."""
+        import time
+
+        started = time.perf_counter()
+        structural, broken = check_structure(batch, self.spec)
+        use_constant = len(batch) >= self.spec.min_rows_for_constant_check > 0
+        if use_constant:
+            check_constant(batch, self.spec, broken, structural)
+        # Column expectations are vacuous on zero rows (and a max of nothing is NaT): only the
+        # row count speaks for an empty batch.
+        skipped = {c.name for c in self.spec.columns} if batch.empty else broken
+        suite = self._suite_for(frozenset(skipped), use_constant)
+        gx_batch = self._batch_definition.get_batch(batch_parameters={"dataframe": batch})
+        result = gx_batch.validate(
+            suite,
+            result_format="BASIC",
+            expectation_parameters={NOW_PARAMETER: self._now_bound(batch, broken, now)},
+        )
+        clock_columns = {c.name for c in self.spec.columns if c.not_future}
+        gx_failures = [_failure_from_gx(r, clock_columns) for r in result.results if not r.success]
+        evaluated = len(structural.checks) + len(result.results)
+        successful = evaluated - len(structural.failures) - len(gx_failures)
+        failures = structural.failures + gx_failures
+        return ValidationReport(
+            success=not failures,
+            batch_id=batch_id,
+            failures=failures,
+            statistics=ValidationStatistics(evaluated=evaluated, successful=successful),
+            rows=len(batch),
+            seconds=time.perf_counter() - started,
+        )
+
+    def _now_bound(
+        self, batch: pd.DataFrame, broken: set[str], now: dt.datetime | pd.Timestamp | None
+    ) -> pd.Timestamp:
+        bound = pd.Timestamp(now) if now is not None else pd.Timestamp.now(tz="UTC")
+        bound = bound + pd.Timedelta(seconds=self.spec.clock_skew_seconds)
+        # GX compares with the column as is: match its timezone-awareness or every row fails.
+        ts_cols = [c.name for c in self.spec.columns if c.not_future and c.name not in broken]
+        tz = batch[ts_cols[0]].dt.tz if ts_cols else None
+        if tz is None:
+            return bound.tz_convert("UTC").tz_localize(None) if bound.tzinfo else bound
+        return bound.tz_localize("UTC").tz_convert(tz) if bound.tzinfo is None else bound.tz_convert(tz)
+
+    def _suite_for(self, broken: frozenset[str], use_constant: bool) -> Any:
+        key = (broken, use_constant)
+        if key not in self._suites:
+            suite = self._gx.ExpectationSuite(name=f"{self.spec.name}-{len(self._suites)}")
+            for expectation in build_expectations(self.spec, broken, use_constant):
+                suite.add_expectation(expectation)
+            self._suites[key] = suite
+        return self._suites[key]
+
+
+def validate_batch(
+    batch: pd.DataFrame,
+    suite: SuiteSpec,
+    batch_id: str,
+    now: dt.datetime | pd.Timestamp | None = None,
+) -> ValidationReport:
+    """Validate one batch with a fresh `Validator` (create a `Validator` to validate many)."""
+    return Validator(suite).validate(batch, batch_id, now=now)
+
+
+def build_expectations(spec: SuiteSpec, skip_columns: Iterable[str] = (), use_constant: bool = True) -> list:
+    """The GX expectations of a suite, leaving out columns that are missing or of the wrong kind."""
+    import great_expectations.expectations as gxe
+
+    skip = set(skip_columns)
+    out: list = [gxe.ExpectTableRowCountToBeBetween(min_value=spec.min_rows, max_value=spec.max_rows)]
+    for col in spec.columns:
+        if col.name in skip:
+            continue
+        name = col.name
+        if col.max_null_fraction < 1:
+            mostly = 1.0 - col.max_null_fraction
+            out.append(gxe.ExpectColumnValuesToNotBeNull(column=name, mostly=mostly))
+        if col.unique:
+            out.append(gxe.ExpectColumnValuesToBeUnique(column=name))
+        if col.finite:
+            out.append(gxe.ExpectColumnValuesToNotBeInSet(column=name, value_set=[math.inf, -math.inf]))
+        if col.min_value is not None or col.max_value is not None:
+            out.append(
+                gxe.ExpectColumnValuesToBeBetween(
+                    column=name, min_value=col.min_value, max_value=col.max_value, mostly=col.range_mostly
+                )
+            )
+        if col.value_set is not None:
+            out.append(gxe.ExpectColumnValuesToBeInSet(column=name, value_set=col.value_set, mostly=col.set_mostly))
+        # Numeric columns are checked for constancy with min == max in pandas (`check_constant`):
+        # GX counts distinct values, which costs ~60 ms per million floats and column.
+        if col.not_constant and use_constant and col.kind != "numeric":
+            out.append(gxe.ExpectColumnUniqueValueCountToBeBetween(column=name, min_value=2))
+        if col.not_future:
+            # The column max against `now`: a row-wise datetime comparison costs seconds per million rows.
+            out.append(gxe.ExpectColumnMaxToBeBetween(column=name, max_value={"$PARAMETER": NOW_PARAMETER}))
+    return out
+
+
+@dataclass
+class StructuralCheck:
+    checks: list[str] = field(default_factory=list)
+    failures: list[ExpectationFailure] = field(default_factory=list)
+
+
+_ACCEPTED_KINDS: dict[str, set[str]] = {
+    "numeric": {"numeric"},
+    "string": {"string"},
+    # Nulls turn a bool column into object dtype; the value-set expectation then checks the values.
+    "bool": {"bool", "string"},
+    "datetime": {"datetime"},
+}
+
+
+def check_structure(batch: pd.DataFrame, spec: SuiteSpec) -> tuple[StructuralCheck, set[str]]:
+    """Column existence and dtype kind, checked on dtypes only (cheap, and GX raises on them).
+
+    Returns the checks and the columns that must be left out of the GX suite.
+    """
+    result = StructuralCheck()
+    broken: set[str] = set()
+    result.checks.append("expect_table_columns_to_be_unique")
+    dupes = sorted({str(c) for c in batch.columns[batch.columns.duplicated()]})
+    if dupes:
+        broken.update(dupes)
+        result.failures.append(
+            ExpectationFailure(
+                "expect_table_columns_to_be_unique", None, dupes, "each column once",
+                f"columns {dupes} appear more than once; drop the duplicates upstream",
+            )
+        )
+    for col in spec.columns:
+        result.checks.append(EXIST_EXPECTATION)
+        if col.name not in batch.columns:
+            broken.add(col.name)
+            result.failures.append(
+                ExpectationFailure(
+                    EXIST_EXPECTATION, col.name, None, col.name,
+                    f"column {col.name!r} ({col.role}) is missing; the batch must carry it",
+                )
+            )
+            continue
+        if col.name in broken:
+            continue
+        result.checks.append(TYPE_EXPECTATION)
+        kind = column_kind(batch[col.name])
+        if kind not in _ACCEPTED_KINDS[col.kind]:
+            broken.add(col.name)
+            result.failures.append(
+                ExpectationFailure(
+                    TYPE_EXPECTATION, col.name, str(batch[col.name].dtype), col.kind,
+                    f"column {col.name!r} has dtype {batch[col.name].dtype} ({kind}) but the reference "
+                    f"is {col.kind}; convert it before scoring",
+                )
+            )
+    return result, broken
+
+
+def check_constant(batch: pd.DataFrame, spec: SuiteSpec, broken: set[str], into: StructuralCheck) -> None:
+    """Numeric columns that vary in the reference must vary in the batch (min < max)."""
+    for col in spec.columns:
+        if not (col.not_constant and col.kind == "numeric") or col.name in broken:
+            continue
+        into.checks.append(CONSTANT_EXPECTATION)
+        values = batch[col.name]
+        lo, hi = values.min(), values.max()
+        if not (lo < hi):  # also true when every value is null
+            into.failures.append(
+                ExpectationFailure(
+                    CONSTANT_EXPECTATION, col.name, 1 if lo == hi else 0, {"min_value": 2},
+                    f"every value is {_plain(lo)}: the column is constant but varies in the reference",
+                )
+            )
+
+
+# ----------------------------------------------------------------------------- GX results
+
+
+def _failure_from_gx(result: Any, clock_columns: set[str]) -> ExpectationFailure:
+    config = result.expectation_config
+    kind = config.type
+    kwargs = dict(config.kwargs)
+    column = kwargs.get("column")
+    res = dict(result.result or {})
+    error = _exception_message(result.exception_info)
+    expected = {k: _plain(v) for k, v in kwargs.items() if k not in ("column", "batch_id")}
+    if error is not None:
+        return ExpectationFailure(kind, column, None, expected, f"GX could not evaluate it: {error}")
+    if "observed_value" in res:
+        observed: Any = _plain(res["observed_value"])
+    else:
+        observed = {
+            "unexpected_count": _plain(res.get("unexpected_count")),
+            "unexpected_percent": _plain(res.get("unexpected_percent")),
+            "sample": _sample(res),
+        }
+    return ExpectationFailure(kind, column, observed, expected, _describe(kind, kwargs, res, column in clock_columns))
+
+
+def _sample(res: dict[str, Any], size: int = 5) -> list[Any]:
+    """A few distinct offending values (GX lists the first 20, repeats included)."""
+    distinct = list(dict.fromkeys(_plain(list(res.get("partial_unexpected_list") or []))))
+    return distinct[:size]
+
+
+def _describe(kind: str, kwargs: dict[str, Any], res: dict[str, Any], is_clock: bool = False) -> str:
+    count = res.get("unexpected_count")
+    # GX measures `mostly` against non-null values; report the same share.
+    pct = res.get("unexpected_percent_nonmissing", res.get("unexpected_percent")) or 0.0
+    allowed = 100.0 * (1.0 - float(kwargs.get("mostly") or 1.0))
+    sample = _sample(res)
+    if kind == "expect_table_row_count_to_be_between":
+        return (
+            f"{res.get('observed_value')} rows; expected between {kwargs.get('min_value')} "
+            f"and {kwargs.get('max_value')}"
+        )
+    if kind == "expect_column_values_to_not_be_null":
+        pct_nulls = res.get("unexpected_percent") or 0.0
+        return f"{pct_nulls:.2f}% nulls ({count} row(s)); at most {allowed:.2f}% allowed"
+    if kind == "expect_column_values_to_be_unique":
+        return f"{count} rows share their value with another row (e.g. {sample}); values must be unique"
+    if kind == "expect_column_values_to_not_be_in_set":
+        return f"{count} infinite values; replace them upstream"
+    if kind == "expect_column_values_to_be_between":
+        max_value = _plain(kwargs.get("max_value"))
+        return (
+            f"{pct:.2f}% of values ({count}) outside [{kwargs.get('min_value')}, {max_value}]; "
+            f"at most {allowed:.2f}% allowed; e.g. {sample}"
+        )
+    if kind == "expect_column_values_to_be_in_set":
+        return (
+            f"{pct:.2f}% of values ({count}) are not in the reference set; at most {allowed:.2f}% "
+            f"allowed; e.g. {sample}"
+        )
+    if kind == "expect_column_max_to_be_between" and is_clock:
+        return (
+            f"the latest timestamp {_plain(res.get('observed_value'))} is after now "
+            f"({_plain(kwargs.get('max_value'))}, clock skew included); check the producer's clock "
+            "or the `now` passed in"
+        )
+    if kind == "expect_column_unique_value_count_to_be_between":
+        return f"{res.get('observed_value')} distinct value(s): the column is constant but varies in the reference"
+    return f"failed: {res}"
+
+
+def _exception_message(info: Any) -> str | None:
+    """GX nests exception info per metric when a metric fails; find the first raised one."""
+    if not info:
+        return None
+    if not isinstance(info, dict):
+        info = getattr(info, "to_json_dict", lambda: None)() or {}
+    if "exception_message" in info:
+        raised = info.get("raised_exception", True)
+        return str(info["exception_message"]) if raised and info["exception_message"] else None
+    for value in info.values():
+        found = _exception_message(value)
+        if found:
+            return found
+    return None
+
+
+def _plain(value: Any) -> Any:
+    """Plain JSON types: numpy scalars, timestamps and NaN are converted."""
+    if isinstance(value, dict):
+        return {str(k): _plain(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple, set, np.ndarray)):
+        return [_plain(v) for v in value]
+    if isinstance(value, (bool, np.bool_)):
+        return bool(value)
+    if isinstance(value, (int, np.integer)):
+        return int(value)
+    if isinstance(value, (float, np.floating)):
+        f = float(value)
+        return f if math.isfinite(f) else (None if math.isnan(f) else ("inf" if f > 0 else "-inf"))
+    if isinstance(value, (pd.Timestamp, dt.datetime, dt.date)):
+        return value.isoformat()
+    if value is None or isinstance(value, str):
+        return value
+    if value is pd.NaT or value is pd.NA:
+        return None
+    return str(value)
+
+
+# ----------------------------------------------------------------------------- labels
+
+
+def validate_labels(
+    labels: pd.DataFrame,
+    batch_ids_known: Iterable[Any] | None,
+    config: ModelConfig,
+    batch_id: str = "labels",
+    max_unknown_fraction: float = 0.0,
+) -> ValidationReport:
+    """Check a labels file: id and target present, ids unique and known, targets possible.
+
+    `batch_ids_known` are the ids served in batches (None skips that check). Plain pandas:
+    labels files are small and need no distribution checks.
+    """
+    import time
+
+    started = time.perf_counter()
+    id_col, target = config.columns.id, config.columns.target
+    checks: list[bool] = []
+    failures: list[ExpectationFailure] = []
+
+    def check(ok: bool, failure: ExpectationFailure) -> None:
+        checks.append(ok)
+        if not ok:
+            failures.append(failure)
+
+    check(
+        len(labels) > 0,
+        ExpectationFailure("expect_table_row_count_to_be_between", None, 0, {"min_value": 1},
+                           "the labels file has no rows"),
+    )
+    for name in (id_col, target):
+        check(
+            name in labels.columns,
+            ExpectationFailure(EXIST_EXPECTATION, name, None, name,
+                               f"labels lack column {name!r}; labels are (id, target) pairs"),
+        )
+    if id_col in labels.columns:
+        ids = labels[id_col]
+        nulls = int(ids.isna().sum())
+        check(nulls == 0, ExpectationFailure("expect_column_values_to_not_be_null", id_col, nulls, 0,
+                                             f"{nulls} labels have no id"))
+        dupes = int(ids.duplicated(keep=False).sum())
+        sample = _plain(ids[ids.duplicated()].unique()[:5])
+        check(dupes == 0, ExpectationFailure("expect_column_values_to_be_unique", id_col, dupes, 0,
+                                             f"{dupes} labels share an id (e.g. {sample})"))
+        if batch_ids_known is not None:
+            known = pd.Index(batch_ids_known if not isinstance(batch_ids_known, (set, frozenset))
+                             else list(batch_ids_known))
+            unknown = ids.dropna()[~ids.dropna().isin(known)]
+            share = len(unknown) / max(len(ids), 1)
+            check(
+                share <= max_unknown_fraction,
+                ExpectationFailure(
+                    "expect_column_values_to_be_in_set", id_col,
+                    {"unexpected_count": len(unknown), "sample": _plain(unknown.unique()[:5])},
+                    {"mostly": 1 - max_unknown_fraction},
+                    f"{len(unknown)} labels ({100 * share:.2f}%) name ids no batch served "
+                    f"(e.g. {_plain(unknown.unique()[:5])})",
+                ),
+            )
+    if target in labels.columns:
+        values = labels[target]
+        nulls = int(values.isna().sum())
+        check(nulls == 0, ExpectationFailure("expect_column_values_to_not_be_null", target, nulls, 0,
+                                             f"{nulls} labels have no target value"))
+        present = values.dropna()
+        if config.problem_type == "binary_classification":
+            bad = present[~present.isin([0, 1])] if column_kind(present) != "bool" else present.iloc[:0]
+            check(bad.empty, ExpectationFailure(
+                "expect_column_values_to_be_in_set", target,
+                {"unexpected_count": len(bad), "sample": _plain(bad.unique()[:5])}, [0, 1],
+                f"{len(bad)} targets are not 0/1 (e.g. {_plain(bad.unique()[:5])})"))
+        else:
+            numeric = pd.to_numeric(present, errors="coerce")
+            bad = present[numeric.isna() | ~np.isfinite(numeric.astype(float))]
+            check(bad.empty, ExpectationFailure(
+                "expect_column_values_to_be_in_type_list", target,
+                {"unexpected_count": len(bad), "sample": _plain(bad.unique()[:5])}, "finite numbers",
+                f"{len(bad)} targets are not finite numbers (e.g. {_plain(bad.unique()[:5])})"))
+    return ValidationReport(
+        success=not failures,
+        batch_id=batch_id,
+        failures=failures,
+        statistics=ValidationStatistics(evaluated=len(checks), successful=sum(checks)),
+        rows=len(labels),
+        seconds=time.perf_counter() - started,
+    )

@@ -1,0 +1,105 @@
+"""The `retrain` flow: versioned window -> validate -> XGBoost -> evaluate -> MLflow registry."""
+
+from __future__ import annotations
+
+from prefect import flow
+from prefect.runtime import deployment, flow_run
+from prefect.states import Completed, Failed, State
+
+from blocks.model_config import resolve_config
+from evergreen import retraining
+from evergreen.config import ModelConfig
+from evergreen.lineage import Trigger, code_version
+from evergreen.reports import RetrainResult
+from evergreen.telemetry import disable_telemetry
+from tasks import data, monitoring, training
+from tasks.events import emit
+from tasks.registry import register_candidate
+
+DATA_REJECTED = "evergreen.data.rejected"
+MODEL_REGISTERED = "evergreen.model.registered"
+
+
+@flow(name="retrain", log_prints=True)
+def retrain(
+    config: str | ModelConfig = "car-loan",
+    trigger: str | None = None,
+    event_id: str | None = None,
+    reason: str | None = None,
+    metric: str | None = None,
+) -> State:
+    """Train a candidate on the current window and register it as `challenger`.
+
+    `trigger` is schedule / event / manual; the drift automation passes the triggering
+    event's id, reason and metric, which are recorded on the run and the version."""
+    disable_telemetry()
+    cfg = resolve_config(config)
+    why = Trigger.of(trigger, event_id, reason, metric)
+
+    win = training.assemble_training_window(cfg)
+    snap = training.snapshot_training_data(cfg, win)
+    suite = retraining.training_suite(monitoring.derive_suite(data.load_monitor_reference(cfg), cfg))
+    report = monitoring.validate_batch(win.frame, suite, f"training window {snap.digest[:12]}")
+    if not report.success:
+        emit(cfg, DATA_REJECTED, {"batch_id": f"snapshot:{snap.digest}", "failures": [f.to_dict() for f in report.failures], "reason": report.summary()})
+        result = _result(cfg, win, snap, why, status="rejected", message=report.summary(), events=[DATA_REJECTED])
+        return Failed(name="TrainingDataRejected", message=report.summary(), data=result)
+
+    holdout = training.hold_out_recent(win.frame, cfg)
+    model = training.train_model(holdout.train, cfg)
+    evaluation = training.evaluate_model(model, holdout.evaluation, cfg)
+    tags = _lineage_tags(cfg, snap, why)
+    logged = training.log_training_run(cfg, model, evaluation, snap, win, holdout, why, tags)
+    registration = register_candidate(cfg, logged.model_uri, logged.run_id, tags)
+    version, bootstrap = registration.version, registration.bootstrap
+
+    emit(
+        cfg,
+        MODEL_REGISTERED,
+        {
+            "version": version.version,
+            "run_id": logged.run_id,
+            "dataset_digest": snap.digest,
+            "bootstrap": bootstrap,
+            "aliases": version.aliases,
+            "metric": cfg.metric,
+            "value": evaluation.value,
+            "trigger": why.kind,
+            "trigger_event_id": why.event_id,
+        },
+    )
+    result = _result(
+        cfg, win, snap, why, status="registered", events=[MODEL_REGISTERED],
+        version=version.version, run_id=logged.run_id, aliases=version.aliases, bootstrap=bootstrap,
+        metrics=evaluation.flat_metrics(), tracking_uri=logged.tracking_uri,
+        message=f"registered {cfg.mlflow.model_name} v{version.version} as {', '.join(version.aliases)}",
+    )
+    return Completed(message=result.message, data=result)
+
+
+def _lineage_tags(cfg: ModelConfig, snap, why: Trigger) -> dict[str, str]:  # noqa: ANN001
+    return {
+        "evergreen.model": cfg.name,
+        "evergreen.dataset_digest": snap.digest,
+        "evergreen.dataset_uri": snap.uri,
+        "evergreen.dataset_rows": str(snap.rows),
+        "evergreen.prefect.flow_run_id": str(flow_run.id or ""),
+        "evergreen.prefect.deployment": deployment.get_name() or "",
+        "evergreen.code_version": code_version(),
+        **why.tags(),
+    }
+
+
+def _result(cfg: ModelConfig, win, snap, why: Trigger, **fields) -> RetrainResult:  # noqa: ANN001, ANN003
+    return RetrainResult(
+        model_name=cfg.mlflow.model_name,
+        dataset_digest=snap.digest,
+        dataset_uri=snap.uri,
+        dataset_reused=not snap.created,
+        rows=snap.rows,
+        trigger=why.__dict__,
+        sources=list(win.sources),
+        excluded=dict(win.excluded),
+        **fields,
+    )
+

@@ -1,0 +1,76 @@
+"""Registry tasks: every alias move goes through `registry_lock`, one model at a time."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
+
+from prefect import task
+from prefect.cache_policies import NO_CACHE
+from prefect.runtime import deployment, flow_run
+
+from evergreen import registry, tracking
+from evergreen.config import ModelConfig
+
+
+def lock_name(config: ModelConfig) -> str:
+    return f"evergreen-registry-{config.name}"
+
+
+@contextmanager
+def registry_lock(config: ModelConfig, timeout_seconds: float = 600) -> Iterator[None]:
+    """Serialize alias moves of one model with a Prefect global concurrency limit of 1
+    (MLflow alias writes are last-writer-wins)."""
+    from prefect.client.orchestration import get_client
+    from prefect.concurrency.sync import concurrency
+
+    name = lock_name(config)
+    with get_client(sync_client=True) as client:
+        try:
+            client.read_global_concurrency_limit_by_name(name)
+        except Exception:  # missing: create it (a concurrent creator wins harmlessly)
+            try:
+                client.upsert_global_concurrency_limit_by_name(name, limit=1)
+            except Exception:
+                client.read_global_concurrency_limit_by_name(name)
+    with concurrency(name, occupy=1, timeout_seconds=timeout_seconds, strict=True):
+        yield
+
+
+def actor() -> str:
+    """Who moves aliases: the flow run (and deployment) doing it."""
+    name = flow_run.get_flow_name() or "evergreen"
+    dep = deployment.get_name()
+    return f"{name}/{dep}" if dep else f"{name} (manual run)"
+
+
+def current_flow_run_id() -> str | None:
+    return str(flow_run.id) if flow_run.id else None
+
+
+@dataclass(frozen=True)
+class Registration:
+    version: registry.VersionInfo
+    bootstrap: bool
+
+
+@task(name="register-candidate", cache_policy=NO_CACHE, retries=2, retry_delay_seconds=2)
+def register_candidate(
+    config: ModelConfig, model_uri: str, run_id: str, tags: dict[str, str]
+) -> Registration:
+    """New version with alias `challenger` and status candidate; with no champion yet it also
+    becomes `champion` (bootstrap)."""
+    tracking.connect(config.mlflow)
+    name = config.mlflow.model_name
+    with registry_lock(config):
+        bootstrap = registry.version_by_alias(name, registry.CHAMPION) is None
+        status = "champion" if bootstrap else "candidate"
+        version = registry.create_version(
+            name, model_uri, run_id, {**tags, registry.STATUS_TAG: status, "evergreen.bootstrap": str(bootstrap).lower()}
+        )
+        who, run = actor(), current_flow_run_id()
+        registry.move_alias(name, registry.CHALLENGER, version.version, "retrained candidate", who, run)
+        if bootstrap:
+            registry.move_alias(name, registry.CHAMPION, version.version, "bootstrap: empty registry", who, run)
+    return Registration(registry.get_version(name, version.version), bootstrap)

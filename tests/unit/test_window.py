@@ -1,0 +1,284 @@
+"""Training-window assembly and label joins."""
+
+from __future__ import annotations
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from evergreen.config import ColumnRoles, RetrainPolicyConfig
+from evergreen.window import LabelledBatch, WindowError, assemble_window, join_labels
+
+COLUMNS = ColumnRoles(
+    target="repaid", features=["car_value", "salary_range"], categorical=["salary_range"]
+)
+WANTED = ["id", "timestamp", "car_value", "salary_range", "repaid"]
+
+
+def _batch_frame(day: str, rows: int = 4, start_id: int = 0, labelled: bool = True) -> pd.DataFrame:
+    """One day of production rows with prediction columns and (optionally) labels."""
+    rng = np.random.default_rng(start_id)
+    frame = pd.DataFrame(
+        {
+            "id": np.arange(start_id, start_id + rows),
+            "timestamp": pd.date_range(day, periods=rows, freq=pd.Timedelta(hours=24) / rows),
+            "car_value": rng.normal(20_000, 5_000, rows).round(2),
+            "salary_range": rng.choice(["0 - 20K €", "20K - 40K €"], rows),
+            "y_pred": rng.integers(0, 2, rows),
+            "y_pred_proba": rng.random(rows),
+            "model_version": "1",
+        }
+    )
+    if labelled:
+        frame["repaid"] = rng.integers(0, 2, rows).astype(float)
+    return frame
+
+
+def _batches(days: int = 10, rows: int = 4) -> list[LabelledBatch]:
+    start = pd.Timestamp("2019-02-01")
+    return [
+        LabelledBatch(
+            batch_id=(start + pd.Timedelta(days=i)).strftime("%Y-%m-%d"),
+            frame=_batch_frame(
+                (start + pd.Timedelta(days=i)).strftime("%Y-%m-%d"), rows, 1000 + 100 * i
+            ),
+        )
+        for i in range(days)
+    ]
+
+
+def _reference(rows: int = 5) -> pd.DataFrame:
+    frame = _batch_frame("2019-01-01", rows, 0).drop(
+        columns=["y_pred", "y_pred_proba", "model_version"]
+    )
+    return frame.iloc[::-1].reset_index(drop=True)  # out of time order on purpose
+
+
+def _policy(**kwargs) -> RetrainPolicyConfig:
+    return RetrainPolicyConfig(**kwargs)
+
+
+def test_expanding_keeps_every_labelled_row_in_time_order() -> None:
+    batches = _batches(5)
+    shuffled = [batches[i] for i in (3, 0, 4, 1, 2)]
+    window = assemble_window(
+        None, shuffled, _policy(window="expanding", include_reference=False), COLUMNS
+    )
+    assert window.rows == 20 == len(window.frame)
+    assert list(window.frame.columns) == WANTED
+    assert window.frame["timestamp"].is_monotonic_increasing
+    assert sorted(window.sources) == [b.batch_id for b in batches]
+    assert window.sources == [b.batch_id for b in batches]  # in time order
+    assert window.excluded == {}
+    assert window.time_min == pd.Timestamp("2019-02-01", tz="UTC")
+    assert window.time_max == pd.Timestamp("2019-02-05 18:00", tz="UTC")
+
+
+def test_sliding_days_keeps_the_last_days_before_now() -> None:
+    batches = _batches(10)
+    policy = _policy(window="sliding", window_days=3, include_reference=False)
+    window = assemble_window(None, batches, policy, COLUMNS, now=pd.Timestamp("2019-02-11"))
+    assert window.sources == ["2019-02-08", "2019-02-09", "2019-02-10"]
+    assert window.rows == 12
+    assert window.window_start == pd.Timestamp("2019-02-08", tz="UTC")
+    assert window.frame["timestamp"].min() >= window.window_start
+    assert set(window.excluded) == {b.batch_id for b in batches[:7]}
+    assert all("sliding window" in reason for reason in window.excluded.values())
+
+
+def test_sliding_days_without_now_ends_at_the_newest_row() -> None:
+    window = assemble_window(
+        None, _batches(10), _policy(window_days=2, include_reference=False), COLUMNS
+    )
+    # newest row 2019-02-10 18:00 -> window from 2019-02-08 18:00
+    assert window.sources == ["2019-02-08", "2019-02-09", "2019-02-10"]
+    assert window.frame["timestamp"].min() == pd.Timestamp("2019-02-08 18:00", tz="UTC")
+    assert window.rows == 9
+
+
+def test_rows_after_now_are_never_used() -> None:
+    policy = _policy(window="expanding", include_reference=False)
+    window = assemble_window(
+        None, _batches(5), policy, COLUMNS, now=pd.Timestamp("2019-02-03 06:00")
+    )
+    assert window.frame["timestamp"].max() <= pd.Timestamp("2019-02-03 06:00", tz="UTC")
+    assert window.rows == 4 + 4 + 2
+    assert "after now" in window.excluded["2019-02-04"]
+
+
+def test_sliding_rows_keeps_the_newest_rows() -> None:
+    policy = _policy(window="sliding", window_days=None, window_rows=100, include_reference=False)
+    window = assemble_window(None, _batches(10, rows=15), policy, COLUMNS)
+    assert window.rows == 100
+    all_rows = pd.concat([b.frame for b in _batches(10, rows=15)]).sort_values("timestamp")
+    assert window.frame["id"].tolist() == all_rows["id"].tail(100).tolist()
+    assert window.sources[0] == "2019-02-04"  # partly used
+    assert "2019-02-03" in window.excluded
+
+
+def test_days_and_rows_limits_both_apply() -> None:
+    policy = _policy(window="sliding", window_days=5, window_rows=100, include_reference=False)
+    few = assemble_window(None, _batches(10, rows=4), policy, COLUMNS)
+    assert (
+        few.rows == 4 * 5 + 1
+    )  # days limit binds (5 days back from 18:00 reaches one row of day 5)
+    many = assemble_window(None, _batches(10, rows=50), policy, COLUMNS)
+    assert many.rows == 100  # rows limit binds
+
+
+def test_reference_comes_first_and_is_not_windowed() -> None:
+    reference = _reference(5)
+    policy = _policy(window="sliding", window_days=2, include_reference=True)
+    window = assemble_window(reference, _batches(10), policy, COLUMNS)
+    assert window.reference_rows == 5
+    assert window.frame["id"].head(5).tolist() == [0, 1, 2, 3, 4]  # sorted by time
+    assert window.rows == 5 + 9
+    assert window.frame["timestamp"].is_monotonic_increasing
+    assert window.time_min == pd.Timestamp("2019-01-01", tz="UTC")
+    assert "reference" not in window.sources
+
+
+def test_reference_is_skipped_when_the_policy_says_so() -> None:
+    policy = _policy(window="expanding", include_reference=False)
+    window = assemble_window(_reference(), _batches(2), policy, COLUMNS)
+    assert window.reference_rows == 0 and window.rows == 8
+
+
+def test_reference_without_timestamps_still_comes_first() -> None:
+    reference = _reference(3).drop(columns="timestamp")
+    window = assemble_window(reference, _batches(2), _policy(window="expanding"), COLUMNS)
+    assert window.frame["timestamp"].head(3).isna().all()
+    assert window.frame["id"].head(3).tolist() == [2, 1, 0]
+    assert window.rows == 11
+
+
+def test_reference_missing_a_feature_is_an_error() -> None:
+    with pytest.raises(WindowError, match="car_value"):
+        assemble_window(_reference().drop(columns="car_value"), _batches(1), _policy(), COLUMNS)
+
+
+def test_invalid_and_unlabelled_batches_are_excluded_with_reasons() -> None:
+    batches = _batches(4)
+    batches[1] = LabelledBatch(
+        batches[1].batch_id,
+        batches[1].frame,
+        valid=False,
+        reason="expect_column_values_to_not_be_null: car_value",
+    )
+    batches[2] = LabelledBatch(batches[2].batch_id, batches[2].frame.drop(columns="repaid"))
+    no_labels = batches[3].frame.assign(repaid=np.nan)
+    batches[3] = LabelledBatch(batches[3].batch_id, no_labels)
+    extra = LabelledBatch(
+        "2019-02-09", _batch_frame("2019-02-09", 4, 9000).drop(columns="car_value")
+    )
+    window = assemble_window(
+        None, [*batches, extra], _policy(window="expanding", include_reference=False), COLUMNS
+    )
+    assert window.sources == ["2019-02-01"]
+    assert window.rows == 4
+    assert window.excluded == {
+        "2019-02-02": "expect_column_values_to_not_be_null: car_value",
+        "2019-02-03": "no labels joined (column 'repaid' missing)",
+        "2019-02-04": "no labelled rows",
+        "2019-02-09": "missing column(s) ['car_value']",
+    }
+
+
+def test_invalid_batch_without_reason_gets_a_default_one() -> None:
+    batch = _batches(1)[0]
+    invalid = LabelledBatch(batch.batch_id, batch.frame, valid=False)
+    window = assemble_window(None, [invalid], _policy(include_reference=False), COLUMNS)
+    assert window.rows == 0 and window.sources == []
+    assert window.excluded == {batch.batch_id: "failed validation"}
+    assert list(window.frame.columns) == WANTED
+    assert window.time_min is None and window.time_max is None
+
+
+def test_only_labelled_rows_are_kept() -> None:
+    frame = _batch_frame("2019-02-01", 6, 0)
+    frame.loc[[1, 4], "repaid"] = np.nan
+    window = assemble_window(
+        None, [LabelledBatch("d", frame)], _policy(include_reference=False), COLUMNS
+    )
+    assert window.frame["id"].tolist() == [0, 2, 3, 5]
+    assert window.frame["repaid"].notna().all()
+
+
+def test_inputs_are_not_mutated() -> None:
+    batches = _batches(3)
+    reference = _reference()
+    before = [b.frame.copy() for b in batches], reference.copy()
+    assemble_window(
+        reference, batches, _policy(window_days=1), COLUMNS, now=pd.Timestamp("2019-02-03")
+    )
+    for frame, original in zip([b.frame for b in batches], before[0], strict=True):
+        pd.testing.assert_frame_equal(frame, original)
+    pd.testing.assert_frame_equal(reference, before[1])
+
+
+def test_duplicate_batch_ids_are_rejected() -> None:
+    batch = _batches(1)[0]
+    with pytest.raises(WindowError, match="listed twice"):
+        assemble_window(None, [batch, batch], _policy(), COLUMNS)
+
+
+def test_tz_aware_and_naive_timestamps_mix() -> None:
+    batches = _batches(2)
+    aware = batches[1].frame.assign(timestamp=batches[1].frame["timestamp"].dt.tz_localize("UTC"))
+    batches[1] = LabelledBatch(batches[1].batch_id, aware)
+    window = assemble_window(
+        None, batches, _policy(window="expanding", include_reference=False), COLUMNS
+    )
+    assert str(window.frame["timestamp"].dt.tz) == "UTC"
+    assert window.frame["timestamp"].is_monotonic_increasing
+
+
+# --------------------------------------------------------------------------- join_labels
+
+
+def test_join_labels_is_an_inner_join_on_id_in_batch_order() -> None:
+    batch = _batch_frame("2019-02-01", 5, 10, labelled=False)
+    labels = pd.DataFrame({"id": [14, 10, 12, 99], "repaid": [1, 0, 1, 1]})
+    joined = join_labels(batch, labels, COLUMNS)
+    assert joined["id"].tolist() == [10, 12, 14]
+    assert joined["repaid"].tolist() == [0, 1, 1]
+    assert list(joined.columns) == [*batch.columns, "repaid"]
+    pd.testing.assert_frame_equal(
+        joined.drop(columns="repaid"), batch.iloc[[0, 2, 4]].reset_index(drop=True)
+    )
+    assert "repaid" not in batch.columns  # input untouched
+
+
+def test_join_labels_replaces_a_stale_target_column() -> None:
+    batch = _batch_frame("2019-02-01", 3, 0).assign(repaid=np.nan)
+    labels = pd.DataFrame({"id": [0, 1, 2], "repaid": [1, 1, 0]})
+    assert join_labels(batch, labels, COLUMNS)["repaid"].tolist() == [1, 1, 0]
+
+
+def test_join_labels_then_window_uses_only_labelled_rows() -> None:
+    batch = _batch_frame("2019-02-01", 5, 10, labelled=False)
+    labels = pd.DataFrame({"id": [11, 13], "repaid": [1, 0]})
+    joined = join_labels(batch, labels, COLUMNS)
+    window = assemble_window(
+        None, [LabelledBatch("2019-02-01", joined)], _policy(include_reference=False), COLUMNS
+    )
+    assert window.frame["id"].tolist() == [11, 13]
+
+
+def test_duplicate_label_ids_are_a_clear_error() -> None:
+    batch = _batch_frame("2019-02-01", 3, 0, labelled=False)
+    labels = pd.DataFrame({"id": [0, 1, 1, 2, 2], "repaid": [1, 0, 1, 1, 1]})
+    with pytest.raises(WindowError, match=r"2 duplicate id\(s\) in column 'id' \(e.g. \[1, 2\]\)"):
+        join_labels(batch, labels, COLUMNS)
+
+
+@pytest.mark.parametrize(
+    ("labels", "message"),
+    [
+        (pd.DataFrame({"id": [0], "label": [1]}), "labels lack column"),
+        (pd.DataFrame({"id": ["0"], "repaid": [1]}), "same type"),
+    ],
+)
+def test_malformed_labels_are_named(labels: pd.DataFrame, message: str) -> None:
+    with pytest.raises(WindowError, match=message):
+        join_labels(_batch_frame("2019-02-01", 2, 0, labelled=False), labels, COLUMNS)
