@@ -8,6 +8,8 @@ Alias history lives in the registry too, as registered-model tags `evergreen.his
 from __future__ import annotations
 
 import json
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any
@@ -197,7 +199,7 @@ def log_model(model: Any, input_example: Any) -> Any:
     preds = model.predict(input_example)
     output = preds.probability if preds.probability is not None else preds.prediction
     signature = infer_signature(input_example, output)
-    with tempfile.TemporaryDirectory() as tmp:
+    with tempfile.TemporaryDirectory() as tmp, _quiet_serving_check():
         meta = Path(tmp) / METADATA_FILE
         meta.write_text(json.dumps(model.metadata(), indent=2, sort_keys=True), encoding="utf-8")
         return mlflow.xgboost.log_model(
@@ -208,10 +210,22 @@ def log_model(model: Any, input_example: Any) -> Any:
             pip_requirements=_pip_requirements(),
             model_format="ubj",
             extra_files=[str(meta)],
-            # MLflow checks the example through pyfunc, which rejects categorical inputs;
-            # Evergreen scores the booster natively (evergreen.serving).
-            validate_serving_input=False,
         )
+
+
+@contextmanager
+def _quiet_serving_check() -> Iterator[None]:
+    """MLflow tries the input example through pyfunc, which rejects categorical inputs and
+    logs a misleading warning; Evergreen scores the booster natively (evergreen.serving)."""
+    import logging
+
+    logger = logging.getLogger("mlflow.models.model")
+    previous = logger.level
+    logger.setLevel(logging.ERROR)
+    try:
+        yield
+    finally:
+        logger.setLevel(previous)
 
 
 @dataclass
@@ -222,19 +236,24 @@ class LoadedModel:
     model: Any
 
 
-def load_version(name: str, version: str) -> LoadedModel:
-    """Download one registered version and load it natively (never through pickle)."""
+def load_model_uri(uri: str) -> Any:
+    """Download a model (`models:/<name>@<alias>`, `models:/<name>/<version>`, ...) from the
+    configured registry and load it natively: XGBoost's own format plus Evergreen's JSON
+    metadata, never through pickle."""
     import tempfile
 
     import mlflow.artifacts
 
     from evergreen.training import TrainedModel
 
-    info = get_version(name, version)
     with tempfile.TemporaryDirectory() as tmp:
-        local = mlflow.artifacts.download_artifacts(artifact_uri=f"models:/{name}/{version}", dst_path=tmp)
-        model = TrainedModel.load(local)
-    return LoadedModel(version=info, model=model)
+        local = mlflow.artifacts.download_artifacts(artifact_uri=uri, dst_path=tmp)
+        return TrainedModel.load(local)
+
+
+def load_version(name: str, version: str) -> LoadedModel:
+    """One registered version, loaded."""
+    return LoadedModel(version=get_version(name, version), model=load_model_uri(f"models:/{name}/{version}"))
 
 
 def load_alias(name: str, alias: str) -> LoadedModel | None:

@@ -34,6 +34,11 @@ class ServedModel:
     model: Any  # evergreen.training.TrainedModel
     specs: tuple[FeatureSpec, ...]
     loaded_at: str
+    scorer: Any = None  # fast path (evergreen.serving.fastpath); None: model.predict
+
+    def predict(self, frame: Any) -> Any:
+        """Predictions of this version for a validated frame (TrainedModel.predict's contract)."""
+        return (self.scorer or self.model).predict(frame)
 
     def describe(self) -> dict[str, Any]:
         return {
@@ -43,6 +48,7 @@ class ServedModel:
             "problem_type": self.model.problem_type,
             "threshold": self.model.threshold,
             "features": [s.name for s in self.specs],
+            "fast_path": self.scorer is not None and self.scorer is not self.model,
         }
 
 
@@ -98,6 +104,7 @@ def resolve_from_registry(model_name: str, alias: str) -> str | None:
 def load_from_registry(model_name: str, version: str) -> ServedModel:
     """Download and load one version natively (XGBoost UBJSON + metadata, no pickle)."""
     from evergreen.registry import load_version
+    from evergreen.serving.fastpath import build_scorer
 
     loaded = load_version(model_name, version)
     model = loaded.model
@@ -107,6 +114,7 @@ def load_from_registry(model_name: str, version: str) -> ServedModel:
         model=model,
         specs=tuple(feature_specs(model.features, model.categories)),
         loaded_at=_now(),
+        scorer=build_scorer(model),
     )
 
 

@@ -81,19 +81,24 @@ def score_table(
             continue
         served = snapshot.model_for(alias)
         assert served is not None  # route_many only picks canary when one is loaded
-        scored = served.model.predict(frame.loc[rows])
+        scored = served.predict(frame if rows.all() else frame.loc[rows])
         prediction[rows] = scored.prediction
         if scored.probability is not None:
             probability[rows] = scored.probability
         versions[rows] = served.version
 
-    log_rows = frame.assign(**{cols.prediction: prediction})
+    # One construction instead of column-by-column inserts: this runs on every request.
+    log_columns: dict[str, Any] = {name: frame[name] for name in frame.columns}
+    log_columns[cols.prediction] = prediction
     if binary and cols.probability:
-        log_rows[cols.probability] = probability
-    log_rows[cols.model_version] = versions.astype(str)
-    log_rows[ALIAS_COLUMN] = aliases.astype(str)
-    log_rows[SERVED_AT_COLUMN] = pd.Series([_naive_utc(request_time)] * n, dtype="datetime64[us]")
-    log_rows[REQUEST_ID_COLUMN] = request_id
+        log_columns[cols.probability] = probability
+    log_columns[cols.model_version] = versions.astype(str)
+    log_columns[ALIAS_COLUMN] = aliases.astype(str)
+    log_columns[SERVED_AT_COLUMN] = np.full(
+        n, _naive_utc(request_time).to_datetime64(), dtype="datetime64[us]"
+    )
+    log_columns[REQUEST_ID_COLUMN] = np.full(n, request_id, dtype=object)
+    log_rows = pd.DataFrame(log_columns, index=frame.index)
     answer = probability if binary else prediction
     return ScoredRequest(
         predictions=answer.astype(float).tolist(),

@@ -1,0 +1,782 @@
+"""Shared machinery of Evergreen's benchmarks.
+
+- a seeded synthetic dataset (16 numeric + 4 categorical features, binary target with a
+  learnable signal) written as a stream whose single batch holds `rows` rows;
+- a temporary local Prefect server (`prefect server start`) for the flow variants;
+- the harness: every measured variant runs in its own fresh interpreter, alternating with
+  its baseline round by round; medians and flow/baseline ratios are reported.
+
+The harness process stays small on purpose (no pandas, no heavy libraries at module level):
+children are spawned from it, and a child must not inherit a large parent's memory
+high-water mark. Peak memory is the child's `VmHWM` (the high-water RSS of its own address
+space since exec); `ru_maxrss` is recorded next to it.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import importlib
+import json
+import os
+import platform
+import shutil
+import signal
+import socket
+import statistics
+import subprocess
+import sys
+import time
+import urllib.request
+from collections.abc import Callable, Iterator
+from dataclasses import asdict, dataclass, field
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+REPO_ROOT = Path(__file__).resolve().parents[1]
+DEFAULT_ROWS = 1_000_000
+DEFAULT_ROUNDS = 3
+DEFAULT_SEED = 7
+TARGET_RATIO = 1.15
+MAX_REFERENCE_ROWS = 50_000
+MIN_REFERENCE_ROWS = 2_000
+START_DATE = "2024-01-01"
+MODEL_NAME = "bench"
+
+NUMERIC_FEATURES = tuple(f"num_{i:02d}" for i in range(16))
+CATEGORICAL_LEVELS: dict[str, tuple[str, ...]] = {
+    "region": ("north", "south", "east", "west", "central", "islands"),
+    "channel": ("web", "app", "branch", "partner"),
+    "plan": ("basic", "plus", "premium"),
+    "segment": tuple(f"seg_{c}" for c in "abcdefghij"),
+}
+FEATURES = (*NUMERIC_FEATURES, *CATEGORICAL_LEVELS)
+
+# Telemetry off and OpenMP not spinning on shared cores, for every process the harness starts
+# (the same values as evergreen.telemetry; repeated here so the harness imports nothing).
+CHILD_ENV = {
+    "DO_NOT_TRACK": "true",
+    "MLFLOW_DISABLE_TELEMETRY": "true",
+    "PREFECT_SERVER_ANALYTICS_ENABLED": "false",
+    "NML_DISABLE_USAGE_LOGGING": "1",
+    "GX_ANALYTICS_ENABLED": "false",
+    "MLFLOW_SERVER_ENABLE_JOB_EXECUTION": "false",
+    "OMP_WAIT_POLICY": "passive",
+}
+
+_CHILD_CODE = "import sys; from bench.common import child_main; sys.exit(child_main(sys.argv[1:]))"
+
+
+class BenchError(RuntimeError):
+    """A benchmark that could not run; the message names the variant and its log file."""
+
+
+# ----------------------------------------------------------------------------- results
+
+
+@dataclass(frozen=True)
+class Measurement:
+    """One variant run in one fresh process."""
+
+    variant: str
+    round: int
+    work_seconds: float
+    process_seconds: float
+    import_seconds: float
+    peak_rss_mb: float
+    import_rss_mb: float
+    ru_maxrss_mb: float
+    late_imports: int
+    outcome: dict[str, Any]
+
+
+@dataclass(frozen=True)
+class VariantSummary:
+    """Medians of one variant over the rounds."""
+
+    variant: str
+    runs: int
+    work_seconds: float
+    process_seconds: float
+    import_seconds: float
+    peak_rss_mb: float
+    import_rss_mb: float
+
+
+@dataclass(frozen=True)
+class MachineInfo:
+    nproc: int
+    cpu_count: int
+    memory_gb: float
+    cpu_model: str
+    python: str
+    platform: str
+    load_before: tuple[float, float, float]
+    load_after: tuple[float, float, float] = (0.0, 0.0, 0.0)
+    versions: dict[str, str] = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class BenchResult:
+    """A benchmark's measurements, medians, flow/baseline ratios and verdict."""
+
+    name: str
+    rows: int
+    features: int
+    rounds: int
+    target: float
+    baseline: str
+    flow: str
+    measurements: list[Measurement]
+    summaries: dict[str, VariantSummary]
+    ratios: dict[str, float]
+    passed: bool
+    consistent: bool
+    consistency_note: str
+    machine: MachineInfo
+    command: str
+    date: str
+    seconds: float
+    notes: list[str] = field(default_factory=list)
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+# ----------------------------------------------------------------------------- dataset
+
+
+@dataclass(frozen=True)
+class Dataset:
+    """A written benchmark stream: the config (JSON), the big batch and a pre-created
+    MLflow store to copy for each run."""
+
+    root: str
+    config_json: str
+    batch_path: str
+    rows: int
+    reference_rows: int
+    features: int
+    mlflow_template: str
+    seconds: float
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+def reference_rows_for(rows: int) -> int:
+    """Reference size: enough to fit the monitor and train the serving model, capped so that
+    preparing the data stays cheap next to what is measured."""
+    return max(MIN_REFERENCE_ROWS, min(MAX_REFERENCE_ROWS, rows))
+
+
+def synthetic_frame(rows: int, seed: int, start: str, days: float, id_start: int = 0):  # noqa: ANN201 - pd.DataFrame
+    """`rows` labelled rows: id, timestamp (spread over `days` from `start`), 16 numeric and
+    4 categorical features, and a binary target drawn from a known logit (so XGBoost has a
+    signal to learn and NannyML a calibrated probability to estimate from)."""
+    import numpy as np
+    import pandas as pd
+
+    rng = np.random.default_rng(seed)
+    num = {}
+    for i, name in enumerate(NUMERIC_FEATURES):
+        kind = i % 4
+        if kind == 0:
+            values = rng.normal(0.0, 1.0, rows)
+        elif kind == 1:
+            values = rng.lognormal(0.0, 0.5, rows)
+        elif kind == 2:
+            values = rng.uniform(-2.0, 2.0, rows)
+        else:
+            values = rng.poisson(3.0, rows).astype(float)
+        num[name] = values
+    cats = {
+        name: rng.choice(np.array(levels, dtype=object), size=rows) for name, levels in CATEGORICAL_LEVELS.items()
+    }
+    region_effect = {"north": 0.6, "south": -0.4, "east": 0.2, "west": -0.2, "central": 0.0, "islands": -0.8}
+    plan_effect = {"basic": -0.5, "plus": 0.1, "premium": 0.6}
+    logit = (
+        1.2 * num["num_00"]
+        - 0.8 * num["num_04"]
+        + 0.9 * np.log(num["num_01"])
+        + 0.5 * num["num_02"] * num["num_06"]
+        - 0.3 * (num["num_03"] - 3.0)
+        + pd.Series(cats["region"]).map(region_effect).to_numpy(dtype=float)
+        + pd.Series(cats["plan"]).map(plan_effect).to_numpy(dtype=float)
+        + np.where(cats["channel"] == "app", 0.4, 0.0)
+    )
+    target = (rng.random(rows) < 1.0 / (1.0 + np.exp(-logit))).astype(np.int64)
+    offsets = np.sort(rng.uniform(0.0, days * 86_400.0, rows))
+    stamps = (pd.Timestamp(start) + pd.to_timedelta(offsets, unit="s")).astype("datetime64[us]")
+    frame = pd.DataFrame({"id": np.arange(id_start, id_start + rows, dtype=np.int64), "timestamp": stamps})
+    for name in NUMERIC_FEATURES:
+        frame[name] = num[name]
+    for name in CATEGORICAL_LEVELS:
+        frame[name] = pd.array(cats[name], dtype="str")
+    frame["target"] = target
+    return frame
+
+
+def bench_config(root: str, batch_rows: int):  # noqa: ANN201 - ModelConfig
+    """The benchmark's model config: one batch of `batch_rows` rows, labels delivered the
+    same day (so the monitor also computes realized performance and the retrain window holds
+    the whole batch), the window made of production rows only, and a fixed boosting budget."""
+    from evergreen.config import parse_config
+
+    base = Path(root)
+    return parse_config(
+        {
+            "name": MODEL_NAME,
+            "problem_type": "binary_classification",
+            "metric": "roc_auc",
+            "columns": {
+                "target": "target",
+                "features": list(FEATURES),
+                "categorical": list(CATEGORICAL_LEVELS),
+                "slices": ["region"],
+            },
+            "data": {
+                "root": str(base / "data"),
+                "rows_per_batch": batch_rows,
+                "max_batch_rows": max(batch_rows, 5_000_000),
+                "label_delay_days": 0,
+                "start_date": START_DATE,
+            },
+            "retrain": {"window": "sliding", "window_days": 14, "include_reference": False},
+            "training": {
+                "seed": 42,
+                "num_boost_round": 60,
+                "early_stopping_rounds": 10,
+                "nthread": 2,
+                "params": {"max_depth": 6, "eta": 0.3, "subsample": 0.9, "colsample_bytree": 0.9},
+            },
+            "mlflow": {
+                "tracking_uri": f"sqlite:///{base / 'mlflow.db'}",
+                "artifact_root": str(base / "mlartifacts"),
+                "model_name": MODEL_NAME,
+            },
+        }
+    )
+
+
+def prepare_dataset(root: str, rows: int, seed: int = DEFAULT_SEED) -> dict[str, Any]:
+    """Write the benchmark stream under `root` (runs in a child process; see `Dataset`).
+
+    The serving model is trained on the reference; the analysis frame of `rows` rows becomes
+    one batch (and its labels file); an MLflow store with both experiments is created once
+    so that no measured run pays MLflow's schema migrations.
+    """
+    from evergreen import io, tracking
+    from evergreen.stream import write_stream_from_frames
+
+    started = time.perf_counter()
+    ref_rows = reference_rows_for(rows)
+    cfg = bench_config(root, rows)
+    reference = synthetic_frame(ref_rows, seed, "2023-11-01", days=60)
+    analysis = synthetic_frame(rows, seed + 1, "2023-12-31", days=1, id_start=10_000_000)
+    info = write_stream_from_frames(cfg, reference, analysis, cfg.data.root, drift="none", seed=seed)
+    batches = io.list_batches(cfg.data.path("batches"))
+    if len(batches) != 1:
+        raise BenchError(f"expected one batch of {rows} rows in {cfg.data.path('batches')}, found {len(batches)}")
+    tracking.connect(cfg.mlflow)
+    for name in (cfg.mlflow.monitoring_experiment, cfg.mlflow.training_experiment):
+        tracking.ensure_experiment(cfg.mlflow, name)
+    dataset = Dataset(
+        root=root,
+        config_json=cfg.model_dump_json(),
+        batch_path=batches[0].path,
+        rows=info.n_rows,
+        reference_rows=ref_rows,
+        features=len(FEATURES),
+        mlflow_template=cfg.mlflow.resolved_tracking_uri()[len("sqlite:///") :],
+        seconds=round(time.perf_counter() - started, 2),
+    )
+    return dataset.to_dict()
+
+
+def run_config_json(dataset: Dataset, run_dir: Path) -> str:
+    """The dataset's config with everything a run writes (ledger, snapshots, MLflow store and
+    artifacts) moved into `run_dir`, which starts from a copy of the MLflow template: every
+    run sees the same, empty registry."""
+    run_dir.mkdir(parents=True, exist_ok=True)
+    db = run_dir / "mlflow.db"
+    shutil.copyfile(dataset.mlflow_template, db)
+    raw = json.loads(dataset.config_json)
+    raw["data"]["state"] = str(run_dir / "state")
+    raw["data"]["dataset_store"] = str(run_dir / "datasets")
+    raw["mlflow"]["tracking_uri"] = f"sqlite:///{db}"
+    raw["mlflow"]["artifact_root"] = str(run_dir / "mlartifacts")
+    return json.dumps(raw)
+
+
+def load_run_config(config_json: str):  # noqa: ANN201 - ModelConfig
+    """The ModelConfig of a run (inside a child process)."""
+    from evergreen.config import parse_config
+
+    return parse_config(json.loads(config_json))
+
+
+# ----------------------------------------------------------------------------- Prefect server
+
+
+def free_port() -> int:
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+@dataclass
+class PrefectServer:
+    """A running temporary Prefect server."""
+
+    api_url: str
+    home: str
+    pid: int
+    log: str
+
+    def rss_mb(self) -> float:
+        """Resident memory of the server and its child processes now."""
+        return _tree_rss_kb(self.pid) / 1024.0
+
+
+@contextlib.contextmanager
+def prefect_server(home: Path, timeout: float = 240.0) -> Iterator[PrefectServer]:
+    """Start `prefect server start` on a free localhost port with PREFECT_HOME in `home`,
+    wait for /api/health, yield it, and stop it (its own process group only)."""
+    home.mkdir(parents=True, exist_ok=True)
+    port = free_port()
+    api_url = f"http://127.0.0.1:{port}/api"
+    env = {
+        **os.environ,
+        **CHILD_ENV,
+        "PREFECT_HOME": str(home),
+        "PREFECT_API_URL": api_url,
+        "PREFECT_SERVER_UI_ENABLED": "false",
+    }
+    log_path = home / "server.log"
+    exe = [sys.executable, "-m", "prefect", "server", "start", "--host", "127.0.0.1", "--port", str(port)]
+    with open(log_path, "wb") as log:
+        proc = subprocess.Popen(
+            exe, cwd=REPO_ROOT, env=env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True
+        )
+    try:
+        _wait_healthy(api_url, proc, log_path, timeout)
+        yield PrefectServer(api_url=api_url, home=str(home), pid=proc.pid, log=str(log_path))
+    finally:
+        _stop_group(proc)
+
+
+def _wait_healthy(api_url: str, proc: subprocess.Popen, log_path: Path, timeout: float) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if proc.poll() is not None:
+            raise BenchError(f"prefect server exited with {proc.returncode}; see {log_path}:\n{_tail(log_path)}")
+        try:
+            with urllib.request.urlopen(f"{api_url}/health", timeout=2) as resp:
+                if resp.status == 200:
+                    return
+        except OSError:
+            pass
+        time.sleep(1.0)
+    raise BenchError(f"prefect server did not answer {api_url}/health within {timeout:.0f} s; see {log_path}")
+
+
+def _stop_group(proc: subprocess.Popen) -> None:
+    # The server was started in its own session: its process group is exactly what we started.
+    with contextlib.suppress(ProcessLookupError):
+        os.killpg(proc.pid, signal.SIGTERM)
+    try:
+        proc.wait(timeout=30)
+    except subprocess.TimeoutExpired:
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(proc.pid, signal.SIGKILL)
+        proc.wait(timeout=10)
+
+
+def _tree_rss_kb(pid: int) -> int:
+    total = _status_kb(f"/proc/{pid}/status", "VmRSS")
+    for task in Path(f"/proc/{pid}/task").glob("*"):
+        children = (task / "children").read_text().split() if (task / "children").exists() else []
+        total += sum(_tree_rss_kb(int(c)) for c in children)
+    return total
+
+
+# ----------------------------------------------------------------------------- child side
+
+
+def _status_kb(path: str, key: str) -> int:
+    try:
+        for line in Path(path).read_text().splitlines():
+            if line.startswith(key + ":"):
+                return int(line.split()[1])
+    except OSError:
+        return 0
+    return 0
+
+
+def child_main(argv: list[str]) -> int:
+    """Entry point of a measured process: `<spec.json>` names the function to run, the
+    modules to import before the clock starts, its arguments and where to write the result."""
+    import resource
+
+    started = time.perf_counter()
+    spec = json.loads(Path(argv[0]).read_text(encoding="utf-8"))
+    for name in spec["preload"]:
+        importlib.import_module(name)
+    module, _, attr = spec["function"].partition(":")
+    function: Callable[..., dict[str, Any]] = getattr(importlib.import_module(module), attr)
+    modules_before = set(sys.modules)
+    import_rss = _status_kb("/proc/self/status", "VmRSS")
+    imported = time.perf_counter()
+    if spec.get("profile"):
+        import cProfile
+
+        profiler = cProfile.Profile()
+        outcome = profiler.runcall(function, **spec["args"])
+        profiler.dump_stats(spec["profile"])
+    else:
+        outcome = function(**spec["args"])
+    done = time.perf_counter()
+    late = sorted({m.split(".")[0] for m in set(sys.modules) - modules_before})
+    result = {
+        "work_seconds": done - imported,
+        "import_seconds": imported - started,
+        "peak_rss_kb": _status_kb("/proc/self/status", "VmHWM"),
+        "import_rss_kb": import_rss,
+        "ru_maxrss_kb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss,
+        "late_imports": len(set(sys.modules) - modules_before),
+        "late_import_packages": late,
+        "outcome": outcome,
+    }
+    Path(spec["result"]).write_text(json.dumps(result, default=str), encoding="utf-8")
+    return 0
+
+
+# ----------------------------------------------------------------------------- parent side
+
+
+@dataclass(frozen=True)
+class Variant:
+    """One way of doing a benchmark's work: a function run in a fresh process."""
+
+    name: str
+    function: str
+    preload: tuple[str, ...]
+    uses_prefect: bool = False
+
+
+@dataclass(frozen=True)
+class Benchmark:
+    """A flow and its baseline; `arguments` builds a run's keyword arguments (JSON)."""
+
+    name: str
+    title: str
+    baseline: Variant
+    flow: Variant
+    arguments: Callable[[Dataset, Path], dict[str, Any]]
+    compare: tuple[str, ...]
+    description: str
+    target: float = TARGET_RATIO
+
+
+def child_env(api_url: str | None, prefect_home: str | None) -> dict[str, str]:
+    env = {**os.environ, **CHILD_ENV, "PYTHONUNBUFFERED": "1"}
+    if api_url:
+        env["PREFECT_API_URL"] = api_url
+    if prefect_home:
+        env["PREFECT_HOME"] = prefect_home
+    return env
+
+
+def run_child(
+    function: str,
+    args: dict[str, Any],
+    run_dir: Path,
+    env: dict[str, str],
+    preload: tuple[str, ...] = (),
+    profile: str | None = None,
+    timeout: float = 3600.0,
+) -> tuple[dict[str, Any], float]:
+    """Run `function(**args)` in a fresh interpreter; returns its result and the process wall time."""
+    run_dir.mkdir(parents=True, exist_ok=True)
+    spec_path, result_path, log_path = run_dir / "spec.json", run_dir / "result.json", run_dir / "output.log"
+    spec = {"function": function, "preload": list(preload), "args": args, "result": str(result_path), "profile": profile}
+    spec_path.write_text(json.dumps(spec), encoding="utf-8")
+    result_path.unlink(missing_ok=True)
+    started = time.perf_counter()
+    with open(log_path, "wb") as log:
+        try:
+            proc = subprocess.run(
+                [sys.executable, "-c", _CHILD_CODE, str(spec_path)],
+                cwd=REPO_ROOT, env=env, stdout=log, stderr=subprocess.STDOUT, timeout=timeout, check=False,
+            )
+        except subprocess.TimeoutExpired as exc:
+            raise BenchError(f"{function} did not finish within {timeout:.0f} s; see {log_path}") from exc
+    seconds = time.perf_counter() - started
+    if proc.returncode != 0 or not result_path.exists():
+        raise BenchError(f"{function} failed (exit {proc.returncode}); last lines of {log_path}:\n{_tail(log_path)}")
+    return json.loads(result_path.read_text(encoding="utf-8")), seconds
+
+
+def measure_variant(
+    bench: Benchmark, variant: Variant, dataset: Dataset, run_dir: Path, round_: int, env: dict[str, str]
+) -> Measurement:
+    """One run of one variant in a fresh process."""
+    result, seconds = run_child(variant.function, bench.arguments(dataset, run_dir), run_dir, env, variant.preload)
+    return Measurement(
+        variant=variant.name,
+        round=round_,
+        work_seconds=round(result["work_seconds"], 3),
+        process_seconds=round(seconds, 3),
+        import_seconds=round(result["import_seconds"], 3),
+        peak_rss_mb=round(result["peak_rss_kb"] / 1024.0, 1),
+        import_rss_mb=round(result["import_rss_kb"] / 1024.0, 1),
+        ru_maxrss_mb=round(result["ru_maxrss_kb"] / 1024.0, 1),
+        late_imports=int(result["late_imports"]),
+        outcome=result["outcome"],
+    )
+
+
+def measure(
+    bench: Benchmark,
+    dataset: Dataset,
+    workdir: Path,
+    rounds: int = DEFAULT_ROUNDS,
+    server: PrefectServer | None = None,
+    command: str = "",
+    log: Callable[[str], None] = print,
+) -> BenchResult:
+    """Run baseline and flow `rounds` times each, alternating which goes first, in fresh
+    processes; medians, ratios flow/baseline and the verdict against the target."""
+    if rounds < 1:
+        raise ValueError(f"rounds must be >= 1; got {rounds}")
+    started = time.perf_counter()
+    machine = machine_info()
+    env = child_env(server.api_url if server else None, server.home if server else None)
+    measurements: list[Measurement] = []
+    for r in range(rounds):
+        order = (bench.baseline, bench.flow) if r % 2 == 0 else (bench.flow, bench.baseline)
+        for variant in order:
+            if variant.uses_prefect and server is None:
+                raise BenchError(f"variant {variant.name!r} of {bench.name!r} needs a Prefect server")
+            m = measure_variant(bench, variant, dataset, workdir / f"{bench.name}-{variant.name}-{r}", r, env)
+            log(
+                f"  {bench.name} round {r + 1}/{rounds} {variant.name:<9} work {m.work_seconds:7.2f} s  "
+                f"process {m.process_seconds:7.2f} s  peak RSS {m.peak_rss_mb:7.1f} MB"
+            )
+            measurements.append(m)
+    summaries = {v.name: summarize(v.name, measurements) for v in (bench.baseline, bench.flow)}
+    base, flow = summaries[bench.baseline.name], summaries[bench.flow.name]
+    ratios = {
+        "work_seconds": _ratio(flow.work_seconds, base.work_seconds),
+        "process_seconds": _ratio(flow.process_seconds, base.process_seconds),
+        "peak_rss_mb": _ratio(flow.peak_rss_mb, base.peak_rss_mb),
+    }
+    consistent, note = compare_outcomes(measurements, bench.compare)
+    notes = []
+    if server is not None:
+        notes.append(f"Prefect server RSS at the end: {server.rss_mb():.0f} MB (not counted in either variant)")
+    return BenchResult(
+        name=bench.name,
+        rows=dataset.rows,
+        features=dataset.features,
+        rounds=rounds,
+        target=bench.target,
+        baseline=bench.baseline.name,
+        flow=bench.flow.name,
+        measurements=measurements,
+        summaries=summaries,
+        ratios=ratios,
+        passed=ratios["work_seconds"] <= bench.target and ratios["peak_rss_mb"] <= bench.target,
+        consistent=consistent,
+        consistency_note=note,
+        machine=_with_load_after(machine),
+        command=command,
+        date=datetime.now(UTC).strftime("%Y-%m-%d %H:%M UTC"),
+        seconds=round(time.perf_counter() - started, 1),
+        notes=notes,
+    )
+
+
+def summarize(variant: str, measurements: list[Measurement]) -> VariantSummary:
+    """Medians of a variant's runs."""
+    runs = [m for m in measurements if m.variant == variant]
+    if not runs:
+        raise ValueError(f"no measurements of variant {variant!r}")
+
+    def med(attr: str) -> float:
+        return round(statistics.median(getattr(m, attr) for m in runs), 3)
+
+    return VariantSummary(
+        variant=variant,
+        runs=len(runs),
+        work_seconds=med("work_seconds"),
+        process_seconds=med("process_seconds"),
+        import_seconds=med("import_seconds"),
+        peak_rss_mb=med("peak_rss_mb"),
+        import_rss_mb=med("import_rss_mb"),
+    )
+
+
+def compare_outcomes(measurements: list[Measurement], keys: tuple[str, ...]) -> tuple[bool, str]:
+    """Whether every run produced the same outcome on `keys` (the variants did the same work)."""
+    if not measurements:
+        return True, ""
+    first = measurements[0]
+    for m in measurements[1:]:
+        for key in keys:
+            a, b = first.outcome.get(key), m.outcome.get(key)
+            same = (
+                abs(a - b) <= 1e-9 * max(1.0, abs(a))
+                if isinstance(a, float) and isinstance(b, float)
+                else a == b
+            )
+            if not same:
+                return False, (
+                    f"{key}: {first.variant} round {first.round + 1} gave {a!r}, "
+                    f"{m.variant} round {m.round + 1} gave {b!r}"
+                )
+    return True, f"all runs agree on {', '.join(keys)}"
+
+
+def _ratio(a: float, b: float) -> float:
+    return round(a / b, 3) if b > 0 else float("inf")
+
+
+# ----------------------------------------------------------------------------- machine
+
+
+def machine_info() -> MachineInfo:
+    """What the numbers were measured on (read from /proc; imports nothing heavy)."""
+    from importlib.metadata import PackageNotFoundError, version
+
+    mem_kb = _status_kb("/proc/meminfo", "MemTotal")
+    model = ""
+    with contextlib.suppress(OSError):
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                model = line.split(":", 1)[1].strip()
+                break
+    versions = {}
+    for pkg in ("prefect", "mlflow", "great-expectations", "nannyml", "xgboost", "pandas", "numpy"):
+        try:
+            versions[pkg] = version(pkg)
+        except PackageNotFoundError:
+            versions[pkg] = "absent"
+    return MachineInfo(
+        nproc=len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 0),
+        cpu_count=os.cpu_count() or 0,
+        memory_gb=round(mem_kb / 1024 / 1024, 1),
+        cpu_model=model,
+        python=platform.python_version(),
+        platform=platform.platform(),
+        load_before=_loadavg(),
+        versions=versions,
+    )
+
+
+def _loadavg() -> tuple[float, float, float]:
+    try:
+        return tuple(round(x, 2) for x in os.getloadavg())  # type: ignore[return-value]
+    except OSError:
+        return (0.0, 0.0, 0.0)
+
+
+def _with_load_after(machine: MachineInfo) -> MachineInfo:
+    return MachineInfo(**{**asdict(machine), "load_after": _loadavg()})
+
+
+def _tail(path: Path, lines: int = 40) -> str:
+    try:
+        return "\n".join(path.read_text(encoding="utf-8", errors="replace").splitlines()[-lines:])
+    except OSError:
+        return "(no output)"
+
+
+# ----------------------------------------------------------------------------- reporting
+
+
+def format_table(results: list[BenchResult]) -> str:
+    """A plain-text table of medians and ratios, one block per benchmark."""
+    out = []
+    header = f"{'benchmark':<10} {'variant':<9} {'work s':>8} {'process s':>10} {'peak RSS MB':>12}"
+    for r in results:
+        out.append(f"{r.name}: {r.rows:,} rows x {r.features} features, {r.rounds} round(s), medians")
+        out.append(header)
+        for name in (r.baseline, r.flow):
+            s = r.summaries[name]
+            out.append(
+                f"{r.name:<10} {name:<9} {s.work_seconds:>8.2f} {s.process_seconds:>10.2f} {s.peak_rss_mb:>12.1f}"
+            )
+        ra = r.ratios
+        out.append(
+            f"{r.name:<10} {'ratio':<9} {ra['work_seconds']:>8.3f} {ra['process_seconds']:>10.3f} "
+            f"{ra['peak_rss_mb']:>12.3f}   target <= {r.target}: {'PASS' if r.passed else 'FAIL'}"
+        )
+        if not r.consistent:
+            out.append(f"  WARNING: variants did not do the same work: {r.consistency_note}")
+        out.append("")
+    return "\n".join(out)
+
+
+def render_markdown(result: BenchResult) -> str:
+    """The generated section of BENCHMARKS.md for one benchmark."""
+    b, f = result.summaries[result.baseline], result.summaries[result.flow]
+    ra = result.ratios
+    m = result.machine
+
+    def verdict(ratio: float) -> str:
+        return "pass" if ratio <= result.target else "**fail**"
+
+    lines = [
+        f"Measured {result.date} with `{result.command}` "
+        f"({result.rows:,} rows x {result.features} features, {result.rounds} alternating rounds, medians; "
+        f"run took {result.seconds:.0f} s).",
+        "",
+        f"Machine: {m.nproc} CPUs available ({m.cpu_model or 'unknown CPU'}), {m.memory_gb} GB RAM, "
+        f"Python {m.python}, load average {m.load_before[0]} before / {m.load_after[0]} after; "
+        + ", ".join(f"{k} {v}" for k, v in m.versions.items())
+        + ".",
+        "",
+        f"| measure | {result.baseline} | {result.flow} | ratio | target | result |",
+        "|---|---:|---:|---:|---:|---|",
+        f"| wall time of the work (s) | {b.work_seconds:.2f} | {f.work_seconds:.2f} | {ra['work_seconds']:.3f} "
+        f"| <= {result.target} | {verdict(ra['work_seconds'])} |",
+        f"| peak RSS (MB) | {b.peak_rss_mb:.0f} | {f.peak_rss_mb:.0f} | {ra['peak_rss_mb']:.3f} "
+        f"| <= {result.target} | {verdict(ra['peak_rss_mb'])} |",
+        f"| process wall time incl. start and imports (s) | {b.process_seconds:.2f} | {f.process_seconds:.2f} "
+        f"| {ra['process_seconds']:.3f} | — | info |",
+        f"| imports (s) | {b.import_seconds:.2f} | {f.import_seconds:.2f} | | | info |",
+        f"| RSS after imports (MB) | {b.import_rss_mb:.0f} | {f.import_rss_mb:.0f} | | | info |",
+        "",
+        "Runs (in the order they ran):",
+        "",
+        "| round | variant | work (s) | process (s) | peak RSS (MB) |",
+        "|---:|---|---:|---:|---:|",
+    ]
+    for x in result.measurements:
+        lines.append(
+            f"| {x.round + 1} | {x.variant} | {x.work_seconds:.2f} | {x.process_seconds:.2f} | {x.peak_rss_mb:.0f} |"
+        )
+    lines.append("")
+    lines.append(
+        f"Same work in every run: {'yes' if result.consistent else '**no**'} ({result.consistency_note})."
+    )
+    for note in result.notes:
+        lines.append(f"{note}.")
+    return "\n".join(lines)
+
+
+def update_markdown(path: Path, results: list[BenchResult]) -> None:
+    """Replace each benchmark's generated section (between its markers) in `path`."""
+    text = path.read_text(encoding="utf-8") if path.exists() else ""
+    for result in results:
+        start, end = f"<!-- bench:{result.name}:start -->", f"<!-- bench:{result.name}:end -->"
+        block = f"{start}\n{render_markdown(result)}\n{end}"
+        if start in text and end in text:
+            head, rest = text.split(start, 1)
+            _, tail = rest.split(end, 1)
+            text = head + block + tail
+        else:
+            text = text.rstrip("\n") + f"\n\n## {result.name}\n\n{block}\n"
+    path.write_text(text, encoding="utf-8")

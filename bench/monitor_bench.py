@@ -1,0 +1,100 @@
+"""The monitor flow against the same GX validation and NannyML calls made directly.
+
+Baseline: read the monitor reference, derive the suite, fit NannyML, read the batch,
+validate it with GX (`Validator(...).validate`), read its labels, compute drift and
+estimated/realized performance and decide alerts — no Prefect, no MLflow.
+Flow: `flows.monitor.monitor(config=cfg, batch=path)` against a local Prefect server, which
+does the same and, around it, Prefect task runs, the MLflow monitoring run (metrics and
+NannyML plots), Prefect artifacts, the batch ledger and events.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+from bench.common import Benchmark, BenchError, Dataset, Variant, load_run_config, run_config_json
+
+_CORE_MODULES = (
+    "pandas",
+    "pyarrow.parquet",
+    "fsspec",
+    "great_expectations",
+    "great_expectations.expectations",
+    "nannyml",
+    "evergreen.io",
+    "evergreen.validation",
+    "evergreen.monitoring",
+)
+_FLOW_MODULES = (
+    *_CORE_MODULES,
+    "prefect",
+    "mlflow",
+    "plotly",
+    "flows.monitor",
+)
+
+
+def arguments(dataset: Dataset, run_dir: Path) -> dict[str, Any]:
+    """Keyword arguments of one run: the config with a fresh per-run store, and the batch."""
+    return {"config_json": run_config_json(dataset, run_dir), "batch": dataset.batch_path}
+
+
+def run_baseline(config_json: str, batch: str) -> dict[str, Any]:
+    """The monitor's GX and NannyML work on one batch, called directly."""
+    from evergreen import io, monitoring, validation
+
+    cfg = load_run_config(config_json)
+    day = Path(batch).stem
+    reference = io.read_table(cfg.data.path("monitor_reference"))
+    suite = validation.derive_suite(reference, cfg)
+    fitted = monitoring.fit_monitor(reference, cfg)
+    frame = io.read_table(batch)
+    report = validation.Validator(suite).validate(frame, day)
+    if not report.success:
+        raise BenchError(f"baseline: batch {batch} failed validation: {report.summary()}")
+    labels = io.read_labels(cfg.data.path("labels"), up_to_day=day)
+    result = monitoring.compute_monitor(fitted, frame, labels)
+    decision = monitoring.decide_alerts(result, cfg)
+    return {
+        "rows": len(frame),
+        "valid": report.success,
+        "drift_detected": decision.drift_detected,
+        "performance_degraded": decision.performance_degraded,
+        "drifted_features": sorted(result.drifted_features),
+        "estimated": result.estimated_metric.value,
+        "realized": result.realized_metric.value if result.realized_metric else None,
+    }
+
+
+def run_flow(config_json: str, batch: str) -> dict[str, Any]:
+    """The monitor flow on one batch (needs PREFECT_API_URL)."""
+    from flows.monitor import monitor
+
+    cfg = load_run_config(config_json)
+    state = monitor(config=cfg, batch=batch, return_state=True)
+    results = state.result(raise_on_failure=False)
+    if isinstance(results, BaseException) or not state.is_completed():
+        raise BenchError(f"monitor flow did not complete on {batch}: {state.message or results}")
+    r = results[0]
+    return {
+        "rows": r.rows,
+        "valid": r.valid,
+        "drift_detected": r.drift_detected,
+        "performance_degraded": r.performance_degraded,
+        "drifted_features": sorted(n for n, f in r.features.items() if f.get("alert")),
+        "estimated": r.estimated_metric,
+        "realized": r.realized_metric,
+        "mlflow_run_id": r.mlflow_run_id,
+    }
+
+
+BENCHMARK = Benchmark(
+    name="monitor",
+    title="Monitor flow",
+    baseline=Variant("baseline", "bench.monitor_bench:run_baseline", _CORE_MODULES),
+    flow=Variant("flow", "bench.monitor_bench:run_flow", _FLOW_MODULES, uses_prefect=True),
+    arguments=arguments,
+    compare=("rows", "valid", "drift_detected", "performance_degraded", "drifted_features", "estimated", "realized"),
+    description=__doc__ or "",
+)

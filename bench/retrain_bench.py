@@ -1,0 +1,166 @@
+"""The retrain flow against a bare script doing the same XGBoost training and MLflow logging.
+
+Baseline: assemble the training window (labelled batches joined on id, retrain policy),
+hold out the most recent rows, train XGBoost, evaluate, and log to MLflow what the flow
+logs (tags, params, metrics, dataset input, the model through the same
+`evergreen.registry.log_model`, the next monitor reference, evaluation and plots), then
+register the version and move its aliases — no Prefect.
+Flow: `flows.retrain.retrain(config=cfg)` against a local Prefect server, which also
+snapshots the window (content-addressed copy), validates it with GX, runs every step as a
+Prefect task, takes the registry lock (a Prefect global concurrency limit) and emits
+`evergreen.model.registered`.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+from bench.common import Benchmark, BenchError, Dataset, Variant, load_run_config, run_config_json
+
+_CORE_MODULES = (
+    "pandas",
+    "pyarrow.parquet",
+    "fsspec",
+    "xgboost",
+    "sklearn.metrics",
+    "matplotlib.pyplot",
+    "mlflow",
+    "mlflow.xgboost",
+    "mlflow.models",
+    "mlflow.data.pandas_dataset",
+    "evergreen.io",
+    "evergreen.window",
+    "evergreen.sources",
+    "evergreen.training",
+    "evergreen.retraining",
+    "evergreen.registry",
+    "evergreen.plots",
+)
+_FLOW_MODULES = (*_CORE_MODULES, "great_expectations", "great_expectations.expectations", "prefect", "flows.retrain")
+
+
+def arguments(dataset: Dataset, run_dir: Path) -> dict[str, Any]:
+    """Keyword arguments of one run: the config with a fresh per-run store and registry."""
+    return {"config_json": run_config_json(dataset, run_dir)}
+
+
+def run_baseline(config_json: str) -> dict[str, Any]:
+    """Window, training, evaluation, MLflow logging and registration, called directly."""
+    from evergreen import registry, retraining, sources, tracking, training, window
+    from evergreen.lineage import Trigger, code_version
+
+    cfg = load_run_config(config_json)
+    win = window.assemble_window(
+        sources.read_training_reference(cfg), sources.read_labelled_batches(cfg), cfg.retrain, cfg.columns
+    )
+    if win.rows == 0:
+        raise BenchError(f"baseline: empty training window under {cfg.data.root}")
+    holdout = retraining.hold_out_recent(win.frame, cfg)
+    model = training.train_model(holdout.train, cfg)
+    evaluation = retraining.evaluate_model(model, holdout.evaluation, cfg)
+    trigger = Trigger.of("manual", None, None, None)
+    tags = {
+        "evergreen.model": cfg.name,
+        "evergreen.dataset_rows": str(win.rows),
+        "evergreen.code_version": code_version(),
+        **trigger.tags(),
+    }
+    run_id, model_uri = _log_training_run(cfg, model, evaluation, win, holdout, trigger, tags)
+    version = _register(cfg, model_uri, run_id, tags)
+    return {
+        "rows": win.rows,
+        "train_rows": len(holdout.train),
+        "best_iteration": model.best_iteration,
+        "metric": evaluation.value,
+        "version": version,
+    }
+
+
+def _log_training_run(cfg, model, evaluation, win, holdout, trigger, tags) -> tuple[str, str]:  # noqa: ANN001
+    """What `tasks.training.log_training_run` logs, minus the snapshot's digest and URI."""
+    import tempfile
+
+    import mlflow
+
+    from evergreen import plots, registry, retraining, tracking
+
+    tracking.connect(cfg.mlflow)
+    exp_id = tracking.ensure_experiment(cfg.mlflow, cfg.mlflow.training_experiment)
+    with mlflow.start_run(experiment_id=exp_id, run_name="retrain-baseline", tags=tags) as run:
+        mlflow.log_params(
+            {
+                **{f"xgb.{k}": v for k, v in model.params.items()},
+                "best_iteration": model.best_iteration,
+                "seed": cfg.training.seed,
+                "window.policy": cfg.retrain.window,
+                "window.rows": win.rows,
+                "window.reference_rows": win.reference_rows,
+                "train_rows": len(holdout.train),
+                "evaluation_rows": len(holdout.evaluation),
+                "trigger": trigger.kind,
+            }
+        )
+        tracking.log_metrics(evaluation.flat_metrics())
+        dataset = mlflow.data.from_pandas(
+            win.frame, source=cfg.data.path("batches"), targets=cfg.columns.target, name=f"{cfg.name}-training"
+        )
+        mlflow.log_input(dataset, context="training", tags={"rows": str(win.rows), "sources": ",".join(win.sources)})
+        example = holdout.evaluation[list(cfg.columns.features)].head(5)
+        logged = registry.log_model(model, example)
+        reference = retraining.monitor_reference(model, holdout.evaluation, cfg, version="candidate")
+        with tempfile.TemporaryDirectory() as tmp:
+            path = Path(tmp) / "monitor_reference.parquet"
+            reference.to_parquet(path, index=False)
+            mlflow.log_artifact(str(path), artifact_path="reference")
+        mlflow.log_dict(evaluation.to_dict(), "evaluation.json")
+        mlflow.log_figure(plots.feature_importance(model.feature_importance()), "plots/feature_importance.png")
+        if evaluation.calibration is not None:
+            mlflow.log_figure(plots.calibration_curve(evaluation.calibration), "plots/calibration.png")
+    return run.info.run_id, logged.model_uri
+
+
+def _register(cfg, model_uri: str, run_id: str, tags: dict[str, str]) -> str:  # noqa: ANN001
+    """What `tasks.registry.register_candidate` does, without the Prefect lock."""
+    from evergreen import registry, tracking
+
+    tracking.connect(cfg.mlflow)
+    name = cfg.mlflow.model_name
+    bootstrap = registry.version_by_alias(name, registry.CHAMPION) is None
+    status = "champion" if bootstrap else "candidate"
+    version = registry.create_version(
+        name, model_uri, run_id, {**tags, registry.STATUS_TAG: status, "evergreen.bootstrap": str(bootstrap).lower()}
+    )
+    who = "bench-baseline"
+    registry.move_alias(name, registry.CHALLENGER, version.version, "retrained candidate", who, None)
+    if bootstrap:
+        registry.move_alias(name, registry.CHAMPION, version.version, "bootstrap: empty registry", who, None)
+    return str(registry.get_version(name, version.version).version)
+
+
+def run_flow(config_json: str) -> dict[str, Any]:
+    """The retrain flow (needs PREFECT_API_URL)."""
+    from flows.retrain import retrain
+
+    cfg = load_run_config(config_json)
+    state = retrain(config=cfg, trigger="manual", return_state=True)
+    result = state.result(raise_on_failure=False)
+    if isinstance(result, BaseException) or not state.is_completed():
+        raise BenchError(f"retrain flow did not complete: {state.message or result}")
+    return {
+        "rows": result.rows,
+        "metric": result.metrics.get(cfg.metric),
+        "version": str(result.version),
+        "run_id": result.run_id,
+    }
+
+
+BENCHMARK = Benchmark(
+    name="retrain",
+    title="Retrain flow",
+    baseline=Variant("baseline", "bench.retrain_bench:run_baseline", _CORE_MODULES),
+    flow=Variant("flow", "bench.retrain_bench:run_flow", _FLOW_MODULES, uses_prefect=True),
+    arguments=arguments,
+    compare=("rows", "metric", "version"),
+    description=__doc__ or "",
+)

@@ -1,0 +1,153 @@
+"""The retrain flow on the Prefect test harness and a temporary MLflow store."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+
+import mlflow
+import pandas as pd
+import pytest
+
+from evergreen import io, registry
+from evergreen.config import ModelConfig
+from evergreen.stream import write_demo_stream
+from flows.retrain import retrain
+from tests.flows.conftest import read_model_events
+
+pytestmark = pytest.mark.slow
+
+LINEAGE_TAGS = (
+    "evergreen.dataset_digest",
+    "evergreen.dataset_uri",
+    "evergreen.prefect.flow_run_id",
+    "evergreen.prefect.deployment",
+    "evergreen.trigger",
+    "evergreen.code_version",
+    "evergreen.status",
+)
+
+
+def _with(cfg: ModelConfig, name: str, root: str) -> ModelConfig:
+    return cfg.model_copy(
+        update={
+            "name": name,
+            "data": cfg.data.model_copy(update={"root": root}),
+            "mlflow": cfg.mlflow.model_copy(update={"model_name": name}),
+        }
+    )
+
+
+@pytest.fixture(scope="module")
+def stream_cfg(demo_config: ModelConfig, tmp_path_factory) -> ModelConfig:
+    cfg = _with(demo_config, "loan-retrain", str(tmp_path_factory.mktemp("retrain")))
+    write_demo_stream(cfg, cfg.data.root, drift="none")
+    return cfg
+
+
+@pytest.fixture(scope="module")
+def first(stream_cfg: ModelConfig):
+    since = datetime.now(UTC) - timedelta(seconds=5)
+    state = retrain(config=stream_cfg, trigger="event", event_id="evt-123", reason="drift on loan_length", metric="jensen_shannon", return_state=True)
+    assert state.is_completed(), state.message
+    return state.result(), since
+
+
+def _client(cfg: ModelConfig) -> mlflow.MlflowClient:
+    return mlflow.MlflowClient(cfg.mlflow.resolved_tracking_uri(), cfg.mlflow.resolved_tracking_uri())
+
+
+def test_retrain_registers_challenger_with_lineage(stream_cfg: ModelConfig, first) -> None:
+    result, since = first
+    mv = _client(stream_cfg).get_model_version(stream_cfg.mlflow.model_name, result.version)
+    for tag in LINEAGE_TAGS:
+        assert tag in mv.tags, tag
+    assert mv.tags["evergreen.dataset_digest"] == result.dataset_digest
+    assert mv.tags["evergreen.trigger"] == "event"
+    assert mv.tags["evergreen.trigger.event_id"] == "evt-123"
+    assert mv.tags["evergreen.trigger.reason"] == "drift on loan_length"
+    assert "challenger" in mv.aliases
+    # The run logged the dataset with its digest, the model and the NannyML reference.
+    run = _client(stream_cfg).get_run(result.run_id)
+    inputs = run.inputs.dataset_inputs
+    assert inputs and any(t.key == "evergreen.sha256" and t.value == result.dataset_digest for t in inputs[0].tags)
+    assert run.data.metrics["roc_auc"] > 0.85
+    assert "brier" in run.data.metrics
+    artifacts = {a.path for a in _client(stream_cfg).list_artifacts(result.run_id)}
+    assert {"reference", "plots", "evaluation.json"} <= artifacts
+    events = read_model_events(stream_cfg.name, ["evergreen.model.registered"], since, expect=1)
+    assert len(events) == 1
+    assert events[0].payload["version"] == result.version
+    assert events[0].payload["dataset_digest"] == result.dataset_digest
+    assert events[0].payload["run_id"] == result.run_id
+
+
+def test_first_retrain_bootstraps_champion(stream_cfg: ModelConfig, first) -> None:
+    result, _ = first
+    assert result.bootstrap
+    assert set(result.aliases) == {"champion", "challenger"}
+    champion = registry.version_by_alias(stream_cfg.mlflow.model_name, "champion")
+    assert champion is not None and champion.version == result.version
+    assert champion.tags["evergreen.status"] == "champion"
+    history = registry.alias_history(stream_cfg.mlflow.model_name)
+    assert [(m.alias, m.to_version) for m in history] == [("challenger", result.version), ("champion", result.version)]
+
+
+def test_model_loads_in_fresh_process_and_predicts_the_same(stream_cfg: ModelConfig, first, tmp_path) -> None:
+    result, _ = first
+    reference = Path(
+        mlflow.artifacts.download_artifacts(
+            run_id=result.run_id, artifact_path="reference/monitor_reference.parquet", dst_path=str(tmp_path),
+            tracking_uri=stream_cfg.mlflow.resolved_tracking_uri(),
+        )
+    )
+    script = (
+        "import sys, mlflow, pandas as pd\n"
+        "from evergreen.registry import load_model_uri\n"
+        "mlflow.set_tracking_uri(sys.argv[1]); mlflow.set_registry_uri(sys.argv[1])\n"
+        "model = load_model_uri(f'models:/{sys.argv[2]}@challenger')\n"
+        "frame = pd.read_parquet(sys.argv[3])\n"
+        "pd.DataFrame({'p': model.predict(frame).probability}).to_parquet(sys.argv[4])\n"
+    )
+    out = tmp_path / "pred.parquet"
+    subprocess.run(
+        [sys.executable, "-c", script, stream_cfg.mlflow.resolved_tracking_uri(), stream_cfg.mlflow.model_name, str(reference), str(out)],
+        check=True, timeout=300,
+    )
+    logged = pd.read_parquet(reference)[stream_cfg.columns.probability].to_numpy()
+    fresh = pd.read_parquet(out)["p"].to_numpy()
+    assert len(fresh) == len(logged) > 100
+    assert (abs(fresh - logged) < 1e-7).all()
+
+
+def test_identical_data_shares_one_snapshot(stream_cfg: ModelConfig, first) -> None:
+    result, _ = first
+    state = retrain(config=stream_cfg, return_state=True)
+    second = state.result()
+    assert second.dataset_digest == result.dataset_digest
+    assert second.dataset_reused
+    store = Path(stream_cfg.data.path("dataset_store"))
+    assert len(list(store.glob("*/*/meta.json"))) == 1
+    assert second.version != result.version
+    assert not second.bootstrap and second.aliases == ["challenger"]
+    assert registry.version_by_alias(stream_cfg.mlflow.model_name, "champion").version == result.version
+
+
+def test_corrupted_window_registers_nothing(demo_config: ModelConfig, tmp_path) -> None:
+    cfg = _with(demo_config, "loan-corrupt", str(tmp_path / "data"))
+    write_demo_stream(cfg, cfg.data.root, drift="none")
+    batch = io.list_batches(cfg.data.path("batches"))[-2]  # inside the sliding window
+    frame = io.read_table(batch.path)
+    frame.loc[: len(frame) // 2, "car_value"] = -1e12  # impossible values in half the batch
+    io.write_table(frame, batch.path)
+    since = datetime.now(UTC) - timedelta(seconds=5)
+    state = retrain(config=cfg, return_state=True)
+    assert state.is_failed() and state.name == "TrainingDataRejected"
+    assert "car_value" in state.message
+    assert registry.list_versions(cfg.mlflow.model_name) == []
+    events = read_model_events(cfg.name, ["evergreen.data.rejected"], since, expect=1)
+    assert len(events) == 1
+    assert json.dumps(events[0].payload)  # plain JSON
