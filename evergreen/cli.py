@@ -133,5 +133,95 @@ def retrain(
         raise typer.Exit(1)
 
 
+def _run_decision_flow(state, out: Path | None) -> None:  # noqa: ANN001 - a Prefect State
+    result = state.result(raise_on_failure=False)
+    if isinstance(result, BaseException):
+        typer.echo(f"{state.name}: {result}", err=True)
+        raise typer.Exit(1)
+    _write_json(out, result.model_dump())
+    typer.echo(state.message or result.decision)
+    if state.is_failed():
+        raise typer.Exit(1)
+
+
+@app.command()
+def promote(
+    config: ConfigOpt,
+    data_root: Annotated[Path | None, typer.Option(help="override data.root of the config")] = None,
+    out: OutOpt = None,
+) -> None:
+    """Gate the `challenger` against the `champion` on the freshest labelled data (the `promote`
+    flow): pass -> canary, fail -> rejected. Exit status 1 when the gate failed."""
+    cfg = _load(config, data_root=data_root)
+    from flows.promote import promote as promote_flow
+
+    _run_decision_flow(promote_flow(config=cfg, return_state=True), out)
+
+
+@app.command("canary-review")
+def canary_review(
+    config: ConfigOpt,
+    data_root: Annotated[Path | None, typer.Option(help="override data.root of the config")] = None,
+    out: OutOpt = None,
+) -> None:
+    """Compare canary and champion on the traffic each served (the `canary-review` flow):
+    promote, roll back, or report how much more evidence is needed."""
+    cfg = _load(config, data_root=data_root)
+    from flows.canary import canary_review as review_flow
+
+    _run_decision_flow(review_flow(config=cfg, return_state=True), out)
+
+
+@app.command()
+def rollback(
+    config: ConfigOpt,
+    reason: Annotated[str, typer.Option(help="why (recorded in the alias history)")],
+    to: Annotated[str | None, typer.Option("--to", help="version to roll back to; default: the previous champion")] = None,
+    out: OutOpt = None,
+) -> None:
+    """Move `champion` back to the previous champion (or --to VERSION) and remove any canary."""
+    cfg = _load(config)
+    from flows.rollback import rollback as rollback_flow
+
+    _run_decision_flow(rollback_flow(config=cfg, to_version=to, reason=reason, return_state=True), out)
+
+
+@app.command()
+def history(
+    config: ConfigOpt,
+    model: Annotated[str | None, typer.Option(help="registered model name; default: the config's")] = None,
+    as_json: Annotated[bool, typer.Option("--json", help="print JSON lines")] = False,
+) -> None:
+    """Print the alias history of a model: time, alias, from, to, flow run, reason."""
+    cfg = _load(config)
+    from evergreen import registry, tracking
+
+    tracking.connect(cfg.mlflow)
+    moves = registry.alias_history(model or cfg.mlflow.model_name)
+    if as_json:
+        for m in moves:
+            typer.echo(json.dumps(m.to_dict()))
+        return
+    typer.echo(f"{'time':32} {'alias':10} {'from':>5} {'to':>5}  {'by':28} {'flow run':36}  reason")
+    for m in moves:
+        typer.echo(
+            f"{m.time:32} {m.alias:10} {m.from_version or '-':>5} {m.to_version or '-':>5}  "
+            f"{m.actor[:28]:28} {m.flow_run_id or '-':36}  {m.reason}"
+        )
+
+
+@app.command()
+def serve(
+    config: ConfigOpt,
+    host: Annotated[str, typer.Option(help="bind address")] = "127.0.0.1",
+    port: Annotated[int, typer.Option(help="port")] = 5001,
+) -> None:
+    """The scoring service: MLflow's /invocations protocol with the champion/canary split."""
+    cfg = _load(config)
+    from evergreen.serving import serve as run_service
+
+    run_service(cfg, host=host, port=port)
+
+
 if __name__ == "__main__":  # pragma: no cover
     app()

@@ -149,6 +149,8 @@ class GateConfig(_Section):
     max_latency_ms: float = Field(50.0, gt=0, description="per 1,000 rows")
     max_model_mb: float = Field(100.0, gt=0)
     seed: int = 7
+    min_rows: int = Field(500, ge=10, description="fewest fresh labelled rows to gate on")
+    evaluation_rows: int = Field(20_000, ge=100, description="most recent labelled rows used at most")
 
 
 class CanaryConfig(_Section):

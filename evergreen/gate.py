@@ -46,6 +46,7 @@ if TYPE_CHECKING:
 MIN_SLICE_ROWS = 30
 """Slices with fewer rows (in either model's evaluation) are too noisy to block a promotion."""
 BYTES_PER_MB = 1_000_000
+LATENCY_ROWS = 1000
 # Metrics computed from thresholded predictions; see `_bootstrap_scores`.
 _THRESHOLD_METRICS = frozenset({"f1", "accuracy", "precision", "recall"})
 # Absorbs float rounding so that a value exactly at a limit passes (0.92 vs 0.925 - 0.005).
@@ -126,9 +127,10 @@ def measure_model(
 ) -> ModelEvidence:
     """Evaluate `model` on the labelled `frame` and time its predictions.
 
-    Latency is the median of `repeats` timed `predict` calls on the whole frame (after one
-    untimed warm-up call), scaled to milliseconds per 1,000 rows; size is the length of
-    the serialized booster in MB (10^6 bytes).
+    Latency is the median of `repeats` timed `predict` calls on exactly 1,000 rows (the
+    frame's rows, cycled or cut to 1,000; after one untimed warm-up call), so the figure
+    does not depend on the size of the evaluation frame and includes the per-call overhead
+    a served request pays. Size is the length of the serialized booster in MB (10^6 bytes).
     """
     # Imported here: retraining imports the training stack, which the gate itself does not need.
     from evergreen.retraining import evaluate_model
@@ -137,18 +139,22 @@ def measure_model(
         raise ValueError(f"cannot measure model version {version} on an empty evaluation frame")
     if repeats < 1:
         raise ValueError(f"repeats must be at least 1, got {repeats}")
-    warm = model.predict(frame)
-    scores = warm.probability if warm.probability is not None else warm.prediction
+    predictions = model.predict(frame)
+    scores = (
+        predictions.probability if predictions.probability is not None else predictions.prediction
+    )
+    timing_rows = frame.iloc[np.resize(np.arange(len(frame)), LATENCY_ROWS)]
+    model.predict(timing_rows)  # warm-up: first-call allocations are not serving latency
     seconds = []
     for _ in range(repeats):
         start = time.perf_counter()
-        model.predict(frame)
+        model.predict(timing_rows)
         seconds.append(time.perf_counter() - start)
     return ModelEvidence(
         version=str(version),
         evaluation=evaluate_model(model, frame, config),
         scores=np.asarray(scores, dtype=np.float64),
-        latency_ms_per_1000=statistics.median(seconds) * 1000.0 * 1000.0 / len(frame),
+        latency_ms_per_1000=statistics.median(seconds) * 1000.0 * 1000.0 / LATENCY_ROWS,
         size_mb=len(model.to_bytes()) / BYTES_PER_MB,
     )
 

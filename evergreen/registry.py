@@ -260,3 +260,72 @@ def load_alias(name: str, alias: str) -> LoadedModel | None:
     """The version an alias points at, loaded; None when the alias is not set."""
     info = version_by_alias(name, alias)
     return None if info is None else load_version(name, info.version)
+
+
+# ----------------------------------------------------------------------- lifecycle transitions
+# Each is a registry write that follows a decision made elsewhere (evergreen.gate,
+# evergreen.canary); callers hold the model's registry lock.
+
+
+def _gate_tags(results: dict[str, Any]) -> dict[str, str]:
+    return {"evergreen.gate.passed": str(results.get("passed")).lower(), "evergreen.gate.results": json.dumps(results)[:4900]}
+
+
+def start_canary(name: str, version: str, results: dict[str, Any], actor: str, flow_run_id: str | None) -> None:
+    """Gate passed: the challenger becomes the canary."""
+    set_tags(name, version, {STATUS_TAG: "canary", **_gate_tags(results)})
+    move_alias(name, CANARY, version, "gate passed", actor, flow_run_id)
+    if (c := version_by_alias(name, CHALLENGER)) is not None and c.version == version:
+        move_alias(name, CHALLENGER, None, "challenger became canary", actor, flow_run_id)
+
+
+def reject_challenger(name: str, version: str, results: dict[str, Any], reasons: list[str], actor: str, flow_run_id: str | None) -> None:
+    """Gate failed: the version is rejected with the reasons; the champion is untouched."""
+    set_tags(name, version, {STATUS_TAG: "rejected", "evergreen.rejected.reasons": "; ".join(reasons)[:4900], **_gate_tags(results)})
+    if (c := version_by_alias(name, CHALLENGER)) is not None and c.version == version:
+        move_alias(name, CHALLENGER, None, "gate failed: " + "; ".join(reasons)[:500], actor, flow_run_id)
+
+
+def promote_canary(name: str, canary_version: str, reason: str, actor: str, flow_run_id: str | None) -> str | None:
+    """The canary takes over: `champion` moves to it, the old champion is retired (and kept
+    as the rollback target). Returns the previous champion version."""
+    old = version_by_alias(name, CHAMPION)
+    move_alias(name, CHAMPION, canary_version, reason, actor, flow_run_id)
+    set_tags(name, canary_version, {STATUS_TAG: "champion"})
+    if old is not None and old.version != canary_version:
+        set_tags(name, old.version, {STATUS_TAG: "retired"})
+    move_alias(name, CANARY, None, f"canary v{canary_version} promoted", actor, flow_run_id)
+    return old.version if old else None
+
+
+def reject_canary(name: str, canary_version: str, reason: str, actor: str, flow_run_id: str | None) -> None:
+    """The canary is worse: it stops serving and is rejected."""
+    set_tags(name, canary_version, {STATUS_TAG: "rejected", "evergreen.rejected.reasons": reason[:4900]})
+    move_alias(name, CANARY, None, reason, actor, flow_run_id)
+
+
+def previous_champion(name: str) -> str | None:
+    """The version `champion` pointed at before its current one (from the alias history)."""
+    current = version_by_alias(name, CHAMPION)
+    if current is None:
+        return None
+    for move in reversed(alias_history(name)):
+        # A rollback *to* the current version is not how it became champion: look further back.
+        if move.alias == CHAMPION and move.to_version == current.version and not move.reason.startswith("rollback:"):
+            return move.from_version
+    return None
+
+
+def roll_back_champion(name: str, to_version: str, reason: str, actor: str, flow_run_id: str | None) -> str | None:
+    """`champion` back to `to_version`; any canary removed. Returns the version rolled back from."""
+    current = version_by_alias(name, CHAMPION)
+    if (canary := version_by_alias(name, CANARY)) is not None:
+        set_tags(name, canary.version, {STATUS_TAG: "rejected", "evergreen.rejected.reasons": f"rollback: {reason}"[:4900]})
+        move_alias(name, CANARY, None, f"rollback: {reason}", actor, flow_run_id)
+    if current is not None and current.version == to_version:
+        return None
+    move_alias(name, CHAMPION, to_version, f"rollback: {reason}", actor, flow_run_id)
+    set_tags(name, to_version, {STATUS_TAG: "champion"})
+    if current is not None:
+        set_tags(name, current.version, {STATUS_TAG: "retired", "evergreen.rolled_back.reason": reason[:4900]})
+    return current.version if current else None

@@ -52,3 +52,15 @@ class RetrainResult(BaseModel):
     excluded: dict[str, str] = Field(default_factory=dict)
     message: str = ""
     events: list[str] = Field(default_factory=list)
+
+
+class PromotionResult(BaseModel):
+    """Outcome of promote / canary-review / rollback (their `--out` JSON)."""
+
+    model_name: str
+    decision: str = Field(description="passed|failed|promoted|rolled_back|pending|skipped|unchanged")
+    reasons: list[str] = Field(default_factory=list)
+    champion: str | None = None
+    canary: str | None = None
+    challenger: str | None = None
+    checks: dict[str, Any] = Field(default_factory=dict)

@@ -41,3 +41,23 @@ def read_labelled_batches(config: ModelConfig, up_to_day: str | None = None) -> 
             continue
         out.append(LabelledBatch(b.day, join_labels(frame, labels, config.columns)))
     return out
+
+
+def read_fresh_labelled(config: ModelConfig, after: pd.Timestamp | None = None) -> pd.DataFrame:
+    """The freshest labelled production rows for the gate: rows newer than `after` (the end of
+    the challenger's training data), topped up with the most recent rows when fewer than
+    `gate.min_rows` are that fresh; at most `gate.evaluation_rows`, oldest first."""
+    batches = [b for b in read_labelled_batches(config) if b.valid and len(b.frame)]
+    if not batches:
+        return pd.DataFrame()
+    ts = config.columns.timestamp
+    frame = pd.concat([b.frame for b in batches], ignore_index=True)
+    frame[ts] = pd.to_datetime(frame[ts], utc=True)
+    frame = frame.sort_values(ts, kind="mergesort").reset_index(drop=True)
+    if after is not None:
+        cutoff = pd.Timestamp(after)
+        cutoff = cutoff.tz_localize("UTC") if cutoff.tzinfo is None else cutoff.tz_convert("UTC")
+        fresh = frame[frame[ts] > cutoff]
+        if len(fresh) >= config.gate.min_rows:
+            frame = fresh
+    return frame.tail(config.gate.evaluation_rows).reset_index(drop=True)

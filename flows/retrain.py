@@ -48,7 +48,7 @@ def retrain(
     holdout = training.hold_out_recent(win.frame, cfg)
     model = training.train_model(holdout.train, cfg)
     evaluation = training.evaluate_model(model, holdout.evaluation, cfg)
-    tags = _lineage_tags(cfg, snap, why)
+    tags = _lineage_tags(cfg, snap, why) | {"evergreen.train_end": str(holdout.train[cfg.columns.timestamp].max())}
     logged = training.log_training_run(cfg, model, evaluation, snap, win, holdout, why, tags)
     registration = register_candidate(cfg, logged.model_uri, logged.run_id, tags)
     version, bootstrap = registration.version, registration.bootstrap

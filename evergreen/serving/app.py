@@ -187,18 +187,29 @@ def serve(
     refresh_seconds: float = 2.0,
     limits: RequestLimits | None = None,
     log_settings: LogSettings | None = None,
+    access_log: bool = False,
 ) -> None:
-    """Run the scoring service with uvicorn until interrupted (flushes the log on exit)."""
+    """Run the scoring service with uvicorn until interrupted (flushes the log on exit).
+
+    One process: the snapshot and the log buffer live in it. Per-request access logging is
+    off by default (the prediction log is the record of what was served).
+    """
+    import os
+
     import uvicorn
     from uvicorn.config import LOGGING_CONFIG
 
     from evergreen.telemetry import disable_telemetry
 
     disable_telemetry()
+    # Model downloads would otherwise draw tqdm bars into the service log.
+    os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")
     app = create_app(
         config, refresh_seconds=refresh_seconds, limits=limits, log_settings=log_settings
     )
-    uvicorn.run(app, host=host, port=port, log_config=_log_config(LOGGING_CONFIG))
+    uvicorn.run(
+        app, host=host, port=port, log_config=_log_config(LOGGING_CONFIG), access_log=access_log
+    )
 
 
 def _log_config(base: dict[str, Any]) -> dict[str, Any]:

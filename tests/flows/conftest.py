@@ -21,6 +21,17 @@ def prefect_server():
         yield
 
 
+@pytest.fixture(autouse=True)
+def no_outbound_connections():
+    """Every flow test runs with non-loopback connections refused; none may be attempted
+    (telemetry of Prefect, MLflow, GX and NannyML included)."""
+    from tests.egress import refuse_outbound
+
+    with refuse_outbound() as attempts:
+        yield
+    assert attempts == [], f"outbound connection attempts: {attempts}"
+
+
 @pytest.fixture(scope="module")
 def demo_config(tmp_path_factory: pytest.TempPathFactory) -> ModelConfig:
     """The demo config pointed at a temporary data root and MLflow store."""

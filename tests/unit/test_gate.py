@@ -467,7 +467,12 @@ def test_measure_model(toy_frame, toy_config) -> None:
     np.testing.assert_allclose(evidence.scores, expected)
     assert evidence.size_mb == len(model.to_bytes()) / 1_000_000
     assert 0 < evidence.latency_ms_per_1000 < 60_000
+    # Without a champion the absolute checks run on the measured figures.
+    gate = config.gate.model_copy(update={"max_latency_ms": 1e9})
     decision = decide_promotion(
-        evidence, None, evaluation_rows["target"], config.gate, config.problem_type, config.metric
+        evidence, None, evaluation_rows["target"], gate, config.problem_type, config.metric
     )
     assert decision.passed, decision.reasons
+    assert [c.name for c in decision.checks] == ["latency", "size"]
+    size = decision.check("size")
+    assert size is not None and size.value == evidence.size_mb

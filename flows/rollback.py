@@ -1,0 +1,37 @@
+"""The `rollback` flow: `champion` back to the previous champion (or a named version)."""
+
+from __future__ import annotations
+
+from prefect import flow
+from prefect.states import Completed, State
+
+from blocks.model_config import resolve_config
+from evergreen.config import ModelConfig
+from evergreen.reports import PromotionResult
+from evergreen.telemetry import disable_telemetry
+from tasks import promotion
+from tasks.events import emit
+
+MODEL_ROLLED_BACK = "evergreen.model.rolled_back"
+
+
+@flow(name="rollback", log_prints=True)
+def rollback(
+    config: str | ModelConfig = "car-loan",
+    to_version: str | None = None,
+    from_version: str | None = None,
+    reason: str = "manual rollback",
+) -> State:
+    """Idempotent: with `from_version`, nothing happens once the champion is no longer it."""
+    disable_telemetry()
+    cfg = resolve_config(config)
+    rolled_from, now = promotion.roll_back(cfg, to_version, from_version, reason)
+    name = cfg.mlflow.model_name
+    if rolled_from is None:
+        msg = f"champion is v{now}; nothing to roll back"
+        return Completed(message=msg, data=PromotionResult(model_name=name, decision="unchanged", reasons=[msg], champion=now))
+    emit(cfg, MODEL_ROLLED_BACK, {"from_version": rolled_from, "to_version": now, "reason": reason})
+    return Completed(
+        message=f"champion rolled back from v{rolled_from} to v{now}: {reason}",
+        data=PromotionResult(model_name=name, decision="rolled_back", reasons=[reason], champion=now, canary=None),
+    )

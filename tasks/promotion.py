@@ -1,0 +1,129 @@
+"""Promotion tasks: load registry models, gather evidence, apply decisions to the registry."""
+
+from __future__ import annotations
+
+import pandas as pd
+from prefect import task
+from prefect.cache_policies import NO_CACHE
+
+from evergreen import canary, gate, io, registry, sources, tracking
+from evergreen.config import ModelConfig
+from tasks.registry import actor, current_flow_run_id, registry_lock
+
+
+@task(name="load-registered-model", cache_policy=NO_CACHE, retries=2, retry_delay_seconds=2)
+def load_alias(config: ModelConfig, alias: str) -> registry.LoadedModel | None:
+    tracking.connect(config.mlflow)
+    return registry.load_alias(config.mlflow.model_name, alias)
+
+
+@task(name="resolve-alias", cache_policy=NO_CACHE, retries=2, retry_delay_seconds=2)
+def resolve_alias(config: ModelConfig, alias: str) -> registry.VersionInfo | None:
+    tracking.connect(config.mlflow)
+    return registry.version_by_alias(config.mlflow.model_name, alias)
+
+
+@task(name="canary-started-at", cache_policy=NO_CACHE, retries=2, retry_delay_seconds=2)
+def canary_started_at(config: ModelConfig, version: str) -> str | None:
+    """When `canary` last moved to `version` (from the alias history)."""
+    tracking.connect(config.mlflow)
+    for move in reversed(registry.alias_history(config.mlflow.model_name)):
+        if move.alias == registry.CANARY and move.to_version == version:
+            return move.time
+    return None
+
+
+@task(name="load-fresh-labelled-data", cache_policy=NO_CACHE, retries=2, retry_delay_seconds=1)
+def load_fresh_labelled(config: ModelConfig, after: str | None) -> pd.DataFrame:
+    return sources.read_fresh_labelled(config, pd.Timestamp(after) if after else None)
+
+
+@task(name="measure-model", cache_policy=NO_CACHE)
+def measure_model(model: registry.LoadedModel, frame: pd.DataFrame, config: ModelConfig) -> gate.ModelEvidence:
+    return gate.measure_model(model.model, frame, config, model.version.version)
+
+
+@task(name="decide-promotion", cache_policy=NO_CACHE)
+def decide_promotion(
+    challenger: gate.ModelEvidence, champion: gate.ModelEvidence | None, frame: pd.DataFrame, config: ModelConfig
+) -> gate.GateDecision:
+    y = frame[config.columns.target].to_numpy()
+    return gate.decide_promotion(challenger, champion, y, config.gate, config.problem_type, config.metric)
+
+
+@task(name="apply-gate-decision", cache_policy=NO_CACHE, retries=2, retry_delay_seconds=2)
+def apply_gate_decision(config: ModelConfig, version: str, decision: gate.GateDecision) -> None:
+    """Pass: challenger -> canary. Fail: version rejected, challenger alias removed."""
+    tracking.connect(config.mlflow)
+    name, results = config.mlflow.model_name, decision.to_dict()
+    with registry_lock(config):
+        if decision.passed:
+            registry.start_canary(name, version, results, actor(), current_flow_run_id())
+        else:
+            registry.reject_challenger(name, version, results, decision.reasons, actor(), current_flow_run_id())
+
+
+@task(name="drop-challenger-alias", cache_policy=NO_CACHE, retries=2, retry_delay_seconds=2)
+def drop_challenger(config: ModelConfig, reason: str) -> None:
+    tracking.connect(config.mlflow)
+    with registry_lock(config):
+        registry.move_alias(config.mlflow.model_name, registry.CHALLENGER, None, reason, actor(), current_flow_run_id())
+
+
+@task(name="collect-canary-evidence", cache_policy=NO_CACHE, retries=2, retry_delay_seconds=1)
+def collect_evidence(
+    config: ModelConfig, canary_version: str, champion_version: str, since: str | None
+) -> tuple[canary.ArmEvidence, canary.ArmEvidence]:
+    """What each arm actually served since the canary started, with the labels that arrived."""
+    from evergreen.serving.predlog import read_prediction_log
+
+    log = read_prediction_log(config.data.path("predictions_log"))
+    if len(log) and since and "served_at" in log.columns:
+        served = pd.to_datetime(log["served_at"], utc=True)
+        log = log[served >= pd.Timestamp(since)]
+    labels = io.read_labels(config.data.path("labels"))
+    return (
+        canary.collect_arm_evidence(log, labels, config, canary_version, registry.CANARY),
+        canary.collect_arm_evidence(log, labels, config, champion_version, registry.CHAMPION),
+    )
+
+
+@task(name="decide-canary", cache_policy=NO_CACHE)
+def decide_canary(config: ModelConfig, canary_arm: canary.ArmEvidence, champion_arm: canary.ArmEvidence) -> canary.CanaryDecision:
+    return canary.decide_canary(canary_arm, champion_arm, config.canary, config.problem_type, config.metric)
+
+
+@task(name="apply-canary-decision", cache_policy=NO_CACHE, retries=2, retry_delay_seconds=2)
+def apply_canary_decision(config: ModelConfig, version: str, decision: canary.CanaryDecision) -> str | None:
+    """Promote (returns the previous champion) or reject the canary."""
+    tracking.connect(config.mlflow)
+    name, reason = config.mlflow.model_name, "; ".join(decision.reasons)
+    with registry_lock(config):
+        current = registry.version_by_alias(name, registry.CANARY)
+        if current is None or current.version != version:
+            raise RuntimeError(f"canary moved while it was reviewed (expected v{version}, now {current and current.version}); rerun the review")
+        if decision.outcome == "promoted":
+            return registry.promote_canary(name, version, f"canary review: {reason}", actor(), current_flow_run_id())
+        registry.reject_canary(name, version, f"canary review: {reason}", actor(), current_flow_run_id())
+        return None
+
+
+@task(name="roll-back-champion", cache_policy=NO_CACHE, retries=2, retry_delay_seconds=2)
+def roll_back(config: ModelConfig, to_version: str | None, from_version: str | None, reason: str) -> tuple[str | None, str | None]:
+    """Champion back to `to_version` (default: the previous champion). Idempotent: when the
+    champion is no longer `from_version` (the run already happened), nothing changes.
+    Returns (rolled back from, now champion)."""
+    tracking.connect(config.mlflow)
+    name = config.mlflow.model_name
+    with registry_lock(config):
+        current = registry.version_by_alias(name, registry.CHAMPION)
+        if current is None:
+            raise RuntimeError(f"model {name} has no champion to roll back")
+        if from_version is not None and current.version != from_version:
+            return None, current.version
+        target = to_version or registry.previous_champion(name)
+        if target is None:
+            raise RuntimeError(f"model {name}: champion v{current.version} has no previous champion; pass a version to roll back to")
+        registry.get_version(name, target)  # raises with the name when the version does not exist
+        rolled_from = registry.roll_back_champion(name, target, reason, actor(), current_flow_run_id())
+        return rolled_from, target
