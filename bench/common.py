@@ -446,6 +446,7 @@ def child_main(argv: list[str]) -> int:
         "ru_maxrss_kb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss,
         "late_imports": len(set(sys.modules) - modules_before),
         "late_import_packages": late,
+        "late_modules": sorted(set(sys.modules) - modules_before),
         "outcome": outcome,
     }
     Path(spec["result"]).write_text(json.dumps(result, default=str), encoding="utf-8")

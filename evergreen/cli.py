@@ -211,6 +211,45 @@ def history(
 
 
 @app.command()
+def demo(
+    config: Annotated[Path, typer.Option("--config", "-c", help="model config YAML", exists=True, dir_okay=False)] = Path("configs/demo.yaml"),
+    workdir: Annotated[Path, typer.Option(help="where the demo keeps its data, registry and server")] = Path(".evergreen/demo"),
+    drift: Annotated[str, typer.Option(help="drift injected: covariate|concept|prior|none")] = "covariate",
+    drift_start: Annotated[int, typer.Option(help="day index where the drift starts")] = 10,
+    keep_server: Annotated[bool, typer.Option(help="leave the Prefect server running at the end")] = False,
+    out: OutOpt = None,
+) -> None:
+    """The closed loop on embedded defaults: local Prefect server and MLflow store, the demo
+    stream replayed day by day through the scoring service, monitor, retrain, gate, canary."""
+    from flows.demo import run_demo
+
+    summary = run_demo(
+        config.resolve(), workdir.resolve(), drift=drift, drift_start=drift_start, keep_server=keep_server,
+        echo=typer.echo, progress=lambda day, i, n: typer.echo(f"[{i + 1:>2}/{n}] {'#' * (i + 1)}{'.' * (n - i - 1)} {day}"),
+    )
+    _print_demo_table(summary)
+    _write_json(out, summary.to_dict())
+
+
+def _print_demo_table(summary) -> None:  # noqa: ANN001
+    typer.echo("")
+    typer.echo(f"{'day':10} {'valid':5} {'drift':5} {'est.':>6} {'real.':>6} {'champ':>5} {'canary':>6}  events / action")
+    for r in summary.days:
+        est = f"{r.estimated:.3f}" if r.estimated is not None else "-"
+        real = f"{r.realized:.3f}" if r.realized is not None else "-"
+        evs = ",".join(e.split(".")[-1] for e in r.events) or "-"
+        typer.echo(f"{r.day:10} {str(r.valid)[0]:5} {('yes' if r.drift else 'no'):5} {est:>6} {real:>6} {r.champion or '-':>5} {r.canary or '-':>6}  {evs} / {r.action}")
+    typer.echo("")
+    typer.echo(
+        f"drift injected from {summary.drift_start_day}, first detected {summary.drift_first_detected_day}; "
+        f"retrains {summary.retrains}, promotions {summary.promotions}, rollbacks {summary.rollbacks}; "
+        f"final champion v{summary.final_champion}; {summary.seconds:.0f} s"
+    )
+    typer.echo(f"Prefect UI: {summary.prefect_api_url.removesuffix('/api')}  (runs, events, artifacts)")
+    typer.echo(f"MLflow UI:  uv run mlflow ui --backend-store-uri {summary.mlflow_tracking_uri} --host 127.0.0.1")
+
+
+@app.command()
 def serve(
     config: ConfigOpt,
     host: Annotated[str, typer.Option(help="bind address")] = "127.0.0.1",

@@ -280,6 +280,8 @@ def _check_slices(
     metric: str,
     min_rows: int,
 ) -> GateCheck | None:
+    if not challenger.evaluation.metric == champion.evaluation.metric == metric:
+        return None  # slice metrics are computed in the evaluation's metric only
     old_by_key = {(s.column, s.value): s for s in champion.evaluation.slices}
     compared: list[tuple[float, str]] = []
     for new in challenger.evaluation.slices:

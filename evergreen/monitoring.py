@@ -237,17 +237,28 @@ def fit_monitor(reference: pd.DataFrame, config: ModelConfig) -> FittedMonitor:
         multivariate = None
         if config.monitoring.multivariate_drift:
             multivariate = nml.DataReconstructionDriftCalculator(
-                column_names=list(cols.features), timestamp_column_name=cols.timestamp, chunker=chunker
+                column_names=list(cols.features),
+                timestamp_column_name=cols.timestamp,
+                chunker=chunker,
             ).fit(_feature_frame(reference, config))
         if config.problem_type == "binary_classification":
             estimator = nml.CBPE(
-                metrics=[config.metric], y_pred_proba=proba, y_pred=cols.prediction, y_true=cols.target,
-                problem_type=problem, timestamp_column_name=cols.timestamp, chunker=chunker,
+                metrics=[config.metric],
+                y_pred_proba=proba,
+                y_pred=cols.prediction,
+                y_true=cols.target,
+                problem_type=problem,
+                timestamp_column_name=cols.timestamp,
+                chunker=chunker,
             ).fit(_output_frame(reference, config).assign(**target))
         else:
             estimator = nml.DLE(
-                feature_column_names=list(cols.features), y_pred=cols.prediction, y_true=cols.target,
-                metrics=[config.metric], timestamp_column_name=cols.timestamp, chunker=chunker,
+                feature_column_names=list(cols.features),
+                y_pred=cols.prediction,
+                y_true=cols.target,
+                metrics=[config.metric],
+                timestamp_column_name=cols.timestamp,
+                chunker=chunker,
                 hyperparameters={
                     "random_state": config.training.seed,
                     "n_jobs": config.training.nthread,
@@ -255,8 +266,13 @@ def fit_monitor(reference: pd.DataFrame, config: ModelConfig) -> FittedMonitor:
                 },
             ).fit(_feature_frame(reference, config).assign(**target))
         realized = nml.PerformanceCalculator(
-            metrics=[config.metric], y_true=cols.target, y_pred=cols.prediction, y_pred_proba=proba,
-            problem_type=problem, timestamp_column_name=cols.timestamp, chunker=chunker,
+            metrics=[config.metric],
+            y_true=cols.target,
+            y_pred=cols.prediction,
+            y_pred_proba=proba,
+            problem_type=problem,
+            timestamp_column_name=cols.timestamp,
+            chunker=chunker,
         ).fit(_output_frame(reference, config).assign(**target))
 
     ref_values = _analysis_or_reference(realized.result, "reference")[(config.metric, "value")]
@@ -324,7 +340,9 @@ def compute_monitor(
                 chunk_size, incomplete="append", timestamp_column_name=cols.timestamp
             )
             frame = frames[frame_kind]()
-            result = calc.estimate(frame) if name == "estimated_performance" else calc.calculate(frame)
+            result = (
+                calc.estimate(frame) if name == "estimated_performance" else calc.calculate(frame)
+            )
             # A copy of the batch rides on each result; plots of kind 'drift' do not need it.
             if hasattr(result, "analysis_data"):
                 result.analysis_data = None
@@ -332,11 +350,17 @@ def compute_monitor(
 
     tables = {name: _analysis_or_reference(res, "analysis") for name, res in results.items()}
     features, feature_chunks = _feature_drift(tables["univariate_drift"], config)
-    multivariate = _multivariate(tables["multivariate_drift"]) if "multivariate_drift" in tables else None
-    estimated = _metric(tables["estimated_performance"], config.metric, fitted.reference_metric, "estimated")
+    multivariate = (
+        _multivariate(tables["multivariate_drift"]) if "multivariate_drift" in tables else None
+    )
+    estimated = _metric(
+        tables["estimated_performance"], config.metric, fitted.reference_metric, "estimated"
+    )
     realized = None
     if "realized_performance" in tables:
-        realized = _metric(tables["realized_performance"], config.metric, fitted.reference_metric, "realized")
+        realized = _metric(
+            tables["realized_performance"], config.metric, fitted.reference_metric, "realized"
+        )
     ts = batch[cols.timestamp]
     return MonitorReport(
         model_name=config.name,
@@ -365,12 +389,16 @@ def _calculators(fitted: FittedMonitor) -> Iterator[tuple[str, Any, str]]:
     yield "realized_performance", fitted.realized, "labelled"
 
 
-def _join_labels(batch: pd.DataFrame, labels: pd.DataFrame | None, config: ModelConfig) -> pd.Series:
+def _join_labels(
+    batch: pd.DataFrame, labels: pd.DataFrame | None, config: ModelConfig
+) -> pd.Series:
     """The batch's target as floats aligned to its rows (NaN where no label has arrived)."""
     id_col, target = config.columns.id, config.columns.target
     if labels is None:
         if target in batch.columns:
-            return pd.to_numeric(batch[target], errors="coerce").astype(float).reset_index(drop=True)
+            return (
+                pd.to_numeric(batch[target], errors="coerce").astype(float).reset_index(drop=True)
+            )
         return pd.Series(np.nan, index=range(len(batch)), dtype=float)
     _require_columns(labels, [id_col, target], "labels")
     # A label delivered twice counts once: the latest delivery wins.
@@ -390,7 +418,9 @@ def _model_columns(config: ModelConfig) -> list[str]:
 def _require_columns(frame: pd.DataFrame, needed: list[str], what: str) -> None:
     missing = [c for c in needed if c not in frame.columns]
     if missing:
-        raise MonitorInputError(f"{what} lacks columns {missing}; validate it first or fix columns.* in the config")
+        raise MonitorInputError(
+            f"{what} lacks columns {missing}; validate it first or fix columns.* in the config"
+        )
 
 
 def _output_frame(frame: pd.DataFrame, config: ModelConfig) -> pd.DataFrame:
@@ -415,7 +445,9 @@ def _feature_frame(frame: pd.DataFrame, config: ModelConfig) -> pd.DataFrame:
     return out
 
 
-def _drift_frame(frame: pd.DataFrame, config: ModelConfig, categories: dict[str, list[Any]]) -> pd.DataFrame:
+def _drift_frame(
+    frame: pd.DataFrame, config: ModelConfig, categories: dict[str, list[Any]]
+) -> pd.DataFrame:
     """Timestamp and features with categoricals as float codes of the reference categories.
 
     NannyML's categorical distances count values with np.unique, which sorts Python objects:
@@ -444,14 +476,17 @@ def _analysis_or_reference(result: Any, period: str) -> pd.DataFrame:
     return result.filter(period=period).to_df().reset_index(drop=True)
 
 
-def _feature_drift(table: pd.DataFrame, config: ModelConfig) -> tuple[dict[str, FeatureDrift], list[dict]]:
+def _feature_drift(
+    table: pd.DataFrame, config: ModelConfig
+) -> tuple[dict[str, FeatureDrift], list[dict]]:
     cols = config.columns
     last = len(table) - 1
     features: dict[str, FeatureDrift] = {}
     per_chunk: list[dict[str, Any]] = [{} for _ in range(len(table))]
     for name in cols.features:
         methods = (
-            config.monitoring.categorical_methods if name in cols.categorical
+            config.monitoring.categorical_methods
+            if name in cols.categorical
             else config.monitoring.continuous_methods
         )
         candidates = []
@@ -459,7 +494,7 @@ def _feature_drift(table: pd.DataFrame, config: ModelConfig) -> tuple[dict[str, 
             alerts = table[(name, method, "alert")].fillna(False).astype(bool)
             candidates.append((method, alerts))
         method, alerts = next(((m, a) for m, a in candidates if a.iloc[last]), candidates[0])
-        upper = table[(name, method, "upper_threshold")] if (name, method, "upper_threshold") in table else None
+        upper = table.get((name, method, "upper_threshold"))
         values = table[(name, method, "value")]
         features[name] = FeatureDrift(
             method=method,
@@ -470,7 +505,11 @@ def _feature_drift(table: pd.DataFrame, config: ModelConfig) -> tuple[dict[str, 
             alerting_chunks=int(alerts.sum()),
         )
         for i in range(len(table)):
-            per_chunk[i][name] = {"method": method, "value": _float(values.iloc[i]), "alert": bool(alerts.iloc[i])}
+            per_chunk[i][name] = {
+                "method": method,
+                "value": _float(values.iloc[i]),
+                "alert": bool(alerts.iloc[i]),
+            }
     return features, per_chunk
 
 
@@ -487,7 +526,10 @@ def _multivariate(table: pd.DataFrame) -> MultivariateDrift:
 
 
 def _metric(
-    table: pd.DataFrame, metric: str, reference_value: float | None, kind: Literal["estimated", "realized"]
+    table: pd.DataFrame,
+    metric: str,
+    reference_value: float | None,
+    kind: Literal["estimated", "realized"],
 ) -> MetricEstimate:
     # Realized: the latest chunk that has labels; estimated: the latest chunk.
     valued = table[table[(metric, "value")].notna()]
@@ -498,18 +540,24 @@ def _metric(
         reference_value=reference_value,
         lower_threshold=_float(row.get((metric, "lower_threshold"))),
         upper_threshold=_float(row.get((metric, "upper_threshold"))),
-        alert=bool(row.get((metric, "alert"), False)) and _float(row[(metric, "value")]) is not None,
+        alert=bool(row.get((metric, "alert"), False))
+        and _float(row[(metric, "value")]) is not None,
         kind=kind,
         sampling_error=_float(row.get((metric, "sampling_error"))),
         chunk=str(row[("chunk", "key")]),
     )
 
 
-def _chunk_rows(tables: dict[str, pd.DataFrame], features: list[dict], metric: str) -> list[dict[str, Any]]:
+def _chunk_rows(
+    tables: dict[str, pd.DataFrame], features: list[dict], metric: str
+) -> list[dict[str, Any]]:
     uni = tables["univariate_drift"]
     rows = []
     for i in range(len(uni)):
-        start, end = int(uni[("chunk", "chunk", "start_index")].iloc[i]), int(uni[("chunk", "chunk", "end_index")].iloc[i])
+        start, end = (
+            int(uni[("chunk", "chunk", "start_index")].iloc[i]),
+            int(uni[("chunk", "chunk", "end_index")].iloc[i]),
+        )
         row: dict[str, Any] = {
             "key": str(uni[("chunk", "chunk", "key")].iloc[i]),
             "index": i,
@@ -528,7 +576,10 @@ def _chunk_rows(tables: dict[str, pd.DataFrame], features: list[dict], metric: s
                 "upper": _float(mv[("reconstruction_error", "upper_threshold")].iloc[i]),
                 "alert": bool(mv[("reconstruction_error", "alert")].iloc[i]),
             }
-        for name, label in (("estimated_performance", "estimated"), ("realized_performance", "realized")):
+        for name, label in (
+            ("estimated_performance", "estimated"),
+            ("realized_performance", "realized"),
+        ):
             if name in tables and i < len(tables[name]):
                 t = tables[name]
                 row[label] = {
@@ -627,21 +678,31 @@ def decide_alerts(report: MonitorReport, config: ModelConfig) -> AlertDecision:
             f"{n} ({report.features[n].method} {_fmt(report.features[n].value)} > {_fmt(report.features[n].threshold)})"
             for n in drifted
         )
-        signals.append(AlertSignal(
-            "feature_drift", "drifted_feature_share", share, mon.drifted_feature_share,
-            f"{len(drifted)} of {len(report.features)} features drifted ({share:.0%} >= "
-            f"{mon.drifted_feature_share:.0%}): {names}",
-            "share",
-        ))
+        signals.append(
+            AlertSignal(
+                "feature_drift",
+                "drifted_feature_share",
+                share,
+                mon.drifted_feature_share,
+                f"{len(drifted)} of {len(report.features)} features drifted ({share:.0%} >= "
+                f"{mon.drifted_feature_share:.0%}): {names}",
+                "share",
+            )
+        )
     mv = report.multivariate
     if mon.multivariate_drift and mv is not None and mv.alert and mv.value is not None:
         bound = mv.upper if mv.upper is not None and mv.value > mv.upper else mv.lower
-        signals.append(AlertSignal(
-            "multivariate_drift", "reconstruction_error", mv.value, _float(bound) or 0.0,
-            f"multivariate reconstruction error {_fmt(mv.value)} is outside "
-            f"[{_fmt(mv.lower)}, {_fmt(mv.upper)}]",
-            "band",
-        ))
+        signals.append(
+            AlertSignal(
+                "multivariate_drift",
+                "reconstruction_error",
+                mv.value,
+                _float(bound) or 0.0,
+                f"multivariate reconstruction error {_fmt(mv.value)} is outside "
+                f"[{_fmt(mv.lower)}, {_fmt(mv.upper)}]",
+                "band",
+            )
+        )
     for estimate in (report.estimated_metric, report.realized_metric):
         if estimate is not None:
             signals.extend(_performance_signals(estimate, config))
@@ -675,19 +736,29 @@ def _performance_signals(estimate: MetricEstimate, config: ModelConfig) -> list[
         threshold = ref - drop if higher else ref * (1 + drop)
         if (value < threshold) if higher else (value > threshold):
             how = f"more than {drop:g} below" if higher else f"more than {drop:.0%} above"
-            out.append(AlertSignal(
-                kind, config.metric, value, threshold,
-                f"{estimate.kind} {config.metric} {_fmt(value)} is {how} the reference {_fmt(ref)} "
-                f"(threshold {_fmt(threshold)})",
-                "drop",
-            ))
+            out.append(
+                AlertSignal(
+                    kind,
+                    config.metric,
+                    value,
+                    threshold,
+                    f"{estimate.kind} {config.metric} {_fmt(value)} is {how} the reference {_fmt(ref)} "
+                    f"(threshold {_fmt(threshold)})",
+                    "drop",
+                )
+            )
     if floor is not None and ((value < floor) if higher else (value > floor)):
         word = "below the floor" if higher else "above the ceiling"
-        out.append(AlertSignal(
-            kind, config.metric, value, floor,
-            f"{estimate.kind} {config.metric} {_fmt(value)} is {word} {_fmt(floor)}",
-            "floor",
-        ))
+        out.append(
+            AlertSignal(
+                kind,
+                config.metric,
+                value,
+                floor,
+                f"{estimate.kind} {config.metric} {_fmt(value)} is {word} {_fmt(floor)}",
+                "floor",
+            )
+        )
     return out
 
 

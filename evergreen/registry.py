@@ -329,3 +329,27 @@ def roll_back_champion(name: str, to_version: str, reason: str, actor: str, flow
     if current is not None:
         set_tags(name, current.version, {STATUS_TAG: "retired", "evergreen.rolled_back.reason": reason[:4900]})
     return current.version if current else None
+
+
+REFERENCE_ARTIFACT = "reference/monitor_reference.parquet"
+
+
+def champion_reference(name: str) -> tuple[str, Any] | None:
+    """The NannyML reference logged by the champion's training run (its predictions on the
+    held-out recent slice, with labels) and the champion's version; None without a champion
+    or such an artifact."""
+    import tempfile
+
+    import mlflow.artifacts
+    import pandas as pd
+    from mlflow.exceptions import MlflowException
+
+    champion = version_by_alias(name, CHAMPION)
+    if champion is None or not champion.run_id:
+        return None
+    with tempfile.TemporaryDirectory() as tmp:
+        try:
+            path = mlflow.artifacts.download_artifacts(run_id=champion.run_id, artifact_path=REFERENCE_ARTIFACT, dst_path=tmp)
+        except (MlflowException, OSError):
+            return None
+        return champion.version, pd.read_parquet(path)

@@ -51,6 +51,10 @@ def monitor_reference(model: TrainedModel, frame: pd.DataFrame, config: ModelCon
     if cols.probability is not None and preds.probability is not None:
         out[cols.probability] = preds.probability
     out[cols.model_version] = version
+    # Batches carry naive UTC timestamps; NannyML cannot plot a mix of aware and naive.
+    stamps = pd.to_datetime(out[cols.timestamp])
+    if stamps.dt.tz is not None:
+        out[cols.timestamp] = stamps.dt.tz_convert("UTC").dt.tz_localize(None)
     return out
 
 

@@ -13,6 +13,7 @@ great_expectations is imported lazily: it costs ~14 s.
 from __future__ import annotations
 
 import datetime as dt
+import functools
 import math
 from collections.abc import Iterable
 from dataclasses import asdict, dataclass, field
@@ -39,14 +40,26 @@ class SuiteOptions(BaseModel):
 
     model_config = ConfigDict(extra="forbid")
 
-    range_tolerance: float = Field(0.5, ge=0, description="widen [min, max] by this share of the range")
-    range_mostly: float = Field(0.999, gt=0, le=1, description="share of values that must be in range")
-    null_tolerance: float = Field(0.05, ge=0, le=1, description="null share allowed above the reference's")
-    category_mostly: float = Field(0.95, gt=0, le=1, description="share of values that must be known")
-    max_categories: int = Field(1000, ge=1, description="no set check above this many reference values")
+    range_tolerance: float = Field(
+        default=0.5, ge=0, description="widen [min, max] by this share of the range"
+    )
+    range_mostly: float = Field(
+        default=0.999, gt=0, le=1, description="share of values that must be in range"
+    )
+    null_tolerance: float = Field(
+        default=0.05, ge=0, le=1, description="null share allowed above the reference's"
+    )
+    category_mostly: float = Field(
+        default=0.95, gt=0, le=1, description="share of values that must be known"
+    )
+    max_categories: int = Field(
+        default=1000, ge=1, description="no set check above this many reference values"
+    )
     check_constant: bool = True
-    min_rows_for_constant_check: int = Field(100, ge=2)
-    clock_skew_seconds: float = Field(300.0, ge=0, description="timestamps may lead `now` by this much")
+    min_rows_for_constant_check: int = Field(default=100, ge=2)
+    clock_skew_seconds: float = Field(
+        default=300.0, ge=0, description="timestamps may lead `now` by this much"
+    )
 
 
 class ColumnSpec(BaseModel):
@@ -57,7 +70,7 @@ class ColumnSpec(BaseModel):
     name: str
     role: ColumnRole
     kind: ColumnKind
-    max_null_fraction: float = Field(0.0, ge=0, le=1)
+    max_null_fraction: float = Field(default=0.0, ge=0, le=1)
     min_value: float | None = None
     max_value: float | None = None
     range_mostly: float = 1.0
@@ -77,8 +90,8 @@ class SuiteSpec(BaseModel):
     name: str
     model_name: str
     columns: list[ColumnSpec]
-    min_rows: int = Field(0, ge=0)
-    max_rows: int = Field(5_000_000, ge=1)
+    min_rows: int = Field(default=0, ge=0)
+    max_rows: int = Field(default=5_000_000, ge=1)
     clock_skew_seconds: float = 300.0
     min_rows_for_constant_check: int = 100
     reference_rows: int = 0
@@ -142,7 +155,8 @@ class ValidationReport:
                 f"({self.rows:,} rows)"
             )
         shown = "; ".join(
-            f"{f.column or '(table)'}: {f.expectation_type} — {f.message}" for f in self.failures[:5]
+            f"{f.column or '(table)'}: {f.expectation_type} — {f.message}"
+            for f in self.failures[:5]
         )
         more = f"; and {len(self.failures) - 5} more" if len(self.failures) > 5 else ""
         return (
@@ -212,8 +226,12 @@ def derive_suite(
     if cols.probability:
         specs.append(
             ColumnSpec(
-                name=cols.probability, role="probability", kind="numeric",
-                min_value=0.0, max_value=1.0, finite=True,
+                name=cols.probability,
+                role="probability",
+                kind="numeric",
+                min_value=0.0,
+                max_value=1.0,
+                finite=True,
             )
         )
     return SuiteSpec(
@@ -256,7 +274,9 @@ def _feature_spec(ref: pd.Series, categorical: bool, opts: SuiteOptions) -> Colu
     elif categorical or kind == "string":
         distinct = values.unique()
         if len(distinct) <= opts.max_categories:
-            spec["value_set"] = sorted((_plain(v) for v in distinct), key=lambda v: (str(type(v)), v))
+            spec["value_set"] = sorted(
+                (_plain(v) for v in distinct), key=lambda v: (str(type(v)), v)
+            )
             spec["set_mostly"] = opts.category_mostly
     elif kind == "numeric" and np.isfinite(values.to_numpy(dtype=float)).any():
         finite = values[np.isfinite(values.to_numpy(dtype=float))]
@@ -347,12 +367,17 @@ class Validator:
     ) -> pd.Timestamp:
         bound = pd.Timestamp(now) if now is not None else pd.Timestamp.now(tz="UTC")
         bound = bound + pd.Timedelta(seconds=self.spec.clock_skew_seconds)
-        # GX compares with the column as is: match its timezone-awareness or every row fails.
+        # GX compares with the column as is: match its timezone-awareness or the check errors.
+        # Naive timestamps are taken as UTC.
         ts_cols = [c.name for c in self.spec.columns if c.not_future and c.name not in broken]
         tz = batch[ts_cols[0]].dt.tz if ts_cols else None
         if tz is None:
             return bound.tz_convert("UTC").tz_localize(None) if bound.tzinfo else bound
-        return bound.tz_localize("UTC").tz_convert(tz) if bound.tzinfo is None else bound.tz_convert(tz)
+        return (
+            bound.tz_localize("UTC").tz_convert(tz)
+            if bound.tzinfo is None
+            else bound.tz_convert(tz)
+        )
 
     def _suite_for(self, broken: frozenset[str], use_constant: bool) -> Any:
         key = (broken, use_constant)
@@ -370,16 +395,29 @@ def validate_batch(
     batch_id: str,
     now: dt.datetime | pd.Timestamp | None = None,
 ) -> ValidationReport:
-    """Validate one batch with a fresh `Validator` (create a `Validator` to validate many)."""
-    return Validator(suite).validate(batch, batch_id, now=now)
+    """Validate one batch; `now` (default: the current time) bounds its timestamps.
+
+    The GX context and suite of a spec are built once and kept for the next calls with the
+    same spec (a few specs at most), so calling this per batch costs no set-up.
+    """
+    return _validator_for(suite.model_dump_json()).validate(batch, batch_id, now=now)
 
 
-def build_expectations(spec: SuiteSpec, skip_columns: Iterable[str] = (), use_constant: bool = True) -> list:
+@functools.lru_cache(maxsize=8)
+def _validator_for(spec_json: str) -> Validator:
+    return Validator(SuiteSpec.model_validate_json(spec_json))
+
+
+def build_expectations(
+    spec: SuiteSpec, skip_columns: Iterable[str] = (), use_constant: bool = True
+) -> list:
     """The GX expectations of a suite, leaving out columns that are missing or of the wrong kind."""
     import great_expectations.expectations as gxe
 
     skip = set(skip_columns)
-    out: list = [gxe.ExpectTableRowCountToBeBetween(min_value=spec.min_rows, max_value=spec.max_rows)]
+    out: list = [
+        gxe.ExpectTableRowCountToBeBetween(min_value=spec.min_rows, max_value=spec.max_rows)
+    ]
     for col in spec.columns:
         if col.name in skip:
             continue
@@ -390,22 +428,33 @@ def build_expectations(spec: SuiteSpec, skip_columns: Iterable[str] = (), use_co
         if col.unique:
             out.append(gxe.ExpectColumnValuesToBeUnique(column=name))
         if col.finite:
-            out.append(gxe.ExpectColumnValuesToNotBeInSet(column=name, value_set=[math.inf, -math.inf]))
+            out.append(
+                gxe.ExpectColumnValuesToNotBeInSet(column=name, value_set=[math.inf, -math.inf])
+            )
         if col.min_value is not None or col.max_value is not None:
             out.append(
                 gxe.ExpectColumnValuesToBeBetween(
-                    column=name, min_value=col.min_value, max_value=col.max_value, mostly=col.range_mostly
+                    column=name,
+                    min_value=col.min_value,
+                    max_value=col.max_value,
+                    mostly=col.range_mostly,
                 )
             )
         if col.value_set is not None:
-            out.append(gxe.ExpectColumnValuesToBeInSet(column=name, value_set=col.value_set, mostly=col.set_mostly))
+            out.append(
+                gxe.ExpectColumnValuesToBeInSet(
+                    column=name, value_set=col.value_set, mostly=col.set_mostly
+                )
+            )
         # Numeric columns are checked for constancy with min == max in pandas (`check_constant`):
         # GX counts distinct values, which costs ~60 ms per million floats and column.
         if col.not_constant and use_constant and col.kind != "numeric":
             out.append(gxe.ExpectColumnUniqueValueCountToBeBetween(column=name, min_value=2))
         if col.not_future:
             # The column max against `now`: a row-wise datetime comparison costs seconds per million rows.
-            out.append(gxe.ExpectColumnMaxToBeBetween(column=name, max_value={"$PARAMETER": NOW_PARAMETER}))
+            out.append(
+                gxe.ExpectColumnMaxToBeBetween(column=name, max_value={"$PARAMETER": NOW_PARAMETER})
+            )
     return out
 
 
@@ -437,7 +486,10 @@ def check_structure(batch: pd.DataFrame, spec: SuiteSpec) -> tuple[StructuralChe
         broken.update(dupes)
         result.failures.append(
             ExpectationFailure(
-                "expect_table_columns_to_be_unique", None, dupes, "each column once",
+                "expect_table_columns_to_be_unique",
+                None,
+                dupes,
+                "each column once",
                 f"columns {dupes} appear more than once; drop the duplicates upstream",
             )
         )
@@ -447,7 +499,10 @@ def check_structure(batch: pd.DataFrame, spec: SuiteSpec) -> tuple[StructuralChe
             broken.add(col.name)
             result.failures.append(
                 ExpectationFailure(
-                    EXIST_EXPECTATION, col.name, None, col.name,
+                    EXIST_EXPECTATION,
+                    col.name,
+                    None,
+                    col.name,
                     f"column {col.name!r} ({col.role}) is missing; the batch must carry it",
                 )
             )
@@ -460,7 +515,10 @@ def check_structure(batch: pd.DataFrame, spec: SuiteSpec) -> tuple[StructuralChe
             broken.add(col.name)
             result.failures.append(
                 ExpectationFailure(
-                    TYPE_EXPECTATION, col.name, str(batch[col.name].dtype), col.kind,
+                    TYPE_EXPECTATION,
+                    col.name,
+                    str(batch[col.name].dtype),
+                    col.kind,
                     f"column {col.name!r} has dtype {batch[col.name].dtype} ({kind}) but the reference "
                     f"is {col.kind}; convert it before scoring",
                 )
@@ -468,7 +526,9 @@ def check_structure(batch: pd.DataFrame, spec: SuiteSpec) -> tuple[StructuralChe
     return result, broken
 
 
-def check_constant(batch: pd.DataFrame, spec: SuiteSpec, broken: set[str], into: StructuralCheck) -> None:
+def check_constant(
+    batch: pd.DataFrame, spec: SuiteSpec, broken: set[str], into: StructuralCheck
+) -> None:
     """Numeric columns that vary in the reference must vary in the batch (min < max)."""
     for col in spec.columns:
         if not (col.not_constant and col.kind == "numeric") or col.name in broken:
@@ -479,7 +539,10 @@ def check_constant(batch: pd.DataFrame, spec: SuiteSpec, broken: set[str], into:
         if not (lo < hi):  # also true when every value is null
             into.failures.append(
                 ExpectationFailure(
-                    CONSTANT_EXPECTATION, col.name, 1 if lo == hi else 0, {"min_value": 2},
+                    CONSTANT_EXPECTATION,
+                    col.name,
+                    1 if lo == hi else 0,
+                    {"min_value": 2},
                     f"every value is {_plain(lo)}: the column is constant but varies in the reference",
                 )
             )
@@ -497,7 +560,9 @@ def _failure_from_gx(result: Any, clock_columns: set[str]) -> ExpectationFailure
     error = _exception_message(result.exception_info)
     expected = {k: _plain(v) for k, v in kwargs.items() if k not in ("column", "batch_id")}
     if error is not None:
-        return ExpectationFailure(kind, column, None, expected, f"GX could not evaluate it: {error}")
+        return ExpectationFailure(
+            kind, column, None, expected, f"GX could not evaluate it: {error}"
+        )
     if "observed_value" in res:
         observed: Any = _plain(res["observed_value"])
     else:
@@ -506,7 +571,9 @@ def _failure_from_gx(result: Any, clock_columns: set[str]) -> ExpectationFailure
             "unexpected_percent": _plain(res.get("unexpected_percent")),
             "sample": _sample(res),
         }
-    return ExpectationFailure(kind, column, observed, expected, _describe(kind, kwargs, res, column in clock_columns))
+    return ExpectationFailure(
+        kind, column, observed, expected, _describe(kind, kwargs, res, column in clock_columns)
+    )
 
 
 def _sample(res: dict[str, Any], size: int = 5) -> list[Any]:
@@ -515,7 +582,9 @@ def _sample(res: dict[str, Any], size: int = 5) -> list[Any]:
     return distinct[:size]
 
 
-def _describe(kind: str, kwargs: dict[str, Any], res: dict[str, Any], is_clock: bool = False) -> str:
+def _describe(
+    kind: str, kwargs: dict[str, Any], res: dict[str, Any], is_clock: bool = False
+) -> str:
     count = res.get("unexpected_count")
     # GX measures `mostly` against non-null values; report the same share.
     pct = res.get("unexpected_percent_nonmissing", res.get("unexpected_percent")) or 0.0
@@ -622,33 +691,63 @@ def validate_labels(
 
     check(
         len(labels) > 0,
-        ExpectationFailure("expect_table_row_count_to_be_between", None, 0, {"min_value": 1},
-                           "the labels file has no rows"),
+        ExpectationFailure(
+            "expect_table_row_count_to_be_between",
+            None,
+            0,
+            {"min_value": 1},
+            "the labels file has no rows",
+        ),
     )
     for name in (id_col, target):
         check(
             name in labels.columns,
-            ExpectationFailure(EXIST_EXPECTATION, name, None, name,
-                               f"labels lack column {name!r}; labels are (id, target) pairs"),
+            ExpectationFailure(
+                EXIST_EXPECTATION,
+                name,
+                None,
+                name,
+                f"labels lack column {name!r}; labels are (id, target) pairs",
+            ),
         )
     if id_col in labels.columns:
         ids = labels[id_col]
         nulls = int(ids.isna().sum())
-        check(nulls == 0, ExpectationFailure("expect_column_values_to_not_be_null", id_col, nulls, 0,
-                                             f"{nulls} labels have no id"))
+        check(
+            nulls == 0,
+            ExpectationFailure(
+                "expect_column_values_to_not_be_null",
+                id_col,
+                nulls,
+                0,
+                f"{nulls} labels have no id",
+            ),
+        )
         dupes = int(ids.duplicated(keep=False).sum())
         sample = _plain(ids[ids.duplicated()].unique()[:5])
-        check(dupes == 0, ExpectationFailure("expect_column_values_to_be_unique", id_col, dupes, 0,
-                                             f"{dupes} labels share an id (e.g. {sample})"))
+        check(
+            dupes == 0,
+            ExpectationFailure(
+                "expect_column_values_to_be_unique",
+                id_col,
+                dupes,
+                0,
+                f"{dupes} labels share an id (e.g. {sample})",
+            ),
+        )
         if batch_ids_known is not None:
-            known = pd.Index(batch_ids_known if not isinstance(batch_ids_known, (set, frozenset))
-                             else list(batch_ids_known))
+            known = pd.Index(
+                batch_ids_known
+                if not isinstance(batch_ids_known, (set, frozenset))
+                else list(batch_ids_known)
+            )
             unknown = ids.dropna()[~ids.dropna().isin(known)]
             share = len(unknown) / max(len(ids), 1)
             check(
                 share <= max_unknown_fraction,
                 ExpectationFailure(
-                    "expect_column_values_to_be_in_set", id_col,
+                    "expect_column_values_to_be_in_set",
+                    id_col,
                     {"unexpected_count": len(unknown), "sample": _plain(unknown.unique()[:5])},
                     {"mostly": 1 - max_unknown_fraction},
                     f"{len(unknown)} labels ({100 * share:.2f}%) name ids no batch served "
@@ -658,22 +757,46 @@ def validate_labels(
     if target in labels.columns:
         values = labels[target]
         nulls = int(values.isna().sum())
-        check(nulls == 0, ExpectationFailure("expect_column_values_to_not_be_null", target, nulls, 0,
-                                             f"{nulls} labels have no target value"))
+        check(
+            nulls == 0,
+            ExpectationFailure(
+                "expect_column_values_to_not_be_null",
+                target,
+                nulls,
+                0,
+                f"{nulls} labels have no target value",
+            ),
+        )
         present = values.dropna()
         if config.problem_type == "binary_classification":
-            bad = present[~present.isin([0, 1])] if column_kind(present) != "bool" else present.iloc[:0]
-            check(bad.empty, ExpectationFailure(
-                "expect_column_values_to_be_in_set", target,
-                {"unexpected_count": len(bad), "sample": _plain(bad.unique()[:5])}, [0, 1],
-                f"{len(bad)} targets are not 0/1 (e.g. {_plain(bad.unique()[:5])})"))
+            bad = (
+                present[~present.isin([0, 1])]
+                if column_kind(present) != "bool"
+                else present.iloc[:0]
+            )
+            check(
+                bad.empty,
+                ExpectationFailure(
+                    "expect_column_values_to_be_in_set",
+                    target,
+                    {"unexpected_count": len(bad), "sample": _plain(bad.unique()[:5])},
+                    [0, 1],
+                    f"{len(bad)} targets are not 0/1 (e.g. {_plain(bad.unique()[:5])})",
+                ),
+            )
         else:
             numeric = pd.to_numeric(present, errors="coerce")
             bad = present[numeric.isna() | ~np.isfinite(numeric.astype(float))]
-            check(bad.empty, ExpectationFailure(
-                "expect_column_values_to_be_in_type_list", target,
-                {"unexpected_count": len(bad), "sample": _plain(bad.unique()[:5])}, "finite numbers",
-                f"{len(bad)} targets are not finite numbers (e.g. {_plain(bad.unique()[:5])})"))
+            check(
+                bad.empty,
+                ExpectationFailure(
+                    "expect_column_values_to_be_in_type_list",
+                    target,
+                    {"unexpected_count": len(bad), "sample": _plain(bad.unique()[:5])},
+                    "finite numbers",
+                    f"{len(bad)} targets are not finite numbers (e.g. {_plain(bad.unique()[:5])})",
+                ),
+            )
     return ValidationReport(
         success=not failures,
         batch_id=batch_id,

@@ -3,6 +3,7 @@ emit drift events, publish what was found."""
 
 from __future__ import annotations
 
+import dataclasses
 from pathlib import Path
 
 from prefect import flow, get_run_logger
@@ -86,11 +87,18 @@ def _monitor_batch(cfg: ModelConfig, f: io.BatchFile, suite, fitted) -> MonitorR
 def _estimate(cfg: ModelConfig, f: io.BatchFile, frame, fitted, run_id: str | None) -> MonitorResult:  # noqa: ANN001
     labels = data.load_labels(cfg, f.day)
     report = monitoring.compute_monitor(fitted, frame, labels)
+    realized_on = f.day if report.realized_metric is not None else None
+    if report.realized_metric is None:
+        # Labels arrive late: judge realized performance on the newest labelled batch.
+        latest = monitoring.realized_on_latest_labelled(fitted, cfg, f.day, labels)
+        if latest is not None:
+            realized_on = latest[0]
+            report = dataclasses.replace(report, realized_metric=latest[1])
     decision = monitoring.decide_alerts(report, cfg)
     summary = report.to_dict()
     events, event_ids = [], []
     for name, payload in decision.event_payloads().items():
-        event_id = emit(cfg, name, {**payload, "batch_id": f.day, "chunk": f.day})
+        event_id = emit(cfg, name, {**payload, "batch_id": f.day, "chunk": f.day, "realized_on": realized_on})
         events.append(name)
         if event_id:
             event_ids.append(event_id)
@@ -102,7 +110,7 @@ def _estimate(cfg: ModelConfig, f: io.BatchFile, frame, fitted, run_id: str | No
         drift_detected=decision.drift_detected, performance_degraded=decision.performance_degraded,
         features=summary.get("features", {}), multivariate=summary.get("multivariate"),
         estimated_metric=est.get("value"), realized_metric=real.get("value") if real else None,
-        realized_on=real.get("batch_id") if real else None,
+        realized_on=realized_on,
         metric=cfg.metric, reasons=list(decision.reasons), events=events, event_ids=event_ids,
         rows=len(frame),
     )

@@ -28,7 +28,16 @@ def load_batch(path: str) -> pd.DataFrame:
 
 @task(name="load-monitor-reference", retries=2, retry_delay_seconds=1)
 def load_monitor_reference(config: ModelConfig) -> pd.DataFrame:
-    """The NannyML reference: the serving model's predictions on held-out labelled data."""
+    """The NannyML reference: the serving model's predictions on held-out labelled data —
+    the current champion's (logged by its retrain run) when the registry has one, else the
+    data folder's file."""
+    from evergreen import registry, tracking
+
+    tracking.connect(config.mlflow)
+    champion = registry.champion_reference(config.mlflow.model_name)
+    if champion is not None:
+        version, frame = champion
+        return frame.assign(**{config.columns.model_version: version})
     path = config.data.path("monitor_reference")
     if not io.exists(path):
         raise FileNotFoundError(

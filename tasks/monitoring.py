@@ -24,9 +24,24 @@ def validate_batch(
     return validation.validate_batch(batch, suite, batch_id)
 
 
+# Fitted calculators per (reference digest, settings), for the life of the process: a served
+# deployment or a replay runs many monitor flows on the same reference, and fitting NannyML
+# costs seconds each time.
+_FITTED: dict[str, monitoring.FittedMonitor] = {}
+_FITTED_MAX = 4
+
+
 @task(name="fit-monitor", cache_policy=NO_CACHE)
 def fit_monitor(reference: pd.DataFrame, config: ModelConfig) -> monitoring.FittedMonitor:
-    return monitoring.fit_monitor(reference, config)
+    from evergreen.snapshot import dataset_digest
+
+    settings = config.model_dump_json(include={"name", "problem_type", "metric", "columns", "monitoring"})
+    key = f"{dataset_digest(reference)}:{settings}"
+    if key not in _FITTED:
+        if len(_FITTED) >= _FITTED_MAX:
+            _FITTED.pop(next(iter(_FITTED)))
+        _FITTED[key] = monitoring.fit_monitor(reference, config)
+    return _FITTED[key]
 
 
 @task(name="estimate-drift-and-performance", cache_policy=NO_CACHE)
@@ -39,3 +54,26 @@ def compute_monitor(
 @task(name="decide-alerts", cache_policy=NO_CACHE)
 def decide_alerts(report: monitoring.MonitorReport, config: ModelConfig) -> monitoring.AlertDecision:
     return monitoring.decide_alerts(report, config)
+
+
+@task(name="realized-performance", cache_policy=NO_CACHE)
+def realized_on_latest_labelled(
+    fitted: monitoring.FittedMonitor, config: ModelConfig, day: str, labels: pd.DataFrame | None
+) -> tuple[str, monitoring.MetricEstimate] | None:
+    """Labels arrive late: the realized metric of the most recent batch (up to `day`) whose
+    labels have arrived, with that batch's day; None when no batch is labelled yet."""
+    from evergreen import io
+
+    if labels is None or not len(labels):
+        return None
+    known = set(labels[config.columns.id])
+    for batch in reversed([b for b in io.list_batches(config.data.path("batches")) if b.day <= day]):
+        try:
+            frame = io.read_table(batch.path)
+        except io.DataReadError:
+            continue
+        if config.columns.id in frame and frame[config.columns.id].isin(known).any():
+            report = monitoring.compute_monitor(fitted, frame, labels)
+            if report.realized_metric is not None:
+                return batch.day, report.realized_metric
+    return None

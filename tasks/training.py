@@ -107,7 +107,7 @@ def log_training_run(
         example = holdout.evaluation[list(config.columns.features)].head(5)
         logged = registry.log_model(model, example)
         reference = retraining.monitor_reference(model, holdout.evaluation, config, version="candidate")
-        _log_parquet(reference, "reference/monitor_reference.parquet")
+        _log_parquet(reference, registry.REFERENCE_ARTIFACT)
         mlflow.log_dict(evaluation.to_dict(), "evaluation.json")
         mlflow.log_figure(plots.feature_importance(model.feature_importance()), "plots/feature_importance.png")
         if evaluation.calibration is not None:

@@ -83,10 +83,7 @@ def build_scorer(model: TrainedModel, seed: int = 0) -> Scorer:
         probe = probe_frame(model, seed)
         fast = FastScorer.of(model)
         expected, got = model.predict(probe), fast.predict(probe)
-        same = np.array_equal(expected.prediction, got.prediction) and (
-            (expected.probability is None and got.probability is None)
-            or np.array_equal(expected.probability, got.probability)
-        )
+        same = _same(expected, got)
     except Exception as exc:
         log.warning("fast scoring path unavailable (%s); scoring with TrainedModel.predict", exc)
         return model
@@ -94,6 +91,14 @@ def build_scorer(model: TrainedModel, seed: int = 0) -> Scorer:
         log.warning("fast scoring path disagrees with TrainedModel.predict; using the latter")
         return model
     return fast
+
+
+def _same(a: Predictions, b: Predictions) -> bool:
+    if not np.array_equal(a.prediction, b.prediction):
+        return False
+    if a.probability is None or b.probability is None:
+        return a.probability is None and b.probability is None
+    return bool(np.array_equal(a.probability, b.probability))
 
 
 def probe_frame(model: TrainedModel, seed: int = 0, rows: int = 64) -> pd.DataFrame:

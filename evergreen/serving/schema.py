@@ -35,6 +35,7 @@ DF_SPLIT, DF_RECORDS, INSTANCES, INPUTS = (
 FORMATS = (DF_SPLIT, DF_RECORDS, INSTANCES, INPUTS)
 # MLflow lets clients pass inference params next to the data; a Booster takes none.
 IGNORED_KEYS = frozenset({"params"})
+_INT64_MIN, _INT64_MAX = -(2**63), 2**63 - 1
 
 FeatureKind = Literal["numeric", "string", "boolean", "integer"]
 
@@ -129,7 +130,7 @@ def _category_kind(values: list[str]) -> FeatureKind:
 
 def _is_int_text(text: str) -> bool:
     body = text[1:] if text[:1] == "-" else text
-    return body.isdigit()
+    return body.isdecimal()  # not isdigit(): int() rejects superscripts such as "²"
 
 
 # --------------------------------------------------------------------------------- parsing
@@ -357,7 +358,7 @@ def _ids(values: list[Any], column: str) -> pd.Series:
                 field=column,
                 row=i,
             ) from None
-    if all(type(v) is int for v in values):
+    if all(type(v) is int and _INT64_MIN <= v <= _INT64_MAX for v in values):
         return pd.Series(values, dtype="int64")
     # Mixed or text ids are logged as their routing key, so 7, 7.0 and "7" stay one entity.
     return pd.Series([routing_key(v) for v in values], dtype="str")
@@ -395,10 +396,22 @@ def _timestamps(
 
 
 def _numeric(values: list[Any], spec: FeatureSpec) -> pd.Series:
-    if not all(v is None or type(v) in (int, float) for v in values):
-        i = next(i for i, v in enumerate(values) if not (v is None or type(v) in (int, float)))
-        raise _type_error(spec, i, values[i], "a number or null")
-    return pd.Series([math.nan if v is None else v for v in values], dtype="float64")
+    out: list[float] = []
+    for i, v in enumerate(values):
+        kind = type(v)
+        if v is None:
+            out.append(math.nan)
+        elif kind is float or kind is int:
+            try:
+                number = float(v)
+            except OverflowError:
+                number = math.inf
+            if math.isinf(number):  # XGBoost refuses infinite inputs; NaN is a missing value
+                raise _type_error(spec, i, v, "a finite number or null")
+            out.append(number)
+        else:
+            raise _type_error(spec, i, v, "a number or null")
+    return pd.Series(out, dtype="float64")
 
 
 def _string(values: list[Any], spec: FeatureSpec) -> pd.Series:
@@ -430,14 +443,18 @@ def _integer(values: list[Any], spec: FeatureSpec) -> pd.Series:
     for i, v in enumerate(values):
         if v is None:
             out.append(None)
-        elif type(v) is int:
-            out.append(v)
+            continue
+        if type(v) is int:
+            code: int | None = v
         elif type(v) is float and v.is_integer():
-            out.append(int(v))
+            code = int(v)
         elif isinstance(v, str) and _is_int_text(v.strip()):
-            out.append(int(v.strip()))
+            code = int(v.strip())
         else:
+            code = None
+        if code is None or not _INT64_MIN <= code <= _INT64_MAX:
             raise _type_error(spec, i, v, "an integer category code, a string holding one, or null")
+        out.append(code)
     return pd.Series(out, dtype="Int64")
 
 

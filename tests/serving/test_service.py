@@ -17,6 +17,7 @@ import pandas as pd
 import pytest
 from serving_support import FEATURES, Registry, make_frame, run_service, set_aliases
 
+from evergreen.serving.app import LogSettings
 from evergreen.serving.predlog import read_prediction_log
 from evergreen.serving.schema import RequestLimits
 
@@ -151,7 +152,9 @@ def test_alias_move_during_traffic_fails_no_request(
                 except Exception as exc:  # a dropped connection is a failure too
                     errors.append(repr(exc))
 
-    with run_service(config, tmp_path / "log", refresh_seconds=0.2) as svc:
+    # Nothing is flushed before shutdown: the log below proves the lifespan flush.
+    never = LogSettings(directory=str(tmp_path / "log"), flush_rows=10**9, flush_seconds=3600)
+    with run_service(config, tmp_path / "log", refresh_seconds=0.2, log_settings=never) as svc:
         worker = threading.Thread(target=client_loop, args=(svc.url,))
         worker.start()
         try:
@@ -165,7 +168,10 @@ def test_alias_move_during_traffic_fails_no_request(
         finally:
             stop.set()
             worker.join(30)
-        assert svc.client.get("/models").json()["champion"]["version"] == new
+        described = svc.client.get("/models").json()
+        assert described["champion"]["version"] == new
+        assert described["prediction_log"]["rows_written"] == 0
+        assert not list((tmp_path / "log").rglob("*.parquet"))
 
     assert errors == []
     assert {status for status, _, _ in results} == {200}

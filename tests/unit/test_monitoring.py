@@ -177,14 +177,20 @@ def test_flipped_labels_make_the_realized_metric_fall(
 
 
 @pytest.mark.slow
-def test_true_labels_give_a_realized_metric_near_reference(fitted: FittedMonitor, clean: pd.DataFrame) -> None:
+def test_true_labels_give_a_realized_metric_near_reference(
+    fitted: FittedMonitor, clean: pd.DataFrame
+) -> None:
     report = compute_monitor(fitted, production(clean), labels_of(clean))
     assert report.realized_metric is not None
-    assert report.realized_metric.value == pytest.approx(report.realized_metric.reference_value, abs=0.05)
+    assert report.realized_metric.value == pytest.approx(
+        report.realized_metric.reference_value, abs=0.05
+    )
 
 
 @pytest.mark.slow
-def test_partial_labels_cover_only_labelled_rows(fitted: FittedMonitor, clean: pd.DataFrame) -> None:
+def test_partial_labels_cover_only_labelled_rows(
+    fitted: FittedMonitor, clean: pd.DataFrame
+) -> None:
     labels = labels_of(clean).iloc[::2]
     stray = pd.DataFrame({"id": [-1, -2], "target": [1, 0]})  # labels of other batches are ignored
     report = compute_monitor(fitted, production(clean), pd.concat([labels, stray]))
@@ -200,7 +206,14 @@ def test_report_to_dict_is_plain_json(clean_report: MonitorReport) -> None:
     assert_plain_json(data)
     text = json.dumps(data)
     assert "results" not in data
-    assert set(data) >= {"features", "multivariate", "estimated_metric", "realized_metric", "chunks", "rows"}
+    assert set(data) >= {
+        "features",
+        "multivariate",
+        "estimated_metric",
+        "realized_metric",
+        "chunks",
+        "rows",
+    }
     assert data["features"]["x1"]["method"] == "jensen_shannon"
     assert json.loads(text)["chunks"][0]["features"]["region"]["alert"] in (True, False)
 
@@ -228,7 +241,7 @@ def test_plots_are_self_contained_html(clean_report: MonitorReport) -> None:
         assert re.findall(r"<(?:script|link|iframe|img)\b[^>]*\b(?:src|href)=", html) == [], name
         assert "Plotly.newPlot" in html
     # One figure per feature on the univariate page, plotly.js inlined once per page.
-    assert pages["univariate_drift"].count("class=\"plotly-graph-div\"") == len(FEATURES)
+    assert pages["univariate_drift"].count('class="plotly-graph-div"') == len(FEATURES)
     assert pages["univariate_drift"].count("window.PlotlyConfig") == 1
     bare = clean_report.plots(include_plotlyjs=False)["multivariate_drift"]
     assert "Plotly.newPlot" in bare and len(bare) < len(pages["multivariate_drift"]) // 10
@@ -239,7 +252,9 @@ def test_chunk_size_splits_a_batch_and_reports_the_latest_chunk(clean: pd.DataFr
     config = make_config(chunk_size=250)
     fitted = fit_monitor(make_frame(5000, seed=1), config)
     assert fitted.reference_chunk_size == 250
-    drifting = production(pd.concat([clean.iloc[:750], make_frame(250, seed=5, shift=2.0, start="2024-02-03")]))
+    drifting = production(
+        pd.concat([clean.iloc[:750], make_frame(250, seed=5, shift=2.0, start="2024-02-03")])
+    )
     report = compute_monitor(fitted, drifting, labels_of(clean).iloc[:600])
     assert [c["rows"] for c in report.chunks] == [250, 250, 250, 250]
     assert report.features["x1"].alert and report.features["x1"].chunk == report.chunks[-1]["key"]
@@ -247,16 +262,24 @@ def test_chunk_size_splits_a_batch_and_reports_the_latest_chunk(clean: pd.DataFr
     assert "x1" in report.chunks[-1]["drifted_features"]
     assert all("x1" not in c["drifted_features"] for c in report.chunks[:-1])
     # Labels reach the first 600 rows: the realized metric is that of the latest labelled chunk.
-    assert report.realized_metric is not None and report.realized_metric.chunk == report.chunks[2]["key"]
+    assert (
+        report.realized_metric is not None
+        and report.realized_metric.chunk == report.chunks[2]["key"]
+    )
     assert_plain_json(report.to_dict())
 
 
 @pytest.mark.slow
 def test_regression_uses_dle(clean: pd.DataFrame) -> None:
     config = ModelConfig(
-        name="toy-reg", problem_type="regression", metric="mae",
-        columns=ColumnRoles(target="target", features=FEATURES, categorical=["region", "owner"], probability=None),
-        data={"rows_per_batch": 1000}, monitoring={"multivariate_drift": False},
+        name="toy-reg",
+        problem_type="regression",
+        metric="mae",
+        columns=ColumnRoles(
+            target="target", features=FEATURES, categorical=["region", "owner"], probability=None
+        ),
+        data={"rows_per_batch": 1000},
+        monitoring={"multivariate_drift": False},
         mlflow=MlflowConfig(model_name="toy-reg"),
     )
 
@@ -275,7 +298,9 @@ def test_regression_uses_dle(clean: pd.DataFrame) -> None:
 
 
 @pytest.mark.slow
-def test_inputs_missing_columns_are_named(fitted: FittedMonitor, clean: pd.DataFrame, config: ModelConfig) -> None:
+def test_inputs_missing_columns_are_named(
+    fitted: FittedMonitor, clean: pd.DataFrame, config: ModelConfig
+) -> None:
     with pytest.raises(MonitorInputError, match="x2"):
         compute_monitor(fitted, production(clean).drop(columns="x2"), None)
     with pytest.raises(MonitorInputError, match="target"):
@@ -307,19 +332,35 @@ def _report(
     reference: float = 0.80,
 ) -> MonitorReport:
     feats = {
-        f"f{i}": FeatureDrift("jensen_shannon", 0.3 if i < drifted else 0.01, 0.1, i < drifted, "[0:999]")
+        f"f{i}": FeatureDrift(
+            "jensen_shannon", 0.3 if i < drifted else 0.01, 0.1, i < drifted, "[0:999]"
+        )
         for i in range(features)
     }
 
     def est(value: float, kind: str) -> MetricEstimate:
-        return MetricEstimate(metric, value, reference, reference - 0.05, reference + 0.05, False, kind, 0.01, "[0:999]")
+        return MetricEstimate(
+            metric,
+            value,
+            reference,
+            reference - 0.05,
+            reference + 0.05,
+            False,
+            kind,
+            0.01,
+            "[0:999]",
+        )
 
     return MonitorReport(
-        model_name="toy", metric=metric, features=feats,
+        model_name="toy",
+        metric=metric,
+        features=feats,
         multivariate=MultivariateDrift(3.0 if mv_alert else 2.0, 1.8, 2.5, mv_alert, "[0:999]"),
         estimated_metric=est(estimated, "estimated"),
         realized_metric=est(realized, "realized") if realized is not None else None,
-        rows=1000, labelled_rows=0 if realized is None else 1000, chunks=[],
+        rows=1000,
+        labelled_rows=0 if realized is None else 1000,
+        chunks=[],
     )
 
 
@@ -327,7 +368,9 @@ def _report(
     ("drifted", "share", "expected"),
     [(0, 0.25, False), (1, 0.25, True), (1, 0.5, False), (2, 0.5, True), (4, 1.0, True)],
 )
-def test_drift_needs_the_configured_share_of_features(drifted: int, share: float, expected: bool) -> None:
+def test_drift_needs_the_configured_share_of_features(
+    drifted: int, share: float, expected: bool
+) -> None:
     config = make_config(drifted_feature_share=share, multivariate_drift=False)
     decision = decide_alerts(_report(drifted=drifted), config)
     assert decision.drift_detected is expected
@@ -357,7 +400,11 @@ def test_multivariate_alert_counts_only_when_enabled(enabled: bool) -> None:
     ],
 )
 def test_performance_drop_and_floor(
-    estimated: float, realized: float | None, floor: float | None, degraded: bool, source: str | None
+    estimated: float,
+    realized: float | None,
+    floor: float | None,
+    degraded: bool,
+    source: str | None,
 ) -> None:
     config = make_config(performance_drop=0.03, metric_floor=floor)
     decision = decide_alerts(_report(estimated=estimated, realized=realized), config)
@@ -375,7 +422,9 @@ def test_performance_drop_and_floor(
 @pytest.mark.parametrize(("mae", "degraded"), [(1.02, False), (1.04, True), (0.5, False)])
 def test_lower_is_better_metrics_degrade_upwards(mae: float, degraded: bool) -> None:
     config = ModelConfig(
-        name="toy", problem_type="regression", metric="mae",
+        name="toy",
+        problem_type="regression",
+        metric="mae",
         columns=ColumnRoles(target="target", features=FEATURES, probability=None),
         monitoring={"performance_drop": 0.03},
         mlflow=MlflowConfig(model_name="toy"),

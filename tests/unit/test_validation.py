@@ -24,6 +24,8 @@ from evergreen.validation import (
 )
 
 NOW = pd.Timestamp("2024-03-01 00:00:00")
+# Tests that run Great Expectations: its import alone takes ~14 s.
+GX = pytest.mark.slow
 
 
 @pytest.fixture(scope="module")
@@ -90,9 +92,18 @@ def test_suite_spec_round_trips_through_json(suite: SuiteSpec) -> None:
     assert again.column("y_pred").value_set == [0, 1]
 
 
-def test_suite_spec_derives_roles_ranges_and_sets(suite: SuiteSpec, reference: pd.DataFrame) -> None:
+def test_suite_spec_derives_roles_ranges_and_sets(
+    suite: SuiteSpec, reference: pd.DataFrame
+) -> None:
     assert [c.name for c in suite.columns] == [
-        "id", "timestamp", "age", "income", "region", "owner", "y_pred", "y_pred_proba",
+        "id",
+        "timestamp",
+        "age",
+        "income",
+        "region",
+        "owner",
+        "y_pred",
+        "y_pred_proba",
     ]
     assert suite.column("id").unique and suite.column("id").max_null_fraction == 0
     assert suite.column("timestamp").not_future
@@ -109,7 +120,9 @@ def test_suite_spec_derives_roles_ranges_and_sets(suite: SuiteSpec, reference: p
     assert suite.column("age").kind == "numeric" and suite.column("region").kind == "string"
 
 
-def test_derive_suite_names_missing_reference_columns(reference: pd.DataFrame, config: ModelConfig) -> None:
+def test_derive_suite_names_missing_reference_columns(
+    reference: pd.DataFrame, config: ModelConfig
+) -> None:
     with pytest.raises(ValueError, match=r"\['income'\]"):
         derive_suite(reference.drop(columns="income"), config)
 
@@ -133,6 +146,7 @@ def test_column_kind(series: pd.Series, kind: str) -> None:
 # ----------------------------------------------------------------------------- validating
 
 
+@GX
 def test_clean_batch_passes(validator: Validator, batch: pd.DataFrame) -> None:
     report = validator.validate(batch, "2024-02-01", now=NOW)
     assert report.success, report.summary()
@@ -143,18 +157,23 @@ def test_clean_batch_passes(validator: Validator, batch: pd.DataFrame) -> None:
     assert "2024-02-01" in report.summary() and "passed" in report.summary()
 
 
+@GX
 def test_validation_does_not_mutate_the_batch(validator: Validator, batch: pd.DataFrame) -> None:
     before = batch.copy()
     validator.validate(batch, "b", now=NOW)
     pd.testing.assert_frame_equal(batch, before)
 
 
-def test_drift_within_plausible_range_is_not_invalid(validator: Validator, batch: pd.DataFrame) -> None:
+@GX
+def test_drift_within_plausible_range_is_not_invalid(
+    validator: Validator, batch: pd.DataFrame
+) -> None:
     drifted = batch.assign(age=batch["age"] + 15, income=batch["income"] * 1.3)
     report = validator.validate(drifted, "drifted", now=NOW)
     assert report.success, report.summary()
 
 
+@GX
 def test_a_few_unseen_categories_pass(validator: Validator, batch: pd.DataFrame) -> None:
     few = batch.copy()
     few.loc[few.index[:20], "region"] = "mars"  # 1%
@@ -179,39 +198,82 @@ def _duplicate_ids(df: pd.DataFrame) -> pd.DataFrame:
 CORRUPTIONS: dict[str, tuple[Callable[[pd.DataFrame], pd.DataFrame], str | None, str]] = {
     "missing column": (lambda df: df.drop(columns="income"), "income", EXIST_EXPECTATION),
     "missing prediction": (lambda df: df.drop(columns="y_pred"), "y_pred", EXIST_EXPECTATION),
-    "numbers as strings": (lambda df: df.assign(income=df["income"].astype(str)), "income", TYPE_EXPECTATION),
-    "timestamps as strings": (
-        lambda df: df.assign(timestamp=df["timestamp"].astype(str)), "timestamp", TYPE_EXPECTATION,
+    "numbers as strings": (
+        lambda df: df.assign(income=df["income"].astype(str)),
+        "income",
+        TYPE_EXPECTATION,
     ),
-    "bool as numbers": (lambda df: df.assign(owner=df["owner"].astype(float) * 3), "owner", TYPE_EXPECTATION),
-    "null flood": (_set("age", slice(0, 1000), np.nan), "age", "expect_column_values_to_not_be_null"),
-    "null in id": (
-        lambda df: df.assign(id=df["id"].astype(float).where(df.index > 0)), "id",
+    "timestamps as strings": (
+        lambda df: df.assign(timestamp=df["timestamp"].astype(str)),
+        "timestamp",
+        TYPE_EXPECTATION,
+    ),
+    "bool as numbers": (
+        lambda df: df.assign(owner=df["owner"].astype(float) * 3),
+        "owner",
+        TYPE_EXPECTATION,
+    ),
+    "null flood": (
+        _set("age", slice(0, 1000), np.nan),
+        "age",
         "expect_column_values_to_not_be_null",
     ),
-    "out of range": (_set("age", slice(0, 100), 900.0), "age", "expect_column_values_to_be_between"),
-    "negative where never negative": (
-        _set("income", slice(0, 100), -5e5), "income", "expect_column_values_to_be_between",
+    "null in id": (
+        lambda df: df.assign(id=df["id"].astype(float).where(df.index > 0)),
+        "id",
+        "expect_column_values_to_not_be_null",
     ),
-    "unseen category flood": (_set("region", slice(0, 600), "mars"), "region", "expect_column_values_to_be_in_set"),
+    "out of range": (
+        _set("age", slice(0, 100), 900.0),
+        "age",
+        "expect_column_values_to_be_between",
+    ),
+    "negative where never negative": (
+        _set("income", slice(0, 100), -5e5),
+        "income",
+        "expect_column_values_to_be_between",
+    ),
+    "unseen category flood": (
+        _set("region", slice(0, 600), "mars"),
+        "region",
+        "expect_column_values_to_be_in_set",
+    ),
     "duplicated ids": (_duplicate_ids, "id", "expect_column_values_to_be_unique"),
     "empty frame": (lambda df: df.iloc[:0], None, "expect_table_row_count_to_be_between"),
-    "infinities": (_set("income", slice(0, 5), np.inf), "income", "expect_column_values_to_not_be_in_set"),
-    "probability above one": (
-        _set("y_pred_proba", slice(0, 3), 1.5), "y_pred_proba", "expect_column_values_to_be_between",
+    "infinities": (
+        _set("income", slice(0, 5), np.inf),
+        "income",
+        "expect_column_values_to_not_be_in_set",
     ),
-    "prediction not a class": (_set("y_pred", slice(0, 3), 2), "y_pred", "expect_column_values_to_be_in_set"),
-    "constant feature": (lambda df: df.assign(region="north"), "region", "expect_column_unique_value_count_to_be_between"),
+    "probability above one": (
+        _set("y_pred_proba", slice(0, 3), 1.5),
+        "y_pred_proba",
+        "expect_column_values_to_be_between",
+    ),
+    "prediction not a class": (
+        _set("y_pred", slice(0, 3), 2),
+        "y_pred",
+        "expect_column_values_to_be_in_set",
+    ),
+    "constant feature": (
+        lambda df: df.assign(region="north"),
+        "region",
+        "expect_column_unique_value_count_to_be_between",
+    ),
     "future timestamps": (
-        lambda df: df.assign(timestamp=df["timestamp"] + pd.Timedelta(days=60)), "timestamp",
+        lambda df: df.assign(timestamp=df["timestamp"] + pd.Timedelta(days=60)),
+        "timestamp",
         "expect_column_max_to_be_between",
     ),
     "constant numeric feature": (
-        lambda df: df.assign(income=50_000.0), "income", "expect_column_unique_value_count_to_be_between",
+        lambda df: df.assign(income=50_000.0),
+        "income",
+        "expect_column_unique_value_count_to_be_between",
     ),
 }
 
 
+@GX
 @pytest.mark.parametrize("case", sorted(CORRUPTIONS))
 def test_bad_batch_fails_naming_column_and_expectation(
     validator: Validator, batch: pd.DataFrame, case: str
@@ -219,7 +281,9 @@ def test_bad_batch_fails_naming_column_and_expectation(
     corrupt, column, expectation = CORRUPTIONS[case]
     report = validator.validate(corrupt(batch), "2024-02-09", now=NOW)
     assert not report.success
-    assert (column, expectation) in [(f.column, f.expectation_type) for f in report.failures], report.summary()
+    assert (column, expectation) in [(f.column, f.expectation_type) for f in report.failures], (
+        report.summary()
+    )
     line = report.summary()
     assert "\n" not in line
     assert "2024-02-09" in line and expectation in line
@@ -228,6 +292,7 @@ def test_bad_batch_fails_naming_column_and_expectation(
     json.dumps(report.to_dict())  # plain JSON types only
 
 
+@GX
 def test_failure_carries_observed_and_expected(validator: Validator, batch: pd.DataFrame) -> None:
     bad = _set("age", slice(0, 100), 900.0)(batch)
     report = validator.validate(bad, "b", now=NOW)
@@ -238,6 +303,7 @@ def test_failure_carries_observed_and_expected(validator: Validator, batch: pd.D
     assert "5.00%" in failure.message
 
 
+@GX
 def test_empty_batch_fails_on_row_count_only(validator: Validator, batch: pd.DataFrame) -> None:
     report = validator.validate(batch.iloc[:0], "empty", now=NOW)
     assert [(f.column, f.expectation_type) for f in report.failures] == [
@@ -246,6 +312,7 @@ def test_empty_batch_fails_on_row_count_only(validator: Validator, batch: pd.Dat
     assert "0 rows" in report.summary()
 
 
+@GX
 def test_frame_without_any_column_fails_cleanly(validator: Validator) -> None:
     report = validator.validate(pd.DataFrame(), "nothing", now=NOW)
     assert not report.success
@@ -253,7 +320,10 @@ def test_frame_without_any_column_fails_cleanly(validator: Validator) -> None:
     assert missing == {c.name for c in validator.spec.columns}
 
 
-def test_timezone_aware_timestamps_compare_with_now(validator: Validator, batch: pd.DataFrame) -> None:
+@GX
+def test_timezone_aware_timestamps_compare_with_now(
+    validator: Validator, batch: pd.DataFrame
+) -> None:
     aware = batch.assign(timestamp=batch["timestamp"].dt.tz_localize("Europe/Paris"))
     assert validator.validate(aware, "tz", now=NOW.tz_localize("UTC")).success
     assert validator.validate(aware, "tz", now=NOW).success
@@ -261,8 +331,13 @@ def test_timezone_aware_timestamps_compare_with_now(validator: Validator, batch:
     assert not validator.validate(batch, "early", now=early).success
 
 
-def test_row_count_bounds_come_from_config(reference: pd.DataFrame, config: ModelConfig, batch: pd.DataFrame) -> None:
-    strict = config.model_copy(update={"data": config.data.model_copy(update={"min_batch_rows": 5000})})
+@GX
+def test_row_count_bounds_come_from_config(
+    reference: pd.DataFrame, config: ModelConfig, batch: pd.DataFrame
+) -> None:
+    strict = config.model_copy(
+        update={"data": config.data.model_copy(update={"min_batch_rows": 5000})}
+    )
     report = validate_batch(batch, derive_suite(reference, strict), "small", now=NOW)
     assert [(f.column, f.expectation_type) for f in report.failures] == [
         (None, "expect_table_row_count_to_be_between")
@@ -270,7 +345,22 @@ def test_row_count_bounds_come_from_config(reference: pd.DataFrame, config: Mode
     assert "2000 rows" in report.failures[0].message
 
 
-def test_constant_check_can_be_switched_off(reference: pd.DataFrame, config: ModelConfig, batch: pd.DataFrame) -> None:
+@GX
+def test_validate_batch_reuses_the_gx_suite_of_a_spec(
+    suite: SuiteSpec, batch: pd.DataFrame
+) -> None:
+    from evergreen.validation import _validator_for
+
+    validate_batch(batch, suite, "first", now=NOW)
+    hits = _validator_for.cache_info().hits
+    assert validate_batch(batch, suite, "second", now=NOW).success
+    assert _validator_for.cache_info().hits == hits + 1
+
+
+@GX
+def test_constant_check_can_be_switched_off(
+    reference: pd.DataFrame, config: ModelConfig, batch: pd.DataFrame
+) -> None:
     suite = derive_suite(reference, config, SuiteOptions(check_constant=False))
     assert validate_batch(batch.assign(region="north"), suite, "c", now=NOW).success
 
@@ -292,18 +382,36 @@ def test_clean_labels_pass(batch: pd.DataFrame, config: ModelConfig) -> None:
     ("corrupt", "column", "expectation"),
     [
         (lambda lb: lb.assign(id=lb["id"] + 10**9), "id", "expect_column_values_to_be_in_set"),
-        (lambda lb: lb.assign(target=lb["target"] * 2), "target", "expect_column_values_to_be_in_set"),
-        (lambda lb: lb.assign(target=lb["target"].astype(str)), "target", "expect_column_values_to_be_in_set"),
-        (lambda lb: lb.assign(target=lb["target"].where(lb.index > 5)), "target", "expect_column_values_to_not_be_null"),
+        (
+            lambda lb: lb.assign(target=lb["target"] * 2),
+            "target",
+            "expect_column_values_to_be_in_set",
+        ),
+        (
+            lambda lb: lb.assign(target=lb["target"].astype(str)),
+            "target",
+            "expect_column_values_to_be_in_set",
+        ),
+        (
+            lambda lb: lb.assign(target=lb["target"].where(lb.index > 5)),
+            "target",
+            "expect_column_values_to_not_be_null",
+        ),
         (lambda lb: pd.concat([lb, lb.head(3)]), "id", "expect_column_values_to_be_unique"),
         (lambda lb: lb.drop(columns="target"), "target", EXIST_EXPECTATION),
         (lambda lb: lb.iloc[:0], None, "expect_table_row_count_to_be_between"),
     ],
 )
 def test_bad_labels_fail_naming_column(
-    batch: pd.DataFrame, config: ModelConfig, corrupt: Callable, column: str | None, expectation: str
+    batch: pd.DataFrame,
+    config: ModelConfig,
+    corrupt: Callable,
+    column: str | None,
+    expectation: str,
 ) -> None:
-    report = validate_labels(corrupt(_labels(batch)), batch["id"], config, batch_id="labels-2024-02-04")
+    report = validate_labels(
+        corrupt(_labels(batch)), batch["id"], config, batch_id="labels-2024-02-04"
+    )
     assert not report.success
     assert (column, expectation) in [(f.column, f.expectation_type) for f in report.failures]
     assert "labels-2024-02-04" in report.summary()
@@ -316,4 +424,6 @@ def test_regression_labels_must_be_finite_numbers(batch: pd.DataFrame, config: M
     assert validate_labels(labels, None, reg).success
     labels.loc[labels.index[:2], "target"] = np.inf
     report = validate_labels(labels, None, reg)
-    assert [(f.column, f.expectation_type) for f in report.failures] == [("target", TYPE_EXPECTATION)]
+    assert [(f.column, f.expectation_type) for f in report.failures] == [
+        ("target", TYPE_EXPECTATION)
+    ]

@@ -1,0 +1,110 @@
+"""Local services on 127.0.0.1 for the demo, the end-to-end tests and the benchmarks:
+a `prefect server` on SQLite and the scoring service, each a child process that is always
+stopped on exit."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager, suppress
+from pathlib import Path
+
+from evergreen.telemetry import TELEMETRY_OFF
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def wait_http(url: str, timeout: float, proc: subprocess.Popen | None = None, log: Path | None = None) -> None:
+    """Poll `url` until it answers 200; fail early (with the log's tail) if `proc` died."""
+    import httpx
+
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if proc is not None and proc.poll() is not None:
+            tail = log.read_text(errors="replace")[-3000:] if log and log.exists() else ""
+            raise RuntimeError(f"process for {url} exited with {proc.returncode}:\n{tail}")
+        try:
+            if httpx.get(url, timeout=2).status_code == 200:
+                return
+        except httpx.HTTPError:
+            pass
+        time.sleep(0.5)
+    raise TimeoutError(f"{url} did not answer within {timeout:.0f} s")
+
+
+def _bin(name: str) -> str:
+    local = Path(sys.executable).parent / name
+    return str(local) if local.exists() else (shutil.which(name) or name)
+
+
+def stop(proc: subprocess.Popen, timeout: float = 20) -> None:
+    """SIGTERM the process group, then SIGKILL what is left."""
+    if proc.poll() is not None:
+        return
+    try:
+        os.killpg(proc.pid, signal.SIGTERM)
+        proc.wait(timeout=timeout)
+    except (ProcessLookupError, subprocess.TimeoutExpired):
+        with suppress(ProcessLookupError):
+            os.killpg(proc.pid, signal.SIGKILL)
+        proc.wait(timeout=10)
+
+
+def service_env(extra: dict[str, str] | None = None) -> dict[str, str]:
+    return {**os.environ, **TELEMETRY_OFF, **(extra or {})}
+
+
+@contextmanager
+def prefect_server(home: Path, port: int | None = None, timeout: float = 180) -> Iterator[str]:
+    """A `prefect server` on SQLite under `home`, on 127.0.0.1; yields its API URL."""
+    home.mkdir(parents=True, exist_ok=True)
+    port = port or free_port()
+    log = home / "server.log"
+    env = service_env(
+        {
+            "PREFECT_HOME": str(home),
+            "PREFECT_API_DATABASE_CONNECTION_URL": f"sqlite+aiosqlite:///{home / 'prefect.db'}",
+            "PREFECT_SERVER_ANALYTICS_ENABLED": "false",
+            "PREFECT_UI_ENABLED": "true",
+        }
+    )
+    env.pop("PREFECT_API_URL", None)
+    with open(log, "ab") as out:
+        proc = subprocess.Popen(
+            [_bin("prefect"), "server", "start", "--host", "127.0.0.1", "--port", str(port)],
+            stdout=out, stderr=subprocess.STDOUT, env=env, start_new_session=True,
+        )
+    url = f"http://127.0.0.1:{port}/api"
+    try:
+        wait_http(f"{url}/health", timeout, proc, log)
+        yield url
+    finally:
+        stop(proc)
+
+
+@contextmanager
+def scoring_service(config_path: Path, log: Path, port: int | None = None, timeout: float = 120, extra_env: dict[str, str] | None = None) -> Iterator[str]:
+    """`evergreen serve` as a child process; yields its base URL once /ready answers 200."""
+    port = port or free_port()
+    log.parent.mkdir(parents=True, exist_ok=True)
+    with open(log, "ab") as out:
+        proc = subprocess.Popen(
+            [_bin("evergreen"), "serve", "--config", str(config_path), "--host", "127.0.0.1", "--port", str(port)],
+            stdout=out, stderr=subprocess.STDOUT, env=service_env(extra_env), start_new_session=True,
+        )
+    base = f"http://127.0.0.1:{port}"
+    try:
+        wait_http(f"{base}/ready", timeout, proc, log)
+        yield base
+    finally:
+        stop(proc)
