@@ -64,19 +64,33 @@ def run(
     selected = select(names)
     command = _command(selected, rows, rounds, out, markdown, profile)
     workdir = Path(tempfile.mkdtemp(prefix="evergreen-bench-"))
-    log(f"benchmarks {[b.name for b in selected]} on {rows:,} rows, {rounds} round(s); scratch {workdir}")
+    log(
+        f"benchmarks {[b.name for b in selected]} on {rows:,} rows, {rounds} round(s); scratch {workdir}"
+    )
     try:
         dataset = prepare(workdir / "dataset", rows, seed, log)
         log("starting a temporary Prefect server ...")
         with prefect_server(workdir / "prefect") as server:
             log(f"Prefect server up at {server.api_url}")
             results = [
-                measure(b, dataset, workdir / "runs", rounds=rounds, server=server, command=command, log=log)
+                measure(
+                    b,
+                    dataset,
+                    workdir / "runs",
+                    rounds=rounds,
+                    server=server,
+                    command=command,
+                    log=log,
+                )
                 for b in selected
             ]
             if profile:
                 for b in selected:
-                    log(profile_benchmark(b, dataset, workdir / "profile", Path(profile), server).text)
+                    log(
+                        profile_benchmark(
+                            b, dataset, workdir / "profile", Path(profile), server
+                        ).text
+                    )
     finally:
         if keep:
             log(f"kept {workdir}")
@@ -85,7 +99,9 @@ def run(
     log(format_table(results))
     if out:
         Path(out).parent.mkdir(parents=True, exist_ok=True)
-        Path(out).write_text(json.dumps([r.to_dict() for r in results], indent=2) + "\n", encoding="utf-8")
+        Path(out).write_text(
+            json.dumps([r.to_dict() for r in results], indent=2) + "\n", encoding="utf-8"
+        )
     if markdown:
         update_markdown(Path(markdown), results)
     return results
@@ -111,7 +127,9 @@ def prepare(root: Path, rows: int, seed: int, log: Callable[[str], None] = print
         child_env(None, None),
     )
     dataset = Dataset(**result["outcome"])
-    log(f"data ready in {seconds:.0f} s: {dataset.rows:,} batch rows, {dataset.reference_rows:,} reference rows")
+    log(
+        f"data ready in {seconds:.0f} s: {dataset.rows:,} batch rows, {dataset.reference_rows:,} reference rows"
+    )
     return dataset
 
 
@@ -123,7 +141,12 @@ class ProfileReport:
 
 
 def profile_benchmark(
-    bench: Benchmark, dataset: Dataset, workdir: Path, out_dir: Path, server: PrefectServer, top: int = 30
+    bench: Benchmark,
+    dataset: Dataset,
+    workdir: Path,
+    out_dir: Path,
+    server: PrefectServer,
+    top: int = 30,
 ) -> ProfileReport:
     """Each variant once under cProfile: where the work's time goes, by cumulative time,
     for Evergreen's own functions (evergreen/, tasks/, flows/) and for Prefect's."""
@@ -134,7 +157,12 @@ def profile_benchmark(
         prof = out_dir / f"{bench.name}-{variant.name}.prof"
         run_dir = workdir / f"{bench.name}-{variant.name}"
         result, _ = run_child(
-            variant.function, bench.arguments(dataset, run_dir), run_dir, env, variant.preload, profile=str(prof)
+            variant.function,
+            bench.arguments(dataset, run_dir),
+            run_dir,
+            env,
+            variant.preload,
+            profile=str(prof),
         )
         files[variant.name] = str(prof)
         sections.append(
@@ -161,7 +189,12 @@ def cumulative_table(prof: Path, path_parts: tuple[str, ...], top: int) -> str:
 
 
 def _command(
-    selected: list[Benchmark], rows: int, rounds: int, out: str | None, markdown: str | None, profile: str | None
+    selected: list[Benchmark],
+    rows: int,
+    rounds: int,
+    out: str | None,
+    markdown: str | None,
+    profile: str | None,
 ) -> str:
     parts = ["uv run python -m bench", *(b.name for b in selected)]
     if rows != DEFAULT_ROWS:
@@ -179,11 +212,19 @@ def _command(
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m bench", description=__doc__.splitlines()[0])
-    parser.add_argument("names", nargs="*", help=f"benchmarks to run (default: all of {sorted(BENCHMARKS)})")
-    parser.add_argument("--rows", type=int, default=DEFAULT_ROWS, help="rows of the measured batch/window")
-    parser.add_argument("--rounds", type=int, default=DEFAULT_ROUNDS, help="alternating rounds per benchmark")
+    parser.add_argument(
+        "names", nargs="*", help=f"benchmarks to run (default: all of {sorted(BENCHMARKS)})"
+    )
+    parser.add_argument(
+        "--rows", type=int, default=DEFAULT_ROWS, help="rows of the measured batch/window"
+    )
+    parser.add_argument(
+        "--rounds", type=int, default=DEFAULT_ROUNDS, help="alternating rounds per benchmark"
+    )
     parser.add_argument("--out", help="write the results as JSON here")
-    parser.add_argument("--markdown", help="update the generated sections of this file (e.g. BENCHMARKS.md)")
+    parser.add_argument(
+        "--markdown", help="update the generated sections of this file (e.g. BENCHMARKS.md)"
+    )
     parser.add_argument("--profile", help="also profile each variant once; write .prof files here")
     parser.add_argument("--keep", action="store_true", help="keep the temporary data and logs")
     args = parser.parse_args(argv)

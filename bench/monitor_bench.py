@@ -13,24 +13,34 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-from bench.common import Benchmark, BenchError, Dataset, Variant, load_run_config, run_config_json
+from bench.common import (
+    PRELOAD_DATA,
+    PRELOAD_GX,
+    PRELOAD_MLFLOW,
+    PRELOAD_NANNYML,
+    PRELOAD_PLOTLY,
+    PRELOAD_PREFECT,
+    BenchError,
+    Benchmark,
+    Dataset,
+    Variant,
+    load_run_config,
+    run_config_json,
+)
 
-_CORE_MODULES = (
-    "pandas",
-    "pyarrow.parquet",
-    "fsspec",
-    "great_expectations",
-    "great_expectations.expectations",
-    "nannyml",
+_BASELINE_MODULES = (
+    *PRELOAD_DATA,
+    *PRELOAD_GX,
+    *PRELOAD_NANNYML,
     "evergreen.io",
     "evergreen.validation",
     "evergreen.monitoring",
 )
 _FLOW_MODULES = (
-    *_CORE_MODULES,
-    "prefect",
-    "mlflow",
-    "plotly",
+    *_BASELINE_MODULES,
+    *PRELOAD_MLFLOW,
+    *PRELOAD_PLOTLY,
+    *PRELOAD_PREFECT,
     "flows.monitor",
 )
 
@@ -92,9 +102,17 @@ def run_flow(config_json: str, batch: str) -> dict[str, Any]:
 BENCHMARK = Benchmark(
     name="monitor",
     title="Monitor flow",
-    baseline=Variant("baseline", "bench.monitor_bench:run_baseline", _CORE_MODULES),
+    baseline=Variant("baseline", "bench.monitor_bench:run_baseline", _BASELINE_MODULES),
     flow=Variant("flow", "bench.monitor_bench:run_flow", _FLOW_MODULES, uses_prefect=True),
     arguments=arguments,
-    compare=("rows", "valid", "drift_detected", "performance_degraded", "drifted_features", "estimated", "realized"),
+    compare=(
+        "rows",
+        "valid",
+        "drift_detected",
+        "performance_degraded",
+        "drifted_features",
+        "estimated",
+        "realized",
+    ),
     description=__doc__ or "",
 )

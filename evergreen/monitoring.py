@@ -531,7 +531,7 @@ def _metric(
     reference_value: float | None,
     kind: Literal["estimated", "realized"],
 ) -> MetricEstimate:
-    # Realized: the latest chunk that has labels; estimated: the latest chunk.
+    # The latest chunk with a value: for the realized metric, the latest chunk that has labels.
     valued = table[table[(metric, "value")].notna()]
     row = (valued if len(valued) else table).iloc[-1]
     return MetricEstimate(

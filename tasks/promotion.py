@@ -82,6 +82,11 @@ def collect_evidence(
         served = pd.to_datetime(log["served_at"], utc=True)
         log = log[served >= pd.Timestamp(since)]
     labels = io.read_labels(config.data.path("labels"))
+    if log.empty:  # nothing served since the canary started
+        return (
+            canary.ArmEvidence(registry.CANARY, canary_version, 0, 0, None),
+            canary.ArmEvidence(registry.CHAMPION, champion_version, 0, 0, None),
+        )
     return (
         canary.collect_arm_evidence(log, labels, config, canary_version, registry.CANARY),
         canary.collect_arm_evidence(log, labels, config, champion_version, registry.CHAMPION),

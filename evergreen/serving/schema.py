@@ -36,6 +36,7 @@ FORMATS = (DF_SPLIT, DF_RECORDS, INSTANCES, INPUTS)
 # MLflow lets clients pass inference params next to the data; a Booster takes none.
 IGNORED_KEYS = frozenset({"params"})
 _INT64_MIN, _INT64_MAX = -(2**63), 2**63 - 1
+_FLOAT32_MAX = float(np.finfo(np.float32).max)
 
 FeatureKind = Literal["numeric", "string", "boolean", "integer"]
 
@@ -406,8 +407,9 @@ def _numeric(values: list[Any], spec: FeatureSpec) -> pd.Series:
                 number = float(v)
             except OverflowError:
                 number = math.inf
-            if math.isinf(number):  # XGBoost refuses infinite inputs; NaN is a missing value
-                raise _type_error(spec, i, v, "a finite number or null")
+            # XGBoost reads float32 and refuses infinities; NaN is a missing value.
+            if abs(number) > _FLOAT32_MAX:
+                raise _type_error(spec, i, v, f"a finite number within ±{_FLOAT32_MAX:.4g} or null")
             out.append(number)
         else:
             raise _type_error(spec, i, v, "a number or null")

@@ -82,6 +82,9 @@ def test_timestamps_become_naive_utc_and_default_to_request_time() -> None:
     ("column", "value", "expected"),
     [
         ("x", "1.5", "a number"),
+        ("x", 1e39, "finite number"),  # beyond float32: XGBoost would fail on it
+        ("x", float("inf"), "finite number"),  # Python's JSON reader accepts Infinity
+        ("x", 10**400, "finite number"),
         ("color", 3, "a string"),
         ("flag", "yes", "true, false"),
         ("code", "abc", "integer category"),

@@ -301,6 +301,7 @@ BAD_REQUESTS = {
     "null-id": (_split_with("id", None), 422, "id"),
     "numeric-as-text": (_split_with("x1", "abc"), 422, "x1"),
     "numeric-as-bool": (_split_with("x2", True), 422, "x2"),
+    "numeric-beyond-float32": (_split_with("x2", 1e39), 422, "x2"),
     "categorical-as-number": (_split_with("color", 3), 422, "color"),
     "categorical-as-list": (_split_with("color", ["red"]), 422, "color"),
     "bool-as-text": (_split_with("flag", "maybe"), 422, "flag"),
