@@ -211,6 +211,19 @@ def history(
 
 
 @app.command()
+def register(config: ConfigOpt) -> None:
+    """Save the config as an `evergreen-model` block on the Prefect server (the name the
+    deployments in prefect.yaml pass as `config`); editable in the Prefect UI afterwards."""
+    cfg = _load(config)
+    from blocks.model_config import EvergreenModel, block_document_name
+
+    name = block_document_name(cfg.name)
+    EvergreenModel.register_type_and_schema()
+    EvergreenModel.from_config(cfg).save(name, overwrite=True)
+    typer.echo(f"saved block evergreen-model/{name}")
+
+
+@app.command()
 def demo(
     config: Annotated[Path, typer.Option("--config", "-c", help="model config YAML", exists=True, dir_okay=False)] = Path("configs/demo.yaml"),
     workdir: Annotated[Path, typer.Option(help="where the demo keeps its data, registry and server")] = Path(".evergreen/demo"),

@@ -146,6 +146,20 @@ class MonitorReport:
                 pages[name] = _html_page(title, [], False, note=f"plot unavailable: {exc}")
         return pages
 
+    def plots_page(self) -> str:
+        """Every NannyML plot of the report on one HTML page, plotly.js inlined once (a page
+        per calculator would carry ~4.6 MB of plotly.js each)."""
+        figures: list[Any] = []
+        notes: list[str] = []
+        for name, result in self.results.items():
+            try:
+                with _nannyml_session():
+                    figures += _figures(name, result)
+            except Exception as exc:  # plotting is auxiliary; never lose the report over it
+                logger.warning("NannyML could not plot %s: %s", name, exc)
+                notes.append(f"{name}: plot unavailable: {exc}")
+        return _html_page(f"{self.model_name}: drift and performance", figures, True, note="; ".join(notes))
+
 
 def _figures(name: str, result: Any) -> list[Any]:
     if name == "univariate_drift":

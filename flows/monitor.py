@@ -114,7 +114,7 @@ def _estimate(cfg: ModelConfig, f: io.BatchFile, frame, fitted, run_id: str | No
         metric=cfg.metric, reasons=list(decision.reasons), events=events, event_ids=event_ids,
         rows=len(frame),
     )
-    return _publish(cfg, f, result, plots=report.plots(), chunks=summary.get("chunks", []), run_id=run_id)
+    return _publish(cfg, f, result, plots={"monitor": report.plots_page()}, chunks=summary.get("chunks", []), run_id=run_id)
 
 
 def _publish(cfg: ModelConfig, f: io.BatchFile, result: MonitorResult, plots: dict, chunks: list, run_id: str | None) -> MonitorResult:

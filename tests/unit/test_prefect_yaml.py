@@ -1,0 +1,61 @@
+"""Every prefect.yaml deployment points at a real flow that accepts the parameters the
+deployment, its schedules and its triggers pass."""
+
+from __future__ import annotations
+
+import importlib
+import inspect
+from pathlib import Path
+
+import pytest
+import yaml
+
+ROOT = Path(__file__).resolve().parents[2]
+SPEC = yaml.safe_load((ROOT / "prefect.yaml").read_text())
+DEPLOYMENTS = {d["name"]: d for d in SPEC["deployments"]}
+
+
+def _flow(entrypoint: str):  # noqa: ANN202
+    path, name = entrypoint.split(":")
+    module = importlib.import_module(path.removesuffix(".py").replace("/", "."))
+    return getattr(module, name)
+
+
+def _passed(deployment: dict) -> set[str]:
+    names = set(deployment.get("parameters", {}))
+    for schedule in deployment.get("schedules", []):
+        names |= set(schedule.get("parameters", {}))
+    for trigger in deployment.get("triggers", []):
+        names |= set(trigger.get("parameters", {}))
+    return names
+
+
+@pytest.mark.parametrize("name", sorted(DEPLOYMENTS))
+def test_entrypoint_is_a_flow_taking_the_deployment_parameters(name: str) -> None:
+    from prefect import Flow
+
+    deployment = DEPLOYMENTS[name]
+    flow = _flow(deployment["entrypoint"])
+    assert isinstance(flow, Flow)
+    assert flow.name == name
+    accepted = set(inspect.signature(flow.fn).parameters)
+    assert _passed(deployment) <= accepted, _passed(deployment) - accepted
+
+
+def test_every_flow_has_a_deployment() -> None:
+    assert set(DEPLOYMENTS) == {"monitor", "retrain", "promote", "canary-review", "rollback"}
+
+
+def test_retrain_is_single_flight_and_triggered_by_drift() -> None:
+    retrain = DEPLOYMENTS["retrain"]
+    assert retrain["concurrency_limit"] == {"limit": 1, "collision_strategy": "CANCEL_NEW"}
+    (trigger,) = retrain["triggers"]
+    assert set(trigger["expect"]) == {"evergreen.drift.detected", "evergreen.performance.degraded"}
+    assert trigger["match"]["prefect.resource.id"].startswith("evergreen.model.")
+    assert {"event_id", "reason", "metric"} <= set(trigger["parameters"])
+
+
+def test_no_secret_in_prefect_yaml() -> None:
+    text = (ROOT / "prefect.yaml").read_text().lower()
+    for word in ("password", "token", "secret", "webhook_url", "https://"):
+        assert word not in text
