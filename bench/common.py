@@ -140,6 +140,7 @@ class VariantSummary:
     import_seconds: float
     peak_rss_mb: float
     import_rss_mb: float
+    late_imports: float
 
 
 @dataclass(frozen=True)
@@ -294,7 +295,7 @@ def bench_config(root: str, batch_rows: int):  # noqa: ANN201 - ModelConfig
             "retrain": {"window": "sliding", "window_days": 14, "include_reference": False},
             "training": {
                 "seed": 42,
-                "num_boost_round": 60,
+                "num_boost_round": 40,
                 "early_stopping_rounds": 10,
                 "nthread": 2,
                 "params": {"max_depth": 6, "eta": 0.3, "subsample": 0.9, "colsample_bytree": 0.9},
@@ -380,12 +381,36 @@ def free_port() -> int:
 
 @dataclass
 class PrefectServer:
-    """A running temporary Prefect server."""
+    """A temporary Prefect server started by `prefect_server`."""
 
     api_url: str
     home: str
-    pid: int
+    process: subprocess.Popen
     log: str
+
+    @property
+    def pid(self) -> int:
+        return self.process.pid
+
+    def wait_healthy(self, timeout: float = 240.0) -> None:
+        """Block until /api/health answers; errors quote the server log when it died."""
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            if self.process.poll() is not None:
+                raise BenchError(
+                    f"prefect server exited with {self.process.returncode}; see {self.log}:\n"
+                    f"{_tail(Path(self.log))}"
+                )
+            try:
+                with urllib.request.urlopen(f"{self.api_url}/health", timeout=2) as resp:
+                    if resp.status == 200:
+                        return
+            except OSError:
+                pass
+            time.sleep(1.0)
+        raise BenchError(
+            f"prefect server did not answer {self.api_url}/health within {timeout:.0f} s; see {self.log}"
+        )
 
     def rss_mb(self) -> float:
         """Resident memory of the server and its child processes now."""
@@ -393,9 +418,12 @@ class PrefectServer:
 
 
 @contextlib.contextmanager
-def prefect_server(home: Path, timeout: float = 240.0) -> Iterator[PrefectServer]:
+def prefect_server(
+    home: Path, wait: bool = True, timeout: float = 240.0
+) -> Iterator[PrefectServer]:
     """Start `prefect server start` on a free localhost port with PREFECT_HOME in `home`,
-    wait for /api/health, yield it, and stop it (its own process group only)."""
+    yield it (once /api/health answers, unless `wait` is False: then call `wait_healthy`),
+    and stop it at the end (its own process group only)."""
     home.mkdir(parents=True, exist_ok=True)
     port = free_port()
     api_url = f"http://127.0.0.1:{port}/api"
@@ -427,30 +455,13 @@ def prefect_server(home: Path, timeout: float = 240.0) -> Iterator[PrefectServer
             stderr=subprocess.STDOUT,
             start_new_session=True,
         )
+    server = PrefectServer(api_url=api_url, home=str(home), process=proc, log=str(log_path))
     try:
-        _wait_healthy(api_url, proc, log_path, timeout)
-        yield PrefectServer(api_url=api_url, home=str(home), pid=proc.pid, log=str(log_path))
+        if wait:
+            server.wait_healthy(timeout)
+        yield server
     finally:
         _stop_group(proc)
-
-
-def _wait_healthy(api_url: str, proc: subprocess.Popen, log_path: Path, timeout: float) -> None:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if proc.poll() is not None:
-            raise BenchError(
-                f"prefect server exited with {proc.returncode}; see {log_path}:\n{_tail(log_path)}"
-            )
-        try:
-            with urllib.request.urlopen(f"{api_url}/health", timeout=2) as resp:
-                if resp.status == 200:
-                    return
-        except OSError:
-            pass
-        time.sleep(1.0)
-    raise BenchError(
-        f"prefect server did not answer {api_url}/health within {timeout:.0f} s; see {log_path}"
-    )
 
 
 def _stop_group(proc: subprocess.Popen) -> None:
@@ -725,6 +736,7 @@ def summarize(variant: str, measurements: list[Measurement]) -> VariantSummary:
         import_seconds=med("import_seconds"),
         peak_rss_mb=med("peak_rss_mb"),
         import_rss_mb=med("import_rss_mb"),
+        late_imports=med("late_imports"),
     )
 
 
@@ -862,6 +874,7 @@ def render_markdown(result: BenchResult) -> str:
         f"| {ra['process_seconds']:.3f} | — | info |",
         f"| imports (s) | {b.import_seconds:.2f} | {f.import_seconds:.2f} | | | info |",
         f"| RSS after imports (MB) | {b.import_rss_mb:.0f} | {f.import_rss_mb:.0f} | | | info |",
+        f"| modules still imported during the work | {b.late_imports:.0f} | {f.late_imports:.0f} | | | info |",
         "",
         "Runs (in the order they ran):",
         "",

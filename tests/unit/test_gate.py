@@ -407,7 +407,7 @@ def test_latency_and_size(
 @pytest.mark.parametrize("metric", ["roc_auc", "mae"])
 @pytest.mark.parametrize(
     ("floor_offset", "latency", "passed"),
-    [(None, 1.0, True), (-0.01, 1.0, True), (+0.01, 1.0, False), (None, 80.0, False)],
+    [(None, 1.0, True), (-0.01, 1.0, True), (+0.01, 1.0, False), (None, 400.0, False)],
 )
 def test_without_a_champion_only_absolute_checks_apply(
     metric: str, floor_offset: float | None, latency: float, passed: bool
