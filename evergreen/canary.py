@@ -35,6 +35,7 @@ import pandas as pd
 from evergreen.config import CanaryConfig, ModelConfig
 from evergreen.evaluation import lower_is_better, metric_value
 from evergreen.gate import metric_gain
+from evergreen.jsonable import plain as _plain
 from evergreen.serving.predlog import ALIAS_COLUMN
 
 Outcome = Literal["promoted", "rolled_back", "pending"]
@@ -446,13 +447,3 @@ def _f(x: float | None) -> str:
     return f"{x:.4g}"
 
 
-def _plain(obj: Any) -> Any:
-    if isinstance(obj, dict):
-        return {str(k): _plain(v) for k, v in obj.items()}
-    if isinstance(obj, list | tuple):
-        return [_plain(v) for v in obj]
-    if isinstance(obj, np.generic):
-        obj = obj.item()
-    if isinstance(obj, float) and not math.isfinite(obj):
-        return None
-    return obj

@@ -22,6 +22,7 @@ import numpy as np
 import pandas as pd
 
 from evergreen.config import BINARY_METRICS, LOWER_IS_BETTER, REGRESSION_METRICS
+from evergreen.jsonable import plain as _plain
 
 CALIBRATION_METRICS = ("brier", "log_loss")
 """Extra binary metrics `metric_value` accepts (lower is better), e.g. for a calibration gate."""
@@ -461,13 +462,3 @@ def _unique(name: str, seen: set[str]) -> str:
     return candidate
 
 
-def _plain(obj: Any) -> Any:
-    if isinstance(obj, dict):
-        return {str(k): _plain(v) for k, v in obj.items()}
-    if isinstance(obj, list | tuple):
-        return [_plain(v) for v in obj]
-    if isinstance(obj, np.generic):
-        obj = obj.item()
-    if isinstance(obj, float) and not math.isfinite(obj):
-        return None
-    return obj

@@ -39,6 +39,7 @@ from evergreen.evaluation import (
     bootstrap_metric_difference,
     lower_is_better,
 )
+from evergreen.jsonable import plain as _plain
 
 if TYPE_CHECKING:
     from evergreen.training import TrainedModel
@@ -449,13 +450,3 @@ def _f(x: float) -> str:
     return f"{x:.4g}"
 
 
-def _plain(obj: Any) -> Any:
-    if isinstance(obj, dict):
-        return {str(k): _plain(v) for k, v in obj.items()}
-    if isinstance(obj, list | tuple):
-        return [_plain(v) for v in obj]
-    if isinstance(obj, np.generic):
-        obj = obj.item()
-    if isinstance(obj, float) and not math.isfinite(obj):
-        return None
-    return obj

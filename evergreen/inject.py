@@ -16,6 +16,7 @@ import numpy as np
 import pandas as pd
 
 from evergreen.config import ColumnRoles, ProblemType
+from evergreen.jsonable import plain as _plain
 
 DriftKind = Literal["none", "covariate", "concept", "prior", "bad_data"]
 DRIFT_KINDS: tuple[str, ...] = ("none", "covariate", "concept", "prior", "bad_data")
@@ -485,11 +486,3 @@ def _require(df: pd.DataFrame, names: list[str], what: str) -> None:
         raise InjectionError(f"{what} lacks columns {missing}")
 
 
-def _plain(obj: Any) -> Any:
-    if isinstance(obj, dict):
-        return {str(k): _plain(v) for k, v in obj.items()}
-    if isinstance(obj, list | tuple):
-        return [_plain(v) for v in obj]
-    if isinstance(obj, np.generic):
-        return obj.item()
-    return obj

@@ -17,7 +17,6 @@ nannyml is imported lazily: it costs ~18 s.
 from __future__ import annotations
 
 import contextlib
-import datetime as dt
 import logging
 import math
 import os
@@ -31,6 +30,7 @@ import numpy as np
 import pandas as pd
 
 from evergreen.config import ModelConfig
+from evergreen.jsonable import plain as _plain
 
 DRIFT_DETECTED = "evergreen.drift.detected"
 PERFORMANCE_DEGRADED = "evergreen.performance.degraded"
@@ -823,22 +823,3 @@ def _fmt(value: float | None) -> str:
     return "n/a" if value is None else f"{value:.4g}"
 
 
-def _plain(value: Any) -> Any:
-    """Plain JSON types: numpy scalars to Python, timestamps to ISO strings, NaN/inf to None."""
-    if isinstance(value, dict):
-        return {str(k): _plain(v) for k, v in value.items()}
-    if isinstance(value, (list, tuple, set, np.ndarray)):
-        return [_plain(v) for v in value]
-    if isinstance(value, (bool, np.bool_)):
-        return bool(value)
-    if isinstance(value, (int, np.integer)):
-        return int(value)
-    if isinstance(value, (float, np.floating)):
-        return _float(value)
-    if value is None or value is pd.NaT or value is pd.NA:
-        return None
-    if isinstance(value, (pd.Timestamp, dt.datetime, dt.date)):
-        return value.isoformat()
-    if isinstance(value, str):
-        return value
-    return str(value)

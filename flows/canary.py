@@ -28,8 +28,8 @@ def canary_review(config: str | ModelConfig = "car-loan") -> State:
         return Completed(message="no canary to review", data=PromotionResult(model_name=name, decision="skipped", reasons=["no canary"]))
     champion = promotion.resolve_alias(cfg, registry.CHAMPION)
     started = promotion.canary_started_at(cfg, canary_v.version)
-    canary_arm, champion_arm = promotion.collect_evidence(cfg, canary_v.version, champion.version if champion else "", started)
-    decision = promotion.decide_canary(cfg, canary_arm, champion_arm)
+    arms = promotion.collect_evidence(cfg, canary_v.version, champion.version if champion else "", started)
+    decision = promotion.decide_canary(cfg, arms.canary, arms.champion)
     base = {"canary": canary_v.version, "champion": champion.version if champion else None}
     if decision.outcome == "pending":
         msg = "not enough evidence yet: " + "; ".join(decision.reasons)

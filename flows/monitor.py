@@ -92,8 +92,8 @@ def _estimate(cfg: ModelConfig, f: io.BatchFile, frame, fitted, run_id: str | No
         # Labels arrive late: judge realized performance on the newest labelled batch.
         latest = monitoring.realized_on_latest_labelled(fitted, cfg, f.day, labels)
         if latest is not None:
-            realized_on = latest[0]
-            report = dataclasses.replace(report, realized_metric=latest[1])
+            realized_on = latest.day
+            report = dataclasses.replace(report, realized_metric=latest.metric)
     decision = monitoring.decide_alerts(report, cfg)
     summary = report.to_dict()
     events, event_ids = [], []

@@ -25,7 +25,8 @@ def rollback(
     """Idempotent: with `from_version`, nothing happens once the champion is no longer it."""
     disable_telemetry()
     cfg = resolve_config(config)
-    rolled_from, now = promotion.roll_back(cfg, to_version, from_version, reason)
+    outcome = promotion.roll_back(cfg, to_version, from_version, reason)
+    rolled_from, now = outcome.rolled_back_from, outcome.champion
     name = cfg.mlflow.model_name
     if rolled_from is None:
         msg = f"champion is v{now}; nothing to roll back"

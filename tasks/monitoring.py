@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 import pandas as pd
 from prefect import task
 from prefect.cache_policies import NO_CACHE
@@ -56,10 +58,16 @@ def decide_alerts(report: monitoring.MonitorReport, config: ModelConfig) -> moni
     return monitoring.decide_alerts(report, config)
 
 
+@dataclass(frozen=True)
+class LatestRealized:
+    day: str
+    metric: monitoring.MetricEstimate
+
+
 @task(name="realized-performance", cache_policy=NO_CACHE)
 def realized_on_latest_labelled(
     fitted: monitoring.FittedMonitor, config: ModelConfig, day: str, labels: pd.DataFrame | None
-) -> tuple[str, monitoring.MetricEstimate] | None:
+) -> LatestRealized | None:
     """Labels arrive late: the realized metric of the most recent batch (up to `day`) whose
     labels have arrived, with that batch's day; None when no batch is labelled yet."""
     from evergreen import io
@@ -75,5 +83,5 @@ def realized_on_latest_labelled(
         if config.columns.id in frame and frame[config.columns.id].isin(known).any():
             report = monitoring.compute_monitor(fitted, frame, labels)
             if report.realized_metric is not None:
-                return batch.day, report.realized_metric
+                return LatestRealized(batch.day, report.realized_metric)
     return None

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 import pandas as pd
 from prefect import task
 from prefect.cache_policies import NO_CACHE
@@ -70,10 +72,22 @@ def drop_challenger(config: ModelConfig, reason: str) -> None:
         registry.move_alias(config.mlflow.model_name, registry.CHALLENGER, None, reason, actor(), current_flow_run_id())
 
 
+@dataclass(frozen=True)
+class ArmsEvidence:
+    canary: canary.ArmEvidence
+    champion: canary.ArmEvidence
+
+
+@dataclass(frozen=True)
+class RollbackOutcome:
+    rolled_back_from: str | None  # None: nothing changed (already rolled back)
+    champion: str
+
+
 @task(name="collect-canary-evidence", cache_policy=NO_CACHE, retries=2, retry_delay_seconds=1)
 def collect_evidence(
     config: ModelConfig, canary_version: str, champion_version: str, since: str | None
-) -> tuple[canary.ArmEvidence, canary.ArmEvidence]:
+) -> ArmsEvidence:
     """What each arm actually served since the canary started, with the labels that arrived."""
     from evergreen.serving.predlog import read_prediction_log
 
@@ -83,11 +97,11 @@ def collect_evidence(
         log = log[served >= pd.Timestamp(since)]
     labels = io.read_labels(config.data.path("labels"))
     if log.empty:  # nothing served since the canary started
-        return (
+        return ArmsEvidence(
             canary.ArmEvidence(registry.CANARY, canary_version, 0, 0, None),
             canary.ArmEvidence(registry.CHAMPION, champion_version, 0, 0, None),
         )
-    return (
+    return ArmsEvidence(
         canary.collect_arm_evidence(log, labels, config, canary_version, registry.CANARY),
         canary.collect_arm_evidence(log, labels, config, champion_version, registry.CHAMPION),
     )
@@ -114,10 +128,9 @@ def apply_canary_decision(config: ModelConfig, version: str, decision: canary.Ca
 
 
 @task(name="roll-back-champion", cache_policy=NO_CACHE, retries=2, retry_delay_seconds=2)
-def roll_back(config: ModelConfig, to_version: str | None, from_version: str | None, reason: str) -> tuple[str | None, str | None]:
+def roll_back(config: ModelConfig, to_version: str | None, from_version: str | None, reason: str) -> RollbackOutcome:
     """Champion back to `to_version` (default: the previous champion). Idempotent: when the
-    champion is no longer `from_version` (the run already happened), nothing changes.
-    Returns (rolled back from, now champion)."""
+    champion is no longer `from_version` (the run already happened), nothing changes."""
     tracking.connect(config.mlflow)
     name = config.mlflow.model_name
     with registry_lock(config):
@@ -125,10 +138,10 @@ def roll_back(config: ModelConfig, to_version: str | None, from_version: str | N
         if current is None:
             raise RuntimeError(f"model {name} has no champion to roll back")
         if from_version is not None and current.version != from_version:
-            return None, current.version
+            return RollbackOutcome(None, current.version)
         target = to_version or registry.previous_champion(name)
         if target is None:
             raise RuntimeError(f"model {name}: champion v{current.version} has no previous champion; pass a version to roll back to")
         registry.get_version(name, target)  # raises with the name when the version does not exist
         rolled_from = registry.roll_back_champion(name, target, reason, actor(), current_flow_run_id())
-        return rolled_from, target
+        return RollbackOutcome(rolled_from, target)
