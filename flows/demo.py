@@ -90,6 +90,7 @@ def run_demo(
     from evergreen.stream import write_demo_stream
 
     began = time.monotonic()
+    _quiet_console()
     if workdir.exists():
         shutil.rmtree(workdir)
     workdir.mkdir(parents=True)
@@ -154,6 +155,17 @@ def run_demo(
         final_champion=champion, prefect_api_url=api, mlflow_tracking_uri=cfg.mlflow.resolved_tracking_uri(),
         workdir=str(workdir), seconds=round(time.monotonic() - began, 1),
     )
+
+
+def _quiet_console() -> None:
+    """The demo prints its own progress: flow and task logs stay on the Prefect server (UI)
+    but only warnings reach the console; no download bars; MLflow's advisory warnings off."""
+    import warnings
+
+    os.environ.setdefault("PREFECT_LOGGING_HANDLERS_CONSOLE_LEVEL", "WARNING")
+    os.environ.setdefault("MLFLOW_LOGGING_LEVEL", "ERROR")
+    os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")
+    warnings.filterwarnings("ignore", category=UserWarning, module="mlflow")
 
 
 def _deliver_labels(staging: Path, live: Path, day: str) -> None:
