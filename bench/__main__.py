@@ -64,7 +64,7 @@ def run(
     """
     started = time.perf_counter()
     selected = select(names)
-    command = _command(selected, rows, rounds, out, markdown, profile)
+    command = _command(selected, rows, rounds, out, markdown, profile, keep)
     workdir = Path(tempfile.mkdtemp(prefix="evergreen-bench-"))
     log(
         f"benchmarks {[b.name for b in selected]} on {rows:,} rows, {rounds} round(s); scratch {workdir}"
@@ -199,6 +199,7 @@ def _command(
     out: str | None,
     markdown: str | None,
     profile: str | None,
+    keep: bool = False,
 ) -> str:
     parts = ["uv run python -m bench", *(b.name for b in selected)]
     if rows != DEFAULT_ROWS:
@@ -211,6 +212,8 @@ def _command(
         parts.append(f"--markdown {markdown}")
     if profile:
         parts.append(f"--profile {profile}")
+    if keep:
+        parts.append("--keep")
     return " ".join(parts)
 
 

@@ -19,6 +19,7 @@ import importlib
 import json
 import os
 import platform
+import re
 import shutil
 import signal
 import socket
@@ -127,6 +128,7 @@ class Measurement:
     ru_maxrss_mb: float
     late_imports: int
     outcome: dict[str, Any]
+    steps: dict[str, float] = field(default_factory=dict)
 
 
 @dataclass(frozen=True)
@@ -141,6 +143,7 @@ class VariantSummary:
     peak_rss_mb: float
     import_rss_mb: float
     late_imports: float
+    steps: dict[str, float] = field(default_factory=dict)
 
 
 @dataclass(frozen=True)
@@ -541,6 +544,55 @@ def child_main(argv: list[str]) -> int:
     return 0
 
 
+class StepTimer:
+    """Wall time per named step of a baseline, named like the flow's tasks, so the two can
+    be compared step by step (Prefect records the same per task run)."""
+
+    def __init__(self) -> None:
+        self.seconds: dict[str, float] = {}
+
+    @contextlib.contextmanager
+    def __call__(self, name: str) -> Iterator[None]:
+        started = time.perf_counter()
+        try:
+            yield
+        finally:
+            self.seconds[name] = self.seconds.get(name, 0.0) + time.perf_counter() - started
+
+
+FLOW_TOTAL = "(flow run, as Prefect timed it)"
+_FINAL_STATES = {"COMPLETED", "FAILED", "CRASHED", "CANCELLED"}
+
+
+def prefect_task_seconds(api_url: str, flow_run_id: str, timeout: float = 30.0) -> dict[str, float]:
+    """Running time of each task of a flow run, summed by task name, read back from the
+    Prefect API (states arrive as events: poll until every task run is final), plus the
+    flow run's own running time under FLOW_TOTAL."""
+    deadline = time.monotonic() + timeout
+    body = {"task_runs": {"flow_run_id": {"any_": [flow_run_id]}}, "limit": 200}
+    while True:
+        runs = _api(f"{api_url}/task_runs/filter", body)
+        if (
+            runs and all(r.get("state_type") in _FINAL_STATES for r in runs)
+        ) or time.monotonic() > deadline:
+            break
+        time.sleep(0.5)
+    out: dict[str, float] = {}
+    for r in runs:
+        name = re.sub(r"-\d+$", "", r["name"])
+        out[name] = round(out.get(name, 0.0) + float(r.get("total_run_time") or 0.0), 3)
+    flow_run = _api(f"{api_url}/flow_runs/{flow_run_id}")
+    out[FLOW_TOTAL] = round(float(flow_run.get("total_run_time") or 0.0), 3)
+    return out
+
+
+def _api(url: str, body: dict[str, Any] | None = None) -> Any:
+    data = None if body is None else json.dumps(body).encode()
+    request = urllib.request.Request(url, data=data, headers={"Content-Type": "application/json"})
+    with urllib.request.urlopen(request, timeout=30) as resp:
+        return json.loads(resp.read())
+
+
 # ----------------------------------------------------------------------------- parent side
 
 
@@ -633,11 +685,18 @@ def measure_variant(
     run_dir: Path,
     round_: int,
     env: dict[str, str],
+    server: PrefectServer | None = None,
 ) -> Measurement:
-    """One run of one variant in a fresh process."""
+    """One run of one variant in a fresh process; its steps come from the baseline's own
+    timer, or for a flow from Prefect's task runs (read after the process ended)."""
     result, seconds = run_child(
         variant.function, bench.arguments(dataset, run_dir), run_dir, env, variant.preload
     )
+    outcome = dict(result["outcome"])
+    steps = outcome.pop("steps", {})
+    flow_run_id = outcome.get("flow_run_id")
+    if flow_run_id and server is not None:
+        steps = prefect_task_seconds(server.api_url, flow_run_id)
     return Measurement(
         variant=variant.name,
         round=round_,
@@ -648,7 +707,8 @@ def measure_variant(
         import_rss_mb=round(result["import_rss_kb"] / 1024.0, 1),
         ru_maxrss_mb=round(result["ru_maxrss_kb"] / 1024.0, 1),
         late_imports=int(result["late_imports"]),
-        outcome=result["outcome"],
+        outcome=outcome,
+        steps={k: round(v, 3) for k, v in steps.items()},
     )
 
 
@@ -676,9 +736,8 @@ def measure(
                 raise BenchError(
                     f"variant {variant.name!r} of {bench.name!r} needs a Prefect server"
                 )
-            m = measure_variant(
-                bench, variant, dataset, workdir / f"{bench.name}-{variant.name}-{r}", r, env
-            )
+            run_dir = workdir / f"{bench.name}-{variant.name}-{r}"
+            m = measure_variant(bench, variant, dataset, run_dir, r, env, server)
             log(
                 f"  {bench.name} round {r + 1}/{rounds} {variant.name:<9} work {m.work_seconds:7.2f} s  "
                 f"process {m.process_seconds:7.2f} s  peak RSS {m.peak_rss_mb:7.1f} MB"
@@ -737,6 +796,10 @@ def summarize(variant: str, measurements: list[Measurement]) -> VariantSummary:
         peak_rss_mb=med("peak_rss_mb"),
         import_rss_mb=med("import_rss_mb"),
         late_imports=med("late_imports"),
+        steps={
+            name: round(statistics.median(m.steps.get(name, 0.0) for m in runs), 3)
+            for name in dict.fromkeys(k for m in runs for k in m.steps)
+        },
     )
 
 
@@ -885,13 +948,47 @@ def render_markdown(result: BenchResult) -> str:
         lines.append(
             f"| {x.round + 1} | {x.variant} | {x.work_seconds:.2f} | {x.process_seconds:.2f} | {x.peak_rss_mb:.0f} |"
         )
-    lines.append("")
+    lines += ["", *render_steps(result), ""]
     lines.append(
         f"Same work in every run: {'yes' if result.consistent else '**no**'} ({result.consistency_note})."
     )
     for note in result.notes:
         lines.append(f"{note}.")
     return "\n".join(lines)
+
+
+def render_steps(result: BenchResult) -> list[str]:
+    """Where the work's time goes, step by step (medians): the baseline's timed steps next to
+    the flow's Prefect task runs of the same name, and what the flow spent outside them."""
+    b, f = result.summaries[result.baseline], result.summaries[result.flow]
+    if not b.steps and not f.steps:
+        return []
+    flow_steps = {k: v for k, v in f.steps.items() if k != FLOW_TOTAL}
+    names = list(dict.fromkeys([*flow_steps, *b.steps]))
+    lines = [
+        "Where the time goes (medians, s; baseline: its own step timers; flow: Prefect's "
+        "task-run times read back from the API):",
+        "",
+        f"| step | {result.baseline} | {result.flow} | flow - baseline |",
+        "|---|---:|---:|---:|",
+    ]
+    for name in names:
+        bv, fv = b.steps.get(name), flow_steps.get(name)
+        diff = (fv or 0.0) - (bv or 0.0)
+        lines.append(
+            f"| {name} | {'—' if bv is None else f'{bv:.2f}'} | {'—' if fv is None else f'{fv:.2f}'} "
+            f"| {diff:+.2f} |"
+        )
+    outside_b = b.work_seconds - sum(b.steps.values())
+    outside_f = f.work_seconds - sum(flow_steps.values())
+    lines.append(
+        f"| outside the steps / task runs (flow: engine, API calls, flow body) | {outside_b:.2f} "
+        f"| {outside_f:.2f} | {outside_f - outside_b:+.2f} |"
+    )
+    lines.append(
+        f"| **work** | {b.work_seconds:.2f} | {f.work_seconds:.2f} | {f.work_seconds - b.work_seconds:+.2f} |"
+    )
+    return lines
 
 
 def update_markdown(path: Path, results: list[BenchResult]) -> None:

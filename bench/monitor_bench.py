@@ -23,6 +23,7 @@ from bench.common import (
     BenchError,
     Benchmark,
     Dataset,
+    StepTimer,
     Variant,
     load_run_config,
     run_config_json,
@@ -56,16 +57,25 @@ def run_baseline(config_json: str, batch: str) -> dict[str, Any]:
 
     cfg = load_run_config(config_json)
     day = Path(batch).stem
-    reference = io.read_table(cfg.data.path("monitor_reference"))
-    suite = validation.derive_suite(reference, cfg)
-    fitted = monitoring.fit_monitor(reference, cfg)
-    frame = io.read_table(batch)
-    report = validation.Validator(suite).validate(frame, day)
+    step = StepTimer()
+    with step("load-monitor-reference"):
+        reference = io.read_table(cfg.data.path("monitor_reference"))
+    with step("derive-suite"):
+        suite = validation.derive_suite(reference, cfg)
+    with step("fit-monitor"):
+        fitted = monitoring.fit_monitor(reference, cfg)
+    with step("load-batch"):
+        frame = io.read_table(batch)
+    with step("validate-batch"):
+        report = validation.Validator(suite).validate(frame, day)
     if not report.success:
         raise BenchError(f"baseline: batch {batch} failed validation: {report.summary()}")
-    labels = io.read_labels(cfg.data.path("labels"), up_to_day=day)
-    result = monitoring.compute_monitor(fitted, frame, labels)
-    decision = monitoring.decide_alerts(result, cfg)
+    with step("load-labels"):
+        labels = io.read_labels(cfg.data.path("labels"), up_to_day=day)
+    with step("estimate-drift-and-performance"):
+        result = monitoring.compute_monitor(fitted, frame, labels)
+    with step("decide-alerts"):
+        decision = monitoring.decide_alerts(result, cfg)
     return {
         "rows": len(frame),
         "valid": report.success,
@@ -74,6 +84,7 @@ def run_baseline(config_json: str, batch: str) -> dict[str, Any]:
         "drifted_features": sorted(result.drifted_features),
         "estimated": result.estimated_metric.value,
         "realized": result.realized_metric.value if result.realized_metric else None,
+        "steps": step.seconds,
     }
 
 
@@ -96,6 +107,7 @@ def run_flow(config_json: str, batch: str) -> dict[str, Any]:
         "estimated": r.estimated_metric,
         "realized": r.realized_metric,
         "mlflow_run_id": r.mlflow_run_id,
+        "flow_run_id": str(state.state_details.flow_run_id),
     }
 
 

@@ -24,6 +24,7 @@ from bench.common import (
     BenchError,
     Benchmark,
     Dataset,
+    StepTimer,
     Variant,
     load_run_config,
     run_config_json,
@@ -58,32 +59,41 @@ def run_baseline(config_json: str) -> dict[str, Any]:
     from evergreen.lineage import Trigger, code_version
 
     cfg = load_run_config(config_json)
-    win = window.assemble_window(
-        sources.read_training_reference(cfg),
-        sources.read_labelled_batches(cfg),
-        cfg.retrain,
-        cfg.columns,
-    )
+    step = StepTimer()
+    with step("assemble-training-window"):
+        win = window.assemble_window(
+            sources.read_training_reference(cfg),
+            sources.read_labelled_batches(cfg),
+            cfg.retrain,
+            cfg.columns,
+        )
     if win.rows == 0:
         raise BenchError(f"baseline: empty training window under {cfg.data.root}")
-    holdout = retraining.hold_out_recent(win.frame, cfg)
-    model = training.train_model(holdout.train, cfg)
-    evaluation = retraining.evaluate_model(model, holdout.evaluation, cfg)
+    with step("hold-out-recent"):
+        holdout = retraining.hold_out_recent(win.frame, cfg)
+    with step("train-model"):
+        model = training.train_model(holdout.train, cfg)
+    with step("evaluate-model"):
+        evaluation = retraining.evaluate_model(model, holdout.evaluation, cfg)
     trigger = Trigger.of("manual", None, None, None)
     tags = {
         "evergreen.model": cfg.name,
         "evergreen.dataset_rows": str(win.rows),
         "evergreen.code_version": code_version(),
+        "evergreen.train_end": str(holdout.train[cfg.columns.timestamp].max()),
         **trigger.tags(),
     }
-    run_id, model_uri = _log_training_run(cfg, model, evaluation, win, holdout, trigger, tags)
-    version = _register(cfg, model_uri, run_id, tags)
+    with step("log-training-run"):
+        run_id, model_uri = _log_training_run(cfg, model, evaluation, win, holdout, trigger, tags)
+    with step("register-candidate"):
+        version = _register(cfg, model_uri, run_id, tags)
     return {
         "rows": win.rows,
         "train_rows": len(holdout.train),
         "best_iteration": model.best_iteration,
         "metric": evaluation.value,
         "version": version,
+        "steps": step.seconds,
     }
 
 
@@ -135,9 +145,11 @@ def _log_training_run(cfg, model, evaluation, win, holdout, trigger, tags) -> tu
             model, holdout.evaluation, cfg, version="candidate"
         )
         with tempfile.TemporaryDirectory() as tmp:
-            path = Path(tmp) / "monitor_reference.parquet"
+            path = Path(tmp) / Path(registry.REFERENCE_ARTIFACT).name
             reference.to_parquet(path, index=False)
-            mlflow.log_artifact(str(path), artifact_path="reference")
+            mlflow.log_artifact(
+                str(path), artifact_path=str(Path(registry.REFERENCE_ARTIFACT).parent)
+            )
         mlflow.log_dict(evaluation.to_dict(), "evaluation.json")
         mlflow.log_figure(
             plots.feature_importance(model.feature_importance()), "plots/feature_importance.png"
@@ -188,6 +200,7 @@ def run_flow(config_json: str) -> dict[str, Any]:
         "metric": result.metrics.get(cfg.metric),
         "version": str(result.version),
         "run_id": result.run_id,
+        "flow_run_id": str(state.state_details.flow_run_id),
     }
 
 

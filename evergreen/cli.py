@@ -264,6 +264,15 @@ def _print_demo_table(summary) -> None:  # noqa: ANN001
     typer.echo(f"MLflow UI:  uv run mlflow ui --backend-store-uri {summary.mlflow_tracking_uri} --host 127.0.0.1")
 
 
+@app.command(context_settings={"allow_extra_args": True, "ignore_unknown_options": True})
+def bench(ctx: typer.Context) -> None:
+    """The benchmarks (bench/): each flow or service against a baseline measured in the same
+    run. Arguments go to `python -m bench` (names, --rows, --rounds, --out, --markdown)."""
+    from bench.__main__ import main as bench_main
+
+    raise typer.Exit(bench_main(list(ctx.args)))
+
+
 @app.command()
 def serve(
     config: ConfigOpt,

@@ -33,7 +33,7 @@ def test_help_answers_fast_and_lists_the_commands() -> None:
         out = subprocess.run([str(exe), "--help"], capture_output=True, text=True, check=True, env={**os.environ, "COLUMNS": "200"}).stdout
         best = min(best, time.perf_counter() - t)
     assert best < 1.5, f"evergreen --help took {best:.2f} s"
-    for command in ("stream", "monitor", "retrain", "promote", "canary-review", "rollback", "history", "serve"):
+    for command in ("demo", "bench", "stream", "monitor", "retrain", "promote", "canary-review", "rollback", "history", "serve"):
         assert command in out
 
 
