@@ -260,7 +260,11 @@ def _print_demo_table(summary) -> None:  # noqa: ANN001
         f"retrains {summary.retrains}, promotions {summary.promotions}, rollbacks {summary.rollbacks}; "
         f"final champion v{summary.final_champion}; {summary.seconds:.0f} s"
     )
-    typer.echo(f"Prefect UI: {summary.prefect_api_url.removesuffix('/api')}  (runs, events, artifacts)")
+    ui = summary.prefect_api_url.removesuffix("/api")
+    if summary.server_kept:
+        typer.echo(f"Prefect UI: {ui}  (flow runs, events, artifacts)")
+    else:
+        typer.echo(f"Prefect UI: the demo's server is stopped; rerun with --keep-server to browse {ui}")
     typer.echo(f"MLflow UI:  uv run mlflow ui --backend-store-uri {summary.mlflow_tracking_uri} --host 127.0.0.1")
 
 

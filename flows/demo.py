@@ -60,6 +60,7 @@ class DemoSummary:
     mlflow_tracking_uri: str
     workdir: str
     seconds: float
+    server_kept: bool = False
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -100,6 +101,7 @@ def run_demo(
 
     with ExitStack() as stack:
         api = os.environ.get("PREFECT_API_URL")
+        started_server = not api
         if not api:
             echo("starting a local Prefect server (SQLite, 127.0.0.1) ...")
             server = prefect_server(workdir / "prefect")
@@ -154,6 +156,7 @@ def run_demo(
         retrains=counters["retrains"], promotions=counters["promotions"], rollbacks=counters["rollbacks"],
         final_champion=champion, prefect_api_url=api, mlflow_tracking_uri=cfg.mlflow.resolved_tracking_uri(),
         workdir=str(workdir), seconds=round(time.monotonic() - began, 1),
+        server_kept=keep_server or not started_server,
     )
 
 
