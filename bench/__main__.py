@@ -217,7 +217,22 @@ def _command(
     return " ".join(parts)
 
 
+# Benchmarks with their own command line (`python -m bench serving ...`), by module.
+SEPARATE_COMMANDS = {"serving": "bench.serving_bench"}
+
+
 def main(argv: list[str] | None = None) -> int:
+    argv = sys.argv[1:] if argv is None else argv
+    if argv and argv[0] in SEPARATE_COMMANDS:
+        import importlib
+
+        return int(importlib.import_module(SEPARATE_COMMANDS[argv[0]]).main(argv[1:]) or 0)
+    argv = sys.argv[1:] if argv is None else argv
+    if argv[:1] == ["serving"]:
+        # The scoring-service benchmark has its own options and no Prefect server.
+        from bench import serving_bench
+
+        return serving_bench.main(argv[1:])
     parser = argparse.ArgumentParser(prog="python -m bench", description=__doc__.splitlines()[0])
     parser.add_argument(
         "names", nargs="*", help=f"benchmarks to run (default: all of {sorted(BENCHMARKS)})"

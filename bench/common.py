@@ -578,8 +578,9 @@ def prefect_task_seconds(api_url: str, flow_run_id: str, timeout: float = 30.0) 
             break
         time.sleep(0.5)
     out: dict[str, float] = {}
-    for r in runs:
-        name = re.sub(r"-\d+$", "", r["name"])
+    # Task-run names are "<task name>-<3 hex digits>" (or "-<n>"); in the order they started.
+    for r in sorted(runs, key=lambda r: r.get("start_time") or "~"):
+        name = re.sub(r"-(\d+|[0-9a-f]{3})$", "", r["name"])
         out[name] = round(out.get(name, 0.0) + float(r.get("total_run_time") or 0.0), 3)
     flow_run = _api(f"{api_url}/flow_runs/{flow_run_id}")
     out[FLOW_TOTAL] = round(float(flow_run.get("total_run_time") or 0.0), 3)

@@ -1,0 +1,63 @@
+"""The serving benchmark's load generator against a trivial local HTTP server."""
+
+from __future__ import annotations
+
+import threading
+from collections.abc import Iterator
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+
+import pytest
+
+from bench.serving_bench import generate_load
+
+pytestmark = pytest.mark.slow
+
+
+class _Handler(BaseHTTPRequestHandler):
+    protocol_version = "HTTP/1.1"  # keep-alive, as the benchmark's clients expect
+
+    def do_POST(self) -> None:
+        body = self.rfile.read(int(self.headers["Content-Length"]))
+        status = 500 if body == b"fail" else 200
+        self.send_response(status)
+        self.send_header("Content-Length", "2")
+        self.end_headers()
+        self.wfile.write(b"{}")
+
+    def log_message(self, *args: object) -> None:
+        pass
+
+
+@pytest.fixture
+def server_url() -> Iterator[str]:
+    server = ThreadingHTTPServer(("127.0.0.1", 0), _Handler)
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    try:
+        yield f"http://127.0.0.1:{server.server_address[1]}/invocations"
+    finally:
+        server.shutdown()
+        server.server_close()
+
+
+@pytest.mark.parametrize("rows", [1, 100])
+def test_counts_requests_rows_and_latency(server_url: str, rows: int) -> None:
+    res = generate_load(
+        server_url, [b"ok"], server="x", rows_per_request=rows, threads=2, seconds=0.5, warmup=0.2
+    )
+    assert res.requests > 0 and res.errors == 0
+    assert res.rows_per_second == pytest.approx(res.requests_per_second * rows)
+    assert res.requests_per_second == pytest.approx(res.requests / 0.5)
+    assert 0 < res.p50_ms <= res.p99_ms
+
+
+def test_counts_errors_apart_from_latencies(server_url: str) -> None:
+    res = generate_load(server_url, [b"ok", b"fail"], threads=1, seconds=0.5, warmup=0.1)
+    # One thread alternates the two bodies: about as many errors as successes.
+    assert res.errors > 0 and res.requests > 0
+    assert abs(res.errors - res.requests) <= 2
+
+
+def test_refuses_non_local_targets() -> None:
+    with pytest.raises(ValueError, match="127.0.0.1"):
+        generate_load("http://example.com/invocations", [b"ok"], seconds=0.1)
