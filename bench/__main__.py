@@ -31,6 +31,7 @@ from bench.common import (
     PrefectServer,
     child_env,
     format_table,
+    load_results,
     measure,
     prefect_server,
     run_child,
@@ -249,7 +250,17 @@ def main(argv: list[str] | None = None) -> int:
     )
     parser.add_argument("--profile", help="also profile each variant once; write .prof files here")
     parser.add_argument("--keep", action="store_true", help="keep the temporary data and logs")
+    parser.add_argument(
+        "--from-json",
+        help="measure nothing: print (and with --markdown, write) the results saved by --out",
+    )
     args = parser.parse_args(argv)
+    if args.from_json:
+        results = load_results(Path(args.from_json))
+        print(format_table(results))
+        if args.markdown:
+            update_markdown(Path(args.markdown), results)
+        return 0
     if args.rows < 1000:
         parser.error("--rows must be at least 1000")
     try:

@@ -129,6 +129,8 @@ class Measurement:
     late_imports: int
     outcome: dict[str, Any]
     steps: dict[str, float] = field(default_factory=dict)
+    work_cpu_seconds: float = 0.0
+    server_cpu_seconds: float = 0.0
 
 
 @dataclass(frozen=True)
@@ -144,6 +146,8 @@ class VariantSummary:
     import_rss_mb: float
     late_imports: float
     steps: dict[str, float] = field(default_factory=dict)
+    work_cpu_seconds: float = 0.0
+    server_cpu_seconds: float = 0.0
 
 
 @dataclass(frozen=True)
@@ -479,6 +483,26 @@ def _stop_group(proc: subprocess.Popen) -> None:
         proc.wait(timeout=10)
 
 
+def tree_cpu_seconds(pid: int) -> float:
+    """User + system CPU time used so far by a process and its live children (from /proc)."""
+    ticks = os.sysconf("SC_CLK_TCK") if hasattr(os, "sysconf") else 100
+    total = 0.0
+    try:
+        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+        total += (int(fields[11]) + int(fields[12])) / ticks  # utime, stime
+    except (OSError, IndexError, ValueError):
+        return 0.0
+    for task in Path(f"/proc/{pid}/task").glob("*"):
+        children = (task / "children").read_text().split() if (task / "children").exists() else []
+        total += sum(tree_cpu_seconds(int(c)) for c in children)
+    return total
+
+
+def _cpu_seconds(resource) -> float:  # noqa: ANN001 - the resource module
+    usage = resource.getrusage(resource.RUSAGE_SELF)
+    return usage.ru_utime + usage.ru_stime
+
+
 def _tree_rss_kb(pid: int) -> int:
     total = _status_kb(f"/proc/{pid}/status", "VmRSS")
     for task in Path(f"/proc/{pid}/task").glob("*"):
@@ -517,6 +541,7 @@ def child_main(argv: list[str]) -> int:
     function: Callable[..., dict[str, Any]] = getattr(importlib.import_module(module), attr)
     modules_before = set(sys.modules)
     import_rss = _status_kb("/proc/self/status", "VmRSS")
+    cpu_before = _cpu_seconds(resource)
     imported = time.perf_counter()
     if spec.get("profile"):
         import cProfile
@@ -527,6 +552,7 @@ def child_main(argv: list[str]) -> int:
     else:
         outcome = function(**spec["args"])
     done = time.perf_counter()
+    work_cpu = _cpu_seconds(resource) - cpu_before
     late = sorted({m.split(".")[0] for m in set(sys.modules) - modules_before})
     result = {
         "work_seconds": done - imported,
@@ -534,6 +560,7 @@ def child_main(argv: list[str]) -> int:
         "peak_rss_kb": _status_kb("/proc/self/status", "VmHWM"),
         "import_rss_kb": import_rss,
         "ru_maxrss_kb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss,
+        "work_cpu_seconds": work_cpu,
         "late_imports": len(set(sys.modules) - modules_before),
         "late_import_packages": late,
         "late_modules": sorted(set(sys.modules) - modules_before),
@@ -690,9 +717,12 @@ def measure_variant(
 ) -> Measurement:
     """One run of one variant in a fresh process; its steps come from the baseline's own
     timer, or for a flow from Prefect's task runs (read after the process ended)."""
+    server_cpu = tree_cpu_seconds(server.pid) if server is not None else 0.0
     result, seconds = run_child(
         variant.function, bench.arguments(dataset, run_dir), run_dir, env, variant.preload
     )
+    if server is not None:
+        server_cpu = tree_cpu_seconds(server.pid) - server_cpu
     outcome = dict(result["outcome"])
     steps = outcome.pop("steps", {})
     flow_run_id = outcome.get("flow_run_id")
@@ -710,6 +740,8 @@ def measure_variant(
         late_imports=int(result["late_imports"]),
         outcome=outcome,
         steps={k: round(v, 3) for k, v in steps.items()},
+        work_cpu_seconds=round(float(result.get("work_cpu_seconds", 0.0)), 3),
+        server_cpu_seconds=round(server_cpu, 3),
     )
 
 
@@ -797,6 +829,8 @@ def summarize(variant: str, measurements: list[Measurement]) -> VariantSummary:
         peak_rss_mb=med("peak_rss_mb"),
         import_rss_mb=med("import_rss_mb"),
         late_imports=med("late_imports"),
+        work_cpu_seconds=med("work_cpu_seconds"),
+        server_cpu_seconds=med("server_cpu_seconds"),
         steps={
             name: round(statistics.median(m.steps.get(name, 0.0) for m in runs), 3)
             for name in dict.fromkeys(k for m in runs for k in m.steps)
@@ -936,6 +970,10 @@ def render_markdown(result: BenchResult) -> str:
         f"| <= {result.target} | {verdict(ra['peak_rss_mb'])} |",
         f"| process wall time incl. start and imports (s) | {b.process_seconds:.2f} | {f.process_seconds:.2f} "
         f"| {ra['process_seconds']:.3f} | — | info |",
+        f"| CPU time of the work, all threads (s) | {b.work_cpu_seconds:.2f} | {f.work_cpu_seconds:.2f} "
+        f"| {_ratio(f.work_cpu_seconds, b.work_cpu_seconds):.3f} | — | info |",
+        f"| Prefect server CPU while the process ran (s) | {b.server_cpu_seconds:.2f} "
+        f"| {f.server_cpu_seconds:.2f} | | | info |",
         f"| imports (s) | {b.import_seconds:.2f} | {f.import_seconds:.2f} | | | info |",
         f"| RSS after imports (MB) | {b.import_rss_mb:.0f} | {f.import_rss_mb:.0f} | | | info |",
         f"| modules still imported during the work | {b.late_imports:.0f} | {f.late_imports:.0f} | | | info |",
@@ -968,7 +1006,8 @@ def render_steps(result: BenchResult) -> list[str]:
     names = list(dict.fromkeys([*flow_steps, *b.steps]))
     lines = [
         "Where the time goes (medians, s; baseline: its own step timers; flow: Prefect's "
-        "task-run times read back from the API):",
+        "task-run times read back from the API; 'outside' is the median over runs of work "
+        "minus the steps):",
         "",
         f"| step | {result.baseline} | {result.flow} | flow - baseline |",
         "|---|---:|---:|---:|",
@@ -980,8 +1019,8 @@ def render_steps(result: BenchResult) -> list[str]:
             f"| {name} | {'—' if bv is None else f'{bv:.2f}'} | {'—' if fv is None else f'{fv:.2f}'} "
             f"| {diff:+.2f} |"
         )
-    outside_b = b.work_seconds - sum(b.steps.values())
-    outside_f = f.work_seconds - sum(flow_steps.values())
+    outside_b = _median_outside(result, result.baseline)
+    outside_f = _median_outside(result, result.flow)
     lines.append(
         f"| outside the steps / task runs (flow: engine, API calls, flow body) | {outside_b:.2f} "
         f"| {outside_f:.2f} | {outside_f - outside_b:+.2f} |"
@@ -990,6 +1029,31 @@ def render_steps(result: BenchResult) -> list[str]:
         f"| **work** | {b.work_seconds:.2f} | {f.work_seconds:.2f} | {f.work_seconds - b.work_seconds:+.2f} |"
     )
     return lines
+
+
+def _median_outside(result: BenchResult, variant: str) -> float:
+    """Median over a variant's runs of the work time not spent in its steps / task runs."""
+    values = [
+        m.work_seconds - sum(v for k, v in m.steps.items() if k != FLOW_TOTAL)
+        for m in result.measurements
+        if m.variant == variant
+    ]
+    return statistics.median(values) if values else 0.0
+
+
+def load_results(path: Path) -> list[BenchResult]:
+    """Results written by `run(out=...)`, as BenchResult objects (to re-render them)."""
+    results = []
+    for raw in json.loads(Path(path).read_text(encoding="utf-8")):
+        raw = dict(raw)
+        raw["measurements"] = [Measurement(**m) for m in raw["measurements"]]
+        raw["summaries"] = {k: VariantSummary(**v) for k, v in raw["summaries"].items()}
+        machine = dict(raw["machine"])
+        machine["load_before"] = tuple(machine["load_before"])
+        machine["load_after"] = tuple(machine["load_after"])
+        raw["machine"] = MachineInfo(**machine)
+        results.append(BenchResult(**raw))
+    return results
 
 
 def update_markdown(path: Path, results: list[BenchResult]) -> None:

@@ -3,6 +3,7 @@ measurement function (slow: fresh processes importing GX/NannyML/MLflow, a Prefe
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 import pytest
@@ -12,6 +13,7 @@ from bench.common import (
     BenchResult,
     Measurement,
     compare_outcomes,
+    load_results,
     measure,
     prefect_server,
     render_markdown,
@@ -129,6 +131,11 @@ def test_update_markdown_replaces_only_its_section(tmp_path: Path) -> None:
     assert "| wall time of the work (s) | 10.00 | 11.00 | 1.100 | <= 1.15 | pass |" in text
     assert "`uv run python -m bench monitor`" in text
 
+    # Results saved as JSON come back identical (`--from-json` re-renders them).
+    saved = tmp_path / "results.json"
+    saved.write_text(json.dumps([result.to_dict()]))
+    assert load_results(saved) == [result]
+
 
 @pytest.fixture(scope="module")
 def smoke_setup(tmp_path_factory: pytest.TempPathFactory):
@@ -159,10 +166,15 @@ def test_measure_runs_both_variants_and_reports_medians_and_ratios(smoke_setup, 
         assert 0 < m.work_seconds < m.process_seconds
         assert m.import_seconds > 0
         assert m.peak_rss_mb >= m.import_rss_mb > 0
+        assert m.work_cpu_seconds > 0 and m.server_cpu_seconds >= 0
     assert set(result.summaries) == {"baseline", "flow"}
     assert set(result.ratios) == {"work_seconds", "process_seconds", "peak_rss_mb"}
     assert all(r > 0 for r in result.ratios.values())
     # Both variants did the same work on the same data (same rows, same verdicts/metric).
     assert result.consistent, result.consistency_note
     assert result.measurements[0].outcome["rows"] > 0
+    # Per-step times: the baseline's timers and the flow's task runs read back from Prefect.
+    baseline, flow = result.measurements
+    assert baseline.steps and all(v >= 0 for v in baseline.steps.values())
+    assert set(baseline.steps) < set(flow.steps), (baseline.steps, flow.steps)
     assert "| peak RSS (MB) |" in render_markdown(result)
