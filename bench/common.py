@@ -34,6 +34,8 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
+from evergreen.telemetry import RUNTIME_DEFAULTS, TELEMETRY_OFF
+
 REPO_ROOT = Path(__file__).resolve().parents[1]
 DEFAULT_ROWS = 1_000_000
 DEFAULT_ROUNDS = 3
@@ -54,16 +56,8 @@ CATEGORICAL_LEVELS: dict[str, tuple[str, ...]] = {
 FEATURES = (*NUMERIC_FEATURES, *CATEGORICAL_LEVELS)
 
 # Telemetry off and OpenMP not spinning on shared cores, for every process the harness starts
-# (the same values as evergreen.telemetry; repeated here so the harness imports nothing).
-CHILD_ENV = {
-    "DO_NOT_TRACK": "true",
-    "MLFLOW_DISABLE_TELEMETRY": "true",
-    "PREFECT_SERVER_ANALYTICS_ENABLED": "false",
-    "NML_DISABLE_USAGE_LOGGING": "1",
-    "GX_ANALYTICS_ENABLED": "false",
-    "MLFLOW_SERVER_ENABLE_JOB_EXECUTION": "false",
-    "OMP_WAIT_POLICY": "passive",
-}
+# (evergreen.telemetry imports nothing but os).
+CHILD_ENV = {**TELEMETRY_OFF, **RUNTIME_DEFAULTS}
 
 # Modules a variant imports before its clock starts, by library. Libraries also import lazily
 # on first use (MLflow's SQL store and migrations, plotly's validators, Prefect's engines);

@@ -18,7 +18,6 @@ import os
 import platform
 import shutil
 import statistics
-import subprocess
 import sys
 import tempfile
 import threading
@@ -204,15 +203,10 @@ def register_models(config: Any, seed: int) -> None:
 # ----------------------------------------------------------------------------- servers
 
 
-def _bin(name: str) -> str:
-    local = Path(sys.executable).parent / name
-    return str(local) if local.exists() else (shutil.which(name) or name)
-
-
 @contextmanager
 def mlflow_server(tracking_uri: str, log: Path, timeout: float = 180) -> Iterator[str]:
     """`mlflow models serve` of champion v1 (local env, 1 worker: its defaults); yields its URL."""
-    from evergreen.services import free_port, service_env, stop, wait_http
+    from evergreen.services import child_service, executable, free_port, service_env
 
     port = free_port()
     env = service_env(
@@ -222,32 +216,13 @@ def mlflow_server(tracking_uri: str, log: Path, timeout: float = 180) -> Iterato
             "MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR": "false",
         }
     )
-    with open(log, "ab") as out:
-        proc = subprocess.Popen(
-            [
-                _bin("mlflow"),
-                "models",
-                "serve",
-                "-m",
-                f"models:/{MODEL_NAME}/1",
-                "--env-manager",
-                "local",
-                "--host",
-                "127.0.0.1",
-                "-p",
-                str(port),
-            ],  # fmt: skip
-            stdout=out,
-            stderr=subprocess.STDOUT,
-            env=env,
-            start_new_session=True,
-        )
     base = f"http://127.0.0.1:{port}"
-    try:
-        wait_http(f"{base}/ping", timeout, proc, log)
+    command = [
+        executable("mlflow"), "models", "serve", "-m", f"models:/{MODEL_NAME}/1",
+        "--env-manager", "local", "--host", "127.0.0.1", "-p", str(port),
+    ]  # fmt: skip
+    with child_service(command, env, log, f"{base}/ping", timeout):
         yield base
-    finally:
-        stop(proc)
 
 
 def write_config_file(config: Any, path: Path) -> Path:

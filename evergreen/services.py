@@ -42,7 +42,8 @@ def wait_http(url: str, timeout: float, proc: subprocess.Popen | None = None, lo
     raise TimeoutError(f"{url} did not answer within {timeout:.0f} s")
 
 
-def _bin(name: str) -> str:
+def executable(name: str) -> str:
+    """A console script of this environment (next to the interpreter), else from PATH."""
     local = Path(sys.executable).parent / name
     return str(local) if local.exists() else (shutil.which(name) or name)
 
@@ -65,6 +66,20 @@ def service_env(extra: dict[str, str] | None = None) -> dict[str, str]:
 
 
 @contextmanager
+def child_service(command: list[str], env: dict[str, str], log: Path, ready_url: str, timeout: float) -> Iterator[None]:
+    """Run `command` in its own process group (output appended to `log`) until the block
+    ends; enter the block once `ready_url` answers 200."""
+    log.parent.mkdir(parents=True, exist_ok=True)
+    with open(log, "ab") as out:
+        proc = subprocess.Popen(command, stdout=out, stderr=subprocess.STDOUT, env=env, start_new_session=True)
+    try:
+        wait_http(ready_url, timeout, proc, log)
+        yield
+    finally:
+        stop(proc)
+
+
+@contextmanager
 def prefect_server(home: Path, port: int | None = None, timeout: float = 180) -> Iterator[str]:
     """A `prefect server` on SQLite under `home`, on 127.0.0.1; yields its API URL."""
     home.mkdir(parents=True, exist_ok=True)
@@ -79,32 +94,17 @@ def prefect_server(home: Path, port: int | None = None, timeout: float = 180) ->
         }
     )
     env.pop("PREFECT_API_URL", None)
-    with open(log, "ab") as out:
-        proc = subprocess.Popen(
-            [_bin("prefect"), "server", "start", "--host", "127.0.0.1", "--port", str(port)],
-            stdout=out, stderr=subprocess.STDOUT, env=env, start_new_session=True,
-        )
     url = f"http://127.0.0.1:{port}/api"
-    try:
-        wait_http(f"{url}/health", timeout, proc, log)
+    command = [executable("prefect"), "server", "start", "--host", "127.0.0.1", "--port", str(port)]
+    with child_service(command, env, log, f"{url}/health", timeout):
         yield url
-    finally:
-        stop(proc)
 
 
 @contextmanager
 def scoring_service(config_path: Path, log: Path, port: int | None = None, timeout: float = 120, extra_env: dict[str, str] | None = None) -> Iterator[str]:
     """`evergreen serve` as a child process; yields its base URL once /ready answers 200."""
     port = port or free_port()
-    log.parent.mkdir(parents=True, exist_ok=True)
-    with open(log, "ab") as out:
-        proc = subprocess.Popen(
-            [_bin("evergreen"), "serve", "--config", str(config_path), "--host", "127.0.0.1", "--port", str(port)],
-            stdout=out, stderr=subprocess.STDOUT, env=service_env(extra_env), start_new_session=True,
-        )
     base = f"http://127.0.0.1:{port}"
-    try:
-        wait_http(f"{base}/ready", timeout, proc, log)
+    command = [executable("evergreen"), "serve", "--config", str(config_path), "--host", "127.0.0.1", "--port", str(port)]
+    with child_service(command, service_env(extra_env), log, f"{base}/ready", timeout):
         yield base
-    finally:
-        stop(proc)
