@@ -75,3 +75,16 @@ def read_model_events(model: str, names: list[str], since, expect: int | None = 
         if expect is None or len(events) >= expect or time.monotonic() > deadline:
             return events
         time.sleep(0.5)
+
+
+def model_for(cfg: ModelConfig, name: str, root: str, label_delay: int | None = None) -> ModelConfig:
+    """A copy of the config for its own model name and data root (so events, MLflow runs and
+    registry versions of different tests don't mix)."""
+    data = {"root": root} | ({} if label_delay is None else {"label_delay_days": label_delay})
+    return cfg.model_copy(
+        update={
+            "name": name,
+            "data": cfg.data.model_copy(update=data),
+            "mlflow": cfg.mlflow.model_copy(update={"model_name": name}),
+        }
+    )

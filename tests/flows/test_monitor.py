@@ -12,7 +12,7 @@ from evergreen import io
 from evergreen.config import ModelConfig
 from evergreen.stream import write_demo_stream
 from flows.monitor import monitor
-from tests.flows.conftest import read_model_events
+from tests.flows.conftest import model_for, read_model_events
 
 pytestmark = pytest.mark.slow
 
@@ -20,16 +20,6 @@ DRIFT = "evergreen.drift.detected"
 DEGRADED = "evergreen.performance.degraded"
 REJECTED = "evergreen.data.rejected"
 
-
-def _with(cfg: ModelConfig, name: str, root: str, label_delay: int = 3) -> ModelConfig:
-    """A copy of the config for its own model name (so events and MLflow runs don't mix)."""
-    return cfg.model_copy(
-        update={
-            "name": name,
-            "data": cfg.data.model_copy(update={"root": root, "label_delay_days": label_delay}),
-            "mlflow": cfg.mlflow.model_copy(update={"model_name": name}),
-        }
-    )
 
 
 def _batch(cfg: ModelConfig, day: int) -> str:
@@ -45,14 +35,14 @@ def _run(cfg: ModelConfig, batch: str):
 
 @pytest.fixture(scope="module")
 def clean(demo_config: ModelConfig, tmp_path_factory) -> ModelConfig:
-    cfg = _with(demo_config, "loan-clean", str(tmp_path_factory.mktemp("clean")))
+    cfg = model_for(demo_config, "loan-clean", str(tmp_path_factory.mktemp("clean")))
     write_demo_stream(cfg, cfg.data.root, drift="none")
     return cfg
 
 
 @pytest.fixture(scope="module")
 def covariate(demo_config: ModelConfig, tmp_path_factory) -> tuple[ModelConfig, list[str]]:
-    cfg = _with(demo_config, "loan-covariate", str(tmp_path_factory.mktemp("covariate")))
+    cfg = model_for(demo_config, "loan-covariate", str(tmp_path_factory.mktemp("covariate")))
     info = write_demo_stream(cfg, cfg.data.root, drift="covariate", drift_start=4)
     return cfg, info.features_shifted
 
@@ -60,7 +50,7 @@ def covariate(demo_config: ModelConfig, tmp_path_factory) -> tuple[ModelConfig, 
 @pytest.fixture(scope="module")
 def concept(demo_config: ModelConfig, tmp_path_factory) -> ModelConfig:
     # Labels arrive the same day, so the monitor sees the realized metric of the batch itself.
-    cfg = _with(demo_config, "loan-concept", str(tmp_path_factory.mktemp("concept")), label_delay=0)
+    cfg = model_for(demo_config, "loan-concept", str(tmp_path_factory.mktemp("concept")), label_delay=0)
     write_demo_stream(cfg, cfg.data.root, drift="concept", drift_start=4)
     return cfg
 

@@ -16,7 +16,7 @@ from evergreen import io, registry
 from evergreen.config import ModelConfig
 from evergreen.stream import write_demo_stream
 from flows.retrain import retrain
-from tests.flows.conftest import read_model_events
+from tests.flows.conftest import model_for, read_model_events
 
 pytestmark = pytest.mark.slow
 
@@ -31,19 +31,10 @@ LINEAGE_TAGS = (
 )
 
 
-def _with(cfg: ModelConfig, name: str, root: str) -> ModelConfig:
-    return cfg.model_copy(
-        update={
-            "name": name,
-            "data": cfg.data.model_copy(update={"root": root}),
-            "mlflow": cfg.mlflow.model_copy(update={"model_name": name}),
-        }
-    )
-
 
 @pytest.fixture(scope="module")
 def stream_cfg(demo_config: ModelConfig, tmp_path_factory) -> ModelConfig:
-    cfg = _with(demo_config, "loan-retrain", str(tmp_path_factory.mktemp("retrain")))
+    cfg = model_for(demo_config, "loan-retrain", str(tmp_path_factory.mktemp("retrain")))
     write_demo_stream(cfg, cfg.data.root, drift="none")
     return cfg
 
@@ -137,7 +128,7 @@ def test_identical_data_shares_one_snapshot(stream_cfg: ModelConfig, first) -> N
 
 
 def test_corrupted_window_registers_nothing(demo_config: ModelConfig, tmp_path) -> None:
-    cfg = _with(demo_config, "loan-corrupt", str(tmp_path / "data"))
+    cfg = model_for(demo_config, "loan-corrupt", str(tmp_path / "data"))
     write_demo_stream(cfg, cfg.data.root, drift="none")
     batch = io.list_batches(cfg.data.path("batches"))[-2]  # inside the sliding window
     frame = io.read_table(batch.path)
