@@ -58,7 +58,7 @@ def _write_json(path: Path | None, obj: object) -> None:
 def stream(
     config: ConfigOpt,
     out: Annotated[Path, typer.Option("--out", help="stream folder to write")],
-    drift: Annotated[str, typer.Option(help="none|covariate|concept|prior|bad")] = "none",
+    drift: Annotated[str, typer.Option(help="none|covariate|gradual|concept|prior|bad")] = "none",
     drift_start: Annotated[str | None, typer.Option(help="day index (0-based) or YYYY-MM-DD")] = None,
     seed: Annotated[int, typer.Option(help="seed for drift injection")] = 0,
 ) -> None:
@@ -66,7 +66,7 @@ def stream(
     synthetic car-loan data, optionally with drift injected from a given day on."""
     from evergreen.stream import write_demo_stream
 
-    if drift not in ("none", "covariate", "concept", "prior", "bad"):
+    if drift not in ("none", "covariate", "gradual", "gradual_covariate", "concept", "prior", "bad"):
         raise typer.BadParameter(f"unknown drift kind {drift!r}", param_hint="--drift")
     cfg = _load(config, data_root=out)
     start: int | str | None = int(drift_start) if drift_start and drift_start.isdigit() else drift_start
@@ -213,16 +213,45 @@ def history(
 
 
 @app.command()
-def register(config: ConfigOpt) -> None:
+def register(
+    config: ConfigOpt,
+    webhook_url: Annotated[
+        str | None,
+        typer.Option(envvar="EVERGREEN_WEBHOOK_URL", help="webhook for notifications (else notifications.webhook_url)"),
+    ] = None,
+) -> None:
     """Save the config as an `evergreen-model` block on the Prefect server (the name the
-    deployments in prefect.yaml pass as `config`); editable in the Prefect UI afterwards."""
+    deployments in prefect.yaml pass as `config`); editable in the Prefect UI afterwards.
+    With a webhook URL, also save a Prefect `Webhook` block and the automations that call it
+    on promotions, rollbacks and failed Evergreen flow runs."""
     cfg = _load(config)
+    if webhook_url:
+        from pydantic import SecretStr
+
+        cfg = cfg.model_copy(update={"notifications": cfg.notifications.model_copy(update={"webhook_url": SecretStr(webhook_url)})})
     from blocks.model_config import EvergreenModel, block_document_name
+    from blocks.notifications import save_notifications, webhook_block_name
 
     name = block_document_name(cfg.name)
     EvergreenModel.register_type_and_schema()
     EvergreenModel.from_config(cfg).save(name, overwrite=True)
     typer.echo(f"saved block evergreen-model/{name}")
+    for automation in save_notifications(cfg):
+        typer.echo(f"automation {automation!r} calls block webhook/{webhook_block_name(cfg.name)}")
+
+
+@app.command("serve-flows")
+def serve_flows(
+    only: Annotated[list[str] | None, typer.Option("--only", help="serve only these deployments of prefect.yaml")] = None,
+    config: Annotated[str | None, typer.Option(help="config block name or YAML path passed to every deployment")] = None,
+    schedules: Annotated[bool, typer.Option(help="keep the cron schedules of prefect.yaml")] = True,
+    limit: Annotated[int | None, typer.Option(help="most flow runs at once")] = None,
+) -> None:
+    """Serve the deployments of prefect.yaml from this process (no work pool, no worker):
+    their schedules and event triggers start runs here until interrupted."""
+    from flows.deployments import serve_project
+
+    serve_project(names=only or None, parameters={"config": config} if config else None, schedules=schedules, limit=limit)
 
 
 @app.command()

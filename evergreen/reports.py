@@ -16,6 +16,9 @@ class MonitorResult(BaseModel):
     valid: bool
     message: str = ""
     failures: list[dict[str, Any]] = Field(default_factory=list)
+    warnings: list[dict[str, Any]] = Field(
+        default_factory=list, description="findings that did not reject the batch (e.g. unknown columns)"
+    )
     drift_detected: bool = False
     performance_degraded: bool = False
     features: dict[str, dict[str, Any]] = Field(default_factory=dict)
@@ -36,7 +39,7 @@ class RetrainResult(BaseModel):
     """What a retrain produced (the `evergreen retrain --out` JSON)."""
 
     model_name: str
-    status: str = Field(description="registered | rejected")
+    status: str = Field(description="registered | rejected | skipped")
     version: str | None = None
     run_id: str | None = None
     dataset_digest: str | None = None

@@ -66,3 +66,46 @@ def training_suite(batch_suite, max_rows: int = 100_000_000):  # noqa: ANN001, A
     return batch_suite.model_copy(
         update={"name": batch_suite.name.replace("-batch", "") + "-training", "columns": keep, "max_rows": max_rows}
     )
+
+
+DATA_CLOCK_TAG = "evergreen.data_clock"
+
+
+@dataclass(frozen=True)
+class RetrainStart:
+    """Whether a triggered retrain goes ahead, and why (shown as the skipped run's message)."""
+
+    go: bool
+    reason: str
+
+
+def decide_retrain_start(
+    trigger: str,
+    data_clock: str | None,
+    last_data_clock: str | None,
+    cooldown_hours: float,
+    canary_version: str | None,
+) -> RetrainStart:
+    """Event-triggered retrains wait for the cooldown and for a canary under review.
+
+    Time is the data's clock: `data_clock` is the newest production batch now,
+    `last_data_clock` the newest batch when the latest version was trained (tag
+    `evergreen.data_clock`). On live traffic it is the wall clock; in a replay (demo,
+    backtest) days pass in seconds and the cooldown still means days of data. Manual runs
+    always go; schedules go unless a canary is being reviewed (a new challenger would race
+    the review)."""
+    if trigger == "manual":
+        return RetrainStart(True, "manual retrain")
+    if canary_version is not None:
+        return RetrainStart(False, f"canary v{canary_version} is under review; retrain after its review")
+    if trigger != "event" or data_clock is None or last_data_clock is None:
+        return RetrainStart(True, f"{trigger} retrain")
+    elapsed = (pd.Timestamp(data_clock) - pd.Timestamp(last_data_clock)) / pd.Timedelta(hours=1)
+    if elapsed < cooldown_hours:
+        return RetrainStart(
+            False,
+            f"cooldown: the latest version was trained at data time {last_data_clock}, {elapsed:.0f} h of data "
+            f"ago (< retrain.cooldown_hours={cooldown_hours:g}); next retrain from "
+            f"{pd.Timestamp(last_data_clock) + pd.Timedelta(hours=cooldown_hours)}",
+        )
+    return RetrainStart(True, f"event retrain ({elapsed:.0f} h of data since the last retrain)")

@@ -108,3 +108,32 @@ def scoring_service(config_path: Path, log: Path, port: int | None = None, timeo
     command = [executable("evergreen"), "serve", "--config", str(config_path), "--host", "127.0.0.1", "--port", str(port)]
     with child_service(command, service_env(extra_env), log, f"{base}/ready", timeout):
         yield base
+
+
+@contextmanager
+def served_flows(
+    log: Path,
+    config: str | None = None,
+    schedules: bool = False,
+    port: int | None = None,
+    timeout: float = 180,
+    extra_env: dict[str, str] | None = None,
+) -> Iterator[str]:
+    """`evergreen serve-flows` (the deployments of prefect.yaml, served) as a child process
+    polling for runs every second; yields the runner's health URL once it answers."""
+    port = port or free_port()
+    command = [executable("evergreen"), "serve-flows", "--schedules" if schedules else "--no-schedules"]
+    if config:
+        command += ["--config", config]
+    env = service_env(
+        {
+            "PREFECT_RUNNER_POLL_FREQUENCY": "1",
+            "PREFECT_RUNNER_SERVER_ENABLE": "true",
+            "PREFECT_RUNNER_SERVER_HOST": "127.0.0.1",
+            "PREFECT_RUNNER_SERVER_PORT": str(port),
+            **(extra_env or {}),
+        }
+    )
+    health = f"http://127.0.0.1:{port}/health"
+    with child_service(command, env, log, health, timeout):
+        yield health

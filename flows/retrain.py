@@ -35,20 +35,29 @@ def retrain(
     disable_telemetry()
     cfg = resolve_config(config)
     why = Trigger.of(trigger, event_id, reason, metric)
+    start, data_clock = training.decide_retrain_start(cfg, why.kind)
+    if not start.go:
+        skipped = RetrainResult(model_name=cfg.mlflow.model_name, status="skipped", trigger=why.__dict__, message=start.reason)
+        return Completed(name="Skipped", message=start.reason, data=skipped)
 
+    # Labels first (the window joins them), then the window; both before the snapshot, so
+    # rejected data leaves no snapshot behind.
+    bad_labels = [r for r in data.check_label_files(cfg) if not r.success]
+    if bad_labels:
+        return _reject(cfg, why, bad_labels, None)
     win = training.assemble_training_window(cfg)
-    snap = training.snapshot_training_data(cfg, win)
     suite = retraining.training_suite(monitoring.derive_suite(data.load_monitor_reference(cfg), cfg))
-    report = monitoring.validate_batch(win.frame, suite, f"training window {snap.digest[:12]}")
+    report = monitoring.validate_batch(win.frame, suite, f"training window ({win.rows:,} rows)")
     if not report.success:
-        emit(cfg, DATA_REJECTED, {"batch_id": f"snapshot:{snap.digest}", "failures": [f.to_dict() for f in report.failures], "reason": report.summary()})
-        result = _result(cfg, win, snap, why, status="rejected", message=report.summary(), events=[DATA_REJECTED])
-        return Failed(name="TrainingDataRejected", message=report.summary(), data=result)
+        return _reject(cfg, why, [report], win)
 
+    snap = training.snapshot_training_data(cfg, win)
     holdout = training.hold_out_recent(win.frame, cfg)
     model = training.train_model(holdout.train, cfg)
     evaluation = training.evaluate_model(model, holdout.evaluation, cfg)
     tags = _lineage_tags(cfg, snap, why) | {"evergreen.train_end": str(holdout.train[cfg.columns.timestamp].max())}
+    if data_clock:
+        tags[retraining.DATA_CLOCK_TAG] = data_clock
     logged = training.log_training_run(cfg, model, evaluation, snap, win, holdout, why, tags)
     registration = register_candidate(cfg, logged.model_uri, logged.run_id, tags)
     version, bootstrap = registration.version, registration.bootstrap
@@ -77,6 +86,19 @@ def retrain(
     return Completed(message=result.message, data=result)
 
 
+def _reject(cfg: ModelConfig, why: Trigger, reports: list, win) -> State:  # noqa: ANN001
+    """Nothing is trained or registered: `evergreen.data.rejected` names each file and failure."""
+    message = "; ".join(r.summary() for r in reports)
+    failures = [{**f.to_dict(), "file": r.batch_id} for r in reports for f in r.failures]
+    files = [r.batch_id for r in reports]
+    emit(cfg, DATA_REJECTED, {"batch_id": "training-window", "files": files, "failures": failures, "reason": message})
+    if win is None:
+        result = RetrainResult(model_name=cfg.mlflow.model_name, status="rejected", trigger=why.__dict__, message=message, events=[DATA_REJECTED])
+    else:
+        result = _result(cfg, win, None, why, status="rejected", message=message, events=[DATA_REJECTED])
+    return Failed(name="TrainingDataRejected", message=message, data=result)
+
+
 def _lineage_tags(cfg: ModelConfig, snap, why: Trigger) -> dict[str, str]:  # noqa: ANN001
     return {
         "evergreen.model": cfg.name,
@@ -93,10 +115,10 @@ def _lineage_tags(cfg: ModelConfig, snap, why: Trigger) -> dict[str, str]:  # no
 def _result(cfg: ModelConfig, win, snap, why: Trigger, **fields) -> RetrainResult:  # noqa: ANN001, ANN003
     return RetrainResult(
         model_name=cfg.mlflow.model_name,
-        dataset_digest=snap.digest,
-        dataset_uri=snap.uri,
-        dataset_reused=not snap.created,
-        rows=snap.rows,
+        dataset_digest=snap.digest if snap else None,
+        dataset_uri=snap.uri if snap else None,
+        dataset_reused=bool(snap and not snap.created),
+        rows=snap.rows if snap else win.rows,
         trigger=why.__dict__,
         sources=list(win.sources),
         excluded=dict(win.excluded),

@@ -11,23 +11,17 @@ import threading
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
-import mlflow
-import numpy as np
-import pandas as pd
 import pytest
 
 from evergreen import io, registry, tracking
 from evergreen.config import ModelConfig
-from evergreen.serving.predlog import PredictionLogWriter
-from evergreen.serving.router import route_many
-from evergreen.serving.scoring import routing_salt
 from evergreen.stream import write_demo_stream
-from evergreen.training import train_model
 from flows.canary import canary_review
 from flows.promote import promote
 from flows.retrain import retrain
 from flows.rollback import rollback
 from tests.flows.conftest import read_model_events
+from tests.support import labelled, register_challenger, scrambled, serve_history
 
 pytestmark = pytest.mark.slow
 
@@ -58,53 +52,10 @@ def loop(demo_config: ModelConfig, tmp_path_factory) -> ModelConfig:
     return cfg
 
 
-def _register_challenger(cfg: ModelConfig, frame: pd.DataFrame, tags: dict[str, str]) -> str:
-    """Register a model trained on `frame` as challenger, bypassing the retrain flow."""
-    tracking.connect(cfg.mlflow)
-    model = train_model(frame, cfg)
-    exp = tracking.ensure_experiment(cfg.mlflow, cfg.mlflow.training_experiment)
-    with mlflow.start_run(experiment_id=exp) as run:
-        logged = registry.log_model(model, frame[cfg.columns.features].head(3))
-    v = registry.create_version(cfg.mlflow.model_name, logged.model_uri, run.info.run_id, {"evergreen.status": "candidate", **tags})
-    registry.move_alias(cfg.mlflow.model_name, registry.CHALLENGER, v.version, "test", "test")
-    return v.version
-
-
-def _labelled(cfg: ModelConfig) -> pd.DataFrame:
-    from evergreen.sources import read_labelled_batches
-
-    return pd.concat([b.frame for b in read_labelled_batches(cfg)], ignore_index=True)
-
-
-def _serve_history(cfg: ModelConfig, days: list[str]) -> None:
-    """Write the prediction log the scoring service would have written for these days."""
-    name = cfg.mlflow.model_name
-    champion = registry.load_alias(name, registry.CHAMPION)
-    canary = registry.load_alias(name, registry.CANARY)
-    writer = PredictionLogWriter(cfg.data.path("predictions_log"), timestamp_column=cfg.columns.timestamp)
-    for day in days:
-        batch = io.read_table(f"{cfg.data.path('batches')}/{day}.parquet")
-        aliases = np.array(route_many(batch[cfg.columns.id], routing_salt(cfg), cfg.canary.traffic_share, True))
-        out = batch.copy()
-        for alias, loaded in (("champion", champion), ("canary", canary)):
-            rows = aliases == alias
-            preds = loaded.model.predict(batch[rows])
-            out.loc[rows, cfg.columns.prediction] = preds.prediction
-            out.loc[rows, cfg.columns.probability] = preds.probability
-            out.loc[rows, cfg.columns.model_version] = loaded.version.version
-        out["alias"] = aliases
-        out["served_at"] = pd.Timestamp.now(tz="UTC")
-        out["request_id"] = "test"
-        writer.append(out)
-    writer.close()
-
-
 def test_worse_challenger_is_rejected_and_champion_stays(loop: ModelConfig) -> None:
     name = loop.mlflow.model_name
     champion = registry.version_by_alias(name, registry.CHAMPION).version
-    scrambled = _labelled(loop).sample(frac=1.0, random_state=0)
-    scrambled[loop.columns.target] = np.random.default_rng(0).permutation(scrambled[loop.columns.target].to_numpy())
-    version = _register_challenger(loop, scrambled, {})
+    version = register_challenger(loop, scrambled(loop, seed=0), {})
     since = datetime.now(UTC) - timedelta(seconds=5)
     state = promote(config=loop, return_state=True)
     assert state.is_failed() and state.name == "GateFailed"
@@ -141,7 +92,7 @@ def test_canary_review_waits_then_promotes_a_good_canary(loop: ModelConfig) -> N
     pending = canary_review(config=loop, return_state=True)
     assert pending.is_completed() and pending.result().decision == "pending"
     assert registry.version_by_alias(name, registry.CANARY).version == canary  # no change
-    _serve_history(loop, [b.day for b in io.list_batches(loop.data.path("batches"))][10:14])
+    serve_history(loop, [b.day for b in io.list_batches(loop.data.path("batches"))][10:14])
     state = canary_review(config=loop, return_state=True)
     result = state.result()
     assert result.decision == "promoted", result.reasons
@@ -167,12 +118,10 @@ def test_rollback_restores_the_previous_champion_and_is_idempotent(loop: ModelCo
 def test_canary_review_rolls_back_a_bad_canary(loop: ModelConfig) -> None:
     name = loop.mlflow.model_name
     champion = registry.version_by_alias(name, registry.CHAMPION).version
-    scrambled = _labelled(loop)
-    scrambled[loop.columns.target] = np.random.default_rng(1).permutation(scrambled[loop.columns.target].to_numpy())
-    bad = _register_challenger(loop, scrambled, {})
+    bad = register_challenger(loop, scrambled(loop, seed=1), {})
     tracking.connect(loop.mlflow)
     registry.start_canary(name, bad, {"passed": True}, "test", None)  # as if the gate had passed
-    _serve_history(loop, [b.day for b in io.list_batches(loop.data.path("batches"))][14:18])
+    serve_history(loop, [b.day for b in io.list_batches(loop.data.path("batches"))][14:18])
     since = datetime.now(UTC)
     result = canary_review(config=loop, return_state=True).result()
     assert result.decision == "rolled_back", result.reasons
@@ -185,7 +134,7 @@ def test_canary_review_rolls_back_a_bad_canary(loop: ModelConfig) -> None:
 
 def test_concurrent_promotions_leave_a_consistent_registry(loop: ModelConfig) -> None:
     name = loop.mlflow.model_name
-    _register_challenger(loop, _labelled(loop), {})
+    register_challenger(loop, labelled(loop), {})
     states: list = []
     threads = [threading.Thread(target=lambda: states.append(promote(config=loop, return_state=True))) for _ in range(2)]
     for t in threads:

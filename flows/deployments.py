@@ -1,0 +1,121 @@
+"""The deployments of `prefect.yaml`, served from this process (`evergreen serve-flows`).
+
+`prefect.yaml` is the one place where deployments, schedules, triggers, concurrency and
+parameters are declared. `prefect --no-prompt deploy --all` sends them to a work pool (run
+by `prefect worker start --pool evergreen`); this module reads the same file and builds the
+same deployments for `prefect.serve`, the single-machine default: no work pool, no worker,
+runs start in a subprocess of the serving process a second or so after they are scheduled.
+"""
+
+from __future__ import annotations
+
+import importlib
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+PROJECT_YAML = Path(__file__).resolve().parent.parent / "prefect.yaml"
+
+
+def read_deployment_specs(path: Path = PROJECT_YAML) -> list[dict[str, Any]]:
+    """The `deployments:` entries of a prefect.yaml (YAML anchors resolved)."""
+    spec = yaml.safe_load(path.read_text(encoding="utf-8")) or {}
+    deployments = spec.get("deployments") or []
+    if not deployments:
+        raise ValueError(f"{path} declares no deployments")
+    return deployments
+
+
+def load_entrypoint(entrypoint: str):  # noqa: ANN201 - a prefect Flow
+    """`flows/monitor.py:monitor` -> the flow object, imported as a module of this project."""
+    from prefect import Flow
+
+    file, _, name = entrypoint.partition(":")
+    module = importlib.import_module(file.removesuffix(".py").replace("/", "."))
+    flow = getattr(module, name, None)
+    if not isinstance(flow, Flow):
+        raise ValueError(f"entrypoint {entrypoint!r} is not a Prefect flow")
+    return flow
+
+
+def build_deployments(
+    path: Path = PROJECT_YAML,
+    names: list[str] | None = None,
+    parameters: dict[str, Any] | None = None,
+    schedules: bool = True,
+) -> list[Any]:
+    """RunnerDeployments equal to what `prefect deploy` makes of `path`.
+
+    `parameters` overrides the `config` parameter (and any other) of every deployment and
+    of every trigger and schedule that passes it, e.g. to point the demo at its own config
+    file; `schedules=False` leaves cron schedules out (the demo's clock replaces them)."""
+    from prefect.client.schemas.objects import ConcurrencyLimitConfig
+    from prefect.schedules import Cron, Interval
+
+    specs = read_deployment_specs(path)
+    unknown = sorted(set(names or []) - {s["name"] for s in specs})
+    if unknown:
+        raise ValueError(f"no deployment named {unknown} in {path}")
+    overrides = parameters or {}
+    built = []
+    for spec in specs:
+        if names and spec["name"] not in names:
+            continue
+        flow = load_entrypoint(spec["entrypoint"])
+        limit = spec.get("concurrency_limit")
+        if isinstance(limit, dict):
+            limit = ConcurrencyLimitConfig(**limit)
+        plans = []
+        for s in spec.get("schedules") or [] if schedules else []:
+            params = _override(s.get("parameters") or {}, overrides)
+            if "cron" in s:
+                plans.append(Cron(s["cron"], timezone=s.get("timezone"), parameters=params, active=s.get("active", True)))
+            else:
+                plans.append(Interval(s["interval"], timezone=s.get("timezone"), parameters=params, active=s.get("active", True)))
+        built.append(
+            flow.to_deployment(
+                name=spec["name"],
+                description=spec.get("description"),
+                tags=spec.get("tags"),
+                parameters={**(spec.get("parameters") or {}), **overrides},
+                schedules=plans or None,
+                concurrency_limit=limit,
+                triggers=_triggers(spec, overrides),
+            )
+        )
+    return built
+
+
+def _triggers(spec: dict[str, Any], overrides: dict[str, Any]) -> list[Any]:
+    """Triggers as `prefect deploy` builds them (same default names), parameters overridden."""
+    from prefect.events import DeploymentTriggerTypes
+    from pydantic import TypeAdapter
+
+    adapter: TypeAdapter[Any] = TypeAdapter(DeploymentTriggerTypes)
+    out = []
+    for i, trigger in enumerate(spec.get("triggers") or [], start=1):
+        t = dict(trigger)
+        t.setdefault("name", f"{spec['name']}__automation_{i}")
+        if "parameters" in t:
+            t["parameters"] = _override(t["parameters"], overrides)
+        out.append(adapter.validate_python(t))
+    return out
+
+
+def _override(params: dict[str, Any], overrides: dict[str, Any]) -> dict[str, Any]:
+    """Override only what a trigger or schedule passes; the rest comes from the deployment."""
+    return {**params, **{k: v for k, v in overrides.items() if k in params}}
+
+
+def serve_project(
+    path: Path = PROJECT_YAML,
+    names: list[str] | None = None,
+    parameters: dict[str, Any] | None = None,
+    schedules: bool = True,
+    limit: int | None = None,
+) -> None:
+    """Serve the project's deployments until interrupted (schedules paused on shutdown)."""
+    from prefect import serve
+
+    serve(*build_deployments(path, names, parameters, schedules), limit=limit, print_starting_message=True)

@@ -1,0 +1,220 @@
+"""End-to-end set-up: a real `prefect server` (SQLite, 127.0.0.1, free port), the project's
+own prefect.yaml deployed through the `prefect` CLI, the deployments served by
+`evergreen serve-flows`, a local webhook receiver for the notification automations.
+
+The model is `car-loan` (the resource prefect.yaml's triggers match) with its data and
+MLflow store in a temporary folder; its config is saved as the `car-loan` block with
+`evergreen register`, exactly as a user does."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import subprocess
+import threading
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
+
+import pytest
+import yaml
+
+from evergreen.config import ModelConfig, load_config
+from evergreen.services import executable, free_port, prefect_server, served_flows, service_env
+
+ROOT = Path(__file__).resolve().parents[2]
+
+
+@dataclass
+class Webhook:
+    """Requests the notification automations sent to the local receiver."""
+
+    url: str
+    received: list[dict] = field(default_factory=list)
+
+    def wait_for(self, predicate, timeout: float = 60) -> dict:  # noqa: ANN001
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            for body in list(self.received):
+                if predicate(body):
+                    return body
+            time.sleep(0.5)
+        raise AssertionError(f"no matching webhook call within {timeout} s; received: {self.received}")
+
+
+@dataclass
+class Project:
+    cfg: ModelConfig
+    config_file: Path
+    staging: Path
+    api_url: str
+    deploy_outputs: list[dict]
+    served_health: str = ""
+
+
+@pytest.fixture(scope="session")
+def webhook() -> Iterator[Webhook]:
+    received: list[dict] = []
+
+    class Handler(BaseHTTPRequestHandler):
+        def do_POST(self) -> None:  # noqa: N802 - http.server's name
+            body = self.rfile.read(int(self.headers.get("Content-Length") or 0))
+            try:
+                received.append(json.loads(body))
+            except json.JSONDecodeError:
+                received.append({"raw": body.decode(errors="replace")})
+            self.send_response(204)
+            self.end_headers()
+
+        def log_message(self, *args) -> None:  # noqa: ANN002
+            pass
+
+    server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    yield Webhook(f"http://127.0.0.1:{server.server_address[1]}/evergreen", received)
+    server.shutdown()
+
+
+@pytest.fixture(scope="session")
+def api_url(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
+    """A real Prefect server for the session; this process and every child talk to it."""
+    from prefect.settings import PREFECT_API_URL, temporary_settings
+
+    home = tmp_path_factory.mktemp("prefect-server")
+    with prefect_server(home, port=free_port()) as url:
+        before = os.environ.get("PREFECT_API_URL")
+        os.environ["PREFECT_API_URL"] = url
+        try:
+            with temporary_settings({PREFECT_API_URL: url}):
+                yield url
+        finally:
+            if before is None:
+                os.environ.pop("PREFECT_API_URL", None)
+            else:
+                os.environ["PREFECT_API_URL"] = before
+
+
+def cli(*args: str, timeout: float = 300) -> subprocess.CompletedProcess:
+    """Run a console script of this environment from the repository root, as a user would."""
+    proc = subprocess.run(
+        [executable(args[0]), *args[1:]], cwd=ROOT, env=service_env(), capture_output=True, text=True, timeout=timeout
+    )
+    assert proc.returncode == 0, f"{' '.join(args)} failed ({proc.returncode}):\n{proc.stdout[-3000:]}\n{proc.stderr[-3000:]}"
+    return proc
+
+
+def server_state() -> dict:
+    """Deployments (with schedules, parameters, concurrency) and automations, as the API has them."""
+    from prefect.client.orchestration import get_client
+
+    with get_client(sync_client=True) as client:
+        deployments = client.read_deployments()
+        automations = client.read_automations()
+    return {
+        "deployments": {
+            d.name: {
+                "id": str(d.id),
+                "parameters": d.parameters,
+                "schedules": sorted(str(s.schedule) for s in d.schedules),
+                "concurrency": d.global_concurrency_limit.limit if d.global_concurrency_limit else None,
+                "collision": str(d.concurrency_options.collision_strategy) if d.concurrency_options else None,
+                "tags": sorted(d.tags),
+            }
+            for d in deployments
+        },
+        "automations": sorted(
+            (a.name, json.dumps(a.trigger.model_dump(mode="json"), sort_keys=True), json.dumps([x.model_dump(mode="json") for x in a.actions], sort_keys=True))
+            for a in automations
+        ),
+    }
+
+
+def copy_days(staging: Path, live: Path, days: list[str]) -> None:
+    """Deliver these days' batches and label files to the live data folder."""
+    for sub in ("batches", "labels"):
+        (live / sub).mkdir(parents=True, exist_ok=True)
+        for day in days:
+            src = staging / sub / f"{day}.parquet"
+            if src.exists():
+                shutil.copy(src, live / sub / f"{day}.parquet")
+
+
+@pytest.fixture(scope="module")
+def project(api_url: str, webhook: Webhook, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Project]:
+    """The first 10 days delivered, a champion bootstrapped, the block and notifications
+    registered, prefect.yaml deployed twice, its deployments served."""
+    from evergreen.stream import write_demo_stream
+    from flows.retrain import retrain
+
+    tmp = tmp_path_factory.mktemp("e2e")
+    base = load_config(ROOT / "configs" / "demo.yaml")
+    assert base.name == "car-loan"  # the resource prefect.yaml's triggers match
+    cfg = base.model_copy(
+        update={
+            "data": base.data.model_copy(update={"root": str(tmp / "live")}),
+            "mlflow": base.mlflow.model_copy(update={"tracking_uri": f"sqlite:///{tmp / 'mlflow.db'}", "artifact_root": str(tmp / "mlartifacts")}),
+        }
+    )
+    config_file = tmp / "car-loan.yaml"
+    config_file.write_text(yaml.safe_dump(cfg.model_dump(mode="json")), encoding="utf-8")
+
+    staging = tmp / "stream"
+    info = write_demo_stream(cfg.model_copy(update={"data": cfg.data.model_copy(update={"root": str(staging)})}), str(staging), drift="covariate", drift_start=10)
+    live = Path(cfg.data.root)
+    live.mkdir(parents=True)
+    for name in ("reference.parquet", "monitor_reference.parquet"):
+        shutil.copy(staging / name, live / name)
+    copy_days(staging, live, info.days[:10])
+    boot = retrain(config=cfg, trigger="manual", reason="bootstrap the e2e registry", return_state=True).result()
+    assert boot.bootstrap and boot.version == "1"
+
+    cli("evergreen", "register", "--config", str(config_file), "--webhook-url", webhook.url)
+    cli("prefect", "work-pool", "create", "evergreen", "--type", "process", "--overwrite")
+    outputs = []
+    for _ in range(2):
+        cli("prefect", "--no-prompt", "deploy", "--all")
+        outputs.append(server_state())
+    project = Project(cfg, config_file, staging, api_url, outputs)
+    with served_flows(tmp / "serve-flows.log", extra_env={"PREFECT_API_URL": api_url}) as health:
+        project.served_health = health
+        yield project
+
+
+def wait_runs(deployment: str, since, count: int = 1, timeout: float = 240, settle: float = 0.0) -> list:
+    """Flow runs of a deployment created after `since`, once at least `count` exist and all
+    of them are in a final state (then `settle` more seconds for late arrivals)."""
+    from prefect.client.orchestration import get_client
+    from prefect.client.schemas.filters import (
+        DeploymentFilter,
+        DeploymentFilterName,
+        FlowRunFilter,
+        FlowRunFilterExpectedStartTime,
+    )
+    from prefect.client.schemas.sorting import FlowRunSort
+
+    def read() -> list:
+        with get_client(sync_client=True) as client:
+            runs = client.read_flow_runs(
+                deployment_filter=DeploymentFilter(name=DeploymentFilterName(any_=[deployment])),
+                flow_run_filter=FlowRunFilter(expected_start_time=FlowRunFilterExpectedStartTime(after_=since)),
+                sort=FlowRunSort.EXPECTED_START_TIME_ASC,
+            )
+        return list(runs)
+
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        runs = read()
+        if len(runs) >= count and all(r.state is not None and r.state.is_final() for r in runs):
+            if settle:
+                time.sleep(settle)
+                runs = read()
+                if not all(r.state is not None and r.state.is_final() for r in runs):
+                    continue
+            return runs
+        time.sleep(1)
+    states = [(r.name, r.state and r.state.name) for r in read()]
+    raise AssertionError(f"{deployment}: expected {count} finished runs within {timeout} s, have {states}")

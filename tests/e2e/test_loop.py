@@ -1,0 +1,120 @@
+"""The closed loop on a real Prefect server: prefect.yaml deployed with the `prefect` CLI,
+served by `evergreen serve-flows`, driven only by events. Assertions read Prefect's own
+records (flow runs, states, parameters, automations, events) and the MLflow registry."""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+
+import pytest
+
+from evergreen import registry, tracking
+from tests.e2e.conftest import Project, Webhook, copy_days, wait_runs
+from tests.support import register_challenger, scrambled, serve_history
+
+pytestmark = [pytest.mark.slow, pytest.mark.e2e]
+
+DEPLOYMENTS = {"monitor", "retrain", "promote", "canary-review", "rollback"}
+
+
+def _versions(project: Project) -> list[registry.VersionInfo]:
+    tracking.connect(project.cfg.mlflow)
+    return registry.list_versions(project.cfg.mlflow.model_name)
+
+
+def _alias(project: Project, alias: str) -> str | None:
+    tracking.connect(project.cfg.mlflow)
+    found = registry.version_by_alias(project.cfg.mlflow.model_name, alias)
+    return found.version if found else None
+
+
+def test_deploy_creates_everything_and_twice_changes_nothing(project: Project) -> None:
+    first, second = project.deploy_outputs
+    assert set(first["deployments"]) == DEPLOYMENTS
+    assert first == second
+    deps = first["deployments"]
+    assert deps["monitor"]["schedules"] and deps["retrain"]["schedules"] and deps["canary-review"]["schedules"]
+    assert deps["retrain"]["concurrency"] == 1 and "CANCEL_NEW" in deps["retrain"]["collision"]
+    assert all(d["parameters"]["config"] == "car-loan" for d in deps.values())
+    names = [a[0] for a in first["automations"]]
+    # One trigger each on retrain, promote, canary-review, rollback + the two notification automations.
+    assert len(names) == 6, names
+    assert {"evergreen car-loan: promoted or rolled back", "evergreen: flow run failed"} <= set(names)
+
+
+def test_drift_starts_one_retrain_with_the_event_parameters_then_promote(project: Project) -> None:
+    """The monitor detects injected drift and emits the event; the same event delivered
+    twice and 8 more within a minute: one retrain trains (the rest are cancelled by the
+    deployment's concurrency limit or skipped by the cooldown), then promote starts itself."""
+    from prefect.events import emit_event
+
+    from flows.monitor import monitor
+
+    cfg, staging = project.cfg, project.staging
+    days = sorted(p.stem for p in (staging / "batches").glob("*.parquet"))
+    copy_days(staging, Path(cfg.data.root), days[10:14])
+    before = len(_versions(project))
+    since = datetime.now(UTC) - timedelta(seconds=1)
+    result = monitor(config=cfg, batch=f"{cfg.data.root}/batches/{days[12]}.parquet", return_state=True).result()[0]
+    assert result.drift_detected and "evergreen.drift.detected" in result.events, result.message
+    event_id = result.event_ids[0]
+    from tests.flows.conftest import read_model_events
+
+    (event,) = [e for e in read_model_events(cfg.name, ["evergreen.drift.detected"], since, expect=1) if str(e.id) == event_id]
+    emit_event(event.event, resource=dict(event.resource), payload=event.payload, id=event.id)  # duplicate delivery
+    for _ in range(8):
+        emit_event(event.event, resource=dict(event.resource), payload=event.payload)
+
+    runs = wait_runs("retrain", since, count=1, settle=15)
+    trained = [r for r in runs if r.state.name == "Completed"]
+    assert len(trained) == 1, [(r.name, r.state.name, r.state.message) for r in runs]
+    assert all(r.state.name in ("Cancelled", "Skipped") for r in runs if r not in trained)
+    params = trained[0].parameters
+    assert params["trigger"] == "event" and params["event_id"] == event_id
+    assert params["reason"] == event.payload["reason"] and params["metric"] == event.payload["metric"]
+    versions = _versions(project)
+    assert len(versions) == before + 1
+    new = versions[-1]
+    assert new.tags["evergreen.trigger.event_id"] == event_id and new.tags["evergreen.prefect.deployment"] == "retrain"
+
+    (promote_run,) = wait_runs("promote", since, count=1)
+    assert promote_run.parameters["version"] == new.version
+    assert promote_run.state.name in ("Completed", "GateFailed")
+    status = registry.get_version(cfg.mlflow.model_name, new.version).status
+    assert status == ("canary" if promote_run.state.name == "Completed" else "rejected")
+    assert _alias(project, "champion") == "1"
+
+
+def test_failed_gate_leaves_the_champion_and_notifies(project: Project, webhook: Webhook) -> None:
+    from prefect.events import emit_event
+
+    cfg = project.cfg
+    champion = _alias(project, "champion")
+    bad = register_challenger(cfg, scrambled(cfg, seed=3), {})
+    since = datetime.now(UTC) - timedelta(seconds=1)
+    emit_event("evergreen.model.registered", resource={"prefect.resource.id": f"evergreen.model.{cfg.name}"}, payload={"version": bad})
+    (run,) = wait_runs("promote", since, count=1)
+    assert run.state.name == "GateFailed" and f"v{bad} rejected" in run.state.message
+    assert _alias(project, "champion") == champion and _alias(project, "challenger") is None
+    assert registry.get_version(cfg.mlflow.model_name, bad).status == "rejected"
+    call = webhook.wait_for(lambda b: b.get("event") == "prefect.flow-run.Failed" and b.get("flow_run_id", "").endswith(str(run.id)))
+    assert call["state"] == "GateFailed"
+
+
+def test_bad_canary_is_rolled_back_by_the_canary_review(project: Project, webhook: Webhook) -> None:
+    from prefect.deployments import run_deployment
+
+    cfg = project.cfg
+    champion = _alias(project, "champion")
+    bad = register_challenger(cfg, scrambled(cfg, seed=4), {})
+    tracking.connect(cfg.mlflow)
+    registry.start_canary(cfg.mlflow.model_name, bad, {"passed": True}, "e2e test", None)  # as if the gate had passed
+    days = sorted(p.stem for p in (project.staging / "batches").glob("*.parquet"))
+    serve_history(cfg, days[10:14])
+    run = run_deployment("canary-review/canary-review", timeout=240)
+    assert run.state.is_completed(), run.state
+    assert _alias(project, "canary") is None and _alias(project, "champion") == champion
+    assert registry.get_version(cfg.mlflow.model_name, bad).status == "rejected"
+    call = webhook.wait_for(lambda b: b.get("event") == "evergreen.model.rolled_back" and b["payload"].get("from_version") == bad)
+    assert call["payload"]["to_version"] == champion

@@ -1,0 +1,63 @@
+"""Helpers shared by the flow and end-to-end tests: candidates registered outside the
+retrain flow and the prediction log the scoring service would have written."""
+
+from __future__ import annotations
+
+import mlflow
+import numpy as np
+import pandas as pd
+
+from evergreen import io, registry, tracking
+from evergreen.config import ModelConfig
+from evergreen.serving.predlog import PredictionLogWriter
+from evergreen.serving.router import route_many
+from evergreen.serving.scoring import routing_salt
+from evergreen.training import train_model
+
+
+def register_challenger(cfg: ModelConfig, frame: pd.DataFrame, tags: dict[str, str]) -> str:
+    """Register a model trained on `frame` as challenger, bypassing the retrain flow."""
+    tracking.connect(cfg.mlflow)
+    model = train_model(frame, cfg)
+    exp = tracking.ensure_experiment(cfg.mlflow, cfg.mlflow.training_experiment)
+    with mlflow.start_run(experiment_id=exp) as run:
+        logged = registry.log_model(model, frame[cfg.columns.features].head(3))
+    v = registry.create_version(cfg.mlflow.model_name, logged.model_uri, run.info.run_id, {"evergreen.status": "candidate", **tags})
+    registry.move_alias(cfg.mlflow.model_name, registry.CHALLENGER, v.version, "test", "test")
+    return v.version
+
+
+def labelled(cfg: ModelConfig) -> pd.DataFrame:
+    from evergreen.sources import read_labelled_batches
+
+    return pd.concat([b.frame for b in read_labelled_batches(cfg)], ignore_index=True)
+
+
+def serve_history(cfg: ModelConfig, days: list[str]) -> None:
+    """Write the prediction log the scoring service would have written for these days."""
+    name = cfg.mlflow.model_name
+    champion = registry.load_alias(name, registry.CHAMPION)
+    canary = registry.load_alias(name, registry.CANARY)
+    writer = PredictionLogWriter(cfg.data.path("predictions_log"), timestamp_column=cfg.columns.timestamp)
+    for day in days:
+        batch = io.read_table(f"{cfg.data.path('batches')}/{day}.parquet")
+        aliases = np.array(route_many(batch[cfg.columns.id], routing_salt(cfg), cfg.canary.traffic_share, True))
+        out = batch.copy()
+        for alias, loaded in (("champion", champion), ("canary", canary)):
+            rows = aliases == alias
+            preds = loaded.model.predict(batch[rows])
+            out.loc[rows, cfg.columns.prediction] = preds.prediction
+            out.loc[rows, cfg.columns.probability] = preds.probability
+            out.loc[rows, cfg.columns.model_version] = loaded.version.version
+        out["alias"] = aliases
+        out["served_at"] = pd.Timestamp.now(tz="UTC")
+        out["request_id"] = "test"
+        writer.append(out)
+    writer.close()
+
+
+def scrambled(cfg: ModelConfig, seed: int) -> pd.DataFrame:
+    """The labelled batches with their labels permuted: a model trained on it is worse."""
+    frame = labelled(cfg)
+    frame[cfg.columns.target] = np.random.default_rng(seed).permutation(frame[cfg.columns.target].to_numpy())
+    return frame
