@@ -3,6 +3,19 @@ alias history that MLflow itself does not keep.
 
 Alias history lives in the registry too, as registered-model tags `evergreen.history.<seq>`
 (one JSON record per move), so it survives restarts and travels with the registry.
+
+MLflow has no transactions across writes, so every transition is ordered to be safe to stop
+anywhere (a killed process, a tracking server that goes away):
+
+- tags that carry a decision (gate results, rejection reasons) are written before the alias
+  move that acts on it, so whatever an alias reaches is fully described;
+- one alias move is the commit point of each transition; the writes after it (status tags,
+  removing the alias the version came from) are completed by `settle` if they are lost;
+- each move is written ahead to the history as pending and marked done after the alias
+  write, so the history neither misses a move nor shows one that did not happen.
+
+`settle` runs at the start of every registry operation (under the model's registry lock),
+so the next operation, whichever it is, finishes what an interrupted one left.
 """
 
 from __future__ import annotations
@@ -10,7 +23,7 @@ from __future__ import annotations
 import json
 from collections.abc import Iterator
 from contextlib import contextmanager
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime
 from typing import Any
 
@@ -18,6 +31,9 @@ CHAMPION, CHALLENGER, CANARY = "champion", "challenger", "canary"
 STATUS_TAG = "evergreen.status"
 HISTORY_PREFIX = "evergreen.history."
 STATUSES = ("candidate", "rejected", "canary", "champion", "retired")
+# States of an alias-history record: written ahead as pending, marked done once the alias has
+# moved, or abandoned when the move never happened (found pending by `settle`).
+PENDING, DONE, ABANDONED = "pending", "done", "abandoned"
 
 
 @dataclass(frozen=True)
@@ -47,6 +63,7 @@ class AliasMove:
     reason: str
     actor: str
     flow_run_id: str | None = None
+    state: str = DONE
 
     def to_dict(self) -> dict[str, Any]:
         return dict(self.__dict__)
@@ -128,49 +145,121 @@ def move_alias(
     actor: str,
     flow_run_id: str | None = None,
 ) -> AliasMove:
-    """Point `alias` at `to_version` (None removes it) and append the move to the history.
+    """Point `alias` at `to_version` (None removes it) and record the move in the history.
 
-    Callers serialize moves per model (see tasks/registry.py); MLflow's alias writes are
-    last-writer-wins.
+    The record is written first as pending and marked done after the alias write (see the
+    module docstring). An alias already where it is asked to go is left alone and nothing is
+    recorded, so re-running a transition changes nothing twice. Callers serialize moves per
+    model (see tasks/registry.py); MLflow's alias writes are last-writer-wins.
     """
     client = _client()
     current = version_by_alias(name, alias)
     from_version = current.version if current else None
-    if to_version is None:
-        if current is not None:
-            client.delete_registered_model_alias(name, alias)
-    else:
-        client.set_registered_model_alias(name, alias, str(to_version))
+    target = None if to_version is None else str(to_version)
     move = AliasMove(
         time=datetime.now(UTC).isoformat(),
         alias=alias,
         from_version=from_version,
-        to_version=None if to_version is None else str(to_version),
-        reason=reason,
+        to_version=target,
+        reason=reason[:2000],
         actor=actor,
         flow_run_id=flow_run_id,
+        state=PENDING,
     )
-    _append_history(name, move)
-    return move
+    if from_version == target:
+        return replace(move, state="unchanged")
+    key = _append_history(name, move)
+    if target is None:
+        client.delete_registered_model_alias(name, alias)
+    else:
+        client.set_registered_model_alias(name, alias, target)
+    done = replace(move, state=DONE)
+    client.set_registered_model_tag(name, key, json.dumps(done.to_dict()))
+    return done
 
 
-def _append_history(name: str, move: AliasMove) -> None:
+def _append_history(name: str, move: AliasMove) -> str:
     client = _client()
     tags = client.get_registered_model(name).tags or {}
     seq = 1 + max((int(k[len(HISTORY_PREFIX) :]) for k in tags if k.startswith(HISTORY_PREFIX)), default=0)
-    client.set_registered_model_tag(name, f"{HISTORY_PREFIX}{seq:06d}", json.dumps(move.to_dict()))
+    key = f"{HISTORY_PREFIX}{seq:06d}"
+    client.set_registered_model_tag(name, key, json.dumps(move.to_dict()))
+    return key
 
 
-def alias_history(name: str) -> list[AliasMove]:
-    """Every recorded alias move of the model, oldest first."""
+def _history_records(name: str) -> list[tuple[str, AliasMove]]:
     from mlflow.exceptions import MlflowException
 
     try:
         tags = _client().get_registered_model(name).tags or {}
     except MlflowException:
         return []
-    rows = [json.loads(v) for k, v in sorted(tags.items()) if k.startswith(HISTORY_PREFIX)]
-    return [AliasMove(**r) for r in rows]
+    return [(k, AliasMove(**json.loads(v))) for k, v in sorted(tags.items()) if k.startswith(HISTORY_PREFIX)]
+
+
+def alias_history(name: str, include_unsettled: bool = False) -> list[AliasMove]:
+    """Every alias move of the model that happened, oldest first (with `include_unsettled`,
+    also pending and abandoned records)."""
+    return [m for _, m in _history_records(name) if include_unsettled or m.state == DONE]
+
+
+def settle(name: str, actor: str, flow_run_id: str | None = None) -> list[str]:
+    """Finish what an interrupted transition left; returns what was done (empty: nothing).
+
+    Every partial state the transitions below can leave is unambiguous:
+    a pending history record (done if the alias moved, else abandoned); `challenger` or
+    `canary` on a version already tagged rejected (the removal was lost); `challenger` on the
+    canary (start_canary lost its last step); `canary` on the champion (promote_canary lost
+    its last steps); a status tag that lags behind the aliases (the champion's not
+    `champion`, a canary's not `canary`, an old champion without the alias not `retired`).
+    Call it holding the model's registry lock.
+    """
+    from mlflow.exceptions import MlflowException
+
+    client = _client()
+    try:
+        client.get_registered_model(name)
+    except MlflowException:
+        return []  # nothing registered yet
+    fixed: list[str] = []
+    for key, move in _history_records(name):
+        if move.state != PENDING:
+            continue
+        now = version_by_alias(name, move.alias)
+        moved = (now.version if now else None) == move.to_version
+        client.set_registered_model_tag(name, key, json.dumps(replace(move, state=DONE if moved else ABANDONED).to_dict()))
+        fixed.append(f"history {key}: {move.alias} -> {move.to_version} {'done' if moved else 'never happened'}")
+
+    def finish(alias: str, why: str) -> None:
+        move_alias(name, alias, None, f"settled: {why}", actor, flow_run_id)
+        fixed.append(f"removed {alias}: {why}")
+
+    champion = version_by_alias(name, CHAMPION)
+    canary = version_by_alias(name, CANARY)
+    challenger = version_by_alias(name, CHALLENGER)
+    if canary is not None and champion is not None and canary.version == champion.version:
+        finish(CANARY, f"v{canary.version} was promoted to champion")
+        canary = None
+    if canary is not None and canary.status == "rejected":
+        finish(CANARY, f"v{canary.version} was rejected")
+        canary = None
+    if challenger is not None and challenger.status == "rejected":
+        finish(CHALLENGER, f"v{challenger.version} was rejected")
+        challenger = None
+    if challenger is not None and canary is not None and challenger.version == canary.version:
+        finish(CHALLENGER, f"v{challenger.version} became the canary")
+        challenger = None
+    expected = {v.version: s for v, s in ((challenger, "candidate"), (canary, "canary"), (champion, "champion")) if v is not None}
+    for version, status in expected.items():
+        info = get_version(name, version)
+        if info.status != status and not (status == "candidate" and info.status is None):
+            set_tags(name, version, {STATUS_TAG: status})
+            fixed.append(f"v{version} status {info.status} -> {status}")
+    for info in list_versions(name):
+        if info.status == "champion" and info.version not in expected:
+            set_tags(name, info.version, {STATUS_TAG: "retired"})
+            fixed.append(f"v{info.version} status champion -> retired (no longer champion)")
+    return fixed
 
 
 # ----------------------------------------------------------------------- model files in MLflow
@@ -264,7 +353,9 @@ def load_alias(name: str, alias: str) -> LoadedModel | None:
 
 # ----------------------------------------------------------------------- lifecycle transitions
 # Each is a registry write that follows a decision made elsewhere (evergreen.gate,
-# evergreen.canary); callers hold the model's registry lock.
+# evergreen.canary); callers hold the model's registry lock and have called `settle`. The
+# comment `commit` marks the write after which the transition counts as done: what follows
+# it is finished by `settle` if the process stops there.
 
 
 def _gate_tags(results: dict[str, Any]) -> dict[str, str]:
@@ -273,15 +364,17 @@ def _gate_tags(results: dict[str, Any]) -> dict[str, str]:
 
 def start_canary(name: str, version: str, results: dict[str, Any], actor: str, flow_run_id: str | None) -> None:
     """Gate passed: the challenger becomes the canary."""
-    set_tags(name, version, {STATUS_TAG: "canary", **_gate_tags(results)})
-    move_alias(name, CANARY, version, "gate passed", actor, flow_run_id)
+    set_tags(name, version, _gate_tags(results))
+    move_alias(name, CANARY, version, "gate passed", actor, flow_run_id)  # commit
+    set_tags(name, version, {STATUS_TAG: "canary"})
     if (c := version_by_alias(name, CHALLENGER)) is not None and c.version == version:
         move_alias(name, CHALLENGER, None, "challenger became canary", actor, flow_run_id)
 
 
 def reject_challenger(name: str, version: str, results: dict[str, Any], reasons: list[str], actor: str, flow_run_id: str | None) -> None:
     """Gate failed: the version is rejected with the reasons; the champion is untouched."""
-    set_tags(name, version, {STATUS_TAG: "rejected", "evergreen.rejected.reasons": "; ".join(reasons)[:4900], **_gate_tags(results)})
+    set_tags(name, version, {"evergreen.rejected.reasons": "; ".join(reasons)[:4900], **_gate_tags(results)})
+    set_tags(name, version, {STATUS_TAG: "rejected"})  # commit
     if (c := version_by_alias(name, CHALLENGER)) is not None and c.version == version:
         move_alias(name, CHALLENGER, None, "gate failed: " + "; ".join(reasons)[:500], actor, flow_run_id)
 
@@ -290,9 +383,11 @@ def promote_canary(name: str, canary_version: str, reason: str, actor: str, flow
     """The canary takes over: `champion` moves to it, the old champion is retired (and kept
     as the rollback target). Returns the previous champion version."""
     old = version_by_alias(name, CHAMPION)
-    move_alias(name, CHAMPION, canary_version, reason, actor, flow_run_id)
+    if old is not None and old.version == canary_version:
+        return previous_champion(name)  # already promoted (settle removes the canary alias)
+    move_alias(name, CHAMPION, canary_version, reason, actor, flow_run_id)  # commit
     set_tags(name, canary_version, {STATUS_TAG: "champion"})
-    if old is not None and old.version != canary_version:
+    if old is not None:
         set_tags(name, old.version, {STATUS_TAG: "retired"})
     move_alias(name, CANARY, None, f"canary v{canary_version} promoted", actor, flow_run_id)
     return old.version if old else None
@@ -300,7 +395,8 @@ def promote_canary(name: str, canary_version: str, reason: str, actor: str, flow
 
 def reject_canary(name: str, canary_version: str, reason: str, actor: str, flow_run_id: str | None) -> None:
     """The canary is worse: it stops serving and is rejected."""
-    set_tags(name, canary_version, {STATUS_TAG: "rejected", "evergreen.rejected.reasons": reason[:4900]})
+    set_tags(name, canary_version, {"evergreen.rejected.reasons": reason[:4900]})
+    set_tags(name, canary_version, {STATUS_TAG: "rejected"})  # commit
     move_alias(name, CANARY, None, reason, actor, flow_run_id)
 
 
@@ -317,18 +413,23 @@ def previous_champion(name: str) -> str | None:
 
 
 def roll_back_champion(name: str, to_version: str, reason: str, actor: str, flow_run_id: str | None) -> str | None:
-    """`champion` back to `to_version`; any canary removed. Returns the version rolled back from."""
+    """`champion` back to `to_version`; any canary removed. Returns the version rolled back from.
+
+    The champion moves first: a rollback is an emergency, and getting the bad version out of
+    service must not wait on anything else."""
     current = version_by_alias(name, CHAMPION)
-    if (canary := version_by_alias(name, CANARY)) is not None:
+    canary = version_by_alias(name, CANARY)
+    if canary is not None and canary.version != to_version:
         set_tags(name, canary.version, {STATUS_TAG: "rejected", "evergreen.rejected.reasons": f"rollback: {reason}"[:4900]})
+    moved = current is None or current.version != to_version
+    if moved:
+        move_alias(name, CHAMPION, to_version, f"rollback: {reason}", actor, flow_run_id)  # commit
+        set_tags(name, to_version, {STATUS_TAG: "champion"})
+        if current is not None:
+            set_tags(name, current.version, {STATUS_TAG: "retired", "evergreen.rolled_back.reason": reason[:4900]})
+    if canary is not None:
         move_alias(name, CANARY, None, f"rollback: {reason}", actor, flow_run_id)
-    if current is not None and current.version == to_version:
-        return None
-    move_alias(name, CHAMPION, to_version, f"rollback: {reason}", actor, flow_run_id)
-    set_tags(name, to_version, {STATUS_TAG: "champion"})
-    if current is not None:
-        set_tags(name, current.version, {STATUS_TAG: "retired", "evergreen.rolled_back.reason": reason[:4900]})
-    return current.version if current else None
+    return current.version if moved and current is not None else None
 
 
 REFERENCE_ARTIFACT = "reference/monitor_reference.parquet"

@@ -13,6 +13,7 @@ from evergreen.reports import PromotionResult
 from evergreen.telemetry import disable_telemetry
 from tasks import promotion
 from tasks.events import emit
+from tasks.registry import settle_registry
 
 MODEL_PROMOTED = "evergreen.model.promoted"
 MODEL_ROLLED_BACK = "evergreen.model.rolled_back"
@@ -23,6 +24,7 @@ def canary_review(config: str | ModelConfig = "car-loan") -> State:
     disable_telemetry()
     cfg = resolve_config(config)
     name = cfg.mlflow.model_name
+    settle_registry(cfg)  # an interrupted earlier run is finished first
     canary_v = promotion.resolve_alias(cfg, registry.CANARY)
     if canary_v is None:
         return Completed(message="no canary to review", data=PromotionResult(model_name=name, decision="skipped", reasons=["no canary"]))

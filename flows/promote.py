@@ -12,6 +12,7 @@ from evergreen.reports import PromotionResult
 from evergreen.telemetry import disable_telemetry
 from tasks import promotion
 from tasks.events import emit
+from tasks.registry import settle_registry
 
 GATE_PASSED = "evergreen.gate.passed"
 GATE_FAILED = "evergreen.gate.failed"
@@ -23,6 +24,7 @@ def promote(config: str | ModelConfig = "car-loan", version: str | None = None) 
     """Gate the `challenger` (or the registered `version` the event names) against `champion`."""
     disable_telemetry()
     cfg = resolve_config(config)
+    settle_registry(cfg)  # an interrupted earlier run is finished first
     challenger = promotion.load_alias(cfg, "challenger")
     if challenger is None or (version is not None and challenger.version.version != str(version)):
         msg = f"no challenger to gate (challenger: {challenger and challenger.version.version}, asked: {version})"
@@ -40,7 +42,9 @@ def promote(config: str | ModelConfig = "car-loan", version: str | None = None) 
     ch = promotion.measure_model(challenger, fresh, cfg)
     cp = promotion.measure_model(champion, fresh, cfg) if champion is not None else None
     decision = promotion.decide_promotion(ch, cp, fresh, cfg)
-    promotion.apply_gate_decision(cfg, challenger.version.version, decision)
+    if not promotion.apply_gate_decision(cfg, challenger.version.version, decision):
+        msg = f"v{challenger.version.version} was decided otherwise by a concurrent run, or replaced; nothing applied"
+        return Completed(message=msg, data=PromotionResult(model_name=cfg.mlflow.model_name, decision="skipped", reasons=[msg]))
 
     payload = {
         "version": challenger.version.version,

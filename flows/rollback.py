@@ -11,6 +11,7 @@ from evergreen.reports import PromotionResult
 from evergreen.telemetry import disable_telemetry
 from tasks import promotion
 from tasks.events import emit
+from tasks.registry import settle_registry
 
 MODEL_ROLLED_BACK = "evergreen.model.rolled_back"
 
@@ -25,6 +26,7 @@ def rollback(
     """Idempotent: with `from_version`, nothing happens once the champion is no longer it."""
     disable_telemetry()
     cfg = resolve_config(config)
+    settle_registry(cfg)  # an interrupted earlier run is finished first
     outcome = promotion.roll_back(cfg, to_version, from_version, reason)
     rolled_from, now = outcome.rolled_back_from, outcome.champion
     name = cfg.mlflow.model_name

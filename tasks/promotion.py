@@ -54,15 +54,27 @@ def decide_promotion(
 
 
 @task(name="apply-gate-decision", cache_policy=NO_CACHE, retries=2, retry_delay_seconds=2)
-def apply_gate_decision(config: ModelConfig, version: str, decision: gate.GateDecision) -> None:
-    """Pass: challenger -> canary. Fail: version rejected, challenger alias removed."""
+def apply_gate_decision(config: ModelConfig, version: str, decision: gate.GateDecision) -> bool:
+    """Pass: challenger -> canary. Fail: version rejected, challenger alias removed.
+
+    When `challenger` no longer points at `version`, nothing is written: returns True if the
+    registry already holds this decision (a retry after the writes went through, or a
+    concurrent run that decided the same), False if it holds another one or a newer
+    candidate replaced the version while it was gated."""
     tracking.connect(config.mlflow)
     name, results = config.mlflow.model_name, decision.to_dict()
     with registry_lock(config):
+        current = registry.version_by_alias(name, registry.CHALLENGER)
+        if current is None or current.version != version:
+            if decision.passed:
+                canary_now = registry.version_by_alias(name, registry.CANARY)
+                return canary_now is not None and canary_now.version == version
+            return registry.get_version(name, version).status == "rejected"
         if decision.passed:
             registry.start_canary(name, version, results, actor(), current_flow_run_id())
         else:
             registry.reject_challenger(name, version, results, decision.reasons, actor(), current_flow_run_id())
+    return True
 
 
 @task(name="drop-challenger-alias", cache_policy=NO_CACHE, retries=2, retry_delay_seconds=2)

@@ -18,10 +18,17 @@ def lock_name(config: ModelConfig) -> str:
     return f"evergreen-registry-{config.name}"
 
 
+# The shortest lease the Prefect server accepts. The holder renews it while it holds the lock;
+# a holder that is killed (SIGKILL, lost machine) blocks the next registry write for at most
+# this long plus the server's repossessor interval, not for Prefect's default of 300 s.
+LOCK_LEASE_SECONDS = 60.0
+
+
 @contextmanager
-def registry_lock(config: ModelConfig, timeout_seconds: float = 600) -> Iterator[None]:
-    """Serialize alias moves of one model with a Prefect global concurrency limit of 1
-    (MLflow alias writes are last-writer-wins)."""
+def registry_lock(config: ModelConfig, timeout_seconds: float = 600) -> Iterator[list[str]]:
+    """Serialize registry writes of one model with a Prefect global concurrency limit of 1
+    (MLflow alias writes are last-writer-wins). Once held, whatever an interrupted earlier
+    operation left is finished first (`registry.settle`); yields what that did."""
     from prefect.client.orchestration import get_client
     from prefect.concurrency.sync import concurrency
 
@@ -34,8 +41,23 @@ def registry_lock(config: ModelConfig, timeout_seconds: float = 600) -> Iterator
                 client.upsert_global_concurrency_limit_by_name(name, limit=1)
             except Exception:
                 client.read_global_concurrency_limit_by_name(name)
-    with concurrency(name, occupy=1, timeout_seconds=timeout_seconds, strict=True):
-        yield
+    with concurrency(name, occupy=1, timeout_seconds=timeout_seconds, lease_duration=LOCK_LEASE_SECONDS, strict=True):
+        fixed = registry.settle(config.mlflow.model_name, actor(), current_flow_run_id())
+        if fixed:
+            _log().warning("finished an interrupted registry operation of %s: %s", config.mlflow.model_name, "; ".join(fixed))
+        yield fixed
+
+
+def _log():  # noqa: ANN202
+    import logging
+
+    from prefect.exceptions import MissingContextError
+    from prefect.logging import get_run_logger
+
+    try:
+        return get_run_logger()
+    except MissingContextError:
+        return logging.getLogger("evergreen.registry")
 
 
 def actor() -> str:
@@ -60,17 +82,31 @@ def register_candidate(
     config: ModelConfig, model_uri: str, run_id: str, tags: dict[str, str]
 ) -> Registration:
     """New version with alias `challenger` and status candidate; with no champion yet it also
-    becomes `champion` (bootstrap)."""
+    becomes `champion` (bootstrap).
+
+    The version is created with all its tags in one write, before any alias reaches it; a
+    process killed before the alias move leaves an unreachable candidate, like a superseded
+    one. In a bootstrap `champion` moves before `challenger`, so the service gets its model
+    even if the second move is lost."""
     tracking.connect(config.mlflow)
     name = config.mlflow.model_name
     with registry_lock(config):
         bootstrap = registry.version_by_alias(name, registry.CHAMPION) is None
-        status = "champion" if bootstrap else "candidate"
         version = registry.create_version(
-            name, model_uri, run_id, {**tags, registry.STATUS_TAG: status, "evergreen.bootstrap": str(bootstrap).lower()}
+            name, model_uri, run_id, {**tags, registry.STATUS_TAG: "candidate", "evergreen.bootstrap": str(bootstrap).lower()}
         )
         who, run = actor(), current_flow_run_id()
-        registry.move_alias(name, registry.CHALLENGER, version.version, "retrained candidate", who, run)
         if bootstrap:
             registry.move_alias(name, registry.CHAMPION, version.version, "bootstrap: empty registry", who, run)
+            registry.set_tags(name, version.version, {registry.STATUS_TAG: "champion"})
+        registry.move_alias(name, registry.CHALLENGER, version.version, "retrained candidate", who, run)
     return Registration(registry.get_version(name, version.version), bootstrap)
+
+
+@task(name="settle-registry", cache_policy=NO_CACHE, retries=2, retry_delay_seconds=2)
+def settle_registry(config: ModelConfig) -> list[str]:
+    """Finish what an interrupted registry operation of this model left (see
+    `evergreen.registry.settle`); returns what was done."""
+    tracking.connect(config.mlflow)
+    with registry_lock(config) as fixed:
+        return fixed
