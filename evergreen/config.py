@@ -71,6 +71,9 @@ class DataConfig(_Section):
     start_date: str = "2019-01-01"
     min_batch_rows: int = Field(1, ge=0)
     max_batch_rows: int = Field(5_000_000, ge=1)
+    max_unknown_label_fraction: float = Field(
+        0.1, ge=0, le=1, description="share of a labels file's ids that no batch served, tolerated"
+    )
 
     def path(self, name: str) -> str:
         """Absolute path (or fsspec URL) of a data location named by a field."""

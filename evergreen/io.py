@@ -5,18 +5,57 @@ Small, explicit adapters: the core never opens files anywhere else.
 
 from __future__ import annotations
 
+import contextlib
 import io
 import json
 import uuid
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import PurePosixPath
 from typing import Any
 
 import pandas as pd
 
+READABLE_EXPECTATION = "expect_file_to_be_readable"
+ROW_COUNT_EXPECTATION = "expect_table_row_count_to_be_between"
+_OTHER_DELIMITERS = (";", "\t", "|")
+
 
 class DataReadError(ValueError):
-    """A data file that cannot be read; the message names the file and why."""
+    """A data file that cannot be read; the message names the file and why.
+
+    `expectation` and `column` say which check the file failed, in the same words the
+    validation report uses (a file that cannot be read fails `expect_file_to_be_readable`).
+    """
+
+    def __init__(
+        self,
+        message: str,
+        *,
+        expectation: str = READABLE_EXPECTATION,
+        column: str | None = None,
+        observed: Any = None,
+        expected: Any = None,
+    ) -> None:
+        super().__init__(message)
+        self.expectation = expectation
+        self.column = column
+        self.observed = observed
+        self.expected = expected
+
+
+class TableTooLargeError(DataReadError):
+    """A table with more rows than allowed, found before its data is read."""
+
+    def __init__(self, path: str, rows: int | None, max_rows: int) -> None:
+        counted = f"{rows:,} rows" if rows is not None else f"more than {max_rows:,} rows"
+        super().__init__(
+            f"{path}: {counted}; at most {max_rows:,} allowed (data.max_batch_rows) — split the "
+            "batch upstream or raise the limit",
+            expectation=ROW_COUNT_EXPECTATION,
+            observed=rows,
+            expected={"max_value": max_rows},
+        )
 
 
 def _fs(path: str) -> tuple[Any, str]:
@@ -26,8 +65,20 @@ def _fs(path: str) -> tuple[Any, str]:
     return fs, paths[0]
 
 
-def read_table(path: str) -> pd.DataFrame:
-    """Read a Parquet or CSV table; errors name the file and what is wrong with it."""
+def read_table(
+    path: str,
+    *,
+    max_rows: int | None = None,
+    datetime_columns: Sequence[str] = (),
+    columns: Sequence[str] | None = None,
+) -> pd.DataFrame:
+    """Read a Parquet or CSV table; errors name the file and what is wrong with it.
+
+    `max_rows` refuses a larger table before its data is read (from the Parquet footer; a
+    CSV is parsed no further than one row past the limit). CSV must be comma-separated
+    UTF-8; `datetime_columns` of a CSV are parsed as ISO 8601 datetimes (Parquet keeps
+    its types). `columns` reads only those columns (all must exist).
+    """
     fs, p = _fs(path)
     if not fs.exists(p):
         raise DataReadError(f"{path}: file not found")
@@ -41,17 +92,79 @@ def read_table(path: str) -> pd.DataFrame:
         raise DataReadError(f"{path}: file is empty (0 bytes)")
     try:
         if suffix == ".csv":
-            try:
-                text = raw.decode("utf-8")
-            except UnicodeDecodeError as exc:
-                raise DataReadError(f"{path}: not valid UTF-8 text at byte {exc.start}") from exc
-            return pd.read_csv(io.StringIO(text))
-        return pd.read_parquet(io.BytesIO(raw))
+            return _read_csv(path, raw, max_rows, datetime_columns, columns)
+        return _read_parquet(path, raw, max_rows, columns)
     except DataReadError:
         raise
     except Exception as exc:  # pyarrow/pandas raise many types for corrupt files
         kind = "CSV" if suffix == ".csv" else "Parquet"
         raise DataReadError(f"{path}: not a readable {kind} file ({type(exc).__name__}: {exc})") from exc
+
+
+def _read_parquet(
+    path: str, raw: bytes, max_rows: int | None, columns: Sequence[str] | None = None
+) -> pd.DataFrame:
+    if max_rows is not None:
+        import pyarrow.parquet as pq
+
+        # The footer holds the row count: a huge batch is refused before it is decoded.
+        rows = pq.ParquetFile(io.BytesIO(raw)).metadata.num_rows
+        if rows > max_rows:
+            raise TableTooLargeError(path, rows, max_rows)
+    return pd.read_parquet(io.BytesIO(raw), columns=None if columns is None else list(columns))
+
+
+def _read_csv(
+    path: str,
+    raw: bytes,
+    max_rows: int | None,
+    datetime_columns: Sequence[str],
+    columns: Sequence[str] | None = None,
+) -> pd.DataFrame:
+    try:
+        text = raw.decode("utf-8")
+    except UnicodeDecodeError as exc:
+        raise _not_utf8(path, raw, exc) from exc
+    header = text.split("\n", 1)[0]
+    if "," not in header:
+        found = [d for d in _OTHER_DELIMITERS if d in header]
+        if found:
+            shown = "tab" if found[0] == "\t" else repr(found[0])
+            raise DataReadError(
+                f"{path}: the header has no ',' but {header.count(found[0])} {shown}: the file is "
+                f"{shown}-delimited; Evergreen reads comma-separated CSV — re-export it with ','",
+                observed=found[0],
+                expected=",",
+            )
+    nrows = None if max_rows is None else max_rows + 1
+    usecols = None if columns is None else list(columns)
+    frame = pd.read_csv(io.StringIO(text), nrows=nrows, usecols=usecols)
+    if max_rows is not None and len(frame) > max_rows:
+        raise TableTooLargeError(path, None, max_rows)
+    for name in datetime_columns:
+        if name in frame.columns and not pd.api.types.is_datetime64_any_dtype(frame[name]):
+            # Text that does not parse stays text: validation names the column and its type.
+            with contextlib.suppress(ValueError, TypeError):
+                frame[name] = pd.to_datetime(frame[name], format="ISO8601")
+    return frame
+
+
+def _not_utf8(path: str, raw: bytes, exc: UnicodeDecodeError) -> DataReadError:
+    """Where the first byte that is not UTF-8 is: line, and column by the header's names."""
+    at = exc.start
+    line = raw.count(b"\n", 0, at) + 1
+    line_start = raw.rfind(b"\n", 0, at) + 1
+    names = raw.split(b"\n", 1)[0].decode("utf-8", errors="replace").rstrip("\r").split(",")
+    field = raw[line_start:at].count(b",")
+    column = names[field] if field < len(names) else None
+    where = f"line {line}" + (f", column {column!r}" if column else "")
+    return DataReadError(
+        f"{path}: not valid UTF-8 text at byte {at} ({where}: {raw[at:at + 4]!r}); Evergreen "
+        "reads UTF-8 — re-export the file as UTF-8",
+        column=column,
+        observed=f"byte {at}",
+        expected="utf-8",
+    )
 
 
 def write_table(df: pd.DataFrame, path: str) -> None:

@@ -2,10 +2,19 @@
 
 from __future__ import annotations
 
+import dataclasses
+
 import pandas as pd
 
 from evergreen import io, ledger
 from evergreen.config import ModelConfig
+from evergreen.validation import (
+    ExpectationFailure,
+    ValidationReport,
+    ValidationStatistics,
+    unreadable_report,
+    validate_labels,
+)
 from evergreen.window import LabelledBatch, join_labels
 
 
@@ -61,3 +70,80 @@ def read_fresh_labelled(config: ModelConfig, after: pd.Timestamp | None = None) 
         if len(fresh) >= config.gate.min_rows:
             frame = fresh
     return frame.tail(config.gate.evaluation_rows).reset_index(drop=True)
+
+
+def check_label_files(config: ModelConfig, up_to_day: str | None = None) -> list[ValidationReport]:
+    """Each labels file delivered so far, checked on its own (`validation.validate_labels`):
+    readable, id and target present, ids unique, targets possible for the problem type, at
+    most `data.max_unknown_label_fraction` of its ids unknown to every batch file (the
+    batches the monitor rejected count as served), and no id labelled by an earlier file."""
+    id_col = config.columns.id
+    served: list[pd.Series] = []
+    unreadable: list[str] = []
+    for b in io.list_batches(config.data.path("batches")):
+        try:
+            served.append(io.read_table(b.path, columns=[id_col])[id_col])
+        except (io.DataReadError, KeyError, ValueError):
+            unreadable.append(b.day)
+    known = pd.concat(served, ignore_index=True) if served else pd.Series([], dtype="int64")
+    reports = []
+    earlier: list[pd.Series] = []
+    for f in io.list_batches(config.data.path("labels")):
+        if up_to_day is not None and f.day > up_to_day:
+            continue
+        try:
+            labels = io.read_table(f.path)
+        except io.DataReadError as exc:
+            reports.append(unreadable_report(f.path, exc))
+            continue
+        report = validate_labels(
+            labels, known, config, batch_id=f.path,
+            max_unknown_fraction=config.data.max_unknown_label_fraction,
+        )
+        report = _with_unreadable_hint(report, unreadable, id_col)
+        if id_col in labels.columns:
+            report = _check_relabelled(report, labels[id_col], earlier, id_col)
+            earlier.append(labels[id_col])
+        reports.append(report)
+    return reports
+
+
+def _check_relabelled(
+    report: ValidationReport, ids: pd.Series, earlier: list[pd.Series], id_col: str
+) -> ValidationReport:
+    """Ids that an earlier labels file already labelled: which label holds is undecidable."""
+    seen = pd.concat(earlier, ignore_index=True) if earlier else ids.iloc[:0]
+    again = ids[ids.isin(seen)]
+    stats = ValidationStatistics(
+        evaluated=report.statistics.evaluated + 1,
+        successful=report.statistics.successful + int(again.empty),
+    )
+    if again.empty:
+        return dataclasses.replace(report, statistics=stats)
+    sample = [v.item() if hasattr(v, "item") else v for v in again.unique()[:5]]
+    failure = ExpectationFailure(
+        "expect_column_values_to_be_unique",
+        id_col,
+        {"unexpected_count": len(again), "sample": sample},
+        "ids not labelled by an earlier labels file",
+        f"{len(again)} labels repeat ids an earlier labels file already labelled (e.g. {sample}); "
+        "deliver each label once (replace the earlier file instead)",
+    )
+    return dataclasses.replace(
+        report, success=False, failures=[*report.failures, failure], statistics=stats
+    )
+
+
+def _with_unreadable_hint(report: ValidationReport, unreadable: list[str], id_col: str) -> ValidationReport:
+    """Labels of a batch whose file cannot be read look unknown: say so where it matters."""
+    if report.success or not unreadable:
+        return report
+    failures = [
+        dataclasses.replace(
+            f, message=f"{f.message}; batches {unreadable} cannot be read, their ids are unknown"
+        )
+        if f.expectation_type == "expect_column_values_to_be_in_set" and f.column == id_col
+        else f
+        for f in report.failures
+    ]
+    return dataclasses.replace(report, failures=failures)

@@ -24,6 +24,7 @@ import pandas as pd
 from pydantic import BaseModel, ConfigDict, Field, StrictBool, StrictFloat, StrictInt, StrictStr
 
 from evergreen.config import ModelConfig
+from evergreen.io import DataReadError
 
 ColumnKind = Literal["numeric", "string", "bool", "datetime"]
 ColumnRole = Literal["id", "timestamp", "feature", "prediction", "probability"]
@@ -33,6 +34,7 @@ NOW_PARAMETER = "evergreen_now"
 TYPE_EXPECTATION = "expect_column_values_to_be_in_type_list"
 EXIST_EXPECTATION = "expect_column_to_exist"
 CONSTANT_EXPECTATION = "expect_column_unique_value_count_to_be_between"
+COLUMNS_EXPECTATION = "expect_table_columns_to_match_set"
 
 
 class SuiteOptions(BaseModel):
@@ -95,6 +97,9 @@ class SuiteSpec(BaseModel):
     clock_skew_seconds: float = 300.0
     min_rows_for_constant_check: int = 100
     reference_rows: int = 0
+    allowed_extra: list[str] = Field(
+        default_factory=list, description="columns a batch may carry besides the suite's"
+    )
 
     def column(self, name: str) -> ColumnSpec:
         """The spec of column `name`; KeyError names the column when it is not in the suite."""
@@ -137,7 +142,11 @@ class ValidationStatistics:
 
 @dataclass(frozen=True)
 class ValidationReport:
-    """The outcome of validating one batch (or one labels file)."""
+    """The outcome of validating one batch (or one labels file).
+
+    `warnings` are findings that do not fail the batch (a column the reference lacks): they
+    are reported with the same fields as failures.
+    """
 
     success: bool
     batch_id: str
@@ -145,14 +154,19 @@ class ValidationReport:
     statistics: ValidationStatistics
     rows: int = 0
     seconds: float = 0.0
+    warnings: list[ExpectationFailure] = field(default_factory=list)
 
     def summary(self) -> str:
         """One line naming the batch and, on failure, each failing column and expectation."""
         stats = self.statistics
         if self.success:
+            warned = "".join(
+                f"; warning: {w.column or '(table)'}: {w.expectation_type} — {w.message}"
+                for w in self.warnings
+            )
             return (
                 f"batch {self.batch_id}: passed {stats.successful}/{stats.evaluated} expectations "
-                f"({self.rows:,} rows)"
+                f"({self.rows:,} rows){warned}"
             )
         shown = "; ".join(
             f"{f.column or '(table)'}: {f.expectation_type} — {f.message}"
@@ -177,6 +191,7 @@ class ValidationReport:
                 "unsuccessful": self.statistics.unsuccessful,
             },
             "failures": [f.to_dict() for f in self.failures],
+            "warnings": [w.to_dict() for w in self.warnings],
             "summary": self.summary(),
         }
 
@@ -243,6 +258,8 @@ def derive_suite(
         clock_skew_seconds=opts.clock_skew_seconds,
         min_rows_for_constant_check=opts.min_rows_for_constant_check if opts.check_constant else 0,
         reference_rows=len(reference),
+        # The serving version is logged with every row; a target may ride along for offline data.
+        allowed_extra=[cols.model_version, cols.target],
     )
 
 
@@ -360,6 +377,7 @@ class Validator:
             statistics=ValidationStatistics(evaluated=evaluated, successful=successful),
             rows=len(batch),
             seconds=time.perf_counter() - started,
+            warnings=structural.warnings,
         )
 
     def _now_bound(
@@ -462,6 +480,7 @@ def build_expectations(
 class StructuralCheck:
     checks: list[str] = field(default_factory=list)
     failures: list[ExpectationFailure] = field(default_factory=list)
+    warnings: list[ExpectationFailure] = field(default_factory=list)
 
 
 _ACCEPTED_KINDS: dict[str, set[str]] = {
@@ -476,10 +495,15 @@ _ACCEPTED_KINDS: dict[str, set[str]] = {
 def check_structure(batch: pd.DataFrame, spec: SuiteSpec) -> tuple[StructuralCheck, set[str]]:
     """Column existence and dtype kind, checked on dtypes only (cheap, and GX raises on them).
 
-    Returns the checks and the columns that must be left out of the GX suite.
+    Columns the suite does not know are warnings, not failures: producers add columns, and
+    monitoring and training read only the configured ones. A missing column is reported
+    with the unknown column that looks like it (a rename upstream). Returns the checks and
+    the columns that must be left out of the GX suite.
     """
     result = StructuralCheck()
     broken: set[str] = set()
+    known = {c.name for c in spec.columns} | set(spec.allowed_extra)
+    unexpected = list(dict.fromkeys(str(c) for c in batch.columns if str(c) not in known))
     result.checks.append("expect_table_columns_to_be_unique")
     dupes = sorted({str(c) for c in batch.columns[batch.columns.duplicated()]})
     if dupes:
@@ -503,7 +527,8 @@ def check_structure(batch: pd.DataFrame, spec: SuiteSpec) -> tuple[StructuralChe
                     col.name,
                     None,
                     col.name,
-                    f"column {col.name!r} ({col.role}) is missing; the batch must carry it",
+                    f"column {col.name!r} ({col.role}) is missing; the batch must carry it"
+                    + _rename_hint(col.name, unexpected),
                 )
             )
             continue
@@ -523,7 +548,47 @@ def check_structure(batch: pd.DataFrame, spec: SuiteSpec) -> tuple[StructuralChe
                     f"is {col.kind}; convert it before scoring",
                 )
             )
+    result.checks.append(COLUMNS_EXPECTATION)
+    for name in unexpected:
+        result.warnings.append(
+            ExpectationFailure(
+                COLUMNS_EXPECTATION,
+                name,
+                str(batch[name].dtype) if batch.columns.tolist().count(name) == 1 else None,
+                sorted(known),
+                f"column {name!r} is not in the reference; ignored (monitoring and retraining "
+                "use the configured columns only)",
+            )
+        )
     return result, broken
+
+
+def _rename_hint(missing: str, unexpected: list[str]) -> str:
+    import difflib
+
+    close = difflib.get_close_matches(missing, unexpected, n=1, cutoff=0.6)
+    if close:
+        return f"; the batch has {close[0]!r} instead — renamed upstream?"
+    if unexpected:
+        return f"; columns the reference lacks: {unexpected[:5]}"
+    return ""
+
+
+def unreadable_report(batch_id: str, error: DataReadError) -> ValidationReport:
+    """The report of a batch file that could not be read (or was refused before reading),
+    so it is rejected with the same fields as a batch that failed its expectations."""
+    message = str(error)
+    if message.startswith(f"{batch_id}: "):
+        message = message[len(batch_id) + 2 :]
+    failure = ExpectationFailure(
+        error.expectation, error.column, _plain(error.observed), _plain(error.expected), message
+    )
+    return ValidationReport(
+        success=False,
+        batch_id=batch_id,
+        failures=[failure],
+        statistics=ValidationStatistics(evaluated=1, successful=0),
+    )
 
 
 def check_constant(

@@ -16,6 +16,7 @@ from evergreen.config import ModelConfig
 from evergreen.ledger import BatchRecord
 from evergreen.reports import MonitorResult
 from evergreen.telemetry import disable_telemetry
+from evergreen.validation import unreadable_report
 from tasks import data, monitoring
 from tasks.events import emit
 from tasks.publish import log_monitor_run, publish_artifacts
@@ -63,28 +64,28 @@ def _monitor_batch(cfg: ModelConfig, f: io.BatchFile, suite, fitted) -> MonitorR
     logger = get_run_logger()
     run_id = str(flow_run.id) if flow_run.id else None
     try:
-        frame = data.load_batch(f.path)
+        frame = data.load_batch(f.path, cfg.data.max_batch_rows, [cfg.columns.timestamp])
         report = monitoring.validate_batch(frame, suite, f.path)
     except io.DataReadError as exc:
-        frame, report = None, None
-        message = str(exc)
-        failures = [{"expectation": "readable_file", "column": None, "message": message}]
-    if report is not None and report.success:
-        return _estimate(cfg, f, frame, fitted, run_id)
-    if report is not None:
-        message = report.summary()
-        failures = [x.to_dict() for x in report.failures]
+        frame, report = None, unreadable_report(f.path, exc)
+    warnings = [w.to_dict() for w in report.warnings]
+    if report.success:
+        if warnings:
+            logger.warning("batch %s accepted with warnings: %s", f.day, report.summary())
+        return _estimate(cfg, f, frame, fitted, run_id, warnings)
+    message = report.summary()
+    failures = [x.to_dict() for x in report.failures]
     logger.error("batch %s rejected: %s", f.day, message)
     event_id = emit(cfg, DATA_REJECTED, {"batch_id": f.day, "path": f.path, "failures": failures, "reason": message})
     result = MonitorResult(
         model=cfg.name, batch_id=f.day, batch_path=f.path, valid=False, message=message,
-        failures=failures, rows=0 if frame is None else len(frame), metric=cfg.metric,
+        failures=failures, warnings=warnings, rows=0 if frame is None else len(frame), metric=cfg.metric,
         events=[DATA_REJECTED], event_ids=[e for e in [event_id] if e],
     )
     return _publish(cfg, f, result, plots={}, chunks=[], run_id=run_id)
 
 
-def _estimate(cfg: ModelConfig, f: io.BatchFile, frame, fitted, run_id: str | None) -> MonitorResult:  # noqa: ANN001
+def _estimate(cfg: ModelConfig, f: io.BatchFile, frame, fitted, run_id: str | None, warnings: list[dict]) -> MonitorResult:  # noqa: ANN001
     labels = data.load_labels(cfg, f.day)
     report = monitoring.compute_monitor(fitted, frame, labels)
     realized_on = f.day if report.realized_metric is not None else None
@@ -106,7 +107,8 @@ def _estimate(cfg: ModelConfig, f: io.BatchFile, frame, fitted, run_id: str | No
     real = summary.get("realized_metric") or {}
     result = MonitorResult(
         model=cfg.name, batch_id=f.day, batch_path=f.path, valid=True,
-        message="; ".join(decision.reasons) or "no drift",
+        message="; ".join([*decision.reasons, *(f"warning: {w['message']}" for w in warnings)]) or "no drift",
+        warnings=warnings,
         drift_detected=decision.drift_detected, performance_degraded=decision.performance_degraded,
         features=summary.get("features", {}), multivariate=summary.get("multivariate"),
         estimated_metric=est.get("value"), realized_metric=real.get("value") if real else None,

@@ -4,9 +4,11 @@ from __future__ import annotations
 
 import pandas as pd
 from prefect import task
+from prefect.cache_policies import NO_CACHE
 
-from evergreen import io, ledger
+from evergreen import io, ledger, sources
 from evergreen.config import ModelConfig
+from evergreen.validation import ValidationReport
 
 
 def _transient(task, task_run, state) -> bool:  # noqa: ANN001 - Prefect's callback signature
@@ -21,9 +23,10 @@ def _transient(task, task_run, state) -> bool:  # noqa: ANN001 - Prefect's callb
 
 
 @task(name="load-batch", retries=2, retry_delay_seconds=1, retry_condition_fn=_transient)
-def load_batch(path: str) -> pd.DataFrame:
-    """Read one production batch (raises DataReadError naming the file when unreadable)."""
-    return io.read_table(path)
+def load_batch(path: str, max_rows: int | None = None, datetime_columns: list[str] | None = None) -> pd.DataFrame:
+    """Read one production batch (raises DataReadError naming the file when unreadable, and
+    before reading its data when it has more than `max_rows` rows)."""
+    return io.read_table(path, max_rows=max_rows, datetime_columns=datetime_columns or ())
 
 
 @task(name="load-monitor-reference", retries=2, retry_delay_seconds=1)
@@ -51,6 +54,12 @@ def load_monitor_reference(config: ModelConfig) -> pd.DataFrame:
 def load_labels(config: ModelConfig, up_to_day: str) -> pd.DataFrame | None:
     """Labels delivered on or before `up_to_day`."""
     return io.read_labels(config.data.path("labels"), up_to_day=up_to_day)
+
+
+@task(name="check-label-files", cache_policy=NO_CACHE, retries=2, retry_delay_seconds=1)
+def check_label_files(config: ModelConfig) -> list[ValidationReport]:
+    """Every labels file checked on its own: readable, possible targets, ids that were served."""
+    return sources.check_label_files(config)
 
 
 @task(name="pending-batches")

@@ -69,15 +69,21 @@ def realized_on_latest_labelled(
     fitted: monitoring.FittedMonitor, config: ModelConfig, day: str, labels: pd.DataFrame | None
 ) -> LatestRealized | None:
     """Labels arrive late: the realized metric of the most recent batch (up to `day`) whose
-    labels have arrived, with that batch's day; None when no batch is labelled yet."""
-    from evergreen import io
+    labels have arrived, with that batch's day; None when no batch is labelled yet.
+
+    Batches the monitor rejected are skipped: their labels may well arrive, but their data
+    is what failed validation."""
+    from evergreen import io, ledger
 
     if labels is None or not len(labels):
         return None
     known = set(labels[config.columns.id])
+    rejected = ledger.read_ledger(config.data.path("state")).rejected()
     for batch in reversed([b for b in io.list_batches(config.data.path("batches")) if b.day <= day]):
+        if batch.day in rejected:
+            continue
         try:
-            frame = io.read_table(batch.path)
+            frame = io.read_table(batch.path, max_rows=config.data.max_batch_rows)
         except io.DataReadError:
             continue
         if config.columns.id in frame and frame[config.columns.id].isin(known).any():

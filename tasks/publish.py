@@ -96,6 +96,8 @@ def _summary_markdown(result: MonitorResult, run: PublishedRun | None) -> str:
             lines.append(f"- multivariate reconstruction error: {mv.get('value')} (alert: {mv.get('alert')})")
     if result.reasons:
         lines += ["", "## Reasons", *[f"- {r}" for r in result.reasons]]
+    if result.warnings:
+        lines += ["", "## Warnings", *[f"- `{w.get('column')}`: {w.get('message')}" for w in result.warnings]]
     lines += ["", f"Events: {', '.join(result.events) or 'none'}"]
     if run:
         lines.append(f"\nMLflow run: [{run.run_id}]({run.url})")

@@ -13,12 +13,8 @@ ROOT = Path(__file__).resolve().parents[2]
 
 
 @pytest.fixture(scope="session", autouse=True)
-def prefect_server():
-    from prefect.testing.utilities import prefect_test_harness
-
-    # The harness server needs 20-40 s to start on this machine.
-    with prefect_test_harness(server_startup_timeout=120):
-        yield
+def prefect_server(prefect_harness):  # noqa: ANN001 - the session's harness (tests/conftest.py)
+    yield
 
 
 @pytest.fixture(autouse=True)
