@@ -18,9 +18,16 @@ import pandas as pd
 from evergreen.config import ColumnRoles, ProblemType
 from evergreen.jsonable import plain as _plain
 
-DriftKind = Literal["none", "covariate", "concept", "prior", "bad_data"]
-DRIFT_KINDS: tuple[str, ...] = ("none", "covariate", "concept", "prior", "bad_data")
-DRIFT_ALIASES = {"bad": "bad_data"}
+DriftKind = Literal["none", "covariate", "gradual_covariate", "concept", "prior", "bad_data"]
+DRIFT_KINDS: tuple[str, ...] = (
+    "none",
+    "covariate",
+    "gradual_covariate",
+    "concept",
+    "prior",
+    "bad_data",
+)
+DRIFT_ALIASES = {"bad": "bad_data", "gradual": "gradual_covariate"}
 CovariateMethod = Literal["resample", "additive"]
 BadDataKind = Literal["nulls", "out_of_range", "strings", "unseen_category"]
 BAD_DATA_KINDS: tuple[str, ...] = ("nulls", "out_of_range", "strings", "unseen_category")
@@ -105,6 +112,82 @@ def shift_covariates(
             rows_affected=len(region),
             features=list(features),
             params={"method": method, "strength": strength, "seed": seed},
+            effect=effect,
+        ),
+    )
+
+
+def shift_covariates_gradually(
+    df: pd.DataFrame,
+    columns: ColumnRoles,
+    features: list[str],
+    start: int = 0,
+    *,
+    ramp_rows: int | None = None,
+    steps: int = 10,
+    method: CovariateMethod = "resample",
+    strength: float = 1.0,
+    seed: int = 0,
+) -> Injection:
+    """Shift `features` a little more with every row from `start` on, reaching the full
+    `strength` after `ramp_rows` rows (default: half the drifted rows) and keeping it after.
+
+    "resample": the ramp is cut into `steps` equal segments, segment j is redrawn from its
+    own rows with strength * (j + 1) / steps (an exponential tilt, as in `shift_covariates`),
+    the rows after the ramp with the full strength; labels travel with their rows.
+    "additive": numeric features move by strength * min(1, (k + 1) / ramp_rows) reference
+    standard deviations at the k-th drifted row; categorical values are redrawn from the
+    tilted distribution with a probability growing the same way up to min(1, strength / 2).
+    """
+    start = _check_start(df, start)
+    _check_features(df, columns, features)
+    n = len(df) - start
+    ramp = n // 2 if ramp_rows is None else int(ramp_rows)
+    if ramp < 1 or steps < 1:
+        raise InjectionError(f"ramp_rows ({ramp_rows}) and steps ({steps}) must be at least 1")
+    ramp = min(ramp, n)
+    rng = np.random.default_rng(seed)
+    if method == "resample":
+        bounds = np.linspace(start, start + ramp, min(steps, ramp) + 1).round().astype(int)
+        segments = [
+            (int(a), int(b), strength * (j + 1) / (len(bounds) - 1))
+            for j, (a, b) in enumerate(zip(bounds[:-1], bounds[1:], strict=True))
+        ]
+        if start + ramp < len(df):
+            segments.append((start + ramp, len(df), strength))
+        parts = [df.iloc[:start]]
+        for a, b, s in segments:
+            weights = np.ones(b - a)
+            for name in features:
+                weights *= _tilt(df[name].iloc[a:b], name in columns.categorical, s)
+            parts.append(_resample_segment(df, a, b, weights, columns, rng))
+        out = pd.concat(parts)
+    elif method == "additive":
+        ramp_share = np.minimum(1.0, (np.arange(n) + 1) / ramp)
+        out = _add_shift(df, start, columns, features, strength, rng, ramp_share)
+    else:
+        raise InjectionError(
+            f"covariate method {method!r} is unknown; use 'resample' or 'additive'"
+        )
+    region = df.iloc[start:]
+    effect = {
+        name: _summary_change(region[name], out[name].iloc[start:], name in columns.categorical)
+        for name in features
+    }
+    return Injection(
+        frame=out,
+        description=DriftDescription(
+            kind="gradual_covariate",
+            start=start,
+            rows_affected=n,
+            features=list(features),
+            params={
+                "method": method,
+                "strength": strength,
+                "ramp_rows": ramp,
+                "steps": steps,
+                "seed": seed,
+            },
             effect=effect,
         ),
     )
@@ -313,8 +396,8 @@ def inject_drift(
     seed: int = 0,
     **params: Any,
 ) -> Injection:
-    """Apply one drift kind by name ("none", "covariate", "concept", "prior", "bad_data"
-    or its alias "bad").
+    """Apply one drift kind by name ("none", "covariate", "gradual_covariate", "concept",
+    "prior", "bad_data"; aliases "gradual" and "bad").
 
     `features` chooses the shifted features (covariate), the region feature (concept,
     first entry) or the corrupted column (bad_data, first entry; default: the first
@@ -332,6 +415,9 @@ def inject_drift(
     if kind == "covariate":
         chosen = features or columns.features[:2]
         return shift_covariates(df, columns, chosen, start, seed=seed, **params)
+    if kind == "gradual_covariate":
+        chosen = features or columns.features[:2]
+        return shift_covariates_gradually(df, columns, chosen, start, seed=seed, **params)
     if kind == "concept":
         return drift_concept(
             df,
@@ -363,19 +449,31 @@ def _resample_from(
 
     Drawn positions are sorted so the drifted part keeps the source's slow trends in time.
     """
-    n = len(df) - start
-    if n == 0:
+    if len(df) == start:
         return df.copy()
+    return pd.concat([df.iloc[:start], _resample_segment(df, start, len(df), weights, columns, rng)])
+
+
+def _resample_segment(
+    df: pd.DataFrame,
+    begin: int,
+    end: int,
+    weights: np.ndarray,
+    columns: ColumnRoles,
+    rng: np.random.Generator,
+) -> pd.DataFrame:
+    """Rows begin..end-1 redrawn from themselves by weight; id and timestamp stay in place."""
+    n = end - begin
     p = np.asarray(weights, dtype=float)
     if not np.isfinite(p).all() or p.sum() <= 0:
         raise InjectionError("resampling weights must be finite and not all zero")
-    picks = np.sort(rng.choice(n, size=n, replace=True, p=p / p.sum())) + start
+    picks = np.sort(rng.choice(n, size=n, replace=True, p=p / p.sum())) + begin
     region = df.iloc[picks].copy()
-    region.index = df.index[start:]
+    region.index = df.index[begin:end]
     for name in (columns.id, columns.timestamp):
         if name in df.columns:
-            region[name] = df[name].iloc[start:].to_numpy()
-    return pd.concat([df.iloc[:start], region])
+            region[name] = df[name].iloc[begin:end].to_numpy()
+    return region
 
 
 def _add_shift(
@@ -385,16 +483,19 @@ def _add_shift(
     features: list[str],
     strength: float,
     rng: np.random.Generator,
+    ramp_share: np.ndarray | None = None,
 ) -> pd.DataFrame:
+    """Additive shift; `ramp_share` (one value in [0, 1] per drifted row) scales it per row."""
     out = df.copy()
     reference = df.iloc[:start] if start > 0 else df
+    share = np.ones(len(df) - start) if ramp_share is None else ramp_share
     for name in features:
         if name in columns.categorical:
             region = df[name].iloc[start:]
             weights = _category_weights(region, strength)
             cats = list(weights)
             p = np.array([weights[c] * (region == c).mean() for c in cats])
-            replace = rng.random(len(region)) < min(1.0, strength / 2)
+            replace = rng.random(len(region)) < min(1.0, strength / 2) * share
             draws = rng.choice(len(cats), size=len(region), p=p / p.sum())
             new = region.astype(object).to_numpy(copy=True)
             new[replace] = [cats[i] for i in draws[replace]]
@@ -404,7 +505,7 @@ def _add_shift(
         else:
             std = float(pd.to_numeric(reference[name]).std())
             shifted = pd.to_numeric(df[name]).astype(float)
-            shifted.iloc[start:] += strength * std
+            shifted.iloc[start:] += strength * std * share
             out[name] = shifted
     return out
 

@@ -276,10 +276,12 @@ def _inject(
     start_row = 0 if start_day is None else start_day * config.data.rows_per_batch
     params = dict(params)
     features = params.pop("features", None)
-    if drift == "covariate" and features is None:
+    if drift in ("covariate", "gradual_covariate") and features is None:
         # The two most important features: shifting them moves the model's metric too.
         importance = model.feature_importance()
         features = sorted(importance, key=lambda f: (-importance[f], f))[:2]
+    if "ramp_days" in params:  # gradual drift: the ramp in days of the stream
+        params["ramp_rows"] = int(params.pop("ramp_days")) * config.data.rows_per_batch
     return inject_drift(
         stream,
         config.columns,

@@ -13,6 +13,7 @@ from evergreen.inject import (
     drift_concept,
     inject_drift,
     shift_covariates,
+    shift_covariates_gradually,
     shift_prior,
 )
 
@@ -32,6 +33,8 @@ def columns(toy_config):
 KINDS = [
     ("covariate", {"features": ["x1", "color"]}),
     ("covariate", {"features": ["x1", "flag"], "method": "additive"}),
+    ("gradual_covariate", {"features": ["x1", "color"], "ramp_rows": 900, "steps": 5}),
+    ("gradual_covariate", {"features": ["x2", "flag"], "method": "additive", "ramp_rows": 900}),
     ("concept", {}),
     ("prior", {}),
     ("bad_data", {"bad_data_kind": "nulls"}),
@@ -106,6 +109,33 @@ def test_covariate_additive_moves_numeric_by_k_std(frame, columns):
     np.testing.assert_allclose(out["x2"].iloc[START:], expected)
     pd.testing.assert_series_equal(out["target"], frame["target"])
     assert result.description.effect["x2"]["shift_in_std"] == pytest.approx(2.0, rel=0.1)
+
+
+def test_gradual_additive_shift_ramps_up_then_holds(frame, columns):
+    ramp = 600
+    result = shift_covariates_gradually(
+        frame, columns, ["x2"], START, method="additive", strength=2.0, ramp_rows=ramp
+    )
+    moved = (result.frame["x2"] - frame["x2"]).iloc[START:].to_numpy()
+    std = frame["x2"].iloc[:START].std()
+    k = np.arange(len(moved))
+    np.testing.assert_allclose(moved, 2.0 * std * np.minimum(1.0, (k + 1) / ramp))
+    pd.testing.assert_series_equal(result.frame["target"], frame["target"])
+    assert result.description.kind == "gradual_covariate"
+    assert result.description.params["ramp_rows"] == ramp
+
+
+def test_gradual_resampling_shifts_more_over_time(frame, columns):
+    out = shift_covariates_gradually(
+        frame, columns, ["x1"], START, strength=2.0, ramp_rows=1500, steps=5, seed=0
+    ).frame
+    segment = 300
+    means = [out["x1"].iloc[START + j * segment : START + (j + 1) * segment].mean() for j in range(5)]
+    assert means[-1] - means[0] > 0.8 * frame["x1"].std()
+    assert all(b > a - 0.15 for a, b in zip(means, means[1:], strict=False))
+    # Rows after the ramp carry the full strength, like an abrupt shift of the same size.
+    full = out["x1"].iloc[START + 1500 :].mean() - frame["x1"].iloc[START + 1500 :].mean()
+    assert full > 1.2 * frame["x1"].std()
 
 
 def test_concept_drift_changes_labels_not_features_and_lowers_auc(frame, columns):

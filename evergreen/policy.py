@@ -1,0 +1,308 @@
+"""The retrain policy: one chunk's monitoring outcome plus the loop's state -> a decision.
+
+Pure (no Prefect, MLflow or NannyML). The same `decide` serves three callers:
+
+- the monitor flow, to decide which events to emit (`PolicyDecision.events`): the
+  configured signals that fired on this batch, held by the hysteresis (K of the last N
+  batches); the event payloads keep the contract of `AlertDecision.event_payloads`;
+- the backtest, to decide per chunk whether to retrain (`PolicyDecision.retrain`), for the
+  default policy and the baselines `never`, `always` and `schedule:K`;
+- anything that starts a retrain, through `check_start` (cooldown, minimum new labelled
+  rows, budget per period, a candidate still under review).
+
+Time is the data's clock (the newest batch timestamp), never the wall clock: a replay
+passes days in seconds and a cooldown still means hours of data.
+
+Rules of the default policy, in order:
+
+1. a batch rejected by validation triggers nothing (it is left out of training anyway);
+2. signals: each of `retrain.signals` (estimated_drop, realized_drop, multivariate_drift,
+   feature_drift) fires when `monitoring.decide_alerts` raised it on the batch, with the
+   thresholds of `monitoring.*`;
+3. hysteresis: an alert needs a configured signal on at least `hysteresis_k` of the last
+   `hysteresis_n` batches (this one included); the alert is what the events announce;
+4. an alert retrains unless a start check blocks it: a candidate under review, the
+   cooldown (`cooldown_hours` of data since the newest version was trained), fewer than
+   `min_new_rows` labelled rows newer than that version's training data, or
+   `max_retrains_per_period` retrains already in the last `period_days` days.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from datetime import datetime
+from typing import Any, Literal
+
+import pandas as pd
+
+from evergreen.config import RetrainPolicyConfig
+from evergreen.jsonable import plain
+from evergreen.monitoring import AlertDecision, AlertSignal
+
+SIGNALS = ("estimated_drop", "realized_drop", "multivariate_drift", "feature_drift")
+BASELINES = ("never", "always", "schedule")
+DEFAULT_SCHEDULE_EVERY = 7
+PolicyKind = Literal["default", "never", "always", "schedule"]
+Blocker = Literal["invalid", "no_alert", "candidate_pending", "cooldown", "min_new_rows", "budget"]
+
+
+class PolicyError(ValueError):
+    """A policy name or setting that cannot be used; the message names it."""
+
+
+@dataclass(frozen=True)
+class Policy:
+    """A named retrain policy: the configured one (`default`) or a baseline.
+
+    `never`: the first model serves forever. `always`: retrain after every chunk.
+    `schedule:K`: retrain every K chunks, whatever the monitor says. Only `default` applies
+    the signals, hysteresis and start checks of `config`; every policy alerts the same way.
+    """
+
+    name: str
+    kind: PolicyKind
+    config: RetrainPolicyConfig
+    every: int | None = None
+
+    @classmethod
+    def named(cls, name: str, config: RetrainPolicyConfig) -> Policy:
+        """`default`, `never`, `always`, `schedule` (every 7 chunks) or `schedule:K`."""
+        text = name.strip().lower()
+        if text in ("default", "never", "always"):
+            return cls(name=text, kind=text, config=config)  # type: ignore[arg-type]
+        if text == "schedule" or text.startswith("schedule:"):
+            raw = text.partition(":")[2] or str(DEFAULT_SCHEDULE_EVERY)
+            if not raw.isdigit() or int(raw) < 1:
+                raise PolicyError(f"policy {name!r}: schedule needs a whole number of chunks >= 1, e.g. schedule:7")
+            return cls(name=f"schedule:{int(raw)}", kind="schedule", config=config, every=int(raw))
+        raise PolicyError(f"unknown policy {name!r}; use default, never, always, schedule or schedule:K")
+
+    def settings(self) -> dict[str, Any]:
+        """What decides for this policy, as plain JSON (for reports)."""
+        if self.kind == "schedule":
+            return {"kind": "schedule", "every_chunks": self.every}
+        if self.kind != "default":
+            return {"kind": self.kind}
+        c = self.config
+        return {
+            "kind": "default",
+            "signals": list(c.signals),
+            "hysteresis": f"{c.hysteresis_k} of {c.hysteresis_n}",
+            "cooldown_hours": c.cooldown_hours,
+            "min_new_rows": c.min_new_rows,
+            "max_retrains_per_period": c.max_retrains_per_period,
+            "period_days": c.period_days,
+        }
+
+
+@dataclass(frozen=True)
+class ChunkObservation:
+    """What the monitor found on one chunk (batch).
+
+    `alerts` is `monitoring.decide_alerts` on the chunk's report (None when the chunk was
+    rejected and never monitored); `reason` says why a chunk was rejected.
+    """
+
+    chunk: str
+    valid: bool
+    alerts: AlertDecision | None = None
+    rows: int = 0
+    reason: str = ""
+
+
+@dataclass(frozen=True)
+class LoopState:
+    """What the loop knows besides the chunk. A field left None is not known to the caller,
+    and the check that needs it is not made here (the caller makes it elsewhere).
+
+    - `history`: configured signals that fired on each previous chunk, oldest first;
+    - `now`: data time of this chunk (its newest timestamp);
+    - `last_retrain_clock`: data time when the newest registered version was trained;
+    - `last_train_end`: end of that version's training data (`evergreen.train_end`);
+    - `new_labelled_rows`: labelled rows newer than `last_train_end` available now;
+    - `retrains_in_period`: retrains started in the last `period_days` days of data;
+    - `chunks_since_retrain`: chunks served since the last retrain (or the start);
+    - `candidate_pending`: a retrained version is still under review.
+    """
+
+    history: tuple[tuple[str, ...], ...] = ()
+    now: datetime | None = None
+    last_retrain_clock: datetime | None = None
+    last_train_end: datetime | None = None
+    new_labelled_rows: int | None = None
+    retrains_in_period: int | None = None
+    chunks_since_retrain: int | None = None
+    candidate_pending: bool = False
+
+
+@dataclass(frozen=True)
+class StartCheck:
+    """Whether a retrain may start now; `blocked_by` names the first check that failed."""
+
+    allowed: bool
+    reason: str
+    blocked_by: Blocker | None = None
+
+
+@dataclass(frozen=True)
+class PolicyDecision:
+    """The policy's verdict on one chunk.
+
+    `fired`: configured signals raised on this chunk; `alert`: held by the hysteresis;
+    `events`: the events to emit (name -> payload, plain JSON), present when `alert`;
+    `retrain`: whether to retrain now; `reason`: one sentence saying why (not).
+    """
+
+    chunk: str
+    policy: str
+    retrain: bool
+    reason: str
+    fired: list[str]
+    alert: bool
+    hysteresis: str
+    blocked_by: Blocker | None = None
+    signals: list[AlertSignal] = field(default_factory=list)
+    events: dict[str, dict[str, Any]] = field(default_factory=dict)
+
+    def to_dict(self) -> dict[str, Any]:
+        """Plain JSON types only."""
+        return plain(
+            {
+                "chunk": self.chunk,
+                "policy": self.policy,
+                "retrain": self.retrain,
+                "reason": self.reason,
+                "fired": self.fired,
+                "alert": self.alert,
+                "hysteresis": self.hysteresis,
+                "blocked_by": self.blocked_by,
+                "events": sorted(self.events),
+            }
+        )
+
+
+def fired_signals(observation: ChunkObservation, config: RetrainPolicyConfig) -> list[AlertSignal]:
+    """The alert signals of the chunk that the policy listens to (`retrain.signals`)."""
+    if not observation.valid or observation.alerts is None:
+        return []
+    wanted = set(config.signals)
+    return [s for s in observation.alerts.signals if s.kind in wanted]
+
+
+def decide(observation: ChunkObservation, state: LoopState, policy: Policy) -> PolicyDecision:
+    """Apply `policy` to one chunk (see the module docstring for the rules)."""
+    cfg = policy.config
+    signals = fired_signals(observation, cfg)
+    fired = list(dict.fromkeys(s.kind for s in signals))
+    window = [*state.history[-(cfg.hysteresis_n - 1) :], tuple(fired)] if cfg.hysteresis_n > 1 else [tuple(fired)]
+    hits = sum(1 for kinds in window if kinds)
+    alert = bool(fired) and hits >= cfg.hysteresis_k
+    hysteresis = f"{hits} of the last {len(window)} chunk(s) with a signal ({cfg.hysteresis_k} of {cfg.hysteresis_n} needed)"
+    base = PolicyDecision(
+        chunk=observation.chunk,
+        policy=policy.name,
+        retrain=False,
+        reason="",
+        fired=fired,
+        alert=alert,
+        hysteresis=hysteresis,
+        signals=signals,
+        events=_events(observation, signals, hysteresis, policy) if alert else {},
+    )
+    if policy.kind == "never":
+        return dataclasses.replace(base, reason="policy never: the first model serves forever")
+    if policy.kind == "always":
+        return dataclasses.replace(base, retrain=True, reason="policy always: retrain after every chunk")
+    if policy.kind == "schedule":
+        since = state.chunks_since_retrain
+        due = since is not None and policy.every is not None and since >= policy.every
+        why = f"{since} chunk(s) since the last retrain, schedule every {policy.every}"
+        return dataclasses.replace(base, retrain=due, reason=f"{'scheduled' if due else 'not due'}: {why}")
+
+    if not observation.valid:
+        reason = f"chunk rejected by validation, nothing to judge: {observation.reason}".rstrip(": ")
+        return dataclasses.replace(base, reason=reason, blocked_by="invalid")
+    if not fired:
+        return dataclasses.replace(base, reason="no configured signal fired", blocked_by="no_alert")
+    signal_text = "; ".join(s.reason for s in signals)
+    if not alert:
+        return dataclasses.replace(
+            base, reason=f"waiting for the hysteresis ({hysteresis}): {signal_text}", blocked_by="no_alert"
+        )
+    start = check_start(state, cfg)
+    if not start.allowed:
+        return dataclasses.replace(base, reason=f"{start.reason} (signals: {signal_text})", blocked_by=start.blocked_by)
+    return dataclasses.replace(base, retrain=True, reason=f"retrain: {signal_text} ({hysteresis}); {start.reason}")
+
+
+def check_start(state: LoopState, config: RetrainPolicyConfig) -> StartCheck:
+    """May a retrain start now? Candidate under review, cooldown, new labelled rows, budget
+    (in that order); checks whose inputs are None in `state` are skipped."""
+    if state.candidate_pending:
+        return StartCheck(False, "a retrained version is still under review", "candidate_pending")
+    done: list[str] = []
+    if state.now is not None and state.last_retrain_clock is not None:
+        hours = (_ts(state.now) - _ts(state.last_retrain_clock)) / pd.Timedelta(hours=1)
+        if hours < config.cooldown_hours:
+            return StartCheck(
+                False,
+                f"cooldown: {hours:.0f} h of data since the newest version was trained "
+                f"(< retrain.cooldown_hours={config.cooldown_hours:g})",
+                "cooldown",
+            )
+        done.append(f"{hours:.0f} h of data since the last retrain")
+    if state.new_labelled_rows is not None:
+        if state.new_labelled_rows < config.min_new_rows:
+            return StartCheck(
+                False,
+                f"only {state.new_labelled_rows} labelled rows newer than the newest version's "
+                f"training data (retrain.min_new_rows={config.min_new_rows})",
+                "min_new_rows",
+            )
+        done.append(f"{state.new_labelled_rows} new labelled rows")
+    if state.retrains_in_period is not None:
+        if state.retrains_in_period >= config.max_retrains_per_period:
+            return StartCheck(
+                False,
+                f"budget: {state.retrains_in_period} retrains in the last {config.period_days} days "
+                f"(retrain.max_retrains_per_period={config.max_retrains_per_period})",
+                "budget",
+            )
+        done.append(f"{state.retrains_in_period} of {config.max_retrains_per_period} retrains used in {config.period_days} days")
+    return StartCheck(True, ", ".join(done) or "no start check applies")
+
+
+def history_of(decisions: Sequence[PolicyDecision | Sequence[str]], config: RetrainPolicyConfig) -> tuple[tuple[str, ...], ...]:
+    """The hysteresis history (the last N - 1 entries) from earlier decisions or fired lists."""
+    keep = max(config.hysteresis_n - 1, 0)
+    if keep == 0:
+        return ()
+    items = [tuple(d.fired) if isinstance(d, PolicyDecision) else tuple(d) for d in decisions]
+    return tuple(items[-keep:])
+
+
+def _events(
+    observation: ChunkObservation, signals: list[AlertSignal], hysteresis: str, policy: Policy
+) -> dict[str, dict[str, Any]]:
+    """The payloads of `AlertDecision.event_payloads` for the signals the policy listens to."""
+    alerts = observation.alerts
+    if alerts is None:
+        return {}
+    kept = dataclasses.replace(
+        alerts,
+        signals=signals,
+        reasons=[s.reason for s in signals],
+        drift_detected=any(s.kind in ("feature_drift", "multivariate_drift") for s in signals),
+        performance_degraded=any(s.kind in ("estimated_drop", "realized_drop") for s in signals),
+    )
+    return {
+        name: {**payload, "hysteresis": hysteresis, "policy": policy.name}
+        for name, payload in kept.event_payloads().items()
+    }
+
+
+def _ts(value: datetime) -> pd.Timestamp:
+    ts = pd.Timestamp(value)
+    return ts.tz_localize("UTC") if ts.tzinfo is None else ts.tz_convert("UTC")
