@@ -127,7 +127,11 @@ def list_versions(name: str) -> list[VersionInfo]:
 def create_version(name: str, source: str, run_id: str, tags: dict[str, str]) -> VersionInfo:
     """Register a new version of `name` from a logged model URI."""
     ensure_registered_model(name)
-    mv = _client().create_model_version(name=name, source=source, run_id=run_id, tags=tags)
+    # A tracking server (unlike a local store) insists on the logged model's id for a
+    # `models:/m-<id>` source (what log_model returns in MLflow 3).
+    logged = source.removeprefix("models:/")
+    model_id = logged if source.startswith("models:/m-") and "/" not in logged else None
+    mv = _client().create_model_version(name=name, source=source, run_id=run_id, tags=tags, model_id=model_id)
     return _info(mv)
 
 
@@ -415,21 +419,22 @@ def previous_champion(name: str) -> str | None:
 def roll_back_champion(name: str, to_version: str, reason: str, actor: str, flow_run_id: str | None) -> str | None:
     """`champion` back to `to_version`; any canary removed. Returns the version rolled back from.
 
-    The champion moves first: a rollback is an emergency, and getting the bad version out of
-    service must not wait on anything else."""
+    Two aliases change, so there is one state between: the canary is removed first (it was
+    gated against the champion being rolled back), then `champion` moves. Stopped between the
+    two, the registry is consistent (the old champion serves alone) and a re-run with the
+    same `from_version` completes the rollback."""
     current = version_by_alias(name, CHAMPION)
-    canary = version_by_alias(name, CANARY)
-    if canary is not None and canary.version != to_version:
-        set_tags(name, canary.version, {STATUS_TAG: "rejected", "evergreen.rejected.reasons": f"rollback: {reason}"[:4900]})
-    moved = current is None or current.version != to_version
-    if moved:
-        move_alias(name, CHAMPION, to_version, f"rollback: {reason}", actor, flow_run_id)  # commit
-        set_tags(name, to_version, {STATUS_TAG: "champion"})
-        if current is not None:
-            set_tags(name, current.version, {STATUS_TAG: "retired", "evergreen.rolled_back.reason": reason[:4900]})
-    if canary is not None:
+    if (canary := version_by_alias(name, CANARY)) is not None:
+        if canary.version != to_version:
+            set_tags(name, canary.version, {STATUS_TAG: "rejected", "evergreen.rejected.reasons": f"rollback: {reason}"[:4900]})
         move_alias(name, CANARY, None, f"rollback: {reason}", actor, flow_run_id)
-    return current.version if moved and current is not None else None
+    if current is not None and current.version == to_version:
+        return None
+    move_alias(name, CHAMPION, to_version, f"rollback: {reason}", actor, flow_run_id)  # commit
+    set_tags(name, to_version, {STATUS_TAG: "champion"})
+    if current is not None:
+        set_tags(name, current.version, {STATUS_TAG: "retired", "evergreen.rolled_back.reason": reason[:4900]})
+    return current.version if current else None
 
 
 REFERENCE_ARTIFACT = "reference/monitor_reference.parquet"
