@@ -6,11 +6,12 @@ from pathlib import Path
 from typing import Any, ClassVar
 
 from prefect.blocks.core import Block
-from pydantic import Field
+from pydantic import Field, ValidationError
 
 from evergreen.config import (
     CanaryConfig,
     ColumnRoles,
+    ConfigError,
     DataConfig,
     GateConfig,
     MlflowConfig,
@@ -20,6 +21,7 @@ from evergreen.config import (
     ProblemType,
     RetrainPolicyConfig,
     TrainingConfig,
+    config_error,
     load_config,
     parse_config,
 )
@@ -84,4 +86,16 @@ def resolve_config(ref: str | ModelConfig) -> ModelConfig:
         return ref
     if ref.endswith((".yaml", ".yml")) or Path(ref).is_file():
         return load_config(ref)
-    return EvergreenModel.load(ref).to_config()
+    try:
+        block = EvergreenModel.load(ref)
+    except ValidationError as exc:  # a block edited into an invalid state
+        raise config_error(exc, f" in block evergreen-model/{ref}") from None
+    except ValueError as exc:
+        if "Unable to find block document" not in str(exc):
+            raise
+        raise ConfigError(
+            f"config {ref!r}: no YAML file of that name and no saved evergreen-model block named "
+            f"{ref!r} on the Prefect server; save one with `evergreen register --config FILE` or "
+            "pass the path of a YAML config"
+        ) from None
+    return block.to_config()

@@ -236,16 +236,55 @@ class ConfigError(ValueError):
     """A configuration that cannot be used; the message names the field."""
 
 
+ALL_ROLES = ("id", "timestamp", "target", "prediction", "probability", "features")
+
+
+def column_fields(columns: ColumnRoles, roles: tuple[str, ...] = ALL_ROLES) -> list[tuple[str, str]]:
+    """(dotted config field, column name) of every column the config names in `roles`."""
+    out: list[tuple[str, str]] = []
+    for role in roles:
+        value = getattr(columns, role)
+        if isinstance(value, list):
+            out += [(f"columns.{role}[{i}]", name) for i, name in enumerate(value)]
+        elif value is not None:
+            out.append((f"columns.{role}", value))
+    return out
+
+
+def check_columns(
+    columns: ColumnRoles, available: list[str], table: str, roles: tuple[str, ...] = ALL_ROLES
+) -> None:
+    """ConfigError naming each config field whose column `table` does not have."""
+    import difflib
+
+    wrong = [(field, name) for field, name in column_fields(columns, roles) if name not in available]
+    if not wrong:
+        return
+    lines = []
+    for field, name in wrong:
+        close = difflib.get_close_matches(name, available, n=1, cutoff=0.6)
+        hint = f"; did you mean {close[0]!r}?" if close else ""
+        lines.append(f"{field}: {name!r} is not a column of {table}{hint}")
+    raise ConfigError(
+        "invalid Evergreen config:\n  " + "\n  ".join(lines) + f"\n  ({table} has columns {available})"
+    )
+
+
 def parse_config(raw: dict) -> ModelConfig:
     """Validate a raw mapping; errors name the dotted field that is wrong."""
     try:
         return ModelConfig.model_validate(raw)
     except ValidationError as exc:
-        lines = []
-        for err in exc.errors():
-            where = ".".join(str(p) for p in err["loc"]) or "(top level)"
-            lines.append(f"{where}: {err['msg']}")
-        raise ConfigError("invalid Evergreen config:\n  " + "\n  ".join(lines)) from None
+        raise config_error(exc) from None
+
+
+def config_error(exc: ValidationError, where: str = "") -> ConfigError:
+    """A ConfigError listing each wrong dotted field of a pydantic validation error."""
+    lines = []
+    for err in exc.errors():
+        field = ".".join(str(p) for p in err["loc"]) or "(top level)"
+        lines.append(f"{field}: {err['msg']}")
+    return ConfigError(f"invalid Evergreen config{where}:\n  " + "\n  ".join(lines))
 
 
 def load_config(path: str | Path) -> ModelConfig:

@@ -167,6 +167,21 @@ def _not_utf8(path: str, raw: bytes, exc: UnicodeDecodeError) -> DataReadError:
     )
 
 
+def table_columns(path: str) -> list[str]:
+    """Column names of a Parquet (from its schema) or CSV (from its header) table."""
+    fs, p = _fs(path)
+    try:
+        with fs.open(p, "rb") as fh:
+            if PurePosixPath(p).suffix.lower() == ".csv":
+                header = fh.readline().decode("utf-8", errors="replace").rstrip("\r\n")
+                return header.split(",") if header else []
+            import pyarrow.parquet as pq
+
+            return list(pq.read_schema(fh).names)
+    except Exception as exc:
+        raise DataReadError(f"{path}: cannot read its columns ({type(exc).__name__}: {exc})") from exc
+
+
 def write_table(df: pd.DataFrame, path: str) -> None:
     """Write a Parquet table atomically (write to a temporary name, then rename)."""
     fs, p = _fs(path)

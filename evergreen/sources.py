@@ -7,7 +7,7 @@ import dataclasses
 import pandas as pd
 
 from evergreen import io, ledger
-from evergreen.config import ModelConfig
+from evergreen.config import ModelConfig, check_columns
 from evergreen.validation import (
     ExpectationFailure,
     ValidationReport,
@@ -16,6 +16,18 @@ from evergreen.validation import (
     validate_labels,
 )
 from evergreen.window import LabelledBatch, join_labels
+
+MONITOR_ROLES = ("id", "timestamp", "target", "prediction", "probability", "features")
+TRAINING_ROLES = ("id", "target", "features")
+
+
+def check_config_columns(config: ModelConfig) -> None:
+    """The columns the config names exist in the reference tables that are there (only
+    their schema is read); ConfigError names each wrong field. Run before any other work."""
+    for name, roles in (("monitor_reference", MONITOR_ROLES), ("training_reference", TRAINING_ROLES)):
+        path = config.data.path(name)
+        if io.exists(path):
+            check_columns(config.columns, io.table_columns(path), path, roles)
 
 
 def read_training_reference(config: ModelConfig) -> pd.DataFrame | None:

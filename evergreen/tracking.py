@@ -10,7 +10,7 @@ import os
 from pathlib import Path
 from typing import Any
 
-from evergreen.config import MlflowConfig
+from evergreen.config import ConfigError, MlflowConfig
 
 
 def connect(cfg: MlflowConfig) -> str:
@@ -30,6 +30,27 @@ def connect(cfg: MlflowConfig) -> str:
     mlflow.set_tracking_uri(uri)
     mlflow.set_registry_uri(uri)
     return uri
+
+
+def check_registered_model(cfg: MlflowConfig) -> None:
+    """ConfigError naming `mlflow.model_name` when the registry holds no model of that name
+    (a flow that acts on an existing model must not create one or quietly do nothing)."""
+    from mlflow import MlflowClient
+    from mlflow.exceptions import MlflowException
+
+    uri = connect(cfg)
+    client = MlflowClient(uri, uri)
+    try:
+        client.get_registered_model(cfg.model_name)
+    except MlflowException as exc:
+        if exc.error_code != "RESOURCE_DOES_NOT_EXIST":
+            raise
+        names = sorted(m.name for m in client.search_registered_models(max_results=50))
+        raise ConfigError(
+            f"invalid Evergreen config:\n  mlflow.model_name: no registered model "
+            f"{cfg.model_name!r} in the registry at {uri} (it has {names}); fix the name, "
+            "or run a retrain first to register the model"
+        ) from None
 
 
 def ensure_experiment(cfg: MlflowConfig, name: str) -> str:

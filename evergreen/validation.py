@@ -23,7 +23,7 @@ import numpy as np
 import pandas as pd
 from pydantic import BaseModel, ConfigDict, Field, StrictBool, StrictFloat, StrictInt, StrictStr
 
-from evergreen.config import ModelConfig
+from evergreen.config import ModelConfig, check_columns
 from evergreen.io import DataReadError
 
 ColumnKind = Literal["numeric", "string", "bool", "datetime"]
@@ -220,15 +220,13 @@ def derive_suite(
     """
     opts = options or SuiteOptions()
     cols = config.columns
-    required = [cols.id, cols.timestamp, *cols.features, cols.prediction]
-    if cols.probability:
-        required.append(cols.probability)
-    missing = [c for c in required if c not in reference.columns]
-    if missing:
-        raise ValueError(
-            f"reference lacks columns {missing} named in the config of {config.name!r}; "
-            "fix columns.* in the config or use the right reference file"
-        )
+    # A column the config names that the reference lacks is a config error: name the field.
+    check_columns(
+        cols,
+        [str(c) for c in reference.columns],
+        f"the monitor reference of {config.name!r}",
+        ("id", "timestamp", "features", "prediction", "probability"),
+    )
     if reference.empty:
         raise ValueError(f"reference for {config.name!r} has no rows; cannot derive expectations")
 

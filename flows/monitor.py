@@ -31,6 +31,7 @@ def monitor(config: str | ModelConfig = "car-loan", batch: str | None = None) ->
     """Monitor one batch (`batch`), or every batch of the stream not monitored yet."""
     disable_telemetry()
     cfg = resolve_config(config)
+    data.check_config_columns(cfg)
     files = [_batch_file(cfg, batch)] if batch else data.pending_batches(cfg)
     if not files:
         return Completed(message="no new batches to monitor", data=[])

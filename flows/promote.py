@@ -24,6 +24,7 @@ def promote(config: str | ModelConfig = "car-loan", version: str | None = None) 
     """Gate the `challenger` (or the registered `version` the event names) against `champion`."""
     disable_telemetry()
     cfg = resolve_config(config)
+    promotion.check_registered_model(cfg)
     settle_registry(cfg)  # an interrupted earlier run is finished first
     challenger = promotion.load_alias(cfg, "challenger")
     if challenger is None or (version is not None and challenger.version.version != str(version)):

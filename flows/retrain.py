@@ -34,6 +34,7 @@ def retrain(
     event's id, reason and metric, which are recorded on the run and the version."""
     disable_telemetry()
     cfg = resolve_config(config)
+    data.check_config_columns(cfg)
     why = Trigger.of(trigger, event_id, reason, metric)
     start, data_clock = training.decide_retrain_start(cfg, why.kind)
     if not start.go:

@@ -26,6 +26,7 @@ def rollback(
     """Idempotent: with `from_version`, nothing happens once the champion is no longer it."""
     disable_telemetry()
     cfg = resolve_config(config)
+    promotion.check_registered_model(cfg)
     settle_registry(cfg)  # an interrupted earlier run is finished first
     outcome = promotion.roll_back(cfg, to_version, from_version, reason)
     rolled_from, now = outcome.rolled_back_from, outcome.champion

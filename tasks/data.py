@@ -56,6 +56,13 @@ def load_labels(config: ModelConfig, up_to_day: str) -> pd.DataFrame | None:
     return io.read_labels(config.data.path("labels"), up_to_day=up_to_day)
 
 
+@task(name="check-config-columns", cache_policy=NO_CACHE)
+def check_config_columns(config: ModelConfig) -> None:
+    """Fails (ConfigError naming each field) when the config names a column the reference
+    tables lack; only their schemas are read."""
+    sources.check_config_columns(config)
+
+
 @task(name="check-label-files", cache_policy=NO_CACHE, retries=2, retry_delay_seconds=1)
 def check_label_files(config: ModelConfig) -> list[ValidationReport]:
     """Every labels file checked on its own: readable, possible targets, ids that were served."""

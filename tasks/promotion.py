@@ -13,6 +13,12 @@ from evergreen.config import ModelConfig
 from tasks.registry import actor, current_flow_run_id, registry_lock
 
 
+@task(name="check-registered-model", cache_policy=NO_CACHE)
+def check_registered_model(config: ModelConfig) -> None:
+    """Fails (ConfigError naming mlflow.model_name) when the registry has no such model."""
+    tracking.check_registered_model(config.mlflow)
+
+
 @task(name="load-registered-model", cache_policy=NO_CACHE, retries=2, retry_delay_seconds=2)
 def load_alias(config: ModelConfig, alias: str) -> registry.LoadedModel | None:
     tracking.connect(config.mlflow)
