@@ -17,6 +17,7 @@ from __future__ import annotations
 import io
 import json
 import math
+import re
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any, Literal
@@ -180,6 +181,11 @@ def _parse_json(body: bytes) -> RequestTable:
         payload = json.loads(body)
     except (ValueError, RecursionError) as exc:  # JSONDecodeError and UnicodeDecodeError
         raise PayloadError(f"request body is not valid JSON: {exc}") from None
+    if _SURROGATE_ESCAPE.search(body) and _holds_lone_surrogate(payload):
+        raise PayloadError(
+            "request body holds a lone UTF-16 surrogate escape (\\ud800-\\udfff) in a string; "
+            "send valid Unicode text"
+        )
     if not isinstance(payload, dict):
         raise PayloadError(
             f"request body must be a JSON object with one of {list(FORMATS)}; "
@@ -203,6 +209,20 @@ def _parse_json(body: bytes) -> RequestTable:
     if isinstance(value, dict):
         return _from_column_dict(value, key)
     return _from_records(value, key)
+
+
+# JSON's \uXXXX escapes can spell half of a UTF-16 pair, which Python's json reads into a
+# string no UTF-8 writer accepts (the prediction log's Parquet files among them): such a
+# request is refused before any row is scored or logged. Valid pairs (emoji) are fine.
+_SURROGATE_ESCAPE = re.compile(rb"\\u[dD][89a-fA-F][0-9a-fA-F]{2}")
+
+
+def _holds_lone_surrogate(payload: Any) -> bool:
+    try:
+        json.dumps(payload, ensure_ascii=False).encode("utf-8")
+    except UnicodeEncodeError:
+        return True
+    return False
 
 
 def _from_split(value: Any) -> RequestTable:
