@@ -59,3 +59,38 @@ def test_no_secret_in_prefect_yaml() -> None:
     text = (ROOT / "prefect.yaml").read_text().lower()
     for word in ("password", "token", "secret", "webhook_url", "https://"):
         assert word not in text
+
+
+def _templated(deployment: dict) -> list[dict]:
+    return [t["parameters"] for t in deployment.get("triggers", []) if "parameters" in t]
+
+
+@pytest.mark.parametrize("name", sorted(n for n, d in DEPLOYMENTS.items() if _templated(d)))
+def test_trigger_parameters_render_with_prefects_own_templating(name: str) -> None:
+    """The server renders trigger parameters when an automation fires; a template that fails
+    there (e.g. a UUID through `tojson`) creates no run at all, silently. Render each one
+    the way the server's run-deployment action does, against a real event."""
+    import copy
+    from uuid import uuid4
+
+    from prefect.server.events.actions import RunDeployment
+    from prefect.server.events.schemas.events import ReceivedEvent
+    from prefect.types._datetime import now
+    from prefect.utilities.schema_tools.hydration import HydrationContext, hydrate
+
+    payload = {"reason": "2 of 7 features drifted", "metric": "drifted_feature_share", "value": 0.4, "threshold": 0.25, "version": "3"}
+    event = ReceivedEvent(
+        occurred=now("UTC"), event="evergreen.drift.detected", resource={"prefect.resource.id": "evergreen.model.car-loan"},
+        payload=payload, id=uuid4(),
+    )
+    for parameters in _templated(DEPLOYMENTS[name]):
+        params = copy.deepcopy(parameters)
+        RunDeployment._upgrade_v1_templates(params)
+        rendered = hydrate(params, HydrationContext(raise_on_error=True, render_jinja=True, jinja_context={"event": event}))
+        for key, value in rendered.items():
+            assert not type(value).__name__.startswith(("Invalid", "Hydration")), f"{name}: parameter {key!r} failed to render: {value}"
+        if "event_id" in rendered:
+            assert rendered["event_id"] == str(event.id)
+        for key in ("reason", "metric", "version"):
+            if key in parameters and "{{" in str(parameters[key]):
+                assert rendered[key] == payload[key]
