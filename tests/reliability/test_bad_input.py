@@ -72,6 +72,9 @@ def stream(tmp_path_factory: pytest.TempPathFactory) -> Stream:
         update={
             "name": name,
             "data": base.data.model_copy(update={"root": str(tmp / "data"), "max_batch_rows": 10_000}),
+            # A small, quick model: these tests are about the data, not the model's quality.
+            "training": base.training.model_copy(update={"num_boost_round": 40, "early_stopping_rounds": 5}),
+            "retrain": base.retrain.model_copy(update={"window_days": 7}),
             "mlflow": base.mlflow.model_copy(
                 update={
                     "model_name": name,
@@ -147,7 +150,7 @@ def _rejected_event(cfg: ModelConfig, since: datetime, match, timeout: float = 3
 
 
 def _assert_not_rejected(cfg: ModelConfig, since: datetime, day: str) -> None:
-    time.sleep(2)  # events travel asynchronously: give a wrong one time to arrive
+    time.sleep(1)  # events travel asynchronously: give a wrong one time to arrive
     events = read_model_events(cfg.name, [REJECTED], since)
     assert [e.payload for e in events if e.payload.get("batch_id") == day] == []
 
