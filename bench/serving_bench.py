@@ -55,6 +55,20 @@ class LoadResult:
     errors: int
     p50_ms: float
     p99_ms: float
+    # Every answered request of the phase (warm-up and tail too) and the CPU the load
+    # generator (this process) and the server (its process tree) used over the whole phase:
+    # CPU per request does not depend on what else the shared machine is doing.
+    all_requests: int = 0
+    client_cpu_seconds: float = 0.0
+    server_cpu_seconds: float = 0.0
+
+    @property
+    def server_cpu_ms_per_request(self) -> float:
+        return 1000.0 * self.server_cpu_seconds / self.all_requests if self.all_requests else 0.0
+
+    @property
+    def client_cpu_ms_per_request(self) -> float:
+        return 1000.0 * self.client_cpu_seconds / self.all_requests if self.all_requests else 0.0
 
     @property
     def requests_per_second(self) -> float:
@@ -69,7 +83,12 @@ class LoadResult:
             **asdict(self),
             "requests_per_second": self.requests_per_second,
             "rows_per_second": self.rows_per_second,
+            "server_cpu_ms_per_request": self.server_cpu_ms_per_request,
+            "client_cpu_ms_per_request": self.client_cpu_ms_per_request,
         }
+
+
+CLIENTS = ("socket", "httpx")
 
 
 def generate_load(
@@ -82,41 +101,49 @@ def generate_load(
     seconds: float = 15.0,
     warmup: float = 2.0,
     timeout: float = 30.0,
+    server_pid: int | None = None,
+    client: str = "socket",
 ) -> LoadResult:
     """POST `bodies` (cycled) to `url` from `threads` keep-alive clients for `warmup` + `seconds`.
 
     Only requests that start after the warm-up and finish before the end are counted; a
     non-200 answer or a transport error counts as an error (not in the latencies).
+    `server_pid`: also record the CPU time of that process (and its children) over the phase.
+    `client`: "socket" (default) sends pre-built HTTP/1.1 requests on a plain keep-alive
+    socket and reads each whole answer (status line, headers, Content-Length or chunked
+    body), costing ~0.1 ms of CPU per request; "httpx" uses one `httpx.Client` per thread,
+    which costs ~1-2 ms per request, as much as the server it measures.
     """
-    import httpx
+    from bench.common import tree_cpu_seconds
 
     if not url.startswith("http://127.0.0.1:"):
         raise ValueError(f"load target {url} is not on 127.0.0.1; the benchmark stays local")
     if not bodies:
         raise ValueError("generate_load needs at least one request body")
+    if client not in CLIENTS:
+        raise ValueError(f"client must be one of {CLIENTS}, got {client!r}")
+    make_client = _httpx_poster if client == "httpx" else _socket_poster
+    server_cpu = tree_cpu_seconds(server_pid) if server_pid else 0.0
+    client_cpu = time.process_time()
     start = time.perf_counter()
     measure_from, end = start + warmup, start + warmup + seconds
     latencies: list[list[float]] = [[] for _ in range(threads)]
     errors = [0] * threads
+    answered = [0] * threads
 
     def worker(k: int) -> None:
-        headers = {"Content-Type": "application/json"}
-        with httpx.Client(timeout=timeout) as client:
+        with make_client(url, bodies, timeout) as post:
             i = k
             while True:
                 t0 = time.perf_counter()
                 if t0 >= end:
                     return
                 try:
-                    ok = (
-                        client.post(
-                            url, content=bodies[i % len(bodies)], headers=headers
-                        ).status_code
-                        == 200
-                    )
-                except httpx.HTTPError:
+                    ok = post(i % len(bodies)) == 200
+                except (OSError, ValueError):  # transport errors, malformed answers
                     ok = False
                 t1 = time.perf_counter()
+                answered[k] += 1
                 i += threads
                 if t0 < measure_from or t1 > end:
                     continue
@@ -130,6 +157,8 @@ def generate_load(
         t.start()
     for t in pool:
         t.join(timeout=warmup + seconds + timeout + 5)
+    client_cpu = time.process_time() - client_cpu
+    server_cpu = tree_cpu_seconds(server_pid) - server_cpu if server_pid else 0.0
     lat = np.array([x for part in latencies for x in part]) * 1000.0
     return LoadResult(
         server=server,
@@ -139,7 +168,137 @@ def generate_load(
         errors=sum(errors),
         p50_ms=float(np.percentile(lat, 50)) if lat.size else float("nan"),
         p99_ms=float(np.percentile(lat, 99)) if lat.size else float("nan"),
+        all_requests=sum(answered),
+        client_cpu_seconds=client_cpu,
+        server_cpu_seconds=server_cpu,
     )
+
+
+@contextmanager
+def _httpx_poster(url: str, bodies: list[bytes], timeout: float) -> Iterator[Callable[[int], int]]:
+    import httpx
+
+    headers = {"Content-Type": "application/json"}
+    with httpx.Client(timeout=timeout) as client:
+
+        def post(k: int) -> int:
+            try:
+                return client.post(url, content=bodies[k], headers=headers).status_code
+            except httpx.HTTPError as exc:
+                raise OSError(str(exc)) from exc
+
+        yield post
+
+
+@contextmanager
+def _socket_poster(url: str, bodies: list[bytes], timeout: float) -> Iterator[Callable[[int], int]]:
+    """POST pre-built requests over one keep-alive connection (reconnecting when the server
+    closes it); returns the status after reading the whole answer."""
+    import socket
+    from urllib.parse import urlsplit
+
+    parts = urlsplit(url)
+    host, port = parts.hostname or "127.0.0.1", parts.port or 80
+    head = f"POST {parts.path or '/'} HTTP/1.1\r\nHost: {host}:{port}\r\nContent-Type: application/json\r\n"
+    requests = [f"{head}Content-Length: {len(b)}\r\n\r\n".encode() + b for b in bodies]
+    state: dict[str, Any] = {"sock": None, "reader": None}
+
+    def close() -> None:
+        if state["sock"] is not None:
+            state["reader"].close()
+            state["sock"].close()
+            state["sock"] = state["reader"] = None
+
+    def post(k: int) -> int:
+        if state["sock"] is None:
+            sock = socket.create_connection((host, port), timeout=timeout)
+            sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+            state["sock"], state["reader"] = sock, sock.makefile("rb", buffering=256 * 1024)
+        try:
+            state["sock"].sendall(requests[k])
+            status, keep = _read_answer(state["reader"])
+        except (OSError, ValueError):
+            close()
+            raise
+        if not keep:
+            close()
+        return status
+
+    try:
+        yield post
+    finally:
+        close()
+
+
+def _read_answer(reader: Any) -> tuple[int, bool]:
+    """Read one HTTP/1.1 answer whole; its status and whether the connection stays open."""
+    status_line = reader.readline(65536)
+    if not status_line:
+        raise ConnectionError("server closed the connection")
+    status = int(status_line.split(b" ", 2)[1])
+    length, chunked, keep = None, False, status_line.startswith(b"HTTP/1.1")
+    while True:
+        line = reader.readline(65536)
+        if line in (b"\r\n", b"\n"):
+            break
+        if not line:
+            raise ConnectionError("server closed the connection inside the headers")
+        name, _, value = line.partition(b":")
+        name, value = name.strip().lower(), value.strip().lower()
+        if name == b"content-length":
+            length = int(value)
+        elif name == b"transfer-encoding":
+            chunked = b"chunked" in value
+        elif name == b"connection":
+            keep = value != b"close"
+    if chunked:
+        while True:
+            size = int(reader.readline(65536).split(b";")[0], 16)
+            _read_exactly(reader, size + 2)  # data and its CRLF
+            if size == 0:
+                break
+    elif length is not None:
+        _read_exactly(reader, length)
+    else:  # no framing: the body runs to the end of the connection
+        reader.read()
+        keep = False
+    return status, keep
+
+
+def _read_exactly(reader: Any, n: int) -> None:
+    data = reader.read(n)
+    if len(data) != n:
+        raise ConnectionError(f"answer body cut short: {len(data)} of {n} bytes")
+
+
+def listening_pid(port: int) -> int | None:
+    """The process listening on 127.0.0.1:`port` (from /proc; Linux only), or None."""
+    import re
+
+    inodes = set()
+    for table in ("/proc/net/tcp", "/proc/net/tcp6"):
+        try:
+            lines = Path(table).read_text().splitlines()[1:]
+        except OSError:
+            continue
+        for line in lines:
+            fields = line.split()
+            local, state, inode = fields[1], fields[3], fields[9]
+            if state == "0A" and int(local.rsplit(":", 1)[1], 16) == port:  # 0A: LISTEN
+                inodes.add(inode)
+    if not inodes:
+        return None
+    wanted = {f"socket:[{i}]" for i in inodes}
+    for proc in Path("/proc").iterdir():
+        if not re.fullmatch(r"\d+", proc.name):
+            continue
+        try:
+            for fd in (proc / "fd").iterdir():
+                if os.readlink(fd) in wanted:
+                    return int(proc.name)
+        except OSError:
+            continue
+    return None
 
 
 # ----------------------------------------------------------------------------- model + registry
@@ -381,6 +540,8 @@ def run(
                 agreement=agreement,
             )
             urls = {"evergreen": ev_url, "mlflow": ml_url}
+            pids = {name: listening_pid(int(url.rsplit(":", 1)[1])) for name, url in urls.items()}
+            log(f"server processes: {pids}")
             for rows in PAYLOAD_SIZES:
                 bodies = payloads(traffic, columns, rows, 200 if rows > 1 else 2000)
                 for rnd in range(rounds):
@@ -394,10 +555,13 @@ def run(
                             threads=threads,
                             seconds=seconds,
                             warmup=warmup,
+                            server_pid=pids[name],
                         )
                         log(
                             f"round {rnd + 1} {name:9s} {rows:3d} row(s): {res.requests_per_second:8.1f} req/s "
-                            f"p50 {res.p50_ms:6.1f} ms p99 {res.p99_ms:6.1f} ms errors {res.errors}"
+                            f"p50 {res.p50_ms:6.1f} ms p99 {res.p99_ms:6.1f} ms errors {res.errors} "
+                            f"CPU/request: server {res.server_cpu_ms_per_request:.2f} ms, "
+                            f"load generator {res.client_cpu_ms_per_request:.2f} ms"
                         )
                         report.runs.append(res)
         return report

@@ -13,9 +13,11 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
+from functools import cached_property
 from typing import Any
 
 from evergreen.registry import CANARY, CHAMPION
+from evergreen.serving.columns import ColumnBatch
 from evergreen.serving.schema import FeatureSpec, feature_specs, merge_specs
 
 log = logging.getLogger("evergreen.serving.models")
@@ -39,6 +41,14 @@ class ServedModel:
     def predict(self, frame: Any) -> Any:
         """Predictions of this version for a validated frame (TrainedModel.predict's contract)."""
         return (self.scorer or self.model).predict(frame)
+
+    def predict_columns(self, rows: ColumnBatch) -> Any:
+        """Predictions for validated request columns; through the fast path when there is
+        one, else the model's own `predict` on the rows as a frame."""
+        predict_columns = getattr(self.scorer, "predict_columns", None)
+        if predict_columns is not None:
+            return predict_columns(rows)
+        return self.predict(rows.to_frame())
 
     def describe(self) -> dict[str, Any]:
         return {
@@ -73,7 +83,7 @@ class ServingSnapshot:
     def model_for(self, alias: str) -> ServedModel | None:
         return {CHAMPION: self.champion, CANARY: self.canary}.get(alias)
 
-    @property
+    @cached_property
     def specs(self) -> list[FeatureSpec]:
         """Every feature any served model needs; the champion's type wins on a conflict."""
         return merge_specs(*(m.specs for m in (self.champion, self.canary) if m is not None))

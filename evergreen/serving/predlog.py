@@ -26,6 +26,7 @@ from typing import Any
 import pandas as pd
 
 from evergreen.io import read_table, write_table
+from evergreen.serving.columns import ColumnBatch, concat_frame
 
 ALIAS_COLUMN = "alias"
 SERVED_AT_COLUMN = "served_at"
@@ -61,7 +62,7 @@ class PredictionLogWriter:
         self.timestamp_column = timestamp_column
         self.flush_rows = flush_rows
         self.flush_seconds = flush_seconds
-        self._buffer: list[pd.DataFrame] = []
+        self._buffer: list[pd.DataFrame | ColumnBatch] = []
         self._rows = 0
         self._lock = threading.Lock()  # guards the buffer
         self._write_lock = threading.Lock()  # one flush at a time, in buffer order
@@ -85,9 +86,12 @@ class PredictionLogWriter:
         )
         self._thread.start()
 
-    def append(self, rows: pd.DataFrame) -> None:
-        """Queue rows for the log (the frame is not modified and must not be afterwards)."""
-        if rows.empty:
+    def append(self, rows: pd.DataFrame | ColumnBatch) -> None:
+        """Queue rows for the log (not modified here, and must not be afterwards).
+
+        The service appends columnar batches: they become one frame per flush, in the
+        background, instead of one frame per request."""
+        if len(rows) == 0:
             return
         with self._lock:
             self._buffer.append(rows)
@@ -143,13 +147,20 @@ class PredictionLogWriter:
                 )
 
 
-def _write_parts(frames: list[pd.DataFrame], directory: str, timestamp_column: str) -> list[str]:
-    frame = _parquet_safe(pd.concat(frames, ignore_index=True))
-    days = pd.to_datetime(frame[timestamp_column]).dt.strftime("%Y-%m-%d")
+def _write_parts(
+    parts: list[pd.DataFrame | ColumnBatch], directory: str, timestamp_column: str
+) -> list[str]:
+    frame = _parquet_safe(concat_frame(parts))
+    # Floor to the day and format once per day (strftime on every row costs more than the
+    # rest of a flush).
+    days = pd.to_datetime(frame[timestamp_column]).dt.floor("D")
     stamp = datetime.now(UTC).strftime("%Y%m%dT%H%M%S%fZ")
     written = []
     for day, rows in frame.groupby(days, sort=True):
-        path = f"{directory}/{day}/{PART_PREFIX}{stamp}-{uuid.uuid4().hex[:12]}.parquet"
+        path = (
+            f"{directory}/{day.strftime('%Y-%m-%d')}/"
+            f"{PART_PREFIX}{stamp}-{uuid.uuid4().hex[:12]}.parquet"
+        )
         write_table(rows.reset_index(drop=True), path)
         written.append(path)
     return written

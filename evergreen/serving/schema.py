@@ -25,6 +25,8 @@ from typing import Any, Literal
 import numpy as np
 import pandas as pd
 
+from evergreen.serving import jsoncodec
+from evergreen.serving.columns import ColumnBatch
 from evergreen.serving.router import routing_key
 
 DF_SPLIT, DF_RECORDS, INSTANCES, INPUTS = (
@@ -178,7 +180,7 @@ def _formats_hint() -> str:
 
 def _parse_json(body: bytes) -> RequestTable:
     try:
-        payload = json.loads(body)
+        payload = jsoncodec.loads(body)
     except (ValueError, RecursionError) as exc:  # JSONDecodeError and UnicodeDecodeError
         raise PayloadError(f"request body is not valid JSON: {exc}") from None
     if _SURROGATE_ESCAPE.search(body) and _holds_lone_surrogate(payload):
@@ -339,6 +341,18 @@ def validate_table(
     The id is required in every row; the timestamp is optional (request time where absent).
     Extra columns are ignored. Raises PayloadError (422) naming the column and row.
     """
+    return validate_columns(table, specs, id_column, timestamp_column, request_time).to_frame()
+
+
+def validate_columns(
+    table: RequestTable,
+    specs: Sequence[FeatureSpec],
+    id_column: str,
+    timestamp_column: str,
+    request_time: pd.Timestamp,
+) -> ColumnBatch:
+    """`validate_table` without the DataFrame: the same checks and errors, the same values
+    as numpy columns (what the service scores and logs; `.to_frame()` gives the frame)."""
     missing = [s.name for s in specs if s.name not in table.columns]
     if id_column not in table.columns:
         missing.insert(0, id_column)
@@ -349,18 +363,25 @@ def validate_table(
             status=422,
             field=missing[0],
         )
-    out: dict[str, Any] = {
-        id_column: _ids(table.columns[id_column], id_column),
-        timestamp_column: _timestamps(
-            table.columns.get(timestamp_column), timestamp_column, table.n_rows, request_time
-        ),
-    }
+    columns: dict[str, np.ndarray] = {}
+    dtypes: dict[str, str] = {}
+    columns[id_column], dtypes[id_column] = _ids(table.columns[id_column], id_column)
+    columns[timestamp_column] = _timestamps(
+        table.columns.get(timestamp_column), timestamp_column, table.n_rows, request_time
+    )
+    dtypes[timestamp_column] = "datetime64[us]"
     for spec in specs:
-        out[spec.name] = _CONVERTERS[spec.kind](table.columns[spec.name], spec)
-    return pd.DataFrame(out)
+        columns[spec.name] = _CONVERTERS[spec.kind](table.columns[spec.name], spec)
+        dtypes[spec.name] = _DTYPES[spec.kind]
+    return ColumnBatch(columns, dtypes, table.n_rows)
 
 
-def _ids(values: list[Any], column: str) -> pd.Series:
+def _ids(values: list[Any], column: str) -> tuple[np.ndarray, str]:
+    if set(map(type, values)) == {int}:  # the usual case: integer ids (not bools)
+        try:
+            return np.array(values, dtype=np.int64), "int64"
+        except OverflowError:
+            pass  # beyond int64: logged as text below
     for i, v in enumerate(values):
         if v is None or isinstance(v, bool) or not isinstance(v, (str, int, float)):
             raise PayloadError(
@@ -380,17 +401,17 @@ def _ids(values: list[Any], column: str) -> pd.Series:
                 row=i,
             ) from None
     if all(type(v) is int and _INT64_MIN <= v <= _INT64_MAX for v in values):
-        return pd.Series(values, dtype="int64")
+        return np.array(values, dtype=np.int64), "int64"
     # Mixed or text ids are logged as their routing key, so 7, 7.0 and "7" stay one entity.
-    return pd.Series([routing_key(v) for v in values], dtype="str")
+    return _object_array([routing_key(v) for v in values]), "str"
 
 
 def _timestamps(
     values: list[Any] | None, column: str, n_rows: int, request_time: pd.Timestamp
-) -> pd.Series:
+) -> np.ndarray:
     now = request_time.tz_localize(None) if request_time.tzinfo else request_time
-    if values is None:
-        return pd.Series([now] * n_rows, dtype="datetime64[us]")
+    if values is None or all(v is None for v in values):
+        return np.full(n_rows, now.to_datetime64(), dtype="datetime64[us]")
     for i, v in enumerate(values):
         if v is not None and not isinstance(v, str):
             raise PayloadError(
@@ -413,10 +434,27 @@ def _timestamps(
             row=i,
         )
     naive = parsed.dt.tz_localize(None).astype("datetime64[us]")
-    return naive.fillna(now).astype("datetime64[us]")
+    return naive.fillna(now).astype("datetime64[us]").to_numpy()
 
 
-def _numeric(values: list[Any], spec: FeatureSpec) -> pd.Series:
+_NUMBER_TYPES = frozenset({float, int, type(None)})
+
+
+def _numeric(values: list[Any], spec: FeatureSpec) -> np.ndarray:
+    if set(map(type, values)) <= _NUMBER_TYPES:
+        # The usual case, vectorized: numbers and nulls (None -> NaN).
+        try:
+            out = np.array(values, dtype=np.float64)
+        except OverflowError:
+            out = None
+        # XGBoost reads float32 and refuses infinities; NaN is a missing value.
+        if out is not None and not (np.abs(out) > _FLOAT32_MAX).any():
+            return out
+    return _numeric_checked(values, spec)
+
+
+def _numeric_checked(values: list[Any], spec: FeatureSpec) -> np.ndarray:
+    """Value by value, raising on the first value that is not a usable number."""
     out: list[float] = []
     for i, v in enumerate(values):
         kind = type(v)
@@ -427,16 +465,20 @@ def _numeric(values: list[Any], spec: FeatureSpec) -> pd.Series:
                 number = float(v)
             except OverflowError:
                 number = math.inf
-            # XGBoost reads float32 and refuses infinities; NaN is a missing value.
             if abs(number) > _FLOAT32_MAX:
                 raise _type_error(spec, i, v, f"a finite number within ±{_FLOAT32_MAX:.4g} or null")
             out.append(number)
         else:
             raise _type_error(spec, i, v, "a number or null")
-    return pd.Series(out, dtype="float64")
+    return np.array(out, dtype=np.float64)
 
 
-def _string(values: list[Any], spec: FeatureSpec) -> pd.Series:
+_TEXT_TYPES = frozenset({str, type(None)})
+
+
+def _string(values: list[Any], spec: FeatureSpec) -> np.ndarray:
+    if set(map(type, values)) <= _TEXT_TYPES:
+        return _object_array(values)
     out: list[Any] = []
     for i, v in enumerate(values):
         if v is None or isinstance(v, str):
@@ -445,10 +487,10 @@ def _string(values: list[Any], spec: FeatureSpec) -> pd.Series:
             out.append("True" if v else "False")
         else:
             raise _type_error(spec, i, v, "a string, a boolean or null")
-    return pd.Series(out, dtype="object")
+    return _object_array(out)
 
 
-def _boolean(values: list[Any], spec: FeatureSpec) -> pd.Series:
+def _boolean(values: list[Any], spec: FeatureSpec) -> np.ndarray:
     out: list[Any] = []
     for i, v in enumerate(values):
         if v is None or isinstance(v, bool):
@@ -457,10 +499,10 @@ def _boolean(values: list[Any], spec: FeatureSpec) -> pd.Series:
             out.append(v.lower() == "true")
         else:
             raise _type_error(spec, i, v, "true, false or null (the model was trained on booleans)")
-    return pd.Series(out, dtype="boolean")
+    return _object_array(out)
 
 
-def _integer(values: list[Any], spec: FeatureSpec) -> pd.Series:
+def _integer(values: list[Any], spec: FeatureSpec) -> np.ndarray:
     out: list[Any] = []
     for i, v in enumerate(values):
         if v is None:
@@ -477,10 +519,19 @@ def _integer(values: list[Any], spec: FeatureSpec) -> pd.Series:
         if code is None or not _INT64_MIN <= code <= _INT64_MAX:
             raise _type_error(spec, i, v, "an integer category code, a string holding one, or null")
         out.append(code)
-    return pd.Series(out, dtype="Int64")
+    return _object_array(out)
+
+
+def _object_array(values: list[Any]) -> np.ndarray:
+    # np.array(values, dtype=object) would build a 2-D array from nested sequences.
+    out = np.empty(len(values), dtype=object)
+    out[:] = values
+    return out
 
 
 _CONVERTERS = {"numeric": _numeric, "string": _string, "boolean": _boolean, "integer": _integer}
+# The pandas dtype each kind has in frames and in the prediction log.
+_DTYPES = {"numeric": "float64", "string": "object", "boolean": "boolean", "integer": "Int64"}
 
 
 def _type_error(spec: FeatureSpec, row: int, value: Any, expected: str) -> PayloadError:

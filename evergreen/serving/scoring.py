@@ -14,10 +14,11 @@ import pandas as pd
 
 from evergreen.config import ModelConfig
 from evergreen.registry import CANARY, CHAMPION
+from evergreen.serving.columns import ColumnBatch
 from evergreen.serving.models import ServingSnapshot
 from evergreen.serving.predlog import ALIAS_COLUMN, REQUEST_ID_COLUMN, SERVED_AT_COLUMN
 from evergreen.serving.router import route_many
-from evergreen.serving.schema import RequestTable, validate_table
+from evergreen.serving.schema import RequestTable, validate_columns
 
 
 class NotReadyError(RuntimeError):
@@ -31,7 +32,12 @@ class ScoredRequest:
     predictions: list[float]
     versions: list[str]
     aliases: list[str]
-    log_rows: pd.DataFrame
+    log: ColumnBatch
+
+    @property
+    def log_rows(self) -> pd.DataFrame:
+        """The logged rows as a frame (the service appends `log` itself, columnar)."""
+        return self.log.to_frame()
 
     def response(self) -> dict[str, Any]:
         """The JSON body: MLflow's `predictions` plus the serving version and alias per row."""
@@ -55,57 +61,77 @@ def score_table(
 
     Binary classification answers the positive-class probability (what `mlflow models serve`
     returns for an XGBoost Booster) and logs the 0/1 class at the model's threshold;
-    regression answers and logs the value.
+    regression answers and logs the value. Works on numpy columns throughout (no DataFrame
+    per request): the log rows become a frame when the prediction log is flushed.
     """
     if snapshot.champion is None:
         raise NotReadyError(f"no champion of {snapshot.model_name} is loaded yet; see GET /ready")
     cols = config.columns
-    frame = validate_table(table, snapshot.specs, cols.id, cols.timestamp, request_time)
-    aliases = np.array(
-        route_many(
-            frame[cols.id].tolist(),
-            routing_salt(config),
-            snapshot.canary_share,
-            snapshot.has_canary,
-        ),
-        dtype=object,
+    rows = validate_columns(table, snapshot.specs, cols.id, cols.timestamp, request_time)
+    n = rows.n_rows
+    alias_list = route_many(
+        rows[cols.id].tolist(), routing_salt(config), snapshot.canary_share, snapshot.has_canary
     )
-    n = len(frame)
     binary = config.problem_type == "binary_classification"
-    prediction = np.zeros(n, dtype=np.int64 if binary else float)
-    probability = np.full(n, np.nan)
-    versions = np.empty(n, dtype=object)
-    for alias in (CHAMPION, CANARY):
-        rows = aliases == alias
-        if not rows.any():
-            continue
-        served = snapshot.model_for(alias)
-        assert served is not None  # route_many only picks canary when one is loaded
-        scored = served.predict(frame if rows.all() else frame.loc[rows])
-        prediction[rows] = scored.prediction
-        if scored.probability is not None:
-            probability[rows] = scored.probability
-        versions[rows] = served.version
+    served_by = [(a, snapshot.model_for(a)) for a in (CHAMPION, CANARY)]
+    if CANARY not in alias_list:  # no canary, or no row of this request drew it
+        _, served = served_by[0]
+        assert served is not None
+        scored = served.predict_columns(rows)
+        prediction = np.asarray(scored.prediction, dtype=np.int64 if binary else float)
+        probability = (
+            np.asarray(scored.probability, dtype=float)
+            if scored.probability is not None
+            else np.full(n, np.nan)
+        )
+        versions = [served.version] * n
+    else:
+        aliases = np.array(alias_list, dtype=object)
+        prediction = np.zeros(n, dtype=np.int64 if binary else float)
+        probability = np.full(n, np.nan)
+        version_array = np.empty(n, dtype=object)
+        for alias, served in served_by:
+            mask = aliases == alias
+            if not mask.any():
+                continue
+            assert served is not None  # route_many only picks canary when one is loaded
+            scored = served.predict_columns(rows if mask.all() else rows.take(mask))
+            prediction[mask] = scored.prediction
+            if scored.probability is not None:
+                probability[mask] = scored.probability
+            version_array[mask] = served.version
+        versions = version_array.tolist()
 
-    # One construction instead of column-by-column inserts: this runs on every request.
-    log_columns: dict[str, Any] = {name: frame[name] for name in frame.columns}
-    log_columns[cols.prediction] = prediction
+    log_columns: dict[str, np.ndarray] = {cols.prediction: prediction}
+    log_dtypes = {cols.prediction: str(prediction.dtype)}
     if binary and cols.probability:
         log_columns[cols.probability] = probability
-    log_columns[cols.model_version] = versions.astype(str)
-    log_columns[ALIAS_COLUMN] = aliases.astype(str)
+        log_dtypes[cols.probability] = "float64"
+    log_columns[cols.model_version] = _text(versions)
+    log_columns[ALIAS_COLUMN] = _text(alias_list)
     log_columns[SERVED_AT_COLUMN] = np.full(
         n, _naive_utc(request_time).to_datetime64(), dtype="datetime64[us]"
     )
     log_columns[REQUEST_ID_COLUMN] = np.full(n, request_id, dtype=object)
-    log_rows = pd.DataFrame(log_columns, index=frame.index)
+    log_dtypes |= {
+        cols.model_version: "str",
+        ALIAS_COLUMN: "str",
+        SERVED_AT_COLUMN: "datetime64[us]",
+        REQUEST_ID_COLUMN: "str",
+    }
     answer = probability if binary else prediction
     return ScoredRequest(
         predictions=answer.astype(float).tolist(),
-        versions=versions.tolist(),
-        aliases=aliases.tolist(),
-        log_rows=log_rows,
+        versions=versions,
+        aliases=alias_list,
+        log=rows.with_columns(log_columns, log_dtypes),
     )
+
+
+def _text(values: list[str]) -> np.ndarray:
+    out = np.empty(len(values), dtype=object)
+    out[:] = values
+    return out
 
 
 def _naive_utc(ts: pd.Timestamp) -> pd.Timestamp:
