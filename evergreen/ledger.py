@@ -22,6 +22,9 @@ class BatchRecord(BaseModel):
     drift_detected: bool = False
     performance_degraded: bool = False
     events: list[str] = Field(default_factory=list)
+    signals: list[str] = Field(
+        default_factory=list, description="retrain-policy signals that fired (hysteresis history)"
+    )
     flow_run_id: str | None = None
     processed_at: str = Field(default_factory=lambda: datetime.now(UTC).isoformat())
 
@@ -31,6 +34,10 @@ class BatchLedger(BaseModel):
 
     def unprocessed(self, days: list[str]) -> list[str]:
         return [d for d in days if d not in self.batches]
+
+    def signals_before(self, day: str) -> list[list[str]]:
+        """The policy signals recorded for each batch before `day`, oldest first."""
+        return [r.signals for d, r in sorted(self.batches.items()) if d < day]
 
     def rejected(self) -> dict[str, str]:
         """Days of batches that failed validation, with the reason."""

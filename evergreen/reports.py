@@ -28,6 +28,8 @@ class MonitorResult(BaseModel):
     realized_on: str | None = Field(None, description="batch whose labels gave the realized metric")
     metric: str = ""
     reasons: list[str] = Field(default_factory=list)
+    signals: list[str] = Field(default_factory=list, description="retrain-policy signals that fired")
+    policy: str = Field("", description="the retrain policy's verdict on this batch")
     events: list[str] = Field(default_factory=list)
     event_ids: list[str] = Field(default_factory=list)
     rows: int = 0

@@ -97,9 +97,10 @@ def _estimate(cfg: ModelConfig, f: io.BatchFile, frame, fitted, run_id: str | No
             realized_on = latest.day
             report = dataclasses.replace(report, realized_metric=latest.metric)
     decision = monitoring.decide_alerts(report, cfg)
+    verdict = monitoring.decide_policy(cfg, f.day, decision, data.signal_history(cfg, f.day), report.end)
     summary = report.to_dict()
     events, event_ids = [], []
-    for name, payload in decision.event_payloads().items():
+    for name, payload in verdict.events.items():
         event_id = emit(cfg, name, {**payload, "batch_id": f.day, "chunk": f.day, "realized_on": realized_on})
         events.append(name)
         if event_id:
@@ -115,7 +116,7 @@ def _estimate(cfg: ModelConfig, f: io.BatchFile, frame, fitted, run_id: str | No
         estimated_metric=est.get("value"), realized_metric=real.get("value") if real else None,
         realized_on=realized_on,
         metric=cfg.metric, reasons=list(decision.reasons), events=events, event_ids=event_ids,
-        rows=len(frame),
+        rows=len(frame), signals=verdict.fired, policy=verdict.reason,
     )
     return _publish(cfg, f, result, plots={"monitor": report.plots_page()}, chunks=summary.get("chunks", []), run_id=run_id)
 
@@ -129,7 +130,7 @@ def _publish(cfg: ModelConfig, f: io.BatchFile, result: MonitorResult, plots: di
         BatchRecord(
             day=f.day, path=f.path, valid=result.valid, message=result.message,
             drift_detected=result.drift_detected, performance_degraded=result.performance_degraded,
-            events=result.events, flow_run_id=run_id,
+            events=result.events, signals=result.signals, flow_run_id=run_id,
         ),
     )
     return result

@@ -8,7 +8,7 @@ import pandas as pd
 from prefect import task
 from prefect.cache_policies import NO_CACHE
 
-from evergreen import monitoring, validation
+from evergreen import monitoring, policy, validation
 from evergreen.config import ModelConfig
 
 # Inputs are large frames: hashing them for a cache key would cost more than the work.
@@ -91,3 +91,15 @@ def realized_on_latest_labelled(
             if report.realized_metric is not None:
                 return LatestRealized(batch.day, report.realized_metric)
     return None
+
+
+@task(name="decide-policy", cache_policy=NO_CACHE)
+def decide_policy(
+    config: ModelConfig, day: str, alerts: monitoring.AlertDecision, history: list[list[str]], now: str | None
+) -> policy.PolicyDecision:
+    """The retrain policy on one valid batch: the configured signals that fired and, when the
+    hysteresis holds them, the events to emit. Start checks (cooldown, candidate under
+    review) are the retrain flow's."""
+    state = policy.LoopState(history=policy.history_of(history, config.retrain), now=pd.Timestamp(now) if now else None)
+    observation = policy.ChunkObservation(chunk=day, valid=True, alerts=alerts)
+    return policy.decide(observation, state, policy.Policy.named("default", config.retrain))

@@ -197,3 +197,15 @@ def test_policy_names(name: str, kind: str, every: int | None) -> None:
 def test_bad_policy_names_are_named(name: str) -> None:
     with pytest.raises(PolicyError, match=name.split(":")[0]):
         Policy.named(name, RetrainPolicyConfig())
+
+
+def test_the_ledger_keeps_the_hysteresis_history(tmp_path) -> None:
+    from evergreen.ledger import BatchRecord, read_ledger, record_batch
+
+    state = str(tmp_path)
+    for day, signals in (("2024-03-02", ["feature_drift"]), ("2024-03-01", []), ("2024-03-03", ["realized_drop"])):
+        record_batch(state, BatchRecord(day=day, path=f"{day}.parquet", valid=True, signals=signals))
+    ledger = read_ledger(state)
+    assert ledger.signals_before("2024-03-03") == [[], ["feature_drift"]]
+    pol = _policy(hysteresis_k=2, hysteresis_n=2)
+    assert history_of(ledger.signals_before("2024-03-04"), pol.config) == (("realized_drop",),)
