@@ -98,7 +98,8 @@ def read_table(
         raise
     except Exception as exc:  # pyarrow/pandas raise many types for corrupt files
         kind = "CSV" if suffix == ".csv" else "Parquet"
-        raise DataReadError(f"{path}: not a readable {kind} file ({type(exc).__name__}: {exc})") from exc
+        why = " ".join(str(exc).split())  # one line: pyarrow's messages end in newlines
+        raise DataReadError(f"{path}: not a readable {kind} file ({type(exc).__name__}: {why})") from exc
 
 
 def _read_parquet(

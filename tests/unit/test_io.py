@@ -1,0 +1,87 @@
+"""Reading tables: errors that name the file, the check and (where there is one) the column."""
+
+from __future__ import annotations
+
+import re
+from pathlib import Path
+
+import pandas as pd
+import pytest
+
+from evergreen.io import (
+    READABLE_EXPECTATION,
+    ROW_COUNT_EXPECTATION,
+    DataReadError,
+    TableTooLargeError,
+    read_table,
+    table_columns,
+    write_table,
+)
+
+
+@pytest.fixture
+def frame() -> pd.DataFrame:
+    return pd.DataFrame(
+        {
+            "id": range(50),
+            "timestamp": pd.date_range("2024-01-01", periods=50, freq="h"),
+            "band": ["a", "b"] * 25,
+            "x": [float(i) for i in range(50)],
+        }
+    )
+
+
+def test_good_csv_reads_with_its_timestamps_parsed(frame: pd.DataFrame, tmp_path: Path) -> None:
+    path = tmp_path / "b.csv"
+    frame.to_csv(path, index=False)
+    back = read_table(str(path), datetime_columns=["timestamp"])
+    assert pd.api.types.is_datetime64_any_dtype(back["timestamp"])
+    assert back["timestamp"].tolist() == frame["timestamp"].tolist()
+    assert table_columns(str(path)) == list(frame.columns)
+
+
+@pytest.mark.parametrize("sep", [";", "\t", "|"])
+def test_csv_with_another_delimiter_is_named(frame: pd.DataFrame, tmp_path: Path, sep: str) -> None:
+    path = tmp_path / "b.csv"
+    frame.to_csv(path, index=False, sep=sep)
+    with pytest.raises(DataReadError, match="-delimited; Evergreen reads comma-separated") as err:
+        read_table(str(path))
+    assert str(path) in str(err.value) and err.value.expectation == READABLE_EXPECTATION
+
+
+def test_non_utf8_csv_names_line_and_column(frame: pd.DataFrame, tmp_path: Path) -> None:
+    path = tmp_path / "b.csv"
+    frame.assign(band=["a", "é"] * 25).to_csv(path, index=False, encoding="latin-1")
+    with pytest.raises(DataReadError) as err:
+        read_table(str(path))
+    assert "line 3, column 'band'" in str(err.value)
+    assert err.value.column == "band" and err.value.expectation == READABLE_EXPECTATION
+
+
+def test_row_limit_is_checked_before_reading(frame: pd.DataFrame, tmp_path: Path) -> None:
+    parquet, csv = str(tmp_path / "b.parquet"), tmp_path / "b.csv"
+    write_table(frame, parquet)
+    frame.to_csv(csv, index=False)
+    with pytest.raises(TableTooLargeError, match="50 rows; at most 10 allowed") as err:
+        read_table(parquet, max_rows=10)
+    assert err.value.expectation == ROW_COUNT_EXPECTATION and err.value.observed == 50
+    with pytest.raises(TableTooLargeError, match="more than 10 rows"):
+        read_table(str(csv), max_rows=10)
+    assert len(read_table(parquet, max_rows=50)) == 50
+
+
+@pytest.mark.parametrize(
+    ("damage", "needle"),
+    [
+        (lambda raw: b"", "file is empty (0 bytes)"),
+        (lambda raw: raw[: len(raw) // 2], "not a readable Parquet file"),
+        (lambda raw: b"not parquet at all", "not a readable Parquet file"),
+    ],
+)
+def test_damaged_parquet_is_named(frame: pd.DataFrame, tmp_path: Path, damage, needle: str) -> None:  # noqa: ANN001
+    path = tmp_path / "b.parquet"
+    write_table(frame, str(path))
+    path.write_bytes(damage(path.read_bytes()))
+    with pytest.raises(DataReadError, match=re.escape(needle)) as err:
+        read_table(str(path))
+    assert str(path) in str(err.value) and "\n" not in str(err.value)
