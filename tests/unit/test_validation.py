@@ -123,7 +123,8 @@ def test_suite_spec_derives_roles_ranges_and_sets(
 def test_derive_suite_names_missing_reference_columns(
     reference: pd.DataFrame, config: ModelConfig
 ) -> None:
-    with pytest.raises(ValueError, match=r"\['income'\]"):
+    # A ConfigError (a ValueError) naming the config field and the column.
+    with pytest.raises(ValueError, match=r"columns\.features\[\d+\]: 'income' is not a column"):
         derive_suite(reference.drop(columns="income"), config)
 
 
