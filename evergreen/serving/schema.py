@@ -250,8 +250,12 @@ def _from_split(value: Any) -> RequestTable:
             f"{DF_SPLIT}.data must be a list of rows (lists of values); got {type(data).__name__}",
             field=f"{DF_SPLIT}.data",
         )
-    for i, row in enumerate(data):
-        if not isinstance(row, list) or len(row) != len(columns):
+    width = len(columns)
+    well_formed = all(type(row) is list for row in data) and all(
+        len(row) == width for row in data
+    )
+    for i, row in enumerate([] if well_formed else data):  # find the row to name
+        if not isinstance(row, list) or len(row) != width:
             got = f"{len(row)} values" if isinstance(row, list) else f"a JSON {type(row).__name__}"
             raise PayloadError(
                 f"{DF_SPLIT}.data row {i} must be a list of {len(columns)} values "
