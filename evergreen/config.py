@@ -98,6 +98,15 @@ class MonitoringConfig(_Section):
         0.03, ge=0, le=1, description="allowed drop of the metric below the reference value"
     )
     metric_floor: float | None = Field(None, description="absolute floor on the estimated/realized metric")
+    plots: Literal["always", "on_alert"] = Field(
+        "on_alert",
+        description=(
+            "NannyML plots logged to MLflow per batch: 'always' draws every plot for every batch "
+            "(~2 s per batch for 20 features); 'on_alert' draws them all for batches that alert "
+            "and, for quiet batches, NannyML's multivariate-drift and performance plots with a "
+            "table of per-feature drift (~0.3 s)"
+        ),
+    )
 
 
 class RetrainPolicyConfig(_Section):

@@ -1,7 +1,8 @@
 """The `monitor` flow: validate each new production batch, estimate drift and performance,
 emit drift events, publish what was found."""
 
-from __future__ import annotations
+# No `from __future__ import annotations`: a served flow is pickled into its run's
+# subprocess, and Prefect validates its parameters against these annotations there.
 
 import dataclasses
 from pathlib import Path
@@ -118,7 +119,21 @@ def _estimate(cfg: ModelConfig, f: io.BatchFile, frame, fitted, run_id: str | No
         metric=cfg.metric, reasons=list(decision.reasons), events=events, event_ids=event_ids,
         rows=len(frame), signals=verdict.fired, policy=verdict.reason,
     )
-    return _publish(cfg, f, result, plots={"monitor": report.plots_page()}, chunks=summary.get("chunks", []), run_id=run_id)
+    return _publish(cfg, f, result, plots=_plots(cfg, report, result), chunks=summary.get("chunks", []), run_id=run_id)
+
+
+def _plots(cfg: ModelConfig, report, result: MonitorResult) -> dict[str, str]:  # noqa: ANN001
+    """The NannyML plots page of a batch (`monitoring.plots`): every plot when the batch
+    alerts or the config says `always`, else the summary page (batch-level plots and a
+    per-feature drift table; the per-feature figures are most of the cost)."""
+    if cfg.monitoring.plots == "always" or result.drift_detected or result.performance_degraded:
+        return {"monitor": report.plots_page()}
+    return {
+        "monitor": report.summary_page(
+            note="Quiet batch: per-feature drift plots are drawn for batches that alert "
+            "(monitoring.plots: on_alert); set monitoring.plots: always to draw them for every batch."
+        )
+    }
 
 
 def _publish(cfg: ModelConfig, f: io.BatchFile, result: MonitorResult, plots: dict, chunks: list, run_id: str | None) -> MonitorResult:

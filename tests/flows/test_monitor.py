@@ -70,6 +70,16 @@ def test_clean_batch_emits_no_drift_event(clean: ModelConfig) -> None:
     assert run.data.tags["evergreen.batch"] == result.batch_id
     assert run.data.metrics["estimated.roc_auc"] == pytest.approx(result.estimated_metric)
     assert any(k.startswith("drift.") for k in run.data.metrics)
+    # A quiet batch gets the summary page (monitoring.plots: on_alert, the default).
+    page = _plots_page(run)
+    assert "Univariate drift per feature" in page
+    assert 0 < page.count('class="plotly-graph-div"') < len(clean.columns.features)
+
+
+def _plots_page(run) -> str:  # noqa: ANN001
+    import mlflow
+
+    return mlflow.artifacts.load_text(f"{run.info.artifact_uri}/plots/monitor.html")
 
 
 def test_covariate_shift_emits_drift_event_naming_the_features(covariate) -> None:
@@ -87,6 +97,11 @@ def test_covariate_shift_emits_drift_event_naming_the_features(covariate) -> Non
     assert event.payload["value"] >= event.payload["threshold"]
     assert event.payload["chunk"] == result.batch_id
     assert result.event_ids and str(event.id) in result.event_ids
+    # An alerting batch gets every NannyML plot, one per feature among them.
+    import mlflow
+
+    run = mlflow.MlflowClient(cfg.mlflow.resolved_tracking_uri()).get_run(result.mlflow_run_id)
+    assert _plots_page(run).count('class="plotly-graph-div"') > len(cfg.columns.features)
 
 
 def test_concept_drift_shows_realized_metric_falling(concept: ModelConfig) -> None:

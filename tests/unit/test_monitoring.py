@@ -248,6 +248,23 @@ def test_plots_are_self_contained_html(clean_report: MonitorReport) -> None:
 
 
 @pytest.mark.slow
+def test_summary_page_has_batch_level_plots_and_a_feature_table(clean_report: MonitorReport) -> None:
+    """What a quiet batch logs under monitoring.plots: on_alert."""
+    page = clean_report.summary_page(note="quiet batch")
+    assert page.lstrip().lower().startswith("<html") and "plot unavailable:" not in page
+    assert re.findall(r"<(?:script|link|iframe|img)\b[^>]*\b(?:src|href)=", page) == []
+    assert page.count("window.PlotlyConfig") == 1 and "quiet batch" in page
+    # NannyML's multivariate-drift and performance figures, none of the per-feature ones...
+    batch_level = [n for n in clean_report.results if n != "univariate_drift"]
+    assert page.count('class="plotly-graph-div"') == len(batch_level) == 2
+    # ...whose values are in the table, one row per feature.
+    for name, drift in clean_report.features.items():
+        assert f"<tr><td>{name}</td><td>{drift.method}</td>" in page
+    full = clean_report.plots_page()
+    assert full.count('class="plotly-graph-div"') == len(FEATURES) + len(batch_level)
+
+
+@pytest.mark.slow
 def test_chunk_size_splits_a_batch_and_reports_the_latest_chunk(clean: pd.DataFrame) -> None:
     config = make_config(chunk_size=250)
     fitted = fit_monitor(make_frame(5000, seed=1), config)
