@@ -1,7 +1,8 @@
 """The `canary-review` flow: canary vs champion on the traffic each served; promote, roll
 back, or wait for more evidence."""
 
-from __future__ import annotations
+# No `from __future__ import annotations`: a served flow is pickled into its run's
+# subprocess, and Prefect validates its parameters against these annotations there.
 
 from prefect import flow
 from prefect.states import Completed, State

@@ -39,13 +39,14 @@ def load_entrypoint(entrypoint: str):  # noqa: ANN201 - a prefect Flow
     return flow
 
 
-def build_deployments(
+def deployment_arguments(
     path: Path = PROJECT_YAML,
     names: list[str] | None = None,
     parameters: dict[str, Any] | None = None,
     schedules: bool = True,
-) -> list[Any]:
-    """RunnerDeployments equal to what `prefect deploy` makes of `path`.
+) -> list[tuple[Any, dict[str, Any]]]:
+    """(flow, keyword arguments of `Flow.to_deployment` / `Runner.add_flow`) for each
+    deployment of `path`, equal to what `prefect deploy` makes of it.
 
     `parameters` overrides the `config` parameter (and any other) of every deployment and
     of every trigger and schedule that passes it, e.g. to point the demo at its own config
@@ -73,18 +74,28 @@ def build_deployments(
                 plans.append(Cron(s["cron"], timezone=s.get("timezone"), parameters=params, active=s.get("active", True)))
             else:
                 plans.append(Interval(s["interval"], timezone=s.get("timezone"), parameters=params, active=s.get("active", True)))
-        built.append(
-            flow.to_deployment(
-                name=spec["name"],
-                description=spec.get("description"),
-                tags=spec.get("tags"),
-                parameters={**(spec.get("parameters") or {}), **overrides},
-                schedules=plans or None,
-                concurrency_limit=limit,
-                triggers=_triggers(spec, overrides),
-            )
-        )
+        kwargs = {
+            "name": spec["name"],
+            "description": spec.get("description"),
+            "tags": spec.get("tags"),
+            "parameters": {**(spec.get("parameters") or {}), **overrides},
+            "schedules": plans or None,
+            "concurrency_limit": limit,
+            "triggers": _triggers(spec, overrides),
+        }
+        built.append((flow, kwargs))
     return built
+
+
+def build_deployments(
+    path: Path = PROJECT_YAML,
+    names: list[str] | None = None,
+    parameters: dict[str, Any] | None = None,
+    schedules: bool = True,
+) -> list[Any]:
+    """RunnerDeployments equal to what `prefect deploy` makes of `path` (see
+    `deployment_arguments`)."""
+    return [flow.to_deployment(**kwargs) for flow, kwargs in deployment_arguments(path, names, parameters, schedules)]
 
 
 def _triggers(spec: dict[str, Any], overrides: dict[str, Any]) -> list[Any]:
@@ -115,7 +126,19 @@ def serve_project(
     schedules: bool = True,
     limit: int | None = None,
 ) -> None:
-    """Serve the project's deployments until interrupted (schedules paused on shutdown)."""
-    from prefect import serve
+    """Serve the project's deployments until interrupted (schedules paused on shutdown).
 
-    serve(*build_deployments(path, names, parameters, schedules), limit=limit, print_starting_message=True)
+    The flows are added to the runner as objects (`Runner.add_flow`, what `flow.serve` does),
+    so each run starts in a subprocess from the flow itself; nothing is loaded from the
+    deployment's storage or pull steps, which `prefect deploy` may have set for a worker."""
+    import asyncio
+
+    from prefect.runner import Runner
+
+    runner = Runner(name="evergreen", pause_on_shutdown=True, limit=limit)
+    served = []
+    for flow, kwargs in deployment_arguments(path, names, parameters, schedules):
+        runner.add_flow(flow, **kwargs)
+        served.append(f"{flow.name}/{kwargs['name']}")
+    print(f"serving {', '.join(served)} from {path}; polling for runs (Ctrl+C stops)", flush=True)
+    asyncio.run(runner.start())

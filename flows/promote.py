@@ -1,7 +1,8 @@
 """The `promote` flow: gate the challenger against the champion on the freshest labelled
 data; pass -> canary, fail -> rejected."""
 
-from __future__ import annotations
+# No `from __future__ import annotations`: a served flow is pickled into its run's
+# subprocess, and Prefect validates its parameters against these annotations there.
 
 from prefect import flow
 from prefect.states import Completed, Failed, State

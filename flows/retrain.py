@@ -1,6 +1,7 @@
 """The `retrain` flow: versioned window -> validate -> XGBoost -> evaluate -> MLflow registry."""
 
-from __future__ import annotations
+# No `from __future__ import annotations`: a served flow is pickled into its run's
+# subprocess, and Prefect validates its parameters against these annotations there.
 
 from prefect import flow
 from prefect.runtime import deployment, flow_run

@@ -1,6 +1,7 @@
 """The `rollback` flow: `champion` back to the previous champion (or a named version)."""
 
-from __future__ import annotations
+# No `from __future__ import annotations`: a served flow is pickled into its run's
+# subprocess, and Prefect validates its parameters against these annotations there.
 
 from prefect import flow
 from prefect.states import Completed, State

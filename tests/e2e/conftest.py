@@ -179,6 +179,7 @@ def project(api_url: str, webhook: Webhook, tmp_path_factory: pytest.TempPathFac
         cli("prefect", "--no-prompt", "deploy", "--all")
         outputs.append(server_state())
     project = Project(cfg, config_file, staging, api_url, outputs)
+    os.environ["EVERGREEN_E2E_SERVE_LOG"] = str(tmp / "serve-flows.log")
     with served_flows(tmp / "serve-flows.log", extra_env={"PREFECT_API_URL": api_url}) as health:
         project.served_health = health
         yield project
@@ -217,4 +218,10 @@ def wait_runs(deployment: str, since, count: int = 1, timeout: float = 240, sett
             return runs
         time.sleep(1)
     states = [(r.name, r.state and r.state.name) for r in read()]
-    raise AssertionError(f"{deployment}: expected {count} finished runs within {timeout} s, have {states}")
+    raise AssertionError(f"{deployment}: expected {count} finished runs within {timeout} s, have {states}\n{served_log_tail()}")
+
+
+def served_log_tail(chars: int = 6000) -> str:
+    """The end of the serve-flows log (flow run output and crashes), for failure messages."""
+    log = Path(os.environ.get("EVERGREEN_E2E_SERVE_LOG", "/nonexistent"))
+    return f"--- {log} (tail) ---\n" + log.read_text(errors="replace")[-chars:] if log.exists() else ""

@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 
 from evergreen import registry, tracking
-from tests.e2e.conftest import Project, Webhook, copy_days, wait_runs
+from tests.e2e.conftest import Project, Webhook, copy_days, served_log_tail, wait_runs
 from tests.support import register_challenger, scrambled, serve_history
 
 pytestmark = [pytest.mark.slow, pytest.mark.e2e]
@@ -68,7 +68,7 @@ def test_drift_starts_one_retrain_with_the_event_parameters_then_promote(project
 
     runs = wait_runs("retrain", since, count=1, settle=15)
     trained = [r for r in runs if r.state.name == "Completed"]
-    assert len(trained) == 1, [(r.name, r.state.name, r.state.message) for r in runs]
+    assert len(trained) == 1, f"{[(r.name, r.state.name, r.state.message) for r in runs]}\n{served_log_tail()}"
     assert all(r.state.name in ("Cancelled", "Skipped") for r in runs if r not in trained)
     params = trained[0].parameters
     assert params["trigger"] == "event" and params["event_id"] == event_id
