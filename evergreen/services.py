@@ -115,6 +115,7 @@ def served_flows(
     log: Path,
     config: str | None = None,
     schedules: bool = False,
+    only: list[str] | None = None,
     port: int | None = None,
     timeout: float = 180,
     extra_env: dict[str, str] | None = None,
@@ -125,6 +126,8 @@ def served_flows(
     command = [executable("evergreen"), "serve-flows", "--schedules" if schedules else "--no-schedules"]
     if config:
         command += ["--config", config]
+    for name in only or []:
+        command += ["--only", name]
     env = service_env(
         {
             "PREFECT_RUNNER_POLL_FREQUENCY": "1",
