@@ -86,6 +86,13 @@ def _info(mv: Any) -> VersionInfo:
     )
 
 
+def _absent(exc: Exception) -> bool:
+    """Whether a registry error says the thing does not exist (the model, the alias), as
+    opposed to a registry that did not answer (connection lost, server error): the second
+    must never be read as "no champion", "no canary" or "nothing registered"."""
+    return getattr(exc, "error_code", None) in ("RESOURCE_DOES_NOT_EXIST", "INVALID_PARAMETER_VALUE")
+
+
 def ensure_registered_model(name: str) -> None:
     """Create the registered model if it does not exist yet."""
     from mlflow.exceptions import MlflowException
@@ -93,7 +100,9 @@ def ensure_registered_model(name: str) -> None:
     client = _client()
     try:
         client.get_registered_model(name)
-    except MlflowException:
+    except MlflowException as exc:
+        if not _absent(exc):
+            raise
         try:
             client.create_registered_model(name, description="Managed by Evergreen.")
         except MlflowException:
@@ -105,13 +114,16 @@ def get_version(name: str, version: str) -> VersionInfo:
 
 
 def version_by_alias(name: str, alias: str) -> VersionInfo | None:
-    """The version an alias points at, or None when the alias (or the model) does not exist."""
+    """The version an alias points at, or None when the alias (or the model) does not exist;
+    raises when the registry cannot be reached."""
     from mlflow.exceptions import MlflowException
 
     try:
         return _info(_client().get_model_version_by_alias(name, alias))
-    except MlflowException:
-        return None
+    except MlflowException as exc:
+        if _absent(exc):
+            return None
+        raise
 
 
 def list_versions(name: str) -> list[VersionInfo]:
@@ -119,8 +131,10 @@ def list_versions(name: str) -> list[VersionInfo]:
 
     try:
         found = _client().search_model_versions(f"name = '{name}'")
-    except MlflowException:
-        return []
+    except MlflowException as exc:
+        if _absent(exc):
+            return []
+        raise
     return sorted((_info(v) for v in found), key=lambda v: int(v.version))
 
 
@@ -196,8 +210,10 @@ def _history_records(name: str) -> list[tuple[str, AliasMove]]:
 
     try:
         tags = _client().get_registered_model(name).tags or {}
-    except MlflowException:
-        return []
+    except MlflowException as exc:
+        if _absent(exc):
+            return []
+        raise
     return [(k, AliasMove(**json.loads(v))) for k, v in sorted(tags.items()) if k.startswith(HISTORY_PREFIX)]
 
 
@@ -223,8 +239,10 @@ def settle(name: str, actor: str, flow_run_id: str | None = None) -> list[str]:
     client = _client()
     try:
         client.get_registered_model(name)
-    except MlflowException:
-        return []  # nothing registered yet
+    except MlflowException as exc:
+        if _absent(exc):
+            return []  # nothing registered yet
+        raise
     fixed: list[str] = []
     for key, move in _history_records(name):
         if move.state != PENDING:
@@ -456,6 +474,10 @@ def champion_reference(name: str) -> tuple[str, Any] | None:
     with tempfile.TemporaryDirectory() as tmp:
         try:
             path = mlflow.artifacts.download_artifacts(run_id=champion.run_id, artifact_path=REFERENCE_ARTIFACT, dst_path=tmp)
-        except (MlflowException, OSError):
+        except OSError:
             return None
+        except MlflowException as exc:
+            if _absent(exc):
+                return None
+            raise
         return champion.version, pd.read_parquet(path)
