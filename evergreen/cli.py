@@ -297,6 +297,44 @@ def _print_demo_table(summary) -> None:  # noqa: ANN001
     typer.echo(f"MLflow UI:  uv run mlflow ui --backend-store-uri {summary.mlflow_tracking_uri} --host 127.0.0.1")
 
 
+@app.command()
+def backtest(
+    config: ConfigOpt,
+    out: Annotated[Path, typer.Option("--out", "-o", help="write the report (policies, chunks) as JSON here")],
+    policy: Annotated[
+        list[str] | None,
+        typer.Option("--policy", "-p", help="policy to replay, repeatable: default, never, always, schedule, schedule:K"),
+    ] = None,
+    plot: Annotated[Path | None, typer.Option("--plot", help="draw realized/estimated metric per chunk and retrains (PNG)")] = None,
+    data_root: Annotated[Path | None, typer.Option(help="the stream folder (overrides data.root)")] = None,
+    max_chunks: Annotated[int | None, typer.Option(help="replay only the first N chunks")] = None,
+    only: Annotated[bool, typer.Option("--only", help="replay the --policy names alone, without the baselines (timing runs)")] = False,
+    workdir: Annotated[Path | None, typer.Option(help="keep the backtest's MLflow store here (default: a temporary folder)")] = None,
+) -> None:
+    """Replay a labelled stream chunk by chunk through the real monitor, retrain policy,
+    retrain and gate code on a temporary MLflow store, for each policy plus the baselines
+    never / always / schedule; print a table and write per-chunk rows and totals as JSON."""
+    cfg = _load(config, data_root=data_root)
+    from evergreen.backtest import BacktestError, format_table, run_backtest
+    from evergreen.policy import PolicyError
+
+    try:
+        result = run_backtest(
+            cfg, policy or ["default"], baselines=not only, max_chunks=max_chunks,
+            workdir=str(workdir) if workdir else None, log=typer.echo,
+        )
+    except (BacktestError, PolicyError) as exc:
+        typer.echo(str(exc), err=True)
+        raise typer.Exit(2) from None
+    _write_json(out, result.to_dict())
+    typer.echo(format_table(result))
+    if plot is not None:
+        from evergreen.backtest import plot as draw
+
+        draw(result, str(plot))
+        typer.echo(f"plot: {plot}")
+
+
 @app.command(context_settings={"allow_extra_args": True, "ignore_unknown_options": True})
 def bench(ctx: typer.Context) -> None:
     """The benchmarks (bench/): each flow or service against a baseline measured in the same

@@ -1,0 +1,126 @@
+"""The backtest on a small generated stream: real GX, NannyML, XGBoost, gate and a temporary
+MLflow store; figures checked, not just shapes."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+from typer.testing import CliRunner
+
+from evergreen.backtest import format_table, plot, run_backtest
+from evergreen.config import ModelConfig
+from evergreen.stream import write_stream_from_frames
+
+pytestmark = pytest.mark.slow
+
+CHUNKS, ROWS, DRIFT_AT, DELAY = 8, 400, 4, 1
+
+
+@pytest.fixture(scope="module")
+def stream(tmp_path_factory) -> ModelConfig:
+    from tests.unit.conftest import _config, _make_frame
+
+    root = tmp_path_factory.mktemp("stream")
+    base = _config()
+    cfg = base.model_copy(
+        update={
+            "data": base.data.model_copy(update={"root": str(root), "rows_per_batch": ROWS, "label_delay_days": DELAY}),
+            "mlflow": base.mlflow.model_copy(update={"model_name": "toy"}),
+        }
+    )
+    reference, analysis = _make_frame(3000, seed=1), _make_frame(CHUNKS * ROWS, seed=2)
+    analysis["id"] += 1_000_000  # production ids never repeat the reference's
+    # The top feature moves by 2 standard deviations while the outcome keeps the old rule:
+    # the first model's metric falls, a retrained one can recover.
+    write_stream_from_frames(
+        cfg, reference.drop(columns="p_true"), analysis.drop(columns="p_true"), str(root),
+        drift="covariate", drift_start=DRIFT_AT, drift_params={"features": ["x1"], "method": "additive", "strength": 2.0},
+    )
+    return cfg
+
+
+@pytest.fixture(scope="module")
+def result(stream: ModelConfig, tmp_path_factory):
+    return run_backtest(stream, ["default"], workdir=str(tmp_path_factory.mktemp("store")), log=lambda _: None)
+
+
+def test_report_holds_every_policy_and_chunk(result) -> None:
+    report = json.loads(json.dumps(result.to_dict()))
+    assert set(report["policies"]) == {"default", "never", "always", "schedule:7"}
+    for body in report["policies"].values():
+        assert {"mean_metric", "worst_metric", "retrains", "promotions", "rollbacks", "chunks", "wall_seconds"} <= set(body)
+        assert len(body["chunks"]) == CHUNKS
+        chunk = body["chunks"][0]
+        assert {"chunk", "start", "end", "rows", "serving_version", "valid", "drifted_features",
+                "estimated_metric", "realized_metric", "decision", "reason"} <= set(chunk)
+        assert chunk["rows"] == ROWS and chunk["start"] < chunk["end"]
+    assert report["stream"]["chunks"] == CHUNKS and report["stream"]["drift_start_index"] == DRIFT_AT
+    table = format_table(result)
+    assert all(name in table for name in report["policies"])
+
+
+def test_never_keeps_the_first_model_and_always_retrains_every_chunk(result) -> None:
+    never, always = result.policies["never"], result.policies["always"]
+    assert never.retrains == never.promotions == 0
+    assert {c.serving_version for c in never.chunks} == {"1"}
+    assert always.retrains == CHUNKS
+    assert all(c.decision == "retrain" and c.retrained_version for c in always.chunks)
+    metrics = [c.realized_metric for c in never.chunks]
+    assert never.mean_metric == pytest.approx(np.mean(metrics))
+    assert never.worst_metric == min(metrics)
+
+
+def test_the_injected_shift_costs_the_first_model(result) -> None:
+    never = result.policies["never"].chunks
+    before = np.mean([c.realized_metric for c in never[:DRIFT_AT]])
+    after = np.mean([c.realized_metric for c in never[DRIFT_AT:]])
+    assert before - after > 0.02, (before, after)
+
+
+def test_default_policy_detects_the_shift_and_retrains(result) -> None:
+    default = result.policies["default"].chunks
+    assert not any(c.alert for c in default[:DRIFT_AT]), [c.reason for c in default[:DRIFT_AT]]
+    first = next(c for c in default[DRIFT_AT:] if c.alert)
+    assert first.index - DRIFT_AT <= 2
+    assert "feature_drift" in first.fired and "x1" in first.drifted_features
+    assert "evergreen.drift.detected" in first.events
+    assert first.decision == "retrain" and first.retrained_version == "2"
+    assert result.policies["default"].retrains < CHUNKS
+
+
+def test_labels_are_revealed_after_the_delay(result) -> None:
+    days = [c.chunk for c in result.policies["never"].chunks]
+    for i, c in enumerate(result.policies["never"].chunks):
+        assert c.valid, c.validation
+        if i < DELAY:
+            assert c.realized_signal is None
+        else:
+            assert c.realized_signal["chunk"] == days[i - DELAY]
+            assert c.realized_signal["value"] == pytest.approx(result.policies["never"].chunks[i - DELAY].realized_metric)
+
+
+def test_plot_is_written(result, tmp_path) -> None:
+    path = tmp_path / "backtest.png"
+    plot(result, str(path))
+    assert path.stat().st_size > 10_000
+
+
+def test_cli_writes_the_report(stream: ModelConfig, tmp_path) -> None:
+    import yaml
+
+    from evergreen.cli import app
+
+    config = tmp_path / "toy.yaml"
+    config.write_text(yaml.safe_dump(stream.model_dump(mode="json")), encoding="utf-8")
+    out = tmp_path / "report.json"
+    run = CliRunner().invoke(
+        app, ["backtest", "--config", str(config), "--out", str(out), "--policy", "never", "--only", "--max-chunks", "3"]
+    )
+    assert run.exit_code == 0, run.output
+    report = json.loads(out.read_text())
+    assert list(report["policies"]) == ["never"] and len(report["policies"]["never"]["chunks"]) == 3
+    assert "never" in run.output
+    bad = CliRunner().invoke(app, ["backtest", "--config", str(config), "--out", str(out), "--policy", "sometimes"])
+    assert bad.exit_code == 2 and "sometimes" in bad.output
