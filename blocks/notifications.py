@@ -7,8 +7,9 @@ re-registering changes nothing:
 
 - `evergreen <model>: promoted or rolled back` on `evergreen.model.promoted` and
   `evergreen.model.rolled_back` for the resource `evergreen.model.<model>`;
-- `evergreen: flow run failed` on `prefect.flow-run.Failed` of any flow run tagged
-  `evergreen` (every deployment in prefect.yaml carries the tag).
+- `evergreen: flow run failed` when any flow run tagged `evergreen` (every deployment in
+  prefect.yaml carries the tag) ends in a failed state: Failed, Crashed, TimedOut or one of
+  the named failures of the flows (DataRejected, GateFailed, ...).
 """
 
 from __future__ import annotations
@@ -18,7 +19,12 @@ from typing import Any
 from evergreen.config import ModelConfig
 
 MODEL_EVENTS = ["evergreen.model.promoted", "evergreen.model.rolled_back"]
-FAILED_RUN_EVENT = "prefect.flow-run.Failed"
+# A flow run's state event is named after the state's *name*: a run ending in
+# Failed(name="GateFailed") emits `prefect.flow-run.GateFailed`, not `...Failed`. So the
+# trigger lists Prefect's own failure states and every named failure our flows return
+# (tests/unit/test_notifications.py keeps this list in step with flows/).
+FAILED_STATE_NAMES = ["Failed", "Crashed", "TimedOut", "DataRejected", "TrainingDataRejected", "GateFailed", "NotEnoughData"]
+FAILED_RUN_EVENTS = [f"prefect.flow-run.{name}" for name in FAILED_STATE_NAMES]
 TAG = "evergreen"
 
 MODEL_PAYLOAD = """{
@@ -86,7 +92,7 @@ def _automations(model: str, block_id: Any) -> list[Any]:
             trigger=EventTrigger(
                 match={"prefect.resource.id": "prefect.flow-run.*"},
                 match_related={"prefect.resource.role": "tag", "prefect.resource.id": f"prefect.tag.{TAG}"},
-                expect={FAILED_RUN_EVENT},
+                expect=set(FAILED_RUN_EVENTS),
                 posture=Posture.Reactive,
                 threshold=1,
             ),
