@@ -98,7 +98,7 @@ def test_failed_gate_leaves_the_champion_and_notifies(project: Project, webhook:
     assert run.state.name == "GateFailed" and f"v{bad} rejected" in run.state.message
     assert _alias(project, "champion") == champion and _alias(project, "challenger") is None
     assert registry.get_version(cfg.mlflow.model_name, bad).status == "rejected"
-    call = webhook.wait_for(lambda b: b.get("event") == "prefect.flow-run.Failed" and b.get("flow_run_id", "").endswith(str(run.id)))
+    call = webhook.wait_for(lambda b: b.get("event") == "prefect.flow-run.GateFailed" and b.get("flow_run_id", "").endswith(str(run.id)))
     assert call["state"] == "GateFailed"
 
 
