@@ -1,12 +1,18 @@
 """`evergreen demo`: the closed loop on embedded defaults, day by day.
 
 A local `prefect server` (SQLite, 127.0.0.1) unless PREFECT_API_URL is set, a local MLflow
-store (SQLite + artifact folder) and the scoring service as a child process. Each day of the
-demo stream: labels that are due arrive, the day's rows are scored through the
-champion/canary router over HTTP (every prediction lands in the prediction log), the log
-becomes the day's batch, and the `monitor` flow runs on it. Drift events start `retrain`, a
-registered candidate goes through `promote`, and a canary is reviewed by `canary-review`
-every day until it is promoted or rolled back.
+store (SQLite + artifact folder), the config saved as the `car-loan` block, the deployments
+of prefect.yaml served by `evergreen serve-flows` (their event triggers are the automations
+that drive the loop) and the scoring service, each a child process stopped at the end.
+
+Each day of the demo stream: labels that are due arrive, the day's rows are scored through
+the champion/canary router over HTTP (every prediction lands in the prediction log), the log
+becomes the day's batch, and the `monitor` flow runs on it. From there nothing is called by
+the demo: a drift event makes the retrain deployment's automation start `retrain`, its
+`evergreen.model.registered` event starts `promote`, and the demo only waits until those
+runs have finished before it moves to the next day. The demo's clock replaces the cron
+schedules (it replays 20 days in minutes): it runs `canary-review` once per simulated day
+while a canary is live, as the hourly schedule would.
 """
 
 from __future__ import annotations
@@ -26,7 +32,8 @@ import yaml
 from evergreen import io
 from evergreen.config import ModelConfig, load_config
 
-DRIFT_EVENTS = ("evergreen.drift.detected", "evergreen.performance.degraded")
+# Events with an automation in prefect.yaml (retrain; rollback after a promotion).
+TRIGGERING = ("evergreen.drift.detected", "evergreen.performance.degraded")
 
 
 @dataclass
@@ -87,11 +94,12 @@ def run_demo(
     echo: Callable[[str], None] = print,
     progress: Callable[[str, int, int], None] | None = None,
 ) -> DemoSummary:
-    from evergreen.services import prefect_server, scoring_service
+    from evergreen.services import prefect_server, scoring_service, served_flows
     from evergreen.stream import write_demo_stream
 
     began = time.monotonic()
     _quiet_console()
+    _exit_on_sigterm()
     if workdir.exists():
         shutil.rmtree(workdir)
     workdir.mkdir(parents=True)
@@ -117,10 +125,17 @@ def run_demo(
         for name in ("reference.parquet", "monitor_reference.parquet"):
             shutil.copy(staging / name, live / name)
 
+        from blocks.model_config import EvergreenModel, block_document_name
         from flows.canary import canary_review
         from flows.monitor import monitor
-        from flows.promote import promote
         from flows.retrain import retrain
+
+        block = block_document_name(cfg.name)
+        EvergreenModel.register_type_and_schema()
+        EvergreenModel.from_config(cfg).save(block, overwrite=True)
+        echo(f"saved the config as block evergreen-model/{block}")
+        echo("serving the deployments of prefect.yaml (evergreen serve-flows) ...")
+        stack.enter_context(served_flows(workdir / "serve-flows.log", extra_env={"PREFECT_API_URL": api}))
 
         echo("bootstrap: training the first model on the reference data ...")
         boot = retrain(config=cfg, trigger="manual", reason="bootstrap the demo", return_state=True).result()
@@ -128,25 +143,27 @@ def run_demo(
 
         rows: list[DayRow] = []
         counters = {"retrains": 1, "promotions": 0, "rollbacks": 0}
-        state = {"last_retrain": -10**6, "pending_alert_day": None}
-        with scoring_service(cfg_file, workdir / "serve.log") as url:
-            echo(f"scoring service: {url}")
-            days = info.days
-            for i, day in enumerate(days):
-                t0 = time.monotonic()
-                if progress:
-                    progress(day, i, len(days))
-                _deliver_labels(staging, live, day)
-                batch = io.read_table(f"{staging}/batches/{day}.parquet")
-                served = _score_day(url, cfg, batch)
-                path = _compact(cfg, day, len(batch))
-                mstate = monitor(config=cfg, batch=path, return_state=True)
-                m = mstate.result(raise_on_failure=False)[0]
+        url = stack.enter_context(scoring_service(cfg_file, workdir / "serve.log"))
+        echo(f"scoring service: {url}")
+        days = info.days
+        for i, day in enumerate(days):
+            t0 = time.monotonic()
+            if progress:
+                progress(day, i, len(days))
+            _deliver_labels(staging, live, day)
+            batch = io.read_table(f"{staging}/batches/{day}.parquet")
+            served = _score_day(url, cfg, batch)
+            path = _compact(cfg, day, len(batch))
+            since = _now()
+            with _tags("evergreen", "demo"):
+                m = monitor(config=cfg, batch=path, return_state=True).result(raise_on_failure=False)[0]
                 for ev in m.events:
                     echo(f"  [{day}] event {ev}")
-                action = _react(cfg, i, day, m, state, counters, echo, retrain, promote, canary_review)
-                champion, canary = _aliases(cfg)
-                rows.append(DayRow(day, m.valid, m.drift_detected, m.performance_degraded, m.estimated_metric, m.realized_metric, m.realized_on, m.events, action, champion, canary, served, round(time.monotonic() - t0, 1)))
+                actions = _review_canary(cfg, day, counters, echo, canary_review)
+            if any(e in TRIGGERING for e in m.events) or any(a.startswith("canary-review: promoted") for a in actions):
+                actions += _await_automations(since, day, counters, echo)
+            champion, canary = _aliases(cfg)
+            rows.append(DayRow(day, m.valid, m.drift_detected, m.performance_degraded, m.estimated_metric, m.realized_metric, m.realized_on, m.events, "; ".join(actions) or "-", champion, canary, served, round(time.monotonic() - t0, 1)))
         if keep_server:
             echo(f"Prefect server left running at {api}")
     detected = next((r.day for r in rows if r.drift and (info.drift_start_index is None or r.day >= info.drift_start_date)), None)
@@ -158,6 +175,15 @@ def run_demo(
         workdir=str(workdir), seconds=round(time.monotonic() - began, 1),
         server_kept=keep_server or not started_server,
     )
+
+
+def _exit_on_sigterm() -> None:
+    """SIGTERM unwinds like Ctrl+C, so the server, runner and scoring service the demo
+    started are stopped too (they run in their own process groups)."""
+    import signal
+    import sys
+
+    signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))
 
 
 def _quiet_console() -> None:
@@ -220,34 +246,102 @@ def _aliases(cfg: ModelConfig) -> tuple[str | None, str | None]:
     return (ch.version if ch else None), (ca.version if ca else None)
 
 
-def _react(cfg, i, day, m, state, counters, echo, retrain, promote, canary_review) -> str:  # noqa: ANN001, PLR0913
-    """What the automations do on this day's events (see prefect.yaml)."""
-    champion, canary = _aliases(cfg)
+def _now():  # noqa: ANN202
+    from datetime import UTC, datetime, timedelta
+
+    return datetime.now(UTC) - timedelta(seconds=1)
+
+
+def _tags(*names: str):  # noqa: ANN202
+    """Flow runs the demo starts itself carry the `evergreen` tag, like the deployments' runs
+    (the failed-run notification matches it)."""
+    from prefect import tags
+
+    return tags(*names)
+
+
+def _review_canary(cfg: ModelConfig, day: str, counters: dict[str, int], echo: Callable[[str], None], canary_review) -> list[str]:  # noqa: ANN001
+    """What the hourly canary-review schedule does, once per simulated day while a canary is live."""
+    _, canary = _aliases(cfg)
+    if canary is None:
+        return []
+    review = canary_review(config=cfg, return_state=True)
+    r = review.result(raise_on_failure=False)
+    if r.decision == "promoted":
+        counters["promotions"] += 1
+    elif r.decision == "rolled_back":
+        counters["rollbacks"] += 1
+    echo(f"  [{day}] canary review: {review.message}")
+    return [f"canary-review: {r.decision}"]
+
+
+def read_deployment_runs(since) -> list[Any]:  # noqa: ANN001
+    """Flow runs of deployments created since `since` (oldest first)."""
+    from prefect.client.orchestration import get_client
+    from prefect.client.schemas.filters import (
+        FlowRunFilter,
+        FlowRunFilterDeploymentId,
+        FlowRunFilterExpectedStartTime,
+    )
+    from prefect.client.schemas.sorting import FlowRunSort
+
+    flt = FlowRunFilter(
+        deployment_id=FlowRunFilterDeploymentId(is_null_=False),
+        expected_start_time=FlowRunFilterExpectedStartTime(after_=since),
+    )
+    with get_client(sync_client=True) as client:
+        return list(client.read_flow_runs(flow_run_filter=flt, sort=FlowRunSort.EXPECTED_START_TIME_ASC))
+
+
+def _await_automations(since, day: str, counters: dict[str, int], echo: Callable[[str], None], quiet: float = 5.0, timeout: float = 600) -> list[str]:  # noqa: ANN001
+    """Wait until the runs the automations started (and the runs those started) have
+    finished, and `quiet` seconds passed without a new one; report them."""
+    from datetime import UTC, datetime, timedelta
+
+    from prefect.client.orchestration import get_client
+
+    deadline = time.monotonic() + timeout
+    seen: dict[str, Any] = {}
+    last_change = time.monotonic()
+    while time.monotonic() < deadline:
+        horizon = datetime.now(UTC) + timedelta(minutes=1)
+        # A run scheduled for later (the canary-review trigger waits a canary window) is not
+        # work to wait for now.
+        runs = [r for r in read_deployment_runs(since) if not (r.state and r.state.is_scheduled() and r.expected_start_time and r.expected_start_time > horizon)]
+        for run in runs:
+            key = str(run.id)
+            final = run.state is not None and run.state.is_final()
+            if seen.get(key) != final:
+                seen[key] = final
+                last_change = time.monotonic()
+        if runs and all(seen.values()) and time.monotonic() - last_change >= quiet:
+            break
+        if not runs and time.monotonic() - last_change >= quiet:
+            break
+        time.sleep(1)
     actions = []
-    if canary is not None:
-        review = canary_review(config=cfg, return_state=True)
-        r = review.result(raise_on_failure=False)
-        if r.decision == "promoted":
-            counters["promotions"] += 1
-        elif r.decision == "rolled_back":
-            counters["rollbacks"] += 1
-        actions.append(f"canary-review: {r.decision}")
-        echo(f"  [{day}] canary review: {review.message}")
-        if r.decision != "pending":
-            return "; ".join(actions)
-    alert = any(e in DRIFT_EVENTS for e in m.events)
-    cooldown_days = cfg.retrain.cooldown_hours / 24
-    if alert and canary is None and i - state["last_retrain"] >= cooldown_days:
-        echo(f"  [{day}] drift -> retrain")
-        rs = retrain(config=cfg, trigger="event", event_id=(m.event_ids or [None])[0], reason=m.message[:500], metric=cfg.metric, return_state=True)
-        r = rs.result(raise_on_failure=False)
-        counters["retrains"] += 1
-        state["last_retrain"] = i
-        actions.append(f"retrain: v{r.version}" if r.version else f"retrain: {r.status}")
-        echo(f"  [{day}] {rs.message}")
-        if r.version:
-            ps = promote(config=cfg, return_state=True)
-            p = ps.result(raise_on_failure=False)
-            actions.append(f"gate: {p.decision}")
-            echo(f"  [{day}] gate: {ps.message}")
-    return "; ".join(actions) or "-"
+    with get_client(sync_client=True) as client:
+        names = {}
+        for run in read_deployment_runs(since):
+            if run.deployment_id not in names:
+                names[run.deployment_id] = client.read_deployment(run.deployment_id).name
+            dep, state = names[run.deployment_id], run.state
+            if state is not None and state.is_scheduled():
+                echo(f"  [{day}] automation -> {dep} scheduled for {run.expected_start_time:%Y-%m-%d %H:%M} UTC (real time)")
+                continue
+            echo(f"  [{day}] automation -> {dep}: {state.name}: {state.message or ''}".rstrip(": "))
+            actions.append(f"{dep}: {_short(dep, state)}")
+            if dep == "retrain" and state.name == "Completed":
+                counters["retrains"] += 1
+            if dep == "rollback" and state.name == "Completed":
+                counters["rollbacks"] += 1
+    return actions
+
+
+def _short(deployment: str, state) -> str:  # noqa: ANN001
+    msg = state.message or ""
+    if deployment == "retrain" and state.name == "Completed":
+        return msg.split(" as ")[0]
+    if deployment == "promote":
+        return "passed -> canary" if state.name == "Completed" else state.name
+    return state.name
