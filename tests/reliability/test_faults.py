@@ -262,19 +262,22 @@ def sweep_registry(tmp_path_factory: pytest.TempPathFactory) -> SweepRegistry:
 
 def _fresh_model(name: str, source: tuple[str, str], pre: dict[str, str | None], history: list[tuple[str, str]]) -> None:
     """A registered model `name` with versions 1..n (all from one logged model) and aliases
-    and status tags as in `pre`; `history` holds earlier champion moves."""
+    and status tags as in `pre`; versions in `history` were champion before. Set up with
+    plain client calls (no alias history): only the transition under test writes one."""
+    import mlflow
+
     uri, run_id = source
+    client = mlflow.MlflowClient()
     registry.ensure_registered_model(name)
-    wanted = max((int(v) for v in [*pre.values(), *(v for _, v in history)] if v), default=0)
-    for _ in range(wanted):
-        registry.create_version(name, uri, run_id, {registry.STATUS_TAG: "candidate", **LINEAGE_TAGS})
-    for alias, version in [*history, *pre.items()]:
-        registry.move_alias(name, alias, version, "set-up", "test")
-    for _, version in history:
-        registry.set_tags(name, version, {registry.STATUS_TAG: "retired"})
-    for alias, status in (("challenger", "candidate"), ("canary", "canary"), ("champion", "champion")):
+    status = {v: "retired" for _, v in history}
+    for alias, s in (("challenger", "candidate"), ("canary", "canary"), ("champion", "champion")):
         if pre.get(alias):
-            registry.set_tags(name, pre[alias], {registry.STATUS_TAG: status})
+            status[pre[alias]] = s
+    wanted = max((int(v) for v in [*pre.values(), *(v for _, v in history)] if v), default=0)
+    for i in range(1, wanted + 1):
+        registry.create_version(name, uri, run_id, {registry.STATUS_TAG: status.get(str(i), "candidate"), **LINEAGE_TAGS})
+    for alias, version in pre.items():
+        client.set_registered_model_alias(name, alias, version)
 
 
 LINEAGE_TAGS = dict.fromkeys(LINEAGE, "x")
