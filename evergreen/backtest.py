@@ -343,11 +343,16 @@ class _Shared:
 
         self.monitor_of(entry, timer)
         t = time.perf_counter()
+        checked = None
         if key in self.pending:
             served, preds, future = self.pending.pop(key)
-            checked = future.result()
+            try:
+                checked = future.result()
+            except Exception as exc:  # a worker died: validate here from now on
+                self.log(f"validation worker failed ({type(exc).__name__}: {exc}); validating in this process")
+                self.close()
             timer.add("validate_wait", t)
-        else:
+        if checked is None:
             served, preds = self._serve(entry, version, i, timer)
             t = time.perf_counter()
             checked = validation.validate_batch(served, entry.suite, self.stream.days[i], now=self.ends[i].tz_localize(None))
@@ -474,6 +479,8 @@ class _Replay:
         self.valid: dict[int, bool] = {}
         self.fired: list[list[str]] = []
         self.rows: list[ChunkRow] = []
+        self._newer: dict[tuple[int, pd.Timestamp], int] = {}
+        self._previous_scores: dict[tuple[str, int], Any] = {}
         self.counts = {"retrains": 0, "promotions": 0, "rollbacks": 0, "gate_failures": 0, "rejected_windows": 0, "alerts": 0}
 
     def run(self) -> PolicyResult:
@@ -581,9 +588,12 @@ class _Replay:
                 break
             if s.stream.reveal[j] > i or not self.valid.get(j, True):
                 continue
-            y = s.stream.targets[j]
-            stamps = s.stream.batches[j][ts]
-            total += int((~np.isnan(y) & (_utc_series(stamps) > after).to_numpy()).sum())
+            key = (j, after)
+            if key not in self._newer:  # a revealed chunk's count never changes
+                y = s.stream.targets[j]
+                newer = (_utc_series(s.stream.batches[j][ts]) > after).to_numpy()
+                self._newer[key] = int((~np.isnan(y) & newer).sum())
+            total += self._newer[key]
         return total
 
     def _realized_signal(self, i: int) -> dict[str, Any] | None:
@@ -697,8 +707,9 @@ class _Replay:
         ts, cap = cfg.columns.timestamp, cfg.gate.evaluation_rows
         parts: list[pd.DataFrame] = []
         count = 0
-        for b in reversed(s.labelled_rows(i, range(i + 1), self.valid)):
-            if not b.valid or b.frame.empty:
+        for j in range(i, -1, -1):
+            (b,) = s.labelled_rows(i, [j], self.valid) or (None,)
+            if b is None or not b.valid or b.frame.empty:
                 continue
             parts.append(b.frame)
             count += len(b.frame)
@@ -736,7 +747,9 @@ class _Replay:
             has = ~np.isnan(y)
             ids = s.stream.batches[j][cols.id].to_numpy()
             served = s.views[(entry.key, j)]
-            old = r.previous.model.predict(s.stream.batches[j])
+            if (r.previous.key, j) not in self._previous_scores:
+                self._previous_scores[(r.previous.key, j)] = r.previous.model.predict(s.stream.batches[j])
+            old = self._previous_scores[(r.previous.key, j)]
             old_score = old.probability if old.probability is not None else old.prediction
             for sink, version_, alias, pred, score in (
                 (logs, r.version, registry.CANARY, served.prediction, served.score),
@@ -779,6 +792,7 @@ def run_backtest(
     max_chunks: int | None = None,
     workdir: str | None = None,
     validation_workers: int = 2,
+    check_latency: bool = False,
     log: Callable[[str], None] = print,
 ) -> BacktestResult:
     """Replay the stream under `config.data.root` for each policy (plus the baselines
@@ -786,8 +800,14 @@ def run_backtest(
     store (in `workdir`, default a temporary folder removed at the end).
 
     `validation_workers` processes validate the next chunks with Great Expectations while
-    this one monitors the current chunk (0: everything in this process)."""
+    this one monitors the current chunk (0: everything in this process).
+
+    The gate's latency check is off unless `check_latency`: latency belongs to the serving
+    machine, and a replay that shares its machine with other work would measure that work
+    (every other gate check applies as configured)."""
     began = time.perf_counter()
+    if not check_latency:
+        config = config.model_copy(update={"gate": config.gate.model_copy(update={"max_latency_ms": math.inf})})
     names = list(dict.fromkeys([*policies, *(BASELINES if baselines else ())]))
     chosen = [policy.Policy.named(n, config.retrain) for n in names]
     if len({p.name for p in chosen}) != len(chosen):
@@ -831,6 +851,7 @@ def run_backtest(
             "drift": stream.info.get("drift"),
             "drift_start": stream.info.get("drift_start_date"),
             "drift_start_index": stream.info.get("drift_start_index"),
+            "gate_latency_checked": check_latency,
         },
         policies=results,
         seconds=time.perf_counter() - began,
