@@ -327,6 +327,8 @@ def _await_automations(since, day: str, counters: dict[str, int], echo: Callable
                 names[run.deployment_id] = client.read_deployment(run.deployment_id).name
             dep, state = names[run.deployment_id], run.state
             if state is not None and state.is_scheduled():
+                if run.created is not None and run.created < since:
+                    continue  # announced on the day it was scheduled
                 echo(f"  [{day}] automation -> {dep} scheduled for {run.expected_start_time:%Y-%m-%d %H:%M} UTC (real time)")
                 continue
             echo(f"  [{day}] automation -> {dep}: {state.name}: {state.message or ''}".rstrip(": "))
