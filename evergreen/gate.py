@@ -450,3 +450,23 @@ def _f(x: float) -> str:
     return f"{x:.4g}"
 
 
+
+
+@dataclass(frozen=True)
+class RollbackCheck:
+    """Whether rolling the champion back would help, judged on the same fresh labelled rows."""
+
+    worth_it: bool
+    reason: str
+
+
+def decide_rollback(current: ModelEvidence, previous: ModelEvidence, metric: str, margin: float, rows: int) -> RollbackCheck:
+    """Roll back only when the previous champion beats the current one by more than `margin`
+    on the freshest labelled rows. A performance drop right after a promotion can be the
+    data drifting under both models, and then the older model is no cure."""
+    cur, prev = current.evaluation.value, previous.evaluation.value
+    gain = metric_gain(prev, cur, metric)
+    where = f"on the {rows} freshest labelled rows: previous v{previous.version} {metric} {_f(prev)}, champion v{current.version} {_f(cur)}"
+    if gain > margin:
+        return RollbackCheck(True, f"previous champion is better by {_f(gain)} (> {_f(margin)}) {where}")
+    return RollbackCheck(False, f"previous champion is not better by more than {_f(margin)} {where}; keeping the champion")

@@ -23,12 +23,21 @@ def rollback(
     to_version: str | None = None,
     from_version: str | None = None,
     reason: str = "manual rollback",
+    verify: bool = False,
 ) -> State:
-    """Idempotent: with `from_version`, nothing happens once the champion is no longer it."""
+    """Idempotent: with `from_version`, nothing happens once the champion is no longer it.
+    With `verify` (the automation sets it), roll back only when the previous champion does
+    better than the champion on the freshest labelled rows."""
     disable_telemetry()
     cfg = resolve_config(config)
     promotion.check_registered_model(cfg)
     settle_registry(cfg)  # an interrupted earlier run is finished first
+    if verify and to_version is None:
+        check = promotion.check_rollback(cfg)
+        if check is None or not check.worth_it:
+            msg = check.reason if check else "no previous champion or too few fresh labelled rows to judge; keeping the champion"
+            return Completed(name="Kept", message=msg, data=PromotionResult(model_name=cfg.mlflow.model_name, decision="unchanged", reasons=[msg]))
+        reason = f"{reason}; {check.reason}"
     outcome = promotion.roll_back(cfg, to_version, from_version, reason)
     rolled_from, now = outcome.rolled_back_from, outcome.champion
     name = cfg.mlflow.model_name

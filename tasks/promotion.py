@@ -163,3 +163,22 @@ def roll_back(config: ModelConfig, to_version: str | None, from_version: str | N
         registry.get_version(name, target)  # raises with the name when the version does not exist
         rolled_from = registry.roll_back_champion(name, target, reason, actor(), current_flow_run_id())
         return RollbackOutcome(rolled_from, target)
+
+
+@task(name="check-rollback", cache_policy=NO_CACHE, retries=2, retry_delay_seconds=2)
+def check_rollback(config: ModelConfig) -> gate.RollbackCheck | None:
+    """Champion and previous champion measured on the same freshest labelled rows; None
+    when there is no previous champion or too few rows to judge."""
+    tracking.connect(config.mlflow)
+    name = config.mlflow.model_name
+    previous = registry.previous_champion(name)
+    current = registry.load_alias(name, registry.CHAMPION)
+    if previous is None or current is None:
+        return None
+    fresh = sources.read_fresh_labelled(config, None)
+    if len(fresh) < config.gate.min_rows:
+        return None
+    old = registry.load_version(name, previous)
+    cur_ev = gate.measure_model(current.model, fresh, config, current.version.version)
+    old_ev = gate.measure_model(old.model, fresh, config, previous)
+    return gate.decide_rollback(cur_ev, old_ev, config.metric, config.canary.margin, len(fresh))
