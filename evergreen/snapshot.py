@@ -29,7 +29,7 @@ from __future__ import annotations
 import hashlib
 import re
 import struct
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from dataclasses import asdict, dataclass, field
 from datetime import UTC, datetime
 from typing import Any
@@ -44,6 +44,8 @@ _HEADER = b"evergreen.snapshot.v1\n"
 _DIGEST_RE = re.compile(r"^[0-9a-f]{64}$")
 # Whole-number floats become int64 only inside the range int64 holds exactly.
 _INT64_LIMIT = float(2**63)
+# pandas' default string dtype ("str"), the canonical one for text.
+_STR = pd.api.types.pandas_dtype("str")
 
 
 class SnapshotError(ValueError):
@@ -84,17 +86,21 @@ def canonicalize(df: pd.DataFrame) -> pd.DataFrame:
     Row order is kept. Raises SnapshotError naming the column when a column cannot be
     represented (mixed Python types in an object column, timedeltas, complex numbers).
     """
+    columns = dict(_canonical_columns(df))
+    out = pd.DataFrame(columns)
+    out.index = pd.RangeIndex(len(df))
+    return out
+
+
+def _canonical_columns(df: pd.DataFrame) -> Iterator[tuple[str, pd.Series]]:
+    """(name, canonical column) in name order, one column at a time (see `canonicalize`);
+    a column that is canonical already is passed through without a copy."""
     names = [str(c) for c in df.columns]
     duplicated = sorted({n for n in names if names.count(n) > 1})
     if duplicated:
         raise SnapshotError(f"cannot snapshot a table with duplicate column names: {duplicated}")
-    columns = {
-        name: _canonical_column(name, df.iloc[:, i].reset_index(drop=True))
-        for i, name in enumerate(names)
-    }
-    out = pd.DataFrame({name: columns[name] for name in sorted(columns)})
-    out.index = pd.RangeIndex(len(df))
-    return out
+    for i in sorted(range(len(names)), key=names.__getitem__):
+        yield names[i], _canonical_column(names[i], df.iloc[:, i].reset_index(drop=True))
 
 
 def _canonical_column(name: str, s: pd.Series) -> pd.Series:
@@ -138,6 +144,8 @@ def _canonical_object(name: str, s: pd.Series) -> pd.Series:
 
 
 def _canonical_string(s: pd.Series) -> pd.Series:
+    if s.dtype == _STR:  # already pandas' default string dtype: no object per value
+        return s
     values = s.astype(object).where(s.notna(), None)
     return pd.Series(values.to_numpy(), dtype="str")
 
@@ -156,19 +164,26 @@ def _canonical_numeric(s: pd.Series) -> pd.Series:
         values = s.to_numpy()
         if values.dtype == np.uint64 and len(values) and values.max() > np.iinfo(np.int64).max:
             return pd.Series(values.astype(np.float64), dtype="float64")
+        if values.dtype == np.int64:
+            return s if dtype == np.int64 else pd.Series(values, dtype="int64")
         return pd.Series(values.astype(np.int64), dtype="int64")
     numpy_dtype = getattr(dtype, "numpy_dtype", dtype)
     if numpy_dtype in (np.float16, np.float32):
         # Widen through the shortest decimal form: float32(0.1) -> 0.1, not 0.100000001.
         narrow = s.to_numpy(dtype=numpy_dtype, na_value=np.nan)
         values = narrow.astype(str).astype(np.float64)
+    elif dtype == np.float64:
+        values = s.to_numpy()  # NaN is already its missing value: no copy
     else:
         values = s.to_numpy(dtype=np.float64, na_value=np.nan)
-    values = values + 0.0  # -0.0 -> 0.0
+    unchanged = dtype == np.float64
+    if (np.signbit(values) & (values == 0)).any():
+        values = values + 0.0  # -0.0 -> 0.0 (a copy only when there is one)
+        unchanged = False
     missing = np.isnan(values)
     if not missing.any() and len(values) and _all_whole(values):
         return pd.Series(values.astype(np.int64), dtype="int64")
-    return pd.Series(values, dtype="float64")
+    return s if unchanged else pd.Series(values, dtype="float64")
 
 
 def _all_whole(values: np.ndarray) -> bool:
@@ -187,17 +202,31 @@ def _canonical_datetime(s: pd.Series) -> pd.Series:
 
 
 def dataset_digest(df: pd.DataFrame) -> str:
-    """sha256 hex digest of the table's canonical form (see module docstring)."""
-    return _digest_canonical(canonicalize(df))
+    """sha256 hex digest of the table's canonical form (see module docstring).
+
+    Streams column by column: at most one canonical column exists at a time."""
+    h = _digest_start(len(df), df.shape[1])
+    for name, column in _canonical_columns(df):
+        _hash_named_column(h, name, column)
+    return h.hexdigest()
 
 
 def _digest_canonical(frame: pd.DataFrame) -> str:
-    h = hashlib.sha256(_HEADER)
-    h.update(struct.pack("<qq", len(frame), frame.shape[1]))
+    h = _digest_start(len(frame), frame.shape[1])
     for name in frame.columns:
-        _update(h, name.encode("utf-8"))
-        _hash_column(h, frame[name])
+        _hash_named_column(h, name, frame[name])
     return h.hexdigest()
+
+
+def _digest_start(rows: int, columns: int) -> Any:
+    h = hashlib.sha256(_HEADER)
+    h.update(struct.pack("<qq", rows, columns))
+    return h
+
+
+def _hash_named_column(h: Any, name: str, column: pd.Series) -> None:
+    _update(h, name.encode("utf-8"))
+    _hash_column(h, column)
 
 
 def _update(h: Any, chunk: bytes) -> None:
@@ -244,7 +273,13 @@ def _string_buffers(s: pd.Series) -> tuple[np.ndarray, bytes]:
 
     if len(s) == 0:
         return np.zeros(0, dtype=np.int64), b""
-    arr = pa.array(s.astype(object).to_numpy(), type=pa.large_string(), from_pandas=True)
+    if s.dtype == _STR:  # Arrow-backed already: its UTF-8 buffers, no object per value
+        arr = pa.array(s.array)
+        if isinstance(arr, pa.ChunkedArray):
+            arr = arr.combine_chunks()
+        arr = arr.cast(pa.large_string())
+    else:
+        arr = pa.array(s.astype(object).to_numpy(), type=pa.large_string(), from_pandas=True)
     arr = pc.fill_null(arr, "")
     offsets = np.frombuffer(arr.buffers()[1], dtype="<i8")[arr.offset : arr.offset + len(arr) + 1]
     data_buffer = arr.buffers()[2]
@@ -273,32 +308,80 @@ def snapshot_dataset(
     stored metadata is returned with created=False (its `sources` are those recorded by
     the first writer). `time_column` (optional) gives the time range in meta.json.
     """
-    frame = canonicalize(df)
-    digest = _digest_canonical(frame)
+    import pyarrow as pa
+
+    # One canonical column at a time: hashed, then kept as an Arrow array for the Parquet
+    # file. Columns already canonical (int64, float64, str: most of a training window) are
+    # not copied, so the store costs little more memory than the window itself.
+    h = _digest_start(len(df), df.shape[1])
+    names: list[str] = []
+    arrays: list[Any] = []
+    dtypes: dict[str, str] = {}
+    empty: dict[str, pd.Series] = {}
+    time_range: tuple[str | None, str | None] = (None, None)
+    for name, column in _canonical_columns(df):
+        _hash_named_column(h, name, column)
+        if name == time_column:
+            time_range = _time_range(pd.DataFrame({name: column}), time_column)
+        names.append(name)
+        arrays.append(pa.Array.from_pandas(column))
+        dtypes[name] = str(column.dtype)
+        empty[name] = column.iloc[:0]
+    if time_column is not None and time_column not in dtypes:
+        raise SnapshotError(
+            f"time column {time_column!r} is not in the table; columns are {names}"
+        )
+    digest = h.hexdigest()
     folder = snapshot_dir(store, digest)
     meta_path = f"{folder}/meta.json"
     data_path = f"{folder}/data.parquet"
     existing = io.read_json(meta_path, default=None)
     if existing is not None:
         return _info_from_meta(existing, data_path, created=False)
-    time_min, time_max = _time_range(frame, time_column)
     meta = {
         "format": FORMAT_VERSION,
         "digest": digest,
-        "rows": len(frame),
-        "columns": list(frame.columns),
-        "dtypes": {c: str(frame[c].dtype) for c in frame.columns},
+        "rows": len(df),
+        "columns": names,
+        "dtypes": dtypes,
         "time_column": time_column,
-        "time_min": time_min,
-        "time_max": time_max,
+        "time_min": time_range[0],
+        "time_max": time_range[1],
         "sources": [str(s) for s in sources],
         "created_at": datetime.now(UTC).isoformat(),
     }
+    # The schema (and pandas metadata) `DataFrame.to_parquet` would write for the canonical
+    # frame, so the file reads back with the canonical dtypes.
+    schema = pa.Schema.from_pandas(pd.DataFrame(empty), preserve_index=False)
+    table = pa.Table.from_arrays(
+        [a if a.type == f.type else a.cast(f.type) for a, f in zip(arrays, schema, strict=True)],
+        schema=schema,
+    )
+    del arrays
     # Data first, meta last: a snapshot only exists once meta.json does, and each file is
     # renamed into place whole, so a killed write leaves nothing that looks complete.
-    io.write_table(frame, data_path)
+    _write_parquet(table, data_path)
     io.write_json(meta, meta_path)
     return _info_from_meta(meta, data_path, created=True)
+
+
+def _write_parquet(table: Any, path: str) -> None:
+    """Write an Arrow table as Parquet atomically (temporary name, then rename), as
+    `io.write_table` does for frames."""
+    import uuid
+    from pathlib import PurePosixPath
+
+    import fsspec
+    import pyarrow.parquet as pq
+
+    fs, _, paths = fsspec.get_fs_token_paths(path)
+    p = paths[0]
+    parent = str(PurePosixPath(p).parent)
+    fs.makedirs(parent, exist_ok=True)
+    tmp = f"{parent}/.{PurePosixPath(p).name}.{uuid.uuid4().hex}.tmp"
+    with fs.open(tmp, "wb") as fh:
+        pq.write_table(table, fh)
+    fs.mv(tmp, p)
 
 
 def load_snapshot(store: str, digest: str) -> pd.DataFrame:
