@@ -55,7 +55,9 @@ class Project:
     served_health: str = ""
 
 
-@pytest.fixture(scope="session")
+# Module scope: the server, the environment variable and the settings are undone when the
+# e2e module ends, so tests collected after it talk to their own servers again.
+@pytest.fixture(scope="module")
 def webhook() -> Iterator[Webhook]:
     received: list[dict] = []
 
@@ -79,9 +81,9 @@ def webhook() -> Iterator[Webhook]:
     server.shutdown()
 
 
-@pytest.fixture(scope="session")
+@pytest.fixture(scope="module")
 def api_url(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
-    """A real Prefect server for the session; this process and every child talk to it."""
+    """A real Prefect server for the e2e module; this process and every child talk to it."""
     from prefect.settings import PREFECT_API_URL, temporary_settings
 
     home = tmp_path_factory.mktemp("prefect-server")
@@ -180,9 +182,12 @@ def project(api_url: str, webhook: Webhook, tmp_path_factory: pytest.TempPathFac
         outputs.append(server_state())
     project = Project(cfg, config_file, staging, api_url, outputs)
     os.environ["EVERGREEN_E2E_SERVE_LOG"] = str(tmp / "serve-flows.log")
-    with served_flows(tmp / "serve-flows.log", extra_env={"PREFECT_API_URL": api_url}) as health:
-        project.served_health = health
-        yield project
+    try:
+        with served_flows(tmp / "serve-flows.log", extra_env={"PREFECT_API_URL": api_url}) as health:
+            project.served_health = health
+            yield project
+    finally:
+        os.environ.pop("EVERGREEN_E2E_SERVE_LOG", None)
 
 
 def wait_runs(deployment: str, since, count: int = 1, timeout: float = 240, settle: float = 0.0) -> list:
