@@ -363,10 +363,18 @@ def _nthread(params: dict[str, Any]) -> int:
 
 def _as_category_strings(col: pd.Series) -> pd.Series:
     """Category values as strings; nulls stay null. Mapped per unique value (cheap)."""
+    if col.dtype == _STR:
+        # Already strings (pandas' default text dtype, Arrow-backed): every value is its own
+        # category string. Going through Python objects would create one per row (seconds
+        # and ~100 MB per million rows) to get the same values back.
+        return col
     values = col.astype(object)
     uniques = pd.unique(values[values.notna()])
     mapping = {v: _category_string(v) for v in uniques}
     return values.map(mapping).astype(object)
+
+
+_STR = pd.api.types.pandas_dtype("str")
 
 
 def _category_string(value: Any) -> str:
