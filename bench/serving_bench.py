@@ -2,7 +2,7 @@
 `mlflow models serve` on the same XGBoost model, same machine, same run, same load generator.
 
     uv run python -m bench serving [--seconds S] [--warmup S] [--threads N] [--rounds R]
-        [--markdown BENCHMARKS.md] [--out FILE.json]
+        [--clients socket,httpx] [--markdown BENCHMARKS.md] [--out FILE.json]
 
 The model is numeric-only (plain `mlflow models serve` builds its DMatrix without
 `enable_categorical`, so it cannot score Evergreen's categorical models). Both servers run
@@ -61,6 +61,7 @@ class LoadResult:
     all_requests: int = 0
     client_cpu_seconds: float = 0.0
     server_cpu_seconds: float = 0.0
+    client: str = "socket"
 
     @property
     def server_cpu_ms_per_request(self) -> float:
@@ -123,6 +124,9 @@ def generate_load(
     if client not in CLIENTS:
         raise ValueError(f"client must be one of {CLIENTS}, got {client!r}")
     make_client = _httpx_poster if client == "httpx" else _socket_poster
+    stack = ExitStack()
+    # Clients are set up before the clock starts (an httpx.Client builds an SSL context).
+    posters = [stack.enter_context(make_client(url, bodies, timeout)) for _ in range(threads)]
     server_cpu = tree_cpu_seconds(server_pid) if server_pid else 0.0
     client_cpu = time.process_time()
     start = time.perf_counter()
@@ -132,32 +136,32 @@ def generate_load(
     answered = [0] * threads
 
     def worker(k: int) -> None:
-        with make_client(url, bodies, timeout) as post:
-            i = k
-            while True:
-                t0 = time.perf_counter()
-                if t0 >= end:
-                    return
-                try:
-                    ok = post(i % len(bodies)) == 200
-                except (OSError, ValueError):  # transport errors, malformed answers
-                    ok = False
-                t1 = time.perf_counter()
-                answered[k] += 1
-                i += threads
-                if t0 < measure_from or t1 > end:
-                    continue
-                if ok:
-                    latencies[k].append(t1 - t0)
-                else:
-                    errors[k] += 1
+        post, i = posters[k], k
+        while True:
+            t0 = time.perf_counter()
+            if t0 >= end:
+                return
+            try:
+                ok = post(i % len(bodies)) == 200
+            except (OSError, ValueError):  # transport errors, malformed answers
+                ok = False
+            t1 = time.perf_counter()
+            answered[k] += 1
+            i += threads
+            if t0 < measure_from or t1 > end:
+                continue
+            if ok:
+                latencies[k].append(t1 - t0)
+            else:
+                errors[k] += 1
 
-    pool = [threading.Thread(target=worker, args=(k,), daemon=True) for k in range(threads)]
-    for t in pool:
-        t.start()
-    for t in pool:
-        t.join(timeout=warmup + seconds + timeout + 5)
-    client_cpu = time.process_time() - client_cpu
+    with stack:
+        pool = [threading.Thread(target=worker, args=(k,), daemon=True) for k in range(threads)]
+        for t in pool:
+            t.start()
+        for t in pool:
+            t.join(timeout=warmup + seconds + timeout + 5)
+        client_cpu = time.process_time() - client_cpu
     server_cpu = tree_cpu_seconds(server_pid) - server_cpu if server_pid else 0.0
     lat = np.array([x for part in latencies for x in part]) * 1000.0
     return LoadResult(
@@ -171,6 +175,7 @@ def generate_load(
         all_requests=sum(answered),
         client_cpu_seconds=client_cpu,
         server_cpu_seconds=server_cpu,
+        client=client,
     )
 
 
@@ -472,17 +477,28 @@ class ServingReport:
     rounds: int
     canary_share: float
     agreement: AgreementCheck
+    clients: list[str] = field(default_factory=lambda: ["socket"])
+    load_before: float = 0.0
+    load_after: float = 0.0
     runs: list[LoadResult] = field(default_factory=list)
 
-    def median(self, server: str, rows: int, attr: str) -> float:
-        values = [
-            getattr(r, attr) for r in self.runs if r.server == server and r.rows_per_request == rows
+    def _runs(self, server: str, rows: int, client: str | None) -> list[LoadResult]:
+        client = client or self.clients[0]
+        return [
+            r
+            for r in self.runs
+            if r.server == server and r.rows_per_request == rows and r.client == client
         ]
-        return float(statistics.median(values))
 
-    def ratio(self, rows: int) -> float:
-        return self.median("evergreen", rows, "requests_per_second") / self.median(
-            "mlflow", rows, "requests_per_second"
+    def median(self, server: str, rows: int, attr: str, client: str | None = None) -> float:
+        return float(statistics.median(getattr(r, attr) for r in self._runs(server, rows, client)))
+
+    def errors(self, server: str, rows: int, client: str | None = None) -> int:
+        return sum(r.errors for r in self._runs(server, rows, client))
+
+    def ratio(self, rows: int, client: str | None = None) -> float:
+        return self.median("evergreen", rows, "requests_per_second", client) / self.median(
+            "mlflow", rows, "requests_per_second", client
         )
 
     def to_dict(self) -> dict[str, Any]:
@@ -490,7 +506,7 @@ class ServingReport:
             **{k: v for k, v in asdict(self).items() if k not in ("runs", "agreement")},
             "agreement": asdict(self.agreement),
             "runs": [r.to_dict() for r in self.runs],
-            "ratios": {str(n): self.ratio(n) for n in PAYLOAD_SIZES},
+            "ratios": {c: {str(n): self.ratio(n, c) for n in PAYLOAD_SIZES} for c in self.clients},
         }
 
 
@@ -500,12 +516,14 @@ def run(
     warmup: float = 2.0,
     threads: int = 4,
     rounds: int = 2,
+    clients: tuple[str, ...] = ("socket", "httpx"),
     seed: int = DEFAULT_SEED,
     command: str = "uv run python -m bench serving",
     keep: bool = False,
     log: Callable[[str], None] = print,
 ) -> ServingReport:
-    """Set up the registry, start both servers, check they agree, then load them in turn."""
+    """Set up the registry, start both servers, check they agree, then load them in turn
+    (per payload size and load generator: `rounds` alternating rounds)."""
     from evergreen.services import scoring_service
     from evergreen.telemetry import TELEMETRY_OFF
 
@@ -538,32 +556,41 @@ def run(
                 rounds=rounds,
                 canary_share=config.canary.traffic_share,
                 agreement=agreement,
+                clients=list(clients),
+                load_before=os.getloadavg()[0],
             )
             urls = {"evergreen": ev_url, "mlflow": ml_url}
             pids = {name: listening_pid(int(url.rsplit(":", 1)[1])) for name, url in urls.items()}
             log(f"server processes: {pids}")
-            for rows in PAYLOAD_SIZES:
+            phases = [
+                (rows, client, rnd)
+                for rows in PAYLOAD_SIZES
+                for client in clients
+                for rnd in range(rounds)
+            ]
+            for rows, client, rnd in phases:
                 bodies = payloads(traffic, columns, rows, 200 if rows > 1 else 2000)
-                for rnd in range(rounds):
-                    order = ("evergreen", "mlflow") if rnd % 2 == 0 else ("mlflow", "evergreen")
-                    for name in order:
-                        res = generate_load(
-                            f"{urls[name]}/invocations",
-                            bodies,
-                            server=name,
-                            rows_per_request=rows,
-                            threads=threads,
-                            seconds=seconds,
-                            warmup=warmup,
-                            server_pid=pids[name],
-                        )
-                        log(
-                            f"round {rnd + 1} {name:9s} {rows:3d} row(s): {res.requests_per_second:8.1f} req/s "
-                            f"p50 {res.p50_ms:6.1f} ms p99 {res.p99_ms:6.1f} ms errors {res.errors} "
-                            f"CPU/request: server {res.server_cpu_ms_per_request:.2f} ms, "
-                            f"load generator {res.client_cpu_ms_per_request:.2f} ms"
-                        )
-                        report.runs.append(res)
+                order = ("evergreen", "mlflow") if rnd % 2 == 0 else ("mlflow", "evergreen")
+                for name in order:
+                    res = generate_load(
+                        f"{urls[name]}/invocations",
+                        bodies,
+                        server=name,
+                        rows_per_request=rows,
+                        threads=threads,
+                        seconds=seconds,
+                        warmup=warmup,
+                        server_pid=pids[name],
+                        client=client,
+                    )
+                    log(
+                        f"{client:6s} round {rnd + 1} {name:9s} {rows:3d} row(s): {res.requests_per_second:8.1f} req/s "
+                        f"p50 {res.p50_ms:6.1f} ms p99 {res.p99_ms:6.1f} ms errors {res.errors} "
+                        f"CPU/request: server {res.server_cpu_ms_per_request:.2f} ms, "
+                        f"load generator {res.client_cpu_ms_per_request:.2f} ms"
+                    )
+                    report.runs.append(res)
+            report.load_after = os.getloadavg()[0]
         return report
     finally:
         if keep:
@@ -609,37 +636,53 @@ def format_markdown(report: ServingReport) -> str:
         f"the {report.agreement.champion_rows} rows evergreen routed to the champion match mlflow's "
         f"`predictions` (max |diff| {report.agreement.max_abs_diff:.1e}); the "
         f"{report.agreement.canary_rows} canary rows were served by v2.",
-        "- **Servers**: each with its defaults, one process each (evergreen: uvicorn, prediction log "
-        "on; mlflow: 1 uvicorn worker). Both run side by side on 127.0.0.1 for the whole run; "
+        "- **Servers**: each with its defaults, one process each, both on the same uvicorn "
+        "(h11 HTTP parser and the asyncio loop: httptools and uvloop are not installed). "
+        "mlflow: `mlflow models serve` defaults, i.e. 1 uvicorn worker "
+        "(`--workers`/`MLFLOW_MODELS_WORKERS` unset), 60 s request timeout, its pyfunc "
+        "scoring server. evergreen: `evergreen serve` defaults, i.e. one uvicorn process, "
+        "canary split on, every prediction logged (part files every 20,000 rows or 5 s), "
+        "aliases re-resolved every 2 s. Both run side by side on 127.0.0.1 for the whole run; "
         "start-up is not measured.",
-        f"- **Load**: one Python process, {report.threads} threads, each an `httpx.Client` with "
-        f"keep-alive posting `dataframe_split` bodies (id + features; mlflow ignores the extra "
+        f"- **Load**: one Python process, {report.threads} threads, each with one keep-alive "
+        "connection posting `dataframe_split` bodies (id + features; mlflow ignores the extra "
         f"`id` column) back to back; {report.warmup:g} s warm-up then {report.seconds:g} s "
         "measured per phase. Bodies cycle through distinct ids, so ~20% of evergreen's rows go "
-        f"to the canary. Servers alternate (evergreen, mlflow, then mlflow, evergreen); "
-        f"{report.rounds} rounds per payload size; medians; errors = non-200 or transport errors.",
+        "to the canary. Two load generators, the same for both servers: `socket` sends "
+        "pre-built HTTP/1.1 requests on a plain socket and reads each whole answer; `httpx` "
+        "is an `httpx.Client` per thread (the generator of the first runs). Phases alternate "
+        "the servers (evergreen, mlflow, then mlflow, evergreen); "
+        f"{report.rounds} rounds per payload size and generator; medians; errors = non-200 or "
+        "transport errors. CPU per request = CPU time of the server's process (or of the load "
+        "generator) over the whole phase / requests answered in it: unlike requests/s it "
+        "hardly depends on what else the shared machine runs.",
+        f"- **Machine load**: 1-min load average {report.load_before:.1f} when the load phases "
+        f"started, {report.load_after:.1f} when they ended (other jobs on the same 2 CPUs).",
         "",
-        "| rows/request | server | requests/s | rows/s | p50 ms | p99 ms | errors | evergreen/mlflow req/s |",
-        "|---:|---|---:|---:|---:|---:|---:|---:|",
+        "| generator | rows/request | server | requests/s | rows/s | p50 ms | p99 ms | server CPU ms/request "
+        "| generator CPU ms/request | errors | evergreen/mlflow req/s |",
+        "|---|---:|---|---:|---:|---:|---:|---:|---:|---:|---:|",
     ]
-    for rows in PAYLOAD_SIZES:
-        for name in ("evergreen", "mlflow"):
-            med = lambda attr, n=name, r=rows: report.median(n, r, attr)  # noqa: E731
-            errors = sum(
-                x.errors for x in report.runs if x.server == name and x.rows_per_request == rows
-            )
-            ratio = f"**{report.ratio(rows):.2f}x**" if name == "evergreen" else ""
-            lines.append(
-                f"| {rows} | {name} | {med('requests_per_second'):,.0f} | {med('rows_per_second'):,.0f} | "
-                f"{med('p50_ms'):.1f} | {med('p99_ms'):.1f} | {errors} | {ratio} |"
-            )
-    verdict = all(report.ratio(n) >= TARGET_RATIO for n in PAYLOAD_SIZES)
-    lines += [
-        "",
-        f"Target {TARGET_RATIO:.0f}x: **{'met' if verdict else 'not met'}** "
-        f"({', '.join(f'{n} row(s): {report.ratio(n):.2f}x' for n in PAYLOAD_SIZES)}).",
-        "",
-    ]
+    for client in report.clients:
+        for rows in PAYLOAD_SIZES:
+            for name in ("evergreen", "mlflow"):
+                med = lambda attr, n=name, r=rows, c=client: report.median(n, r, attr, c)  # noqa: E731
+                ratio = f"**{report.ratio(rows, client):.2f}x**" if name == "evergreen" else ""
+                lines.append(
+                    f"| {client} | {rows} | {name} | {med('requests_per_second'):,.0f} | "
+                    f"{med('rows_per_second'):,.0f} | {med('p50_ms'):.1f} | {med('p99_ms'):.1f} | "
+                    f"{med('server_cpu_ms_per_request'):.2f} | {med('client_cpu_ms_per_request'):.2f} | "
+                    f"{report.errors(name, rows, client)} | {ratio} |"
+                )
+    lines.append("")
+    for client in report.clients:
+        verdict = all(report.ratio(n, client) >= TARGET_RATIO for n in PAYLOAD_SIZES)
+        lines.append(
+            f"Target {TARGET_RATIO:.0f}x with the `{client}` generator: "
+            f"**{'met' if verdict else 'not met'}** "
+            f"({', '.join(f'{n} row(s): {report.ratio(n, client):.2f}x' for n in PAYLOAD_SIZES)})."
+        )
+        lines.append("")
     return "\n".join(lines)
 
 
@@ -664,10 +707,18 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--warmup", type=float, default=2.0, help="warm-up seconds per phase")
     parser.add_argument("--threads", type=int, default=4, help="concurrent client threads")
     parser.add_argument("--rounds", type=int, default=2, help="alternating rounds per payload size")
+    parser.add_argument(
+        "--clients",
+        default="socket,httpx",
+        help=f"load generators, comma-separated, from {CLIENTS} (default: both)",
+    )
     parser.add_argument("--markdown", help="write the '## serving' section of this file")
     parser.add_argument("--out", help="write the results as JSON here")
     parser.add_argument("--keep", action="store_true", help="keep the temporary registry and logs")
     args = parser.parse_args(argv)
+    clients = tuple(c.strip() for c in args.clients.split(",") if c.strip())
+    if not clients or any(c not in CLIENTS for c in clients):
+        parser.error(f"--clients takes names from {CLIENTS}, got {args.clients!r}")
     if not (
         0 < args.seconds <= 120
         and 0 <= args.warmup <= 30
@@ -684,6 +735,7 @@ def main(argv: list[str] | None = None) -> int:
             ("--warmup", args.warmup, 2.0),
             ("--threads", args.threads, 4),
             ("--rounds", args.rounds, 2),
+            ("--clients", args.clients, "socket,httpx"),
             ("--markdown", args.markdown, None),
             ("--out", args.out, None),
         )
@@ -694,6 +746,7 @@ def main(argv: list[str] | None = None) -> int:
         warmup=args.warmup,
         threads=args.threads,
         rounds=args.rounds,
+        clients=clients,
         command=command,
         keep=args.keep,
     )

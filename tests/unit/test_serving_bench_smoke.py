@@ -20,6 +20,14 @@ class _Handler(BaseHTTPRequestHandler):
         body = self.rfile.read(int(self.headers["Content-Length"]))
         status = 500 if body == b"fail" else 200
         self.send_response(status)
+        if body == b"chunked":  # framing the socket generator must read too
+            self.send_header("Transfer-Encoding", "chunked")
+            self.end_headers()
+            self.wfile.write(b"2\r\n{}\r\n3\r\n[1]\r\n0\r\n\r\n")
+            return
+        if body == b"close":
+            self.send_header("Connection", "close")
+            self.close_connection = True
         self.send_header("Content-Length", "2")
         self.end_headers()
         self.wfile.write(b"{}")
@@ -40,11 +48,21 @@ def server_url() -> Iterator[str]:
         server.server_close()
 
 
+@pytest.mark.parametrize("client", ["socket", "httpx"])
 @pytest.mark.parametrize("rows", [1, 100])
-def test_counts_requests_rows_and_latency(server_url: str, rows: int) -> None:
+def test_counts_requests_rows_and_latency(server_url: str, rows: int, client: str) -> None:
     res = generate_load(
-        server_url, [b"ok"], server="x", rows_per_request=rows, threads=2, seconds=0.5, warmup=0.2
+        server_url,
+        [b"ok"],
+        server="x",
+        rows_per_request=rows,
+        threads=2,
+        seconds=0.5,
+        warmup=0.2,
+        client=client,
     )
+    assert res.client == client and res.all_requests >= res.requests
+    assert res.client_cpu_seconds > 0 and res.client_cpu_ms_per_request > 0
     assert res.requests > 0 and res.errors == 0
     assert res.rows_per_second == pytest.approx(res.requests_per_second * rows)
     assert res.requests_per_second == pytest.approx(res.requests / 0.5)
@@ -61,3 +79,16 @@ def test_counts_errors_apart_from_latencies(server_url: str) -> None:
 def test_refuses_non_local_targets() -> None:
     with pytest.raises(ValueError, match="127.0.0.1"):
         generate_load("http://example.com/invocations", [b"ok"], seconds=0.1)
+
+
+def test_socket_generator_reads_chunked_answers_and_reconnects(server_url: str) -> None:
+    res = generate_load(server_url, [b"chunked", b"close", b"ok"], threads=1, seconds=0.5, warmup=0.1)
+    assert res.requests > 0 and res.errors == 0
+
+
+def test_server_cpu_is_read_from_its_process(server_url: str) -> None:
+    import os
+
+    res = generate_load(server_url, [b"ok"], threads=1, seconds=0.5, warmup=0.1, server_pid=os.getpid())
+    # The test server runs in this process: its CPU over the phase is this process's.
+    assert res.server_cpu_seconds > 0 and res.server_cpu_ms_per_request > 0
