@@ -84,15 +84,20 @@ def webhook() -> Iterator[Webhook]:
 @pytest.fixture(scope="module")
 def api_url(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
     """A real Prefect server for the e2e module; this process and every child talk to it."""
+    from prefect.events.worker import EventsWorker
     from prefect.settings import PREFECT_API_URL, temporary_settings
 
     home = tmp_path_factory.mktemp("prefect-server")
     with prefect_server(home, port=free_port()) as url:
         before = os.environ.get("PREFECT_API_URL")
         os.environ["PREFECT_API_URL"] = url
+        # Prefect's events worker is one per process and keeps the API URL it started with:
+        # drain it so events go to this server, and again after, for the tests that follow.
+        EventsWorker.drain_all()
         try:
             with temporary_settings({PREFECT_API_URL: url}):
                 yield url
+                EventsWorker.drain_all()
         finally:
             if before is None:
                 os.environ.pop("PREFECT_API_URL", None)
