@@ -289,10 +289,13 @@ TARGETS = {
 }
 
 
-def render_markdown(acceptance: dict[str, Any] | None, speed: dict[str, Any] | None, command: str) -> str:
+def render_markdown(
+    acceptance: dict[str, Any] | None, speed: dict[str, Any] | None, command: str, measured_at: str | None = None
+) -> str:
     """The generated part of BENCHMARKS.md's policy section."""
-    now = time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime())
-    lines = [f"Measured {now} with `{command}`."]
+    when = measured_at or time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime())
+    shown = command if "`" in command else f"`{command}`"
+    lines = [f"Measured {when} with {shown}."]
     if acceptance:
         m = acceptance["machine"]
         s = acceptance["settings"]
@@ -362,6 +365,34 @@ def verdicts(figs: list[dict[str, Any]]) -> list[str]:
     return out
 
 
+def merge_saved(runs: list[dict[str, Any]]) -> dict[str, Any]:
+    """Several saved runs as one (e.g. streams replayed by two processes side by side): the
+    acceptance figures in stream order, the longest run time, the first machine record."""
+    merged: dict[str, Any] = {}
+    commands = []
+    for run in runs:
+        commands.append(run.get("command", ""))
+        if run.get("speed"):
+            merged["speed"] = run["speed"]
+        acc = run.get("acceptance")
+        if not acc:
+            continue
+        if "acceptance" not in merged:
+            merged["acceptance"] = {**acc, "figures": [], "tables": {}}
+        into = merged["acceptance"]
+        into["figures"] += acc["figures"]
+        into["tables"].update(acc["tables"])
+        into["seconds"] = max(into["seconds"], acc["seconds"])
+    if "acceptance" in merged:
+        order = {name: i for i, name in enumerate(ALL_STREAMS)}
+        merged["acceptance"]["figures"].sort(key=lambda f: order.get(f["stream"], len(order)))
+    merged["command"] = " and ".join(f"`{c}`" if len(commands) > 1 else c for c in commands if c)
+    stamps = [r["measured_at"] for r in runs if r.get("measured_at")]
+    if stamps:
+        merged["measured_at"] = max(stamps)
+    return merged
+
+
 def _f(value: float | None, digits: int = 4) -> str:
     return "—" if value is None else f"{value:.{digits}f}"
 
@@ -400,7 +431,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--speed-rows", type=int, default=5000)
     parser.add_argument("--out", default=None, help="folder for the streams and JSON results (default: a temporary one)")
     parser.add_argument("--markdown", help="update the policy section of this file (e.g. BENCHMARKS.md)")
-    parser.add_argument("--from-json", help="measure nothing: render the results saved in this JSON file")
+    parser.add_argument(
+        "--from-json", nargs="+", help="measure nothing: render the results saved in these JSON files (merged)"
+    )
     args = parser.parse_args(argv)
     streams = [s for s in args.streams.split(",") if s]
     unknown = [s for s in streams if s not in ALL_STREAMS]
@@ -411,7 +444,7 @@ def main(argv: list[str] | None = None) -> int:
 
     disable_telemetry()
     if args.from_json:
-        saved = json.loads(Path(args.from_json).read_text(encoding="utf-8"))
+        saved = merge_saved([json.loads(Path(f).read_text(encoding="utf-8")) for f in args.from_json])
     else:
         import tempfile
 
@@ -426,13 +459,19 @@ def main(argv: list[str] | None = None) -> int:
                 f"uv run python -m bench policy --streams {','.join(streams)} --chunks {args.chunks} "
                 f"--rows {args.rows} --drift-start {args.drift_start}"
             )
+        saved["measured_at"] = time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime())
         name = "speed.json" if args.speed else "acceptance.json"
         (out_dir / name).write_text(json.dumps(saved, indent=1, default=str) + "\n", encoding="utf-8")
         print(f"results: {out_dir / name}")
     command = saved.get("command", "uv run python -m bench policy")
     for kind in ("acceptance", "speed"):
         if saved.get(kind):
-            block = render_markdown(saved.get("acceptance") if kind == "acceptance" else None, saved.get("speed") if kind == "speed" else None, command)
+            block = render_markdown(
+                saved.get("acceptance") if kind == "acceptance" else None,
+                saved.get("speed") if kind == "speed" else None,
+                command,
+                saved.get("measured_at"),
+            )
             print(block)
             if args.markdown:
                 update_markdown(Path(args.markdown), block, kind)

@@ -82,3 +82,19 @@ def test_markdown_blocks_replace_only_their_own_part(tmp_path) -> None:
     assert "cmd two" in text and "cmd one" not in text
     assert text.count("<!-- bench:policy:start -->") == 1 and text.count("<!-- bench:policy-speed:start -->") == 1
     assert "| abrupt | covariate | 8 x 100 | 4.0 pts |" in text
+
+
+def test_runs_side_by_side_merge_into_one_report() -> None:
+    from bench.policy_bench import merge_saved
+
+    def run(stream: str, seconds: float, when: str) -> dict:
+        fig = vars(figures(stream, *_result("none" if stream == "none" else "covariate")))
+        fig["stream"] = stream
+        acc = {"figures": [fig], "tables": {stream: "t"}, "machine": {}, "settings": {}, "seconds": seconds}
+        return {"acceptance": acc, "command": f"bench {stream}", "measured_at": when}
+
+    merged = merge_saved([run("none", 10.0, "2026-01-01 10:00 UTC"), run("abrupt", 30.0, "2026-01-01 11:00 UTC")])
+    assert [f["stream"] for f in merged["acceptance"]["figures"]] == ["abrupt", "none"]
+    assert merged["acceptance"]["seconds"] == 30.0 and set(merged["acceptance"]["tables"]) == {"none", "abrupt"}
+    assert merged["command"] == "`bench none` and `bench abrupt`" and merged["measured_at"] == "2026-01-01 11:00 UTC"
+    assert "with `bench none` and `bench abrupt`." in render_markdown(merged["acceptance"] | {"machine": {"nproc": 2, "load_before": 1}, "settings": {"chunks": 8, "rows": 100, "drift_start": 4}}, None, merged["command"])
