@@ -20,6 +20,7 @@ from evergreen.monitoring import (
     decide_alerts,
 )
 from evergreen.policy import (
+    SIGNALS,
     ChunkObservation,
     LoopState,
     Policy,
@@ -70,7 +71,8 @@ def _observe(toy_config, chunk: str = "2024-03-10", valid: bool = True, **report
 
 
 def _policy(name: str = "default", **retrain) -> Policy:  # noqa: ANN003
-    return Policy.named(name, RetrainPolicyConfig(**retrain))
+    """A policy listening to every signal unless told otherwise."""
+    return Policy.named(name, RetrainPolicyConfig(**{"signals": list(SIGNALS), **retrain}))
 
 
 @pytest.mark.parametrize("kind", sorted(FIRING))
@@ -209,3 +211,17 @@ def test_the_ledger_keeps_the_hysteresis_history(tmp_path) -> None:
     assert ledger.signals_before("2024-03-03") == [[], ["feature_drift"]]
     pol = _policy(hysteresis_k=2, hysteresis_n=2)
     assert history_of(ledger.signals_before("2024-03-04"), pol.config) == (("realized_drop",),)
+
+
+def test_the_demo_config_runs_the_default_policy() -> None:
+    """The backtest acceptance replays the demo and the synthetic streams with one policy."""
+    from pathlib import Path
+
+    from evergreen.config import MonitoringConfig, load_config
+
+    demo = load_config(Path(__file__).resolve().parents[2] / "configs" / "demo.yaml")
+    policy_fields = ("signals", "cooldown_hours", "hysteresis_k", "hysteresis_n", "min_new_rows", "max_retrains_per_period", "period_days")
+    default = RetrainPolicyConfig()
+    assert {f: getattr(demo.retrain, f) for f in policy_fields} == {f: getattr(default, f) for f in policy_fields}
+    thresholds = ("drifted_feature_share", "performance_drop", "metric_floor", "multivariate_drift")
+    assert {f: getattr(demo.monitoring, f) for f in thresholds} == {f: getattr(MonitoringConfig(), f) for f in thresholds}
