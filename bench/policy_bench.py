@@ -103,9 +103,18 @@ def write_synthetic_stream(
 
     cfg = synthetic_config(root, rows)
     reference = synthetic_frame(reference_rows, seed, "2023-11-01", days=60)
-    analysis = synthetic_frame(chunks * rows, seed + 1, SYNTHETIC_START, days=chunks, id_start=10_000_000)
+    analysis = synthetic_frame(
+        chunks * rows, seed + 1, SYNTHETIC_START, days=chunks, id_start=10_000_000
+    )
     info = write_stream_from_frames(
-        cfg, reference, analysis, root, drift=drift, drift_start=drift_start, seed=seed, drift_params=params or {}
+        cfg,
+        reference,
+        analysis,
+        root,
+        drift=drift,
+        drift_start=drift_start,
+        seed=seed,
+        drift_params=params or {},
     )
     return cfg, info
 
@@ -162,7 +171,9 @@ def figures(name: str, result: Any, info: Any) -> StreamFigures:
         if before and after:
             cost = sum(before) / len(before) - sum(after) / len(after)
 
-    first_retrain = next((c.index for c in default.chunks[start or 0 :] if c.decision == "retrain"), None)
+    first_retrain = next(
+        (c.index for c in default.chunks[start or 0 :] if c.decision == "retrain"), None
+    )
     first_alert = next((c.index for c in default.chunks[start or 0 :] if c.alert), None)
     return StreamFigures(
         stream=name,
@@ -175,13 +186,19 @@ def figures(name: str, result: Any, info: Any) -> StreamFigures:
         always_mean=always.mean_metric,
         never_mean=never.mean_metric,
         schedule_mean=schedule.mean_metric,
-        mean_vs_always=(default.mean_metric / always.mean_metric) if default.mean_metric and always.mean_metric else None,
+        mean_vs_always=(default.mean_metric / always.mean_metric)
+        if default.mean_metric and always.mean_metric
+        else None,
         default_retrains=default.retrains,
         always_retrains=always.retrains,
         schedule_retrains=schedule.retrains,
         retrains_vs_always=(default.retrains / always.retrains) if always.retrains else None,
-        detection_delay=(first_retrain - start) if start is not None and first_retrain is not None else None,
-        alert_delay=(first_alert - start) if start is not None and first_alert is not None else None,
+        detection_delay=(first_retrain - start)
+        if start is not None and first_retrain is not None
+        else None,
+        alert_delay=(first_alert - start)
+        if start is not None and first_alert is not None
+        else None,
         false_alarms=default.retrains if info.drift == "none" else None,
         promotions=default.promotions,
         rollbacks=default.rollbacks,
@@ -204,7 +221,12 @@ def write_stream(name: str, root: str, chunks: int, rows: int, drift_start: int)
 
 
 def run_acceptance(
-    streams: list[str], out_dir: Path, chunks: int, rows: int, drift_start: int, log=print  # noqa: ANN001
+    streams: list[str],
+    out_dir: Path,
+    chunks: int,
+    rows: int,
+    drift_start: int,
+    log=print,  # noqa: ANN001
 ) -> dict[str, Any]:
     """Write and replay each stream; returns the figures, the summaries and the machine."""
     from evergreen.backtest import format_table, run_backtest
@@ -218,7 +240,9 @@ def run_acceptance(
         log(f"== stream {name}: writing under {root}")
         cfg, info = write_stream(name, root, chunks, rows, drift_start)
         result = run_backtest(cfg, ["default"], log=log)
-        (out_dir / f"{name}.backtest.json").write_text(json.dumps(result.to_dict(), indent=1) + "\n", encoding="utf-8")
+        (out_dir / f"{name}.backtest.json").write_text(
+            json.dumps(result.to_dict(), indent=1) + "\n", encoding="utf-8"
+        )
         tables[name] = format_table(result)
         log(tables[name])
         fig = figures(name, result, info)
@@ -242,11 +266,18 @@ def run_speed(out_dir: Path, chunks: int, rows: int, log=print) -> dict[str, Any
     root = str(out_dir / "speed")
     started = time.perf_counter()
     cfg, info = write_synthetic_stream(
-        root, chunks, rows, "gradual_covariate", chunks // 2, {"method": "additive", "strength": 2.0, "ramp_days": 10}
+        root,
+        chunks,
+        rows,
+        "gradual_covariate",
+        chunks // 2,
+        {"method": "additive", "strength": 2.0, "ramp_days": 10},
     )
     written = time.perf_counter() - started
     machine = machine_info()
-    log(f"stream of {chunks} x {rows:,} rows written in {written:.0f} s; load {machine.load_before}")
+    log(
+        f"stream of {chunks} x {rows:,} rows written in {written:.0f} s; load {machine.load_before}"
+    )
     began = time.perf_counter()
     cpu = os.times()
     result = run_backtest(cfg, ["default"], baselines=False, log=log)
@@ -261,7 +292,11 @@ def run_speed(out_dir: Path, chunks: int, rows: int, log=print) -> dict[str, Any
         "setup_seconds": round(result.setup_seconds, 1),
         "replay_seconds": default.wall_seconds,
         "cpu_seconds_main": round((after.user - cpu.user) + (after.system - cpu.system), 1),
-        "cpu_seconds_children": round((after.children_user - cpu.children_user) + (after.children_system - cpu.children_system), 1),
+        "cpu_seconds_children": round(
+            (after.children_user - cpu.children_user)
+            + (after.children_system - cpu.children_system),
+            1,
+        ),
         "retrains": default.retrains,
         "promotions": default.promotions,
         "alerts": default.alerts,
@@ -290,7 +325,10 @@ TARGETS = {
 
 
 def render_markdown(
-    acceptance: dict[str, Any] | None, speed: dict[str, Any] | None, command: str, measured_at: str | None = None
+    acceptance: dict[str, Any] | None,
+    speed: dict[str, Any] | None,
+    command: str,
+    measured_at: str | None = None,
 ) -> str:
     """The generated part of BENCHMARKS.md's policy section."""
     when = measured_at or time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime())
@@ -321,7 +359,11 @@ def render_markdown(
         lines += ["", *verdicts(acceptance["figures"])]
     if speed:
         m = speed["machine"]
-        steps = ", ".join(f"{k} {v:.0f}" for k, v in sorted(speed["seconds_by_step"].items(), key=lambda kv: -kv[1]) if v >= 1)
+        steps = ", ".join(
+            f"{k} {v:.0f}"
+            for k, v in sorted(speed["seconds_by_step"].items(), key=lambda kv: -kv[1])
+            if v >= 1
+        )
         lines += [
             "",
             f"**Speed**: the default policy alone on {speed['chunks']} chunks x {speed['rows']:,} rows "
@@ -342,16 +384,24 @@ def verdicts(figs: list[dict[str, Any]]) -> list[str]:
     worst = min(means, key=lambda x: x[1]) if means else None
     if worst:
         ok = all(v >= TARGETS["mean_vs_always"] for _, v in means)
-        out.append(f"- mean realized metric >= 0.99 x always on every stream: **{'pass' if ok else 'fail'}** (lowest {worst[1]:.4f}, {worst[0]})")
-    ratios = [(f["stream"], f["retrains_vs_always"]) for f in figs if f["retrains_vs_always"] is not None]
+        out.append(
+            f"- mean realized metric >= 0.99 x always on every stream: **{'pass' if ok else 'fail'}** (lowest {worst[1]:.4f}, {worst[0]})"
+        )
+    ratios = [
+        (f["stream"], f["retrains_vs_always"]) for f in figs if f["retrains_vs_always"] is not None
+    ]
     if ratios:
         top = max(ratios, key=lambda x: x[1])
         ok = all(v <= TARGETS["retrains_vs_always"] for _, v in ratios)
-        out.append(f"- retrains <= 0.3 x always on every stream: **{'pass' if ok else 'fail'}** (highest {top[1]:.2f}, {top[0]})")
+        out.append(
+            f"- retrains <= 0.3 x always on every stream: **{'pass' if ok else 'fail'}** (highest {top[1]:.2f}, {top[0]})"
+        )
     none = [f for f in figs if f["false_alarms"] is not None]
     for f in none:
         ok = f["false_alarms"] == 0
-        out.append(f"- zero retrains on the no-drift stream: **{'pass' if ok else 'fail'}** ({f['false_alarms']} retrains, {f['chunks']} chunks)")
+        out.append(
+            f"- zero retrains on the no-drift stream: **{'pass' if ok else 'fail'}** ({f['false_alarms']} retrains, {f['chunks']} chunks)"
+        )
     for f in figs:
         if f["stream"] == "abrupt":
             cost_ok = f["shift_cost"] is not None and f["shift_cost"] >= TARGETS["shift_cost"]
@@ -421,18 +471,36 @@ def update_markdown(path: Path, block: str, kind: str) -> None:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m bench policy", description=__doc__.splitlines()[0])
-    parser.add_argument("--streams", default=",".join(ALL_STREAMS), help=f"comma-separated, from {ALL_STREAMS}")
+    parser = argparse.ArgumentParser(
+        prog="python -m bench policy", description=__doc__.splitlines()[0]
+    )
+    parser.add_argument(
+        "--streams", default=",".join(ALL_STREAMS), help=f"comma-separated, from {ALL_STREAMS}"
+    )
     parser.add_argument("--chunks", type=int, default=40, help="chunks of the synthetic streams")
-    parser.add_argument("--rows", type=int, default=2500, help="rows per chunk of the synthetic streams")
-    parser.add_argument("--drift-start", type=int, default=14, help="chunk where the change is injected")
-    parser.add_argument("--speed", action="store_true", help="time the default policy on a long stream instead")
+    parser.add_argument(
+        "--rows", type=int, default=2500, help="rows per chunk of the synthetic streams"
+    )
+    parser.add_argument(
+        "--drift-start", type=int, default=14, help="chunk where the change is injected"
+    )
+    parser.add_argument(
+        "--speed", action="store_true", help="time the default policy on a long stream instead"
+    )
     parser.add_argument("--speed-chunks", type=int, default=365)
     parser.add_argument("--speed-rows", type=int, default=5000)
-    parser.add_argument("--out", default=None, help="folder for the streams and JSON results (default: a temporary one)")
-    parser.add_argument("--markdown", help="update the policy section of this file (e.g. BENCHMARKS.md)")
     parser.add_argument(
-        "--from-json", nargs="+", help="measure nothing: render the results saved in these JSON files (merged)"
+        "--out",
+        default=None,
+        help="folder for the streams and JSON results (default: a temporary one)",
+    )
+    parser.add_argument(
+        "--markdown", help="update the policy section of this file (e.g. BENCHMARKS.md)"
+    )
+    parser.add_argument(
+        "--from-json",
+        nargs="+",
+        help="measure nothing: render the results saved in these JSON files (merged)",
     )
     args = parser.parse_args(argv)
     streams = [s for s in args.streams.split(",") if s]
@@ -444,24 +512,36 @@ def main(argv: list[str] | None = None) -> int:
 
     disable_telemetry()
     if args.from_json:
-        saved = merge_saved([json.loads(Path(f).read_text(encoding="utf-8")) for f in args.from_json])
+        saved = merge_saved(
+            [json.loads(Path(f).read_text(encoding="utf-8")) for f in args.from_json]
+        )
     else:
         import tempfile
 
-        out_dir = Path(args.out) if args.out else Path(tempfile.mkdtemp(prefix="evergreen-policy-bench-"))
+        out_dir = (
+            Path(args.out) if args.out else Path(tempfile.mkdtemp(prefix="evergreen-policy-bench-"))
+        )
         out_dir.mkdir(parents=True, exist_ok=True)
         if args.speed:
             saved = {"speed": run_speed(out_dir, args.speed_chunks, args.speed_rows)}
-            saved["command"] = f"uv run python -m bench policy --speed --speed-chunks {args.speed_chunks} --speed-rows {args.speed_rows}"
+            saved["command"] = (
+                f"uv run python -m bench policy --speed --speed-chunks {args.speed_chunks} --speed-rows {args.speed_rows}"
+            )
         else:
-            saved = {"acceptance": run_acceptance(streams, out_dir, args.chunks, args.rows, args.drift_start)}
+            saved = {
+                "acceptance": run_acceptance(
+                    streams, out_dir, args.chunks, args.rows, args.drift_start
+                )
+            }
             saved["command"] = (
                 f"uv run python -m bench policy --streams {','.join(streams)} --chunks {args.chunks} "
                 f"--rows {args.rows} --drift-start {args.drift_start}"
             )
         saved["measured_at"] = time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime())
         name = "speed.json" if args.speed else "acceptance.json"
-        (out_dir / name).write_text(json.dumps(saved, indent=1, default=str) + "\n", encoding="utf-8")
+        (out_dir / name).write_text(
+            json.dumps(saved, indent=1, default=str) + "\n", encoding="utf-8"
+        )
         print(f"results: {out_dir / name}")
     command = saved.get("command", "uv run python -m bench policy")
     for kind in ("acceptance", "speed"):

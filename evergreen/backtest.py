@@ -103,7 +103,9 @@ def load_stream(config: ModelConfig, max_chunks: int | None = None) -> ReplayStr
     if max_chunks is not None:
         files = files[:max_chunks]
     if not files:
-        raise BacktestError(f"no batch files under {config.data.path('batches')}; nothing to replay")
+        raise BacktestError(
+            f"no batch files under {config.data.path('batches')}; nothing to replay"
+        )
     labels = io.read_labels(config.data.path("labels"))
     if labels is None or not len(labels):
         raise BacktestError(
@@ -124,7 +126,9 @@ def load_stream(config: ModelConfig, max_chunks: int | None = None) -> ReplayStr
         frame = frame[keep].copy()
         frame[cols.timestamp] = pd.to_datetime(frame[cols.timestamp])
         batches.append(frame.reset_index(drop=True))
-        targets.append(pd.to_numeric(frame[cols.id].map(by_id), errors="coerce").to_numpy(dtype=float))
+        targets.append(
+            pd.to_numeric(frame[cols.id].map(by_id), errors="coerce").to_numpy(dtype=float)
+        )
     days = [f.day for f in files]
     info_path = f"{config.data.root.rstrip('/')}/stream.json"
     return ReplayStream(
@@ -272,7 +276,12 @@ class _Shared:
     """State shared by every policy's replay: stream, store, models and per-chunk views."""
 
     def __init__(
-        self, config: ModelConfig, stream: ReplayStream, store: Path, log: Callable[[str], None], validation_workers: int
+        self,
+        config: ModelConfig,
+        stream: ReplayStream,
+        store: Path,
+        log: Callable[[str], None],
+        validation_workers: int,
     ) -> None:
         from evergreen import tracking
 
@@ -280,7 +289,10 @@ class _Shared:
         self.stream = stream
         self.log = log
         mlflow_cfg = config.mlflow.model_copy(
-            update={"tracking_uri": f"sqlite:///{store / 'mlflow.db'}", "artifact_root": str(store / "mlartifacts")}
+            update={
+                "tracking_uri": f"sqlite:///{store / 'mlflow.db'}",
+                "artifact_root": str(store / "mlartifacts"),
+            }
         )
         self.mlflow = mlflow_cfg
         tracking.connect(mlflow_cfg)
@@ -317,7 +329,9 @@ class _Shared:
 
     # -- chunks
 
-    def prefetch(self, entry: _ModelEntry, version: str, chunks: Sequence[int], timer: _Timer) -> None:
+    def prefetch(
+        self, entry: _ModelEntry, version: str, chunks: Sequence[int], timer: _Timer
+    ) -> None:
         """Score chunks and start validating them in the worker process, ahead of time (the
         champion is assumed to stay; a prefetched view of a model that no longer serves is
         kept for the policies that still serve it)."""
@@ -330,7 +344,11 @@ class _Shared:
                 continue
             served, preds = self._serve(entry, version, i, timer)
             future = self.pool.submit(
-                _validate_served, entry.suite.model_dump_json(), served, self.stream.days[i], self.ends[i].tz_localize(None)
+                _validate_served,
+                entry.suite.model_dump_json(),
+                served,
+                self.stream.days[i],
+                self.ends[i].tz_localize(None),
             )
             self.pending[key] = (served, preds, future)
 
@@ -349,18 +367,24 @@ class _Shared:
             try:
                 checked = future.result()
             except Exception as exc:  # a worker died: validate here from now on
-                self.log(f"validation worker failed ({type(exc).__name__}: {exc}); validating in this process")
+                self.log(
+                    f"validation worker failed ({type(exc).__name__}: {exc}); validating in this process"
+                )
                 self.close()
             timer.add("validate_wait", t)
         if checked is None:
             served, preds = self._serve(entry, version, i, timer)
             t = time.perf_counter()
-            checked = validation.validate_batch(served, entry.suite, self.stream.days[i], now=self.ends[i].tz_localize(None))
+            checked = validation.validate_batch(
+                served, entry.suite, self.stream.days[i], now=self.ends[i].tz_localize(None)
+            )
             timer.add("validate", t)
         report = None
         if checked.success:
             t = time.perf_counter()
-            report = dataclasses.replace(monitoring.compute_monitor(entry.fitted, served, None), results={})
+            report = dataclasses.replace(
+                monitoring.compute_monitor(entry.fitted, served, None), results={}
+            )
             timer.add("monitor", t)
         score = preds.probability if preds.probability is not None else preds.prediction
         y = self.stream.targets[i]
@@ -377,7 +401,9 @@ class _Shared:
         self.views[key] = view
         return view
 
-    def _serve(self, entry: _ModelEntry, version: str, i: int, timer: _Timer) -> tuple[pd.DataFrame, Any]:
+    def _serve(
+        self, entry: _ModelEntry, version: str, i: int, timer: _Timer
+    ) -> tuple[pd.DataFrame, Any]:
         """The chunk as the champion served it: its predictions replace the stream's."""
         cols = self.config.columns
         t = time.perf_counter()
@@ -412,21 +438,29 @@ class _Shared:
         holdout = retraining.hold_out_recent(frame, self.config)
         model = training.train_model(holdout.train, self.config)
         evaluation = retraining.evaluate_model(model, holdout.evaluation, self.config)
-        reference = retraining.monitor_reference(model, holdout.evaluation, self.config, version="candidate")
+        reference = retraining.monitor_reference(
+            model, holdout.evaluation, self.config, version="candidate"
+        )
         train_end = _utc(holdout.train[self.config.columns.timestamp].max())
         timer.add("train", t)
         entry = self.entry(model, reference, train_end)
         self.trainings[digest] = (entry, evaluation)
         return entry, evaluation
 
-    def labelled_rows(self, i_now: int, chunks: Sequence[int], valid: dict[int, bool]) -> list[window.LabelledBatch]:
+    def labelled_rows(
+        self, i_now: int, chunks: Sequence[int], valid: dict[int, bool]
+    ) -> list[window.LabelledBatch]:
         """The chunks' rows whose labels are known at chunk `i_now`, as the window expects."""
         cols = self.config.columns
         out = []
         for j in chunks:
             day = self.stream.days[j]
             if not valid.get(j, True):
-                out.append(window.LabelledBatch(day, pd.DataFrame(), valid=False, reason="rejected by validation"))
+                out.append(
+                    window.LabelledBatch(
+                        day, pd.DataFrame(), valid=False, reason="rejected by validation"
+                    )
+                )
                 continue
             if self.stream.reveal[j] > i_now:
                 continue
@@ -464,9 +498,18 @@ class _Replay:
             self.name,
             bootstrap.run.model_uri,
             bootstrap.run.run_id,
-            {**_tags(bootstrap.entry, bootstrap.clock, "bootstrap"), registry.STATUS_TAG: "champion"},
+            {
+                **_tags(bootstrap.entry, bootstrap.clock, "bootstrap"),
+                registry.STATUS_TAG: "champion",
+            },
         )
-        registry.move_alias(self.name, registry.CHAMPION, version.version, "bootstrap: trained on the reference", ACTOR)
+        registry.move_alias(
+            self.name,
+            registry.CHAMPION,
+            version.version,
+            "bootstrap: trained on the reference",
+            ACTOR,
+        )
         self.champion = bootstrap.entry
         self.champion_version = version.version
         # The newest registered version (cooldown and new rows count from it).
@@ -481,7 +524,14 @@ class _Replay:
         self.rows: list[ChunkRow] = []
         self._newer: dict[tuple[int, pd.Timestamp], int] = {}
         self._previous_scores: dict[tuple[str, int], Any] = {}
-        self.counts = {"retrains": 0, "promotions": 0, "rollbacks": 0, "gate_failures": 0, "rejected_windows": 0, "alerts": 0}
+        self.counts = {
+            "retrains": 0,
+            "promotions": 0,
+            "rollbacks": 0,
+            "gate_failures": 0,
+            "rejected_windows": 0,
+            "alerts": 0,
+        }
 
     def run(self) -> PolicyResult:
         began = time.perf_counter()
@@ -489,7 +539,9 @@ class _Replay:
         for i in range(n):
             t = time.perf_counter()
             actions, rolled_back = self._review(i)
-            self.s.prefetch(self.champion, self.champion_version, range(i, i + PREFETCH + 1), self.timer)
+            self.s.prefetch(
+                self.champion, self.champion_version, range(i, i + PREFETCH + 1), self.timer
+            )
             row = self._chunk(i, actions)
             row.rolled_back = rolled_back
             row.seconds = round(time.perf_counter() - t, 3)
@@ -528,7 +580,13 @@ class _Replay:
             if signal is not None:
                 report = dataclasses.replace(report, realized_metric=signal["estimate"])
             alerts = monitoring.decide_alerts(report, cfg)
-        obs = policy.ChunkObservation(chunk=s.stream.days[i], valid=view.valid, alerts=alerts, rows=len(s.stream.batches[i]), reason=view.validation)
+        obs = policy.ChunkObservation(
+            chunk=s.stream.days[i],
+            valid=view.valid,
+            alerts=alerts,
+            rows=len(s.stream.batches[i]),
+            reason=view.validation,
+        )
         t = time.perf_counter()
         decision = policy.decide(obs, self._state(i), self.policy)
         self.timer.add("policy", t)
@@ -544,15 +602,23 @@ class _Replay:
             valid=view.valid,
             validation=view.validation,
             drifted_features=list(report.drifted_features) if report else [],
-            drifted_share=(len(report.drifted_features) / max(len(report.features), 1)) if report else None,
+            drifted_share=(len(report.drifted_features) / max(len(report.features), 1))
+            if report
+            else None,
             multivariate=(
-                {"value": report.multivariate.value, "upper": report.multivariate.upper, "alert": report.multivariate.alert}
+                {
+                    "value": report.multivariate.value,
+                    "upper": report.multivariate.upper,
+                    "alert": report.multivariate.alert,
+                }
                 if report is not None and report.multivariate is not None
                 else None
             ),
             estimated_metric=report.estimated_metric.value if report else None,
             realized_metric=view.realized,
-            realized_signal={"value": signal["value"], "chunk": signal["chunk"]} if signal else None,
+            realized_signal={"value": signal["value"], "chunk": signal["chunk"]}
+            if signal
+            else None,
             fired=list(decision.fired),
             alert=decision.alert,
             events=sorted(decision.events),
@@ -633,10 +699,21 @@ class _Replay:
         now = s.ends[i]
         t = time.perf_counter()
         chunks = self._window_chunks(i)
-        win = window.assemble_window(s.stream.reference, s.labelled_rows(i, chunks, self.valid), cfg.retrain, cfg.columns, now=now)
+        win = window.assemble_window(
+            s.stream.reference,
+            s.labelled_rows(i, chunks, self.valid),
+            cfg.retrain,
+            cfg.columns,
+            now=now,
+        )
         self.timer.add("window", t)
         t = time.perf_counter()
-        checked = validation.validate_batch(win.frame, self.champion.training_suite, f"window@{s.stream.days[i]}", now=now.tz_localize(None))
+        checked = validation.validate_batch(
+            win.frame,
+            self.champion.training_suite,
+            f"window@{s.stream.days[i]}",
+            now=now.tz_localize(None),
+        )
         self.timer.add("validate_window", t)
         self.retrain_clocks.append(now)
         self.last_retrain_chunk = i
@@ -649,47 +726,68 @@ class _Replay:
         run = _log_candidate(s, candidate, evaluation, win, decision.reason)
         tags = {**_tags(candidate, now, decision.reason), registry.STATUS_TAG: "candidate"}
         version = registry.create_version(self.name, run.model_uri, run.run_id, tags)
-        registry.move_alias(self.name, registry.CHALLENGER, version.version, "retrained candidate", ACTOR)
+        registry.move_alias(
+            self.name, registry.CHALLENGER, version.version, "retrained candidate", ACTOR
+        )
         self.timer.add("register", t)
         self.counts["retrains"] += 1
         self.newest_train_end, self.newest_clock = candidate.train_end, now
         row.retrained_version = version.version
-        row.actions.append(f"retrained v{version.version} on {win.rows:,} rows ({win.batch_rows:,} from {len(win.sources)} chunk(s))")
+        row.actions.append(
+            f"retrained v{version.version} on {win.rows:,} rows ({win.batch_rows:,} from {len(win.sources)} chunk(s))"
+        )
 
         t = time.perf_counter()
         fresh = self._fresh_rows(i, candidate.train_end)
         if len(fresh) < cfg.gate.min_rows:
             self.timer.add("gate", t)
             reason = f"only {len(fresh)} fresh labelled rows; the gate needs {cfg.gate.min_rows}"
-            registry.reject_challenger(self.name, version.version, {"passed": False}, [reason], ACTOR, None)
+            registry.reject_challenger(
+                self.name, version.version, {"passed": False}, [reason], ACTOR, None
+            )
             self.counts["gate_failures"] += 1
             row.actions.append(f"gate not run: {reason}")
             return
         challenger = gate.measure_model(candidate.model, fresh, cfg, version.version)
         champion = gate.measure_model(self.champion.model, fresh, cfg, self.champion_version)
-        verdict = gate.decide_promotion(challenger, champion, fresh[cfg.columns.target].to_numpy(), cfg.gate, cfg.problem_type, cfg.metric)
+        verdict = gate.decide_promotion(
+            challenger,
+            champion,
+            fresh[cfg.columns.target].to_numpy(),
+            cfg.gate,
+            cfg.problem_type,
+            cfg.metric,
+        )
         self.timer.add("gate", t)
         t = time.perf_counter()
         if not verdict.passed:
-            registry.reject_challenger(self.name, version.version, verdict.to_dict(), verdict.reasons, ACTOR, None)
+            registry.reject_challenger(
+                self.name, version.version, verdict.to_dict(), verdict.reasons, ACTOR, None
+            )
             self.timer.add("register", t)
             self.counts["gate_failures"] += 1
             row.actions.append(f"gate failed: {'; '.join(verdict.reasons)}")
             return
         registry.start_canary(self.name, version.version, verdict.to_dict(), ACTOR, None)
         previous, previous_version = self.champion, self.champion_version
-        registry.promote_canary(self.name, version.version, "backtest: gate passed (shadow review follows)", ACTOR, None)
+        registry.promote_canary(
+            self.name, version.version, "backtest: gate passed (shadow review follows)", ACTOR, None
+        )
         loaded = registry.load_model_uri(f"models:/{self.name}/{version.version}")
         self.timer.add("register", t)
         if hashlib.sha256(loaded.to_bytes()).hexdigest() != candidate.key:
-            raise BacktestError(f"version {version.version} loaded from the registry differs from the trained model")
+            raise BacktestError(
+                f"version {version.version} loaded from the registry differs from the trained model"
+            )
         self.champion, self.champion_version = candidate, version.version
         self.counts["promotions"] += 1
         row.promoted = True
         if self.review is not None:
             row.actions.append(f"review of v{self.review.version} superseded")
         self.review = _Review(version.version, previous, previous_version, since=i + 1)
-        row.actions.append(f"gate passed: v{version.version} promoted over v{previous_version} (serves from the next chunk)")
+        row.actions.append(
+            f"gate passed: v{version.version} promoted over v{previous_version} (serves from the next chunk)"
+        )
 
     def _window_chunks(self, i: int) -> list[int]:
         """Chunks that can reach the window (a sliding window by days never needs older ones)."""
@@ -736,7 +834,9 @@ class _Replay:
             return [], False
         s, cfg, cols = self.s, self.cfg, self.cfg.columns
         t = time.perf_counter()
-        logs, champion_logs, labels = [], [], []
+        logs: list[pd.DataFrame] = []
+        champion_logs: list[pd.DataFrame] = []
+        labels: list[pd.DataFrame] = []
         for j in range(r.since, i):
             if s.stream.reveal[j] > i:
                 continue
@@ -748,14 +848,29 @@ class _Replay:
             ids = s.stream.batches[j][cols.id].to_numpy()
             served = s.views[(entry.key, j)]
             if (r.previous.key, j) not in self._previous_scores:
-                self._previous_scores[(r.previous.key, j)] = r.previous.model.predict(s.stream.batches[j])
+                self._previous_scores[(r.previous.key, j)] = r.previous.model.predict(
+                    s.stream.batches[j]
+                )
             old = self._previous_scores[(r.previous.key, j)]
             old_score = old.probability if old.probability is not None else old.prediction
             for sink, version_, alias, pred, score in (
                 (logs, r.version, registry.CANARY, served.prediction, served.score),
-                (champion_logs, r.previous_version, registry.CHAMPION, np.asarray(old.prediction), np.asarray(old_score)),
+                (
+                    champion_logs,
+                    r.previous_version,
+                    registry.CHAMPION,
+                    np.asarray(old.prediction),
+                    np.asarray(old_score),
+                ),
             ):
-                frame = pd.DataFrame({cols.id: ids, cols.prediction: pred, cols.model_version: version_, ALIAS_COLUMN: alias})
+                frame = pd.DataFrame(
+                    {
+                        cols.id: ids,
+                        cols.prediction: pred,
+                        cols.model_version: version_,
+                        ALIAS_COLUMN: alias,
+                    }
+                )
                 if cols.probability is not None:
                     frame[cols.probability] = score
                 sink.append(frame)
@@ -764,8 +879,16 @@ class _Replay:
             self.timer.add("review", t)
             return [], False
         labels_frame = pd.concat(labels, ignore_index=True) if labels else None
-        new = canary.collect_arm_evidence(pd.concat(logs, ignore_index=True), labels_frame, cfg, r.version, registry.CANARY)
-        old = canary.collect_arm_evidence(pd.concat(champion_logs, ignore_index=True), labels_frame, cfg, r.previous_version, registry.CHAMPION)
+        new = canary.collect_arm_evidence(
+            pd.concat(logs, ignore_index=True), labels_frame, cfg, r.version, registry.CANARY
+        )
+        old = canary.collect_arm_evidence(
+            pd.concat(champion_logs, ignore_index=True),
+            labels_frame,
+            cfg,
+            r.previous_version,
+            registry.CHAMPION,
+        )
         verdict = canary.decide_canary(new, old, cfg.canary, cfg.problem_type, cfg.metric)
         self.timer.add("review", t)
         if verdict.outcome == canary.PENDING:
@@ -774,11 +897,19 @@ class _Replay:
         if verdict.outcome == canary.PROMOTED:
             return [f"review kept v{r.version}: {verdict.reasons[0]}"], False
         t = time.perf_counter()
-        registry.roll_back_champion(self.name, r.previous_version, "backtest review: " + "; ".join(verdict.reasons)[:400], ACTOR, None)
+        registry.roll_back_champion(
+            self.name,
+            r.previous_version,
+            "backtest review: " + "; ".join(verdict.reasons)[:400],
+            ACTOR,
+            None,
+        )
         self.timer.add("register", t)
         self.champion, self.champion_version = r.previous, r.previous_version
         self.counts["rollbacks"] += 1
-        return [f"review rolled v{r.version} back to v{r.previous_version}: {verdict.reasons[0]}"], True
+        return [
+            f"review rolled v{r.version} back to v{r.previous_version}: {verdict.reasons[0]}"
+        ], True
 
 
 # ----------------------------------------------------------------------------- running
@@ -807,7 +938,9 @@ def run_backtest(
     (every other gate check applies as configured)."""
     began = time.perf_counter()
     if not check_latency:
-        config = config.model_copy(update={"gate": config.gate.model_copy(update={"max_latency_ms": math.inf})})
+        config = config.model_copy(
+            update={"gate": config.gate.model_copy(update={"max_latency_ms": math.inf})}
+        )
     names = list(dict.fromkeys([*policies, *(BASELINES if baselines else ())]))
     chosen = [policy.Policy.named(n, config.retrain) for n in names]
     if len({p.name for p in chosen}) != len(chosen):
@@ -878,7 +1011,9 @@ def _bootstrap(shared: _Shared, timer: _Timer) -> _Bootstrap:
     policy_cfg = cfg.retrain.model_copy(update={"include_reference": True})
     win = window.assemble_window(shared.stream.reference, [], policy_cfg, cfg.columns)
     if win.rows < 20:
-        raise BacktestError(f"the training reference has {win.rows} labelled rows; the first model needs more")
+        raise BacktestError(
+            f"the training reference has {win.rows} labelled rows; the first model needs more"
+        )
     clock = _utc(win.time_max if win.time_max is not None else shared.starts[0])
     entry, evaluation = shared.train(win.frame, timer)
     shared.monitor_of(entry, timer)
@@ -886,15 +1021,21 @@ def _bootstrap(shared: _Shared, timer: _Timer) -> _Bootstrap:
     return _Bootstrap(entry, clock, run)
 
 
-def _log_candidate(shared: _Shared, entry: _ModelEntry, evaluation: Any, win: window.TrainingWindow, reason: str) -> _LoggedRun:
+def _log_candidate(
+    shared: _Shared, entry: _ModelEntry, evaluation: Any, win: window.TrainingWindow, reason: str
+) -> _LoggedRun:
     """One MLflow run per trained model: its metrics and the model in XGBoost's format."""
     import mlflow
 
     from evergreen import registry, tracking
 
     cfg = shared.config
-    with mlflow.start_run(experiment_id=shared.experiment_id, run_name=f"backtest-{entry.key[:12]}") as run:
-        mlflow.log_params({"window.rows": win.rows, "window.batch_rows": win.batch_rows, "reason": reason[:400]})
+    with mlflow.start_run(
+        experiment_id=shared.experiment_id, run_name=f"backtest-{entry.key[:12]}"
+    ) as run:
+        mlflow.log_params(
+            {"window.rows": win.rows, "window.batch_rows": win.batch_rows, "reason": reason[:400]}
+        )
         tracking.log_metrics(evaluation.flat_metrics())
         logged = registry.log_model(entry.model, win.frame[list(cfg.columns.features)].head(5))
     return _LoggedRun(run.info.run_id, logged.model_uri)
@@ -928,12 +1069,16 @@ def _warm_up() -> None:
     import great_expectations  # noqa: F401
 
 
-def _validate_served(suite_json: str, served: pd.DataFrame, batch_id: str, now: pd.Timestamp) -> Any:
+def _validate_served(
+    suite_json: str, served: pd.DataFrame, batch_id: str, now: pd.Timestamp
+) -> Any:
     """Runs in the worker: the monitor's validation of one served chunk (validators are
     kept per suite by `validation.validate_batch`)."""
     from evergreen import validation
 
-    return validation.validate_batch(served, validation.SuiteSpec.model_validate_json(suite_json), batch_id, now=now)
+    return validation.validate_batch(
+        served, validation.SuiteSpec.model_validate_json(suite_json), batch_id, now=now
+    )
 
 
 # ----------------------------------------------------------------------------- reporting
@@ -943,9 +1088,15 @@ def format_table(result: BacktestResult) -> str:
     """The per-policy summary as a text table, read against the `always` baseline."""
     always = result.policies.get("always")
     head = f"{'policy':14} {'mean':>7} {'worst':>7} {'/always':>8} {'retrains':>8} {'/always':>8} {'promo':>5} {'rollbk':>6} {'alerts':>6} {'wall s':>7}"
-    lines = [f"{result.model}: {result.metric} per chunk, {result.stream['chunks']} chunks", head, "-" * len(head)]
+    lines = [
+        f"{result.model}: {result.metric} per chunk, {result.stream['chunks']} chunks",
+        head,
+        "-" * len(head),
+    ]
     for r in result.policies.values():
-        mean_ratio = _ratio(r.mean_metric, always.mean_metric if always else None, result.higher_is_better)
+        mean_ratio = _ratio(
+            r.mean_metric, always.mean_metric if always else None, result.higher_is_better
+        )
         retrain_ratio = (r.retrains / always.retrains) if always and always.retrains else None
         lines.append(
             f"{r.name:14} {_f(r.mean_metric):>7} {_f(r.worst_metric):>7} {_f(mean_ratio):>8} {r.retrains:>8} "
@@ -967,8 +1118,21 @@ def plot(result: BacktestResult, path: str) -> None:
     start = result.stream.get("drift_start_index")
     for ax, r in zip(axes[:, 0], result.policies.values(), strict=True):
         x = [c.index for c in r.chunks]
-        ax.plot(x, [c.realized_metric for c in r.chunks], color="tab:blue", lw=1.4, label=f"realized {result.metric}")
-        ax.plot(x, [c.estimated_metric for c in r.chunks], color="tab:orange", lw=1.0, ls="--", label=f"estimated {result.metric}")
+        ax.plot(
+            x,
+            [c.realized_metric for c in r.chunks],
+            color="tab:blue",
+            lw=1.4,
+            label=f"realized {result.metric}",
+        )
+        ax.plot(
+            x,
+            [c.estimated_metric for c in r.chunks],
+            color="tab:orange",
+            lw=1.0,
+            ls="--",
+            label=f"estimated {result.metric}",
+        )
         for c in r.chunks:
             if c.retrained_version is not None or c.decision == "retrain":
                 ax.axvline(c.index, color="tab:green" if c.promoted else "0.6", lw=0.8, alpha=0.8)
@@ -985,7 +1149,9 @@ def plot(result: BacktestResult, path: str) -> None:
         ax.set_ylabel(result.metric)
         ax.grid(alpha=0.3)
     axes[0, 0].legend(loc="lower left", fontsize=8)
-    axes[-1, 0].set_xlabel("chunk (vertical lines: retrains, green = promoted; dotted red: injected drift)")
+    axes[-1, 0].set_xlabel(
+        "chunk (vertical lines: retrains, green = promoted; dotted red: injected drift)"
+    )
     fig.tight_layout()
     Path(path).parent.mkdir(parents=True, exist_ok=True)
     fig.savefig(path, dpi=110)
@@ -1021,4 +1187,3 @@ def _ratio(value: float | None, base: float | None, higher_is_better: bool) -> f
 
 def _f(value: float | None, digits: int = 4) -> str:
     return "-" if value is None else f"{value:.{digits}f}"
-

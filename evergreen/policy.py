@@ -75,9 +75,13 @@ class Policy:
         if text == "schedule" or text.startswith("schedule:"):
             raw = text.partition(":")[2] or str(DEFAULT_SCHEDULE_EVERY)
             if not raw.isdigit() or int(raw) < 1:
-                raise PolicyError(f"policy {name!r}: schedule needs a whole number of chunks >= 1, e.g. schedule:7")
+                raise PolicyError(
+                    f"policy {name!r}: schedule needs a whole number of chunks >= 1, e.g. schedule:7"
+                )
             return cls(name=f"schedule:{int(raw)}", kind="schedule", config=config, every=int(raw))
-        raise PolicyError(f"unknown policy {name!r}; use default, never, always, schedule or schedule:K")
+        raise PolicyError(
+            f"unknown policy {name!r}; use default, never, always, schedule or schedule:K"
+        )
 
     def settings(self) -> dict[str, Any]:
         """What decides for this policy, as plain JSON (for reports)."""
@@ -195,8 +199,12 @@ def decide(observation: ChunkObservation, state: LoopState, policy: Policy) -> P
     """Apply `policy` to one chunk (see the module docstring for the rules)."""
     cfg = policy.config
     signals = fired_signals(observation, cfg)
-    fired = list(dict.fromkeys(s.kind for s in signals))
-    window = [*state.history[-(cfg.hysteresis_n - 1) :], tuple(fired)] if cfg.hysteresis_n > 1 else [tuple(fired)]
+    fired: list[str] = list(dict.fromkeys(s.kind for s in signals))
+    window = (
+        [*state.history[-(cfg.hysteresis_n - 1) :], tuple(fired)]
+        if cfg.hysteresis_n > 1
+        else [tuple(fired)]
+    )
     hits = sum(1 for kinds in window if kinds)
     alert = bool(fired) and hits >= cfg.hysteresis_k
     hysteresis = f"{hits} of the last {len(window)} chunk(s) with a signal ({cfg.hysteresis_k} of {cfg.hysteresis_n} needed)"
@@ -214,27 +222,39 @@ def decide(observation: ChunkObservation, state: LoopState, policy: Policy) -> P
     if policy.kind == "never":
         return dataclasses.replace(base, reason="policy never: the first model serves forever")
     if policy.kind == "always":
-        return dataclasses.replace(base, retrain=True, reason="policy always: retrain after every chunk")
+        return dataclasses.replace(
+            base, retrain=True, reason="policy always: retrain after every chunk"
+        )
     if policy.kind == "schedule":
         since = state.chunks_since_retrain
         due = since is not None and policy.every is not None and since >= policy.every
         why = f"{since} chunk(s) since the last retrain, schedule every {policy.every}"
-        return dataclasses.replace(base, retrain=due, reason=f"{'scheduled' if due else 'not due'}: {why}")
+        return dataclasses.replace(
+            base, retrain=due, reason=f"{'scheduled' if due else 'not due'}: {why}"
+        )
 
     if not observation.valid:
-        reason = f"chunk rejected by validation, nothing to judge: {observation.reason}".rstrip(": ")
+        reason = f"chunk rejected by validation, nothing to judge: {observation.reason}".rstrip(
+            ": "
+        )
         return dataclasses.replace(base, reason=reason, blocked_by="invalid")
     if not fired:
         return dataclasses.replace(base, reason="no configured signal fired", blocked_by="no_alert")
     signal_text = "; ".join(s.reason for s in signals)
     if not alert:
         return dataclasses.replace(
-            base, reason=f"waiting for the hysteresis ({hysteresis}): {signal_text}", blocked_by="no_alert"
+            base,
+            reason=f"waiting for the hysteresis ({hysteresis}): {signal_text}",
+            blocked_by="no_alert",
         )
     start = check_start(state, cfg)
     if not start.allowed:
-        return dataclasses.replace(base, reason=f"{start.reason} (signals: {signal_text})", blocked_by=start.blocked_by)
-    return dataclasses.replace(base, retrain=True, reason=f"retrain: {signal_text} ({hysteresis}); {start.reason}")
+        return dataclasses.replace(
+            base, reason=f"{start.reason} (signals: {signal_text})", blocked_by=start.blocked_by
+        )
+    return dataclasses.replace(
+        base, retrain=True, reason=f"retrain: {signal_text} ({hysteresis}); {start.reason}"
+    )
 
 
 def check_start(state: LoopState, config: RetrainPolicyConfig) -> StartCheck:
@@ -270,11 +290,15 @@ def check_start(state: LoopState, config: RetrainPolicyConfig) -> StartCheck:
                 f"(retrain.max_retrains_per_period={config.max_retrains_per_period})",
                 "budget",
             )
-        done.append(f"{state.retrains_in_period} of {config.max_retrains_per_period} retrains used in {config.period_days} days")
+        done.append(
+            f"{state.retrains_in_period} of {config.max_retrains_per_period} retrains used in {config.period_days} days"
+        )
     return StartCheck(True, ", ".join(done) or "no start check applies")
 
 
-def history_of(decisions: Sequence[PolicyDecision | Sequence[str]], config: RetrainPolicyConfig) -> tuple[tuple[str, ...], ...]:
+def history_of(
+    decisions: Sequence[PolicyDecision | Sequence[str]], config: RetrainPolicyConfig
+) -> tuple[tuple[str, ...], ...]:
     """The hysteresis history (the last N - 1 entries) from earlier decisions or fired lists."""
     keep = max(config.hysteresis_n - 1, 0)
     if keep == 0:

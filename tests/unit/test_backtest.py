@@ -26,7 +26,9 @@ def stream(tmp_path_factory) -> ModelConfig:
     base = _config()
     cfg = base.model_copy(
         update={
-            "data": base.data.model_copy(update={"root": str(root), "rows_per_batch": ROWS, "label_delay_days": DELAY}),
+            "data": base.data.model_copy(
+                update={"root": str(root), "rows_per_batch": ROWS, "label_delay_days": DELAY}
+            ),
             "mlflow": base.mlflow.model_copy(update={"model_name": "toy"}),
         }
     )
@@ -35,28 +37,56 @@ def stream(tmp_path_factory) -> ModelConfig:
     # The top feature moves by 2 standard deviations while the outcome keeps the old rule:
     # the first model's metric falls, a retrained one can recover.
     write_stream_from_frames(
-        cfg, reference.drop(columns="p_true"), analysis.drop(columns="p_true"), str(root),
-        drift="covariate", drift_start=DRIFT_AT, drift_params={"features": ["x1"], "method": "additive", "strength": 2.0},
+        cfg,
+        reference.drop(columns="p_true"),
+        analysis.drop(columns="p_true"),
+        str(root),
+        drift="covariate",
+        drift_start=DRIFT_AT,
+        drift_params={"features": ["x1"], "method": "additive", "strength": 2.0},
     )
     return cfg
 
 
 @pytest.fixture(scope="module")
 def result(stream: ModelConfig, tmp_path_factory):
-    return run_backtest(stream, ["default"], workdir=str(tmp_path_factory.mktemp("store")), log=lambda _: None)
+    return run_backtest(
+        stream, ["default"], workdir=str(tmp_path_factory.mktemp("store")), log=lambda _: None
+    )
 
 
 def test_report_holds_every_policy_and_chunk(result) -> None:
     report = json.loads(json.dumps(result.to_dict()))
     assert set(report["policies"]) == {"default", "never", "always", "schedule:7"}
     for body in report["policies"].values():
-        assert {"mean_metric", "worst_metric", "retrains", "promotions", "rollbacks", "chunks", "wall_seconds"} <= set(body)
+        assert {
+            "mean_metric",
+            "worst_metric",
+            "retrains",
+            "promotions",
+            "rollbacks",
+            "chunks",
+            "wall_seconds",
+        } <= set(body)
         assert len(body["chunks"]) == CHUNKS
         chunk = body["chunks"][0]
-        assert {"chunk", "start", "end", "rows", "serving_version", "valid", "drifted_features",
-                "estimated_metric", "realized_metric", "decision", "reason"} <= set(chunk)
+        assert {
+            "chunk",
+            "start",
+            "end",
+            "rows",
+            "serving_version",
+            "valid",
+            "drifted_features",
+            "estimated_metric",
+            "realized_metric",
+            "decision",
+            "reason",
+        } <= set(chunk)
         assert chunk["rows"] == ROWS and chunk["start"] < chunk["end"]
-    assert report["stream"]["chunks"] == CHUNKS and report["stream"]["drift_start_index"] == DRIFT_AT
+    assert (
+        report["stream"]["chunks"] == CHUNKS and report["stream"]["drift_start_index"] == DRIFT_AT
+    )
     table = format_table(result)
     assert all(name in table for name in report["policies"])
 
@@ -98,7 +128,9 @@ def test_labels_are_revealed_after_the_delay(result) -> None:
             assert c.realized_signal is None
         else:
             assert c.realized_signal["chunk"] == days[i - DELAY]
-            assert c.realized_signal["value"] == pytest.approx(result.policies["never"].chunks[i - DELAY].realized_metric)
+            assert c.realized_signal["value"] == pytest.approx(
+                result.policies["never"].chunks[i - DELAY].realized_metric
+            )
 
 
 def test_plot_is_written(result, tmp_path) -> None:
@@ -116,11 +148,25 @@ def test_cli_writes_the_report(stream: ModelConfig, tmp_path) -> None:
     config.write_text(yaml.safe_dump(stream.model_dump(mode="json")), encoding="utf-8")
     out = tmp_path / "report.json"
     run = CliRunner().invoke(
-        app, ["backtest", "--config", str(config), "--out", str(out), "--policy", "never", "--only", "--max-chunks", "3"]
+        app,
+        [
+            "backtest",
+            "--config",
+            str(config),
+            "--out",
+            str(out),
+            "--policy",
+            "never",
+            "--only",
+            "--max-chunks",
+            "3",
+        ],
     )
     assert run.exit_code == 0, run.output
     report = json.loads(out.read_text())
     assert list(report["policies"]) == ["never"] and len(report["policies"]["never"]["chunks"]) == 3
     assert "never" in run.output
-    bad = CliRunner().invoke(app, ["backtest", "--config", str(config), "--out", str(out), "--policy", "sometimes"])
+    bad = CliRunner().invoke(
+        app, ["backtest", "--config", str(config), "--out", str(out), "--policy", "sometimes"]
+    )
     assert bad.exit_code == 2 and "sometimes" in bad.output

@@ -66,8 +66,14 @@ FIRING = {
 }
 
 
-def _observe(toy_config, chunk: str = "2024-03-10", valid: bool = True, **report) -> ChunkObservation:  # noqa: ANN001
-    return ChunkObservation(chunk=chunk, valid=valid, alerts=decide_alerts(_report(**report), toy_config()) if valid else None)
+def _observe(
+    toy_config, chunk: str = "2024-03-10", valid: bool = True, **report
+) -> ChunkObservation:  # noqa: ANN001
+    return ChunkObservation(
+        chunk=chunk,
+        valid=valid,
+        alerts=decide_alerts(_report(**report), toy_config()) if valid else None,
+    )
 
 
 def _policy(name: str = "default", **retrain) -> Policy:  # noqa: ANN003
@@ -112,7 +118,9 @@ def test_quiet_and_rejected_chunks_do_not_retrain(toy_config) -> None:
     assert not quiet.retrain and quiet.fired == [] and quiet.reason == "no configured signal fired"
     rejected = ChunkObservation("2024-03-10", valid=False, reason="x: nulls")
     decision = decide(rejected, LoopState(), _policy())
-    assert not decision.retrain and decision.blocked_by == "invalid" and "x: nulls" in decision.reason
+    assert (
+        not decision.retrain and decision.blocked_by == "invalid" and "x: nulls" in decision.reason
+    )
 
 
 def test_hysteresis_needs_k_of_the_last_n_chunks(toy_config) -> None:
@@ -132,7 +140,10 @@ def test_hysteresis_needs_k_of_the_last_n_chunks(toy_config) -> None:
 
 def test_history_of_keeps_the_last_n_minus_one_chunks(toy_config) -> None:
     pol = _policy(hysteresis_k=2, hysteresis_n=3)
-    decisions = [decide(_observe(toy_config, **r), LoopState(), pol) for r in ({}, {"drifted": 2}, {"mv_alert": True})]
+    decisions = [
+        decide(_observe(toy_config, **r), LoopState(), pol)
+        for r in ({}, {"drifted": 2}, {"mv_alert": True})
+    ]
     assert history_of(decisions, pol.config) == (("feature_drift",), ("multivariate_drift",))
     assert history_of([["a"], ["b"]], RetrainPolicyConfig()) == ()
 
@@ -176,18 +187,29 @@ def test_baselines_ignore_the_signals(toy_config) -> None:
     assert not decide(drift, LoopState(), never).retrain
     always = _policy("always", cooldown_hours=10**4)
     rejected = ChunkObservation("d", valid=False)
-    assert all(decide(o, LoopState(now=NOW, last_retrain_clock=NOW), always).retrain for o in (drift, quiet, rejected))
+    assert all(
+        decide(o, LoopState(now=NOW, last_retrain_clock=NOW), always).retrain
+        for o in (drift, quiet, rejected)
+    )
     every3 = _policy("schedule:3")
     due = [decide(quiet, LoopState(chunks_since_retrain=k), every3).retrain for k in (1, 2, 3, 4)]
     assert due == [False, False, True, True]
     # Every policy announces the same alerts: events follow the signals, not the policy.
-    assert decide(drift, LoopState(), never).events.keys() == decide(drift, LoopState(), _policy()).events.keys()
+    assert (
+        decide(drift, LoopState(), never).events.keys()
+        == decide(drift, LoopState(), _policy()).events.keys()
+    )
 
 
 @pytest.mark.parametrize(
     ("name", "kind", "every"),
-    [("default", "default", None), ("never", "never", None), ("ALWAYS", "always", None),
-     ("schedule", "schedule", 7), ("schedule:14", "schedule", 14)],
+    [
+        ("default", "default", None),
+        ("never", "never", None),
+        ("ALWAYS", "always", None),
+        ("schedule", "schedule", 7),
+        ("schedule:14", "schedule", 14),
+    ],
 )
 def test_policy_names(name: str, kind: str, every: int | None) -> None:
     pol = Policy.named(name, RetrainPolicyConfig())
@@ -205,8 +227,14 @@ def test_the_ledger_keeps_the_hysteresis_history(tmp_path) -> None:
     from evergreen.ledger import BatchRecord, read_ledger, record_batch
 
     state = str(tmp_path)
-    for day, signals in (("2024-03-02", ["feature_drift"]), ("2024-03-01", []), ("2024-03-03", ["realized_drop"])):
-        record_batch(state, BatchRecord(day=day, path=f"{day}.parquet", valid=True, signals=signals))
+    for day, signals in (
+        ("2024-03-02", ["feature_drift"]),
+        ("2024-03-01", []),
+        ("2024-03-03", ["realized_drop"]),
+    ):
+        record_batch(
+            state, BatchRecord(day=day, path=f"{day}.parquet", valid=True, signals=signals)
+        )
     ledger = read_ledger(state)
     assert ledger.signals_before("2024-03-03") == [[], ["feature_drift"]]
     pol = _policy(hysteresis_k=2, hysteresis_n=2)
@@ -220,8 +248,20 @@ def test_the_demo_config_runs_the_default_policy() -> None:
     from evergreen.config import MonitoringConfig, load_config
 
     demo = load_config(Path(__file__).resolve().parents[2] / "configs" / "demo.yaml")
-    policy_fields = ("signals", "cooldown_hours", "hysteresis_k", "hysteresis_n", "min_new_rows", "max_retrains_per_period", "period_days")
+    policy_fields = (
+        "signals",
+        "cooldown_hours",
+        "hysteresis_k",
+        "hysteresis_n",
+        "min_new_rows",
+        "max_retrains_per_period",
+        "period_days",
+    )
     default = RetrainPolicyConfig()
-    assert {f: getattr(demo.retrain, f) for f in policy_fields} == {f: getattr(default, f) for f in policy_fields}
+    assert {f: getattr(demo.retrain, f) for f in policy_fields} == {
+        f: getattr(default, f) for f in policy_fields
+    }
     thresholds = ("drifted_feature_share", "performance_drop", "metric_floor", "multivariate_drift")
-    assert {f: getattr(demo.monitoring, f) for f in thresholds} == {f: getattr(MonitoringConfig(), f) for f in thresholds}
+    assert {f: getattr(demo.monitoring, f) for f in thresholds} == {
+        f: getattr(MonitoringConfig(), f) for f in thresholds
+    }

@@ -11,13 +11,30 @@ from bench.policy_bench import figures, render_markdown, update_markdown, verdic
 from evergreen.backtest import ChunkRow, PolicyResult
 
 
-def _chunks(metrics: list[float], retrain_at: tuple[int, ...] = (), alert_at: tuple[int, ...] = ()) -> list[ChunkRow]:
+def _chunks(
+    metrics: list[float], retrain_at: tuple[int, ...] = (), alert_at: tuple[int, ...] = ()
+) -> list[ChunkRow]:
     return [
         ChunkRow(
-            index=i, chunk=f"2024-01-{i + 1:02d}", start=None, end=None, rows=100, serving_version="1",
-            valid=True, validation="", drifted_features=[], drifted_share=0.0, multivariate=None,
-            estimated_metric=m, realized_metric=m, realized_signal=None, fired=[], alert=i in alert_at,
-            events=[], decision="retrain" if i in retrain_at else "none", reason="",
+            index=i,
+            chunk=f"2024-01-{i + 1:02d}",
+            start=None,
+            end=None,
+            rows=100,
+            serving_version="1",
+            valid=True,
+            validation="",
+            drifted_features=[],
+            drifted_share=0.0,
+            multivariate=None,
+            estimated_metric=m,
+            realized_metric=m,
+            realized_signal=None,
+            fired=[],
+            alert=i in alert_at,
+            events=[],
+            decision="retrain" if i in retrain_at else "none",
+            reason="",
         )
         for i, m in enumerate(metrics)
     ]
@@ -26,22 +43,38 @@ def _chunks(metrics: list[float], retrain_at: tuple[int, ...] = (), alert_at: tu
 def _policy(name: str, metrics: list[float], retrains: int, **marks) -> PolicyResult:  # noqa: ANN003
     chunks = _chunks(metrics, **marks)
     return PolicyResult(
-        name=name, settings={}, mean_metric=sum(metrics) / len(metrics), worst_metric=min(metrics),
-        retrains=retrains, promotions=retrains, rollbacks=0, gate_failures=0, rejected_windows=0,
-        alerts=sum(c.alert for c in chunks), wall_seconds=1.0, seconds_by_step={}, chunks=chunks,
+        name=name,
+        settings={},
+        mean_metric=sum(metrics) / len(metrics),
+        worst_metric=min(metrics),
+        retrains=retrains,
+        promotions=retrains,
+        rollbacks=0,
+        gate_failures=0,
+        rejected_windows=0,
+        alerts=sum(c.alert for c in chunks),
+        wall_seconds=1.0,
+        seconds_by_step={},
+        chunks=chunks,
     )
 
 
 def _result(drift: str = "covariate") -> tuple[SimpleNamespace, SimpleNamespace]:
     before, after = [0.84] * 4, [0.80] * 4
     policies = {
-        "default": _policy("default", before + [0.80, 0.80, 0.83, 0.83], 1, retrain_at=(5,), alert_at=(4, 5)),
+        "default": _policy(
+            "default", before + [0.80, 0.80, 0.83, 0.83], 1, retrain_at=(5,), alert_at=(4, 5)
+        ),
         "never": _policy("never", before + after, 0),
-        "always": _policy("always", before + [0.80, 0.81, 0.83, 0.84], 8, retrain_at=tuple(range(8))),
+        "always": _policy(
+            "always", before + [0.80, 0.81, 0.83, 0.84], 8, retrain_at=tuple(range(8))
+        ),
         "schedule:7": _policy("schedule:7", before + after, 1, retrain_at=(6,)),
     }
     result = SimpleNamespace(policies=policies, seconds=12.0)
-    info = SimpleNamespace(drift=drift, drift_start_index=None if drift == "none" else 4, rows_per_batch=100)
+    info = SimpleNamespace(
+        drift=drift, drift_start_index=None if drift == "none" else 4, rows_per_batch=100
+    )
     return result, info
 
 
@@ -50,7 +83,9 @@ def test_figures_read_the_acceptance_measures() -> None:
     assert f.shift_cost == pytest.approx(0.04)
     assert f.alert_delay == 0 and f.detection_delay == 1
     assert f.retrains_vs_always == pytest.approx(1 / 8)
-    assert f.mean_vs_always == pytest.approx((4 * 0.84 + 0.80 * 2 + 0.83 * 2) / (4 * 0.84 + 0.80 + 0.81 + 0.83 + 0.84))
+    assert f.mean_vs_always == pytest.approx(
+        (4 * 0.84 + 0.80 * 2 + 0.83 * 2) / (4 * 0.84 + 0.80 + 0.81 + 0.83 + 0.84)
+    )
     assert f.false_alarms is None
     none = figures("none", *_result("none"))
     assert none.false_alarms == 1 and none.shift_cost is None and none.detection_delay is None
@@ -62,7 +97,10 @@ def test_verdicts_name_each_target() -> None:
     assert "0.99 x always on every stream: **pass**" in lines
     assert "0.3 x always on every stream: **pass**" in lines
     assert "zero retrains on the no-drift stream: **fail** (1 retrains" in lines
-    assert "detection within 2 chunks" in lines and "**pass** (the shift costs the first model 4.0 pts" in lines
+    assert (
+        "detection within 2 chunks" in lines
+        and "**pass** (the shift costs the first model 4.0 pts" in lines
+    )
 
 
 def test_markdown_blocks_replace_only_their_own_part(tmp_path) -> None:
@@ -80,7 +118,10 @@ def test_markdown_blocks_replace_only_their_own_part(tmp_path) -> None:
     text = doc.read_text(encoding="utf-8")
     assert "kept" in text and "speed block" in text
     assert "cmd two" in text and "cmd one" not in text
-    assert text.count("<!-- bench:policy:start -->") == 1 and text.count("<!-- bench:policy-speed:start -->") == 1
+    assert (
+        text.count("<!-- bench:policy:start -->") == 1
+        and text.count("<!-- bench:policy-speed:start -->") == 1
+    )
     assert "| abrupt | covariate | 8 x 100 | 4.0 pts |" in text
 
 
@@ -90,11 +131,33 @@ def test_runs_side_by_side_merge_into_one_report() -> None:
     def run(stream: str, seconds: float, when: str) -> dict:
         fig = vars(figures(stream, *_result("none" if stream == "none" else "covariate")))
         fig["stream"] = stream
-        acc = {"figures": [fig], "tables": {stream: "t"}, "machine": {}, "settings": {}, "seconds": seconds}
+        acc = {
+            "figures": [fig],
+            "tables": {stream: "t"},
+            "machine": {},
+            "settings": {},
+            "seconds": seconds,
+        }
         return {"acceptance": acc, "command": f"bench {stream}", "measured_at": when}
 
-    merged = merge_saved([run("none", 10.0, "2026-01-01 10:00 UTC"), run("abrupt", 30.0, "2026-01-01 11:00 UTC")])
+    merged = merge_saved(
+        [run("none", 10.0, "2026-01-01 10:00 UTC"), run("abrupt", 30.0, "2026-01-01 11:00 UTC")]
+    )
     assert [f["stream"] for f in merged["acceptance"]["figures"]] == ["abrupt", "none"]
-    assert merged["acceptance"]["seconds"] == 30.0 and set(merged["acceptance"]["tables"]) == {"none", "abrupt"}
-    assert merged["command"] == "`bench none` and `bench abrupt`" and merged["measured_at"] == "2026-01-01 11:00 UTC"
-    assert "with `bench none` and `bench abrupt`." in render_markdown(merged["acceptance"] | {"machine": {"nproc": 2, "load_before": 1}, "settings": {"chunks": 8, "rows": 100, "drift_start": 4}}, None, merged["command"])
+    assert merged["acceptance"]["seconds"] == 30.0 and set(merged["acceptance"]["tables"]) == {
+        "none",
+        "abrupt",
+    }
+    assert (
+        merged["command"] == "`bench none` and `bench abrupt`"
+        and merged["measured_at"] == "2026-01-01 11:00 UTC"
+    )
+    assert "with `bench none` and `bench abrupt`." in render_markdown(
+        merged["acceptance"]
+        | {
+            "machine": {"nproc": 2, "load_before": 1},
+            "settings": {"chunks": 8, "rows": 100, "drift_start": 4},
+        },
+        None,
+        merged["command"],
+    )
