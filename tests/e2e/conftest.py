@@ -164,6 +164,10 @@ def project(api_url: str, webhook: Webhook, tmp_path_factory: pytest.TempPathFac
         update={
             "data": base.data.model_copy(update={"root": str(tmp / "live")}),
             "mlflow": base.mlflow.model_copy(update={"tracking_uri": f"sqlite:///{tmp / 'mlflow.db'}", "artifact_root": str(tmp / "mlartifacts")}),
+            # The bootstrap is trained at data day 10 and drift is detected on day 13: a
+            # 24 h cooldown lets that drift retrain (the default 168 h would skip it) and
+            # still skips the retrains that the burst of events would start after it.
+            "retrain": base.retrain.model_copy(update={"cooldown_hours": 24}),
         }
     )
     config_file = tmp / "car-loan.yaml"
