@@ -135,10 +135,46 @@ def serve_project(
 
     from prefect.runner import Runner
 
-    runner = Runner(name="evergreen", pause_on_shutdown=True, limit=limit)
-    served = []
-    for flow, kwargs in deployment_arguments(path, names, parameters, schedules):
-        runner.add_flow(flow, **kwargs)
-        served.append(f"{flow.name}/{kwargs['name']}")
+    specs = deployment_arguments(path, names, parameters, schedules)
+    served = [f"{flow.name}/{kwargs['name']}" for flow, kwargs in specs]
     print(f"serving {', '.join(served)} from {path}; polling for runs (Ctrl+C stops)", flush=True)
-    asyncio.run(runner.start())
+    while True:
+        runner = Runner(name="evergreen", pause_on_shutdown=True, limit=limit)
+        for flow, kwargs in specs:
+            runner.add_flow(flow, **kwargs)
+        try:
+            asyncio.run(runner.start())
+            return
+        except Exception as exc:  # noqa: BLE001 - re-raised unless the API is down
+            # Prefect's runner gives up after three failed polls in a row. When the
+            # reason is the API being away (a server restart, a network blip), wait for
+            # it and serve again: deployments and automations live in the server's
+            # database, and the loop must carry on without a person restarting this.
+            if _api_error() is None:
+                raise
+            print(f"the Prefect API is unreachable ({type(exc).__name__}: {exc}); serving again once it answers", flush=True)
+            _wait_for_api()
+            print("the Prefect API answers again; serving", flush=True)
+
+
+def _api_error() -> Exception | None:
+    """None when the configured Prefect API answers its health check, else the error."""
+    from prefect.client.orchestration import get_client
+
+    try:
+        with get_client(sync_client=True) as client:
+            return client.api_healthcheck()
+    except Exception as exc:  # noqa: BLE001 - any failure to reach it counts as down
+        return exc
+
+
+def _wait_for_api(poll: float = 2.0, report_every: float = 60.0) -> None:
+    """Block until the Prefect API answers (forever: serving is useless without it)."""
+    import time
+
+    started = last_report = time.monotonic()
+    while (error := _api_error()) is not None:
+        if time.monotonic() - last_report >= report_every:
+            last_report = time.monotonic()
+            print(f"still waiting for the Prefect API after {time.monotonic() - started:.0f} s: {error}", flush=True)
+        time.sleep(poll)

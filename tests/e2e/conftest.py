@@ -15,6 +15,7 @@ import subprocess
 import threading
 import time
 from collections.abc import Iterator
+from contextlib import ExitStack
 from dataclasses import dataclass, field
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
@@ -81,28 +82,56 @@ def webhook() -> Iterator[Webhook]:
     server.shutdown()
 
 
+@dataclass
+class PrefectServer:
+    """The e2e module's `prefect server`: SQLite under `home`, on a fixed port, so that it
+    can be stopped and started again on the same database and URL (a server restart)."""
+
+    home: Path
+    port: int
+    stack: ExitStack = field(default_factory=ExitStack)
+
+    def start(self) -> str:
+        return self.stack.enter_context(prefect_server(self.home, port=self.port))
+
+    def stop(self) -> None:
+        self.stack.close()
+
+    def restart(self) -> str:
+        self.stop()
+        return self.start()
+
+
 @pytest.fixture(scope="module")
-def api_url(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
+def prefect_api(tmp_path_factory: pytest.TempPathFactory) -> Iterator[PrefectServer]:
+    server = PrefectServer(tmp_path_factory.mktemp("prefect-server"), free_port())
+    try:
+        yield server
+    finally:
+        server.stop()
+
+
+@pytest.fixture(scope="module")
+def api_url(prefect_api: PrefectServer) -> Iterator[str]:
     """A real Prefect server for the e2e module; this process and every child talk to it."""
     from prefect.events.worker import EventsWorker
     from prefect.settings import PREFECT_API_URL, temporary_settings
 
-    home = tmp_path_factory.mktemp("prefect-server")
-    with prefect_server(home, port=free_port()) as url:
-        before = os.environ.get("PREFECT_API_URL")
-        os.environ["PREFECT_API_URL"] = url
-        # Prefect's events worker is one per process and keeps the API URL it started with:
-        # drain it so events go to this server, and again after, for the tests that follow.
-        EventsWorker.drain_all()
-        try:
-            with temporary_settings({PREFECT_API_URL: url}):
-                yield url
-                EventsWorker.drain_all()
-        finally:
-            if before is None:
-                os.environ.pop("PREFECT_API_URL", None)
-            else:
-                os.environ["PREFECT_API_URL"] = before
+    url = prefect_api.start()
+    before = os.environ.get("PREFECT_API_URL")
+    os.environ["PREFECT_API_URL"] = url
+    # Prefect's events worker is one per process and keeps the API URL it started with:
+    # drain it so events go to this server, and again after, for the tests that follow.
+    EventsWorker.drain_all()
+    try:
+        with temporary_settings({PREFECT_API_URL: url}):
+            yield url
+            EventsWorker.drain_all()
+    finally:
+        if before is None:
+            os.environ.pop("PREFECT_API_URL", None)
+        else:
+            os.environ["PREFECT_API_URL"] = before
 
 
 def cli(*args: str, timeout: float = 300) -> subprocess.CompletedProcess:

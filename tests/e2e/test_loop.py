@@ -10,7 +10,15 @@ from pathlib import Path
 import pytest
 
 from evergreen import registry, tracking
-from tests.e2e.conftest import Project, Webhook, copy_days, served_log_tail, wait_runs
+from tests.e2e.conftest import (
+    PrefectServer,
+    Project,
+    Webhook,
+    copy_days,
+    served_log_tail,
+    server_state,
+    wait_runs,
+)
 from tests.support import register_challenger, scrambled, serve_history
 
 pytestmark = [pytest.mark.slow, pytest.mark.e2e]
@@ -124,3 +132,30 @@ def test_bad_canary_is_rolled_back_by_the_canary_review(project: Project, webhoo
     assert registry.get_version(cfg.mlflow.model_name, bad).status == "rejected"
     call = webhook.wait_for(lambda b: b.get("event") == "evergreen.model.rolled_back" and b["payload"].get("from_version") == bad)
     assert call["payload"]["to_version"] == champion
+
+
+def test_prefect_server_restart_loses_nothing_and_the_loop_carries_on(project: Project, prefect_api: PrefectServer) -> None:
+    """Stop the Prefect server and start it again on the same database: deployments,
+    schedules, concurrency limits and automations are all there, MLflow's alias history is
+    untouched, and the still-running `serve-flows` carries on: an event sent after the
+    restart starts its run through the automation."""
+    from prefect.events import emit_event
+
+    cfg = project.cfg
+    before = server_state()
+    tracking.connect(cfg.mlflow)
+    history = registry.alias_history(cfg.mlflow.model_name)
+    champion = _alias(project, "champion")
+
+    assert prefect_api.restart() == project.api_url
+    assert server_state() == before
+    assert registry.alias_history(cfg.mlflow.model_name) == history
+
+    bad = register_challenger(cfg, scrambled(cfg, seed=5), {})
+    since = datetime.now(UTC) - timedelta(seconds=1)
+    emit_event("evergreen.model.registered", resource={"prefect.resource.id": f"evergreen.model.{cfg.name}"}, payload={"version": bad})
+    (run,) = wait_runs("promote", since, count=1, timeout=300)
+    assert run.state.name == "GateFailed", f"{run.state}\n{served_log_tail()}"
+    assert run.parameters["version"] == bad
+    assert _alias(project, "champion") == champion
+    assert server_state() == before  # serving again re-applied the same deployments
