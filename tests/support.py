@@ -61,3 +61,30 @@ def scrambled(cfg: ModelConfig, seed: int) -> pd.DataFrame:
     frame = labelled(cfg)
     frame[cfg.columns.target] = np.random.default_rng(seed).permutation(frame[cfg.columns.target].to_numpy())
     return frame
+
+
+def read_model_events(model: str, names: list[str], since, expect: int | None = None, timeout: float = 30.0):
+    """Events of a model read back from the Prefect API (they are written asynchronously:
+    poll until `expect` of them are there, or until the timeout)."""
+    import time
+
+    from prefect.client.orchestration import get_client
+    from prefect.events.filters import (
+        EventFilter,
+        EventNameFilter,
+        EventOccurredFilter,
+        EventResourceFilter,
+    )
+
+    flt = EventFilter(
+        occurred=EventOccurredFilter(since=since),
+        event=EventNameFilter(name=names),
+        resource=EventResourceFilter(id=[f"evergreen.model.{model}"]),
+    )
+    deadline = time.monotonic() + timeout
+    while True:
+        with get_client(sync_client=True) as client:
+            events = client.read_events(filter=flt, limit=50).events
+        if expect is None or len(events) >= expect or time.monotonic() > deadline:
+            return events
+        time.sleep(0.5)

@@ -19,7 +19,7 @@ from tests.e2e.conftest import (
     server_state,
     wait_runs,
 )
-from tests.support import register_challenger, scrambled, serve_history
+from tests.support import read_model_events, register_challenger, scrambled, serve_history
 
 pytestmark = [pytest.mark.slow, pytest.mark.e2e]
 
@@ -66,7 +66,6 @@ def test_drift_starts_one_retrain_with_the_event_parameters_then_promote(project
     since = datetime.now(UTC) - timedelta(seconds=1)
     result = monitor(config=cfg, batch=f"{cfg.data.root}/batches/{days[12]}.parquet", return_state=True).result()[0]
     assert result.drift_detected and "evergreen.drift.detected" in result.events, result.message
-    from tests.flows.conftest import read_model_events
 
     names = ["evergreen.drift.detected", "evergreen.performance.degraded"]
     emitted = {str(e.id): e for e in read_model_events(cfg.name, names, since, expect=len(result.event_ids)) if str(e.id) in result.event_ids}

@@ -46,33 +46,6 @@ def demo_config(tmp_path_factory: pytest.TempPathFactory) -> ModelConfig:
     )
 
 
-def read_model_events(model: str, names: list[str], since, expect: int | None = None, timeout: float = 30.0):
-    """Events of a model read back from the Prefect API (they are written asynchronously:
-    poll until `expect` of them are there, or until the timeout)."""
-    import time
-
-    from prefect.client.orchestration import get_client
-    from prefect.events.filters import (
-        EventFilter,
-        EventNameFilter,
-        EventOccurredFilter,
-        EventResourceFilter,
-    )
-
-    flt = EventFilter(
-        occurred=EventOccurredFilter(since=since),
-        event=EventNameFilter(name=names),
-        resource=EventResourceFilter(id=[f"evergreen.model.{model}"]),
-    )
-    deadline = time.monotonic() + timeout
-    while True:
-        with get_client(sync_client=True) as client:
-            events = client.read_events(filter=flt, limit=50).events
-        if expect is None or len(events) >= expect or time.monotonic() > deadline:
-            return events
-        time.sleep(0.5)
-
-
 def model_for(cfg: ModelConfig, name: str, root: str, label_delay: int | None = None) -> ModelConfig:
     """A copy of the config for its own model name and data root (so events, MLflow runs and
     registry versions of different tests don't mix)."""

@@ -20,8 +20,7 @@ from flows.canary import canary_review
 from flows.promote import promote
 from flows.retrain import retrain
 from flows.rollback import rollback
-from tests.flows.conftest import read_model_events
-from tests.support import labelled, register_challenger, scrambled, serve_history
+from tests.support import labelled, read_model_events, register_challenger, scrambled, serve_history
 
 pytestmark = pytest.mark.slow
 

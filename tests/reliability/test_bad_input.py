@@ -28,13 +28,14 @@ from evergreen.serving.predlog import PredictionLogWriter
 from evergreen.stream import write_demo_stream
 from flows.monitor import monitor
 from flows.retrain import retrain
-from tests.flows.conftest import ROOT, read_model_events
+from tests.flows.conftest import ROOT
 from tests.reliability.bad_inputs import (
     CATALOGUE,
     COLUMNS_MATCH,
     BadInput,
     write_bad_input,
 )
+from tests.support import read_model_events
 
 # The session's Prefect test harness (tests/conftest.py): flows run in this process.
 pytestmark = [pytest.mark.slow, pytest.mark.usefixtures("prefect_harness")]
