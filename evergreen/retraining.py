@@ -4,12 +4,15 @@ most recent slice, train on the rest, evaluate, and build the next NannyML refer
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 import pandas as pd
 
 from evergreen.config import ModelConfig
 from evergreen.evaluation import EvaluationResult, evaluate_predictions
-from evergreen.training import TrainedModel, split_by_time
+
+if TYPE_CHECKING:  # XGBoost costs ~5 s to import: not for a retrain that is skipped
+    from evergreen.training import TrainedModel
 
 
 @dataclass(frozen=True)
@@ -22,6 +25,8 @@ class HoldOut:
 
 def hold_out_recent(frame: pd.DataFrame, config: ModelConfig) -> HoldOut:
     """The last `training.evaluation_fraction` of the window by time is never trained on."""
+    from evergreen.training import split_by_time
+
     split = split_by_time(frame, config.columns.timestamp, config.training.evaluation_fraction)
     return HoldOut(train=split.train, evaluation=split.validation)
 

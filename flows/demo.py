@@ -22,6 +22,7 @@ import os
 import shutil
 import time
 from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
 from contextlib import ExitStack
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -107,7 +108,12 @@ def run_demo(
     cfg_file = workdir / "config.yaml"
     cfg_file.write_text(yaml.safe_dump(cfg.model_dump(mode="json")), encoding="utf-8")
 
-    with ExitStack() as stack:
+    with ExitStack() as stack, ThreadPoolExecutor(1, thread_name_prefix="demo-setup") as setup:
+        # Start-up work that waits on another process (the server, the runner) overlaps
+        # with work in this one (writing the stream, the bootstrap retrain).
+        staging = workdir / "stream"
+        echo(f"writing the demo stream with {drift} drift from day {drift_start} ...")
+        stream = setup.submit(write_demo_stream, cfg.model_copy(update={"data": cfg.data.model_copy(update={"root": str(staging)})}), str(staging), drift=drift, drift_start=drift_start)
         api = os.environ.get("PREFECT_API_URL")
         started_server = not api
         if not api:
@@ -116,10 +122,7 @@ def run_demo(
             api = stack.enter_context(server) if not keep_server else server.__enter__()
         os.environ["PREFECT_API_URL"] = api
         echo(f"Prefect API: {api}")
-
-        staging = workdir / "stream"
-        echo(f"writing the demo stream with {drift} drift from day {drift_start} ...")
-        info = write_demo_stream(cfg.model_copy(update={"data": cfg.data.model_copy(update={"root": str(staging)})}), str(staging), drift=drift, drift_start=drift_start)
+        info = stream.result()
         live = Path(cfg.data.root)
         live.mkdir(parents=True, exist_ok=True)
         for name in ("reference.parquet", "monitor_reference.parquet"):
@@ -135,11 +138,12 @@ def run_demo(
         EvergreenModel.from_config(cfg).save(block, overwrite=True)
         echo(f"saved the config as block evergreen-model/{block}")
         echo("serving the deployments of prefect.yaml (evergreen serve-flows) ...")
-        stack.enter_context(served_flows(workdir / "serve-flows.log", extra_env={"PREFECT_API_URL": api}))
+        runner = setup.submit(stack.enter_context, served_flows(workdir / "serve-flows.log", extra_env={"PREFECT_API_URL": api}))
 
         echo("bootstrap: training the first model on the reference data ...")
         boot = retrain(config=cfg, trigger="manual", reason="bootstrap the demo", return_state=True).result()
         echo(f"  -> {boot.message}")
+        runner.result()
 
         rows: list[DayRow] = []
         counters = {"retrains": 1, "promotions": 0, "rollbacks": 0}

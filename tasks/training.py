@@ -3,15 +3,19 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 import pandas as pd
 from prefect import task
 from prefect.cache_policies import NO_CACHE
 
-from evergreen import io, registry, retraining, snapshot, sources, tracking, training, window
+from evergreen import io, registry, retraining, snapshot, sources, tracking, window
 from evergreen.config import ModelConfig
 from evergreen.evaluation import EvaluationResult
 from evergreen.lineage import Trigger
+
+if TYPE_CHECKING:  # XGBoost is imported by the tasks that train (a skipped retrain never does)
+    from evergreen import training
 
 
 @task(name="decide-retrain-start", cache_policy=NO_CACHE, retries=2, retry_delay_seconds=1)
@@ -57,6 +61,8 @@ def hold_out_recent(frame: pd.DataFrame, config: ModelConfig) -> retraining.Hold
 
 @task(name="train-model", cache_policy=NO_CACHE)
 def train_model(frame: pd.DataFrame, config: ModelConfig) -> training.TrainedModel:
+    from evergreen import training
+
     return training.train_model(frame, config)
 
 

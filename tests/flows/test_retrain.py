@@ -16,7 +16,8 @@ from evergreen import io, registry
 from evergreen.config import ModelConfig
 from evergreen.stream import write_demo_stream
 from flows.retrain import retrain
-from tests.flows.conftest import model_for, read_model_events
+from tests.flows.conftest import model_for
+from tests.support import read_model_events
 
 pytestmark = pytest.mark.slow
 
