@@ -10,6 +10,7 @@ runs start in a subprocess of the serving process a second or so after they are 
 from __future__ import annotations
 
 import importlib
+import os
 from pathlib import Path
 from typing import Any
 
@@ -136,6 +137,8 @@ def serve_project(
     from prefect.runner import Runner
 
     specs = deployment_arguments(path, names, parameters, schedules)
+    if os.environ.get("EVERGREEN_RUN_START", "forkserver") == "forkserver":
+        start_runs_from_forkserver()
     served = [f"{flow.name}/{kwargs['name']}" for flow, kwargs in specs]
     print(f"serving {', '.join(served)} from {path}; polling for runs (Ctrl+C stops)", flush=True)
     while True:
@@ -155,6 +158,44 @@ def serve_project(
             print(f"the Prefect API is unreachable ({type(exc).__name__}: {exc}); serving again once it answers", flush=True)
             _wait_for_api()
             print("the Prefect API answers again; serving", flush=True)
+
+
+# Imported once by the fork server, so a served run's process starts with them loaded. Not
+# pandas or anything that imports it: pyarrow starts native threads at import, and a process
+# with threads is not safe to fork from.
+FORKSERVER_PRELOAD = ["prefect.flow_engine", "prefect.flows", "blocks.model_config", "evergreen.config"]
+
+
+def start_runs_from_forkserver(preload: list[str] = FORKSERVER_PRELOAD) -> None:
+    """Start served runs from a fork server that has already imported Prefect (~4 s saved per run).
+
+    Prefect's runner starts each run of a served flow with `multiprocessing` "spawn": a fresh
+    interpreter that imports Prefect and the flow's module before the flow can start, ~9 s
+    from the event to the flow running here. A "forkserver" context gives the same isolation
+    (a single-threaded server process forks each run; nothing of the runner's own state is
+    inherited) from a process where Prefect is already imported. `EVERGREEN_RUN_START=spawn`
+    keeps Prefect's default."""
+    import multiprocessing
+
+    import prefect.flow_engine as engine
+
+    if "forkserver" not in multiprocessing.get_all_start_methods() or not hasattr(engine, "run_flow_in_subprocess"):
+        return
+    multiprocessing.set_forkserver_preload(preload)
+
+    class _Multiprocessing:
+        """`multiprocessing` as prefect.flow_engine sees it: "spawn" means the fork server."""
+
+        def __getattr__(self, name: str) -> Any:
+            return getattr(multiprocessing, name)
+
+        def get_context(self, method: str | None = None) -> Any:
+            return multiprocessing.get_context("forkserver" if method == "spawn" else method)
+
+    engine.multiprocessing = _Multiprocessing()  # type: ignore[assignment]
+    from multiprocessing import forkserver
+
+    forkserver.ensure_running()  # imports the preload now, not at the first run
 
 
 def _api_error() -> Exception | None:

@@ -32,6 +32,7 @@ def runner(monkeypatch: pytest.MonkeyPatch) -> type[_Runner]:
     import prefect.runner
 
     _Runner.starts, _Runner.outcomes = [], []
+    monkeypatch.setenv("EVERGREEN_RUN_START", "spawn")  # no fork server in the test process
     monkeypatch.setattr(prefect.runner, "Runner", _Runner)
     monkeypatch.setattr(deployments, "deployment_arguments", lambda *a, **k: [(type("F", (), {"name": "monitor"})(), {"name": "monitor"})])
     return _Runner
