@@ -42,12 +42,12 @@ def canary_review(config: str | ModelConfig = "car-loan") -> State:
     if decision.outcome == "promoted":
         emit(cfg, MODEL_PROMOTED, {"version": canary_v.version, "previous_champion": previous, "evidence": evidence})
         return Completed(
-            message=f"v{canary_v.version} promoted to champion (was v{previous})",
+            message=f"v{canary_v.version} promoted to champion (was v{previous}): {'; '.join(decision.reasons)}",
             data=PromotionResult(model_name=name, decision="promoted", reasons=decision.reasons, champion=canary_v.version, canary=None, checks=evidence),
         )
     emit(cfg, MODEL_ROLLED_BACK, {"from_version": canary_v.version, "to_version": base["champion"], "reason": "; ".join(decision.reasons), "evidence": evidence})
     return Completed(
-        message=f"canary v{canary_v.version} rolled back; champion stays v{base['champion']}",
+        message=f"canary v{canary_v.version} rolled back; champion stays v{base['champion']}: {'; '.join(decision.reasons)}",
         data=PromotionResult(model_name=name, decision="rolled_back", reasons=decision.reasons, champion=base["champion"], canary=None, checks=evidence),
     )
 
