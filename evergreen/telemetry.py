@@ -24,7 +24,8 @@ TELEMETRY_OFF = {
 # Not telemetry, but set at the same moments: with the default (active) OpenMP wait policy
 # XGBoost on 2 shared cores runs ~20x slower whenever another process is busy. It must be
 # set before xgboost is imported.
-RUNTIME_DEFAULTS = {"OMP_WAIT_POLICY": "passive"}
+# MLflow draws a progress bar for every model it downloads: noise in flow-run logs.
+RUNTIME_DEFAULTS = {"OMP_WAIT_POLICY": "passive", "MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR": "false"}
 
 
 def disable_telemetry() -> None:
