@@ -127,7 +127,7 @@ def _log_training_run(cfg, model, evaluation, win, holdout, trigger, tags) -> tu
         # mapping `type` over every cell of the frame (seconds per million rows): pass a
         # cheap one so the logging itself costs what it costs in the flow.
         digest = hashlib.sha256(f"{win.rows}:{','.join(win.sources)}".encode()).hexdigest()[:32]
-        dataset = mlflow.data.from_pandas(
+        dataset = tracking.pandas_dataset(
             win.frame,
             source=cfg.data.path("batches"),
             targets=cfg.columns.target,

@@ -113,7 +113,7 @@ def log_training_run(
             }
         )
         tracking.log_metrics(evaluation.flat_metrics())
-        dataset = mlflow.data.from_pandas(
+        dataset = tracking.pandas_dataset(
             win.frame, source=snap.uri, targets=config.columns.target, name=f"{config.name}-training", digest=snap.digest[:32]
         )
         mlflow.log_input(
