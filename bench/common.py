@@ -268,6 +268,27 @@ def synthetic_frame(rows: int, seed: int, start: str, days: float, id_start: int
     return frame
 
 
+def synthetic_config_base(name: str, base: Path) -> dict[str, Any]:
+    """The config sections every benchmark on `synthetic_frame` shares: its problem and
+    columns, and an MLflow store (SQLite + artifact folder) under `base`."""
+    return {
+        "name": name,
+        "problem_type": "binary_classification",
+        "metric": "roc_auc",
+        "columns": {
+            "target": "target",
+            "features": list(FEATURES),
+            "categorical": list(CATEGORICAL_LEVELS),
+            "slices": ["region"],
+        },
+        "mlflow": {
+            "tracking_uri": f"sqlite:///{base / 'mlflow.db'}",
+            "artifact_root": str(base / "mlartifacts"),
+            "model_name": name,
+        },
+    }
+
+
 def bench_config(root: str, batch_rows: int):  # noqa: ANN201 - ModelConfig
     """The benchmark's model config: one batch of `batch_rows` rows, labels delivered the
     same day (so the monitor also computes realized performance and the retrain window holds
@@ -277,15 +298,7 @@ def bench_config(root: str, batch_rows: int):  # noqa: ANN201 - ModelConfig
     base = Path(root)
     return parse_config(
         {
-            "name": MODEL_NAME,
-            "problem_type": "binary_classification",
-            "metric": "roc_auc",
-            "columns": {
-                "target": "target",
-                "features": list(FEATURES),
-                "categorical": list(CATEGORICAL_LEVELS),
-                "slices": ["region"],
-            },
+            **synthetic_config_base(MODEL_NAME, base),
             "data": {
                 "root": str(base / "data"),
                 "rows_per_batch": batch_rows,
@@ -300,11 +313,6 @@ def bench_config(root: str, batch_rows: int):  # noqa: ANN201 - ModelConfig
                 "early_stopping_rounds": 10,
                 "nthread": 2,
                 "params": {"max_depth": 6, "eta": 0.3, "subsample": 0.9, "colsample_bytree": 0.9},
-            },
-            "mlflow": {
-                "tracking_uri": f"sqlite:///{base / 'mlflow.db'}",
-                "artifact_root": str(base / "mlartifacts"),
-                "model_name": MODEL_NAME,
             },
         }
     )

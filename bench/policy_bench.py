@@ -29,7 +29,7 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
-from bench.common import CATEGORICAL_LEVELS, FEATURES, REPO_ROOT, machine_info, synthetic_frame
+from bench.common import REPO_ROOT, machine_info, synthetic_config_base, synthetic_frame
 
 SYNTHETIC_START = "2024-01-01"
 # Generated blocks of BENCHMARKS.md: the acceptance figures and the speed run.
@@ -57,15 +57,7 @@ def synthetic_config(root: str, rows_per_batch: int, name: str = "synthetic"):  
     base = Path(root)
     return parse_config(
         {
-            "name": name,
-            "problem_type": "binary_classification",
-            "metric": "roc_auc",
-            "columns": {
-                "target": "target",
-                "features": list(FEATURES),
-                "categorical": list(CATEGORICAL_LEVELS),
-                "slices": ["region"],
-            },
+            **synthetic_config_base(name, base),
             "data": {
                 "root": str(base),
                 "rows_per_batch": rows_per_batch,
@@ -78,11 +70,6 @@ def synthetic_config(root: str, rows_per_batch: int, name: str = "synthetic"):  
                 "early_stopping_rounds": 10,
                 "nthread": 2,
                 "params": {"max_depth": 5, "eta": 0.2, "subsample": 0.9, "colsample_bytree": 0.9},
-            },
-            "mlflow": {
-                "tracking_uri": f"sqlite:///{base / 'mlflow.db'}",
-                "artifact_root": str(base / "mlartifacts"),
-                "model_name": name,
             },
         }
     )
