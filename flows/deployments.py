@@ -133,6 +133,7 @@ def serve_project(
     so each run starts in a subprocess from the flow itself; nothing is loaded from the
     deployment's storage or pull steps, which `prefect deploy` may have set for a worker."""
     import asyncio
+    import contextlib
 
     from prefect.runner import Runner
 
@@ -141,23 +142,66 @@ def serve_project(
         start_runs_from_forkserver()
     served = [f"{flow.name}/{kwargs['name']}" for flow, kwargs in specs]
     print(f"serving {', '.join(served)} from {path}; polling for runs (Ctrl+C stops)", flush=True)
+    current = _CurrentRunner()
+    own_webserver: bool | None = None  # started once, when the first runner's deployments are applied
     while True:
         runner = Runner(name="evergreen", pause_on_shutdown=True, limit=limit)
-        for flow, kwargs in specs:
-            runner.add_flow(flow, **kwargs)
+        current.runner = runner
         try:
-            asyncio.run(runner.start())
+            for flow, kwargs in specs:
+                runner.add_flow(flow, **kwargs)
+            if own_webserver is None:
+                own_webserver = _start_runner_webserver(current)
+            with _runner_webserver_off() if own_webserver else contextlib.nullcontext():
+                asyncio.run(runner.start(webserver=False))
             return
         except Exception as exc:  # noqa: BLE001 - re-raised unless the API is down
             # Prefect's runner gives up after three failed polls in a row. When the
             # reason is the API being away (a server restart, a network blip), wait for
             # it and serve again: deployments and automations live in the server's
             # database, and the loop must carry on without a person restarting this.
+            # Applying the deployments again is idempotent (same ids, same automations).
             if _api_error() is None:
                 raise
             print(f"the Prefect API is unreachable ({type(exc).__name__}: {exc}); serving again once it answers", flush=True)
             _wait_for_api()
             print("the Prefect API answers again; serving", flush=True)
+
+
+class _CurrentRunner:
+    """The runner that serves now, as Prefect's runner webserver sees it (`last_polled` for
+    /health, its process manager for /run_count, `stop` for /shutdown)."""
+
+    runner: Any = None
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self.runner, name)
+
+
+def _start_runner_webserver(current: _CurrentRunner) -> bool:
+    """Start Prefect's runner webserver once for the life of `serve-flows`, when
+    PREFECT_RUNNER_SERVER_ENABLE asks for it (True if started; each Runner must then start
+    inside `_runner_webserver_off()`, or it would start a webserver of its own).
+
+    Prefect's Runner starts its webserver in a thread that outlives the runner: a second
+    Runner (serving again after an outage) could not bind the port, and the first one's
+    /health would report the abandoned runner as unresponsive for good."""
+    import threading
+    from functools import partial
+
+    from prefect.runner.server import start_webserver
+    from prefect.settings import PREFECT_RUNNER_SERVER_ENABLE
+
+    if not PREFECT_RUNNER_SERVER_ENABLE.value():
+        return False
+    threading.Thread(name="runner-server-thread", target=partial(start_webserver, runner=current), daemon=True).start()
+    return True
+
+
+def _runner_webserver_off() -> Any:
+    from prefect.settings import PREFECT_RUNNER_SERVER_ENABLE, temporary_settings
+
+    return temporary_settings({PREFECT_RUNNER_SERVER_ENABLE: False})
 
 
 # Imported once by the fork server, so a served run's process starts with them loaded. Not

@@ -14,9 +14,10 @@ import shutil
 import subprocess
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import ExitStack
 from dataclasses import dataclass, field
+from datetime import datetime
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 
@@ -97,8 +98,14 @@ class PrefectServer:
     def stop(self) -> None:
         self.stack.close()
 
-    def restart(self) -> str:
+    def restart(self, down_until: Callable[[], bool] | None = None, timeout: float = 300) -> str:
+        """Stop the server and start it again; with `down_until`, keep it stopped until
+        that returns true (or `timeout` s pass)."""
         self.stop()
+        deadline = time.monotonic() + timeout
+        while down_until is not None and not down_until():
+            assert time.monotonic() < deadline, f"still waiting after {timeout} s with the server down"
+            time.sleep(1)
         return self.start()
 
 
@@ -163,10 +170,60 @@ def server_state() -> dict:
             for d in deployments
         },
         "automations": sorted(
-            (a.name, json.dumps(a.trigger.model_dump(mode="json"), sort_keys=True), json.dumps([x.model_dump(mode="json") for x in a.actions], sort_keys=True))
+            (a.name, _canonical_json(a.trigger.model_dump(mode="json")), _canonical_json([x.model_dump(mode="json") for x in a.actions]))
             for a in automations
         ),
     }
+
+
+# Trigger fields that Prefect types as sets: serialized in the reading process's set order,
+# which Python's hash randomization makes differ between processes.
+_SET_FIELDS = {"expect", "after", "for_each"}
+
+
+def _canonical_json(value: object) -> str:
+    def canon(v: object, key: str = "") -> object:
+        if isinstance(v, dict):
+            return {k: canon(x, k) for k, x in v.items()}
+        if isinstance(v, list):
+            items = [canon(x) for x in v]
+            return sorted(items) if key in _SET_FIELDS else items
+        return v
+
+    return json.dumps(canon(value), sort_keys=True)
+
+
+def wait_until_served(since: datetime, timeout: float = 120) -> None:
+    """Block until a runner has polled every deployment after `since`.
+
+    A running `serve-flows` whose runner gave up while the server was away serves again
+    when the API answers (flows/deployments.py: serve_project), and serving again first
+    re-applies each deployment: Prefect deletes the automations a deployment owns and
+    creates them again, so read in the middle of that they are briefly missing. A runner
+    polls only once its deployments are applied, and each poll sets `last_polled`."""
+    from prefect.client.orchestration import get_client
+
+    deadline = time.monotonic() + timeout
+    while True:
+        with get_client(sync_client=True) as client:
+            polled = {d.name: d.last_polled for d in client.read_deployments()}
+        if all(t is not None and t > since for t in polled.values()):
+            return
+        assert time.monotonic() < deadline, f"no runner polled these deployments after {since}: {polled}\n{served_log_tail()}"
+        time.sleep(1)
+
+
+def state_diff(expected: dict, found: dict) -> str:
+    """What differs between two `server_state()` reads, for an assertion message."""
+    lines = []
+    for name in sorted(set(expected["deployments"]) | set(found["deployments"])):
+        a, b = expected["deployments"].get(name), found["deployments"].get(name)
+        if a != b:
+            lines.append(f"deployment {name}: {a} -> {b}")
+    before, after = set(expected["automations"]), set(found["automations"])
+    lines += [f"automation lost: {a}" for a in sorted(before - after)]
+    lines += [f"automation new: {a}" for a in sorted(after - before)]
+    return "\n".join(lines)
 
 
 def copy_days(staging: Path, live: Path, days: list[str]) -> None:
@@ -221,7 +278,10 @@ def project(api_url: str, webhook: Webhook, tmp_path_factory: pytest.TempPathFac
     project = Project(cfg, config_file, staging, api_url, outputs)
     os.environ["EVERGREEN_E2E_SERVE_LOG"] = str(tmp / "serve-flows.log")
     try:
-        with served_flows(tmp / "serve-flows.log", extra_env={"PREFECT_API_URL": api_url}) as health:
+        # Two client retries instead of five: a runner facing a stopped server gives up
+        # after ~30 s instead of ~3.5 min (the server-restart test waits for that).
+        env = {"PREFECT_API_URL": api_url, "PREFECT_CLIENT_MAX_RETRIES": "2"}
+        with served_flows(tmp / "serve-flows.log", extra_env=env) as health:
             project.served_health = health
             yield project
     finally:

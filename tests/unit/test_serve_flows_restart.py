@@ -13,15 +13,24 @@ import flows.deployments as deployments
 class _Runner:
     starts: list[str] = []
     outcomes: list[BaseException | None] = []
+    webservers: list[bool] = []  # whether each start would have started its own webserver
+    instances: list[_Runner] = []
+    apply_errors: list[BaseException] = []  # raised by add_flow (applying a deployment), in order
 
     def __init__(self, **kwargs) -> None:  # noqa: ANN003
         self.flows: list[str] = []
 
     def add_flow(self, flow, **kwargs) -> None:  # noqa: ANN001, ANN003
+        if _Runner.apply_errors:
+            raise _Runner.apply_errors.pop(0)
         self.flows.append(kwargs["name"])
 
-    async def start(self) -> None:
+    async def start(self, webserver: bool | None = None) -> None:
+        from prefect.settings import PREFECT_RUNNER_SERVER_ENABLE
+
         _Runner.starts.append(",".join(self.flows))
+        _Runner.webservers.append(bool(webserver or PREFECT_RUNNER_SERVER_ENABLE.value()))
+        _Runner.instances.append(self)
         outcome = _Runner.outcomes.pop(0)
         if outcome is not None:
             raise outcome
@@ -31,7 +40,8 @@ class _Runner:
 def runner(monkeypatch: pytest.MonkeyPatch) -> type[_Runner]:
     import prefect.runner
 
-    _Runner.starts, _Runner.outcomes = [], []
+    _Runner.starts, _Runner.outcomes, _Runner.webservers, _Runner.instances = [], [], [], []
+    _Runner.apply_errors = []
     monkeypatch.setenv("EVERGREEN_RUN_START", "spawn")  # no fork server in the test process
     monkeypatch.setattr(prefect.runner, "Runner", _Runner)
     monkeypatch.setattr(deployments, "deployment_arguments", lambda *a, **k: [(type("F", (), {"name": "monitor"})(), {"name": "monitor"})])
@@ -58,3 +68,50 @@ def test_other_failures_with_the_api_up_are_raised(runner: type[_Runner], monkey
     with pytest.raises(ValueError, match="a bug"):
         deployments.serve_project()
     assert runner.starts == ["monitor"]
+
+
+def test_one_runner_webserver_follows_the_runner_that_serves_now(runner: type[_Runner], monkeypatch: pytest.MonkeyPatch) -> None:
+    """Prefect's Runner starts its webserver in a thread that outlives it: serving again must
+    not start a second one (the port is taken) nor leave /health asking the abandoned runner."""
+    import prefect.runner.server
+    from prefect.settings import PREFECT_RUNNER_SERVER_ENABLE, temporary_settings
+
+    servers: list[object] = []
+    monkeypatch.setattr(prefect.runner.server, "start_webserver", lambda runner: servers.append(runner))
+    health = [ConnectionError("refused"), None]
+    monkeypatch.setattr(deployments, "_api_error", lambda: health.pop(0))
+    monkeypatch.setattr("time.sleep", lambda s: None)
+    runner.outcomes = [RuntimeError("Service exceeded error threshold."), None]
+
+    with temporary_settings({PREFECT_RUNNER_SERVER_ENABLE: True}):
+        deployments.serve_project()
+
+    first, second = runner.instances
+    assert len(servers) == 1 and runner.webservers == [False, False]
+    (server_view,) = servers
+    assert server_view.flows is second.flows and server_view.runner is second  # /health reads the new runner
+    assert first is not second
+
+
+def test_no_runner_webserver_unless_asked(runner: type[_Runner], monkeypatch: pytest.MonkeyPatch) -> None:
+    import prefect.runner.server
+    from prefect.settings import PREFECT_RUNNER_SERVER_ENABLE, temporary_settings
+
+    servers: list[object] = []
+    monkeypatch.setattr(prefect.runner.server, "start_webserver", lambda runner: servers.append(runner))
+    runner.outcomes = [None]
+    with temporary_settings({PREFECT_RUNNER_SERVER_ENABLE: False}):
+        deployments.serve_project()
+    assert servers == [] and runner.webservers == [False]
+
+
+def test_api_down_while_applying_deployments_waits_and_serves(runner: type[_Runner], monkeypatch: pytest.MonkeyPatch) -> None:
+    health = [ConnectionError("refused"), None]
+    monkeypatch.setattr(deployments, "_api_error", lambda: health.pop(0))
+    monkeypatch.setattr("time.sleep", lambda s: None)
+    runner.apply_errors = [ConnectionError("All connection attempts failed")]
+    runner.outcomes = [None]
+
+    deployments.serve_project()
+
+    assert runner.starts == ["monitor"] and health == []
