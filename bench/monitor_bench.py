@@ -2,10 +2,11 @@
 
 Baseline: read the monitor reference, derive the suite, fit NannyML, read the batch,
 validate it with GX (`Validator(...).validate`), read its labels, compute drift and
-estimated/realized performance and decide alerts — no Prefect, no MLflow.
+estimated/realized performance, decide alerts and draw NannyML's plots as the flow does
+(`MonitorReport.plots_for`) — no Prefect, no MLflow.
 Flow: `flows.monitor.monitor(config=cfg, batch=path)` against a local Prefect server, which
 does the same and, around it, Prefect task runs, the MLflow monitoring run (metrics and
-NannyML plots), Prefect artifacts, the batch ledger and events.
+the plots page as an artifact), Prefect artifacts, the batch ledger and events.
 """
 
 from __future__ import annotations
@@ -33,6 +34,7 @@ _BASELINE_MODULES = (
     *PRELOAD_DATA,
     *PRELOAD_GX,
     *PRELOAD_NANNYML,
+    *PRELOAD_PLOTLY,
     "evergreen.io",
     "evergreen.validation",
     "evergreen.monitoring",
@@ -40,7 +42,6 @@ _BASELINE_MODULES = (
 _FLOW_MODULES = (
     *_BASELINE_MODULES,
     *PRELOAD_MLFLOW,
-    *PRELOAD_PLOTLY,
     *PRELOAD_PREFECT,
     "flows.monitor",
 )
@@ -76,6 +77,10 @@ def run_baseline(config_json: str, batch: str) -> dict[str, Any]:
         result = monitoring.compute_monitor(fitted, frame, labels)
     with step("decide-alerts"):
         decision = monitoring.decide_alerts(result, cfg)
+    with step("draw-plots"):
+        # The same NannyML plot calls the flow makes (all plots when the batch alerts), as
+        # one HTML page; the flow logs that page to MLflow, the baseline keeps it.
+        result.plots_for(cfg.monitoring.plots, decision.drift_detected or decision.performance_degraded)
     return {
         "rows": len(frame),
         "valid": report.success,

@@ -146,6 +146,17 @@ class MonitorReport:
                 pages[name] = _html_page(title, [], False, note=f"plot unavailable: {exc}")
         return pages
 
+    def plots_for(self, mode: str, alerting: bool) -> str:
+        """The NannyML plots page of a batch (`monitoring.plots`): every plot when the batch
+        alerts or the config says `always`, else the summary page (batch-level plots and a
+        per-feature drift table; the per-feature figures are most of the cost)."""
+        if mode == "always" or alerting:
+            return self.plots_page()
+        return self.summary_page(
+            note="Quiet batch: per-feature drift plots are drawn for batches that alert "
+            "(monitoring.plots: on_alert); set monitoring.plots: always to draw them for every batch."
+        )
+
     def plots_page(self) -> str:
         """Every NannyML plot of the report on one HTML page, plotly.js inlined once (a page
         per calculator would carry ~4.6 MB of plotly.js each)."""

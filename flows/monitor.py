@@ -123,17 +123,7 @@ def _estimate(cfg: ModelConfig, f: io.BatchFile, frame, fitted, run_id: str | No
 
 
 def _plots(cfg: ModelConfig, report, result: MonitorResult) -> dict[str, str]:  # noqa: ANN001
-    """The NannyML plots page of a batch (`monitoring.plots`): every plot when the batch
-    alerts or the config says `always`, else the summary page (batch-level plots and a
-    per-feature drift table; the per-feature figures are most of the cost)."""
-    if cfg.monitoring.plots == "always" or result.drift_detected or result.performance_degraded:
-        return {"monitor": report.plots_page()}
-    return {
-        "monitor": report.summary_page(
-            note="Quiet batch: per-feature drift plots are drawn for batches that alert "
-            "(monitoring.plots: on_alert); set monitoring.plots: always to draw them for every batch."
-        )
-    }
+    return {"monitor": monitoring.draw_plots(report, cfg.monitoring.plots, result.drift_detected or result.performance_degraded)}
 
 
 def _publish(cfg: ModelConfig, f: io.BatchFile, result: MonitorResult, plots: dict, chunks: list, run_id: str | None) -> MonitorResult:

@@ -53,6 +53,12 @@ def compute_monitor(
     return monitoring.compute_monitor(fitted, batch, labels)
 
 
+@task(name="draw-plots", cache_policy=NO_CACHE)
+def draw_plots(report: monitoring.MonitorReport, mode: str, alerting: bool) -> str:
+    """NannyML's plots of the batch as one HTML page (`MonitorReport.plots_for`)."""
+    return report.plots_for(mode, alerting)
+
+
 @task(name="decide-alerts", cache_policy=NO_CACHE)
 def decide_alerts(report: monitoring.MonitorReport, config: ModelConfig) -> monitoring.AlertDecision:
     return monitoring.decide_alerts(report, config)
