@@ -6,13 +6,12 @@ from typing import Any
 
 
 def _figure(width: float = 6.0, height: float = 4.0) -> tuple[Any, Any]:
-    import matplotlib
+    # A plain Figure, not pyplot: pyplot keeps every figure it makes until closed, which a
+    # long-lived process (a test session, a backtest) would accumulate.
+    from matplotlib.figure import Figure
 
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    fig, ax = plt.subplots(figsize=(width, height))
-    return fig, ax
+    fig = Figure(figsize=(width, height))
+    return fig, fig.subplots()
 
 
 def feature_importance(importance: dict[str, float]) -> Any:

@@ -70,6 +70,9 @@ def test_retrain_registers_challenger_with_lineage(stream_cfg: ModelConfig, firs
     assert "brier" in run.data.metrics
     artifacts = {a.path for a in _client(stream_cfg).list_artifacts(result.run_id)}
     assert {"reference", "plots", "evaluation.json"} <= artifacts
+    pngs = {a.path: a.file_size for a in _client(stream_cfg).list_artifacts(result.run_id, "plots")}
+    assert set(pngs) == {"plots/feature_importance.png", "plots/calibration.png"}, pngs
+    assert all(size > 1000 for size in pngs.values()), pngs  # drawn, not empty
     events = read_model_events(stream_cfg.name, ["evergreen.model.registered"], since, expect=1)
     assert len(events) == 1
     assert events[0].payload["version"] == result.version
