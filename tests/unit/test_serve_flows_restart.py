@@ -5,6 +5,8 @@ recorder here (the e2e module restarts a real server under a real `serve-flows`)
 
 from __future__ import annotations
 
+import threading
+
 import pytest
 
 import flows.deployments as deployments
@@ -77,7 +79,13 @@ def test_one_runner_webserver_follows_the_runner_that_serves_now(runner: type[_R
     from prefect.settings import PREFECT_RUNNER_SERVER_ENABLE, temporary_settings
 
     servers: list[object] = []
-    monkeypatch.setattr(prefect.runner.server, "start_webserver", lambda runner: servers.append(runner))
+    started = threading.Event()  # the webserver runs in a thread: wait for it, don't race it
+
+    def start_webserver(runner: object) -> None:
+        servers.append(runner)
+        started.set()
+
+    monkeypatch.setattr(prefect.runner.server, "start_webserver", start_webserver)
     health = [ConnectionError("refused"), None]
     monkeypatch.setattr(deployments, "_api_error", lambda: health.pop(0))
     monkeypatch.setattr("time.sleep", lambda s: None)
@@ -86,6 +94,7 @@ def test_one_runner_webserver_follows_the_runner_that_serves_now(runner: type[_R
     with temporary_settings({PREFECT_RUNNER_SERVER_ENABLE: True}):
         deployments.serve_project()
 
+    assert started.wait(10), "the runner webserver was never started"
     first, second = runner.instances
     assert len(servers) == 1 and runner.webservers == [False, False]
     (server_view,) = servers
