@@ -308,6 +308,31 @@ def snapshot_dataset(
     stored metadata is returned with created=False (its `sources` are those recorded by
     the first writer). `time_column` (optional) gives the time range in meta.json.
     """
+    return commit_snapshot(stage_snapshot(df, store, sources, time_column))
+
+
+@dataclass(frozen=True)
+class StagedSnapshot:
+    """A snapshot whose data is written under a temporary name: nothing in the store shows
+    it until `commit_snapshot`; `discard_snapshot` removes it. `staged` is None when the
+    store already held the digest at staging time (then there is nothing to commit)."""
+
+    info: SnapshotInfo
+    folder: str
+    meta: dict[str, Any] | None = None
+    staged: str | None = None
+
+
+def stage_snapshot(
+    df: pd.DataFrame,
+    store: str,
+    sources: Sequence[str] = (),
+    time_column: str | None = None,
+) -> StagedSnapshot:
+    """Hash the table and, unless the store holds its digest already, write its canonical
+    form under a temporary name in the snapshot's folder (same arguments as
+    `snapshot_dataset`). Lets a caller check the data while it is being written and publish
+    it only if the check passes."""
     import pyarrow as pa
 
     # One canonical column at a time: hashed, then kept as an Arrow array for the Parquet
@@ -333,11 +358,9 @@ def snapshot_dataset(
         )
     digest = h.hexdigest()
     folder = snapshot_dir(store, digest)
-    meta_path = f"{folder}/meta.json"
-    data_path = f"{folder}/data.parquet"
-    existing = io.read_json(meta_path, default=None)
+    existing = io.read_json(f"{folder}/meta.json", default=None)
     if existing is not None:
-        return _info_from_meta(existing, data_path, created=False)
+        return StagedSnapshot(_info_from_meta(existing, f"{folder}/data.parquet", created=False), folder)
     meta = {
         "format": FORMAT_VERSION,
         "digest": digest,
@@ -358,30 +381,75 @@ def snapshot_dataset(
         schema=schema,
     )
     del arrays
-    # Data first, meta last: a snapshot only exists once meta.json does, and each file is
-    # renamed into place whole, so a killed write leaves nothing that looks complete.
-    _write_parquet(table, data_path)
-    io.write_json(meta, meta_path)
-    return _info_from_meta(meta, data_path, created=True)
+    staged = _stage_parquet(table, f"{folder}/data.parquet")
+    return StagedSnapshot(_info_from_meta(meta, f"{folder}/data.parquet", created=True), folder, meta, staged)
 
 
-def _write_parquet(table: Any, path: str) -> None:
-    """Write an Arrow table as Parquet atomically (temporary name, then rename), as
-    `io.write_table` does for frames."""
+def commit_snapshot(staged: StagedSnapshot) -> SnapshotInfo:
+    """Publish a staged snapshot: data renamed into place, then meta.json (a snapshot only
+    exists once meta.json does, and each file arrives whole, so a killed commit leaves
+    nothing that looks complete). If another writer committed the same digest meanwhile,
+    its snapshot stands and the staged copy is dropped."""
+    if staged.staged is None or staged.meta is None:
+        return staged.info
+    meta_path = f"{staged.folder}/meta.json"
+    existing = io.read_json(meta_path, default=None)
+    if existing is not None:
+        discard_snapshot(staged)
+        return _info_from_meta(existing, staged.info.uri, created=False)
+    fs, data_path = _fs_path(staged.info.uri)
+    fs.mv(staged.staged, data_path)
+    io.write_json(staged.meta, meta_path)
+    return staged.info
+
+
+def discard_snapshot(staged: StagedSnapshot) -> None:
+    """Remove a staged snapshot's data (nothing else was written); safe to call twice."""
+    if staged.staged is None:
+        return
+    fs, _ = _fs_path(staged.info.uri)
+    if fs.exists(staged.staged):
+        fs.rm(staged.staged)
+
+
+def _fs_path(url: str) -> tuple[Any, str]:
+    import fsspec
+
+    fs, _, paths = fsspec.get_fs_token_paths(url)
+    return fs, paths[0]
+
+
+def _stage_parquet(table: Any, path: str) -> str:
+    """Write an Arrow table as Parquet under a temporary name beside `path` (in the
+    filesystem's own path form), for a rename into place, as `io.write_table` does."""
     import uuid
     from pathlib import PurePosixPath
 
-    import fsspec
     import pyarrow.parquet as pq
 
-    fs, _, paths = fsspec.get_fs_token_paths(path)
-    p = paths[0]
+    fs, p = _fs_path(path)
     parent = str(PurePosixPath(p).parent)
     fs.makedirs(parent, exist_ok=True)
     tmp = f"{parent}/.{PurePosixPath(p).name}.{uuid.uuid4().hex}.tmp"
-    with fs.open(tmp, "wb") as fh:
-        pq.write_table(table, fh)
-    fs.mv(tmp, p)
+    try:
+        with fs.open(tmp, "wb") as fh:
+            pq.write_table(table, fh, use_dictionary=_dictionary_columns(table.schema))
+    except BaseException:
+        if fs.exists(tmp):
+            fs.rm(tmp)
+        raise
+    return tmp
+
+
+def _dictionary_columns(schema: Any) -> list[str]:
+    """Columns worth dictionary-encoding: all but numbers and times. Arrow tries a dictionary
+    for every column by default and gives up on high-cardinality ones only after building
+    one: for a window of float features that is half the write time (0.9 s -> 0.45 s per
+    million rows x 20 features), for files ~2 % larger."""
+    import pyarrow as pa
+
+    plain = (pa.types.is_floating, pa.types.is_integer, pa.types.is_temporal, pa.types.is_decimal)
+    return [f.name for f in schema if not any(is_type(f.type) for is_type in plain)]
 
 
 def load_snapshot(store: str, digest: str) -> pd.DataFrame:

@@ -47,11 +47,23 @@ def assemble_training_window(config: ModelConfig) -> window.TrainingWindow:
 
 
 @task(name="snapshot-training-data", cache_policy=NO_CACHE, retries=2, retry_delay_seconds=1)
-def snapshot_training_data(config: ModelConfig, win: window.TrainingWindow) -> snapshot.SnapshotInfo:
-    """Content-addressed copy of the window (stored once per digest)."""
-    return snapshot.snapshot_dataset(
+def snapshot_training_data(config: ModelConfig, win: window.TrainingWindow) -> snapshot.StagedSnapshot:
+    """Content-addressed copy of the window, staged: invisible in the store until
+    `publish-snapshot` (stored once per digest)."""
+    return snapshot.stage_snapshot(
         win.frame, config.data.path("dataset_store"), sources=win.sources, time_column=config.columns.timestamp
     )
+
+
+@task(name="publish-snapshot", cache_policy=NO_CACHE, retries=2, retry_delay_seconds=1)
+def publish_snapshot(staged: snapshot.StagedSnapshot) -> snapshot.SnapshotInfo:
+    return snapshot.commit_snapshot(staged)
+
+
+@task(name="discard-snapshot", cache_policy=NO_CACHE, retries=2, retry_delay_seconds=1)
+def discard_snapshot(staged: snapshot.StagedSnapshot) -> None:
+    """The window was rejected: its staged copy leaves the store."""
+    snapshot.discard_snapshot(staged)
 
 
 @task(name="hold-out-recent", cache_policy=NO_CACHE)

@@ -144,6 +144,9 @@ def test_corrupted_window_registers_nothing(demo_config: ModelConfig, tmp_path) 
     assert state.is_failed() and state.name == "TrainingDataRejected"
     assert "car_value" in state.message
     assert registry.list_versions(cfg.mlflow.model_name) == []
+    # The window was staged for the store while it was validated: nothing of it is left.
+    store = Path(cfg.data.path("dataset_store"))
+    assert not store.exists() or [p for p in store.rglob("*") if p.is_file()] == []
     events = read_model_events(cfg.name, ["evergreen.data.rejected"], since, expect=1)
     assert len(events) == 1
     assert json.dumps(events[0].payload)  # plain JSON

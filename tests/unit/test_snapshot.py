@@ -16,10 +16,13 @@ from evergreen.snapshot import (
     SnapshotIntegrityError,
     SnapshotNotFoundError,
     canonicalize,
+    commit_snapshot,
     dataset_digest,
+    discard_snapshot,
     load_snapshot,
     snapshot_dataset,
     snapshot_dir,
+    stage_snapshot,
 )
 
 
@@ -276,6 +279,53 @@ def test_no_temporary_files_are_left_after_a_write(tmp_path: Path) -> None:
     snapshot_dataset(_frame(), str(tmp_path))
     leftovers = [p for p in tmp_path.rglob("*") if p.name.startswith(".") or p.suffix == ".tmp"]
     assert leftovers == []
+
+
+def _all_files(root: Path) -> list[str]:
+    return sorted(str(p.relative_to(root)) for p in root.rglob("*") if p.is_file())
+
+
+def test_a_staged_snapshot_is_invisible_until_committed(tmp_path: Path) -> None:
+    staged = stage_snapshot(_frame(), str(tmp_path), ["a"], "timestamp")
+    digest = staged.info.digest
+    assert digest == dataset_digest(_frame())
+    # Only a temporary file: no data.parquet, no meta.json, so nothing reads it as stored.
+    assert [Path(f).name.startswith(".data.parquet.") for f in _all_files(tmp_path)] == [True]
+    with pytest.raises(SnapshotNotFoundError):
+        load_snapshot(str(tmp_path), digest)
+    info = commit_snapshot(staged)
+    assert info.created is True and info.sources == ["a"]
+    assert _all_files(tmp_path) == [f"{digest[:2]}/{digest}/data.parquet", f"{digest[:2]}/{digest}/meta.json"]
+    pd.testing.assert_frame_equal(load_snapshot(str(tmp_path), digest), canonicalize(_frame()))
+
+
+def test_a_discarded_snapshot_leaves_nothing(tmp_path: Path) -> None:
+    staged = stage_snapshot(_frame(), str(tmp_path))
+    discard_snapshot(staged)
+    discard_snapshot(staged)  # twice is harmless
+    assert _all_files(tmp_path) == []
+    assert snapshot_dataset(_frame(), str(tmp_path)).created is True  # still storable
+
+
+def test_staging_a_stored_digest_writes_nothing_and_discarding_it_keeps_the_snapshot(tmp_path: Path) -> None:
+    first = snapshot_dataset(_frame(), str(tmp_path), ["first"])
+    before = _all_files(tmp_path)
+    again = stage_snapshot(_frame(), str(tmp_path), ["second"])
+    assert again.staged is None and again.info.created is False and again.info.sources == ["first"]
+    discard_snapshot(again)
+    assert commit_snapshot(again) == again.info
+    assert _all_files(tmp_path) == before
+    assert load_snapshot(str(tmp_path), first.digest) is not None
+
+
+def test_two_writers_staging_the_same_data_store_it_once(tmp_path: Path) -> None:
+    one = stage_snapshot(_frame(), str(tmp_path), ["one"])
+    two = stage_snapshot(_frame(), str(tmp_path), ["two"])  # before `one` commits
+    assert commit_snapshot(one).created is True
+    second = commit_snapshot(two)
+    assert second.created is False and second.sources == ["one"]
+    digest = one.info.digest
+    assert _all_files(tmp_path) == [f"{digest[:2]}/{digest}/data.parquet", f"{digest[:2]}/{digest}/meta.json"]
 
 
 def test_works_on_any_fsspec_path() -> None:
