@@ -26,9 +26,10 @@ import socket
 import statistics
 import subprocess
 import sys
+import threading
 import time
 import urllib.request
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import asdict, dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
@@ -179,9 +180,15 @@ class BenchResult:
     date: str
     seconds: float
     notes: list[str] = field(default_factory=list)
+    # The optional third variant: the flow's whole work without Prefect (info, no verdict).
+    same_work: str | None = None
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
+
+    @property
+    def variants(self) -> tuple[str, ...]:
+        return (self.baseline, self.flow) + ((self.same_work,) if self.same_work else ())
 
 
 # ----------------------------------------------------------------------------- dataset
@@ -575,10 +582,14 @@ def child_main(argv: list[str]) -> int:
 
 class StepTimer:
     """Wall time per named step of a baseline, named like the flow's tasks, so the two can
-    be compared step by step (Prefect records the same per task run)."""
+    be compared step by step (Prefect records the same per task run). Steps may run in
+    threads side by side; `seconds` also holds, under STEPS_WALL, the time at least one
+    step was running (overlaps counted once)."""
 
     def __init__(self) -> None:
-        self.seconds: dict[str, float] = {}
+        self._seconds: dict[str, float] = {}
+        self._intervals: list[tuple[float, float]] = []
+        self._lock = threading.Lock()
 
     @contextlib.contextmanager
     def __call__(self, name: str) -> Iterator[None]:
@@ -586,10 +597,31 @@ class StepTimer:
         try:
             yield
         finally:
-            self.seconds[name] = self.seconds.get(name, 0.0) + time.perf_counter() - started
+            ended = time.perf_counter()
+            with self._lock:
+                self._seconds[name] = self._seconds.get(name, 0.0) + ended - started
+                self._intervals.append((started, ended))
+
+    @property
+    def seconds(self) -> dict[str, float]:
+        with self._lock:
+            return {**self._seconds, STEPS_WALL: union_seconds(self._intervals)}
+
+
+def union_seconds(intervals: Iterable[tuple[float, float]]) -> float:
+    """Length of the union of [start, end] intervals."""
+    total, end = 0.0, float("-inf")
+    for a, b in sorted(intervals):
+        if b <= end:
+            continue
+        total += b - max(a, end)
+        end = b
+    return total
 
 
 FLOW_TOTAL = "(flow run, as Prefect timed it)"
+STEPS_WALL = "(any step running, overlaps counted once)"
+_NOT_STEPS = (FLOW_TOTAL, STEPS_WALL)
 _FINAL_STATES = {"COMPLETED", "FAILED", "CRASHED", "CANCELLED"}
 
 
@@ -607,10 +639,16 @@ def prefect_task_seconds(api_url: str, flow_run_id: str, timeout: float = 30.0) 
             break
         time.sleep(0.5)
     out: dict[str, float] = {}
+    intervals: list[tuple[float, float]] = []
     # Task-run names are "<task name>-<3 hex digits>" (or "-<n>"); in the order they started.
     for r in sorted(runs, key=lambda r: r.get("start_time") or "~"):
         name = re.sub(r"-(\d+|[0-9a-f]{3})$", "", r["name"])
-        out[name] = round(out.get(name, 0.0) + float(r.get("total_run_time") or 0.0), 3)
+        run_time = float(r.get("total_run_time") or 0.0)
+        out[name] = round(out.get(name, 0.0) + run_time, 3)
+        if r.get("start_time"):
+            start = datetime.fromisoformat(r["start_time"]).timestamp()
+            intervals.append((start, start + run_time))
+    out[STEPS_WALL] = round(union_seconds(intervals), 3)
     flow_run = _api(f"{api_url}/flow_runs/{flow_run_id}")
     out[FLOW_TOTAL] = round(float(flow_run.get("total_run_time") or 0.0), 3)
     return out
@@ -648,6 +686,13 @@ class Benchmark:
     compare: tuple[str, ...]
     description: str
     target: float = TARGET_RATIO
+    # Optional: the flow's whole work done directly (no Prefect), measured in the same
+    # rounds and reported beside the verdict, so the orchestration's own cost is visible.
+    same_work: Variant | None = None
+
+    @property
+    def variants(self) -> tuple[Variant, ...]:
+        return (self.baseline, self.flow) + ((self.same_work,) if self.same_work else ())
 
 
 def child_env(api_url: str | None, prefect_home: str | None) -> dict[str, str]:
@@ -764,8 +809,11 @@ def measure(
     machine = machine_info()
     env = child_env(server.api_url if server else None, server.home if server else None)
     measurements: list[Measurement] = []
+    variants = bench.variants
     for r in range(rounds):
-        order = (bench.baseline, bench.flow) if r % 2 == 0 else (bench.flow, bench.baseline)
+        # Each round starts with another variant (two variants: alternating).
+        k = r % len(variants)
+        order = variants[k:] + variants[:k]
         for variant in order:
             if variant.uses_prefect and server is None:
                 raise BenchError(
@@ -778,13 +826,17 @@ def measure(
                 f"process {m.process_seconds:7.2f} s  peak RSS {m.peak_rss_mb:7.1f} MB"
             )
             measurements.append(m)
-    summaries = {v.name: summarize(v.name, measurements) for v in (bench.baseline, bench.flow)}
+    summaries = {v.name: summarize(v.name, measurements) for v in variants}
     base, flow = summaries[bench.baseline.name], summaries[bench.flow.name]
     ratios = {
         "work_seconds": _ratio(flow.work_seconds, base.work_seconds),
         "process_seconds": _ratio(flow.process_seconds, base.process_seconds),
         "peak_rss_mb": _ratio(flow.peak_rss_mb, base.peak_rss_mb),
     }
+    if bench.same_work is not None:
+        same = summaries[bench.same_work.name]
+        ratios["same_work_work_seconds"] = _ratio(flow.work_seconds, same.work_seconds)
+        ratios["same_work_peak_rss_mb"] = _ratio(flow.peak_rss_mb, same.peak_rss_mb)
     consistent, note = compare_outcomes(measurements, bench.compare)
     notes = []
     if server is not None:
@@ -810,6 +862,7 @@ def measure(
         date=datetime.now(UTC).strftime("%Y-%m-%d %H:%M UTC"),
         seconds=round(time.perf_counter() - started, 1),
         notes=notes,
+        same_work=bench.same_work.name if bench.same_work else None,
     )
 
 
@@ -929,7 +982,7 @@ def format_table(results: list[BenchResult]) -> str:
             f"{r.name}: {r.rows:,} rows x {r.features} features, {r.rounds} round(s), medians"
         )
         out.append(header)
-        for name in (r.baseline, r.flow):
+        for name in r.variants:
             s = r.summaries[name]
             out.append(
                 f"{r.name:<10} {name:<9} {s.work_seconds:>8.2f} {s.process_seconds:>10.2f} {s.peak_rss_mb:>12.1f}"
@@ -939,6 +992,11 @@ def format_table(results: list[BenchResult]) -> str:
             f"{r.name:<10} {'ratio':<9} {ra['work_seconds']:>8.3f} {ra['process_seconds']:>10.3f} "
             f"{ra['peak_rss_mb']:>12.3f}   target <= {r.target}: {'PASS' if r.passed else 'FAIL'}"
         )
+        if r.same_work:
+            out.append(
+                f"{r.name:<10} {'flow/' + r.same_work:<9} {ra['same_work_work_seconds']:>8.3f} {'':>10} "
+                f"{ra['same_work_peak_rss_mb']:>12.3f}   (info: the flow against its own work without Prefect)"
+            )
         if not r.consistent:
             out.append(f"  WARNING: variants did not do the same work: {r.consistency_note}")
         out.append("")
@@ -948,15 +1006,27 @@ def format_table(results: list[BenchResult]) -> str:
 def render_markdown(result: BenchResult) -> str:
     """The generated section of BENCHMARKS.md for one benchmark."""
     b, f = result.summaries[result.baseline], result.summaries[result.flow]
+    w = result.summaries[result.same_work] if result.same_work else None
     ra = result.ratios
     m = result.machine
 
     def verdict(ratio: float) -> str:
         return "pass" if ratio <= result.target else "**fail**"
 
+    def row(measure: str, fmt: str, attr: str, ratio: str, target: str, outcome: str, same: str = "") -> str:
+        cells = [measure, format(getattr(b, attr), fmt), format(getattr(f, attr), fmt), ratio, target, outcome]
+        if w is not None:
+            cells += [format(getattr(w, attr), fmt), same]
+        return "| " + " | ".join(cells) + " |"
+
+    header = f"| measure | {result.baseline} | {result.flow} | ratio | target | result |"
+    rule = "|---|---:|---:|---:|---:|---|"
+    if w is not None:
+        header += f" {result.same_work} (info) | flow / {result.same_work} |"
+        rule += "---:|---:|"
     lines = [
         f"Measured {result.date} with `{result.command}` "
-        f"({result.rows:,} rows x {result.features} features, {result.rounds} alternating rounds, medians; "
+        f"({result.rows:,} rows x {result.features} features, {result.rounds} rounds, medians; "
         f"run took {result.seconds:.0f} s).",
         "",
         f"Machine: {m.nproc} CPUs available ({m.cpu_model or 'unknown CPU'}), {m.memory_gb} GB RAM, "
@@ -964,22 +1034,41 @@ def render_markdown(result: BenchResult) -> str:
         + ", ".join(f"{k} {v}" for k, v in m.versions.items())
         + ".",
         "",
-        f"| measure | {result.baseline} | {result.flow} | ratio | target | result |",
-        "|---|---:|---:|---:|---:|---|",
-        f"| wall time of the work (s) | {b.work_seconds:.2f} | {f.work_seconds:.2f} | {ra['work_seconds']:.3f} "
-        f"| <= {result.target} | {verdict(ra['work_seconds'])} |",
-        f"| peak RSS (MB) | {b.peak_rss_mb:.0f} | {f.peak_rss_mb:.0f} | {ra['peak_rss_mb']:.3f} "
-        f"| <= {result.target} | {verdict(ra['peak_rss_mb'])} |",
-        f"| process wall time incl. start and imports (s) | {b.process_seconds:.2f} | {f.process_seconds:.2f} "
-        f"| {ra['process_seconds']:.3f} | — | info |",
-        f"| CPU time of the work, all threads (s) | {b.work_cpu_seconds:.2f} | {f.work_cpu_seconds:.2f} "
-        f"| {_ratio(f.work_cpu_seconds, b.work_cpu_seconds):.3f} | — | info |",
-        f"| Prefect server CPU while the process ran (s) | {b.server_cpu_seconds:.2f} "
-        f"| {f.server_cpu_seconds:.2f} | | | info |",
-        f"| imports (s) | {b.import_seconds:.2f} | {f.import_seconds:.2f} | | | info |",
-        f"| RSS after imports (MB) | {b.import_rss_mb:.0f} | {f.import_rss_mb:.0f} | | | info |",
-        f"| modules still imported during the work | {b.late_imports:.0f} | {f.late_imports:.0f} | | | info |",
+        header,
+        rule,
+        row(
+            "wall time of the work (s)", ".2f", "work_seconds", f"{ra['work_seconds']:.3f}",
+            f"<= {result.target}", verdict(ra["work_seconds"]),
+            f"{ra.get('same_work_work_seconds', 0.0):.3f}",
+        ),
+        row(
+            "peak RSS (MB)", ".0f", "peak_rss_mb", f"{ra['peak_rss_mb']:.3f}",
+            f"<= {result.target}", verdict(ra["peak_rss_mb"]),
+            f"{ra.get('same_work_peak_rss_mb', 0.0):.3f}",
+        ),
+        row(
+            "process wall time incl. start and imports (s)", ".2f", "process_seconds",
+            f"{ra['process_seconds']:.3f}", "—", "info",
+        ),
+        row(
+            "CPU time of the work, all threads (s)", ".2f", "work_cpu_seconds",
+            f"{_ratio(f.work_cpu_seconds, b.work_cpu_seconds):.3f}", "—", "info",
+        ),
+        row("Prefect server CPU while the process ran (s)", ".2f", "server_cpu_seconds", "", "", "info"),
+        row("imports (s)", ".2f", "import_seconds", "", "", "info"),
+        row("RSS after imports (MB)", ".0f", "import_rss_mb", "", "", "info"),
+        row("modules still imported during the work", ".0f", "late_imports", "", "", "info"),
         "",
+    ]
+    if w is not None:
+        lines += [
+            f"The verdict compares the flow with the issue's bare script ({result.baseline}). "
+            f"`{result.same_work}` does everything the flow does through the same core calls, "
+            "without Prefect: flow / "
+            f"{result.same_work} is what orchestration alone costs.",
+            "",
+        ]
+    lines += [
         "Runs (in the order they ran):",
         "",
         "| round | variant | work (s) | process (s) | peak RSS (MB) |",
@@ -1001,34 +1090,40 @@ def render_markdown(result: BenchResult) -> str:
 def render_steps(result: BenchResult) -> list[str]:
     """Where the work's time goes, step by step (medians): the baseline's timed steps next to
     the flow's Prefect task runs of the same name, and what the flow spent outside them."""
-    b, f = result.summaries[result.baseline], result.summaries[result.flow]
-    if not b.steps and not f.steps:
+    variants = result.variants
+    steps = {
+        v: {k: x for k, x in result.summaries[v].steps.items() if k not in _NOT_STEPS} for v in variants
+    }
+    if not any(steps.values()):
         return []
-    flow_steps = {k: v for k, v in f.steps.items() if k != FLOW_TOTAL}
-    names = list(dict.fromkeys([*flow_steps, *b.steps]))
+    b, f = result.baseline, result.flow
+    names = list(dict.fromkeys([*steps[f], *(k for v in variants for k in steps[v])]))
+
+    def cell(value: float | None) -> str:
+        return "—" if value is None else f"{value:.2f}"
+
     lines = [
-        "Where the time goes (medians, s; baseline: its own step timers; flow: Prefect's "
-        "task-run times read back from the API; 'outside' is the median over runs of work "
-        "minus the steps):",
+        "Where the time goes (medians, s; direct variants: their own step timers; flow: "
+        "Prefect's task-run times read back from the API; 'outside' is the median over runs "
+        "of work minus the time any step was running — steps that run side by side count "
+        "once):",
         "",
-        f"| step | {result.baseline} | {result.flow} | flow - baseline |",
-        "|---|---:|---:|---:|",
+        "| step | " + " | ".join(variants) + " | flow - baseline |",
+        "|---|" + "---:|" * (len(variants) + 1),
     ]
     for name in names:
-        bv, fv = b.steps.get(name), flow_steps.get(name)
-        diff = (fv or 0.0) - (bv or 0.0)
-        lines.append(
-            f"| {name} | {'—' if bv is None else f'{bv:.2f}'} | {'—' if fv is None else f'{fv:.2f}'} "
-            f"| {diff:+.2f} |"
-        )
-    outside_b = _median_outside(result, result.baseline)
-    outside_f = _median_outside(result, result.flow)
+        values = [steps[v].get(name) for v in variants]
+        diff = (steps[f].get(name) or 0.0) - (steps[b].get(name) or 0.0)
+        lines.append(f"| {name} | " + " | ".join(cell(x) for x in values) + f" | {diff:+.2f} |")
+    outside = [_median_outside(result, v) for v in variants]
     lines.append(
-        f"| outside the steps / task runs (flow: engine, API calls, flow body) | {outside_b:.2f} "
-        f"| {outside_f:.2f} | {outside_f - outside_b:+.2f} |"
+        "| outside the steps / task runs (flow: engine, API calls, flow body) | "
+        + " | ".join(f"{x:.2f}" for x in outside)
+        + f" | {outside[1] - outside[0]:+.2f} |"
     )
+    work = [result.summaries[v].work_seconds for v in variants]
     lines.append(
-        f"| **work** | {b.work_seconds:.2f} | {f.work_seconds:.2f} | {f.work_seconds - b.work_seconds:+.2f} |"
+        "| **work** | " + " | ".join(f"{x:.2f}" for x in work) + f" | {work[1] - work[0]:+.2f} |"
     )
     return lines
 
@@ -1036,7 +1131,8 @@ def render_steps(result: BenchResult) -> list[str]:
 def _median_outside(result: BenchResult, variant: str) -> float:
     """Median over a variant's runs of the work time not spent in its steps / task runs."""
     values = [
-        m.work_seconds - sum(v for k, v in m.steps.items() if k != FLOW_TOTAL)
+        m.work_seconds
+        - m.steps.get(STEPS_WALL, sum(v for k, v in m.steps.items() if k not in _NOT_STEPS))
         for m in result.measurements
         if m.variant == variant
     ]

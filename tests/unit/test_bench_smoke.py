@@ -10,8 +10,10 @@ import pytest
 
 from bench.__main__ import BENCHMARKS, prepare, select
 from bench.common import (
+    STEPS_WALL,
     BenchResult,
     Measurement,
+    StepTimer,
     compare_outcomes,
     load_results,
     measure,
@@ -19,6 +21,7 @@ from bench.common import (
     render_markdown,
     summarize,
     synthetic_frame,
+    union_seconds,
     update_markdown,
 )
 
@@ -70,6 +73,32 @@ def test_compare_outcomes_flags_variants_that_did_different_work(
     assert ok is consistent
     if not consistent:
         assert "rows" in note and "flow" in note
+
+
+def test_union_seconds_counts_overlaps_once() -> None:
+    assert union_seconds([]) == 0.0
+    assert union_seconds([(0.0, 2.0), (1.0, 3.0), (5.0, 6.0), (5.5, 5.7)]) == pytest.approx(4.0)
+
+
+def test_step_timer_reports_steps_that_ran_side_by_side_once() -> None:
+    import threading
+    import time
+
+    step = StepTimer()
+    both = threading.Barrier(2)
+
+    def work(name: str) -> None:
+        with step(name):
+            both.wait()
+            time.sleep(0.2)
+
+    other = threading.Thread(target=work, args=("a",))
+    other.start()
+    work("b")
+    other.join()
+    seconds = step.seconds
+    assert seconds["a"] >= 0.2 and seconds["b"] >= 0.2
+    assert 0.2 <= seconds[STEPS_WALL] < seconds["a"] + seconds["b"] - 0.1
 
 
 def test_select_names_unknown_benchmarks() -> None:
@@ -160,21 +189,32 @@ def test_measure_runs_both_variants_and_reports_medians_and_ratios(smoke_setup, 
         log=lambda _: None,
     )
 
+    variants = [v.name for v in BENCHMARKS[name].variants]
     assert (result.name, result.rows, result.features, result.rounds) == (name, SMOKE_ROWS, 20, 1)
-    assert [m.variant for m in result.measurements] == ["baseline", "flow"]
+    assert [m.variant for m in result.measurements] == variants
+    assert variants[:2] == ["baseline", "flow"]
     for m in result.measurements:
         assert 0 < m.work_seconds < m.process_seconds
         assert m.import_seconds > 0
         assert m.peak_rss_mb >= m.import_rss_mb > 0
         assert m.work_cpu_seconds > 0 and m.server_cpu_seconds >= 0
-    assert set(result.summaries) == {"baseline", "flow"}
-    assert set(result.ratios) == {"work_seconds", "process_seconds", "peak_rss_mb"}
+    assert set(result.summaries) == set(variants)
+    same_work = {"same_work_work_seconds", "same_work_peak_rss_mb"} if len(variants) == 3 else set()
+    assert set(result.ratios) == {"work_seconds", "process_seconds", "peak_rss_mb", *same_work}
     assert all(r > 0 for r in result.ratios.values())
     # Both variants did the same work on the same data (same rows, same verdicts/metric).
     assert result.consistent, result.consistency_note
     assert result.measurements[0].outcome["rows"] > 0
     # Per-step times: the baseline's timers and the flow's task runs read back from Prefect.
-    baseline, flow = result.measurements
+    baseline, flow, *others = result.measurements
     assert baseline.steps and all(v >= 0 for v in baseline.steps.values())
     assert set(baseline.steps) < set(flow.steps), (baseline.steps, flow.steps)
-    assert "| peak RSS (MB) |" in render_markdown(result)
+    for other in others:  # the flow's work without Prefect: the flow's steps, timed directly
+        assert set(other.steps) <= set(flow.steps), (other.steps, flow.steps)
+        assert {"validate-batch", "snapshot-training-data", "check-label-files"} <= set(other.steps)
+        # Its validation ran beside the snapshot: the steps' union is shorter than their sum.
+        assert other.steps[STEPS_WALL] < sum(v for k, v in other.steps.items() if k != STEPS_WALL)
+    md = render_markdown(result)
+    assert "| peak RSS (MB) |" in md
+    if others:
+        assert "same-work (info) | flow / same-work |" in md
