@@ -381,6 +381,7 @@ def stage_snapshot(
         schema=schema,
     )
     del arrays
+    _remove_stale_staging(folder)
     staged = _stage_parquet(table, f"{folder}/data.parquet")
     return StagedSnapshot(_info_from_meta(meta, f"{folder}/data.parquet", created=True), folder, meta, staged)
 
@@ -417,6 +418,33 @@ def _fs_path(url: str) -> tuple[Any, str]:
 
     fs, _, paths = fsspec.get_fs_token_paths(url)
     return fs, paths[0]
+
+
+# A staged copy older than this was left by a writer that died between staging and commit
+# (a live writer commits or discards within the time its check takes).
+STALE_STAGING_SECONDS = 3600.0
+
+
+def _remove_stale_staging(folder: str, older_than: float = STALE_STAGING_SECONDS) -> list[str]:
+    """Delete staged data files in a snapshot's folder that a dead writer left behind; the
+    next writer of the same digest finds them. Returns what it removed."""
+    fs, p = _fs_path(folder)
+    removed = []
+    try:
+        candidates = fs.glob(f"{p}/.data.parquet.*.tmp")
+    except (FileNotFoundError, NotImplementedError):
+        return removed
+    now = datetime.now(UTC).timestamp()
+    for path in candidates:
+        try:
+            modified = fs.modified(path)
+        except (FileNotFoundError, NotImplementedError):
+            continue
+        stamp = (modified if modified.tzinfo else modified.replace(tzinfo=UTC)).timestamp()
+        if now - stamp > older_than:
+            fs.rm(path)
+            removed.append(path)
+    return removed
 
 
 def _stage_parquet(table: Any, path: str) -> str:

@@ -12,6 +12,7 @@ import pytest
 
 from evergreen import io
 from evergreen.snapshot import (
+    STALE_STAGING_SECONDS,
     SnapshotError,
     SnapshotIntegrityError,
     SnapshotNotFoundError,
@@ -316,6 +317,21 @@ def test_staging_a_stored_digest_writes_nothing_and_discarding_it_keeps_the_snap
     assert commit_snapshot(again) == again.info
     assert _all_files(tmp_path) == before
     assert load_snapshot(str(tmp_path), first.digest) is not None
+
+
+def test_staging_removes_copies_a_dead_writer_left_but_not_a_live_writers(tmp_path: Path) -> None:
+    dead = stage_snapshot(_frame(), str(tmp_path))  # then killed: never committed or discarded
+    dead_file = Path(dead.staged)
+    old = dead_file.stat().st_mtime - STALE_STAGING_SECONDS - 60
+    os.utime(dead_file, (old, old))
+    live = stage_snapshot(_frame(), str(tmp_path))  # a writer staging the same data right now
+    again = stage_snapshot(_frame(), str(tmp_path))
+    assert not dead_file.exists()
+    assert Path(live.staged).exists()  # fresh: left to its writer
+    assert commit_snapshot(again).created is True
+    discard_snapshot(live)
+    digest = again.info.digest
+    assert _all_files(tmp_path) == [f"{digest[:2]}/{digest}/data.parquet", f"{digest[:2]}/{digest}/meta.json"]
 
 
 def test_two_writers_staging_the_same_data_store_it_once(tmp_path: Path) -> None:
