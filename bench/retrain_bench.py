@@ -61,18 +61,13 @@ def arguments(dataset: Dataset, run_dir: Path) -> dict[str, Any]:
 
 def run_baseline(config_json: str) -> dict[str, Any]:
     """Window, training, evaluation, MLflow logging and registration, called directly."""
-    from evergreen import retraining, sources, training, window
+    from evergreen import retraining, sources, training
     from evergreen.lineage import Trigger, code_version
 
     cfg = load_run_config(config_json)
     step = StepTimer()
     with step("assemble-training-window"):
-        win = window.assemble_window(
-            sources.read_training_reference(cfg),
-            sources.read_labelled_batches(cfg),
-            cfg.retrain,
-            cfg.columns,
-        )
+        win = sources.assemble_training_window(cfg)
     if win.rows == 0:
         raise BenchError(f"baseline: empty training window under {cfg.data.root}")
     with step("hold-out-recent"):
@@ -213,7 +208,6 @@ def run_same_work(config_json: str) -> dict[str, Any]:
         tracking,
         training,
         validation,
-        window,
     )
     from evergreen.lineage import Trigger, code_version
 
@@ -239,9 +233,7 @@ def run_same_work(config_json: str) -> dict[str, Any]:
     if bad:
         raise BenchError(f"same-work: label files rejected: {bad[0].summary()}")
     with step("assemble-training-window"):
-        win = window.assemble_window(
-            sources.read_training_reference(cfg), sources.read_labelled_batches(cfg), cfg.retrain, cfg.columns
-        )
+        win = sources.assemble_training_window(cfg)
     with step("load-monitor-reference"):
         champion = registry.champion_reference(name)
         reference = champion[1] if champion else io.read_table(cfg.data.path("monitor_reference"))

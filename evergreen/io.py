@@ -58,6 +58,20 @@ class TableTooLargeError(DataReadError):
         )
 
 
+def release_unused_memory() -> None:
+    """Hand the memory Arrow's allocator keeps cached back to the operating system.
+
+    Parquet reads, pandas' Arrow-backed string columns and Arrow tables allocate through
+    Arrow's pool (mimalloc here), which keeps freed pages for reuse: after assembling a
+    1M-row training window ~230 MB of it stayed resident, and whether it had been given back
+    by the time training started decided a peak of ~1,070 or ~1,250 MB. Called after the
+    steps that churn the most (window assembly, snapshot staging); takes about a millisecond.
+    """
+    import pyarrow as pa
+
+    pa.default_memory_pool().release_unused()
+
+
 def _fs(path: str) -> tuple[Any, str]:
     import fsspec
 

@@ -383,6 +383,8 @@ def stage_snapshot(
     del arrays
     _remove_stale_staging(folder)
     staged = _stage_parquet(table, f"{folder}/data.parquet")
+    del table  # the canonical copy (its string columns) and the writer's buffers: give them back
+    io.release_unused_memory()
     return StagedSnapshot(_info_from_meta(meta, f"{folder}/data.parquet", created=True), folder, meta, staged)
 
 

@@ -15,7 +15,7 @@ from evergreen.validation import (
     unreadable_report,
     validate_labels,
 )
-from evergreen.window import LabelledBatch, join_labels
+from evergreen.window import LabelledBatch, TrainingWindow, assemble_window, join_labels
 
 MONITOR_ROLES = ("id", "timestamp", "target", "prediction", "probability", "features")
 TRAINING_ROLES = ("id", "target", "features")
@@ -36,6 +36,15 @@ def read_training_reference(config: ModelConfig) -> pd.DataFrame | None:
     if not config.retrain.include_reference or not io.exists(path):
         return None
     return io.read_table(path)
+
+
+def assemble_training_window(config: ModelConfig) -> TrainingWindow:
+    """The retrain's training window: the training reference and the labelled production
+    batches, by the retrain policy (`window.assemble_window`). The frames read for it are
+    freed by the time it returns, and their memory is handed back to the system."""
+    win = assemble_window(read_training_reference(config), read_labelled_batches(config), config.retrain, config.columns)
+    io.release_unused_memory()
+    return win
 
 
 def read_labelled_batches(config: ModelConfig, up_to_day: str | None = None) -> list[LabelledBatch]:

@@ -38,12 +38,7 @@ def decide_retrain_start(config: ModelConfig, trigger: str) -> tuple[retraining.
 @task(name="assemble-training-window", cache_policy=NO_CACHE, retries=2, retry_delay_seconds=1)
 def assemble_training_window(config: ModelConfig) -> window.TrainingWindow:
     """Reference + labelled production batches by the retrain policy; rejected batches left out."""
-    return window.assemble_window(
-        sources.read_training_reference(config),
-        sources.read_labelled_batches(config),
-        config.retrain,
-        config.columns,
-    )
+    return sources.assemble_training_window(config)
 
 
 @task(name="snapshot-training-data", cache_policy=NO_CACHE, retries=2, retry_delay_seconds=1)
