@@ -6,6 +6,7 @@ Small, explicit adapters: the core never opens files anywhere else.
 from __future__ import annotations
 
 import contextlib
+import functools
 import io
 import json
 import uuid
@@ -70,6 +71,24 @@ def release_unused_memory() -> None:
     import pyarrow as pa
 
     pa.default_memory_pool().release_unused()
+    _malloc_trim()
+
+
+@functools.cache
+def _libc_malloc_trim() -> Any:
+    import ctypes
+    import ctypes.util
+
+    try:
+        return ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6").malloc_trim
+    except (OSError, AttributeError):  # not glibc (macOS, musl): nothing to trim
+        return None
+
+
+def _malloc_trim() -> None:
+    trim = _libc_malloc_trim()
+    if trim is not None:
+        trim(0)
 
 
 def _fs(path: str) -> tuple[Any, str]:

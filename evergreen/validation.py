@@ -429,7 +429,11 @@ def validate_batch(
     The GX context and suite of a spec are built once and kept for the next calls with the
     same spec (a few specs at most), so calling this per batch costs no set-up.
     """
-    return _validator_for(suite.model_dump_json()).validate(batch, batch_id, now=now)
+    report = _validator_for(suite.model_dump_json()).validate(batch, batch_id, now=now)
+    from evergreen.io import release_unused_memory
+
+    release_unused_memory()
+    return report
 
 
 @functools.lru_cache(maxsize=8)
