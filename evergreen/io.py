@@ -66,7 +66,8 @@ def release_unused_memory() -> None:
     Arrow's pool (mimalloc here), which keeps freed pages for reuse: after assembling a
     1M-row training window ~230 MB of it stayed resident, and whether it had been given back
     by the time training started decided a peak of ~1,070 or ~1,250 MB. Called after the
-    steps that churn the most (window assembly, snapshot staging); takes about a millisecond.
+    steps that churn the most (window assembly, snapshot staging, validation); takes a few
+    milliseconds.
     """
     import pyarrow as pa
 

@@ -24,7 +24,7 @@ import pandas as pd
 from pydantic import BaseModel, ConfigDict, Field, StrictBool, StrictFloat, StrictInt, StrictStr
 
 from evergreen.config import ModelConfig, check_columns
-from evergreen.io import DataReadError
+from evergreen.io import DataReadError, release_unused_memory
 
 ColumnKind = Literal["numeric", "string", "bool", "datetime"]
 ColumnRole = Literal["id", "timestamp", "feature", "prediction", "probability"]
@@ -430,9 +430,7 @@ def validate_batch(
     same spec (a few specs at most), so calling this per batch costs no set-up.
     """
     report = _validator_for(suite.model_dump_json()).validate(batch, batch_id, now=now)
-    from evergreen.io import release_unused_memory
-
-    release_unused_memory()
+    release_unused_memory()  # GX's temporaries, in the thread that made them
     return report
 
 
