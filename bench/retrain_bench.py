@@ -84,8 +84,13 @@ def run_baseline(config_json: str) -> dict[str, Any]:
         "evergreen.train_end": str(holdout.train[cfg.columns.timestamp].max()),
         **trigger.tags(),
     }
+    return _log_and_register(step, cfg, model, evaluation, win, holdout, trigger, tags, None)
+
+
+def _log_and_register(step, cfg, model, evaluation, win, holdout, trigger, tags, snap) -> dict[str, Any]:  # noqa: ANN001
+    """The last two steps of both direct variants, and the outcome they report."""
     with step("log-training-run"):
-        run_id, model_uri = _log_training_run(cfg, model, evaluation, win, holdout, trigger, tags, None)
+        run_id, model_uri = _log_training_run(cfg, model, evaluation, win, holdout, trigger, tags, snap)
     with step("register-candidate"):
         version = _register(cfg, model_uri, run_id, tags)
     return {
@@ -199,16 +204,7 @@ def run_same_work(config_json: str) -> dict[str, Any]:
     """Every step of the flow through the same core calls its tasks make, without Prefect."""
     from concurrent.futures import ThreadPoolExecutor
 
-    from evergreen import (
-        io,
-        registry,
-        retraining,
-        snapshot,
-        sources,
-        tracking,
-        training,
-        validation,
-    )
+    from evergreen import retraining, snapshot, sources, training, validation
     from evergreen.lineage import Trigger, code_version
 
     cfg = load_run_config(config_json)
@@ -216,16 +212,7 @@ def run_same_work(config_json: str) -> dict[str, Any]:
     with step("check-config-columns"):
         sources.check_config_columns(cfg)
     with step("decide-retrain-start"):
-        batches = io.list_batches(cfg.data.path("batches"))
-        data_clock = batches[-1].day if batches else None
-        tracking.connect(cfg.mlflow)
-        name = cfg.mlflow.model_name
-        versions = [v for v in registry.list_versions(name) if v.tags.get(retraining.DATA_CLOCK_TAG)]
-        last = versions[-1].tags[retraining.DATA_CLOCK_TAG] if versions else None
-        canary = registry.version_by_alias(name, registry.CANARY)
-        start = retraining.decide_retrain_start(
-            "manual", data_clock, last, cfg.retrain.cooldown_hours, canary.version if canary else None
-        )
+        start, data_clock = sources.check_retrain_start(cfg, "manual")
     if not start.go:
         raise BenchError(f"same-work: retrain would not start: {start.reason}")
     with step("check-label-files"):
@@ -235,8 +222,7 @@ def run_same_work(config_json: str) -> dict[str, Any]:
     with step("assemble-training-window"):
         win = sources.assemble_training_window(cfg)
     with step("load-monitor-reference"):
-        champion = registry.champion_reference(name)
-        reference = champion[1] if champion else io.read_table(cfg.data.path("monitor_reference"))
+        reference = sources.read_monitor_reference(cfg)
     with step("derive-suite"):
         suite = retraining.training_suite(validation.derive_suite(reference, cfg))
     # As the flow does: validation in a second thread while the snapshot is staged.
@@ -272,18 +258,7 @@ def run_same_work(config_json: str) -> dict[str, Any]:
     }
     if data_clock:
         tags[retraining.DATA_CLOCK_TAG] = data_clock
-    with step("log-training-run"):
-        run_id, model_uri = _log_training_run(cfg, model, evaluation, win, holdout, trigger, tags, snap)
-    with step("register-candidate"):
-        version = _register(cfg, model_uri, run_id, tags)
-    return {
-        "rows": win.rows,
-        "train_rows": len(holdout.train),
-        "best_iteration": model.best_iteration,
-        "metric": evaluation.value,
-        "version": version,
-        "steps": step.seconds,
-    }
+    return _log_and_register(step, cfg, model, evaluation, win, holdout, trigger, tags, snap)
 
 
 def _timed(step: StepTimer, name: str, fn: Any, *args: Any) -> Any:  # noqa: ANN401

@@ -400,7 +400,7 @@ def commit_snapshot(staged: StagedSnapshot) -> SnapshotInfo:
     if existing is not None:
         discard_snapshot(staged)
         return _info_from_meta(existing, staged.info.uri, created=False)
-    fs, data_path = _fs_path(staged.info.uri)
+    fs, data_path = io._fs(staged.info.uri)
     fs.mv(staged.staged, data_path)
     io.write_json(staged.meta, meta_path)
     return staged.info
@@ -410,16 +410,9 @@ def discard_snapshot(staged: StagedSnapshot) -> None:
     """Remove a staged snapshot's data (nothing else was written); safe to call twice."""
     if staged.staged is None:
         return
-    fs, _ = _fs_path(staged.info.uri)
+    fs, _ = io._fs(staged.info.uri)
     if fs.exists(staged.staged):
         fs.rm(staged.staged)
-
-
-def _fs_path(url: str) -> tuple[Any, str]:
-    import fsspec
-
-    fs, _, paths = fsspec.get_fs_token_paths(url)
-    return fs, paths[0]
 
 
 # A staged copy older than this was left by a writer that died between staging and commit
@@ -430,7 +423,7 @@ STALE_STAGING_SECONDS = 3600.0
 def _remove_stale_staging(folder: str, older_than: float = STALE_STAGING_SECONDS) -> list[str]:
     """Delete staged data files in a snapshot's folder that a dead writer left behind; the
     next writer of the same digest finds them. Returns what it removed."""
-    fs, p = _fs_path(folder)
+    fs, p = io._fs(folder)
     removed = []
     try:
         candidates = fs.glob(f"{p}/.data.parquet.*.tmp")
@@ -457,7 +450,7 @@ def _stage_parquet(table: Any, path: str) -> str:
 
     import pyarrow.parquet as pq
 
-    fs, p = _fs_path(path)
+    fs, p = io._fs(path)
     parent = str(PurePosixPath(p).parent)
     fs.makedirs(parent, exist_ok=True)
     tmp = f"{parent}/.{PurePosixPath(p).name}.{uuid.uuid4().hex}.tmp"

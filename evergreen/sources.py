@@ -6,7 +6,7 @@ import dataclasses
 
 import pandas as pd
 
-from evergreen import io, ledger
+from evergreen import io, ledger, registry, retraining, tracking
 from evergreen.config import ModelConfig, check_columns
 from evergreen.validation import (
     ExpectationFailure,
@@ -36,6 +36,41 @@ def read_training_reference(config: ModelConfig) -> pd.DataFrame | None:
     if not config.retrain.include_reference or not io.exists(path):
         return None
     return io.read_table(path)
+
+
+def read_monitor_reference(config: ModelConfig) -> pd.DataFrame:
+    """The NannyML reference: the serving model's predictions on held-out labelled data —
+    the current champion's (logged by its retrain run) when the registry has one, else the
+    data folder's file."""
+    tracking.connect(config.mlflow)
+    champion = registry.champion_reference(config.mlflow.model_name)
+    if champion is not None:
+        version, frame = champion
+        return frame.assign(**{config.columns.model_version: version})
+    path = config.data.path("monitor_reference")
+    if not io.exists(path):
+        raise FileNotFoundError(
+            f"monitor reference {path} not found: generate the data with "
+            "`evergreen stream --config FILE --out DIR` or retrain a model first"
+        )
+    return io.read_table(path)
+
+
+def check_retrain_start(config: ModelConfig, trigger: str) -> tuple[retraining.RetrainStart, str | None]:
+    """Cooldown and canary check before any work (`retraining.decide_retrain_start` on the
+    data clock and the registry); returns the decision and the data clock (the newest
+    production batch) to tag the new version with."""
+    batches = io.list_batches(config.data.path("batches"))
+    data_clock = batches[-1].day if batches else None
+    tracking.connect(config.mlflow)
+    name = config.mlflow.model_name
+    versions = [v for v in registry.list_versions(name) if v.tags.get(retraining.DATA_CLOCK_TAG)]
+    last = versions[-1].tags[retraining.DATA_CLOCK_TAG] if versions else None
+    canary = registry.version_by_alias(name, registry.CANARY)
+    start = retraining.decide_retrain_start(
+        trigger, data_clock, last, config.retrain.cooldown_hours, canary.version if canary else None
+    )
+    return start, data_clock
 
 
 def assemble_training_window(config: ModelConfig) -> TrainingWindow:

@@ -31,23 +31,9 @@ def load_batch(path: str, max_rows: int | None = None, datetime_columns: list[st
 
 @task(name="load-monitor-reference", retries=2, retry_delay_seconds=1)
 def load_monitor_reference(config: ModelConfig) -> pd.DataFrame:
-    """The NannyML reference: the serving model's predictions on held-out labelled data —
-    the current champion's (logged by its retrain run) when the registry has one, else the
-    data folder's file."""
-    from evergreen import registry, tracking
-
-    tracking.connect(config.mlflow)
-    champion = registry.champion_reference(config.mlflow.model_name)
-    if champion is not None:
-        version, frame = champion
-        return frame.assign(**{config.columns.model_version: version})
-    path = config.data.path("monitor_reference")
-    if not io.exists(path):
-        raise FileNotFoundError(
-            f"monitor reference {path} not found: generate the data with "
-            "`evergreen stream --config FILE --out DIR` or retrain a model first"
-        )
-    return io.read_table(path)
+    """The NannyML reference: the champion's (logged by its retrain run), else the data
+    folder's file."""
+    return sources.read_monitor_reference(config)
 
 
 @task(name="load-labels", retries=2, retry_delay_seconds=1)

@@ -9,7 +9,7 @@ import pandas as pd
 from prefect import task
 from prefect.cache_policies import NO_CACHE
 
-from evergreen import io, registry, retraining, snapshot, sources, tracking, window
+from evergreen import registry, retraining, snapshot, sources, tracking, window
 from evergreen.config import ModelConfig
 from evergreen.evaluation import EvaluationResult
 from evergreen.lineage import Trigger
@@ -20,19 +20,8 @@ if TYPE_CHECKING:  # XGBoost is imported by the tasks that train (a skipped retr
 
 @task(name="decide-retrain-start", cache_policy=NO_CACHE, retries=2, retry_delay_seconds=1)
 def decide_retrain_start(config: ModelConfig, trigger: str) -> tuple[retraining.RetrainStart, str | None]:
-    """Cooldown and canary check before any work; returns the decision and the data clock
-    (the newest production batch) to tag the new version with."""
-    batches = io.list_batches(config.data.path("batches"))
-    data_clock = batches[-1].day if batches else None
-    tracking.connect(config.mlflow)
-    name = config.mlflow.model_name
-    versions = [v for v in registry.list_versions(name) if v.tags.get(retraining.DATA_CLOCK_TAG)]
-    last = versions[-1].tags[retraining.DATA_CLOCK_TAG] if versions else None
-    canary = registry.version_by_alias(name, registry.CANARY)
-    start = retraining.decide_retrain_start(
-        trigger, data_clock, last, config.retrain.cooldown_hours, canary.version if canary else None
-    )
-    return start, data_clock
+    """Cooldown and canary check before any work; returns the decision and the data clock."""
+    return sources.check_retrain_start(config, trigger)
 
 
 @task(name="assemble-training-window", cache_policy=NO_CACHE, retries=2, retry_delay_seconds=1)
