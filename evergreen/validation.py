@@ -7,7 +7,7 @@ one-shot convenience. Structural problems GX cannot evaluate (a missing column, 
 arrived as strings) are found with cheap dtype checks first and reported in the same form,
 and the GX expectations on those columns are left out so they do not raise.
 
-great_expectations is imported lazily: it costs ~14 s.
+great_expectations is imported lazily (it costs ~14 s), through `evergreen.gx`.
 """
 
 from __future__ import annotations
@@ -322,12 +322,15 @@ class Validator:
     """Validates batches against one suite; the GX context and suites are built once."""
 
     def __init__(self, suite: SuiteSpec) -> None:
-        import great_expectations as gx
+        # isort: off
+        from evergreen.gx import gx  # first: GX imported without the cloud SDKs
         from great_expectations.data_context.types.base import (
             DataContextConfig,
             InMemoryStoreBackendDefaults,
             ProgressBarsConfig,
         )
+
+        # isort: on
 
         self.spec = suite
         project = DataContextConfig(
@@ -335,9 +338,16 @@ class Validator:
             analytics_enabled=False,
             progress_bars=ProgressBarsConfig(globally=False),
         )
+        from great_expectations.execution_engine import pandas_execution_engine
+
+        # GX fingerprints every batch under 1 GB (`hash_pandas_object` over all rows: ~0.4 s
+        # per million) only to put the hash in the result's batch markers, which are not
+        # kept here. Its threshold is a module global, read on each `get_batch`.
+        pandas_execution_engine.HASH_THRESHOLD = 0
         self._gx = gx
         self._context = gx.get_context(project_config=project, mode="ephemeral")
-        asset = self._context.data_sources.add_pandas("evergreen").add_dataframe_asset("batch")
+        self._datasource = self._context.data_sources.add_pandas("evergreen")
+        asset = self._datasource.add_dataframe_asset("batch")
         self._batch_definition = asset.add_batch_definition_whole_dataframe("whole-batch")
         self._suites: dict[tuple[frozenset[str], bool], Any] = {}
         self._suite_for(frozenset(), True)  # the common case, built up front
@@ -360,9 +370,12 @@ class Validator:
         parameters = {NOW_PARAMETER: self._now_bound(batch, broken, now)}
         # Pass/fail first (BOOLEAN_ONLY skips the unexpected-value lists); only a batch that
         # fails is validated again with BASIC, whose results name the values for the report.
-        result = self._run(batch, suite, parameters, "BOOLEAN_ONLY")
-        if not result.success:
-            result = self._run(batch, suite, parameters, "BASIC")
+        try:
+            result = self._run(batch, suite, parameters, "BOOLEAN_ONLY")
+            if not result.success:
+                result = self._run(batch, suite, parameters, "BASIC")
+        finally:
+            self._forget_batch()
         clock_columns = {c.name for c in self.spec.columns if c.not_future}
         gx_failures = [_failure_from_gx(r, clock_columns) for r in result.results if not r.success]
         evaluated = len(structural.checks) + len(result.results)
@@ -379,9 +392,8 @@ class Validator:
         )
 
     def _run(self, batch: pd.DataFrame, suite: Any, parameters: dict[str, Any], result_format: str) -> Any:
-        """GX's batch validator, run once. `Batch.validate` would build the same validator
-        after a `get_batch` of its own, and GX fingerprints the whole frame on every
-        `get_batch` (`hash_pandas_object`, ~0.3 s per million rows)."""
+        """GX's batch validator, run once (`Batch.validate` would build the same validator
+        after a `get_batch` of its own: two batches, two sets of cached metrics)."""
         from great_expectations.validator.v1_validator import Validator as BatchValidator
 
         validator = BatchValidator(
@@ -390,6 +402,20 @@ class Validator:
             result_format=result_format,
         )
         return validator.validate_expectation_suite(suite, parameters)
+
+    def _forget_batch(self) -> None:
+        """Drop what GX's pandas engine keeps of a validated batch.
+
+        The engine lives as long as the context (here: the process) and keeps the last
+        batch and every metric it computed on it, among them a boolean mask over the whole
+        batch per expectation: ~60 MB per million rows, resident until the next validation
+        replaces them, so for the rest of a retrain (through training, its memory peak).
+        A validation resolves its whole metric graph afresh, so nothing is lost. GX has no
+        public call to empty the metric cache."""
+        engine = self._datasource.get_execution_engine()
+        engine.batch_manager.reset_batch_cache()
+        engine.batch_manager.batch_data_cache.clear()
+        engine._metric_cache.clear()  # noqa: SLF001
 
     def _now_bound(
         self, batch: pd.DataFrame, broken: set[str], now: dt.datetime | pd.Timestamp | None
@@ -443,7 +469,9 @@ def build_expectations(
     spec: SuiteSpec, skip_columns: Iterable[str] = (), use_constant: bool = True
 ) -> list:
     """The GX expectations of a suite, leaving out columns that are missing or of the wrong kind."""
-    import great_expectations.expectations as gxe
+    from evergreen.gx import gx
+
+    gxe = gx.expectations
 
     skip = set(skip_columns)
     out: list = [

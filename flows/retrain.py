@@ -42,14 +42,22 @@ def retrain(
         skipped = RetrainResult(model_name=cfg.mlflow.model_name, status="skipped", trigger=why.__dict__, message=start.reason)
         return Completed(name="Skipped", message=start.reason, data=skipped)
 
-    # Labels first (the window joins them), then the window. The window is validated while
-    # its snapshot is staged (both single-threaded: together they take the time of one on
-    # two CPUs); the staged copy is published only if the window is valid, so rejected data
+    # The labels files are checked while the window is read (both only read); a bad labels
+    # file rejects the run whatever became of the window. The window is validated while its
+    # snapshot is staged (both single-threaded: together they take the time of one on two
+    # CPUs); the staged copy is published only if the window is valid, so rejected data
     # leaves no snapshot behind.
-    bad_labels = [r for r in data.check_label_files(cfg) if not r.success]
+    labels_checked = data.check_label_files.submit(cfg)
+    window_error = None
+    try:
+        win = training.assemble_training_window(cfg)
+    except Exception as exc:  # noqa: BLE001 - re-raised below unless a labels file explains it
+        window_error = exc
+    bad_labels = [r for r in labels_checked.result() if not r.success]
     if bad_labels:
         return _reject(cfg, why, bad_labels, None)
-    win = training.assemble_training_window(cfg)
+    if window_error is not None:
+        raise window_error
     suite = retraining.training_suite(monitoring.derive_suite(data.load_monitor_reference(cfg), cfg))
     checking = monitoring.validate_batch.submit(win.frame, suite, f"training window ({win.rows:,} rows)")
     staged = training.snapshot_training_data(cfg, win)

@@ -230,6 +230,8 @@ CATALOGUE: list[BadInput] = [
     BadInput("labels_impossible_values", "a labels file with target 2 in a binary problem",
              _labels_impossible, kind="labels", columns=("repaid",), expectations=(IN_SET,),
              in_place=True),
+    BadInput("labels_truncated", "a labels file cut off half-way (the window cannot read it either)",
+             _truncated_parquet, kind="labels", expectations=(READABLE,)),
     BadInput("labels_delivered_twice", "a day's labels delivered again (flipped) in a later file",
              _labels_twice, kind="labels", columns=("id",), expectations=(UNIQUE,)),
 ]

@@ -356,3 +356,28 @@ def test_unknown_time_column_is_named(tmp_path: Path) -> None:
     with pytest.raises(SnapshotError, match="'when'"):
         snapshot_dataset(_frame(), str(tmp_path), time_column="when")
     assert not any(tmp_path.iterdir())
+
+
+def test_digest_of_a_fixed_table_never_changes() -> None:
+    """Content addressing across versions: a snapshot stored by an earlier release must be
+    found again by the digest this one computes. Every canonical column kind is here, with
+    missing values, -0.0, float32, timezone-aware times, whole floats and categoricals; the
+    value was computed before the hashing stopped copying arrays (2026-11-27)."""
+    frame = pd.DataFrame(
+        {
+            "id": np.arange(6, dtype=np.int32),
+            "ts": pd.date_range("2024-01-01", periods=6, freq="h", tz="Europe/Paris").where(
+                [True, True, False, True, True, True]
+            ),
+            "x": [0.1, -0.0, np.nan, 2.5, 1e300, -3.0],
+            "whole": [1.0, 2.0, 3.0, 4.0, 5.0, 6.0],
+            "f32": np.array([0.1, 0.2, 0.3, 0.4, 0.5, 0.6], dtype=np.float32),
+            "s": pd.Series(["a", None, "ü", "", "long text", "b"], dtype="str"),
+            "obj": pd.Series(["x", "y", None, "z", "x", "y"], dtype=object),
+            "cat": pd.Categorical(["m", "n", "m", None, "n", "m"]),
+            "flag": [True, False, True, True, False, False],
+            "nflag": pd.array([True, None, False, True, None, False], dtype="boolean"),
+            "big": np.array([1, 2**40, -5, 0, 7, 9], dtype=np.int64),
+        }
+    )
+    assert dataset_digest(frame) == "b1d9b495e4c953c0e91b817eb68184382deeec1e22c5efd117c0d826af98d799"

@@ -359,6 +359,47 @@ def test_validate_batch_reuses_the_gx_suite_of_a_spec(
 
 
 @GX
+def test_a_validated_batch_is_not_kept(validator: Validator, batch: pd.DataFrame) -> None:
+    """GX's pandas engine caches the batch and every metric computed on it (boolean masks
+    over all rows) for the life of the context; the validator lives for the process, so
+    each batch validated used to stay resident. Passing and failing batches alike."""
+    import gc
+    import weakref
+
+    bad = batch.copy()
+    bad.loc[bad.index[:300], "age"] = -5.0  # fails: validated twice (pass/fail, then BASIC)
+    refs = []
+    for frame in (batch.copy(), bad):
+        refs.append(weakref.ref(frame))
+        validator.validate(frame, "b", now=NOW)
+    del frame, bad
+    gc.collect()
+    assert [r() is None for r in refs] == [True, True]
+    engine = validator._datasource.get_execution_engine()
+    assert len(engine._metric_cache) == 0
+    assert not engine.batch_manager.batch_cache and not engine.batch_manager.batch_data_cache
+
+
+@GX
+def test_gx_is_imported_without_the_cloud_sdks() -> None:
+    """GX would import the AWS and Google Cloud SDKs NannyML installs (~20 MB, ~2 s) for
+    datasources never used here; they stay importable for everything else afterwards."""
+    import subprocess
+    import sys
+
+    code = (
+        "import sys, evergreen.gx as g\n"
+        "print(sorted(m for m in g.HIDDEN if m in sys.modules))\n"
+        "import botocore, google.cloud.storage\n"
+        "print(g.gx.expectations.ExpectColumnValuesToNotBeNull.__name__, type(sys.meta_path[0]).__name__)\n"
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300, check=True)
+    lines = out.stdout.splitlines()
+    assert lines[0] == "[]", out.stdout
+    assert lines[1].startswith("ExpectColumnValuesToNotBeNull ") and "Hide" not in lines[1], out.stdout
+
+
+@GX
 def test_constant_check_can_be_switched_off(
     reference: pd.DataFrame, config: ModelConfig, batch: pd.DataFrame
 ) -> None:
