@@ -338,12 +338,6 @@ class Validator:
             analytics_enabled=False,
             progress_bars=ProgressBarsConfig(globally=False),
         )
-        from great_expectations.execution_engine import pandas_execution_engine
-
-        # GX fingerprints every batch under 1 GB (`hash_pandas_object` over all rows: ~0.4 s
-        # per million) only to put the hash in the result's batch markers, which are not
-        # kept here. Its threshold is a module global, read on each `get_batch`.
-        pandas_execution_engine.HASH_THRESHOLD = 0
         self._gx = gx
         self._context = gx.get_context(project_config=project, mode="ephemeral")
         self._datasource = self._context.data_sources.add_pandas("evergreen")
