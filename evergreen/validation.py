@@ -431,10 +431,13 @@ class Validator:
     def _suite_for(self, broken: frozenset[str], use_constant: bool) -> Any:
         key = (broken, use_constant)
         if key not in self._suites:
-            suite = self._gx.ExpectationSuite(name=f"{self.spec.name}-{len(self._suites)}")
-            for expectation in build_expectations(self.spec, broken, use_constant):
-                suite.add_expectation(expectation)
-            self._suites[key] = suite
+            # Given all at once: `add_expectation` compares each new expectation with every
+            # one before it through pydantic dumps (quadratic: ~0.2 s for 65 of them).
+            # `build_expectations` makes no two alike, so GX's set semantics lose nothing.
+            self._suites[key] = self._gx.ExpectationSuite(
+                name=f"{self.spec.name}-{len(self._suites)}",
+                expectations=build_expectations(self.spec, broken, use_constant),
+            )
         return self._suites[key]
 
 

@@ -4,7 +4,7 @@
 # subprocess, and Prefect validates its parameters against these annotations there.
 
 from prefect import flow
-from prefect.runtime import deployment, flow_run
+from prefect.runtime import flow_run
 from prefect.states import Completed, Failed, State
 
 from blocks.model_config import resolve_config
@@ -15,7 +15,7 @@ from evergreen.reports import RetrainResult
 from evergreen.telemetry import disable_telemetry
 from tasks import data, monitoring, training
 from tasks.events import emit
-from tasks.registry import register_candidate
+from tasks.registry import deployment_name, register_candidate
 
 DATA_REJECTED = "evergreen.data.rejected"
 MODEL_REGISTERED = "evergreen.model.registered"
@@ -125,7 +125,7 @@ def _lineage_tags(cfg: ModelConfig, snap, why: Trigger) -> dict[str, str]:  # no
         "evergreen.dataset_uri": snap.uri,
         "evergreen.dataset_rows": str(snap.rows),
         "evergreen.prefect.flow_run_id": str(flow_run.id or ""),
-        "evergreen.prefect.deployment": deployment.get_name() or "",
+        "evergreen.prefect.deployment": deployment_name() or "",
         "evergreen.code_version": code_version(),
         **why.tags(),
     }

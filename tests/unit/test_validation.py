@@ -359,6 +359,23 @@ def test_validate_batch_reuses_the_gx_suite_of_a_spec(
 
 
 @GX
+@pytest.mark.parametrize("use_constant", [True, False])
+def test_suite_built_in_one_go_keeps_every_expectation(suite: SuiteSpec, use_constant: bool) -> None:
+    """The Validator hands GX its expectations at once, without `add_expectation`'s
+    de-duplication: none may be a duplicate that GX would have dropped."""
+    from evergreen.gx import gx
+    from evergreen.validation import build_expectations
+
+    for skip in (frozenset(), frozenset({"age", "region"})):
+        one_by_one = gx.ExpectationSuite(name="one-by-one")
+        for expectation in build_expectations(suite, skip, use_constant):
+            one_by_one.add_expectation(expectation)
+        built = Validator(suite)._suite_for(skip, use_constant)
+        assert len(built.expectations) == len(one_by_one.expectations) > 0
+        assert [e.expectation_type for e in built.expectations] == [e.expectation_type for e in one_by_one.expectations]
+
+
+@GX
 def test_a_validated_batch_is_not_kept(validator: Validator, batch: pd.DataFrame) -> None:
     """GX's pandas engine caches the batch and every metric computed on it (boolean masks
     over all rows) for the life of the context; the validator lives for the process, so
