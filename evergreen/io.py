@@ -122,10 +122,13 @@ def _fs(path: str) -> tuple[Any, str]:
     return fs, paths[0]
 
 
+def _protocol(fs: Any) -> str:  # noqa: ANN401 - an fsspec filesystem
+    return fs.protocol if isinstance(fs.protocol, str) else fs.protocol[0]
+
+
 def is_local(fs: Any) -> bool:  # noqa: ANN401 - an fsspec filesystem
     """Whether an fsspec filesystem is the local disk."""
-    protocol = fs.protocol if isinstance(fs.protocol, str) else fs.protocol[0]
-    return protocol in ("file", "local")
+    return _protocol(fs) in ("file", "local")
 
 
 def read_table(
@@ -298,8 +301,7 @@ def list_batches(directory: str) -> list[BatchFile]:
     names = sorted(
         str(f) for f in fs.ls(p, detail=False) if str(f).endswith((".parquet", ".csv"))
     )
-    protocol = fs.protocol if isinstance(fs.protocol, str) else fs.protocol[0]
-    prefix = "" if is_local(fs) else f"{protocol}://"
+    prefix = "" if is_local(fs) else f"{_protocol(fs)}://"
     return [
         BatchFile(path=prefix + n, day=PurePosixPath(n).stem, index=i) for i, n in enumerate(names)
     ]

@@ -26,6 +26,7 @@ last: a folder without it is an interrupted write and counts as absent.
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import re
 import struct
@@ -463,13 +464,12 @@ def _stage_parquet(table: Any, path: str) -> str:
     fs.makedirs(parent, exist_ok=True)
     tmp = f"{parent}/.{PurePosixPath(p).name}.{uuid.uuid4().hex}.tmp"
     try:
-        if io.is_local(fs):
-            # Arrow's own file: a Python file object takes the GIL for each of its ~2,300
-            # writes per million rows, and waits for it while the validation runs beside.
-            pq.write_table(table, tmp, use_dictionary=_dictionary_columns(table.schema))
-        else:
-            with fs.open(tmp, "wb") as fh:
-                pq.write_table(table, fh, use_dictionary=_dictionary_columns(table.schema))
+        # A local path goes to Arrow's own file: a Python file object takes the GIL for each
+        # of its ~2,300 writes per million rows, and waits for it while the validation runs
+        # beside.
+        sink = contextlib.nullcontext(tmp) if io.is_local(fs) else fs.open(tmp, "wb")
+        with sink as target:
+            pq.write_table(table, target, use_dictionary=_dictionary_columns(table.schema))
     except BaseException:
         if fs.exists(tmp):
             fs.rm(tmp)
