@@ -72,7 +72,7 @@ PRELOAD_DATA = (
     "fsspec",
     "fsspec.implementations.local",
 )
-PRELOAD_GX = ("evergreen.gx",)  # GX as the product imports it (without the cloud SDKs)
+PRELOAD_GX = ("evergreen.engines.gx",)  # GX as the product imports it (without the cloud SDKs)
 PRELOAD_NANNYML = ("nannyml",)
 PRELOAD_MLFLOW = (
     "mlflow",
@@ -332,8 +332,8 @@ def prepare_dataset(root: str, rows: int, seed: int = DEFAULT_SEED) -> dict[str,
     one batch (and its labels file); an MLflow store with both experiments is created once
     so that no measured run pays MLflow's schema migrations.
     """
-    from evergreen import io, tracking
-    from evergreen.stream import write_stream_from_frames
+    from evergreen.adapters import io, tracking
+    from evergreen.simulation.stream import write_stream_from_frames
 
     started = time.perf_counter()
     ref_rows = reference_rows_for(rows)

@@ -35,9 +35,9 @@ _BASELINE_MODULES = (
     *PRELOAD_GX,
     *PRELOAD_NANNYML,
     *PRELOAD_PLOTLY,
-    "evergreen.io",
-    "evergreen.validation",
-    "evergreen.monitoring",
+    "evergreen.adapters.io",
+    "evergreen.engines.validation",
+    "evergreen.engines.monitoring",
 )
 _FLOW_MODULES = (
     *_BASELINE_MODULES,
@@ -54,7 +54,8 @@ def arguments(dataset: Dataset, run_dir: Path) -> dict[str, Any]:
 
 def run_baseline(config_json: str, batch: str) -> dict[str, Any]:
     """The monitor's GX and NannyML work on one batch, called directly."""
-    from evergreen import io, monitoring, validation
+    from evergreen.adapters import io
+    from evergreen.engines import monitoring, validation
 
     cfg = load_run_config(config_json)
     day = Path(batch).stem

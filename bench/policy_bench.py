@@ -2,7 +2,7 @@
 
 `uv run python -m bench policy [--chunks N] [--rows R] [--streams demo,abrupt,...]
 [--out DIR] [--markdown BENCHMARKS.md]` writes each stream under DIR, runs
-`evergreen.backtest.run_backtest` on it (default policy + never, always, schedule:7) and
+`evergreen.apps.backtest.run_backtest` on it (default policy + never, always, schedule:7) and
 reports, for the default policy: mean realized metric / `always`, retrains / `always`,
 detection delay after the injected change, false alarms on the no-drift stream, and the
 cost of the injected shift (the first model's metric after vs before the change).
@@ -13,7 +13,7 @@ policy alone on a long stream (the speed target: 365 x 5,000 rows in under 10 mi
 Streams: the car-loan demo stream (covariate drift from day 10, as `evergreen demo`), and
 synthetic streams from `bench.common.synthetic_frame` (16 numeric + 4 categorical
 features, a binary target from a known logit, i.i.d. over time) with the drift generator
-(`evergreen.inject`): abrupt covariate shift, gradual covariate shift, concept drift and
+(`evergreen.simulation.inject`): abrupt covariate shift, gradual covariate shift, concept drift and
 none. Every stream is replayed with the same default policy (`retrain` and `monitoring`
 sections at their defaults, as in configs/demo.yaml).
 """
@@ -86,7 +86,7 @@ def write_synthetic_stream(
     reference_rows: int = 30_000,
 ):  # noqa: ANN201 - (ModelConfig, StreamInfo)
     """Write a synthetic stream of `chunks` daily batches of `rows` rows under `root`."""
-    from evergreen.stream import write_stream_from_frames
+    from evergreen.simulation.stream import write_stream_from_frames
 
     cfg = synthetic_config(root, rows)
     reference = synthetic_frame(reference_rows, seed, "2023-11-01", days=60)
@@ -109,7 +109,7 @@ def write_synthetic_stream(
 def write_demo(root: str):  # noqa: ANN201 - (ModelConfig, StreamInfo)
     """The car-loan demo stream: covariate drift injected from day 10 (as `evergreen demo`)."""
     from evergreen.config import load_config
-    from evergreen.stream import write_demo_stream
+    from evergreen.simulation.stream import write_demo_stream
 
     cfg = load_config(REPO_ROOT / "configs" / "demo.yaml")
     cfg = cfg.model_copy(update={"data": cfg.data.model_copy(update={"root": root})})
@@ -216,7 +216,7 @@ def run_acceptance(
     log=print,  # noqa: ANN001
 ) -> dict[str, Any]:
     """Write and replay each stream; returns the figures, the summaries and the machine."""
-    from evergreen.backtest import format_table, run_backtest
+    from evergreen.apps.backtest import format_table, run_backtest
 
     machine = machine_info()
     began = time.perf_counter()
@@ -248,7 +248,7 @@ def run_acceptance(
 def run_speed(out_dir: Path, chunks: int, rows: int, log=print) -> dict[str, Any]:  # noqa: ANN001
     """The default policy alone on a long synthetic stream (gradual covariate drift from the
     middle, so that the replay includes retrains): wall time of the whole backtest."""
-    from evergreen.backtest import run_backtest
+    from evergreen.apps.backtest import run_backtest
 
     root = str(out_dir / "speed")
     started = time.perf_counter()

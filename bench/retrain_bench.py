@@ -3,7 +3,7 @@
 Baseline: assemble the training window (labelled batches joined on id, retrain policy),
 hold out the most recent rows, train XGBoost, evaluate, and log to MLflow what the flow
 logs (tags, params, metrics, dataset input, the model through the same
-`evergreen.registry.log_model`, the next monitor reference, evaluation and plots), then
+`evergreen.adapters.registry.log_model`, the next monitor reference, evaluation and plots), then
 register the version and move its aliases — no Prefect.
 Flow: `flows.retrain.retrain(config=cfg)` against a local Prefect server, which also
 snapshots the window (content-addressed copy), validates it with GX, runs every step as a
@@ -42,16 +42,16 @@ _BASELINE_MODULES = (
     "sklearn.metrics",
     "matplotlib.figure",
     "matplotlib.backends.backend_agg",
-    "evergreen.io",
-    "evergreen.window",
-    "evergreen.sources",
-    "evergreen.training",
-    "evergreen.retraining",
-    "evergreen.registry",
+    "evergreen.adapters.io",
+    "evergreen.decisions.window",
+    "evergreen.loop.sources",
+    "evergreen.engines.training",
+    "evergreen.loop.retraining",
+    "evergreen.adapters.registry",
     "evergreen.lineage",
-    "evergreen.plots",
+    "evergreen.engines.plots",
 )
-_SAME_WORK_MODULES = (*_BASELINE_MODULES, *PRELOAD_GX, "evergreen.snapshot", "evergreen.validation")
+_SAME_WORK_MODULES = (*_BASELINE_MODULES, *PRELOAD_GX, "evergreen.engines.snapshot", "evergreen.engines.validation")
 _FLOW_MODULES = (*_BASELINE_MODULES, *PRELOAD_GX, *PRELOAD_PREFECT, "flows.retrain")
 
 
@@ -62,8 +62,9 @@ def arguments(dataset: Dataset, run_dir: Path) -> dict[str, Any]:
 
 def run_baseline(config_json: str) -> dict[str, Any]:
     """Window, training, evaluation, MLflow logging and registration, called directly."""
-    from evergreen import retraining, sources, training
+    from evergreen.engines import training
     from evergreen.lineage import Trigger, code_version
+    from evergreen.loop import retraining, sources
 
     cfg = load_run_config(config_json)
     step = StepTimer()
@@ -112,7 +113,9 @@ def _log_training_run(cfg, model, evaluation, win, holdout, trigger, tags, snap)
 
     import mlflow
 
-    from evergreen import plots, registry, retraining, tracking
+    from evergreen.adapters import registry, tracking
+    from evergreen.engines import plots
+    from evergreen.loop import retraining
 
     tracking.connect(cfg.mlflow)
     exp_id = tracking.ensure_experiment(cfg.mlflow, cfg.mlflow.training_experiment)
@@ -178,7 +181,7 @@ def _log_training_run(cfg, model, evaluation, win, holdout, trigger, tags, snap)
 
 def _register(cfg, model_uri: str, run_id: str, tags: dict[str, str]) -> str:  # noqa: ANN001
     """What `tasks.registry.register_candidate` does, without the Prefect lock."""
-    from evergreen import registry, tracking
+    from evergreen.adapters import registry, tracking
 
     tracking.connect(cfg.mlflow)
     name = cfg.mlflow.model_name
@@ -205,8 +208,9 @@ def run_same_work(config_json: str) -> dict[str, Any]:
     """Every step of the flow through the same core calls its tasks make, without Prefect."""
     from concurrent.futures import ThreadPoolExecutor
 
-    from evergreen import retraining, snapshot, sources, training, validation
+    from evergreen.engines import snapshot, training, validation
     from evergreen.lineage import Trigger, code_version
+    from evergreen.loop import retraining, sources
 
     cfg = load_run_config(config_json)
     step = StepTimer()

@@ -349,8 +349,8 @@ def register_models(config: Any, seed: int) -> None:
     """Train two versions, register them, point champion at v1 and canary at v2."""
     import mlflow
 
-    from evergreen import registry, tracking
-    from evergreen.training import train_model
+    from evergreen.adapters import registry, tracking
+    from evergreen.engines.training import train_model
 
     tracking.connect(config.mlflow)
     exp = tracking.ensure_experiment(config.mlflow, config.mlflow.training_experiment)
@@ -370,7 +370,7 @@ def register_models(config: Any, seed: int) -> None:
 @contextmanager
 def mlflow_server(tracking_uri: str, log: Path, timeout: float = 180) -> Iterator[str]:
     """`mlflow models serve` of champion v1 (local env, 1 worker: its defaults); yields its URL."""
-    from evergreen.services import child_service, executable, free_port, service_env
+    from evergreen.apps.services import child_service, executable, free_port, service_env
 
     port = free_port()
     env = service_env(
@@ -524,7 +524,7 @@ def run(
 ) -> ServingReport:
     """Set up the registry, start both servers, check they agree, then load them in turn
     (per payload size and load generator: `rounds` alternating rounds)."""
-    from evergreen.services import scoring_service
+    from evergreen.apps.services import scoring_service
     from evergreen.telemetry import TELEMETRY_OFF
 
     os.environ.update(TELEMETRY_OFF)
@@ -628,7 +628,7 @@ def format_markdown(report: ServingReport) -> str:
         f"- **Command**: `{report.command}` ({report.date})",
         f"- **Machine**: {report.machine}; shared with other jobs, the load generator runs on the same CPUs.",
         f"- **Model**: numeric-only ({N_FEATURES} float features, binary target, {TRAIN_ROWS:,} seeded "
-        "training rows, XGBoost `hist`, <= 100 rounds), logged with `evergreen.registry.log_model` "
+        "training rows, XGBoost `hist`, <= 100 rounds), logged with `evergreen.adapters.registry.log_model` "
         "(UBJ) in a temporary SQLite MLflow store; two versions, champion=v1, canary=v2. "
         "Numeric-only because plain `mlflow models serve` builds its DMatrix without "
         "`enable_categorical` and cannot score Evergreen's categorical models.",

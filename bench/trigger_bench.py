@@ -30,8 +30,7 @@ from typing import Any
 
 import yaml
 
-from evergreen.config import load_config
-from evergreen.services import (
+from evergreen.apps.services import (
     child_service,
     executable,
     free_port,
@@ -39,6 +38,7 @@ from evergreen.services import (
     served_flows,
     service_env,
 )
+from evergreen.config import load_config
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
 TARGET_SECONDS = 5.0
@@ -102,7 +102,7 @@ def run(events: int, modes: list[str], keep: bool = False) -> dict[str, Any]:
 def _prepare(workdir: Path):  # noqa: ANN202 - ModelConfig
     """A small stream with every batch delivered and a champion trained on all of it."""
     from blocks.model_config import EvergreenModel, block_document_name
-    from evergreen.stream import write_demo_stream
+    from evergreen.simulation.stream import write_demo_stream
     from flows.retrain import retrain
 
     base = load_config(REPO_ROOT / "configs" / "demo.yaml")

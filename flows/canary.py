@@ -8,7 +8,7 @@ from prefect import flow
 from prefect.states import Completed, State
 
 from blocks.model_config import resolve_config
-from evergreen import registry
+from evergreen.adapters import registry
 from evergreen.config import ModelConfig
 from evergreen.reports import PromotionResult
 from evergreen.telemetry import disable_telemetry

@@ -30,7 +30,7 @@ from typing import Any
 
 import yaml
 
-from evergreen import io
+from evergreen.adapters import io
 from evergreen.config import ModelConfig, load_config
 
 # Events with an automation in prefect.yaml (retrain; rollback after a promotion).
@@ -95,8 +95,8 @@ def run_demo(
     echo: Callable[[str], None] = print,
     progress: Callable[[str, int, int], None] | None = None,
 ) -> DemoSummary:
-    from evergreen.services import prefect_server, scoring_service, served_flows
-    from evergreen.stream import write_demo_stream
+    from evergreen.apps.services import prefect_server, scoring_service, served_flows
+    from evergreen.simulation.stream import write_demo_stream
 
     began = time.monotonic()
     _quiet_console()
@@ -231,7 +231,7 @@ def _score_day(url: str, cfg: ModelConfig, batch, chunk: int = 500) -> dict[str,
 
 def _compact(cfg: ModelConfig, day: str, expected: int, timeout: float = 60) -> str:
     """Wait until the service has flushed the day's predictions, then write the batch file."""
-    from evergreen.serving.predlog import compact_day, read_prediction_log
+    from evergreen.adapters.predlog import compact_day, read_prediction_log
 
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
@@ -242,7 +242,7 @@ def _compact(cfg: ModelConfig, day: str, expected: int, timeout: float = 60) -> 
 
 
 def _aliases(cfg: ModelConfig) -> tuple[str | None, str | None]:
-    from evergreen import registry, tracking
+    from evergreen.adapters import registry, tracking
 
     tracking.connect(cfg.mlflow)
     ch = registry.version_by_alias(cfg.mlflow.model_name, registry.CHAMPION)

@@ -12,12 +12,12 @@ from prefect.runtime import flow_run
 from prefect.states import Completed, Failed, State
 
 from blocks.model_config import resolve_config
-from evergreen import io
+from evergreen.adapters import io
+from evergreen.adapters.ledger import BatchRecord
 from evergreen.config import ModelConfig
-from evergreen.ledger import BatchRecord
+from evergreen.engines.validation import unreadable_report
 from evergreen.reports import MonitorResult
 from evergreen.telemetry import disable_telemetry
-from evergreen.validation import unreadable_report
 from tasks import data, monitoring
 from tasks.events import emit
 from tasks.publish import log_monitor_run, publish_artifacts

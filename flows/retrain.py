@@ -8,9 +8,9 @@ from prefect.runtime import flow_run
 from prefect.states import Completed, Failed, State
 
 from blocks.model_config import resolve_config
-from evergreen import retraining
 from evergreen.config import ModelConfig
 from evergreen.lineage import Trigger, code_version
+from evergreen.loop import retraining
 from evergreen.reports import RetrainResult
 from evergreen.telemetry import disable_telemetry
 from tasks import data, monitoring, training

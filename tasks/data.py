@@ -6,9 +6,10 @@ import pandas as pd
 from prefect import task
 from prefect.cache_policies import NO_CACHE
 
-from evergreen import io, ledger, sources
+from evergreen.adapters import io, ledger
 from evergreen.config import ModelConfig
-from evergreen.validation import ValidationReport
+from evergreen.engines.validation import ValidationReport
+from evergreen.loop import sources
 
 
 def _transient(task, task_run, state) -> bool:  # noqa: ANN001 - Prefect's callback signature

@@ -1,4 +1,4 @@
-"""Monitor tasks: thin wrappers around evergreen.validation and evergreen.monitoring."""
+"""Monitor tasks: thin wrappers around evergreen.engines.validation and evergreen.engines.monitoring."""
 
 from __future__ import annotations
 
@@ -8,8 +8,9 @@ import pandas as pd
 from prefect import task
 from prefect.cache_policies import NO_CACHE
 
-from evergreen import monitoring, policy, validation
 from evergreen.config import ModelConfig
+from evergreen.decisions import policy
+from evergreen.engines import monitoring, validation
 
 # Inputs are large frames: hashing them for a cache key would cost more than the work.
 
@@ -35,7 +36,7 @@ _FITTED_MAX = 4
 
 @task(name="fit-monitor", cache_policy=NO_CACHE)
 def fit_monitor(reference: pd.DataFrame, config: ModelConfig) -> monitoring.FittedMonitor:
-    from evergreen.snapshot import dataset_digest
+    from evergreen.engines.snapshot import dataset_digest
 
     settings = config.model_dump_json(include={"name", "problem_type", "metric", "columns", "monitoring"})
     key = f"{dataset_digest(reference)}:{settings}"
@@ -79,7 +80,7 @@ def realized_on_latest_labelled(
 
     Batches the monitor rejected are skipped: their labels may well arrive, but their data
     is what failed validation."""
-    from evergreen import io, ledger
+    from evergreen.adapters import io, ledger
 
     if labels is None or not len(labels):
         return None

@@ -8,8 +8,10 @@ import pandas as pd
 from prefect import task
 from prefect.cache_policies import NO_CACHE
 
-from evergreen import canary, gate, io, registry, sources, tracking
+from evergreen.adapters import io, registry, tracking
 from evergreen.config import ModelConfig
+from evergreen.decisions import canary, gate
+from evergreen.loop import sources
 from tasks.registry import actor, current_flow_run_id, registry_lock
 
 
@@ -107,7 +109,7 @@ def collect_evidence(
     config: ModelConfig, canary_version: str, champion_version: str, since: str | None
 ) -> ArmsEvidence:
     """What each arm actually served since the canary started, with the labels that arrived."""
-    from evergreen.serving.predlog import read_prediction_log
+    from evergreen.adapters.predlog import read_prediction_log
 
     log = read_prediction_log(config.data.path("predictions_log"))
     if len(log) and since and "served_at" in log.columns:

@@ -8,7 +8,7 @@ from prefect import task
 from prefect.artifacts import create_link_artifact, create_markdown_artifact, create_table_artifact
 from prefect.cache_policies import NO_CACHE
 
-from evergreen import tracking
+from evergreen.adapters import tracking
 from evergreen.config import ModelConfig
 from evergreen.reports import MonitorResult
 

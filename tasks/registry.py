@@ -11,7 +11,7 @@ from prefect import task
 from prefect.cache_policies import NO_CACHE
 from prefect.runtime import deployment, flow_run
 
-from evergreen import registry, tracking
+from evergreen.adapters import registry, tracking
 from evergreen.config import ModelConfig
 
 
@@ -58,7 +58,7 @@ def _log():  # noqa: ANN202
     try:
         return get_run_logger()
     except MissingContextError:
-        return logging.getLogger("evergreen.registry")
+        return logging.getLogger("evergreen.adapters.registry")
 
 
 def actor() -> str:
@@ -130,7 +130,7 @@ def register_candidate(
 @task(name="settle-registry", cache_policy=NO_CACHE, retries=2, retry_delay_seconds=2)
 def settle_registry(config: ModelConfig) -> list[str]:
     """Finish what an interrupted registry operation of this model left (see
-    `evergreen.registry.settle`); returns what was done."""
+    `evergreen.adapters.registry.settle`); returns what was done."""
     tracking.connect(config.mlflow)
     with registry_lock(config) as fixed:
         return fixed

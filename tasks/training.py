@@ -9,13 +9,16 @@ import pandas as pd
 from prefect import task
 from prefect.cache_policies import NO_CACHE
 
-from evergreen import registry, retraining, snapshot, sources, tracking, window
+from evergreen.adapters import registry, tracking
 from evergreen.config import ModelConfig
-from evergreen.evaluation import EvaluationResult
+from evergreen.decisions import window
+from evergreen.engines import snapshot
+from evergreen.engines.evaluation import EvaluationResult
 from evergreen.lineage import Trigger
+from evergreen.loop import retraining, sources
 
 if TYPE_CHECKING:  # XGBoost is imported by the tasks that train (a skipped retrain never does)
-    from evergreen import training
+    from evergreen.engines import training
 
 
 @task(name="decide-retrain-start", cache_policy=NO_CACHE, retries=2, retry_delay_seconds=1)
@@ -57,7 +60,7 @@ def hold_out_recent(frame: pd.DataFrame, config: ModelConfig) -> retraining.Hold
 
 @task(name="train-model", cache_policy=NO_CACHE)
 def train_model(frame: pd.DataFrame, config: ModelConfig) -> training.TrainedModel:
-    from evergreen import training
+    from evergreen.engines import training
 
     return training.train_model(frame, config)
 
@@ -90,7 +93,7 @@ def log_training_run(
     and plots, in one run of the training experiment."""
     import mlflow
 
-    from evergreen import plots
+    from evergreen.engines import plots
 
     uri = tracking.connect(config.mlflow)
     exp_id = tracking.ensure_experiment(config.mlflow, config.mlflow.training_experiment)

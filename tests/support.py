@@ -7,12 +7,12 @@ import mlflow
 import numpy as np
 import pandas as pd
 
-from evergreen import io, registry, tracking
+from evergreen.adapters import io, registry, tracking
+from evergreen.adapters.predlog import PredictionLogWriter
+from evergreen.apps.serving.router import route_many
+from evergreen.apps.serving.scoring import routing_salt
 from evergreen.config import ModelConfig
-from evergreen.serving.predlog import PredictionLogWriter
-from evergreen.serving.router import route_many
-from evergreen.serving.scoring import routing_salt
-from evergreen.training import train_model
+from evergreen.engines.training import train_model
 
 
 def register_challenger(cfg: ModelConfig, frame: pd.DataFrame, tags: dict[str, str]) -> str:
@@ -28,7 +28,7 @@ def register_challenger(cfg: ModelConfig, frame: pd.DataFrame, tags: dict[str, s
 
 
 def labelled(cfg: ModelConfig) -> pd.DataFrame:
-    from evergreen.sources import read_labelled_batches
+    from evergreen.loop.sources import read_labelled_batches
 
     return pd.concat([b.frame for b in read_labelled_batches(cfg)], ignore_index=True)
 

@@ -24,8 +24,8 @@ from pathlib import Path
 import pytest
 import yaml
 
+from evergreen.apps.services import executable, free_port, prefect_server, served_flows, service_env
 from evergreen.config import ModelConfig, load_config
-from evergreen.services import executable, free_port, prefect_server, served_flows, service_env
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -240,7 +240,7 @@ def copy_days(staging: Path, live: Path, days: list[str]) -> None:
 def project(api_url: str, webhook: Webhook, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Project]:
     """The first 10 days delivered, a champion bootstrapped, the block and notifications
     registered, prefect.yaml deployed twice, its deployments served."""
-    from evergreen.stream import write_demo_stream
+    from evergreen.simulation.stream import write_demo_stream
     from flows.retrain import retrain
 
     tmp = tmp_path_factory.mktemp("e2e")

@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 
-from evergreen import registry, tracking
+from evergreen.adapters import registry, tracking
 from tests.e2e.conftest import (
     PrefectServer,
     Project,

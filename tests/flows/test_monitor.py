@@ -8,9 +8,9 @@ from datetime import UTC, datetime, timedelta
 
 import pytest
 
-from evergreen import io
+from evergreen.adapters import io
 from evergreen.config import ModelConfig
-from evergreen.stream import write_demo_stream
+from evergreen.simulation.stream import write_demo_stream
 from flows.monitor import monitor
 from tests.flows.conftest import model_for
 from tests.support import read_model_events
@@ -136,7 +136,7 @@ def test_corrupted_batch_is_rejected_naming_column_and_expectation(clean: ModelC
 
 def test_pending_batches_are_monitored_once(clean: ModelConfig) -> None:
     """Without --batch the flow processes every batch not yet monitored, and only those."""
-    from evergreen.ledger import read_ledger
+    from evergreen.adapters.ledger import read_ledger
 
     seen_before = set(read_ledger(clean.data.path("state")).batches)
     state = monitor(config=clean, return_state=True)

@@ -13,9 +13,9 @@ from pathlib import Path
 
 import pytest
 
-from evergreen import io, registry, tracking
+from evergreen.adapters import io, registry, tracking
 from evergreen.config import ModelConfig
-from evergreen.stream import write_demo_stream
+from evergreen.simulation.stream import write_demo_stream
 from flows.canary import canary_review
 from flows.promote import promote
 from flows.retrain import retrain

@@ -12,9 +12,9 @@ import mlflow
 import pandas as pd
 import pytest
 
-from evergreen import io, registry
+from evergreen.adapters import io, registry
 from evergreen.config import ModelConfig
-from evergreen.stream import write_demo_stream
+from evergreen.simulation.stream import write_demo_stream
 from flows.retrain import retrain
 from tests.flows.conftest import model_for
 from tests.support import read_model_events
@@ -102,7 +102,7 @@ def test_model_loads_in_fresh_process_and_predicts_the_same(stream_cfg: ModelCon
     )
     script = (
         "import sys, mlflow, pandas as pd\n"
-        "from evergreen.registry import load_model_uri\n"
+        "from evergreen.adapters.registry import load_model_uri\n"
         "mlflow.set_tracking_uri(sys.argv[1]); mlflow.set_registry_uri(sys.argv[1])\n"
         "model = load_model_uri(f'models:/{sys.argv[2]}@challenger')\n"
         "frame = pd.read_parquet(sys.argv[3])\n"

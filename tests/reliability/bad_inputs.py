@@ -17,8 +17,8 @@ from typing import Literal
 import numpy as np
 import pandas as pd
 
+from evergreen.adapters.io import write_table
 from evergreen.config import ModelConfig
-from evergreen.io import write_table
 
 READABLE = "expect_file_to_be_readable"
 EXISTS = "expect_column_to_exist"

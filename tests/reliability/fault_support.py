@@ -20,8 +20,15 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from urllib.parse import urlsplit
 
-from evergreen import registry
-from evergreen.services import child_service, executable, free_port, service_env, stop, wait_http
+from evergreen.adapters import registry
+from evergreen.apps.services import (
+    child_service,
+    executable,
+    free_port,
+    service_env,
+    stop,
+    wait_http,
+)
 
 ALIASES = (registry.CHAMPION, registry.CANARY, registry.CHALLENGER)
 

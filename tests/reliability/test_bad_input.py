@@ -21,11 +21,11 @@ from pathlib import Path
 import pandas as pd
 import pytest
 
-from evergreen import io, registry
+from evergreen.adapters import io, registry
+from evergreen.adapters.ledger import read_ledger
+from evergreen.adapters.predlog import PredictionLogWriter
 from evergreen.config import ModelConfig, load_config
-from evergreen.ledger import read_ledger
-from evergreen.serving.predlog import PredictionLogWriter
-from evergreen.stream import write_demo_stream
+from evergreen.simulation.stream import write_demo_stream
 from flows.monitor import monitor
 from flows.retrain import retrain
 from tests.flows.conftest import ROOT

@@ -28,11 +28,11 @@ import pandas as pd
 import pytest
 import yaml
 
-from evergreen import io, registry, tracking
+from evergreen.adapters import io, registry, tracking
+from evergreen.adapters.predlog import read_prediction_log
+from evergreen.apps.services import executable, scoring_service, service_env
 from evergreen.config import ModelConfig, load_config
-from evergreen.services import executable, scoring_service, service_env
-from evergreen.serving.predlog import read_prediction_log
-from evergreen.stream import write_demo_stream
+from evergreen.simulation.stream import write_demo_stream
 from flows.canary import canary_review
 from flows.promote import promote
 from flows.retrain import retrain
@@ -246,7 +246,7 @@ def sweep_registry(tmp_path_factory: pytest.TempPathFactory) -> SweepRegistry:
     """A SQLite registry with one small logged XGBoost model."""
     import mlflow
 
-    from evergreen.training import train_model
+    from evergreen.engines.training import train_model
     from tests.serving.serving_support import FEATURES, make_config, make_frame
 
     tmp = tmp_path_factory.mktemp("sweep")

@@ -27,10 +27,10 @@ import pytest
 import yaml
 from pydantic import SecretStr
 
-from evergreen import io, registry, tracking
+from evergreen.adapters import io, registry, tracking
+from evergreen.apps.services import scoring_service
 from evergreen.config import ModelConfig, load_config
-from evergreen.services import scoring_service
-from evergreen.stream import write_demo_stream
+from evergreen.simulation.stream import write_demo_stream
 from flows.monitor import monitor
 from flows.promote import promote
 from flows.retrain import retrain
@@ -413,7 +413,7 @@ def small_registry(tmp_path_factory: pytest.TempPathFactory) -> SmallRegistry:
     import mlflow.sklearn
     from sklearn.linear_model import LogisticRegression
 
-    from evergreen.training import train_model
+    from evergreen.engines.training import train_model
     from tests.serving.serving_support import FEATURES, make_config, make_frame
 
     tmp = tmp_path_factory.mktemp("no-pickle")
@@ -445,7 +445,7 @@ def test_models_load_from_the_registry_in_xgboost_format_never_unpickled(small_r
     import mlflow
     import xgboost as xgb
 
-    from evergreen.serving.models import ModelStore, load_from_registry
+    from evergreen.apps.serving.models import ModelStore, load_from_registry
     from tasks.promotion import load_alias
 
     reg = small_registry
@@ -491,8 +491,8 @@ def fuzz_service(small_registry: SmallRegistry, tmp_path_factory: pytest.TempPat
     ASGI client; the log is written once, at shutdown."""
     from starlette.testclient import TestClient
 
-    from evergreen.serving.app import LogSettings, create_app
-    from evergreen.serving.schema import RequestLimits
+    from evergreen.apps.serving.app import LogSettings, create_app
+    from evergreen.apps.serving.schema import RequestLimits
 
     log_dir = tmp_path_factory.mktemp("fuzz-log")
     app = create_app(
@@ -603,6 +603,6 @@ def test_fuzzed_requests_get_4xx_or_an_answer_never_a_500(fuzz_service) -> None:
     writer = app.state.writer
     writer.flush()
     assert writer.last_error is None, writer.last_error
-    from evergreen.serving.predlog import read_prediction_log
+    from evergreen.adapters.predlog import read_prediction_log
 
     assert len(read_prediction_log(str(log_dir))) == sum(answered)

@@ -8,7 +8,7 @@ from __future__ import annotations
 import pytest
 from serving_support import FEATURES, Registry, make_config, make_frame
 
-from evergreen.training import TrainedModel
+from evergreen.engines.training import TrainedModel
 
 
 @pytest.fixture(scope="session")
@@ -16,8 +16,8 @@ def registry_store(tmp_path_factory: pytest.TempPathFactory) -> Registry:
     """Two versions of `serving-test` trained with train_model and registered in MLflow."""
     import mlflow
 
-    from evergreen import registry, tracking
-    from evergreen.training import train_model
+    from evergreen.adapters import registry, tracking
+    from evergreen.engines.training import train_model
 
     tmp = tmp_path_factory.mktemp("serving")
     config = make_config(tmp)

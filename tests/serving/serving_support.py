@@ -18,7 +18,7 @@ import numpy as np
 import pandas as pd
 
 from evergreen.config import ModelConfig, parse_config
-from evergreen.training import TrainedModel
+from evergreen.engines.training import TrainedModel
 
 FEATURES = ["x1", "x2", "color", "flag"]
 
@@ -78,7 +78,7 @@ class Registry:
 
 
 def set_aliases(config: ModelConfig, champion: str | None, canary: str | None) -> None:
-    from evergreen import registry
+    from evergreen.adapters import registry
 
     for alias, version in (("champion", champion), ("canary", canary)):
         registry.move_alias(config.mlflow.model_name, alias, version, reason="test", actor="pytest")
@@ -105,7 +105,7 @@ def run_service(
     prediction log) on exit."""
     import uvicorn
 
-    from evergreen.serving.app import LogSettings, create_app
+    from evergreen.apps.serving.app import LogSettings, create_app
 
     app_kwargs.setdefault("log_settings", LogSettings(directory=str(log_dir), flush_seconds=0.5))
     app = create_app(config, **app_kwargs)

@@ -12,9 +12,8 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from serving_support import FEATURES, make_config, make_frame
 
-from evergreen.config import parse_config
-from evergreen.serving.fastpath import FastScorer, build_scorer
-from evergreen.serving.schema import (
+from evergreen.apps.serving.fastpath import FastScorer, build_scorer
+from evergreen.apps.serving.schema import (
     PayloadError,
     RequestLimits,
     RequestTable,
@@ -22,7 +21,8 @@ from evergreen.serving.schema import (
     parse_body,
     validate_table,
 )
-from evergreen.training import TrainedModel, train_model
+from evergreen.config import parse_config
+from evergreen.engines.training import TrainedModel, train_model
 
 
 @pytest.fixture(scope="module")

@@ -10,10 +10,10 @@ import pandas as pd
 import pytest
 from serving_support import make_config
 
-from evergreen.serving.models import ModelStore, ServedModel, ServingSnapshot
-from evergreen.serving.schema import RequestTable, feature_specs
-from evergreen.serving.scoring import NotReadyError, score_table
-from evergreen.training import Predictions
+from evergreen.apps.serving.models import ModelStore, ServedModel, ServingSnapshot
+from evergreen.apps.serving.schema import RequestTable, feature_specs
+from evergreen.apps.serving.scoring import NotReadyError, score_table
+from evergreen.engines.training import Predictions
 
 
 @dataclass

@@ -7,7 +7,7 @@ import json
 import pandas as pd
 import pytest
 
-from evergreen.serving.schema import (
+from evergreen.apps.serving.schema import (
     FeatureSpec,
     PayloadError,
     RequestLimits,

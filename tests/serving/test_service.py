@@ -17,9 +17,9 @@ import pandas as pd
 import pytest
 from serving_support import FEATURES, Registry, make_frame, run_service, set_aliases
 
-from evergreen.serving.app import LogSettings
-from evergreen.serving.predlog import read_prediction_log
-from evergreen.serving.schema import RequestLimits
+from evergreen.adapters.predlog import read_prediction_log
+from evergreen.apps.serving.app import LogSettings
+from evergreen.apps.serving.schema import RequestLimits
 
 pytestmark = pytest.mark.slow
 
@@ -42,7 +42,7 @@ def test_service_imports_no_heavy_library(registry_store: Registry) -> None:
     code = f"""
 import json, sys
 from evergreen.config import parse_config
-from evergreen.serving.app import create_app
+from evergreen.apps.serving.app import create_app
 config = parse_config(json.loads({json.dumps(registry_store.config.model_dump(mode="json"))!r}))
 create_app(config)
 heavy = [m for m in ("mlflow", "nannyml", "great_expectations", "prefect") if m in sys.modules]

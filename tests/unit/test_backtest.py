@@ -9,9 +9,9 @@ import numpy as np
 import pytest
 from typer.testing import CliRunner
 
-from evergreen.backtest import format_table, plot, run_backtest
+from evergreen.apps.backtest import format_table, plot, run_backtest
 from evergreen.config import ModelConfig
-from evergreen.stream import write_stream_from_frames
+from evergreen.simulation.stream import write_stream_from_frames
 
 pytestmark = pytest.mark.slow
 
@@ -142,7 +142,7 @@ def test_plot_is_written(result, tmp_path) -> None:
 def test_cli_writes_the_report(stream: ModelConfig, tmp_path) -> None:
     import yaml
 
-    from evergreen.cli import app
+    from evergreen.apps.cli import app
 
     config = tmp_path / "toy.yaml"
     config.write_text(yaml.safe_dump(stream.model_dump(mode="json")), encoding="utf-8")

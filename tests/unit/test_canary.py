@@ -8,7 +8,8 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from evergreen.canary import (
+from evergreen.config import CanaryConfig
+from evergreen.decisions.canary import (
     ArmEvidence,
     CanaryDecision,
     EvidenceNeeded,
@@ -16,8 +17,7 @@ from evergreen.canary import (
     collect_arm_evidence,
     decide_canary,
 )
-from evergreen.config import CanaryConfig
-from evergreen.evaluation import metric_value
+from evergreen.engines.evaluation import metric_value
 
 BINARY, REGRESSION = "binary_classification", "regression"
 CFG = CanaryConfig(min_predictions=500, min_labels=200, margin=0.01)

@@ -20,7 +20,7 @@ HEAVY = ("prefect", "mlflow", "nannyml", "great_expectations", "xgboost", "panda
 
 
 def test_cli_imports_nothing_heavy_at_start() -> None:
-    code = f"import sys, evergreen.cli; print(','.join(m for m in {HEAVY!r} if m in sys.modules))"
+    code = f"import sys, evergreen.apps.cli; print(','.join(m for m in {HEAVY!r} if m in sys.modules))"
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
     assert out.strip() == ""
 

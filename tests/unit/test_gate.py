@@ -8,16 +8,16 @@ import numpy as np
 import pytest
 
 from evergreen.config import GateConfig
-from evergreen.evaluation import evaluate_predictions, metric_value
-from evergreen.gate import (
+from evergreen.decisions.gate import (
     GateDecision,
     ModelEvidence,
     decide_promotion,
     measure_model,
     metric_gain,
 )
-from evergreen.retraining import evaluate_model
-from evergreen.training import train_model
+from evergreen.engines.evaluation import evaluate_predictions, metric_value
+from evergreen.engines.training import train_model
+from evergreen.loop.retraining import evaluate_model
 
 BINARY, REGRESSION = "binary_classification", "regression"
 PROBLEM = {"roc_auc": BINARY, "f1": BINARY, "mae": REGRESSION, "rmse": REGRESSION}

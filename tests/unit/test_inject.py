@@ -7,7 +7,7 @@ import pandas as pd
 import pytest
 from sklearn.metrics import roc_auc_score
 
-from evergreen.inject import (
+from evergreen.simulation.inject import (
     InjectionError,
     corrupt_column,
     drift_concept,

@@ -8,7 +8,7 @@ from pathlib import Path
 import pandas as pd
 import pytest
 
-from evergreen.io import (
+from evergreen.adapters.io import (
     READABLE_EXPECTATION,
     ROW_COUNT_EXPECTATION,
     DataReadError,

@@ -7,9 +7,9 @@ from pathlib import Path
 
 import pytest
 
-from evergreen import io
+from evergreen.adapters import io
 from evergreen.config import ModelConfig
-from evergreen.sources import check_label_files
+from evergreen.loop.sources import check_label_files
 
 
 @pytest.fixture

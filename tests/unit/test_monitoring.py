@@ -11,7 +11,7 @@ import pandas as pd
 import pytest
 
 from evergreen.config import ColumnRoles, MlflowConfig, ModelConfig
-from evergreen.monitoring import (
+from evergreen.engines.monitoring import (
     DRIFT_DETECTED,
     PERFORMANCE_DEGRADED,
     FeatureDrift,

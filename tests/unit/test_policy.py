@@ -10,16 +10,7 @@ from datetime import datetime, timedelta
 import pytest
 
 from evergreen.config import RetrainPolicyConfig
-from evergreen.monitoring import (
-    DRIFT_DETECTED,
-    PERFORMANCE_DEGRADED,
-    FeatureDrift,
-    MetricEstimate,
-    MonitorReport,
-    MultivariateDrift,
-    decide_alerts,
-)
-from evergreen.policy import (
+from evergreen.decisions.policy import (
     SIGNALS,
     ChunkObservation,
     LoopState,
@@ -28,6 +19,15 @@ from evergreen.policy import (
     check_start,
     decide,
     history_of,
+)
+from evergreen.engines.monitoring import (
+    DRIFT_DETECTED,
+    PERFORMANCE_DEGRADED,
+    FeatureDrift,
+    MetricEstimate,
+    MonitorReport,
+    MultivariateDrift,
+    decide_alerts,
 )
 
 NOW = datetime(2024, 3, 10, 23, 59)
@@ -224,7 +224,7 @@ def test_bad_policy_names_are_named(name: str) -> None:
 
 
 def test_the_ledger_keeps_the_hysteresis_history(tmp_path) -> None:
-    from evergreen.ledger import BatchRecord, read_ledger, record_batch
+    from evergreen.adapters.ledger import BatchRecord, read_ledger, record_batch
 
     state = str(tmp_path)
     for day, signals in (

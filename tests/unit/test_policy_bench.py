@@ -8,7 +8,7 @@ from types import SimpleNamespace
 import pytest
 
 from bench.policy_bench import figures, render_markdown, update_markdown, verdicts
-from evergreen.backtest import ChunkRow, PolicyResult
+from evergreen.apps.backtest import ChunkRow, PolicyResult
 
 
 def _chunks(

@@ -9,8 +9,8 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from evergreen.io import read_table
-from evergreen.serving.predlog import (
+from evergreen.adapters.io import read_table
+from evergreen.adapters.predlog import (
     LOG_ONLY_COLUMNS,
     PredictionLogWriter,
     compact_day,
@@ -93,7 +93,7 @@ def test_rows_are_partitioned_by_their_timestamp_day(tmp_path: Path) -> None:
 
 
 def test_failed_write_keeps_rows_for_the_next_flush(tmp_path: Path, monkeypatch) -> None:
-    import evergreen.serving.predlog as predlog
+    import evergreen.adapters.predlog as predlog
 
     writer = PredictionLogWriter(str(tmp_path), flush_rows=1000)
     writer.append(_rows([1, 2]))

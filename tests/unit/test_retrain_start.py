@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from evergreen.retraining import decide_retrain_start
+from evergreen.loop.retraining import decide_retrain_start
 
 
 def test_manual_retrain_always_goes() -> None:

@@ -7,8 +7,8 @@ import math
 import numpy as np
 import pytest
 
-from evergreen.registry import CANARY, CHAMPION
-from evergreen.serving.router import route, route_many, routing_bucket, routing_key
+from evergreen.adapters.registry import CANARY, CHAMPION
+from evergreen.apps.serving.router import route, route_many, routing_bucket, routing_key
 
 N_IDS = 100_000
 

@@ -10,8 +10,8 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from evergreen import io
-from evergreen.snapshot import (
+from evergreen.adapters import io
+from evergreen.engines.snapshot import (
     STALE_STAGING_SECONDS,
     SnapshotError,
     SnapshotIntegrityError,

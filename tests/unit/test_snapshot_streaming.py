@@ -8,7 +8,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from evergreen.snapshot import (
+from evergreen.engines.snapshot import (
     _canonical_columns,
     _digest_canonical,
     canonicalize,

@@ -10,9 +10,9 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from evergreen.io import list_batches, read_labels, read_table
-from evergreen.stream import StreamError, write_stream_from_frames
-from evergreen.training import TrainedModel
+from evergreen.adapters.io import list_batches, read_labels, read_table
+from evergreen.engines.training import TrainedModel
+from evergreen.simulation.stream import StreamError, write_stream_from_frames
 
 FEATURES = ["x1", "x2", "color", "flag"]
 ROOT = Path(__file__).resolve().parents[2]
@@ -200,7 +200,7 @@ def test_demo_stream_on_car_loan_data(tmp_path):
     from sklearn.metrics import roc_auc_score
 
     from evergreen.config import load_config
-    from evergreen.stream import write_demo_stream
+    from evergreen.simulation.stream import write_demo_stream
 
     cfg = load_config(ROOT / "configs" / "demo.yaml")
     info = write_demo_stream(cfg, str(tmp_path), drift="covariate", drift_start=10, seed=0)
@@ -234,7 +234,7 @@ def test_demo_drift_defaults_are_visible_to_nannyml(tmp_path):
     from sklearn.metrics import roc_auc_score
 
     from evergreen.config import load_config
-    from evergreen.stream import load_car_loan_frames, write_stream_from_frames
+    from evergreen.simulation.stream import load_car_loan_frames, write_stream_from_frames
 
     cfg = load_config(ROOT / "configs" / "demo.yaml")
     frames = load_car_loan_frames(cfg)

@@ -8,7 +8,7 @@ import warnings
 import numpy as np
 import pandas as pd
 
-from evergreen import tracking
+from evergreen.adapters import tracking
 
 
 def _window(rows: int) -> pd.DataFrame:

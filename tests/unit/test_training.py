@@ -9,7 +9,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from evergreen.training import (
+from evergreen.engines.training import (
     METADATA_FILE,
     MODEL_FILE,
     SEARCH_ETA,

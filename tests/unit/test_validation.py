@@ -10,7 +10,7 @@ import pandas as pd
 import pytest
 
 from evergreen.config import ColumnRoles, MlflowConfig, ModelConfig
-from evergreen.validation import (
+from evergreen.engines.validation import (
     EXIST_EXPECTATION,
     TYPE_EXPECTATION,
     SuiteOptions,
@@ -350,7 +350,7 @@ def test_row_count_bounds_come_from_config(
 def test_validate_batch_reuses_the_gx_suite_of_a_spec(
     suite: SuiteSpec, batch: pd.DataFrame
 ) -> None:
-    from evergreen.validation import _validator_for
+    from evergreen.engines.validation import _validator_for
 
     validate_batch(batch, suite, "first", now=NOW)
     hits = _validator_for.cache_info().hits
@@ -363,8 +363,8 @@ def test_validate_batch_reuses_the_gx_suite_of_a_spec(
 def test_suite_built_in_one_go_keeps_every_expectation(suite: SuiteSpec, use_constant: bool) -> None:
     """The Validator hands GX its expectations at once, without `add_expectation`'s
     de-duplication: none may be a duplicate that GX would have dropped."""
-    from evergreen.gx import gx
-    from evergreen.validation import build_expectations
+    from evergreen.engines.gx import gx
+    from evergreen.engines.validation import build_expectations
 
     for skip in (frozenset(), frozenset({"age", "region"})):
         one_by_one = gx.ExpectationSuite(name="one-by-one")
@@ -405,7 +405,7 @@ def test_gx_is_imported_without_the_cloud_sdks() -> None:
     import sys
 
     code = (
-        "import sys, evergreen.gx as g\n"
+        "import sys, evergreen.engines.gx as g\n"
         "print(sorted(m for m in g.HIDDEN if m in sys.modules))\n"
         "import botocore, google.cloud.storage\n"
         "print(g.gx.expectations.ExpectColumnValuesToNotBeNull.__name__, type(sys.meta_path[0]).__name__)\n"

@@ -7,7 +7,7 @@ import pandas as pd
 import pytest
 
 from evergreen.config import ColumnRoles, RetrainPolicyConfig
-from evergreen.window import LabelledBatch, WindowError, assemble_window, join_labels
+from evergreen.decisions.window import LabelledBatch, WindowError, assemble_window, join_labels
 
 COLUMNS = ColumnRoles(
     target="repaid", features=["car_value", "salary_range"], categorical=["salary_range"]

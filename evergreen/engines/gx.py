@@ -7,7 +7,7 @@ resident memory and 1.5-2 s of start-up in every process that validates. They ar
 from the importing thread only and only while GX imports: anything else (an `s3://` store
 through fsspec, say) imports them as usual, before or after.
 
-`import evergreen.gx` (or `from evergreen.gx import gx`) is the one way the project imports
+`import evergreen.engines.gx` (or `from evergreen.engines.gx import gx`) is the one way the project imports
 GX; Python's import lock makes it happen once. It also switches off GX's per-batch
 fingerprint (see `_import`).
 """

@@ -16,11 +16,11 @@ from datetime import UTC, datetime
 from functools import cached_property
 from typing import Any
 
-from evergreen.registry import CANARY, CHAMPION
-from evergreen.serving.columns import ColumnBatch
-from evergreen.serving.schema import FeatureSpec, feature_specs, merge_specs
+from evergreen.adapters.registry import CANARY, CHAMPION
+from evergreen.apps.serving.columns import ColumnBatch
+from evergreen.apps.serving.schema import FeatureSpec, feature_specs, merge_specs
 
-log = logging.getLogger("evergreen.serving.models")
+log = logging.getLogger("evergreen.apps.serving.models")
 
 ALIASES = (CHAMPION, CANARY)
 # Retry a version that failed to load after this long at most (doubling from refresh_seconds).
@@ -33,10 +33,10 @@ class ServedModel:
 
     version: str
     run_id: str | None
-    model: Any  # evergreen.training.TrainedModel
+    model: Any  # evergreen.engines.training.TrainedModel
     specs: tuple[FeatureSpec, ...]
     loaded_at: str
-    scorer: Any = None  # fast path (evergreen.serving.fastpath); None: model.predict
+    scorer: Any = None  # fast path (evergreen.apps.serving.fastpath); None: model.predict
 
     def predict(self, frame: Any) -> Any:
         """Predictions of this version for a validated frame (TrainedModel.predict's contract)."""
@@ -105,7 +105,7 @@ Loader = Callable[[str, str], ServedModel]
 
 def resolve_from_registry(model_name: str, alias: str) -> str | None:
     """The version an alias points at in the MLflow registry (None when unset)."""
-    from evergreen.registry import version_by_alias
+    from evergreen.adapters.registry import version_by_alias
 
     info = version_by_alias(model_name, alias)
     return None if info is None else info.version
@@ -113,8 +113,8 @@ def resolve_from_registry(model_name: str, alias: str) -> str | None:
 
 def load_from_registry(model_name: str, version: str) -> ServedModel:
     """Download and load one version natively (XGBoost UBJSON + metadata, no pickle)."""
-    from evergreen.registry import load_version
-    from evergreen.serving.fastpath import build_scorer
+    from evergreen.adapters.registry import load_version
+    from evergreen.apps.serving.fastpath import build_scorer
 
     loaded = load_version(model_name, version)
     model = loaded.model

@@ -25,8 +25,8 @@ from typing import Any
 
 import pandas as pd
 
-from evergreen.io import read_table, write_table
-from evergreen.serving.columns import ColumnBatch, concat_frame
+from evergreen.adapters.io import read_table, write_table
+from evergreen.apps.serving.columns import ColumnBatch, concat_frame
 
 ALIAS_COLUMN = "alias"
 SERVED_AT_COLUMN = "served_at"
@@ -35,7 +35,7 @@ REQUEST_ID_COLUMN = "request_id"
 LOG_ONLY_COLUMNS = (ALIAS_COLUMN, SERVED_AT_COLUMN, REQUEST_ID_COLUMN)
 PART_PREFIX = "part-"
 
-log = logging.getLogger("evergreen.serving.predlog")
+log = logging.getLogger("evergreen.adapters.predlog")
 
 
 class PredictionLogWriter:

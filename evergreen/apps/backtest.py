@@ -4,10 +4,10 @@ For each policy (the named ones plus the baselines `never`, `always`, `schedule:
 stream is replayed from the same start, one chunk (batch file) at a time:
 
 1. labels of chunk j are revealed on the day `data.label_delay_days` after chunk j's day;
-2. a pending post-promotion review is decided (`evergreen.canary.decide_canary`, see below);
+2. a pending post-promotion review is decided (`evergreen.decisions.canary.decide_canary`, see below);
 3. the champion scores the chunk (the batch files' own predictions are replaced);
-4. the monitor's Great Expectations suite validates it (`evergreen.validation`) and the
-   NannyML calculators estimate drift and performance (`evergreen.monitoring`); the
+4. the monitor's Great Expectations suite validates it (`evergreen.engines.validation`) and the
+   NannyML calculators estimate drift and performance (`evergreen.engines.monitoring`); the
    realized metric known at that time is the one of the newest chunk whose labels have
    arrived, if the champion served it (the flow's rule, minus stale models);
 5. `monitoring.decide_alerts` and `policy.decide` decide alerts and whether to retrain;
@@ -49,9 +49,10 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from evergreen import io, policy, window
+from evergreen.adapters import io
 from evergreen.config import ModelConfig
-from evergreen.evaluation import lower_is_better, metric_value
+from evergreen.decisions import policy, window
+from evergreen.engines.evaluation import lower_is_better, metric_value
 from evergreen.jsonable import plain
 
 BASELINES = ("never", "always", "schedule")
@@ -283,7 +284,7 @@ class _Shared:
         log: Callable[[str], None],
         validation_workers: int,
     ) -> None:
-        from evergreen import tracking
+        from evergreen.adapters import tracking
 
         self.config = config
         self.stream = stream
@@ -315,7 +316,8 @@ class _Shared:
 
     def monitor_of(self, entry: _ModelEntry, timer: _Timer) -> None:
         """Fit the monitor (NannyML) and derive the suites (GX) of a model, once."""
-        from evergreen import monitoring, retraining, validation
+        from evergreen.engines import monitoring, validation
+        from evergreen.loop import retraining
 
         if entry.fitted is None:
             t = time.perf_counter()
@@ -357,7 +359,7 @@ class _Shared:
         key = (entry.key, i)
         if key in self.views:
             return self.views[key]
-        from evergreen import monitoring, validation
+        from evergreen.engines import monitoring, validation
 
         self.monitor_of(entry, timer)
         t = time.perf_counter()
@@ -427,7 +429,8 @@ class _Shared:
     def train(self, frame: pd.DataFrame, timer: _Timer) -> tuple[_ModelEntry, Any]:
         """The retrain flow's steps on a window frame: hold out, train, evaluate, reference.
         Identical windows give identical models (seeded): trained once."""
-        from evergreen import retraining, snapshot, training
+        from evergreen.engines import snapshot, training
+        from evergreen.loop import retraining
 
         t = time.perf_counter()
         digest = snapshot.dataset_digest(frame)
@@ -487,7 +490,7 @@ class _Review:
 
 class _Replay:
     def __init__(self, shared: _Shared, pol: policy.Policy, bootstrap: _Bootstrap) -> None:
-        from evergreen import registry
+        from evergreen.adapters import registry
 
         self.s = shared
         self.policy = pol
@@ -567,7 +570,7 @@ class _Replay:
     # -- per chunk
 
     def _chunk(self, i: int, actions: list[str]) -> ChunkRow:
-        from evergreen import monitoring
+        from evergreen.engines import monitoring
 
         s, cfg = self.s, self.cfg
         view = s.view(self.champion, self.champion_version, i, self.timer)
@@ -665,7 +668,7 @@ class _Replay:
     def _realized_signal(self, i: int) -> dict[str, Any] | None:
         """The realized metric of the newest chunk whose labels are known at chunk i, when
         the current champion served it (a replaced model's metric says nothing now)."""
-        from evergreen.monitoring import MetricEstimate
+        from evergreen.engines.monitoring import MetricEstimate
 
         s = self.s
         for j in range(i, -1, -1):
@@ -693,7 +696,9 @@ class _Replay:
     # -- retrain, gate, promotion
 
     def _retrain(self, i: int, decision: policy.PolicyDecision, row: ChunkRow) -> None:
-        from evergreen import gate, registry, validation
+        from evergreen.adapters import registry
+        from evergreen.decisions import gate
+        from evergreen.engines import validation
 
         s, cfg = self.s, self.cfg
         now = s.ends[i]
@@ -826,8 +831,9 @@ class _Replay:
     def _review(self, i: int) -> tuple[list[str], bool]:
         """Decide a pending post-promotion review with the labels known at chunk i; returns
         what happened and whether the promotion was rolled back."""
-        from evergreen import canary, registry
-        from evergreen.serving.predlog import ALIAS_COLUMN
+        from evergreen.adapters import registry
+        from evergreen.adapters.predlog import ALIAS_COLUMN
+        from evergreen.decisions import canary
 
         r = self.review
         if r is None:
@@ -1027,7 +1033,7 @@ def _log_candidate(
     """One MLflow run per trained model: its metrics and the model in XGBoost's format."""
     import mlflow
 
-    from evergreen import registry, tracking
+    from evergreen.adapters import registry, tracking
 
     cfg = shared.config
     with mlflow.start_run(
@@ -1066,7 +1072,7 @@ def _warm_up() -> None:
     from evergreen.telemetry import disable_telemetry
 
     disable_telemetry()
-    import evergreen.gx  # noqa: F401
+    import evergreen.engines.gx  # noqa: F401
 
 
 def _validate_served(
@@ -1074,7 +1080,7 @@ def _validate_served(
 ) -> Any:
     """Runs in the worker: the monitor's validation of one served chunk (validators are
     kept per suite by `validation.validate_batch`)."""
-    from evergreen import validation
+    from evergreen.engines import validation
 
     return validation.validate_batch(
         served, validation.SuiteSpec.model_validate_json(suite_json), batch_id, now=now

@@ -12,13 +12,13 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
+from evergreen.adapters.predlog import ALIAS_COLUMN, REQUEST_ID_COLUMN, SERVED_AT_COLUMN
+from evergreen.adapters.registry import CANARY, CHAMPION
+from evergreen.apps.serving.columns import ColumnBatch
+from evergreen.apps.serving.models import ServingSnapshot
+from evergreen.apps.serving.router import route_many
+from evergreen.apps.serving.schema import RequestTable, validate_columns
 from evergreen.config import ModelConfig
-from evergreen.registry import CANARY, CHAMPION
-from evergreen.serving.columns import ColumnBatch
-from evergreen.serving.models import ServingSnapshot
-from evergreen.serving.predlog import ALIAS_COLUMN, REQUEST_ID_COLUMN, SERVED_AT_COLUMN
-from evergreen.serving.router import route_many
-from evergreen.serving.schema import RequestTable, validate_columns
 
 
 class NotReadyError(RuntimeError):

@@ -64,7 +64,7 @@ def stream(
 ) -> None:
     """Write the demo production stream (daily batches and delayed labels) from NannyML's
     synthetic car-loan data, optionally with drift injected from a given day on."""
-    from evergreen.stream import write_demo_stream
+    from evergreen.simulation.stream import write_demo_stream
 
     if drift not in ("none", "covariate", "gradual", "gradual_covariate", "concept", "prior", "bad"):
         raise typer.BadParameter(f"unknown drift kind {drift!r}", param_hint="--drift")
@@ -196,7 +196,7 @@ def history(
 ) -> None:
     """Print the alias history of a model: time, alias, from, to, flow run, reason."""
     cfg = _load(config)
-    from evergreen import registry, tracking
+    from evergreen.adapters import registry, tracking
 
     tracking.connect(cfg.mlflow)
     moves = registry.alias_history(model or cfg.mlflow.model_name)
@@ -316,8 +316,8 @@ def backtest(
     retrain and gate code on a temporary MLflow store, for each policy plus the baselines
     never / always / schedule; print a table and write per-chunk rows and totals as JSON."""
     cfg = _load(config, data_root=data_root)
-    from evergreen.backtest import BacktestError, format_table, run_backtest
-    from evergreen.policy import PolicyError
+    from evergreen.apps.backtest import BacktestError, format_table, run_backtest
+    from evergreen.decisions.policy import PolicyError
 
     try:
         result = run_backtest(
@@ -330,7 +330,7 @@ def backtest(
     _write_json(out, result.to_dict())
     typer.echo(format_table(result))
     if plot is not None:
-        from evergreen.backtest import plot as draw
+        from evergreen.apps.backtest import plot as draw
 
         draw(result, str(plot))
         typer.echo(f"plot: {plot}")
@@ -353,7 +353,7 @@ def serve(
 ) -> None:
     """The scoring service: MLflow's /invocations protocol with the champion/canary split."""
     cfg = _load(config)
-    from evergreen.serving import serve as run_service
+    from evergreen.apps.serving import serve as run_service
 
     run_service(cfg, host=host, port=port)
 

@@ -24,14 +24,14 @@ from fastapi.responses import JSONResponse, Response
 from starlette.concurrency import run_in_threadpool
 from starlette.types import Receive, Scope, Send
 
+from evergreen.adapters.predlog import PredictionLogWriter
+from evergreen.apps.serving import jsoncodec
+from evergreen.apps.serving.models import ModelStore
+from evergreen.apps.serving.schema import PayloadError, RequestLimits, parse_body
+from evergreen.apps.serving.scoring import NotReadyError, ScoredRequest, score_table
 from evergreen.config import ModelConfig
-from evergreen.serving import jsoncodec
-from evergreen.serving.models import ModelStore
-from evergreen.serving.predlog import PredictionLogWriter
-from evergreen.serving.schema import PayloadError, RequestLimits, parse_body
-from evergreen.serving.scoring import NotReadyError, ScoredRequest, score_table
 
-log = logging.getLogger("evergreen.serving")
+log = logging.getLogger("evergreen.apps.serving")
 
 # Bodies up to this size are scored on the event loop, larger ones in the thread pool (so a
 # 10 MB request does not hold up /health and the small requests behind it).
@@ -267,7 +267,7 @@ async def _read_body(request: Request, max_bytes: int) -> bytes:
 
 def _connector(config: ModelConfig) -> Any:
     def connect() -> None:
-        from evergreen.tracking import connect as connect_tracking
+        from evergreen.adapters.tracking import connect as connect_tracking
 
         connect_tracking(config.mlflow)
 

@@ -7,7 +7,7 @@ one-shot convenience. Structural problems GX cannot evaluate (a missing column, 
 arrived as strings) are found with cheap dtype checks first and reported in the same form,
 and the GX expectations on those columns are left out so they do not raise.
 
-great_expectations is imported lazily (it costs ~14 s), through `evergreen.gx`.
+great_expectations is imported lazily (it costs ~14 s), through `evergreen.engines.gx`.
 """
 
 from __future__ import annotations
@@ -23,8 +23,8 @@ import numpy as np
 import pandas as pd
 from pydantic import BaseModel, ConfigDict, Field, StrictBool, StrictFloat, StrictInt, StrictStr
 
+from evergreen.adapters.io import DataReadError, release_unused_memory
 from evergreen.config import ModelConfig, check_columns
-from evergreen.io import DataReadError, release_unused_memory
 
 ColumnKind = Literal["numeric", "string", "bool", "datetime"]
 ColumnRole = Literal["id", "timestamp", "feature", "prediction", "probability"]
@@ -323,7 +323,7 @@ class Validator:
 
     def __init__(self, suite: SuiteSpec) -> None:
         # isort: off
-        from evergreen.gx import gx  # first: GX imported without the cloud SDKs
+        from evergreen.engines.gx import gx  # first: GX imported without the cloud SDKs
         from great_expectations.data_context.types.base import (
             DataContextConfig,
             InMemoryStoreBackendDefaults,
@@ -466,7 +466,7 @@ def build_expectations(
     spec: SuiteSpec, skip_columns: Iterable[str] = (), use_constant: bool = True
 ) -> list:
     """The GX expectations of a suite, leaving out columns that are missing or of the wrong kind."""
-    from evergreen.gx import gx
+    from evergreen.engines.gx import gx
 
     gxe = gx.expectations
 

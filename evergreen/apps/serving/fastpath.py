@@ -24,13 +24,13 @@ from typing import Any, Protocol
 import numpy as np
 import pandas as pd
 
-from evergreen.serving.columns import ColumnBatch
-from evergreen.training import Predictions, TrainedModel
+from evergreen.apps.serving.columns import ColumnBatch
+from evergreen.engines.training import Predictions, TrainedModel
 
 # The same value -> category-string rule training uses (bools, integral floats).
-from evergreen.training import _category_string as category_string
+from evergreen.engines.training import _category_string as category_string
 
-log = logging.getLogger("evergreen.serving.fastpath")
+log = logging.getLogger("evergreen.apps.serving.fastpath")
 
 
 class Scorer(Protocol):

@@ -305,7 +305,7 @@ def log_model(model: Any, input_example: Any) -> Any:
     import mlflow.xgboost
     from mlflow.models import infer_signature
 
-    from evergreen.training import METADATA_FILE
+    from evergreen.engines.training import METADATA_FILE
 
     preds = model.predict(input_example)
     output = preds.probability if preds.probability is not None else preds.prediction
@@ -327,7 +327,7 @@ def log_model(model: Any, input_example: Any) -> Any:
 @contextmanager
 def _quiet_serving_check() -> Iterator[None]:
     """MLflow tries the input example through pyfunc, which rejects categorical inputs and
-    logs a misleading warning; Evergreen scores the booster natively (evergreen.serving)."""
+    logs a misleading warning; Evergreen scores the booster natively (evergreen.apps.serving)."""
     import logging
 
     logger = logging.getLogger("mlflow.models.model")
@@ -355,7 +355,7 @@ def load_model_uri(uri: str) -> Any:
 
     import mlflow.artifacts
 
-    from evergreen.training import TrainedModel
+    from evergreen.engines.training import TrainedModel
 
     with tempfile.TemporaryDirectory() as tmp:
         local = mlflow.artifacts.download_artifacts(artifact_uri=uri, dst_path=tmp)
@@ -374,8 +374,8 @@ def load_alias(name: str, alias: str) -> LoadedModel | None:
 
 
 # ----------------------------------------------------------------------- lifecycle transitions
-# Each is a registry write that follows a decision made elsewhere (evergreen.gate,
-# evergreen.canary); callers hold the model's registry lock and have called `settle`. The
+# Each is a registry write that follows a decision made elsewhere (evergreen.decisions.gate,
+# evergreen.decisions.canary); callers hold the model's registry lock and have called `settle`. The
 # comment `commit` marks the write after which the transition counts as done: what follows
 # it is finished by `settle` if the process stops there.
 

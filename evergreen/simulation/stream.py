@@ -24,10 +24,10 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
+from evergreen.adapters.io import write_json, write_table
 from evergreen.config import ModelConfig
-from evergreen.inject import DRIFT_ALIASES, DRIFT_KINDS, Injection, inject_drift
-from evergreen.io import write_json, write_table
-from evergreen.training import TrainedModel, split_by_time, train_model
+from evergreen.engines.training import TrainedModel, split_by_time, train_model
+from evergreen.simulation.inject import DRIFT_ALIASES, DRIFT_KINDS, Injection, inject_drift
 
 MODEL_DIR = "model"
 STREAM_FILE = "stream.json"

@@ -9,10 +9,10 @@ from typing import TYPE_CHECKING
 import pandas as pd
 
 from evergreen.config import ModelConfig
-from evergreen.evaluation import EvaluationResult, evaluate_predictions
+from evergreen.engines.evaluation import EvaluationResult, evaluate_predictions
 
 if TYPE_CHECKING:  # XGBoost costs ~5 s to import: not for a retrain that is skipped
-    from evergreen.training import TrainedModel
+    from evergreen.engines.training import TrainedModel
 
 
 @dataclass(frozen=True)
@@ -25,7 +25,7 @@ class HoldOut:
 
 def hold_out_recent(frame: pd.DataFrame, config: ModelConfig) -> HoldOut:
     """The last `training.evaluation_fraction` of the window by time is never trained on."""
-    from evergreen.training import split_by_time
+    from evergreen.engines.training import split_by_time
 
     split = split_by_time(frame, config.columns.timestamp, config.training.evaluation_fraction)
     return HoldOut(train=split.train, evaluation=split.validation)

@@ -34,7 +34,7 @@ import numpy as np
 import pandas as pd
 
 from evergreen.config import GateConfig, ModelConfig
-from evergreen.evaluation import (
+from evergreen.engines.evaluation import (
     EvaluationResult,
     bootstrap_metric_difference,
     lower_is_better,
@@ -42,7 +42,7 @@ from evergreen.evaluation import (
 from evergreen.jsonable import plain as _plain
 
 if TYPE_CHECKING:
-    from evergreen.training import TrainedModel
+    from evergreen.engines.training import TrainedModel
 
 MIN_SLICE_ROWS = 30
 """Slices with fewer rows (in either model's evaluation) are too noisy to block a promotion."""
@@ -134,7 +134,7 @@ def measure_model(
     a served request pays. Size is the length of the serialized booster in MB (10^6 bytes).
     """
     # Imported here: retraining imports the training stack, which the gate itself does not need.
-    from evergreen.retraining import evaluate_model
+    from evergreen.loop.retraining import evaluate_model
 
     if len(frame) == 0:
         raise ValueError(f"cannot measure model version {version} on an empty evaluation frame")

@@ -38,7 +38,7 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from evergreen import io
+from evergreen.adapters import io
 
 FORMAT_VERSION = 1
 _HEADER = b"evergreen.snapshot.v1\n"

@@ -11,7 +11,7 @@ from datetime import UTC, datetime
 
 from pydantic import BaseModel, Field
 
-from evergreen import io
+from evergreen.adapters import io
 
 
 class BatchRecord(BaseModel):

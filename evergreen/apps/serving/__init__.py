@@ -4,7 +4,7 @@ Modules: `router` (which alias serves an id), `schema` (request parsing and vali
 `models` (the served snapshot and its refresher), `scoring` (one request on one snapshot),
 `predlog` (the prediction log), `app` (FastAPI app and `serve`).
 
-Attributes are imported on first use, so `from evergreen.serving.predlog import ...` does not
+Attributes are imported on first use, so `from evergreen.adapters.predlog import ...` does not
 pull in FastAPI.
 """
 
@@ -13,14 +13,14 @@ from __future__ import annotations
 from typing import Any
 
 _EXPORTS = {
-    "create_app": "evergreen.serving.app",
-    "serve": "evergreen.serving.app",
-    "LogSettings": "evergreen.serving.app",
-    "RequestLimits": "evergreen.serving.schema",
-    "read_prediction_log": "evergreen.serving.predlog",
-    "compact_day": "evergreen.serving.predlog",
-    "PredictionLogWriter": "evergreen.serving.predlog",
-    "route": "evergreen.serving.router",
+    "create_app": "evergreen.apps.serving.app",
+    "serve": "evergreen.apps.serving.app",
+    "LogSettings": "evergreen.apps.serving.app",
+    "RequestLimits": "evergreen.apps.serving.schema",
+    "read_prediction_log": "evergreen.adapters.predlog",
+    "compact_day": "evergreen.adapters.predlog",
+    "PredictionLogWriter": "evergreen.adapters.predlog",
+    "route": "evergreen.apps.serving.router",
 }
 
 __all__ = sorted(_EXPORTS)
@@ -31,4 +31,4 @@ def __getattr__(name: str) -> Any:
         import importlib
 
         return getattr(importlib.import_module(_EXPORTS[name]), name)
-    raise AttributeError(f"module 'evergreen.serving' has no attribute {name!r}")
+    raise AttributeError(f"module 'evergreen.apps.serving' has no attribute {name!r}")

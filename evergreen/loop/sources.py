@@ -6,16 +6,17 @@ import dataclasses
 
 import pandas as pd
 
-from evergreen import io, ledger, registry, retraining, tracking
+from evergreen.adapters import io, ledger, registry, tracking
 from evergreen.config import ModelConfig, check_columns
-from evergreen.validation import (
+from evergreen.decisions.window import LabelledBatch, TrainingWindow, assemble_window, join_labels
+from evergreen.engines.validation import (
     ExpectationFailure,
     ValidationReport,
     ValidationStatistics,
     unreadable_report,
     validate_labels,
 )
-from evergreen.window import LabelledBatch, TrainingWindow, assemble_window, join_labels
+from evergreen.loop import retraining
 
 MONITOR_ROLES = ("id", "timestamp", "target", "prediction", "probability", "features")
 TRAINING_ROLES = ("id", "target", "features")

@@ -25,9 +25,9 @@ from typing import Any, Literal
 import numpy as np
 import pandas as pd
 
-from evergreen.serving import jsoncodec
-from evergreen.serving.columns import ColumnBatch
-from evergreen.serving.router import routing_key
+from evergreen.apps.serving import jsoncodec
+from evergreen.apps.serving.columns import ColumnBatch
+from evergreen.apps.serving.router import routing_key
 
 DF_SPLIT, DF_RECORDS, INSTANCES, INPUTS = (
     "dataframe_split",

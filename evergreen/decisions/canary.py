@@ -32,11 +32,11 @@ from typing import Any, Literal
 import numpy as np
 import pandas as pd
 
+from evergreen.adapters.predlog import ALIAS_COLUMN
 from evergreen.config import CanaryConfig, ModelConfig
-from evergreen.evaluation import lower_is_better, metric_value
-from evergreen.gate import metric_gain
+from evergreen.decisions.gate import metric_gain
+from evergreen.engines.evaluation import lower_is_better, metric_value
 from evergreen.jsonable import plain as _plain
-from evergreen.serving.predlog import ALIAS_COLUMN
 
 Outcome = Literal["promoted", "rolled_back", "pending"]
 Basis = Literal["realized", "estimated"]

@@ -38,8 +38,8 @@ from typing import Any, Literal
 import pandas as pd
 
 from evergreen.config import RetrainPolicyConfig
+from evergreen.engines.monitoring import AlertDecision, AlertSignal
 from evergreen.jsonable import plain
-from evergreen.monitoring import AlertDecision, AlertSignal
 
 SIGNALS = ("estimated_drop", "realized_drop", "multivariate_drift", "feature_drift")
 BASELINES = ("never", "always", "schedule")
