@@ -210,7 +210,7 @@ def run_same_work(config_json: str) -> dict[str, Any]:
 
     from evergreen.engines import snapshot, training, validation
     from evergreen.lineage import Trigger, code_version
-    from evergreen.loop import retraining, sources
+    from evergreen.loop import retraining, sources, state
 
     cfg = load_run_config(config_json)
     step = StepTimer()
@@ -218,7 +218,7 @@ def run_same_work(config_json: str) -> dict[str, Any]:
         sources.check_config_columns(cfg)
     with step("decide-retrain-start"):
         start, data_clock = sources.check_retrain_start(cfg, "manual")
-    if not start.go:
+    if not start.allowed:
         raise BenchError(f"same-work: retrain would not start: {start.reason}")
     # As the flow does: the labels files checked in a second thread while the window is read.
     with ThreadPoolExecutor(1) as pool:
@@ -263,8 +263,8 @@ def run_same_work(config_json: str) -> dict[str, Any]:
         "evergreen.train_end": str(holdout.train[cfg.columns.timestamp].max()),
         **trigger.tags(),
     }
-    if data_clock:
-        tags[retraining.DATA_CLOCK_TAG] = data_clock
+    if data_clock is not None:
+        tags[state.DATA_CLOCK_TAG] = data_clock.isoformat()
     return _log_and_register(step, cfg, model, evaluation, win, holdout, trigger, tags, snap)
 
 

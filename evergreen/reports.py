@@ -56,6 +56,7 @@ class RetrainResult(BaseModel):
     sources: list[str] = Field(default_factory=list)
     excluded: dict[str, str] = Field(default_factory=dict)
     message: str = ""
+    blocked_by: str | None = Field(None, description="the start check that held a skipped retrain")
     events: list[str] = Field(default_factory=list)
 
 

@@ -98,7 +98,8 @@ def _estimate(cfg: ModelConfig, f: io.BatchFile, frame, fitted, run_id: str | No
             realized_on = latest.day
             report = dataclasses.replace(report, realized_metric=latest.metric)
     decision = monitoring.decide_alerts(report, cfg)
-    verdict = monitoring.decide_policy(cfg, f.day, decision, data.signal_history(cfg, f.day), report.end)
+    loop_state = monitoring.read_loop_state(cfg, f.day, report.end)
+    verdict = monitoring.decide_policy(cfg, f.day, decision, loop_state)
     summary = report.to_dict()
     events, event_ids = [], []
     for name, payload in verdict.events.items():

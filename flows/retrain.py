@@ -10,7 +10,7 @@ from prefect.states import Completed, Failed, State
 from blocks.model_config import resolve_config
 from evergreen.config import ModelConfig
 from evergreen.lineage import Trigger, code_version
-from evergreen.loop import retraining
+from evergreen.loop import retraining, state
 from evergreen.reports import RetrainResult
 from evergreen.telemetry import disable_telemetry
 from tasks import data, monitoring, training
@@ -38,9 +38,12 @@ def retrain(
     data.check_config_columns(cfg)
     why = Trigger.of(trigger, event_id, reason, metric)
     start, data_clock = training.decide_retrain_start(cfg, why.kind)
-    if not start.go:
-        skipped = RetrainResult(model_name=cfg.mlflow.model_name, status="skipped", trigger=why.__dict__, message=start.reason)
-        return Completed(name="Skipped", message=start.reason, data=skipped)
+    if not start.allowed:
+        skipped = RetrainResult(
+            model_name=cfg.mlflow.model_name, status="skipped", trigger=why.__dict__, message=start.reason,
+            blocked_by=start.blocked_by,
+        )
+        return Completed(name="Skipped", message=f"retrain skipped: {start.reason}", data=skipped)
 
     # The labels files are checked while the window is read (both only read); a bad labels
     # file rejects the run whatever became of the window. The window is validated while its
@@ -75,8 +78,8 @@ def retrain(
     model = training.train_model(holdout.train, cfg)
     evaluation = training.evaluate_model(model, holdout.evaluation, cfg)
     tags = _lineage_tags(cfg, snap, why) | {"evergreen.train_end": str(holdout.train[cfg.columns.timestamp].max())}
-    if data_clock:
-        tags[retraining.DATA_CLOCK_TAG] = data_clock
+    if data_clock is not None:
+        tags[state.DATA_CLOCK_TAG] = data_clock.isoformat()
     logged = training.log_training_run(cfg, model, evaluation, snap, win, holdout, why, tags)
     registration = register_candidate(cfg, logged.model_uri, logged.run_id, tags)
     version, bootstrap = registration.version, registration.bootstrap

@@ -69,8 +69,3 @@ def pending_batches(config: ModelConfig) -> list[io.BatchFile]:
 def record_batch(config: ModelConfig, record: ledger.BatchRecord) -> None:
     ledger.record_batch(config.data.path("state"), record)
 
-
-@task(name="signal-history", retries=2, retry_delay_seconds=1)
-def signal_history(config: ModelConfig, day: str) -> list[list[str]]:
-    """The retrain-policy signals of the batches monitored before `day` (the hysteresis)."""
-    return ledger.read_ledger(config.data.path("state")).signals_before(day)

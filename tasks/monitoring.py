@@ -100,13 +100,27 @@ def realized_on_latest_labelled(
     return None
 
 
+@task(name="read-loop-state", cache_policy=NO_CACHE, retries=2, retry_delay_seconds=1)
+def read_loop_state(config: ModelConfig, day: str, now: str | None) -> policy.LoopState:
+    """The retrain policy's state at this batch (`state.build_loop_state`: the ledger's
+    signal history, the registry, the labelled rows delivered so far)."""
+    from evergreen.adapters import registry, tracking
+    from evergreen.adapters.store import FileStore
+    from evergreen.loop import state
+
+    tracking.connect(config.mlflow)
+    return state.build_loop_state(
+        config, FileStore(config), registry.Registry(config.mlflow.model_name),
+        pd.Timestamp(now) if now else None, day,
+    )
+
+
 @task(name="decide-policy", cache_policy=NO_CACHE)
 def decide_policy(
-    config: ModelConfig, day: str, alerts: monitoring.AlertDecision, history: list[list[str]], now: str | None
+    config: ModelConfig, day: str, alerts: monitoring.AlertDecision, loop_state: policy.LoopState
 ) -> policy.PolicyDecision:
-    """The retrain policy on one valid batch: the configured signals that fired and, when the
-    hysteresis holds them, the events to emit. Start checks (cooldown, candidate under
-    review) are the retrain flow's."""
-    state = policy.LoopState(history=policy.history_of(history, config.retrain), now=pd.Timestamp(now) if now else None)
+    """The retrain policy on one valid batch (`policy.decide`): the configured signals that
+    fired, whether the hysteresis holds them (the events to emit) and whether a retrain may
+    start now, with the blocker that holds it."""
     observation = policy.ChunkObservation(chunk=day, valid=True, alerts=alerts)
-    return policy.decide(observation, state, policy.Policy.named("default", config.retrain))
+    return policy.decide(observation, loop_state, policy.Policy.named("default", config.retrain))

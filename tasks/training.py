@@ -11,7 +11,7 @@ from prefect.cache_policies import NO_CACHE
 
 from evergreen.adapters import registry, tracking
 from evergreen.config import ModelConfig
-from evergreen.decisions import window
+from evergreen.decisions import policy, window
 from evergreen.engines import snapshot
 from evergreen.engines.evaluation import EvaluationResult
 from evergreen.lineage import Trigger
@@ -22,8 +22,9 @@ if TYPE_CHECKING:  # XGBoost is imported by the tasks that train (a skipped retr
 
 
 @task(name="decide-retrain-start", cache_policy=NO_CACHE, retries=2, retry_delay_seconds=1)
-def decide_retrain_start(config: ModelConfig, trigger: str) -> tuple[retraining.RetrainStart, str | None]:
-    """Cooldown and canary check before any work; returns the decision and the data clock."""
+def decide_retrain_start(config: ModelConfig, trigger: str) -> tuple[policy.StartCheck, pd.Timestamp | None]:
+    """The retrain policy's start check before any work (every blocker: candidate under
+    review, cooldown, new labelled rows, budget); returns the decision and the data clock."""
     return sources.check_retrain_start(config, trigger)
 
 

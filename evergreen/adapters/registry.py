@@ -481,3 +481,35 @@ def champion_reference(name: str) -> tuple[str, Any] | None:
                 return None
             raise
         return champion.version, pd.read_parquet(path)
+
+
+class Registry:
+    """One registered model in the configured MLflow registry, as the loop reads it
+    (`evergreen.adapters.ports.ModelRegistry`)."""
+
+    def __init__(self, name: str) -> None:
+        self.name = name
+
+    def list_versions(self) -> list[VersionInfo]:
+        return list_versions(self.name)
+
+    def get_version(self, version: str) -> VersionInfo:
+        return get_version(self.name, version)
+
+    def version_by_alias(self, alias: str) -> VersionInfo | None:
+        return version_by_alias(self.name, alias)
+
+    def alias_history(self) -> list[AliasMove]:
+        return alias_history(self.name)
+
+    def load_version(self, version: str) -> LoadedModel:
+        return load_version(self.name, version)
+
+    def load_alias(self, alias: str) -> LoadedModel | None:
+        return load_alias(self.name, alias)
+
+    def champion_reference(self) -> tuple[str, Any] | None:
+        return champion_reference(self.name)
+
+    def previous_champion(self) -> str | None:
+        return previous_champion(self.name)

@@ -49,11 +49,13 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from evergreen.adapters import io
+from evergreen.adapters import io, registry
+from evergreen.adapters.ledger import BatchLedger, BatchRecord
 from evergreen.config import ModelConfig
 from evergreen.decisions import policy, window
 from evergreen.engines.evaluation import lower_is_better, metric_value
 from evergreen.jsonable import plain
+from evergreen.loop import state
 
 BASELINES = ("never", "always", "schedule")
 PREFETCH = 3  # chunks validated ahead by the worker processes
@@ -451,14 +453,14 @@ class _Shared:
         return entry, evaluation
 
     def labelled_rows(
-        self, i_now: int, chunks: Sequence[int], valid: dict[int, bool]
+        self, i_now: int, chunks: Sequence[int], valid: Callable[[int], bool]
     ) -> list[window.LabelledBatch]:
         """The chunks' rows whose labels are known at chunk `i_now`, as the window expects."""
         cols = self.config.columns
         out = []
         for j in chunks:
             day = self.stream.days[j]
-            if not valid.get(j, True):
+            if not valid(j):
                 out.append(
                     window.LabelledBatch(
                         day, pd.DataFrame(), valid=False, reason="rejected by validation"
@@ -473,6 +475,53 @@ class _Shared:
             frame[cols.target] = y[has]
             out.append(window.LabelledBatch(day, frame.reset_index(drop=True)))
         return out
+
+
+# ----------------------------------------------------------------------------- the replay's store
+
+
+class ReplayStore:
+    """The replayed stream as the loop's batch store (`adapters.ports.BatchStore`) at the
+    replay clock: the chunks served so far, the labels delivered by then and the ledger the
+    monitor wrote. `state.build_loop_state` reads it as it reads the files in production."""
+
+    def __init__(self, shared: _Shared) -> None:
+        self.s = shared
+        self.now = -1
+        self.ledger = BatchLedger()
+        self._labels: dict[int, pd.DataFrame | None] = {}
+
+    def list_batches(self) -> list[io.BatchFile]:
+        days = self.s.stream.days
+        return [io.BatchFile(path=f"replay:{j}", day=days[j], index=j) for j in range(self.now + 1)]
+
+    def read_batch(self, batch: io.BatchFile, columns: Sequence[str] | None = None) -> pd.DataFrame:
+        frame = self.s.stream.batches[batch.index]
+        return frame[list(columns)] if columns is not None else frame
+
+    def read_labels(self, up_to_day: str | None = None) -> pd.DataFrame | None:
+        """Labels delivered by the replay clock (`up_to_day` is the clock here)."""
+        if self.now not in self._labels:
+            cols, stream = self.s.config.columns, self.s.stream
+            parts = []
+            for j in range(len(stream.days)):
+                if stream.reveal[j] > self.now:
+                    continue
+                y = stream.targets[j]
+                has = ~np.isnan(y)
+                parts.append(pd.DataFrame({cols.id: stream.batches[j][cols.id].to_numpy()[has], cols.target: y[has]}))
+            self._labels = {self.now: pd.concat(parts, ignore_index=True) if parts else None}
+        return self._labels[self.now]
+
+    def read_ledger(self) -> BatchLedger:
+        return self.ledger
+
+    def record_batch(self, record: BatchRecord) -> None:
+        self.ledger = self.ledger.with_record(record)
+
+    def valid(self, j: int) -> bool:
+        record = self.ledger.batches.get(self.s.stream.days[j])
+        return record is None or record.valid
 
 
 # ----------------------------------------------------------------------------- one policy
@@ -490,7 +539,6 @@ class _Review:
 
 class _Replay:
     def __init__(self, shared: _Shared, pol: policy.Policy, bootstrap: _Bootstrap) -> None:
-        from evergreen.adapters import registry
 
         self.s = shared
         self.policy = pol
@@ -503,6 +551,7 @@ class _Replay:
             bootstrap.run.run_id,
             {
                 **_tags(bootstrap.entry, bootstrap.clock, "bootstrap"),
+                state.BOOTSTRAP_TAG: "true",
                 registry.STATUS_TAG: "champion",
             },
         )
@@ -515,17 +564,12 @@ class _Replay:
         )
         self.champion = bootstrap.entry
         self.champion_version = version.version
-        # The newest registered version (cooldown and new rows count from it).
-        self.newest_train_end = bootstrap.entry.train_end
-        self.newest_clock = bootstrap.clock
-        self.retrain_clocks: list[pd.Timestamp] = []
+        self.store = ReplayStore(shared)
+        self.registry = registry.Registry(self.name)
         self.last_retrain_chunk = -1
         self.review: _Review | None = None
         self.served: dict[int, tuple[str, _ModelEntry]] = {}
-        self.valid: dict[int, bool] = {}
-        self.fired: list[list[str]] = []
         self.rows: list[ChunkRow] = []
-        self._newer: dict[tuple[int, pd.Timestamp], int] = {}
         self._previous_scores: dict[tuple[str, int], Any] = {}
         self.counts = {
             "retrains": 0,
@@ -573,9 +617,9 @@ class _Replay:
         from evergreen.engines import monitoring
 
         s, cfg = self.s, self.cfg
+        self.store.now = i
         view = s.view(self.champion, self.champion_version, i, self.timer)
         self.served[i] = (self.champion_version, self.champion)
-        self.valid[i] = view.valid
         report, signal = view.report, None
         alerts = None
         if report is not None:
@@ -593,7 +637,12 @@ class _Replay:
         t = time.perf_counter()
         decision = policy.decide(obs, self._state(i), self.policy)
         self.timer.add("policy", t)
-        self.fired.append(list(decision.fired))
+        self.store.record_batch(
+            BatchRecord(
+                day=s.stream.days[i], path=f"replay:{i}", valid=view.valid, message=view.validation,
+                signals=list(decision.fired), events=sorted(decision.events),
+            )
+        )
         self.counts["alerts"] += int(decision.alert)
         row = ChunkRow(
             index=i,
@@ -634,36 +683,12 @@ class _Replay:
         return row
 
     def _state(self, i: int) -> policy.LoopState:
-        s, cfg = self.s, self.cfg.retrain
-        now = s.ends[i]
-        period = pd.Timedelta(days=cfg.period_days)
-        return policy.LoopState(
-            history=policy.history_of(self.fired, cfg),
-            now=now,
-            last_retrain_clock=self.newest_clock,
-            last_train_end=self.newest_train_end,
-            new_labelled_rows=self._new_rows(i, self.newest_train_end),
-            retrains_in_period=sum(1 for c in self.retrain_clocks if now - period < c <= now),
-            chunks_since_retrain=i - self.last_retrain_chunk,
-            candidate_pending=self.review is not None,
-        )
-
-    def _new_rows(self, i: int, after: pd.Timestamp) -> int:
-        """Labelled rows known at chunk i that are newer than `after`."""
-        s, ts = self.s, self.cfg.columns.timestamp
-        total = 0
-        for j in range(i, -1, -1):
-            if s.ends[j] <= after:
-                break
-            if s.stream.reveal[j] > i or not self.valid.get(j, True):
-                continue
-            key = (j, after)
-            if key not in self._newer:  # a revealed chunk's count never changes
-                y = s.stream.targets[j]
-                newer = (_utc_series(s.stream.batches[j][ts]) > after).to_numpy()
-                self._newer[key] = int((~np.isnan(y) & newer).sum())
-            total += self._newer[key]
-        return total
+        """The loop state at chunk i, built as production builds it (`state.build_loop_state`
+        on the replay's store and registry); `chunks_since_retrain` drives `schedule:K`."""
+        t = time.perf_counter()
+        built = state.build_loop_state(self.cfg, self.store, self.registry, self.s.ends[i], self.s.stream.days[i])
+        self.timer.add("state", t)
+        return dataclasses.replace(built, chunks_since_retrain=i - self.last_retrain_chunk)
 
     def _realized_signal(self, i: int) -> dict[str, Any] | None:
         """The realized metric of the newest chunk whose labels are known at chunk i, when
@@ -675,7 +700,7 @@ class _Replay:
             if s.stream.reveal[j] > i:
                 continue
             version, entry = self.served[j]
-            if version != self.champion_version or not self.valid.get(j, True):
+            if version != self.champion_version or not self.store.valid(j):
                 return None
             view = s.views[(entry.key, j)]
             if view.realized is None:
@@ -696,7 +721,6 @@ class _Replay:
     # -- retrain, gate, promotion
 
     def _retrain(self, i: int, decision: policy.PolicyDecision, row: ChunkRow) -> None:
-        from evergreen.adapters import registry
         from evergreen.decisions import gate
         from evergreen.engines import validation
 
@@ -706,7 +730,7 @@ class _Replay:
         chunks = self._window_chunks(i)
         win = window.assemble_window(
             s.stream.reference,
-            s.labelled_rows(i, chunks, self.valid),
+            s.labelled_rows(i, chunks, self.store.valid),
             cfg.retrain,
             cfg.columns,
             now=now,
@@ -720,7 +744,6 @@ class _Replay:
             now=now.tz_localize(None),
         )
         self.timer.add("validate_window", t)
-        self.retrain_clocks.append(now)
         self.last_retrain_chunk = i
         if not checked.success:
             self.counts["rejected_windows"] += 1
@@ -736,7 +759,6 @@ class _Replay:
         )
         self.timer.add("register", t)
         self.counts["retrains"] += 1
-        self.newest_train_end, self.newest_clock = candidate.train_end, now
         row.retrained_version = version.version
         row.actions.append(
             f"retrained v{version.version} on {win.rows:,} rows ({win.batch_rows:,} from {len(win.sources)} chunk(s))"
@@ -773,10 +795,17 @@ class _Replay:
             self.counts["gate_failures"] += 1
             row.actions.append(f"gate failed: {'; '.join(verdict.reasons)}")
             return
+        if self.review is not None:  # a baseline retrained during a review: it ends there
+            registry.reject_canary(
+                self.name, self.review.version, f"superseded by v{version.version}", ACTOR, None
+            )
+        # The canary serves every row (a shadow review: the champion scores the same rows)
+        # while `canary` is set, so the policy sees a candidate under review as in production.
         registry.start_canary(self.name, version.version, verdict.to_dict(), ACTOR, None)
-        previous, previous_version = self.champion, self.champion_version
-        registry.promote_canary(
-            self.name, version.version, "backtest: gate passed (shadow review follows)", ACTOR, None
+        previous, previous_version = (
+            (self.review.previous, self.review.previous_version)
+            if self.review is not None
+            else (self.champion, self.champion_version)
         )
         loaded = registry.load_model_uri(f"models:/{self.name}/{version.version}")
         self.timer.add("register", t)
@@ -811,7 +840,7 @@ class _Replay:
         parts: list[pd.DataFrame] = []
         count = 0
         for j in range(i, -1, -1):
-            (b,) = s.labelled_rows(i, [j], self.valid) or (None,)
+            (b,) = s.labelled_rows(i, [j], self.store.valid) or (None,)
             if b is None or not b.valid or b.frame.empty:
                 continue
             parts.append(b.frame)
@@ -831,7 +860,6 @@ class _Replay:
     def _review(self, i: int) -> tuple[list[str], bool]:
         """Decide a pending post-promotion review with the labels known at chunk i; returns
         what happened and whether the promotion was rolled back."""
-        from evergreen.adapters import registry
         from evergreen.adapters.predlog import ALIAS_COLUMN
         from evergreen.decisions import canary
 
@@ -900,16 +928,13 @@ class _Replay:
         if verdict.outcome == canary.PENDING:
             return [], False
         self.review = None
-        if verdict.outcome == canary.PROMOTED:
-            return [f"review kept v{r.version}: {verdict.reasons[0]}"], False
         t = time.perf_counter()
-        registry.roll_back_champion(
-            self.name,
-            r.previous_version,
-            "backtest review: " + "; ".join(verdict.reasons)[:400],
-            ACTOR,
-            None,
-        )
+        why = "backtest review: " + "; ".join(verdict.reasons)[:400]
+        if verdict.outcome == canary.PROMOTED:
+            registry.promote_canary(self.name, r.version, why, ACTOR, None)
+            self.timer.add("register", t)
+            return [f"review kept v{r.version}: {verdict.reasons[0]}"], False
+        registry.reject_canary(self.name, r.version, why, ACTOR, None)
         self.timer.add("register", t)
         self.champion, self.champion_version = r.previous, r.previous_version
         self.counts["rollbacks"] += 1
@@ -1033,7 +1058,7 @@ def _log_candidate(
     """One MLflow run per trained model: its metrics and the model in XGBoost's format."""
     import mlflow
 
-    from evergreen.adapters import registry, tracking
+    from evergreen.adapters import tracking
 
     cfg = shared.config
     with mlflow.start_run(

@@ -40,6 +40,7 @@ import pandas as pd
 from evergreen.config import RetrainPolicyConfig
 from evergreen.engines.monitoring import AlertDecision, AlertSignal
 from evergreen.jsonable import plain
+from evergreen.times import utc
 
 SIGNALS = ("estimated_drop", "realized_drop", "multivariate_drift", "feature_drift")
 BASELINES = ("never", "always", "schedule")
@@ -128,7 +129,8 @@ class LoopState:
     - `new_labelled_rows`: labelled rows newer than `last_train_end` available now;
     - `retrains_in_period`: retrains started in the last `period_days` days of data;
     - `chunks_since_retrain`: chunks served since the last retrain (or the start);
-    - `candidate_pending`: a retrained version is still under review.
+    - `candidate_pending`: a retrained version is still under review (`pending_reason`
+      says which: "challenger v5 awaits its gate", "canary v5 is under review").
     """
 
     history: tuple[tuple[str, ...], ...] = ()
@@ -139,6 +141,7 @@ class LoopState:
     retrains_in_period: int | None = None
     chunks_since_retrain: int | None = None
     candidate_pending: bool = False
+    pending_reason: str = ""
 
 
 @dataclass(frozen=True)
@@ -247,7 +250,7 @@ def decide(observation: ChunkObservation, state: LoopState, policy: Policy) -> P
             reason=f"waiting for the hysteresis ({hysteresis}): {signal_text}",
             blocked_by="no_alert",
         )
-    start = check_start(state, cfg)
+    start = check_start(state, cfg, "event")
     if not start.allowed:
         return dataclasses.replace(
             base, reason=f"{start.reason} (signals: {signal_text})", blocked_by=start.blocked_by
@@ -257,19 +260,30 @@ def decide(observation: ChunkObservation, state: LoopState, policy: Policy) -> P
     )
 
 
-def check_start(state: LoopState, config: RetrainPolicyConfig) -> StartCheck:
-    """May a retrain start now? Candidate under review, cooldown, new labelled rows, budget
-    (in that order); checks whose inputs are None in `state` are skipped."""
+def check_start(state: LoopState, config: RetrainPolicyConfig, trigger: str = "event") -> StartCheck:
+    """May a retrain started by `trigger` go now? The one start rule of the loop: the monitor
+    applies it to an alert, the retrain flow to its run, the backtest to both.
+
+    - `manual`: always (a person asked);
+    - `event` (an alert): a candidate under review, the cooldown, the minimum of new
+      labelled rows and the budget per period, in that order;
+    - `schedule`: the same without the cooldown (the schedule is its own cadence).
+
+    Checks whose inputs are None in `state` are not known to apply (no version yet)."""
+    if trigger == "manual":
+        return StartCheck(True, "manual retrain: no start check applies")
     if state.candidate_pending:
-        return StartCheck(False, "a retrained version is still under review", "candidate_pending")
+        what = state.pending_reason or "a retrained version is still under review"
+        return StartCheck(False, f"candidate_pending: {what}; retrain after its review", "candidate_pending")
     done: list[str] = []
-    if state.now is not None and state.last_retrain_clock is not None:
-        hours = (_ts(state.now) - _ts(state.last_retrain_clock)) / pd.Timedelta(hours=1)
+    if trigger == "event" and state.now is not None and state.last_retrain_clock is not None:
+        hours = (utc(state.now) - utc(state.last_retrain_clock)) / pd.Timedelta(hours=1)
         if hours < config.cooldown_hours:
+            resume = utc(state.last_retrain_clock) + pd.Timedelta(hours=config.cooldown_hours)
             return StartCheck(
                 False,
                 f"cooldown: {hours:.0f} h of data since the newest version was trained "
-                f"(< retrain.cooldown_hours={config.cooldown_hours:g})",
+                f"(< retrain.cooldown_hours={config.cooldown_hours:g}); next retrain from data time {resume}",
                 "cooldown",
             )
         done.append(f"{hours:.0f} h of data since the last retrain")
@@ -277,7 +291,7 @@ def check_start(state: LoopState, config: RetrainPolicyConfig) -> StartCheck:
         if state.new_labelled_rows < config.min_new_rows:
             return StartCheck(
                 False,
-                f"only {state.new_labelled_rows} labelled rows newer than the newest version's "
+                f"min_new_rows: only {state.new_labelled_rows} labelled rows newer than the newest version's "
                 f"training data (retrain.min_new_rows={config.min_new_rows})",
                 "min_new_rows",
             )
@@ -286,14 +300,25 @@ def check_start(state: LoopState, config: RetrainPolicyConfig) -> StartCheck:
         if state.retrains_in_period >= config.max_retrains_per_period:
             return StartCheck(
                 False,
-                f"budget: {state.retrains_in_period} retrains in the last {config.period_days} days "
+                f"budget: {state.retrains_in_period} retrains in the last {config.period_days} days of data "
                 f"(retrain.max_retrains_per_period={config.max_retrains_per_period})",
                 "budget",
             )
         done.append(
             f"{state.retrains_in_period} of {config.max_retrains_per_period} retrains used in {config.period_days} days"
         )
-    return StartCheck(True, ", ".join(done) or "no start check applies")
+    return StartCheck(True, f"{trigger} retrain: " + (", ".join(done) or "no start check applies"))
+
+
+def decide_start(state: LoopState, policy: Policy, trigger: str) -> StartCheck:
+    """The retrain flow's start check for `policy`: the configured policy applies
+    `check_start`; the backtest's baselines (`always`, `schedule:K`) retrain whenever they
+    are triggered, and `never` never does."""
+    if policy.kind == "never" and trigger != "manual":
+        return StartCheck(False, "policy never: the first model serves forever", "no_alert")
+    if policy.kind in ("always", "schedule"):
+        return StartCheck(True, f"policy {policy.name}: retrain when triggered")
+    return check_start(state, policy.config, trigger)
 
 
 def history_of(
@@ -327,6 +352,3 @@ def _events(
     }
 
 
-def _ts(value: datetime) -> pd.Timestamp:
-    ts = pd.Timestamp(value)
-    return ts.tz_localize("UTC") if ts.tzinfo is None else ts.tz_convert("UTC")

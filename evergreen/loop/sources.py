@@ -8,6 +8,7 @@ import pandas as pd
 
 from evergreen.adapters import io, ledger, registry, tracking
 from evergreen.config import ModelConfig, check_columns
+from evergreen.decisions import policy
 from evergreen.decisions.window import LabelledBatch, TrainingWindow, assemble_window, join_labels
 from evergreen.engines.validation import (
     ExpectationFailure,
@@ -16,7 +17,6 @@ from evergreen.engines.validation import (
     unreadable_report,
     validate_labels,
 )
-from evergreen.loop import retraining
 
 MONITOR_ROLES = ("id", "timestamp", "target", "prediction", "probability", "features")
 TRAINING_ROLES = ("id", "target", "features")
@@ -57,21 +57,21 @@ def read_monitor_reference(config: ModelConfig) -> pd.DataFrame:
     return io.read_table(path)
 
 
-def check_retrain_start(config: ModelConfig, trigger: str) -> tuple[retraining.RetrainStart, str | None]:
-    """Cooldown and canary check before any work (`retraining.decide_retrain_start` on the
-    data clock and the registry); returns the decision and the data clock (the newest
-    production batch) to tag the new version with."""
-    batches = io.list_batches(config.data.path("batches"))
-    data_clock = batches[-1].day if batches else None
+def check_retrain_start(
+    config: ModelConfig, trigger: str, policy_name: str = "default"
+) -> tuple[policy.StartCheck, pd.Timestamp | None]:
+    """May a retrain started by `trigger` go now? `policy.decide_start` on the loop state
+    (`state.build_loop_state`: the data clock, the registry, the labelled rows); returns the
+    decision and the data clock (the newest production batch) to tag the new version with."""
+    from evergreen.adapters.store import FileStore
+    from evergreen.loop import state
+
     tracking.connect(config.mlflow)
-    name = config.mlflow.model_name
-    versions = [v for v in registry.list_versions(name) if v.tags.get(retraining.DATA_CLOCK_TAG)]
-    last = versions[-1].tags[retraining.DATA_CLOCK_TAG] if versions else None
-    canary = registry.version_by_alias(name, registry.CANARY)
-    start = retraining.decide_retrain_start(
-        trigger, data_clock, last, config.retrain.cooldown_hours, canary.version if canary else None
-    )
-    return start, data_clock
+    store = FileStore(config)
+    now = state.data_clock(config, store)
+    loop_state = state.build_loop_state(config, store, registry.Registry(config.mlflow.model_name), now)
+    chosen = policy.Policy.named(policy_name, config.retrain)
+    return policy.decide_start(loop_state, chosen, trigger), now
 
 
 def assemble_training_window(config: ModelConfig) -> TrainingWindow:

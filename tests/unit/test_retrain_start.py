@@ -1,39 +1,125 @@
-"""The retrain start check: cooldown on the data clock, no retrain during a canary review."""
+"""The one start rule (`policy.check_start` / `decide_start`) and the state it is given
+(`state.build_loop_state`), on a store in fsspec's memory filesystem."""
 
 from __future__ import annotations
 
+import uuid
+
+import pandas as pd
 import pytest
 
-from evergreen.loop.retraining import decide_retrain_start
+from evergreen.adapters import io
+from evergreen.adapters.ledger import BatchRecord
+from evergreen.adapters.registry import VersionInfo
+from evergreen.adapters.store import FileStore
+from evergreen.config import ModelConfig, RetrainPolicyConfig
+from evergreen.decisions import policy
+from evergreen.loop import state
+
+CFG = RetrainPolicyConfig(cooldown_hours=72, min_new_rows=100, max_retrains_per_period=2, period_days=30)
 
 
-def test_manual_retrain_always_goes() -> None:
-    start = decide_retrain_start("manual", "2019-01-10", "2019-01-10", 72, canary_version="3")
-    assert start.go
+def _state(**kw) -> policy.LoopState:  # noqa: ANN003
+    base = dict(
+        now=pd.Timestamp("2019-01-20", tz="UTC"),
+        last_retrain_clock=pd.Timestamp("2019-01-10", tz="UTC"),
+        new_labelled_rows=500,
+        retrains_in_period=0,
+    )
+    return policy.LoopState(**{**base, **kw})
 
 
-@pytest.mark.parametrize("trigger", ["event", "schedule"])
-def test_no_retrain_while_a_canary_is_reviewed(trigger: str) -> None:
-    start = decide_retrain_start(trigger, "2019-01-20", "2019-01-10", 72, canary_version="3")
-    assert not start.go and "canary v3" in start.reason
+def test_manual_always_goes() -> None:
+    check = policy.check_start(_state(candidate_pending=True, new_labelled_rows=0), CFG, "manual")
+    assert check.allowed and check.blocked_by is None
 
 
 @pytest.mark.parametrize(
-    ("now", "go"),
-    [("2019-01-10", False), ("2019-01-12", False), ("2019-01-12T23:00", False), ("2019-01-13", True), ("2019-01-20", True)],
+    ("changes", "blocker"),
+    [
+        ({"candidate_pending": True, "pending_reason": "canary v3 is under review"}, "candidate_pending"),
+        ({"now": pd.Timestamp("2019-01-11", tz="UTC")}, "cooldown"),
+        ({"new_labelled_rows": 99}, "min_new_rows"),
+        ({"retrains_in_period": 2}, "budget"),
+    ],
 )
-def test_event_retrain_waits_for_the_cooldown_on_the_data_clock(now: str, go: bool) -> None:
-    start = decide_retrain_start("event", now, "2019-01-10", 72, canary_version=None)
-    assert start.go is go
-    if not go:
-        assert "cooldown" in start.reason and "2019-01-13" in start.reason
+def test_each_blocker_holds_an_event_retrain_and_names_itself(changes: dict, blocker: str) -> None:
+    check = policy.check_start(_state(**changes), CFG, "event")
+    assert not check.allowed
+    assert check.blocked_by == blocker
+    assert check.reason.startswith(f"{blocker}: ")
 
 
-def test_schedule_ignores_the_cooldown_and_first_retrain_goes() -> None:
-    assert decide_retrain_start("schedule", "2019-01-10", "2019-01-10", 72, None).go
-    assert decide_retrain_start("event", "2019-01-10", None, 72, None).go
-    assert decide_retrain_start("event", None, "2019-01-10", 72, None).go
+def test_a_schedule_has_no_cooldown_but_every_other_blocker() -> None:
+    assert policy.check_start(_state(now=pd.Timestamp("2019-01-11", tz="UTC")), CFG, "schedule").allowed
+    assert policy.check_start(_state(new_labelled_rows=0), CFG, "schedule").blocked_by == "min_new_rows"
+    assert policy.check_start(_state(retrains_in_period=5), CFG, "schedule").blocked_by == "budget"
 
 
-def test_zero_cooldown_lets_every_event_retrain() -> None:
-    assert decide_retrain_start("event", "2019-01-10", "2019-01-10", 0, None).go
+def test_the_monitor_decision_uses_the_same_rule() -> None:
+    """`decide` on an alerting chunk blocks with exactly what `check_start` says."""
+    from evergreen.engines.monitoring import AlertDecision, AlertSignal
+
+    signal = AlertSignal(
+        kind="estimated_drop", metric="roc_auc", value=0.7, threshold=0.8,
+        reason="estimated roc_auc dropped", rule="drop",
+    )
+    alerts = AlertDecision(
+        model_name="m", drift_detected=False, performance_degraded=True, drifted_features=[],
+        reasons=[signal.reason], signals=[signal],
+    )
+    obs = policy.ChunkObservation(chunk="2019-01-20", valid=True, alerts=alerts)
+    loop_state = _state(new_labelled_rows=10)
+    decision = policy.decide(obs, loop_state, policy.Policy.named("default", CFG))
+    start = policy.check_start(loop_state, CFG, "event")
+    assert decision.alert and not decision.retrain
+    assert decision.blocked_by == start.blocked_by == "min_new_rows"
+    assert start.reason in decision.reason
+
+
+class _Registry:
+    name = "m"
+
+    def __init__(self, versions: list[VersionInfo], aliases: dict[str, str]) -> None:
+        self.versions, self.aliases = versions, aliases
+
+    def list_versions(self) -> list[VersionInfo]:
+        return self.versions
+
+    def version_by_alias(self, alias: str) -> VersionInfo | None:
+        v = self.aliases.get(alias)
+        return next((x for x in self.versions if x.version == v), None)
+
+
+def _version(n: int, clock: str, train_end: str, bootstrap: bool = False) -> VersionInfo:
+    tags = {state.DATA_CLOCK_TAG: clock, state.TRAIN_END_TAG: train_end, state.BOOTSTRAP_TAG: str(bootstrap).lower()}
+    return VersionInfo(name="m", version=str(n), run_id=None, source="", tags=tags)
+
+
+def test_the_state_is_read_from_the_store_and_the_registry(toy_config) -> None:  # noqa: ANN001
+    demo_config: ModelConfig = toy_config()
+    root = f"memory://state-test-{uuid.uuid4().hex}"
+    cfg = demo_config.model_copy(update={"data": demo_config.data.model_copy(update={"root": root})})
+    cols = cfg.columns
+    store = FileStore(cfg)
+    for day, n in (("2019-01-01", 50), ("2019-01-02", 60), ("2019-01-03", 70)):
+        ids = [f"{day}-{i}" for i in range(n)]
+        frame = pd.DataFrame({cols.id: ids, cols.timestamp: pd.date_range(day, periods=n, freq="min")})
+        io.write_table(frame, f"{cfg.data.path('batches')}/{day}.parquet")
+        if day != "2019-01-03":  # the last batch's labels have not arrived
+            io.write_table(pd.DataFrame({cols.id: ids, cols.target: 1}), f"{cfg.data.path('labels')}/{day}.parquet")
+    store.record_batch(BatchRecord(day="2019-01-01", path="a", valid=True, signals=["feature_drift"]))
+    store.record_batch(BatchRecord(day="2019-01-02", path="b", valid=False, message="bad"))
+    registry = _Registry(
+        [_version(1, "2018-12-31", "2018-12-30", bootstrap=True), _version(2, "2019-01-01T12:00", "2019-01-01T00:10")],
+        {"canary": "2"},
+    )
+    now = state.data_clock(cfg, store)
+    assert now == pd.Timestamp("2019-01-03 01:09", tz="UTC")
+    got = state.build_loop_state(cfg, store, registry, now, day="2019-01-03")
+    # 2019-01-01 after 00:10: 39 labelled rows; 2019-01-02 was rejected; 2019-01-03 unlabelled
+    assert got.new_labelled_rows == 39
+    assert got.retrains_in_period == 1  # the bootstrap version does not count
+    assert got.last_retrain_clock == pd.Timestamp("2019-01-01 12:00", tz="UTC")
+    assert got.candidate_pending and "canary v2" in got.pending_reason
+    assert got.history == () or got.history[-1] == ()  # hysteresis 1 of 1 keeps no history

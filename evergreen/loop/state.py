@@ -1,0 +1,130 @@
+"""The loop's state for the retrain policy, read from the ports: one builder for the monitor
+(which events to emit), the retrain flow (may it start) and the backtest (the same two, on a
+replay clock). `evergreen.decisions.policy` decides on what this returns.
+
+Time is the data's clock: the newest timestamp of the newest production batch, never the
+wall clock, so a replay passes days in seconds and a cooldown still means hours of data.
+"""
+
+from __future__ import annotations
+
+from datetime import date
+
+import pandas as pd
+
+from evergreen.adapters import io
+from evergreen.adapters.ports import BatchStore, ModelRegistry
+from evergreen.adapters.registry import CANARY, CHALLENGER, VersionInfo
+from evergreen.config import ModelConfig
+from evergreen.decisions import policy
+from evergreen.times import utc, utc_series
+
+DATA_CLOCK_TAG = "evergreen.data_clock"
+TRAIN_END_TAG = "evergreen.train_end"
+BOOTSTRAP_TAG = "evergreen.bootstrap"
+
+
+def data_clock(config: ModelConfig, store: BatchStore) -> pd.Timestamp | None:
+    """Data time now: the newest timestamp of the newest readable production batch."""
+    ts = config.columns.timestamp
+    for batch in reversed(store.list_batches()):
+        try:
+            stamps = store.read_batch(batch, columns=[ts])[ts]
+        except (io.DataReadError, KeyError, ValueError):
+            continue
+        if len(stamps):
+            return utc(utc_series(stamps).max())
+    return None
+
+
+def build_loop_state(
+    config: ModelConfig,
+    store: BatchStore,
+    registry: ModelRegistry,
+    now: pd.Timestamp | None,
+    day: str | None = None,
+) -> policy.LoopState:
+    """Everything `policy.decide` / `policy.check_start` need besides the observation.
+
+    - `history`: the signals the ledger recorded for batches before `day` (all when None);
+    - the newest registered version (any status) sets the cooldown's start (its data clock)
+      and the training-data end from which new labelled rows are counted;
+    - the budget counts versions trained in the last `retrain.period_days` days of data
+      (the first, bootstrap version does not count);
+    - a `challenger` or `canary` alias means a candidate is still under review."""
+    ledger = store.read_ledger()
+    history = (
+        [r.signals for d, r in sorted(ledger.batches.items()) if day is None or d < day]
+    )
+    versions = registry.list_versions()
+    newest = versions[-1] if versions else None
+    last_clock = _tag_time(newest, DATA_CLOCK_TAG)
+    last_end = _tag_time(newest, TRAIN_END_TAG)
+    new_rows = count_labelled_rows_after(config, store, last_end) if last_end is not None else None
+    in_period = None
+    if now is not None:
+        since = utc(now) - pd.Timedelta(days=config.retrain.period_days)
+        clocks = [_tag_time(v, DATA_CLOCK_TAG) for v in versions if v.tags.get(BOOTSTRAP_TAG) != "true"]
+        in_period = sum(1 for c in clocks if c is not None and since < c <= utc(now))
+    return policy.LoopState(
+        history=policy.history_of(history, config.retrain),
+        now=now,
+        last_retrain_clock=last_clock,
+        last_train_end=last_end,
+        new_labelled_rows=new_rows,
+        retrains_in_period=in_period,
+        candidate_pending=bool(pending := _pending(registry)),
+        pending_reason=pending,
+    )
+
+
+def count_labelled_rows_after(config: ModelConfig, store: BatchStore, after: pd.Timestamp) -> int:
+    """Labelled rows delivered so far whose timestamp is newer than `after`, in batches the
+    monitor did not reject (only the id and timestamp columns are read; batches named by a
+    day before `after` are not read at all)."""
+    labels = store.read_labels()
+    if labels is None or not len(labels):
+        return 0
+    cols = config.columns
+    known = pd.Index(labels[cols.id].dropna().unique())
+    rejected = store.read_ledger().rejected()
+    cutoff = utc(after)
+    total = 0
+    for batch in store.list_batches():
+        if batch.day in rejected or _named_before(batch.day, cutoff):
+            continue
+        try:
+            frame = store.read_batch(batch, columns=[cols.id, cols.timestamp])
+        except (io.DataReadError, KeyError, ValueError):
+            continue
+        newer = (utc_series(frame[cols.timestamp]) > cutoff).to_numpy()
+        total += int((frame[cols.id].isin(known).to_numpy() & newer).sum())
+    return total
+
+
+def _named_before(day: str, cutoff: pd.Timestamp) -> bool:
+    """A batch named by its day (YYYY-MM-DD) holds no row newer than a cutoff on a later day."""
+    try:
+        return date.fromisoformat(day) < cutoff.date()
+    except ValueError:
+        return False
+
+
+def _pending(registry: ModelRegistry) -> str:
+    canary = registry.version_by_alias(CANARY)
+    if canary is not None:
+        return f"canary v{canary.version} is under review"
+    challenger = registry.version_by_alias(CHALLENGER)
+    if challenger is not None:
+        return f"challenger v{challenger.version} awaits its gate"
+    return ""
+
+
+def _tag_time(version: VersionInfo | None, tag: str) -> pd.Timestamp | None:
+    raw = version.tags.get(tag) if version is not None else None
+    if not raw:
+        return None
+    try:
+        return utc(raw)
+    except (ValueError, TypeError):
+        return None
