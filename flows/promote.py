@@ -9,6 +9,7 @@ from prefect.states import Completed, Failed, State
 
 from blocks.model_config import resolve_config
 from evergreen.config import ModelConfig
+from evergreen.loop import sources
 from evergreen.reports import PromotionResult
 from evergreen.telemetry import disable_telemetry
 from tasks import promotion
@@ -38,8 +39,7 @@ def promote(config: str | ModelConfig = "car-loan", version: str | None = None) 
         return Completed(message=msg, data=PromotionResult(model_name=cfg.mlflow.model_name, decision="skipped", reasons=[msg], champion=champion.version.version))
 
     fresh = promotion.load_fresh_labelled(cfg, challenger.version.tags.get("evergreen.train_end"))
-    if len(fresh) < cfg.gate.min_rows:
-        msg = f"only {len(fresh)} fresh labelled rows; the gate needs {cfg.gate.min_rows}"
+    if (msg := sources.gate_evidence_shortfall(len(fresh), cfg)) is not None:
         return Failed(name="NotEnoughData", message=msg, data=PromotionResult(model_name=cfg.mlflow.model_name, decision="failed", reasons=[msg]))
     ch = promotion.measure_model(challenger, fresh, cfg)
     cp = promotion.measure_model(champion, fresh, cfg) if champion is not None else None

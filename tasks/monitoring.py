@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
-
 import pandas as pd
 from prefect import task
 from prefect.cache_policies import NO_CACHE
@@ -11,6 +9,7 @@ from prefect.cache_policies import NO_CACHE
 from evergreen.config import ModelConfig
 from evergreen.decisions import policy
 from evergreen.engines import monitoring, validation
+from evergreen.loop import sources
 
 # Inputs are large frames: hashing them for a cache key would cost more than the work.
 
@@ -65,39 +64,20 @@ def decide_alerts(report: monitoring.MonitorReport, config: ModelConfig) -> moni
     return monitoring.decide_alerts(report, config)
 
 
-@dataclass(frozen=True)
-class LatestRealized:
-    day: str
-    metric: monitoring.MetricEstimate
-
-
 @task(name="realized-performance", cache_policy=NO_CACHE)
 def realized_on_latest_labelled(
     fitted: monitoring.FittedMonitor, config: ModelConfig, day: str, labels: pd.DataFrame | None
-) -> LatestRealized | None:
-    """Labels arrive late: the realized metric of the most recent batch (up to `day`) whose
-    labels have arrived, with that batch's day; None when no batch is labelled yet.
+) -> sources.LatestRealized | None:
+    """The realized metric of the newest batch up to `day` whose labels have arrived
+    (`sources.realized_on_latest_labelled` on the batch files)."""
+    from evergreen.adapters.store import FileStore
 
-    Batches the monitor rejected are skipped: their labels may well arrive, but their data
-    is what failed validation."""
-    from evergreen.adapters import io, ledger
+    store = FileStore(config)
 
-    if labels is None or not len(labels):
-        return None
-    known = set(labels[config.columns.id])
-    rejected = ledger.read_ledger(config.data.path("state")).rejected()
-    for batch in reversed([b for b in io.list_batches(config.data.path("batches")) if b.day <= day]):
-        if batch.day in rejected:
-            continue
-        try:
-            frame = io.read_table(batch.path, max_rows=config.data.max_batch_rows)
-        except io.DataReadError:
-            continue
-        if config.columns.id in frame and frame[config.columns.id].isin(known).any():
-            report = monitoring.compute_monitor(fitted, frame, labels)
-            if report.realized_metric is not None:
-                return LatestRealized(batch.day, report.realized_metric)
-    return None
+    def realize(batch):  # noqa: ANN001, ANN202
+        return monitoring.compute_monitor(fitted, store.read_batch(batch), labels).realized_metric
+
+    return sources.realized_on_latest_labelled(config, store, day, labels, realize)
 
 
 @task(name="read-loop-state", cache_policy=NO_CACHE, retries=2, retry_delay_seconds=1)

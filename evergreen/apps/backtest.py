@@ -55,7 +55,8 @@ from evergreen.config import ModelConfig
 from evergreen.decisions import policy, window
 from evergreen.engines.evaluation import lower_is_better, metric_value
 from evergreen.jsonable import plain
-from evergreen.loop import state
+from evergreen.loop import sources, state
+from evergreen.times import utc
 
 BASELINES = ("never", "always", "schedule")
 PREFETCH = 3  # chunks validated ahead by the worker processes
@@ -305,8 +306,8 @@ class _Shared:
         self.pending: dict[tuple[str, int], tuple[pd.DataFrame, Any, Any]] = {}
         self.pool = _validation_pool(validation_workers) if validation_workers else None
         self.trainings: dict[str, tuple[_ModelEntry, Any]] = {}
-        self.ends = [_utc(b[config.columns.timestamp].max()) for b in stream.batches]
-        self.starts = [_utc(b[config.columns.timestamp].min()) for b in stream.batches]
+        self.ends = [utc(b[config.columns.timestamp].max()) for b in stream.batches]
+        self.starts = [utc(b[config.columns.timestamp].min()) for b in stream.batches]
 
     # -- models
 
@@ -409,15 +410,10 @@ class _Shared:
         self, entry: _ModelEntry, version: str, i: int, timer: _Timer
     ) -> tuple[pd.DataFrame, Any]:
         """The chunk as the champion served it: its predictions replace the stream's."""
-        cols = self.config.columns
+        from evergreen.simulation.serving import serve_batch
+
         t = time.perf_counter()
-        batch = self.stream.batches[i]
-        preds = entry.model.predict(batch)
-        served = batch.copy()
-        served[cols.prediction] = preds.prediction
-        if cols.probability is not None and preds.probability is not None:
-            served[cols.probability] = preds.probability
-        served[cols.model_version] = version
+        served, preds = serve_batch(entry.model, self.stream.batches[i], version, self.config.columns)
         timer.add("score", t)
         return served, preds
 
@@ -446,7 +442,7 @@ class _Shared:
         reference = retraining.monitor_reference(
             model, holdout.evaluation, self.config, version="candidate"
         )
-        train_end = _utc(holdout.train[self.config.columns.timestamp].max())
+        train_end = utc(holdout.train[self.config.columns.timestamp].max())
         timer.add("train", t)
         entry = self.entry(model, reference, train_end)
         self.trainings[digest] = (entry, evaluation)
@@ -488,6 +484,7 @@ class ReplayStore:
     def __init__(self, shared: _Shared) -> None:
         self.s = shared
         self.now = -1
+        self.served_version: dict[int, str] = {}
         self.ledger = BatchLedger()
         self._labels: dict[int, pd.DataFrame | None] = {}
 
@@ -496,7 +493,11 @@ class ReplayStore:
         return [io.BatchFile(path=f"replay:{j}", day=days[j], index=j) for j in range(self.now + 1)]
 
     def read_batch(self, batch: io.BatchFile, columns: Sequence[str] | None = None) -> pd.DataFrame:
+        """The chunk's rows; with the serving version as the scoring service logs it."""
         frame = self.s.stream.batches[batch.index]
+        version_col = self.s.config.columns.model_version
+        if batch.index in self.served_version:
+            frame = frame.assign(**{version_col: self.served_version[batch.index]})
         return frame[list(columns)] if columns is not None else frame
 
     def read_labels(self, up_to_day: str | None = None) -> pd.DataFrame | None:
@@ -620,6 +621,7 @@ class _Replay:
         self.store.now = i
         view = s.view(self.champion, self.champion_version, i, self.timer)
         self.served[i] = (self.champion_version, self.champion)
+        self.store.served_version[i] = self.champion_version
         report, signal = view.report, None
         alerts = None
         if report is not None:
@@ -691,32 +693,35 @@ class _Replay:
         return dataclasses.replace(built, chunks_since_retrain=i - self.last_retrain_chunk)
 
     def _realized_signal(self, i: int) -> dict[str, Any] | None:
-        """The realized metric of the newest chunk whose labels are known at chunk i, when
-        the current champion served it (a replaced model's metric says nothing now)."""
+        """The realized metric the monitor judges at chunk i (`sources.realized_on_latest_labelled`,
+        the monitor flow's rule), on the replay's store: the newest chunk whose labels are
+        known, as long as the current champion served it."""
         from evergreen.engines.monitoring import MetricEstimate
 
         s = self.s
-        for j in range(i, -1, -1):
-            if s.stream.reveal[j] > i:
-                continue
-            version, entry = self.served[j]
-            if version != self.champion_version or not self.store.valid(j):
+
+        def realize(batch: io.BatchFile) -> MetricEstimate | None:
+            version, entry = self.served[batch.index]
+            value = s.views[(entry.key, batch.index)].realized
+            if value is None:
                 return None
-            view = s.views[(entry.key, j)]
-            if view.realized is None:
-                return None
-            estimate = MetricEstimate(
+            return MetricEstimate(
                 metric=self.cfg.metric,
-                value=view.realized,
+                value=value,
                 reference_value=self.champion.fitted.reference_metric,
                 lower_threshold=None,
                 upper_threshold=None,
                 alert=False,
                 kind="realized",
-                chunk=s.stream.days[j],
+                chunk=batch.day,
             )
-            return {"value": view.realized, "chunk": s.stream.days[j], "estimate": estimate}
-        return None
+
+        found = sources.realized_on_latest_labelled(
+            self.cfg, self.store, s.stream.days[i], self.store.read_labels(), realize, self.champion_version
+        )
+        if found is None:
+            return None
+        return {"value": found.metric.value, "chunk": found.day, "estimate": found.metric}
 
     # -- retrain, gate, promotion
 
@@ -765,10 +770,11 @@ class _Replay:
         )
 
         t = time.perf_counter()
-        fresh = self._fresh_rows(i, candidate.train_end)
-        if len(fresh) < cfg.gate.min_rows:
+        fresh = sources.select_fresh_rows(
+            s.labelled_rows(i, range(i + 1), self.store.valid), cfg, candidate.train_end
+        )
+        if (reason := sources.gate_evidence_shortfall(len(fresh), cfg)) is not None:
             self.timer.add("gate", t)
-            reason = f"only {len(fresh)} fresh labelled rows; the gate needs {cfg.gate.min_rows}"
             registry.reject_challenger(
                 self.name, version.version, {"passed": False}, [reason], ACTOR, None
             )
@@ -830,32 +836,6 @@ class _Replay:
             start = s.ends[i] - pd.Timedelta(days=pol.window_days + 1)
             return [j for j in range(i + 1) if s.ends[j] >= start]
         return list(range(i + 1))
-
-    def _fresh_rows(self, i: int, after: pd.Timestamp) -> pd.DataFrame:
-        """The rows the promote flow gates on (`sources.read_fresh_labelled`): labelled rows
-        newer than the candidate's training data, topped up with the most recent ones when
-        fewer than `gate.min_rows` are that fresh; at most `gate.evaluation_rows`."""
-        s, cfg = self.s, self.cfg
-        ts, cap = cfg.columns.timestamp, cfg.gate.evaluation_rows
-        parts: list[pd.DataFrame] = []
-        count = 0
-        for j in range(i, -1, -1):
-            (b,) = s.labelled_rows(i, [j], self.store.valid) or (None,)
-            if b is None or not b.valid or b.frame.empty:
-                continue
-            parts.append(b.frame)
-            count += len(b.frame)
-            if count >= cap and _utc(b.frame[ts].min()) <= after:
-                break
-        if not parts:
-            return pd.DataFrame()
-        frame = pd.concat(parts[::-1], ignore_index=True)
-        frame[ts] = _utc_series(frame[ts])
-        frame = frame.sort_values(ts, kind="mergesort").reset_index(drop=True)
-        fresh = frame[frame[ts] > after]
-        if len(fresh) >= cfg.gate.min_rows:
-            frame = fresh
-        return frame.tail(cap).reset_index(drop=True)
 
     def _review(self, i: int) -> tuple[list[str], bool]:
         """Decide a pending post-promotion review with the labels known at chunk i; returns
@@ -1045,7 +1025,7 @@ def _bootstrap(shared: _Shared, timer: _Timer) -> _Bootstrap:
         raise BacktestError(
             f"the training reference has {win.rows} labelled rows; the first model needs more"
         )
-    clock = _utc(win.time_max if win.time_max is not None else shared.starts[0])
+    clock = utc(win.time_max if win.time_max is not None else shared.starts[0])
     entry, evaluation = shared.train(win.frame, timer)
     shared.monitor_of(entry, timer)
     run = _log_candidate(shared, entry, evaluation, win, "bootstrap: trained on the reference")
@@ -1195,15 +1175,6 @@ def plot(result: BacktestResult, path: str) -> None:
 def _metric(y: np.ndarray, score: np.ndarray, config: ModelConfig) -> float | None:
     value = metric_value(y, score, config.problem_type, config.metric)
     return float(value) if value is not None and math.isfinite(value) else None
-
-
-def _utc(value: Any) -> pd.Timestamp:
-    ts = pd.Timestamp(value)
-    return ts.tz_localize("UTC") if ts.tzinfo is None else ts.tz_convert("UTC")
-
-
-def _utc_series(values: pd.Series) -> pd.Series:
-    return pd.to_datetime(values, utc=True)
 
 
 def _slug(name: str) -> str:

@@ -3,10 +3,13 @@
 from __future__ import annotations
 
 import dataclasses
+from collections.abc import Callable
+from typing import Any
 
 import pandas as pd
 
 from evergreen.adapters import io, ledger, registry, tracking
+from evergreen.adapters.ports import BatchStore
 from evergreen.config import ModelConfig, check_columns
 from evergreen.decisions import policy
 from evergreen.decisions.window import LabelledBatch, TrainingWindow, assemble_window, join_labels
@@ -17,6 +20,7 @@ from evergreen.engines.validation import (
     unreadable_report,
     validate_labels,
 )
+from evergreen.times import utc, utc_series
 
 MONITOR_ROLES = ("id", "timestamp", "target", "prediction", "probability", "features")
 TRAINING_ROLES = ("id", "target", "features")
@@ -112,23 +116,92 @@ def read_labelled_batches(config: ModelConfig, up_to_day: str | None = None) -> 
 
 
 def read_fresh_labelled(config: ModelConfig, after: pd.Timestamp | None = None) -> pd.DataFrame:
+    """The gate's evidence from the labelled batches on file (`select_fresh_rows`)."""
+    return select_fresh_rows(read_labelled_batches(config), config, after)
+
+
+def select_fresh_rows(
+    batches: list[LabelledBatch], config: ModelConfig, after: pd.Timestamp | None = None
+) -> pd.DataFrame:
     """The freshest labelled production rows for the gate: rows newer than `after` (the end of
     the challenger's training data), topped up with the most recent rows when fewer than
-    `gate.min_rows` are that fresh; at most `gate.evaluation_rows`, oldest first."""
-    batches = [b for b in read_labelled_batches(config) if b.valid and len(b.frame)]
-    if not batches:
+    `gate.min_rows` are that fresh; at most `gate.evaluation_rows`, oldest first. Batches the
+    monitor rejected are left out. The promote flow and the backtest both gate on this."""
+    frames = [b.frame for b in batches if b.valid and len(b.frame)]
+    if not frames:
         return pd.DataFrame()
     ts = config.columns.timestamp
-    frame = pd.concat([b.frame for b in batches], ignore_index=True)
-    frame[ts] = pd.to_datetime(frame[ts], utc=True)
+    frame = pd.concat(frames, ignore_index=True)
+    frame[ts] = utc_series(frame[ts])
     frame = frame.sort_values(ts, kind="mergesort").reset_index(drop=True)
     if after is not None:
-        cutoff = pd.Timestamp(after)
-        cutoff = cutoff.tz_localize("UTC") if cutoff.tzinfo is None else cutoff.tz_convert("UTC")
-        fresh = frame[frame[ts] > cutoff]
+        fresh = frame[frame[ts] > utc(after)]
         if len(fresh) >= config.gate.min_rows:
             frame = fresh
     return frame.tail(config.gate.evaluation_rows).reset_index(drop=True)
+
+
+@dataclasses.dataclass(frozen=True)
+class LatestRealized:
+    """The realized metric of the newest labelled batch, and that batch's day."""
+
+    day: str
+    metric: Any  # engines.monitoring.MetricEstimate
+
+
+def realized_on_latest_labelled(
+    config: ModelConfig,
+    store: BatchStore,
+    day: str,
+    labels: pd.DataFrame | None,
+    realize: Callable[[io.BatchFile], Any],
+    serving_version: str | None = None,
+) -> LatestRealized | None:
+    """Labels arrive late: the realized metric (`realize(batch)`, a MetricEstimate or None)
+    of the most recent batch up to `day` whose labels have arrived; None when none is.
+
+    Batches the monitor rejected are skipped (their labels may arrive, but their data failed
+    validation). With `serving_version`, a batch that carries the model-version column and
+    none of whose rows that version served ends the search: a replaced model's realized
+    metric says nothing of the one serving now."""
+    if labels is None or not len(labels):
+        return None
+    cols = config.columns
+    known = pd.Index(labels[cols.id].dropna().unique())
+    rejected = store.read_ledger().rejected()
+    for batch in reversed([b for b in store.list_batches() if b.day <= day]):
+        if batch.day in rejected:
+            continue
+        try:
+            frame = store.read_batch(batch, columns=[cols.id])
+        except io.DataReadError:
+            continue
+        if not frame[cols.id].isin(known).any():
+            continue
+        if serving_version is not None and not _served_by(store, batch, cols.model_version, serving_version):
+            return None
+        try:
+            metric = realize(batch)
+        except io.DataReadError:
+            continue
+        if metric is not None:
+            return LatestRealized(batch.day, metric)
+    return None
+
+
+def _served_by(store: BatchStore, batch: io.BatchFile, column: str, version: str) -> bool:
+    try:
+        served = store.read_batch(batch, columns=[column])[column]
+    except (io.DataReadError, KeyError, ValueError):
+        return True  # the batch does not say who served it
+    return bool((served.astype(str) == str(version)).any())
+
+
+def gate_evidence_shortfall(rows: int, config: ModelConfig) -> str | None:
+    """Why the gate cannot judge on `rows` fresh labelled rows (None: it can)."""
+    if rows < config.gate.min_rows:
+        return f"only {rows} fresh labelled rows; the gate needs {config.gate.min_rows}"
+    return None
 
 
 def check_label_files(config: ModelConfig, up_to_day: str | None = None) -> list[ValidationReport]:
