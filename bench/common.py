@@ -21,8 +21,6 @@ import os
 import platform
 import re
 import shutil
-import signal
-import socket
 import statistics
 import subprocess
 import sys
@@ -35,6 +33,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
+from evergreen.apps.services import PrefectServer, launch_prefect_server
 from evergreen.telemetry import RUNTIME_DEFAULTS, TELEMETRY_OFF
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
@@ -389,107 +388,23 @@ def load_run_config(config_json: str):  # noqa: ANN201 - ModelConfig
 # ----------------------------------------------------------------------------- Prefect server
 
 
-def free_port() -> int:
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
-@dataclass
-class PrefectServer:
-    """A temporary Prefect server started by `prefect_server`."""
-
-    api_url: str
-    home: str
-    process: subprocess.Popen
-    log: str
-
-    @property
-    def pid(self) -> int:
-        return self.process.pid
-
-    def wait_healthy(self, timeout: float = 240.0) -> None:
-        """Block until /api/health answers; errors quote the server log when it died."""
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
-            if self.process.poll() is not None:
-                raise BenchError(
-                    f"prefect server exited with {self.process.returncode}; see {self.log}:\n"
-                    f"{_tail(Path(self.log))}"
-                )
-            try:
-                with urllib.request.urlopen(f"{self.api_url}/health", timeout=2) as resp:
-                    if resp.status == 200:
-                        return
-            except OSError:
-                pass
-            time.sleep(1.0)
-        raise BenchError(
-            f"prefect server did not answer {self.api_url}/health within {timeout:.0f} s; see {self.log}"
-        )
-
-    def rss_mb(self) -> float:
-        """Resident memory of the server and its child processes now."""
-        return _tree_rss_kb(self.pid) / 1024.0
-
-
 @contextlib.contextmanager
 def prefect_server(
     home: Path, wait: bool = True, timeout: float = 240.0
 ) -> Iterator[PrefectServer]:
-    """Start `prefect server start` on a free localhost port with PREFECT_HOME in `home`,
-    yield it (once /api/health answers, unless `wait` is False: then call `wait_healthy`),
-    and stop it at the end (its own process group only)."""
-    home.mkdir(parents=True, exist_ok=True)
-    port = free_port()
-    api_url = f"http://127.0.0.1:{port}/api"
-    env = {
-        **os.environ,
-        **CHILD_ENV,
-        "PREFECT_HOME": str(home),
-        "PREFECT_API_URL": api_url,
-        "PREFECT_SERVER_UI_ENABLED": "false",
-    }
-    log_path = home / "server.log"
-    exe = [
-        sys.executable,
-        "-m",
-        "prefect",
-        "server",
-        "start",
-        "--host",
-        "127.0.0.1",
-        "--port",
-        str(port),
-    ]
-    with open(log_path, "wb") as log:
-        proc = subprocess.Popen(
-            exe,
-            cwd=REPO_ROOT,
-            env=env,
-            stdout=log,
-            stderr=subprocess.STDOUT,
-            start_new_session=True,
-        )
-    server = PrefectServer(api_url=api_url, home=str(home), process=proc, log=str(log_path))
-    try:
-        if wait:
-            server.wait_healthy(timeout)
+    """`evergreen.apps.services.launch_prefect_server` as the benchmarks run it: PREFECT_HOME
+    in `home`, no UI, the harness's child environment, from the repository root (its
+    prefect.toml applies). Yields once /api/health answers, unless `wait` is False: then
+    call `wait_healthy`."""
+    with launch_prefect_server(
+        home, extra_env=RUNTIME_DEFAULTS, wait=wait, timeout=timeout, cwd=REPO_ROOT
+    ) as server:
         yield server
-    finally:
-        _stop_group(proc)
 
 
-def _stop_group(proc: subprocess.Popen) -> None:
-    # The server was started in its own session: its process group is exactly what we started.
-    with contextlib.suppress(ProcessLookupError):
-        os.killpg(proc.pid, signal.SIGTERM)
-    try:
-        proc.wait(timeout=30)
-    except subprocess.TimeoutExpired:
-        with contextlib.suppress(ProcessLookupError):
-            os.killpg(proc.pid, signal.SIGKILL)
-        proc.wait(timeout=10)
+def server_rss_mb(server: PrefectServer) -> float:
+    """Resident memory of the server and its child processes now."""
+    return _tree_rss_kb(server.pid) / 1024.0
 
 
 def tree_cpu_seconds(pid: int) -> float:
@@ -695,12 +610,12 @@ class Benchmark:
         return (self.baseline, self.flow) + ((self.same_work,) if self.same_work else ())
 
 
-def child_env(api_url: str | None, prefect_home: str | None) -> dict[str, str]:
+def child_env(api_url: str | None, prefect_home: str | Path | None) -> dict[str, str]:
     env = {**os.environ, **CHILD_ENV, "PYTHONUNBUFFERED": "1"}
     if api_url:
         env["PREFECT_API_URL"] = api_url
     if prefect_home:
-        env["PREFECT_HOME"] = prefect_home
+        env["PREFECT_HOME"] = str(prefect_home)
     return env
 
 
@@ -841,7 +756,7 @@ def measure(
     notes = []
     if server is not None:
         notes.append(
-            f"Prefect server RSS at the end: {server.rss_mb():.0f} MB (not counted in either variant)"
+            f"Prefect server RSS at the end: {server_rss_mb(server):.0f} MB (not counted in either variant)"
         )
     return BenchResult(
         name=bench.name,

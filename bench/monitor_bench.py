@@ -55,6 +55,7 @@ def arguments(dataset: Dataset, run_dir: Path) -> dict[str, Any]:
 def run_baseline(config_json: str, batch: str) -> dict[str, Any]:
     """The monitor's GX and NannyML work on one batch, called directly."""
     from evergreen.adapters import io
+    from evergreen.decisions import alerts
     from evergreen.engines import monitoring, validation
 
     cfg = load_run_config(config_json)
@@ -77,7 +78,7 @@ def run_baseline(config_json: str, batch: str) -> dict[str, Any]:
     with step("estimate-drift-and-performance"):
         result = monitoring.compute_monitor(fitted, frame, labels)
     with step("decide-alerts"):
-        decision = monitoring.decide_alerts(result, cfg)
+        decision = alerts.decide_alerts(result, cfg)
     with step("draw-plots"):
         # The same NannyML plot calls the flow makes (all plots when the batch alerts), as
         # one HTML page; the flow logs that page to MLflow, the baseline keeps it.

@@ -2,9 +2,10 @@
 
 Baseline: assemble the training window (labelled batches joined on id, retrain policy),
 hold out the most recent rows, train XGBoost, evaluate, and log to MLflow what the flow
-logs (tags, params, metrics, dataset input, the model through the same
-`evergreen.adapters.registry.log_model`, the next monitor reference, evaluation and plots), then
-register the version and move its aliases — no Prefect.
+logs through the function its `log-training-run` task calls
+(`evergreen.adapters.tracking.log_training_run`: tags, params, metrics, dataset input, the
+model, the next monitor reference, evaluation and plots), then register the version and move
+its aliases — no Prefect.
 Flow: `flows.retrain.retrain(config=cfg)` against a local Prefect server, which also
 snapshots the window (content-addressed copy), validates it with GX, runs every step as a
 Prefect task, takes the registry lock (a Prefect global concurrency limit) and emits
@@ -106,77 +107,35 @@ def _log_and_register(step, cfg, model, evaluation, win, holdout, trigger, tags,
 
 
 def _log_training_run(cfg, model, evaluation, win, holdout, trigger, tags, snap) -> tuple[str, str]:  # noqa: ANN001
-    """What `tasks.training.log_training_run` logs; without a snapshot (the issue's bare
-    script) the dataset gets a cheap stand-in digest and the batches folder as source."""
+    """`evergreen.adapters.tracking.log_training_run`, the body of the flow's
+    `log-training-run` task. Without a snapshot (the issue's bare script) the dataset is
+    logged under a cheap stand-in digest with the batches folder as source."""
+    from evergreen.adapters import tracking
+
+    if snap is None:
+        snap = _stand_in_snapshot(cfg, win)
+    logged = tracking.log_training_run(cfg, model, evaluation, snap, win, holdout, trigger.kind, tags)
+    return logged.run_id, logged.model_uri
+
+
+def _stand_in_snapshot(cfg, win):  # noqa: ANN001, ANN202 - ModelConfig, TrainingWindow -> SnapshotInfo
+    """A SnapshotInfo for a window that was not snapshotted. The flow passes the snapshot's
+    digest; without one, MLflow computes its own by mapping `type` over every cell of the
+    frame (seconds per million rows): a cheap one keeps the logging at its cost in the flow."""
     import hashlib
-    import tempfile
 
-    import mlflow
+    from evergreen.engines.snapshot import SnapshotInfo
 
-    from evergreen.adapters import registry, tracking
-    from evergreen.engines import plots
-    from evergreen.loop import retraining
-
-    tracking.connect(cfg.mlflow)
-    exp_id = tracking.ensure_experiment(cfg.mlflow, cfg.mlflow.training_experiment)
-    with mlflow.start_run(experiment_id=exp_id, run_name="retrain-baseline", tags=tags) as run:
-        mlflow.log_params(
-            {
-                **{f"xgb.{k}": v for k, v in model.params.items()},
-                "best_iteration": model.best_iteration,
-                "seed": cfg.training.seed,
-                "window.policy": cfg.retrain.window,
-                "window.rows": win.rows,
-                "window.reference_rows": win.reference_rows,
-                "train_rows": len(holdout.train),
-                "evaluation_rows": len(holdout.evaluation),
-                "trigger": trigger.kind,
-            }
-        )
-        tracking.log_metrics(evaluation.flat_metrics())
-        # The flow passes the snapshot's digest. Without one, MLflow computes its own by
-        # mapping `type` over every cell of the frame (seconds per million rows): pass a
-        # cheap one so the logging itself costs what it costs in the flow.
-        if snap is None:
-            digest = hashlib.sha256(f"{win.rows}:{','.join(win.sources)}".encode()).hexdigest()[:32]
-            source, input_tags = cfg.data.path("batches"), {"rows": str(win.rows), "sources": ",".join(win.sources)}
-        else:
-            digest, source = snap.digest[:32], snap.uri
-            input_tags = {
-                "evergreen.sha256": snap.digest,
-                "rows": str(snap.rows),
-                "time_min": str(snap.time_min),
-                "time_max": str(snap.time_max),
-                "sources": ",".join(snap.sources)[:4000],
-            }
-        dataset = tracking.pandas_dataset(
-            win.frame,
-            source=source,
-            targets=cfg.columns.target,
-            name=f"{cfg.name}-training",
-            digest=digest,
-        )
-        mlflow.log_input(dataset, context="training", tags=input_tags)
-        example = holdout.evaluation[list(cfg.columns.features)].head(5)
-        logged = registry.log_model(model, example)
-        reference = retraining.monitor_reference(
-            model, holdout.evaluation, cfg, version="candidate"
-        )
-        with tempfile.TemporaryDirectory() as tmp:
-            path = Path(tmp) / Path(registry.REFERENCE_ARTIFACT).name
-            reference.to_parquet(path, index=False)
-            mlflow.log_artifact(
-                str(path), artifact_path=str(Path(registry.REFERENCE_ARTIFACT).parent)
-            )
-        mlflow.log_dict(evaluation.to_dict(), "evaluation.json")
-        mlflow.log_figure(
-            plots.feature_importance(model.feature_importance()), "plots/feature_importance.png"
-        )
-        if evaluation.calibration is not None:
-            mlflow.log_figure(
-                plots.calibration_curve(evaluation.calibration), "plots/calibration.png"
-            )
-    return run.info.run_id, logged.model_uri
+    digest = hashlib.sha256(f"{win.rows}:{','.join(win.sources)}".encode()).hexdigest()
+    return SnapshotInfo(
+        digest=digest,
+        uri=cfg.data.path("batches"),
+        rows=win.rows,
+        columns=list(win.frame.columns),
+        time_min=None,
+        time_max=None,
+        sources=list(win.sources),
+    )
 
 
 def _register(cfg, model_uri: str, run_id: str, tags: dict[str, str]) -> str:  # noqa: ANN001

@@ -6,25 +6,9 @@ from pathlib import Path
 from typing import Any, ClassVar
 
 from prefect.blocks.core import Block
-from pydantic import Field, ValidationError
+from pydantic import Field, ValidationError, model_validator
 
-from evergreen.config import (
-    CanaryConfig,
-    ColumnRoles,
-    ConfigError,
-    DataConfig,
-    GateConfig,
-    MlflowConfig,
-    ModelConfig,
-    MonitoringConfig,
-    NotificationConfig,
-    ProblemType,
-    RetrainPolicyConfig,
-    TrainingConfig,
-    config_error,
-    load_config,
-    parse_config,
-)
+from evergreen.config import ConfigError, ModelConfig, config_error, load_config
 
 
 class EvergreenModel(Block):
@@ -35,44 +19,35 @@ class EvergreenModel(Block):
     _block_type_slug: ClassVar[str] = "evergreen-model"
     _description: ClassVar[str] = "Configuration of a model monitored and retrained by Evergreen."
 
-    name: str = Field(description="Model name; also the MLflow registered model and event resource.")
-    problem_type: ProblemType = "binary_classification"
-    metric: str = "roc_auc"
-    columns: ColumnRoles
-    data: DataConfig = Field(default_factory=DataConfig)
-    monitoring: MonitoringConfig = Field(default_factory=MonitoringConfig)
-    retrain: RetrainPolicyConfig = Field(default_factory=RetrainPolicyConfig)
-    training: TrainingConfig = Field(default_factory=TrainingConfig)
-    gate: GateConfig = Field(default_factory=GateConfig)
-    canary: CanaryConfig = Field(default_factory=CanaryConfig)
-    mlflow: MlflowConfig
-    notifications: NotificationConfig = Field(default_factory=NotificationConfig)
+    # The whole typed config in one field: a field added to ModelConfig is in the block (its
+    # schema, the UI form, validation) with no edit here. SecretStr fields inside it stay
+    # secret: Prefect finds them in nested models, stores them encrypted, masks them in the
+    # UI and API reads and hands them back on `load`.
+    config: ModelConfig = Field(
+        description="The model's configuration, with the sections of a YAML config "
+        "(columns, data, monitoring, retrain, training, gate, canary, mlflow, notifications)."
+    )
+
+    @model_validator(mode="before")
+    @classmethod
+    def _accept_sections_at_top_level(cls, data: Any) -> Any:  # noqa: ANN401 - pydantic's raw input
+        # Blocks saved by earlier versions held the config's sections as top-level fields.
+        if isinstance(data, dict) and "config" not in data and "name" in data:
+            return {"config": {k: v for k, v in data.items() if k in ModelConfig.model_fields}}
+        return data
 
     def to_config(self) -> ModelConfig:
-        """The plain typed config (validated again, so block edits in the UI are checked)."""
-        fields = {name: getattr(self, name) for name in ModelConfig.model_fields}
-        return parse_config(
-            {k: v.model_dump() if hasattr(v, "model_dump") else v for k, v in fields.items()}
-            | _secrets(fields)
-        )
+        """The plain typed config (validated when the block was loaded or built, so block
+        edits in the UI are checked)."""
+        return self.config
 
     @classmethod
     def from_config(cls, config: ModelConfig) -> EvergreenModel:
-        return cls(**{name: getattr(config, name) for name in ModelConfig.model_fields})
+        return cls(config=config)
 
     @classmethod
     def from_yaml(cls, path: str | Path) -> EvergreenModel:
         return cls.from_config(load_config(path))
-
-
-def _secrets(fields: dict[str, Any]) -> dict[str, Any]:
-    # model_dump() masks SecretStr values; keep the secret objects themselves.
-    out: dict[str, Any] = {}
-    mlflow = fields["mlflow"].model_dump()
-    mlflow["password"] = fields["mlflow"].password
-    out["mlflow"] = mlflow
-    out["notifications"] = {"webhook_url": fields["notifications"].webhook_url}
-    return out
 
 
 def block_document_name(model_name: str) -> str:
@@ -88,8 +63,11 @@ def resolve_config(ref: str | ModelConfig) -> ModelConfig:
         return load_config(ref)
     try:
         block = EvergreenModel.load(ref)
-    except ValidationError as exc:  # a block edited into an invalid state
-        raise config_error(exc, f" in block evergreen-model/{ref}") from None
+    except RuntimeError as exc:  # a block edited into an invalid state
+        # Prefect's `load` wraps the pydantic error in a RuntimeError that names no field.
+        if not isinstance(exc.__cause__, ValidationError):
+            raise
+        raise config_error(exc.__cause__, f" in block evergreen-model/{ref}") from None
     except ValueError as exc:
         if "Unable to find block document" not in str(exc):
             raise

@@ -32,7 +32,7 @@ def canary_review(config: str | ModelConfig = "car-loan") -> State:
     champion = promotion.resolve_alias(cfg, registry.CHAMPION)
     started = promotion.canary_started_at(cfg, canary_v.version)
     arms = promotion.collect_evidence(cfg, canary_v.version, champion.version if champion else "", started)
-    decision = promotion.decide_canary(cfg, arms.canary, arms.champion)
+    decision = promotion.decide_canary(cfg, arms.canary, arms.champion, arms.canary_hours)
     base = {"canary": canary_v.version, "champion": champion.version if champion else None}
     if decision.outcome == "pending":
         msg = "not enough evidence yet: " + "; ".join(decision.reasons)

@@ -22,6 +22,17 @@ def model_resource(config: ModelConfig) -> dict[str, str]:
 @task(name="emit-event")
 def emit(config: ModelConfig, event: str, payload: dict[str, Any]) -> str | None:
     """Emit an Evergreen event for the model's resource; returns the event id."""
-    body = plain({"model": config.name, **payload})
-    emitted = emit_event(event=event, resource=model_resource(config), payload=body)
-    return str(emitted.id) if emitted is not None else None
+    return PrefectEvents(config).emit(event, payload)
+
+
+class PrefectEvents:
+    """The event sink users run (`evergreen.adapters.ports.EventSink`): Prefect events for
+    the model's resource."""
+
+    def __init__(self, config: ModelConfig) -> None:
+        self.config = config
+
+    def emit(self, event: str, payload: dict[str, Any]) -> str | None:
+        body = plain({"model": self.config.name, **payload})
+        emitted = emit_event(event=event, resource=model_resource(self.config), payload=body)
+        return str(emitted.id) if emitted is not None else None

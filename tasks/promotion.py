@@ -96,6 +96,10 @@ def drop_challenger(config: ModelConfig, reason: str) -> None:
 class ArmsEvidence:
     canary: canary.ArmEvidence
     champion: canary.ArmEvidence
+    # How long the canary has run: hours between the first and the last row it served, by
+    # the rows' timestamps (request time unless the client sent one), so a replay measures
+    # its own clock, like the retrain cooldown.
+    canary_hours: float = 0.0
 
 
 @dataclass(frozen=True)
@@ -109,7 +113,7 @@ def collect_evidence(
     config: ModelConfig, canary_version: str, champion_version: str, since: str | None
 ) -> ArmsEvidence:
     """What each arm actually served since the canary started, with the labels that arrived."""
-    from evergreen.adapters.predlog import read_prediction_log
+    from evergreen.adapters.predlog import ALIAS_COLUMN, read_prediction_log
 
     log = read_prediction_log(config.data.path("predictions_log"))
     if len(log) and since and "served_at" in log.columns:
@@ -121,15 +125,22 @@ def collect_evidence(
             canary.ArmEvidence(registry.CANARY, canary_version, 0, 0, None),
             canary.ArmEvidence(registry.CHAMPION, champion_version, 0, 0, None),
         )
+    by_canary = (log[ALIAS_COLUMN].astype(str) == registry.CANARY) & (log[config.columns.model_version].astype(str) == str(canary_version))
+    stamps = pd.to_datetime(log.loc[by_canary, config.columns.timestamp], utc=True)
     return ArmsEvidence(
         canary.collect_arm_evidence(log, labels, config, canary_version, registry.CANARY),
         canary.collect_arm_evidence(log, labels, config, champion_version, registry.CHAMPION),
+        canary_hours=float((stamps.max() - stamps.min()) / pd.Timedelta(hours=1)) if stamps.notna().any() else 0.0,
     )
 
 
 @task(name="decide-canary", cache_policy=NO_CACHE)
-def decide_canary(config: ModelConfig, canary_arm: canary.ArmEvidence, champion_arm: canary.ArmEvidence) -> canary.CanaryDecision:
-    return canary.decide_canary(canary_arm, champion_arm, config.canary, config.problem_type, config.metric)
+def decide_canary(
+    config: ModelConfig, canary_arm: canary.ArmEvidence, champion_arm: canary.ArmEvidence, canary_hours: float
+) -> canary.CanaryDecision:
+    """Before the canary has run `canary.window_hours`, only a conclusive comparison decides."""
+    elapsed = canary_hours >= config.canary.window_hours
+    return canary.decide_canary(canary_arm, champion_arm, config.canary, config.problem_type, config.metric, window_elapsed=elapsed)
 
 
 @task(name="apply-canary-decision", cache_policy=NO_CACHE, retries=2, retry_delay_seconds=2)

@@ -131,3 +131,18 @@ def publish_artifacts(config: ModelConfig, result: MonitorResult, run: Published
             link=run.url,
             link_text=f"MLflow run for batch {result.batch_id}",
         )
+
+
+class TrackedRuns:
+    """The run log users run (`evergreen.adapters.ports.RunLog`): MLflow runs, and Prefect
+    artifacts for the monitor's batches."""
+
+    def log_training_run(self, config, model, evaluation, snap, win, holdout, trigger_kind, lineage_tags):  # noqa: ANN001, ANN201
+        return tracking.log_training_run(config, model, evaluation, snap, win, holdout, trigger_kind, lineage_tags)
+
+    def publish_monitor(
+        self, config: ModelConfig, result: MonitorResult, index: int, plots: dict[str, str], chunks: list[dict], flow_run_id: str | None
+    ) -> tuple[str | None, str | None]:
+        run = log_monitor_run.fn(config, result, index, plots, chunks, flow_run_id)
+        publish_artifacts.fn(config, result.model_copy(update={"mlflow_run_id": run.run_id, "mlflow_run_url": run.url}), run)
+        return run.run_id, run.url

@@ -26,10 +26,9 @@ LOCK_LEASE_SECONDS = 60.0
 
 
 @contextmanager
-def registry_lock(config: ModelConfig, timeout_seconds: float = 600) -> Iterator[list[str]]:
+def prefect_lock(config: ModelConfig, timeout_seconds: float = 600) -> Iterator[None]:
     """Serialize registry writes of one model with a Prefect global concurrency limit of 1
-    (MLflow alias writes are last-writer-wins). Once held, whatever an interrupted earlier
-    operation left is finished first (`registry.settle`); yields what that did."""
+    (MLflow alias writes are last-writer-wins), created on first use."""
     from prefect.client.orchestration import get_client
     from prefect.concurrency.sync import concurrency
 
@@ -43,6 +42,24 @@ def registry_lock(config: ModelConfig, timeout_seconds: float = 600) -> Iterator
             except Exception:
                 client.read_global_concurrency_limit_by_name(name)
     with concurrency(name, occupy=1, timeout_seconds=timeout_seconds, lease_duration=LOCK_LEASE_SECONDS, strict=True):
+        yield
+
+
+class PrefectLock:
+    """The registry lock users run (`evergreen.adapters.ports.Lock`)."""
+
+    def __init__(self, config: ModelConfig) -> None:
+        self.config = config
+
+    def __call__(self):  # noqa: ANN204
+        return prefect_lock(self.config)
+
+
+@contextmanager
+def registry_lock(config: ModelConfig, timeout_seconds: float = 600) -> Iterator[list[str]]:
+    """The model's registry lock; once held, whatever an interrupted earlier operation left
+    is finished first (`registry.settle`); yields what that did."""
+    with prefect_lock(config, timeout_seconds):
         fixed = registry.settle(config.mlflow.model_name, actor(), current_flow_run_id())
         if fixed:
             _log().warning("finished an interrupted registry operation of %s: %s", config.mlflow.model_name, "; ".join(fixed))
@@ -134,3 +151,10 @@ def settle_registry(config: ModelConfig) -> list[str]:
     tracking.connect(config.mlflow)
     with registry_lock(config) as fixed:
         return fixed
+
+
+def current_actor():  # noqa: ANN201
+    """The loop steps' `Actor` for the current flow run."""
+    from evergreen.loop.common import Actor
+
+    return Actor(actor(), current_flow_run_id())

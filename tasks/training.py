@@ -2,14 +2,13 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
 import pandas as pd
 from prefect import task
 from prefect.cache_policies import NO_CACHE
 
-from evergreen.adapters import registry, tracking
+from evergreen.adapters import tracking
 from evergreen.config import ModelConfig
 from evergreen.decisions import policy, window
 from evergreen.engines import snapshot
@@ -71,12 +70,7 @@ def evaluate_model(model: training.TrainedModel, frame: pd.DataFrame, config: Mo
     return retraining.evaluate_model(model, frame, config)
 
 
-@dataclass(frozen=True)
-class LoggedCandidate:
-    run_id: str
-    experiment_id: str
-    model_uri: str
-    tracking_uri: str
+LoggedCandidate = tracking.LoggedCandidate
 
 
 @task(name="log-training-run", cache_policy=NO_CACHE, retries=2, retry_delay_seconds=2)
@@ -92,59 +86,4 @@ def log_training_run(
 ) -> LoggedCandidate:
     """Params, metrics, the model (XGBoost format), the dataset, the next NannyML reference
     and plots, in one run of the training experiment."""
-    import mlflow
-
-    from evergreen.engines import plots
-
-    uri = tracking.connect(config.mlflow)
-    exp_id = tracking.ensure_experiment(config.mlflow, config.mlflow.training_experiment)
-    with mlflow.start_run(experiment_id=exp_id, run_name=f"retrain-{snap.digest[:12]}", tags=lineage_tags) as run:
-        mlflow.log_params(
-            {
-                **{f"xgb.{k}": v for k, v in model.params.items()},
-                "best_iteration": model.best_iteration,
-                "seed": config.training.seed,
-                "window.policy": config.retrain.window,
-                "window.rows": win.rows,
-                "window.reference_rows": win.reference_rows,
-                "train_rows": len(holdout.train),
-                "evaluation_rows": len(holdout.evaluation),
-                "trigger": trigger.kind,
-            }
-        )
-        tracking.log_metrics(evaluation.flat_metrics())
-        dataset = tracking.pandas_dataset(
-            win.frame, source=snap.uri, targets=config.columns.target, name=f"{config.name}-training", digest=snap.digest[:32]
-        )
-        mlflow.log_input(
-            dataset,
-            context="training",
-            tags={
-                "evergreen.sha256": snap.digest,
-                "rows": str(snap.rows),
-                "time_min": str(snap.time_min),
-                "time_max": str(snap.time_max),
-                "sources": ",".join(snap.sources)[:4000],
-            },
-        )
-        example = holdout.evaluation[list(config.columns.features)].head(5)
-        logged = registry.log_model(model, example)
-        reference = retraining.monitor_reference(model, holdout.evaluation, config, version="candidate")
-        _log_parquet(reference, registry.REFERENCE_ARTIFACT)
-        mlflow.log_dict(evaluation.to_dict(), "evaluation.json")
-        mlflow.log_figure(plots.feature_importance(model.feature_importance()), "plots/feature_importance.png")
-        if evaluation.calibration is not None:
-            mlflow.log_figure(plots.calibration_curve(evaluation.calibration), "plots/calibration.png")
-    return LoggedCandidate(run_id=run.info.run_id, experiment_id=exp_id, model_uri=logged.model_uri, tracking_uri=uri)
-
-
-def _log_parquet(frame: pd.DataFrame, artifact_file: str) -> None:
-    import tempfile
-    from pathlib import Path
-
-    import mlflow
-
-    with tempfile.TemporaryDirectory() as tmp:
-        path = Path(tmp) / Path(artifact_file).name
-        frame.to_parquet(path, index=False)
-        mlflow.log_artifact(str(path), artifact_path=str(Path(artifact_file).parent))
+    return tracking.log_training_run(config, model, evaluation, snap, win, holdout, trigger.kind, lineage_tags)

@@ -10,6 +10,8 @@ Each port has the real implementation users run and an in-memory one for tests a
 | `BatchStore` | files on any fsspec path (`store.FileStore`) | the same on fsspec's `memory://` |
 | `SnapshotStore` | content-addressed files (`store.FileSnapshots`) | the same on `memory://` |
 | `PredictionLog` | Parquet part files (`store.FilePredictionLog`) | the same on `memory://` |
+| `RunLog` | MLflow runs and Prefect artifacts (`tasks.publish.TrackedRuns`) | `memory.MemoryRunLog` |
+| `Lock` | a Prefect global concurrency limit per model (`tasks.registry.PrefectLock`) | a thread lock |
 
 The file-backed ports run unchanged on fsspec's in-memory filesystem: the replay exercises
 the very code users run, without touching disk.
@@ -93,6 +95,31 @@ class ModelRegistry(Protocol):
     def previous_champion(self) -> str | None: ...
 
 
+class RunLog(Protocol):
+    """Where runs are recorded for people to read: a training run holds the model the
+    registry versions; a monitor run holds what one batch showed."""
+
+    def log_training_run(
+        self,
+        config: Any,
+        model: Any,
+        evaluation: Any,
+        snap: Any,
+        win: Any,
+        holdout: Any,
+        trigger_kind: str,
+        lineage_tags: dict[str, str],
+    ) -> Any:
+        """Returns a `tracking.LoggedCandidate` (run id, model URI)."""
+        ...
+
+    def publish_monitor(
+        self, config: Any, result: Any, index: int, plots: dict[str, str], chunks: list[dict], flow_run_id: str | None
+    ) -> tuple[str | None, str | None]:
+        """Records one monitored batch; returns the run's id and a link to it."""
+        ...
+
+
 class Lock(Protocol):
     """Serializes one model's registry writes (a Prefect global concurrency limit in
     production, a thread lock in memory)."""
@@ -109,4 +136,5 @@ class Ports:
     predictions: PredictionLog
     registry: ModelRegistry
     events: EventSink
+    runs: RunLog
     lock: Lock

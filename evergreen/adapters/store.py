@@ -5,6 +5,7 @@ the same code is the in-memory store of tests and replays."""
 from __future__ import annotations
 
 from collections.abc import Sequence
+from typing import Any
 
 import pandas as pd
 
@@ -35,3 +36,57 @@ class FileStore:
 
     def record_batch(self, record: ledger.BatchRecord) -> None:
         ledger.record_batch(self.config.data.path("state"), record)
+
+
+class FileSnapshots:
+    """Content-addressed training snapshots under `data.dataset_store`
+    (`evergreen.adapters.ports.SnapshotStore`)."""
+
+    def __init__(self, config: ModelConfig) -> None:
+        self.config = config
+
+    def stage(self, frame: pd.DataFrame, sources: Sequence[str], time_column: str) -> Any:
+        from evergreen.engines import snapshot
+
+        return snapshot.stage_snapshot(
+            frame, self.config.data.path("dataset_store"), sources=list(sources), time_column=time_column
+        )
+
+    def publish(self, staged: Any) -> Any:
+        from evergreen.engines import snapshot
+
+        return snapshot.commit_snapshot(staged)
+
+    def discard(self, staged: Any) -> None:
+        from evergreen.engines import snapshot
+
+        snapshot.discard_snapshot(staged)
+
+
+class FilePredictionLog:
+    """The scoring service's prediction log under `data.predictions_log`
+    (`evergreen.adapters.ports.PredictionLog`): Parquet part files per day."""
+
+    def __init__(self, config: ModelConfig) -> None:
+        self.config = config
+
+    def read(self, since: str | None = None) -> pd.DataFrame:
+        """Every logged prediction (served at or after `since`, when given)."""
+        from evergreen.adapters.predlog import SERVED_AT_COLUMN, read_prediction_log
+
+        log = read_prediction_log(self.config.data.path("predictions_log"))
+        if len(log) and since and SERVED_AT_COLUMN in log.columns:
+            log = log[pd.to_datetime(log[SERVED_AT_COLUMN], utc=True) >= pd.Timestamp(since)]
+        return log
+
+    def append(self, frame: pd.DataFrame) -> None:
+        """Log served rows at once (the replay's scoring service; the real service buffers
+        through `predlog.PredictionLogWriter`)."""
+        from evergreen.adapters.predlog import PredictionLogWriter
+
+        writer = PredictionLogWriter(
+            self.config.data.path("predictions_log"), timestamp_column=self.config.columns.timestamp,
+            flush_rows=max(len(frame), 1),
+        )
+        writer.append(frame)
+        writer.close()

@@ -6,30 +6,82 @@ must not pay it unless they log something.
 
 from __future__ import annotations
 
-import os
+import base64
+import threading
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from evergreen.config import ConfigError, MlflowConfig
+
+if TYPE_CHECKING:
+    import pandas as pd
+
+    from evergreen.config import ModelConfig
+    from evergreen.decisions.window import TrainingWindow
+    from evergreen.engines.evaluation import EvaluationResult
+    from evergreen.engines.snapshot import SnapshotInfo
+    from evergreen.engines.training import TrainedModel
+    from evergreen.loop.retraining import HoldOut
 
 
 def connect(cfg: MlflowConfig) -> str:
     """Point this process's MLflow client at the configured tracking server / store.
 
-    Returns the tracking URI as clients should use it (relative SQLite paths made absolute).
+    With `mlflow.username` and `mlflow.password` set, every MLflow request of this process
+    (fluent API and `MlflowClient` alike) carries them as a basic-auth header; they are
+    not written to the environment, so child processes and environment dumps never see
+    the password. Returns the tracking URI as clients should use it (relative SQLite
+    paths made absolute; never with credentials in it).
     """
     import mlflow
 
     uri = cfg.resolved_tracking_uri()
     if uri.startswith("sqlite:///"):
         Path(uri[len("sqlite:///") :]).parent.mkdir(parents=True, exist_ok=True)
-    if cfg.username:
-        os.environ["MLFLOW_TRACKING_USERNAME"] = cfg.username
-    if cfg.password is not None:
-        os.environ["MLFLOW_TRACKING_PASSWORD"] = cfg.password.get_secret_value()
+    _send_credentials(cfg)
     mlflow.set_tracking_uri(uri)
     mlflow.set_registry_uri(uri)
     return uri
+
+
+class _BasicAuthHeader:
+    """An MLflow request header provider (MLflow calls only these two methods) holding the
+    Authorization header of the server `connect` last pointed at; None sends nothing.
+    Credentials MLflow finds in its own variables (MLFLOW_TRACKING_USERNAME/PASSWORD set
+    by the user) still take precedence: MLflow writes them over this header."""
+
+    def __init__(self) -> None:
+        self.header: str | None = None
+
+    def in_context(self) -> bool:
+        return self.header is not None
+
+    def request_headers(self) -> dict[str, str]:
+        return {} if self.header is None else {"Authorization": self.header}
+
+    def __repr__(self) -> str:  # never the header itself
+        return f"_BasicAuthHeader(set={self.header is not None})"
+
+
+_AUTH = _BasicAuthHeader()
+_AUTH_LOCK = threading.Lock()
+
+
+def _send_credentials(cfg: MlflowConfig) -> None:
+    from mlflow.tracking.request_header.registry import _request_header_provider_registry
+
+    header = None
+    if cfg.username and cfg.password is not None:
+        pair = f"{cfg.username}:{cfg.password.get_secret_value()}".encode()
+        header = "Basic " + base64.b64encode(pair).decode("ascii")
+    with _AUTH_LOCK:
+        _AUTH.header = header
+        # MLflow's documented way in is an entry point; registering in code keeps the
+        # provider (and the secret) to processes that called `connect`. `register`
+        # instantiates what it is given, hence the lambda.
+        if header is not None and _AUTH not in list(_request_header_provider_registry):
+            _request_header_provider_registry.register(lambda: _AUTH)
 
 
 def check_registered_model(cfg: MlflowConfig) -> None:
@@ -120,3 +172,86 @@ def pandas_dataset(frame: Any, source: str, targets: str | None, name: str, dige
     # PandasDataset.schema is a functools.cached_property: fill its cache with the sample's.
     dataset.__dict__["schema"] = infer_signature(frame.iloc[::step]).inputs
     return dataset
+
+
+@dataclass(frozen=True)
+class LoggedCandidate:
+    """Where a training run and its model were logged."""
+
+    run_id: str
+    experiment_id: str
+    model_uri: str
+    tracking_uri: str
+
+
+def log_training_run(
+    config: ModelConfig,
+    model: TrainedModel,
+    evaluation: EvaluationResult,
+    snap: SnapshotInfo,
+    win: TrainingWindow,
+    holdout: HoldOut,
+    trigger_kind: str,
+    lineage_tags: dict[str, str],
+) -> LoggedCandidate:
+    """One run of the training experiment: params, metrics, the training data as an MLflow
+    dataset input (the snapshot's digest, rows, time range and sources as tags), the model
+    in XGBoost's format, the next monitor's NannyML reference, the evaluation and plots."""
+    import mlflow
+
+    from evergreen.adapters import registry
+    from evergreen.engines import plots
+    from evergreen.loop.retraining import monitor_reference
+
+    uri = connect(config.mlflow)
+    exp_id = ensure_experiment(config.mlflow, config.mlflow.training_experiment)
+    with mlflow.start_run(experiment_id=exp_id, run_name=f"retrain-{snap.digest[:12]}", tags=lineage_tags) as run:
+        mlflow.log_params(
+            {
+                **{f"xgb.{k}": v for k, v in model.params.items()},
+                "best_iteration": model.best_iteration,
+                "seed": config.training.seed,
+                "window.policy": config.retrain.window,
+                "window.rows": win.rows,
+                "window.reference_rows": win.reference_rows,
+                "train_rows": len(holdout.train),
+                "evaluation_rows": len(holdout.evaluation),
+                "trigger": trigger_kind,
+            }
+        )
+        log_metrics(evaluation.flat_metrics())
+        dataset = pandas_dataset(
+            win.frame, source=snap.uri, targets=config.columns.target, name=f"{config.name}-training", digest=snap.digest[:32]
+        )
+        mlflow.log_input(
+            dataset,
+            context="training",
+            tags={
+                "evergreen.sha256": snap.digest,
+                "rows": str(snap.rows),
+                "time_min": str(snap.time_min),
+                "time_max": str(snap.time_max),
+                "sources": ",".join(snap.sources)[:4000],
+            },
+        )
+        example = holdout.evaluation[list(config.columns.features)].head(5)
+        logged = registry.log_model(model, example)
+        reference = monitor_reference(model, holdout.evaluation, config, version="candidate")
+        _log_parquet(reference, registry.REFERENCE_ARTIFACT)
+        mlflow.log_dict(evaluation.to_dict(), "evaluation.json")
+        mlflow.log_figure(plots.feature_importance(model.feature_importance()), "plots/feature_importance.png")
+        if evaluation.calibration is not None:
+            mlflow.log_figure(plots.calibration_curve(evaluation.calibration), "plots/calibration.png")
+    return LoggedCandidate(run_id=run.info.run_id, experiment_id=exp_id, model_uri=logged.model_uri, tracking_uri=uri)
+
+
+def _log_parquet(frame: pd.DataFrame, artifact_file: str) -> None:
+    """Log `frame` as a Parquet artifact at `artifact_file` of the active run."""
+    import tempfile
+
+    import mlflow
+
+    with tempfile.TemporaryDirectory() as tmp:
+        path = Path(tmp) / Path(artifact_file).name
+        frame.to_parquet(path, index=False)
+        mlflow.log_artifact(str(path), artifact_path=str(Path(artifact_file).parent))

@@ -1,6 +1,7 @@
-"""Local services on 127.0.0.1 for the demo, the end-to-end tests and the benchmarks:
-a `prefect server` on SQLite and the scoring service, each a child process that is always
-stopped on exit."""
+"""Local services on 127.0.0.1 for the demo, the tests and the benchmarks: a `prefect
+server` on SQLite, the scoring service and the served deployments, each a child process
+that is always stopped on exit. The one launcher of a Prefect server and the one
+`free_port` of the project live here."""
 
 from __future__ import annotations
 
@@ -13,33 +14,39 @@ import sys
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager, suppress
+from dataclasses import dataclass
 from pathlib import Path
 
 from evergreen.telemetry import TELEMETRY_OFF
 
 
 def free_port() -> int:
-    with socket.socket() as s:
+    """A TCP port on 127.0.0.1 that was free a moment ago (the OS picks it)."""
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
         s.bind(("127.0.0.1", 0))
         return int(s.getsockname()[1])
 
 
 def wait_http(url: str, timeout: float, proc: subprocess.Popen | None = None, log: Path | None = None) -> None:
     """Poll `url` until it answers 200; fail early (with the log's tail) if `proc` died."""
-    import httpx
+    # urllib rather than httpx: the benchmark harness waits with this and must stay small
+    # (its children inherit its peak RSS); no proxy, the services are on 127.0.0.1.
+    import urllib.request
 
+    opener = urllib.request.build_opener(urllib.request.ProxyHandler({}))
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         if proc is not None and proc.poll() is not None:
             tail = log.read_text(errors="replace")[-3000:] if log and log.exists() else ""
-            raise RuntimeError(f"process for {url} exited with {proc.returncode}:\n{tail}")
+            raise RuntimeError(f"process for {url} exited with {proc.returncode}; see {log}:\n{tail}")
         try:
-            if httpx.get(url, timeout=2).status_code == 200:
-                return
-        except httpx.HTTPError:
+            with opener.open(url, timeout=2) as resp:
+                if resp.status == 200:
+                    return
+        except OSError:  # refused, reset, timed out, or an HTTP error status
             pass
         time.sleep(0.5)
-    raise TimeoutError(f"{url} did not answer within {timeout:.0f} s")
+    raise TimeoutError(f"{url} did not answer within {timeout:.0f} s" + (f"; see {log}" if log else ""))
 
 
 def executable(name: str) -> str:
@@ -49,13 +56,13 @@ def executable(name: str) -> str:
 
 
 def stop(proc: subprocess.Popen, timeout: float = 20) -> None:
-    """SIGTERM the process group, then SIGKILL what is left."""
-    if proc.poll() is not None:
-        return
-    try:
+    """SIGTERM the process group, then SIGKILL what is left. The group is signalled even
+    when its leader already exited: the leader's children may not have."""
+    with suppress(ProcessLookupError):
         os.killpg(proc.pid, signal.SIGTERM)
+    try:
         proc.wait(timeout=timeout)
-    except (ProcessLookupError, subprocess.TimeoutExpired):
+    except subprocess.TimeoutExpired:
         with suppress(ProcessLookupError):
             os.killpg(proc.pid, signal.SIGKILL)
         proc.wait(timeout=10)
@@ -79,25 +86,79 @@ def child_service(command: list[str], env: dict[str, str], log: Path, ready_url:
         stop(proc)
 
 
+@dataclass
+class PrefectServer:
+    """A running `prefect server start` child (see `launch_prefect_server`)."""
+
+    api_url: str
+    home: Path
+    process: subprocess.Popen
+    log: Path
+    timeout: float
+
+    @property
+    def pid(self) -> int:
+        return self.process.pid
+
+    def wait_healthy(self, timeout: float | None = None) -> None:
+        """Block until `/api/health` answers 200; errors quote the log's tail if it died."""
+        wait_http(f"{self.api_url}/health", self.timeout if timeout is None else timeout, self.process, self.log)
+
+
 @contextmanager
-def prefect_server(home: Path, port: int | None = None, timeout: float = 180) -> Iterator[str]:
-    """A `prefect server` on SQLite under `home`, on 127.0.0.1; yields its API URL."""
+def launch_prefect_server(
+    home: Path,
+    *,
+    port: int | None = None,
+    extra_env: dict[str, str] | None = None,
+    ui: bool = False,
+    services: bool = True,
+    wait: bool = True,
+    timeout: float = 240,
+    cwd: Path | None = None,
+) -> Iterator[PrefectServer]:
+    """`prefect server start` on 127.0.0.1 (a free port unless `port`), SQLite database and
+    PREFECT_HOME in `home`, output appended to `home/server.log`, in its own process group,
+    stopped (the whole group) when the block ends.
+
+    `extra_env` is added to this process's environment with telemetry off; `services=False`
+    runs the API alone (no scheduler, repossessor, triggers...); `ui` serves the web UI. The
+    block is entered once `/api/health` answers, within `timeout` seconds (Prefect 3.9 takes
+    20-40 s on a quiet machine, minutes on a loaded one); with `wait=False` it is entered at
+    once and the caller calls `wait_healthy()`. `cwd` is where the server runs (a
+    `prefect.toml` there applies to it)."""
     home.mkdir(parents=True, exist_ok=True)
     port = port or free_port()
-    log = home / "server.log"
+    url = f"http://127.0.0.1:{port}/api"
     env = service_env(
         {
             "PREFECT_HOME": str(home),
             "PREFECT_API_DATABASE_CONNECTION_URL": f"sqlite+aiosqlite:///{home / 'prefect.db'}",
-            "PREFECT_SERVER_ANALYTICS_ENABLED": "false",
-            "PREFECT_UI_ENABLED": "true",
+            **(extra_env or {}),
+            # Its own URL: a PREFECT_API_URL inherited from the caller points elsewhere.
+            "PREFECT_API_URL": url,
         }
     )
-    env.pop("PREFECT_API_URL", None)
-    url = f"http://127.0.0.1:{port}/api"
     command = [executable("prefect"), "server", "start", "--host", "127.0.0.1", "--port", str(port)]
-    with child_service(command, env, log, f"{url}/health", timeout):
-        yield url
+    command += ["--ui" if ui else "--no-ui"] + ([] if services else ["--no-services"])
+    log = home / "server.log"
+    with open(log, "ab") as out:
+        proc = subprocess.Popen(command, stdout=out, stderr=subprocess.STDOUT, env=env, cwd=cwd, start_new_session=True)
+    server = PrefectServer(api_url=url, home=home, process=proc, log=log, timeout=timeout)
+    try:
+        if wait:
+            server.wait_healthy()
+        yield server
+    finally:
+        stop(proc, timeout=30)
+
+
+@contextmanager
+def prefect_server(home: Path, port: int | None = None, timeout: float = 180) -> Iterator[str]:
+    """A `prefect server` with its UI (the demo, the end-to-end tests) under `home`; yields
+    its API URL."""
+    with launch_prefect_server(home, port=port, ui=True, timeout=timeout) as server:
+        yield server.api_url
 
 
 @contextmanager

@@ -9,9 +9,8 @@ from typing import Any
 import pandas as pd
 
 from evergreen.adapters import io, ledger, registry, tracking
-from evergreen.adapters.ports import BatchStore
+from evergreen.adapters.ports import BatchStore, ModelRegistry
 from evergreen.config import ModelConfig, check_columns
-from evergreen.decisions import policy
 from evergreen.decisions.window import LabelledBatch, TrainingWindow, assemble_window, join_labels
 from evergreen.engines.validation import (
     ExpectationFailure,
@@ -43,12 +42,14 @@ def read_training_reference(config: ModelConfig) -> pd.DataFrame | None:
     return io.read_table(path)
 
 
-def read_monitor_reference(config: ModelConfig) -> pd.DataFrame:
+def read_monitor_reference(config: ModelConfig, models: ModelRegistry | None = None) -> pd.DataFrame:
     """The NannyML reference: the serving model's predictions on held-out labelled data —
     the current champion's (logged by its retrain run) when the registry has one, else the
-    data folder's file."""
-    tracking.connect(config.mlflow)
-    champion = registry.champion_reference(config.mlflow.model_name)
+    data folder's file. `models` is the registry port (default: the configured MLflow)."""
+    if models is None:
+        tracking.connect(config.mlflow)
+        models = registry.Registry(config.mlflow.model_name)
+    champion = models.champion_reference()
     if champion is not None:
         version, frame = champion
         return frame.assign(**{config.columns.model_version: version})
@@ -59,23 +60,6 @@ def read_monitor_reference(config: ModelConfig) -> pd.DataFrame:
             "`evergreen stream --config FILE --out DIR` or retrain a model first"
         )
     return io.read_table(path)
-
-
-def check_retrain_start(
-    config: ModelConfig, trigger: str, policy_name: str = "default"
-) -> tuple[policy.StartCheck, pd.Timestamp | None]:
-    """May a retrain started by `trigger` go now? `policy.decide_start` on the loop state
-    (`state.build_loop_state`: the data clock, the registry, the labelled rows); returns the
-    decision and the data clock (the newest production batch) to tag the new version with."""
-    from evergreen.adapters.store import FileStore
-    from evergreen.loop import state
-
-    tracking.connect(config.mlflow)
-    store = FileStore(config)
-    now = state.data_clock(config, store)
-    loop_state = state.build_loop_state(config, store, registry.Registry(config.mlflow.model_name), now)
-    chosen = policy.Policy.named(policy_name, config.retrain)
-    return policy.decide_start(loop_state, chosen, trigger), now
 
 
 def assemble_training_window(config: ModelConfig) -> TrainingWindow:

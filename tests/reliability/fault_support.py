@@ -22,9 +22,9 @@ from urllib.parse import urlsplit
 
 from evergreen.adapters import registry
 from evergreen.apps.services import (
-    child_service,
     executable,
     free_port,
+    launch_prefect_server,
     service_env,
     stop,
     wait_http,
@@ -41,23 +41,9 @@ def prefect_server(home: Path, extra_env: dict[str, str], timeout: float = 240) 
     """A real `prefect server start` (SQLite, 127.0.0.1) whose services run (the test harness
     runs none): the repossessor frees the concurrency lease of a killed holder. Checks for
     expired leases every second instead of every 15 s."""
-    home.mkdir(parents=True, exist_ok=True)
-    port = free_port()
-    env = service_env(
-        {
-            "PREFECT_HOME": str(home),
-            "PREFECT_API_DATABASE_CONNECTION_URL": f"sqlite+aiosqlite:///{home / 'prefect.db'}",
-            "PREFECT_SERVER_ANALYTICS_ENABLED": "false",
-            "PREFECT_UI_ENABLED": "false",
-            "PREFECT_SERVER_SERVICES_REPOSSESSOR_LOOP_SECONDS": "1",
-            **extra_env,
-        }
-    )
-    env.pop("PREFECT_API_URL", None)
-    url = f"http://127.0.0.1:{port}/api"
-    command = [executable("prefect"), "server", "start", "--host", "127.0.0.1", "--port", str(port)]
-    with child_service(command, env, home / "server.log", f"{url}/health", timeout):
-        yield url
+    env = {"PREFECT_SERVER_SERVICES_REPOSSESSOR_LOOP_SECONDS": "1", **extra_env}
+    with launch_prefect_server(home, extra_env=env, timeout=timeout) as server:
+        yield server.api_url
 
 
 _SHARED: dict[str, object] = {}

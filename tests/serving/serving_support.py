@@ -5,7 +5,6 @@ tests can import it.)
 
 from __future__ import annotations
 
-import socket
 import threading
 import time
 from collections.abc import Iterator
@@ -17,6 +16,7 @@ import httpx
 import numpy as np
 import pandas as pd
 
+from evergreen.apps.services import free_port
 from evergreen.config import ModelConfig, parse_config
 from evergreen.engines.training import TrainedModel
 
@@ -82,12 +82,6 @@ def set_aliases(config: ModelConfig, champion: str | None, canary: str | None) -
 
     for alias, version in (("champion", champion), ("canary", canary)):
         registry.move_alias(config.mlflow.model_name, alias, version, reason="test", actor="pytest")
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
 
 
 @dataclass

@@ -80,6 +80,18 @@ def test_block_round_trips_the_config() -> None:
     assert back.notifications.webhook_url.get_secret_value() == "http://127.0.0.1:9/hook"
 
 
+def test_block_holds_the_whole_config_with_its_secrets_masked() -> None:
+    from blocks.model_config import EvergreenModel
+
+    schema = EvergreenModel.model_json_schema()
+    assert set(schema["properties"]) == {"config"}  # every ModelConfig field, with no copy here
+    assert set(schema["secret_fields"]) == {"config.mlflow.password", "config.notifications.webhook_url"}
+    # Blocks saved by earlier versions (sections at the top level) still load.
+    raw = yaml.safe_load(DEMO.read_text())
+    raw["mlflow"]["password"] = "pw"
+    assert EvergreenModel.model_validate(raw).to_config() == parse_config(raw)
+
+
 def test_telemetry_defaults(monkeypatch: pytest.MonkeyPatch) -> None:
     for key in TELEMETRY_OFF:
         monkeypatch.delenv(key, raising=False)

@@ -55,6 +55,14 @@ def test_retrain_is_single_flight_and_triggered_by_drift() -> None:
     assert {"event_id", "reason", "metric"} <= set(trigger["parameters"])
 
 
+def test_canary_window_is_the_configs_not_a_trigger_delay() -> None:
+    """The review waits `canary.window_hours` itself (the flow checks it, per model): the
+    trigger must not hold a second, hard-coded copy of the window."""
+    (trigger,) = DEPLOYMENTS["canary-review"]["triggers"]
+    assert trigger["expect"] == ["evergreen.canary.started"]
+    assert "schedule_after" not in trigger
+
+
 def test_no_secret_in_prefect_yaml() -> None:
     text = (ROOT / "prefect.yaml").read_text().lower()
     for word in ("password", "token", "secret", "webhook_url", "https://"):

@@ -1,0 +1,213 @@
+"""The retrain step: may a retrain start -> versioned window -> validate -> XGBoost ->
+evaluate -> log -> register a `challenger`. The `retrain` flow runs it with Prefect tasks;
+the backtest with plain calls on its replay's ports.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from evergreen import events
+from evergreen.adapters import registry
+from evergreen.adapters.ports import Ports
+from evergreen.config import ModelConfig
+from evergreen.decisions import policy
+from evergreen.lineage import Trigger, code_version
+from evergreen.loop import retraining, sources, state
+from evergreen.loop.common import MANUAL, Actor, registry_lock
+from evergreen.loop.runner import DIRECT, Runner
+from evergreen.reports import RetrainResult
+
+
+def retrain(
+    ports: Ports,
+    config: ModelConfig,
+    trigger: Trigger,
+    *,
+    run: Runner = DIRECT,
+    actor: Actor = MANUAL,
+    lineage: dict[str, str] | None = None,
+    policy_name: str = "default",
+) -> RetrainResult:
+    """Train a candidate on the current window and register it as `challenger` (with an
+    empty registry it also becomes `champion`: the bootstrap).
+
+    Returns the result with `status`: `skipped` (the start rule held it: `blocked_by`),
+    `rejected` (the window or a labels file failed validation: nothing trained, nothing
+    stored) or `registered`. `lineage` adds tags to the version (the flow run, deployment)."""
+    run.part("check-config-columns", sources.check_config_columns, config)
+    start, data_clock = run.part("decide-retrain-start", check_start, ports, config, trigger.kind, policy_name, io=True)
+    if not start.allowed:
+        run.log("retrain skipped: %s", start.reason)
+        return RetrainResult(
+            model_name=config.mlflow.model_name, status="skipped", trigger=trigger.__dict__,
+            message=start.reason, blocked_by=start.blocked_by,
+        )
+
+    # The labels files are checked while the window is read (both only read); a bad labels
+    # file rejects the run whatever became of the window. The window is validated while its
+    # snapshot is staged (together they take the time of one on two CPUs); the staged copy
+    # is published only if the window is valid, so rejected data leaves no snapshot behind.
+    labels_checked = run.submit("check-label-files", sources.check_label_files, config, io=True)
+    window_error = None
+    try:
+        win = run.part("assemble-training-window", sources.assemble_training_window, config, io=True)
+    except Exception as exc:  # noqa: BLE001 - re-raised below unless a labels file explains it
+        window_error = exc
+    bad_labels = [r for r in labels_checked.result() if not r.success]
+    if bad_labels:
+        return _reject(ports, config, trigger, bad_labels, None, run)
+    if window_error is not None:
+        raise window_error
+    reference = run.part("load-monitor-reference", sources.read_monitor_reference, config, ports.registry, io=True)
+    suite = retraining.training_suite(run.part("derive-suite", _derive_suite, reference, config))
+    checking = run.submit("validate-batch", _validate, win.frame, suite, f"training window ({win.rows:,} rows)")
+    staged = run.part(
+        "snapshot-training-data", ports.snapshots.stage, win.frame, list(win.sources), config.columns.timestamp, io=True
+    )
+    report = None
+    try:
+        report = checking.result()
+    finally:
+        if report is None or not report.success:
+            run.part("discard-snapshot", ports.snapshots.discard, staged, io=True)
+    if not report.success:
+        return _reject(ports, config, trigger, [report], win, run)
+
+    snap = run.part("publish-snapshot", ports.snapshots.publish, staged, io=True)
+    holdout = run.part("hold-out-recent", retraining.hold_out_recent, win.frame, config)
+    model = run.part("train-model", _train, holdout.train, config)
+    evaluation = run.part("evaluate-model", retraining.evaluate_model, model, holdout.evaluation, config)
+    tags = lineage_tags(config, snap, trigger, lineage or {}) | {
+        state.TRAIN_END_TAG: str(holdout.train[config.columns.timestamp].max())
+    }
+    if data_clock is not None:
+        tags[state.DATA_CLOCK_TAG] = data_clock.isoformat()
+    logged = run.part(
+        "log-training-run", ports.runs.log_training_run,
+        config, model, evaluation, snap, win, holdout, trigger.kind, tags, io=True,
+    )
+    version, bootstrap = run.part(
+        "register-candidate", register_candidate, ports, logged.model_uri, logged.run_id, tags, actor, run, io=True
+    )
+    run.part(
+        "emit-event", ports.events.emit, events.MODEL_REGISTERED,
+        {
+            "version": version.version,
+            "run_id": logged.run_id,
+            "dataset_digest": snap.digest,
+            "bootstrap": bootstrap,
+            "aliases": version.aliases,
+            "metric": config.metric,
+            "value": evaluation.value,
+            "trigger": trigger.kind,
+            "trigger_event_id": trigger.event_id,
+        },
+        io=True,
+    )
+    message = f"registered {config.mlflow.model_name} v{version.version} as {', '.join(version.aliases)}"
+    run.log(message)
+    return _result(
+        config, win, snap, trigger, status="registered", events=[events.MODEL_REGISTERED],
+        version=version.version, run_id=logged.run_id, aliases=version.aliases, bootstrap=bootstrap,
+        metrics=evaluation.flat_metrics(), tracking_uri=logged.tracking_uri, message=message,
+    )
+
+
+def check_start(
+    ports: Ports, config: ModelConfig, trigger: str, policy_name: str = "default"
+) -> tuple[policy.StartCheck, Any]:
+    """The retrain policy's start rule on the loop state now (`state.build_loop_state`);
+    returns the decision and the data clock to tag the new version with."""
+    now = state.data_clock(config, ports.store)
+    loop_state = state.build_loop_state(config, ports.store, ports.registry, now)
+    chosen = policy.Policy.named(policy_name, config.retrain)
+    return policy.decide_start(loop_state, chosen, trigger), now
+
+
+def register_candidate(
+    ports: Ports, model_uri: str, run_id: str, tags: dict[str, str], actor: Actor, run: Runner
+) -> tuple[registry.VersionInfo, bool]:
+    """A new version with alias `challenger` and status candidate; with no champion yet it
+    also becomes `champion` (bootstrap). Returns the version and whether it was the bootstrap.
+
+    The version is created with all its tags in one write, before any alias reaches it; a
+    process killed before the alias move leaves an unreachable candidate, like a superseded
+    one. In a bootstrap `champion` moves before `challenger`, so the service gets its model
+    even if the second move is lost."""
+    reg = ports.registry
+    with registry_lock(ports, actor, run):
+        bootstrap = reg.version_by_alias(registry.CHAMPION) is None
+        version = reg.create_version(
+            model_uri, run_id,
+            {**tags, registry.STATUS_TAG: "candidate", state.BOOTSTRAP_TAG: str(bootstrap).lower()},
+        )
+        if bootstrap:
+            reg.move_alias(registry.CHAMPION, version.version, "bootstrap: empty registry", actor.name, actor.flow_run_id)
+            reg.set_tags(version.version, {registry.STATUS_TAG: "champion"})
+        reg.move_alias(registry.CHALLENGER, version.version, "retrained candidate", actor.name, actor.flow_run_id)
+    return reg.get_version(version.version), bootstrap
+
+
+def lineage_tags(config: ModelConfig, snap: Any, trigger: Trigger, extra: dict[str, str]) -> dict[str, str]:
+    """Where the version came from: the snapshot, the code, the trigger (and the flow run)."""
+    return {
+        "evergreen.model": config.name,
+        "evergreen.dataset_digest": snap.digest,
+        "evergreen.dataset_uri": snap.uri,
+        "evergreen.dataset_rows": str(snap.rows),
+        "evergreen.code_version": code_version(),
+        **extra,
+        **trigger.tags(),
+    }
+
+
+def _reject(ports: Ports, config: ModelConfig, trigger: Trigger, reports: list, win: Any, run: Runner) -> RetrainResult:
+    """Nothing is trained or registered: `evergreen.data.rejected` names each file and failure."""
+    message = "; ".join(r.summary() for r in reports)
+    failures = [{**f.to_dict(), "file": r.batch_id} for r in reports for f in r.failures]
+    files = [r.batch_id for r in reports]
+    run.part(
+        "emit-event", ports.events.emit, events.DATA_REJECTED,
+        {"batch_id": "training-window", "files": files, "failures": failures, "reason": message},
+        io=True,
+    )
+    run.log("training data rejected: %s", message, level="error")
+    if win is None:
+        return RetrainResult(
+            model_name=config.mlflow.model_name, status="rejected", trigger=trigger.__dict__,
+            message=message, events=[events.DATA_REJECTED],
+        )
+    return _result(config, win, None, trigger, status="rejected", message=message, events=[events.DATA_REJECTED])
+
+
+def _result(config: ModelConfig, win: Any, snap: Any, trigger: Trigger, **fields: Any) -> RetrainResult:
+    return RetrainResult(
+        model_name=config.mlflow.model_name,
+        dataset_digest=snap.digest if snap else None,
+        dataset_uri=snap.uri if snap else None,
+        dataset_reused=bool(snap and not snap.created),
+        rows=snap.rows if snap else win.rows,
+        trigger=trigger.__dict__,
+        sources=list(win.sources),
+        excluded=dict(win.excluded),
+        **fields,
+    )
+
+
+def _derive_suite(reference: Any, config: ModelConfig) -> Any:
+    from evergreen.engines import validation
+
+    return validation.derive_suite(reference, config)
+
+
+def _validate(frame: Any, suite: Any, batch_id: str) -> Any:
+    from evergreen.engines import validation
+
+    return validation.validate_batch(frame, suite, batch_id)
+
+
+def _train(frame: Any, config: ModelConfig) -> Any:
+    from evergreen.engines import training  # XGBoost: ~5 s to import, not for a skipped retrain
+
+    return training.train_model(frame, config)

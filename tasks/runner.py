@@ -1,0 +1,63 @@
+"""The loop steps' parts as Prefect tasks (`evergreen.loop.runner.Runner`).
+
+Each part becomes a task named as the step names it; a port call (`io=True`) is retried
+twice unless its error is deterministic (a file that is simply bad, a wrong config), a
+decision or a computation never is."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any, TypeVar
+
+from prefect import Task, task
+from prefect.cache_policies import NO_CACHE
+
+from evergreen.adapters.io import DataReadError
+from evergreen.config import ConfigError
+
+T = TypeVar("T")
+
+DETERMINISTIC = (DataReadError, ConfigError, FileNotFoundError)
+_TASKS: dict[tuple[Callable[..., Any], str, bool], Task] = {}
+
+
+def transient(task, task_run, state) -> bool:  # noqa: ANN001 - Prefect's callback signature
+    """Retry I/O errors, not inputs that are simply bad: those fail the same way every time."""
+    try:
+        state.result()
+    except DETERMINISTIC:
+        return False
+    except Exception:
+        return True
+    return False
+
+
+def as_task(name: str, fn: Callable[..., T], io: bool) -> Task:
+    """The Prefect task for one part (made once per function, name and kind)."""
+    key = (fn, name, io)
+    if key not in _TASKS:
+        options: dict[str, Any] = {"name": name, "cache_policy": NO_CACHE}
+        if io:
+            options |= {"retries": 2, "retry_delay_seconds": 1, "retry_condition_fn": transient}
+        _TASKS[key] = task(fn, **options)
+    return _TASKS[key]
+
+
+class PrefectRunner:
+    """Runs a step's parts as Prefect tasks of the current flow run."""
+
+    def part(self, name: str, fn: Callable[..., T], *args: Any, io: bool = False, **kwargs: Any) -> T:
+        return as_task(name, fn, io)(*args, **kwargs)
+
+    def submit(self, name: str, fn: Callable[..., T], *args: Any, io: bool = False, **kwargs: Any) -> Any:
+        return as_task(name, fn, io).submit(*args, **kwargs)
+
+    def log(self, message: str, *args: Any, level: str = "info") -> None:
+        import logging
+
+        from prefect import get_run_logger
+
+        get_run_logger().log(getattr(logging, level.upper()), message, *args)
+
+
+PREFECT = PrefectRunner()
