@@ -30,6 +30,8 @@ class MonitorResult(BaseModel):
     reasons: list[str] = Field(default_factory=list)
     signals: list[str] = Field(default_factory=list, description="retrain-policy signals that fired")
     policy: str = Field("", description="the retrain policy's verdict on this batch")
+    alert: bool = Field(False, description="the policy's signals held by the hysteresis: the alert events went out")
+    decision: str = Field("none", description="retrain, or the blocker that holds one (invalid, no_alert, cooldown, ...)")
     events: list[str] = Field(default_factory=list)
     event_ids: list[str] = Field(default_factory=list)
     rows: int = 0

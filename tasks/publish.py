@@ -141,8 +141,13 @@ class TrackedRuns:
         return tracking.log_training_run(config, model, evaluation, snap, win, holdout, trigger_kind, lineage_tags)
 
     def publish_monitor(
-        self, config: ModelConfig, result: MonitorResult, index: int, plots: dict[str, str], chunks: list[dict], flow_run_id: str | None
+        self, config: ModelConfig, result: MonitorResult, index: int, report, chunks: list[dict], flow_run_id: str | None  # noqa: ANN001
     ) -> tuple[str | None, str | None]:
+        """NannyML's plots of the batch (`monitoring.plots`: every plot when it alerts), an
+        MLflow run of the monitoring experiment, and the Prefect artifacts."""
+        plots = {}
+        if report is not None:
+            plots["monitor"] = report.plots_for(config.monitoring.plots, result.drift_detected or result.performance_degraded)
         run = log_monitor_run.fn(config, result, index, plots, chunks, flow_run_id)
         publish_artifacts.fn(config, result.model_copy(update={"mlflow_run_id": run.run_id, "mlflow_run_url": run.url}), run)
         return run.run_id, run.url

@@ -5,7 +5,6 @@ from __future__ import annotations
 import functools
 from collections.abc import Iterator
 from contextlib import contextmanager
-from dataclasses import dataclass
 
 from prefect import task
 from prefect.cache_policies import NO_CACHE
@@ -110,38 +109,6 @@ def _deployment_name(deployment_id: str) -> str:
 
 def current_flow_run_id() -> str | None:
     return str(flow_run.id) if flow_run.id else None
-
-
-@dataclass(frozen=True)
-class Registration:
-    version: registry.VersionInfo
-    bootstrap: bool
-
-
-@task(name="register-candidate", cache_policy=NO_CACHE, retries=2, retry_delay_seconds=2)
-def register_candidate(
-    config: ModelConfig, model_uri: str, run_id: str, tags: dict[str, str]
-) -> Registration:
-    """New version with alias `challenger` and status candidate; with no champion yet it also
-    becomes `champion` (bootstrap).
-
-    The version is created with all its tags in one write, before any alias reaches it; a
-    process killed before the alias move leaves an unreachable candidate, like a superseded
-    one. In a bootstrap `champion` moves before `challenger`, so the service gets its model
-    even if the second move is lost."""
-    tracking.connect(config.mlflow)
-    name = config.mlflow.model_name
-    with registry_lock(config):
-        bootstrap = registry.version_by_alias(name, registry.CHAMPION) is None
-        version = registry.create_version(
-            name, model_uri, run_id, {**tags, registry.STATUS_TAG: "candidate", "evergreen.bootstrap": str(bootstrap).lower()}
-        )
-        who, run = actor(), current_flow_run_id()
-        if bootstrap:
-            registry.move_alias(name, registry.CHAMPION, version.version, "bootstrap: empty registry", who, run)
-            registry.set_tags(name, version.version, {registry.STATUS_TAG: "champion"})
-        registry.move_alias(name, registry.CHALLENGER, version.version, "retrained candidate", who, run)
-    return Registration(registry.get_version(name, version.version), bootstrap)
 
 
 @task(name="settle-registry", cache_policy=NO_CACHE, retries=2, retry_delay_seconds=2)

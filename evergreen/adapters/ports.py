@@ -19,6 +19,7 @@ the very code users run, without touching disk.
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from contextlib import AbstractContextManager
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Protocol
@@ -46,7 +47,9 @@ class BatchStore(Protocol):
 
     def list_batches(self) -> list[BatchFile]: ...
 
-    def read_batch(self, batch: BatchFile) -> pd.DataFrame: ...
+    def read_batch(
+        self, batch: BatchFile, columns: Sequence[str] | None = None, datetime_columns: Sequence[str] = ()
+    ) -> pd.DataFrame: ...
 
     def read_labels(self, up_to_day: str | None = None) -> pd.DataFrame | None: ...
 
@@ -114,9 +117,10 @@ class RunLog(Protocol):
         ...
 
     def publish_monitor(
-        self, config: Any, result: Any, index: int, plots: dict[str, str], chunks: list[dict], flow_run_id: str | None
+        self, config: Any, result: Any, index: int, report: Any, chunks: list[dict], flow_run_id: str | None
     ) -> tuple[str | None, str | None]:
-        """Records one monitored batch; returns the run's id and a link to it."""
+        """Records one monitored batch (`report`: its MonitorReport, None when rejected);
+        returns the run's id and a link to it."""
         ...
 
 

@@ -23,9 +23,14 @@ class FileStore:
     def list_batches(self) -> list[io.BatchFile]:
         return io.list_batches(self.config.data.path("batches"))
 
-    def read_batch(self, batch: io.BatchFile, columns: Sequence[str] | None = None) -> pd.DataFrame:
-        """One batch (only `columns` when given); DataReadError names an unreadable file."""
-        return io.read_table(batch.path, columns=columns, max_rows=self.config.data.max_batch_rows)
+    def read_batch(
+        self, batch: io.BatchFile, columns: Sequence[str] | None = None, datetime_columns: Sequence[str] = ()
+    ) -> pd.DataFrame:
+        """One batch (only `columns` when given); DataReadError names an unreadable file, or
+        one of more than `data.max_batch_rows` rows before its data is read."""
+        return io.read_table(
+            batch.path, columns=columns, max_rows=self.config.data.max_batch_rows, datetime_columns=datetime_columns
+        )
 
     def read_labels(self, up_to_day: str | None = None) -> pd.DataFrame | None:
         """Labels delivered on or before `up_to_day` (all delivered so far when None)."""

@@ -552,6 +552,7 @@ class _Replay:
             bootstrap.run.run_id,
             {
                 **_tags(bootstrap.entry, bootstrap.clock, "bootstrap"),
+                state.WINDOW_END_TAG: str(bootstrap.clock),
                 state.BOOTSTRAP_TAG: "true",
                 registry.STATUS_TAG: "champion",
             },
@@ -757,7 +758,11 @@ class _Replay:
         candidate, evaluation = s.train(win.frame, self.timer)
         t = time.perf_counter()
         run = _log_candidate(s, candidate, evaluation, win, decision.reason)
-        tags = {**_tags(candidate, now, decision.reason), registry.STATUS_TAG: "candidate"}
+        tags = {
+            **_tags(candidate, now, decision.reason),
+            state.WINDOW_END_TAG: str(win.time_max),
+            registry.STATUS_TAG: "candidate",
+        }
         version = registry.create_version(self.name, run.model_uri, run.run_id, tags)
         registry.move_alias(
             self.name, registry.CHALLENGER, version.version, "retrained candidate", ACTOR

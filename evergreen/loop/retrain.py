@@ -79,7 +79,8 @@ def retrain(
     model = run.part("train-model", _train, holdout.train, config)
     evaluation = run.part("evaluate-model", retraining.evaluate_model, model, holdout.evaluation, config)
     tags = lineage_tags(config, snap, trigger, lineage or {}) | {
-        state.TRAIN_END_TAG: str(holdout.train[config.columns.timestamp].max())
+        state.TRAIN_END_TAG: str(holdout.train[config.columns.timestamp].max()),
+        state.WINDOW_END_TAG: str(win.frame[config.columns.timestamp].max()),
     }
     if data_clock is not None:
         tags[state.DATA_CLOCK_TAG] = data_clock.isoformat()

@@ -14,13 +14,14 @@ import pandas as pd
 
 from evergreen.adapters import io
 from evergreen.adapters.ports import BatchStore, ModelRegistry
-from evergreen.adapters.registry import CANARY, CHALLENGER, VersionInfo
+from evergreen.adapters.registry import CANARY, VersionInfo
 from evergreen.config import ModelConfig
 from evergreen.decisions import policy
 from evergreen.times import utc, utc_series
 
 DATA_CLOCK_TAG = "evergreen.data_clock"
 TRAIN_END_TAG = "evergreen.train_end"
+WINDOW_END_TAG = "evergreen.window_end"
 BOOTSTRAP_TAG = "evergreen.bootstrap"
 
 
@@ -48,10 +49,10 @@ def build_loop_state(
 
     - `history`: the signals the ledger recorded for batches before `day` (all when None);
     - the newest registered version (any status) sets the cooldown's start (its data clock)
-      and the training-data end from which new labelled rows are counted;
+      and the end of its window, after which labelled rows count as new;
     - the budget counts versions trained in the last `retrain.period_days` days of data
       (the first, bootstrap version does not count);
-    - a `challenger` or `canary` alias means a candidate is still under review."""
+    - a `canary` alias means a candidate is still under review."""
     ledger = store.read_ledger()
     history = (
         [r.signals for d, r in sorted(ledger.batches.items()) if day is None or d < day]
@@ -60,7 +61,10 @@ def build_loop_state(
     newest = versions[-1] if versions else None
     last_clock = _tag_time(newest, DATA_CLOCK_TAG)
     last_end = _tag_time(newest, TRAIN_END_TAG)
-    new_rows = count_labelled_rows_after(config, store, last_end) if last_end is not None else None
+    # New rows are those the newest version's window did not hold (its evaluation slice
+    # was in the window, though not trained on); versions without the tag: its training end.
+    seen_until = _tag_time(newest, WINDOW_END_TAG) or last_end
+    new_rows = count_labelled_rows_after(config, store, seen_until) if seen_until is not None else None
     in_period = None
     if now is not None:
         since = utc(now) - pd.Timedelta(days=config.retrain.period_days)
@@ -111,13 +115,10 @@ def _named_before(day: str, cutoff: pd.Timestamp) -> bool:
 
 
 def _pending(registry: ModelRegistry) -> str:
+    """A canary under review holds new retrains (a new challenger would race its review).
+    A challenger waiting for its gate does not: the next registered version supersedes it."""
     canary = registry.version_by_alias(CANARY)
-    if canary is not None:
-        return f"canary v{canary.version} is under review"
-    challenger = registry.version_by_alias(CHALLENGER)
-    if challenger is not None:
-        return f"challenger v{challenger.version} awaits its gate"
-    return ""
+    return f"canary v{canary.version} is under review" if canary is not None else ""
 
 
 def _tag_time(version: VersionInfo | None, tag: str) -> pd.Timestamp | None:

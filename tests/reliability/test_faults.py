@@ -37,7 +37,6 @@ from flows.canary import canary_review
 from flows.promote import promote
 from flows.retrain import retrain
 from flows.rollback import rollback
-from tasks.registry import register_candidate
 from tests.egress import armed_commands, child_env, read_attempts, refuse_outbound
 from tests.flows.conftest import ROOT
 from tests.reliability.fault_support import (
@@ -285,7 +284,20 @@ GATE = {"passed": True, "checks": []}
 
 
 def _register(cfg: ModelConfig, name: str, src: tuple[str, str]) -> object:
-    return register_candidate.fn(cfg, src[0], src[1], LINEAGE_TAGS)
+    """The retrain step's registration (`loop.retrain.register_candidate`), its lock a no-op
+    (the sweep runs one transition at a time)."""
+    from contextlib import nullcontext
+
+    from evergreen.adapters.ports import Ports
+    from evergreen.loop.common import Actor
+    from evergreen.loop.retrain import register_candidate
+    from evergreen.loop.runner import DIRECT
+
+    ports = Ports(
+        store=None, snapshots=None, predictions=None, registry=registry.Registry(name),  # type: ignore[arg-type]
+        events=None, runs=None, lock=nullcontext,  # type: ignore[arg-type]
+    )
+    return register_candidate(ports, src[0], src[1], LINEAGE_TAGS, Actor("test"), DIRECT)
 
 
 # name: (registry before, the transition, aliases after it uninterrupted, serving states

@@ -1,0 +1,219 @@
+"""The monitor step: validate each new production batch, estimate drift and performance,
+decide the retrain policy, emit its events, record what was found. The `monitor` flow runs
+it with Prefect tasks; the backtest with plain calls on its replay's ports.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from pathlib import Path
+from typing import Any
+
+import pandas as pd
+
+from evergreen import events
+from evergreen.adapters import io
+from evergreen.adapters.ledger import BatchRecord
+from evergreen.adapters.ports import Ports
+from evergreen.config import ModelConfig
+from evergreen.decisions import policy
+from evergreen.loop import sources, state
+from evergreen.loop.runner import DIRECT, Runner
+from evergreen.reports import MonitorResult
+
+# Fitted NannyML calculators per (reference digest, settings), for the life of the process:
+# a served deployment or a replay monitors many batches on the same reference, and fitting
+# costs seconds each time.
+_FITTED: dict[str, Any] = {}
+_FITTED_MAX = 4
+
+
+def monitor(
+    ports: Ports, config: ModelConfig, batch: str | None = None, *, run: Runner = DIRECT, flow_run_id: str | None = None
+) -> list[MonitorResult]:
+    """Monitor one batch (`batch`, a path), or every batch not monitored yet, in day order."""
+    run.part("check-config-columns", sources.check_config_columns, config)
+    files = [find_batch(ports, batch)] if batch else run.part("pending-batches", pending_batches, ports, io=True)
+    if not files:
+        return []
+    reference = run.part("load-monitor-reference", sources.read_monitor_reference, config, ports.registry, io=True)
+    suite = run.part("derive-suite", _derive_suite, reference, config)
+    fitted = run.part("fit-monitor", fit_monitor, reference, config)
+    return [monitor_batch(ports, config, f, suite, fitted, run=run, flow_run_id=flow_run_id) for f in files]
+
+
+def monitor_batch(
+    ports: Ports,
+    config: ModelConfig,
+    batch: io.BatchFile,
+    suite: Any,
+    fitted: Any,
+    *,
+    run: Runner = DIRECT,
+    flow_run_id: str | None = None,
+) -> MonitorResult:
+    """One batch: read and validate it; a valid batch gets drift, estimated and realized
+    performance, the policy's decision and its events; every batch is published and
+    recorded in the ledger."""
+    from evergreen.engines.validation import unreadable_report
+
+    try:
+        frame = run.part("load-batch", ports.store.read_batch, batch, datetime_columns=[config.columns.timestamp], io=True)
+        report = run.part("validate-batch", _validate, frame, suite, batch.path)
+    except io.DataReadError as exc:
+        frame, report = None, unreadable_report(batch.path, exc)
+    warnings = [w.to_dict() for w in report.warnings]
+    if report.success:
+        if warnings:
+            run.log("batch %s accepted with warnings: %s", batch.day, report.summary(), level="warning")
+        return _estimate(ports, config, batch, frame, fitted, run, flow_run_id, warnings)
+    message = report.summary()
+    failures = [x.to_dict() for x in report.failures]
+    run.log("batch %s rejected: %s", batch.day, message, level="error")
+    event_id = run.part(
+        "emit-event", ports.events.emit, events.DATA_REJECTED,
+        {"batch_id": batch.day, "path": batch.path, "failures": failures, "reason": message},
+        io=True,
+    )
+    result = MonitorResult(
+        model=config.name, batch_id=batch.day, batch_path=batch.path, valid=False, message=message,
+        failures=failures, warnings=warnings, rows=0 if frame is None else len(frame), metric=config.metric,
+        events=[events.DATA_REJECTED], event_ids=[e for e in [event_id] if e], decision="invalid",
+    )
+    return _publish(ports, config, batch, result, None, run, flow_run_id)
+
+
+def _estimate(
+    ports: Ports, config: ModelConfig, batch: io.BatchFile, frame: pd.DataFrame, fitted: Any,
+    run: Runner, flow_run_id: str | None, warnings: list[dict],
+) -> MonitorResult:
+    from evergreen.engines import monitoring
+
+    labels = run.part("load-labels", ports.store.read_labels, batch.day, io=True)
+    report = run.part("estimate-drift-and-performance", monitoring.compute_monitor, fitted, frame, labels)
+    realized_on = batch.day if report.realized_metric is not None else None
+    if report.realized_metric is None:
+        # Labels arrive late: judge realized performance on the newest labelled batch.
+        latest = run.part(
+            "realized-performance", realized_on_latest_labelled, ports, config, fitted, batch.day, labels, io=True
+        )
+        if latest is not None:
+            realized_on = latest.day
+            report = dataclasses.replace(report, realized_metric=latest.metric)
+    alerts = run.part("decide-alerts", monitoring.decide_alerts, report, config)
+    now = pd.Timestamp(report.end) if report.end else None
+    loop_state = run.part(
+        "read-loop-state", state.build_loop_state, config, ports.store, ports.registry, now, batch.day, io=True
+    )
+    verdict = run.part("decide-policy", decide_policy, config, batch.day, alerts, loop_state)
+    emitted, event_ids = [], []
+    for name, payload in verdict.events.items():
+        event_id = run.part(
+            "emit-event", ports.events.emit, name,
+            {**payload, "batch_id": batch.day, "chunk": batch.day, "realized_on": realized_on}, io=True,
+        )
+        emitted.append(name)
+        if event_id:
+            event_ids.append(event_id)
+    summary = report.to_dict()
+    est = summary.get("estimated_metric") or {}
+    real = summary.get("realized_metric") or {}
+    result = MonitorResult(
+        model=config.name, batch_id=batch.day, batch_path=batch.path, valid=True,
+        message="; ".join([*alerts.reasons, *(f"warning: {w['message']}" for w in warnings)]) or "no drift",
+        warnings=warnings,
+        drift_detected=alerts.drift_detected, performance_degraded=alerts.performance_degraded,
+        features=summary.get("features", {}), multivariate=summary.get("multivariate"),
+        estimated_metric=est.get("value"), realized_metric=real.get("value") if real else None,
+        realized_on=realized_on,
+        metric=config.metric, reasons=list(alerts.reasons), events=emitted, event_ids=event_ids,
+        rows=len(frame), signals=verdict.fired, policy=verdict.reason,
+        alert=verdict.alert, decision="retrain" if verdict.retrain else (verdict.blocked_by or "none"),
+    )
+    return _publish(ports, config, batch, result, report, run, flow_run_id, chunks=summary.get("chunks", []))
+
+
+def _publish(
+    ports: Ports, config: ModelConfig, batch: io.BatchFile, result: MonitorResult, report: Any,
+    run: Runner, flow_run_id: str | None, chunks: list | None = None,
+) -> MonitorResult:
+    """The run log (an MLflow run with the batch's figures and plots, Prefect artifacts)
+    and the ledger (the next monitor skips the batch; the hysteresis reads its signals)."""
+    run_id, url = run.part(
+        "log-monitor-run", ports.runs.publish_monitor, config, result, batch.index, report, chunks or [], flow_run_id,
+        io=True,
+    )
+    result = result.model_copy(update={"mlflow_run_id": run_id, "mlflow_run_url": url})
+    record = BatchRecord(
+        day=batch.day, path=batch.path, valid=result.valid, message=result.message,
+        drift_detected=result.drift_detected, performance_degraded=result.performance_degraded,
+        events=result.events, signals=result.signals, flow_run_id=flow_run_id,
+    )
+    run.part("record-batch", ports.store.record_batch, record, io=True)
+    return result
+
+
+def decide_policy(
+    config: ModelConfig, day: str, alerts: Any, loop_state: policy.LoopState
+) -> policy.PolicyDecision:
+    """The retrain policy on one valid batch (`policy.decide`): the configured signals that
+    fired, whether the hysteresis holds them (the events to emit) and whether a retrain may
+    start now, with the blocker that holds it."""
+    observation = policy.ChunkObservation(chunk=day, valid=True, alerts=alerts)
+    return policy.decide(observation, loop_state, policy.Policy.named("default", config.retrain))
+
+
+def realized_on_latest_labelled(
+    ports: Ports, config: ModelConfig, fitted: Any, day: str, labels: pd.DataFrame | None
+) -> sources.LatestRealized | None:
+    """The realized metric of the newest batch up to `day` whose labels have arrived
+    (`sources.realized_on_latest_labelled`), computed by the monitor's calculators."""
+    from evergreen.engines import monitoring
+
+    def realize(batch: io.BatchFile) -> Any:
+        return monitoring.compute_monitor(fitted, ports.store.read_batch(batch), labels).realized_metric
+
+    return sources.realized_on_latest_labelled(config, ports.store, day, labels, realize)
+
+
+def pending_batches(ports: Ports) -> list[io.BatchFile]:
+    """Batches the monitor has not processed yet, in day order."""
+    files = ports.store.list_batches()
+    todo = set(ports.store.read_ledger().unprocessed([f.day for f in files]))
+    return [f for f in files if f.day in todo]
+
+
+def find_batch(ports: Ports, path: str) -> io.BatchFile:
+    """The stream's batch file at `path` (any other file counts as a batch of its own)."""
+    known = {_key(b.path): b for b in ports.store.list_batches()}
+    return known.get(_key(path)) or io.BatchFile(path=path, day=Path(path).stem, index=len(known))
+
+
+def fit_monitor(reference: pd.DataFrame, config: ModelConfig) -> Any:
+    """NannyML's calculators fitted on `reference` (kept for the process: see _FITTED)."""
+    from evergreen.engines import monitoring
+    from evergreen.engines.snapshot import dataset_digest
+
+    settings = config.model_dump_json(include={"name", "problem_type", "metric", "columns", "monitoring"})
+    key = f"{dataset_digest(reference)}:{settings}"
+    if key not in _FITTED:
+        if len(_FITTED) >= _FITTED_MAX:
+            _FITTED.pop(next(iter(_FITTED)))
+        _FITTED[key] = monitoring.fit_monitor(reference, config)
+    return _FITTED[key]
+
+
+def _key(path: str) -> str:
+    return path if "://" in path and not path.startswith("file://") else str(Path(path).resolve())
+
+
+def _derive_suite(reference: pd.DataFrame, config: ModelConfig) -> Any:
+    from evergreen.engines import validation
+
+    return validation.derive_suite(reference, config)
+
+
+def _validate(frame: pd.DataFrame, suite: Any, batch_id: str) -> Any:
+    from evergreen.engines import validation
+
+    return validation.validate_batch(frame, suite, batch_id)
