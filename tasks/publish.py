@@ -26,52 +26,6 @@ def _artifact_key(config: ModelConfig, kind: str) -> str:
     return "".join(c if c.isalnum() else "-" for c in raw)
 
 
-@task(name="log-monitor-run", retries=2, retry_delay_seconds=2, cache_policy=NO_CACHE)
-def log_monitor_run(
-    config: ModelConfig,
-    result: MonitorResult,
-    step: int,
-    plots: dict[str, str],
-    chunks: list[dict],
-    flow_run_id: str | None,
-) -> PublishedRun:
-    """One MLflow run per monitored batch in the monitoring experiment: metrics, tags, plots."""
-    import mlflow
-
-    tracking.connect(config.mlflow)
-    exp_id = tracking.ensure_experiment(config.mlflow, config.mlflow.monitoring_experiment)
-    tags = {
-        "evergreen.model": config.name,
-        "evergreen.batch": result.batch_id,
-        "evergreen.valid": str(result.valid).lower(),
-        "evergreen.drift_detected": str(result.drift_detected).lower(),
-        "evergreen.performance_degraded": str(result.performance_degraded).lower(),
-        "evergreen.events": ",".join(result.events),
-    }
-    if flow_run_id:
-        tags["prefect.flow_run_id"] = flow_run_id
-    with mlflow.start_run(experiment_id=exp_id, run_name=f"monitor-{result.batch_id}", tags=tags) as run:
-        metrics: dict[str, float | None] = {"valid": float(result.valid), "rows": float(result.rows)}
-        if result.valid:
-            metrics |= {f"drift.{name}": f.get("value") for name, f in result.features.items()}
-            metrics["drifted_features"] = float(sum(bool(f.get("alert")) for f in result.features.values()))
-            if result.multivariate:
-                metrics["multivariate.reconstruction_error"] = result.multivariate.get("value")
-            metrics[f"estimated.{result.metric}"] = result.estimated_metric
-            metrics[f"realized.{result.metric}"] = result.realized_metric
-        tracking.log_metrics(metrics, step=step)
-        mlflow.log_dict(result.model_dump(), "monitor_result.json")
-        if chunks:
-            mlflow.log_dict({"chunks": chunks}, "chunks.json")
-        for name, html in plots.items():
-            mlflow.log_text(html, f"plots/{name}.html")
-    return PublishedRun(
-        run_id=run.info.run_id,
-        experiment_id=exp_id,
-        url=tracking.run_url(config.mlflow, exp_id, run.info.run_id),
-    )
-
-
 def _summary_markdown(result: MonitorResult, run: PublishedRun | None) -> str:
     status = "REJECTED" if not result.valid else "drift detected" if result.drift_detected else "no drift"
     lines = [
@@ -133,21 +87,16 @@ def publish_artifacts(config: ModelConfig, result: MonitorResult, run: Published
         )
 
 
-class TrackedRuns:
+class TrackedRuns(tracking.MlflowRunLog):
     """The run log users run (`evergreen.adapters.ports.RunLog`): MLflow runs, and Prefect
     artifacts for the monitor's batches."""
-
-    def log_training_run(self, config, model, evaluation, snap, win, holdout, trigger_kind, lineage_tags):  # noqa: ANN001, ANN201
-        return tracking.log_training_run(config, model, evaluation, snap, win, holdout, trigger_kind, lineage_tags)
 
     def publish_monitor(
         self, config: ModelConfig, result: MonitorResult, index: int, report, chunks: list[dict], flow_run_id: str | None  # noqa: ANN001
     ) -> tuple[str | None, str | None]:
         """NannyML's plots of the batch (`monitoring.plots`: every plot when it alerts), an
         MLflow run of the monitoring experiment, and the Prefect artifacts."""
-        plots = {}
-        if report is not None:
-            plots["monitor"] = report.plots_for(config.monitoring.plots, result.drift_detected or result.performance_degraded)
-        run = log_monitor_run.fn(config, result, index, plots, chunks, flow_run_id)
-        publish_artifacts.fn(config, result.model_copy(update={"mlflow_run_id": run.run_id, "mlflow_run_url": run.url}), run)
-        return run.run_id, run.url
+        run_id, url = tracking.MlflowRunLog().publish_monitor(config, result, index, report, chunks, flow_run_id)
+        published = PublishedRun(run_id=run_id, experiment_id="", url=url)
+        publish_artifacts.fn(config, result.model_copy(update={"mlflow_run_id": run_id, "mlflow_run_url": url}), published)
+        return run_id, url

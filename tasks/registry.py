@@ -1,4 +1,5 @@
-"""Registry tasks: every alias move goes through `registry_lock`, one model at a time."""
+"""The registry lock (a Prefect global concurrency limit per model) and who acts: the
+Prefect side of the loop steps' registry writes."""
 
 from __future__ import annotations
 
@@ -6,11 +7,8 @@ import functools
 from collections.abc import Iterator
 from contextlib import contextmanager
 
-from prefect import task
-from prefect.cache_policies import NO_CACHE
 from prefect.runtime import deployment, flow_run
 
-from evergreen.adapters import registry, tracking
 from evergreen.config import ModelConfig
 
 
@@ -54,29 +52,6 @@ class PrefectLock:
         return prefect_lock(self.config)
 
 
-@contextmanager
-def registry_lock(config: ModelConfig, timeout_seconds: float = 600) -> Iterator[list[str]]:
-    """The model's registry lock; once held, whatever an interrupted earlier operation left
-    is finished first (`registry.settle`); yields what that did."""
-    with prefect_lock(config, timeout_seconds):
-        fixed = registry.settle(config.mlflow.model_name, actor(), current_flow_run_id())
-        if fixed:
-            _log().warning("finished an interrupted registry operation of %s: %s", config.mlflow.model_name, "; ".join(fixed))
-        yield fixed
-
-
-def _log():  # noqa: ANN202
-    import logging
-
-    from prefect.exceptions import MissingContextError
-    from prefect.logging import get_run_logger
-
-    try:
-        return get_run_logger()
-    except MissingContextError:
-        return logging.getLogger("evergreen.adapters.registry")
-
-
 def actor() -> str:
     """Who moves aliases: the flow run (and deployment) doing it."""
     name = flow_run.get_flow_name() or "evergreen"
@@ -109,15 +84,6 @@ def _deployment_name(deployment_id: str) -> str:
 
 def current_flow_run_id() -> str | None:
     return str(flow_run.id) if flow_run.id else None
-
-
-@task(name="settle-registry", cache_policy=NO_CACHE, retries=2, retry_delay_seconds=2)
-def settle_registry(config: ModelConfig) -> list[str]:
-    """Finish what an interrupted registry operation of this model left (see
-    `evergreen.adapters.registry.settle`); returns what was done."""
-    tracking.connect(config.mlflow)
-    with registry_lock(config) as fixed:
-        return fixed
 
 
 def current_actor():  # noqa: ANN201

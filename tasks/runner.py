@@ -61,3 +61,12 @@ class PrefectRunner:
 
 
 PREFECT = PrefectRunner()
+
+
+def outcome_state(outcome: Any) -> Any:
+    """A promotion step's `Outcome` as the flow run's final state."""
+    from prefect.states import Completed, Failed
+
+    make = Failed if outcome.failed else Completed
+    kwargs = {"name": outcome.state} if outcome.state else {}
+    return make(message=outcome.message, data=outcome.result, **kwargs)

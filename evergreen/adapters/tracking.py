@@ -255,3 +255,64 @@ def _log_parquet(frame: pd.DataFrame, artifact_file: str) -> None:
         path = Path(tmp) / Path(artifact_file).name
         frame.to_parquet(path, index=False)
         mlflow.log_artifact(str(path), artifact_path=str(Path(artifact_file).parent))
+
+
+def log_monitor_run(
+    config: ModelConfig,
+    result: Any,
+    step: int,
+    plots: dict[str, str],
+    chunks: list[dict],
+    flow_run_id: str | None,
+) -> tuple[str, str, str]:
+    """One MLflow run per monitored batch (a `reports.MonitorResult`) in the monitoring
+    experiment: metrics, tags, plots. Returns the run id, experiment id and a link."""
+    import mlflow
+
+    connect(config.mlflow)
+    exp_id = ensure_experiment(config.mlflow, config.mlflow.monitoring_experiment)
+    tags = {
+        "evergreen.model": config.name,
+        "evergreen.batch": result.batch_id,
+        "evergreen.valid": str(result.valid).lower(),
+        "evergreen.drift_detected": str(result.drift_detected).lower(),
+        "evergreen.performance_degraded": str(result.performance_degraded).lower(),
+        "evergreen.events": ",".join(result.events),
+    }
+    if flow_run_id:
+        tags["prefect.flow_run_id"] = flow_run_id
+    with mlflow.start_run(experiment_id=exp_id, run_name=f"monitor-{result.batch_id}", tags=tags) as run:
+        metrics: dict[str, float | None] = {"valid": float(result.valid), "rows": float(result.rows)}
+        if result.valid:
+            metrics |= {f"drift.{name}": f.get("value") for name, f in result.features.items()}
+            metrics["drifted_features"] = float(sum(bool(f.get("alert")) for f in result.features.values()))
+            if result.multivariate:
+                metrics["multivariate.reconstruction_error"] = result.multivariate.get("value")
+            metrics[f"estimated.{result.metric}"] = result.estimated_metric
+            metrics[f"realized.{result.metric}"] = result.realized_metric
+        log_metrics(metrics, step=step)
+        mlflow.log_dict(result.model_dump(), "monitor_result.json")
+        if chunks:
+            mlflow.log_dict({"chunks": chunks}, "chunks.json")
+        for name, html in plots.items():
+            mlflow.log_text(html, f"plots/{name}.html")
+    return run.info.run_id, exp_id, run_url(config.mlflow, exp_id, run.info.run_id)
+
+
+class MlflowRunLog:
+    """Runs in MLflow (`evergreen.adapters.ports.RunLog`): the training run that holds the
+    model the registry versions, and one run per monitored batch with NannyML's plots."""
+
+    def log_training_run(self, config, model, evaluation, snap, win, holdout, trigger_kind, lineage_tags):  # noqa: ANN001, ANN201
+        return log_training_run(config, model, evaluation, snap, win, holdout, trigger_kind, lineage_tags)
+
+    def publish_monitor(
+        self, config: ModelConfig, result: Any, index: int, report: Any, chunks: list[dict], flow_run_id: str | None
+    ) -> tuple[str | None, str | None]:
+        """`monitoring.plots` decides the plots: every plot when the batch alerts."""
+        plots = {}
+        if report is not None:
+            alerting = result.drift_detected or result.performance_degraded
+            plots["monitor"] = report.plots_for(config.monitoring.plots, alerting)
+        run_id, _, url = log_monitor_run(config, result, index, plots, chunks, flow_run_id)
+        return run_id, url

@@ -446,14 +446,13 @@ def test_models_load_from_the_registry_in_xgboost_format_never_unpickled(small_r
     import xgboost as xgb
 
     from evergreen.apps.serving.models import ModelStore, load_from_registry
-    from tasks.promotion import load_alias
 
     reg = small_registry
     name = reg.cfg.mlflow.model_name
     tracking.connect(reg.cfg.mlflow)
     with no_unpickling(monkeypatch) as unpickled:
         loaded = registry.load_alias(name, registry.CHAMPION)  # retrain, promote, monitor
-        promoted = load_alias.fn(reg.cfg, registry.CHAMPION)  # the promote flow's task
+        promoted = registry.Registry(name).load_alias(registry.CHAMPION)  # the promote step's port
         served = load_from_registry(name, reg.version)  # the scoring service
         store = ModelStore(name, 0.0)
         assert store.refresh() and store.snapshot.champion.version == reg.version

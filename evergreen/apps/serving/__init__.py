@@ -20,7 +20,7 @@ _EXPORTS = {
     "read_prediction_log": "evergreen.adapters.predlog",
     "compact_day": "evergreen.adapters.predlog",
     "PredictionLogWriter": "evergreen.adapters.predlog",
-    "route": "evergreen.apps.serving.router",
+    "route": "evergreen.decisions.routing",
 }
 
 __all__ = sorted(_EXPORTS)

@@ -27,7 +27,7 @@ import pandas as pd
 
 from evergreen.apps.serving import jsoncodec
 from evergreen.apps.serving.columns import ColumnBatch
-from evergreen.apps.serving.router import routing_key
+from evergreen.decisions.routing import routing_key
 
 DF_SPLIT, DF_RECORDS, INSTANCES, INPUTS = (
     "dataframe_split",
@@ -315,15 +315,12 @@ def _parse_csv(body: bytes) -> RequestTable:
         frame = pd.read_csv(io.BytesIO(body))
     except Exception as exc:  # pandas raises several parser error types
         raise PayloadError(f"request body is not a readable CSV table: {exc}") from None
+    # `tolist` already gives Python scalars (int, float, bool, str): only missing cells change.
     columns = {
-        str(name): [None if _is_missing(v) else _plain(v) for v in frame[name].tolist()]
+        str(name): [None if _is_missing(v) else v for v in frame[name].tolist()]
         for name in frame.columns
     }
     return RequestTable(columns, len(frame), "csv")
-
-
-def _plain(value: Any) -> Any:
-    return value.item() if isinstance(value, np.generic) else value
 
 
 def _is_missing(value: Any) -> bool:

@@ -16,9 +16,9 @@ from evergreen.adapters.predlog import ALIAS_COLUMN, REQUEST_ID_COLUMN, SERVED_A
 from evergreen.adapters.registry import CANARY, CHAMPION
 from evergreen.apps.serving.columns import ColumnBatch
 from evergreen.apps.serving.models import ServingSnapshot
-from evergreen.apps.serving.router import route_many
 from evergreen.apps.serving.schema import RequestTable, validate_columns
 from evergreen.config import ModelConfig
+from evergreen.decisions.routing import route_many
 
 
 class NotReadyError(RuntimeError):

@@ -15,7 +15,7 @@ from functools import lru_cache
 from numbers import Integral, Real
 from typing import Any
 
-from evergreen.adapters.registry import CANARY, CHAMPION
+from evergreen.aliases import CANARY, CHAMPION
 
 _BUCKETS = float(2**64)
 
