@@ -309,12 +309,12 @@ def backtest(
     data_root: Annotated[Path | None, typer.Option(help="the stream folder (overrides data.root)")] = None,
     max_chunks: Annotated[int | None, typer.Option(help="replay only the first N chunks")] = None,
     only: Annotated[bool, typer.Option("--only", help="replay the --policy names alone, without the baselines (timing runs)")] = False,
-    workdir: Annotated[Path | None, typer.Option(help="keep the backtest's MLflow store here (default: a temporary folder)")] = None,
     check_latency: Annotated[bool, typer.Option("--check-latency", help="keep the gate's latency check (it measures this machine's load)")] = False,
 ) -> None:
-    """Replay a labelled stream chunk by chunk through the real monitor, retrain policy,
-    retrain and gate code on a temporary MLflow store, for each policy plus the baselines
-    never / always / schedule; print a table and write per-chunk rows and totals as JSON."""
+    """Replay a labelled stream chunk by chunk through the loop's own steps (monitor, retrain
+    policy, retrain, gate, canary review, rollback) on in-memory ports, for each policy plus
+    the baselines never / always / schedule; print a table and write per-chunk rows and
+    totals as JSON."""
     cfg = _load(config, data_root=data_root)
     from evergreen.apps.backtest import BacktestError, format_table, run_backtest
     from evergreen.decisions.policy import PolicyError
@@ -322,7 +322,7 @@ def backtest(
     try:
         result = run_backtest(
             cfg, policy or ["default"], baselines=not only, max_chunks=max_chunks,
-            workdir=str(workdir) if workdir else None, check_latency=check_latency, log=typer.echo,
+            check_latency=check_latency, log=typer.echo,
         )
     except (BacktestError, PolicyError) as exc:
         typer.echo(str(exc), err=True)

@@ -137,6 +137,9 @@ class Replay:
     labels: Sequence[tuple[str, pd.DataFrame]]  # (delivery day, labels file), in day order
     policy: policies.Policy
     set_clock: Callable[[pd.Timestamp], None] = lambda _: None
+    # When a row is served (the prediction log's `served_at`): the replay's clock on
+    # in-memory ports; the wall clock where the registry stamps alias moves with it.
+    now: Callable[[], pd.Timestamp] = lambda: pd.Timestamp.now(tz="UTC")
     delivered: set[str] = field(default_factory=set)
     last_retrain: int = -1
     last_promotion: tuple[int, str] | None = None
@@ -237,7 +240,7 @@ class Replay:
             served.loc[rows, cols.prediction] = preds.prediction
             if cols.probability is not None and preds.probability is not None:
                 served.loc[rows, cols.probability] = preds.probability
-        log = served.assign(**{ALIAS_COLUMN: aliases, SERVED_AT_COLUMN: pd.to_datetime(served[cols.timestamp], utc=True)})
+        log = served.assign(**{ALIAS_COLUMN: aliases, SERVED_AT_COLUMN: self.now()})
         self.ports.predictions.append(log)
         return served
 

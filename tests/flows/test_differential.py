@@ -1,32 +1,34 @@
 """Differential test: the real flows and the backtest, over the same stream and config, make
-the same decision on every chunk (alert, retrain go/skip and its blocker, gate pass/fail).
+the same decision on every chunk — alert, retrain go/skip and its blocker, gate pass/fail,
+canary outcome.
 
-The flows run on the Prefect test harness and a temporary MLflow store, driven as the
-deployments would: each chunk is served by the registry's champion (as the scoring service
-does) and written as a batch file, the labels files of the day are delivered, the `monitor`
-flow runs, an alert event starts the `retrain` flow (trigger `event`), a registered version
-starts the `promote` flow. The backtest replays the same stream with its own store and
-registry. The gate is set so that no challenger passes (mode `improvement` by 0.5): the
-champion stays the same model on both sides, and canary serving (which the backtest replays
-as a shadow review) does not enter the comparison.
+Both sides are driven by the same replay (`evergreen.simulation.replay.Replay`: labels
+delivered by day, the canary reviewed, rows served by id between champion and canary, the
+monitor, prefect.yaml's automations). The backtest's loop is the step functions on
+in-memory ports (`evergreen.apps.backtest.run_backtest`); here the loop is the `monitor`,
+`retrain`, `promote`, `canary-review` and `rollback` flows on the Prefect test harness, with
+files in a temporary folder and a temporary MLflow store.
 
 Mutation check: the same drive with the production start rule alone changed (the retrain
-flow's cooldown ignored) must disagree with the backtest.
+flow ignores the cooldown) must disagree with the backtest.
 """
 
 from __future__ import annotations
 
-import shutil
+from contextlib import nullcontext
 from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
 
-from evergreen.adapters import io, registry, tracking
-from evergreen.apps.backtest import run_backtest
+from evergreen.adapters.memory import MemoryEvents
+from evergreen.adapters.wiring import file_ports
+from evergreen.apps.backtest import load_stream, run_backtest
 from evergreen.config import ModelConfig
-from evergreen.events import ALERT_EVENTS
-from evergreen.simulation.serving import serve_batch
+from evergreen.decisions import policy
+from evergreen.lineage import Trigger
+from evergreen.reports import MonitorResult, PromotionResult, RetrainResult
+from evergreen.simulation.replay import Chunk, Replay, copy_references, with_data_root
 from evergreen.simulation.stream import write_stream_from_frames
 
 pytestmark = pytest.mark.slow
@@ -39,8 +41,9 @@ class ChunkDecision:
     chunk: str
     valid: bool
     alert: bool
-    retrain: str  # "retrain" (it went), a blocker name, or "-" (no alert, nothing started)
-    gate: str  # "passed", "failed", "not run" or "-"
+    retrain: str  # "retrain" (it went), the blocker that held it, or the monitor's verdict
+    gate: str | None  # passed / failed, None when nothing was gated
+    review: str | None  # promoted / rolled_back / pending, None when no canary was reviewed
 
 
 def _config(root: Path, name: str) -> ModelConfig:
@@ -50,15 +53,12 @@ def _config(root: Path, name: str) -> ModelConfig:
     return base.model_copy(
         update={
             "name": name,
-            "data": base.data.model_copy(
-                update={"root": str(root), "rows_per_batch": ROWS, "label_delay_days": DELAY}
-            ),
+            "data": base.data.model_copy(update={"root": str(root), "rows_per_batch": ROWS, "label_delay_days": DELAY}),
             "retrain": base.retrain.model_copy(
-                update={"cooldown_hours": 48, "max_retrains_per_period": 2, "min_new_rows": 100}
+                update={"cooldown_hours": 48, "max_retrains_per_period": 3, "min_new_rows": 100}
             ),
-            "gate": base.gate.model_copy(
-                update={"mode": "improvement", "margin": 0.5, "min_rows": 50, "max_latency_ms": 1e9}
-            ),
+            "gate": base.gate.model_copy(update={"min_rows": 50, "max_latency_ms": 1e9}),
+            "canary": base.canary.model_copy(update={"min_predictions": 100, "min_labels": 50}),
             "mlflow": base.mlflow.model_copy(
                 update={
                     "model_name": name,
@@ -71,11 +71,11 @@ def _config(root: Path, name: str) -> ModelConfig:
 
 
 @pytest.fixture(scope="module")
-def stream_root(tmp_path_factory) -> Path:
+def stream(tmp_path_factory) -> ModelConfig:
     from tests.unit.conftest import _make_frame
 
     root = tmp_path_factory.mktemp("diff-stream")
-    cfg = _config(root, "diff-stream")
+    cfg = _config(root, "diff")
     reference, analysis = _make_frame(3000, seed=1), _make_frame(CHUNKS * ROWS, seed=2)
     analysis["id"] += 1_000_000
     write_stream_from_frames(
@@ -87,74 +87,88 @@ def stream_root(tmp_path_factory) -> Path:
         drift_start=DRIFT_AT,
         drift_params={"features": ["x1"], "method": "additive", "strength": 2.0},
     )
-    return root
+    return cfg
 
 
-def _backtest_decisions(cfg: ModelConfig, workdir: str) -> list[ChunkDecision]:
-    result = run_backtest(cfg, ["default"], baselines=False, workdir=workdir, validation_workers=0, log=lambda _: None)
+@pytest.fixture(scope="module")
+def backtest(stream: ModelConfig) -> list[ChunkDecision]:
+    result = run_backtest(stream, ["default"], baselines=False, log=lambda _: None)
+    return [
+        ChunkDecision(row.chunk, row.valid, row.alert, row.decision, row.gate, _review_of(row.actions))
+        for row in result.policies["default"].chunks
+    ]
+
+
+def _review_of(actions: list[str]) -> str | None:
+    for action in actions:
+        if action.startswith("review promoted"):
+            return "promoted"
+        if action.startswith("review rolled"):
+            return "rolled_back"
+    return None
+
+
+class FlowLoop:
+    """The replay's loop as the deployments run it: the flows themselves."""
+
+    def __init__(self, config: ModelConfig) -> None:
+        self.config = config
+
+    def monitor(self, batch_path: str) -> MonitorResult:
+        from flows.monitor import monitor
+
+        (result,) = monitor(config=self.config, batch=batch_path, return_state=True).result(raise_on_failure=False)
+        return result
+
+    def retrain(self, trigger: Trigger, policy_name: str) -> RetrainResult:
+        from flows.retrain import retrain
+
+        state = retrain(
+            config=self.config, trigger=trigger.kind, event_id=trigger.event_id, reason=trigger.reason,
+            metric=trigger.metric, return_state=True,
+        )
+        return state.result(raise_on_failure=False)
+
+    def promote(self, version: str) -> PromotionResult:
+        from flows.promote import promote
+
+        return promote(config=self.config, version=version, return_state=True).result(raise_on_failure=False)
+
+    def review(self) -> PromotionResult:
+        from flows.canary import canary_review
+
+        return canary_review(config=self.config, return_state=True).result(raise_on_failure=False)
+
+    def rollback(self, from_version: str, reason: str) -> PromotionResult:
+        from flows.rollback import rollback
+
+        state = rollback(config=self.config, from_version=from_version, reason=reason, verify=True, return_state=True)
+        return state.result(raise_on_failure=False)
+
+
+def _flow_decisions(stream: ModelConfig, root: Path) -> list[ChunkDecision]:
+    cfg = with_data_root(stream, str(root / "data")).model_copy(
+        update={
+            "mlflow": stream.mlflow.model_copy(
+                update={"tracking_uri": f"sqlite:///{root / 'mlflow.db'}", "artifact_root": str(root / "mlartifacts")}
+            )
+        }
+    )
+    copy_references(stream, cfg)
+    replayed = load_stream(stream)
+    # The driver serves through the real registry and files, as the scoring service would.
+    ports = file_ports(cfg, events=MemoryEvents(), runs=None, lock=nullcontext)  # type: ignore[arg-type]
+    replay = Replay(cfg, ports, FlowLoop(cfg), replayed.label_files, policy.Policy.named("default", cfg.retrain))
+    replay.bootstrap()
     out = []
-    for row in result.policies["default"].chunks:
-        gate = "-"
-        for action in row.actions:
-            if action.startswith("gate passed"):
-                gate = "passed"
-            elif action.startswith("gate failed"):
-                gate = "failed"
-            elif action.startswith("gate not run"):
-                gate = "not run"
-        retrain = row.decision if row.alert else "-"
-        out.append(ChunkDecision(row.chunk, row.valid, row.alert, retrain, gate))
-    return out
-
-
-def _flow_decisions(stream: ModelConfig, root: Path, name: str) -> list[ChunkDecision]:
-    """The flows driven chunk by chunk over a copy of the stream delivered day by day."""
-    from flows.monitor import monitor
-    from flows.promote import promote
-    from flows.retrain import retrain
-
-    cfg = _config(root, name)
-    data = cfg.data
-    for table in ("training_reference", "monitor_reference"):
-        target = Path(data.path(table))
-        target.parent.mkdir(parents=True, exist_ok=True)
-        shutil.copy(stream.data.path(table), target)
-    batches = io.list_batches(stream.data.path("batches"))
-    labels = io.list_batches(stream.data.path("labels"))
-    Path(data.path("batches")).mkdir(parents=True, exist_ok=True)
-    Path(data.path("labels")).mkdir(parents=True, exist_ok=True)
-
-    boot = retrain(config=cfg, trigger="manual", return_state=True)
-    assert boot.is_completed(), boot.message
-    promote(config=cfg, return_state=True)  # the bootstrap: challenger is already champion
-
-    out = []
-    for batch in batches:
-        for f in labels:
-            if f.day <= batch.day and not Path(data.path("labels"), Path(f.path).name).exists():
-                shutil.copy(f.path, data.path("labels"))
-        tracking.connect(cfg.mlflow)
-        champion = registry.load_alias(cfg.mlflow.model_name, registry.CHAMPION)
-        raw = io.read_table(batch.path)
-        served, _ = serve_batch(champion.model, raw, champion.version.version, cfg.columns)
-        path = f"{data.path('batches')}/{batch.day}.parquet"
-        io.write_table(served, path)
-
-        state = monitor(config=cfg, batch=path, return_state=True)
-        (result,) = state.result(raise_on_failure=False)
-        alert = any(e in ALERT_EVENTS for e in result.events)
-        retrain_outcome, gate = "-", "-"
-        if alert:
-            run = retrain(config=cfg, trigger="event", event_id=f"evt-{batch.day}", return_state=True)
-            outcome = run.result(raise_on_failure=False)
-            retrain_outcome = (outcome.blocked_by or "skipped") if outcome.status == "skipped" else "retrain"
-            if outcome.status == "registered":
-                gated = promote(config=cfg, version=outcome.version, return_state=True)
-                decision = gated.result(raise_on_failure=False)
-                gate = {"passed": "passed", "failed": "failed"}[decision.decision]
-                if gated.name == "NotEnoughData":
-                    gate = "not run"
-        out.append(ChunkDecision(batch.day, result.valid, alert, retrain_outcome, gate))
+    for i, day in enumerate(replayed.days):
+        o = replay.step(i, Chunk(day, replayed.batches[i]))
+        m = o.monitor
+        decision = m.decision
+        if o.retrain is not None:
+            decision = "retrain" if o.retrain.status != "skipped" else (o.retrain.blocked_by or "skipped")
+        review = o.review.decision if o.review is not None and o.review.decision in ("promoted", "rolled_back") else None
+        out.append(ChunkDecision(day, m.valid, m.alert, decision, o.gate.decision if o.gate else None, review))
     return out
 
 
@@ -163,36 +177,30 @@ def _differences(a: list[ChunkDecision], b: list[ChunkDecision]) -> list[str]:
     return [f"{x.chunk}: backtest {x} != flows {y}" for x, y in zip(a, b, strict=True) if x != y]
 
 
-@pytest.fixture(scope="module")
-def backtest(stream_root: Path, tmp_path_factory) -> list[ChunkDecision]:
-    cfg = _config(stream_root, "diff-stream")
-    return _backtest_decisions(cfg, str(tmp_path_factory.mktemp("diff-backtest")))
-
-
-def test_flows_and_backtest_decide_alike_on_every_chunk(stream_root: Path, backtest, tmp_path_factory) -> None:
-    stream = _config(stream_root, "diff-stream")
-    flows = _flow_decisions(stream, tmp_path_factory.mktemp("diff-flows"), "diff-flows")
+def test_flows_and_backtest_decide_alike_on_every_chunk(stream: ModelConfig, backtest, tmp_path_factory) -> None:
+    flows = _flow_decisions(stream, tmp_path_factory.mktemp("diff-flows"))
     assert _differences(backtest, flows) == []
-    # The stream exercises the rule: alerts, retrains that went, and retrains held back.
+    # The stream exercises the loop: alerts, retrains that went and retrains held back, a
+    # gate, a canary reviewed to its end.
     kinds = {d.retrain for d in flows}
     assert any(d.alert for d in flows) and "retrain" in kinds, flows
-    assert kinds & {"cooldown", "budget", "min_new_rows"}, flows
-    assert {d.gate for d in flows} & {"failed", "not run"}, flows
+    assert kinds & {"cooldown", "budget", "min_new_rows", "candidate_pending"}, flows
+    assert {d.gate for d in flows} - {None}, flows
+    assert {d.review for d in flows} - {None}, flows
 
 
-def test_a_rule_changed_in_production_alone_is_caught(stream_root: Path, backtest, tmp_path_factory, monkeypatch) -> None:
-    """Mutation: the retrain flow's start check ignores the cooldown; the backtest does not."""
-    from evergreen.decisions import policy
-    from evergreen.loop import sources
+def test_a_rule_changed_in_production_alone_is_caught(stream: ModelConfig, backtest, tmp_path_factory, monkeypatch) -> None:
+    """Mutation: the retrain flow's start check loses its cooldown, minimum of new rows and
+    budget; the backtest (run before, with the real rule) keeps them."""
+    from evergreen.loop import retrain as retrain_step
 
-    original = sources.check_retrain_start
+    original = retrain_step.check_start
 
-    def no_cooldown(config: ModelConfig, trigger: str, policy_name: str = "default"):  # noqa: ANN202
-        relaxed = config.model_copy(update={"retrain": config.retrain.model_copy(update={"cooldown_hours": 0})})
-        return original(relaxed, trigger, policy_name)
+    def relaxed_rule(ports, config, trigger, policy_name="default"):  # noqa: ANN001, ANN202
+        rule = {"cooldown_hours": 0, "min_new_rows": 0, "max_retrains_per_period": 99}
+        relaxed = config.model_copy(update={"retrain": config.retrain.model_copy(update=rule)})
+        return original(ports, relaxed, trigger, policy_name)
 
-    monkeypatch.setattr("tasks.training.sources.check_retrain_start", no_cooldown)
-    assert policy.check_start  # the backtest keeps the real rule
-    stream = _config(stream_root, "diff-stream")
-    flows = _flow_decisions(stream, tmp_path_factory.mktemp("diff-mutant"), "diff-mutant")
+    monkeypatch.setattr(retrain_step, "check_start", relaxed_rule)
+    flows = _flow_decisions(stream, tmp_path_factory.mktemp("diff-mutant"))
     assert _differences(backtest, flows), "a production-only change of the start rule went unnoticed"

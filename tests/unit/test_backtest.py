@@ -50,9 +50,7 @@ def stream(tmp_path_factory) -> ModelConfig:
 
 @pytest.fixture(scope="module")
 def result(stream: ModelConfig, tmp_path_factory):
-    return run_backtest(
-        stream, ["default"], workdir=str(tmp_path_factory.mktemp("store")), log=lambda _: None
-    )
+    return run_backtest(stream, ["default"], log=lambda _: None)
 
 
 def test_report_holds_every_policy_and_chunk(result) -> None:
