@@ -428,7 +428,7 @@ class MemoryRunLog:
         metrics, the model and the monitor reference (the held-out rows scored by the
         model, version "candidate")."""
         from evergreen.adapters.tracking import LoggedCandidate, safe_metric_name
-        from evergreen.loop.retraining import monitor_reference
+        from evergreen.engines.scoring import monitor_reference
 
         run_id = uuid.uuid4().hex
         uri = self.artifacts.put_model(model)

@@ -25,14 +25,15 @@ from typing import Any
 
 import pandas as pd
 
+from evergreen.adapters.column_batch import ColumnBatch, concat_frame
 from evergreen.adapters.io import read_table, write_table
-from evergreen.apps.serving.columns import ColumnBatch, concat_frame
 
-ALIAS_COLUMN = "alias"
-SERVED_AT_COLUMN = "served_at"
-REQUEST_ID_COLUMN = "request_id"
-# Columns only the log has; a monitor batch is the log without them.
-LOG_ONLY_COLUMNS = (ALIAS_COLUMN, SERVED_AT_COLUMN, REQUEST_ID_COLUMN)
+# The log's own columns, also importable from here (the scoring service, the backtest).
+from evergreen.columns import ALIAS_COLUMN as ALIAS_COLUMN
+from evergreen.columns import LOG_ONLY_COLUMNS as LOG_ONLY_COLUMNS
+from evergreen.columns import REQUEST_ID_COLUMN as REQUEST_ID_COLUMN
+from evergreen.columns import SERVED_AT_COLUMN as SERVED_AT_COLUMN
+
 PART_PREFIX = "part-"
 
 log = logging.getLogger("evergreen.adapters.predlog")

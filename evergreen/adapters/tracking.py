@@ -18,8 +18,8 @@ if TYPE_CHECKING:
     import pandas as pd
 
     from evergreen.config import ModelConfig
+    from evergreen.decisions.evaluation import EvaluationResult
     from evergreen.decisions.window import TrainingWindow
-    from evergreen.engines.evaluation import EvaluationResult
     from evergreen.engines.snapshot import SnapshotInfo
     from evergreen.engines.training import TrainedModel
     from evergreen.loop.retraining import HoldOut
@@ -201,7 +201,7 @@ def log_training_run(
 
     from evergreen.adapters import registry
     from evergreen.engines import plots
-    from evergreen.loop.retraining import monitor_reference
+    from evergreen.engines.scoring import monitor_reference
 
     uri = connect(config.mlflow)
     exp_id = ensure_experiment(config.mlflow, config.mlflow.training_experiment)

@@ -34,7 +34,7 @@ import pandas as pd
 from evergreen.adapters import io
 from evergreen.config import ModelConfig
 from evergreen.decisions import policy
-from evergreen.engines.evaluation import lower_is_better, metric_value
+from evergreen.decisions.evaluation import lower_is_better, metric_value
 from evergreen.jsonable import plain
 
 BASELINES = ("never", "always", "schedule")

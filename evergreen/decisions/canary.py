@@ -32,10 +32,16 @@ from typing import Any, Literal
 import numpy as np
 import pandas as pd
 
-from evergreen.adapters.predlog import ALIAS_COLUMN
+from evergreen.columns import ALIAS_COLUMN
 from evergreen.config import CanaryConfig, ModelConfig
-from evergreen.decisions.gate import metric_gain
-from evergreen.engines.evaluation import lower_is_better, metric_value
+from evergreen.decisions.evaluation import metric_value
+from evergreen.decisions.gate import (
+    THRESHOLD_METRICS,
+    clears,
+    describe_gain,
+    format_value,
+    metric_gain,
+)
 from evergreen.jsonable import plain as _plain
 
 Outcome = Literal["promoted", "rolled_back", "pending"]
@@ -44,12 +50,8 @@ Basis = Literal["realized", "estimated"]
 PROMOTED: Outcome = "promoted"
 ROLLED_BACK: Outcome = "rolled_back"
 PENDING: Outcome = "pending"
-# Metrics computed from the served 0/1 decision rather than the probability.
-_THRESHOLD_METRICS = frozenset({"f1", "accuracy", "precision", "recall"})
 # A cap for "labels needed" when the estimate diverges (gain exactly at the margin).
 _MAX_NEEDED = 1_000_000_000
-# Absorbs float rounding so that a gain exactly at the margin passes.
-_TOLERANCE = 1e-12
 
 
 @dataclass(frozen=True)
@@ -161,7 +163,7 @@ def collect_arm_evidence(
     """
     cols = config.columns
     metric, problem_type = config.metric, config.problem_type
-    uses_probability = problem_type == "binary_classification" and metric not in _THRESHOLD_METRICS
+    uses_probability = problem_type == "binary_classification" and metric not in THRESHOLD_METRICS
     needed = [cols.id, cols.prediction, cols.model_version, ALIAS_COLUMN]
     if uses_probability:
         if cols.probability is None:
@@ -270,11 +272,11 @@ def decide_canary(
         gain_high=high,
     )
     comparison = (
-        f"canary {metric} {_f(new)} {_relation(gain, metric)} champion {_f(old)} "
-        f"({_evidence_text(canary, champion, basis)}; allowed: {_f(canary_cfg.margin)})"
+        f"canary {metric} {format_value(new)} {describe_gain(gain, metric)} champion {format_value(old)} "
+        f"({_evidence_text(canary, champion, basis)}; allowed: {format_value(canary_cfg.margin)})"
     )
     interval = (
-        f"the {confidence:.0%} interval of the canary's gain is [{_f(low)}, {_f(high)}]"
+        f"the {confidence:.0%} interval of the canary's gain is [{format_value(low)}, {format_value(high)}]"
         if low is not None and high is not None
         else None
     )
@@ -284,7 +286,7 @@ def decide_canary(
         assert low is not None and high is not None
         labels = _labels_to_conclude(canary.n_labelled, gain, low, high, threshold)
         reason = (
-            f"{comparison}, but {interval} straddles {_f(threshold)}: noise could explain "
+            f"{comparison}, but {interval} straddles {format_value(threshold)}: noise could explain "
             f"the difference; about {labels} more labelled canary predictions (or the end "
             "of the review window) are needed"
         )
@@ -298,7 +300,7 @@ def decide_canary(
         )
         if decision.prediction_shift is not None:
             reasons.append(f"prediction drift between arms: {_shift_text(canary, champion)}")
-    outcome = PROMOTED if gain >= threshold - _TOLERANCE else ROLLED_BACK
+    outcome = PROMOTED if clears(gain, threshold) else ROLLED_BACK
     return replace(decision, outcome=outcome, reasons=reasons)
 
 
@@ -414,16 +416,9 @@ def _shift(canary: ArmEvidence, champion: ArmEvidence) -> float | None:
 
 def _shift_text(canary: ArmEvidence, champion: ArmEvidence) -> str:
     return (
-        f"mean prediction {_f(canary.mean_prediction)} on the canary vs "
-        f"{_f(champion.mean_prediction)} on the champion"
+        f"mean prediction {format_value(canary.mean_prediction)} on the canary vs "
+        f"{format_value(champion.mean_prediction)} on the champion"
     )
-
-
-def _relation(gain: float, metric: str) -> str:
-    if gain == 0:
-        return "equals"
-    raw_up = (gain > 0) != lower_is_better(metric)  # did the raw metric value go up?
-    return f"is {_f(abs(gain))} {'above' if raw_up else 'below'}"
 
 
 def _require(frame: pd.DataFrame, names: list[str], what: str) -> None:
@@ -437,13 +432,3 @@ def _require(frame: pd.DataFrame, names: list[str], what: str) -> None:
 
 def _finite_or_none(x: float | None) -> float | None:
     return float(x) if x is not None and math.isfinite(x) else None
-
-
-def _f(x: float | None) -> str:
-    if x is None or not math.isfinite(x):
-        return "undefined"
-    if abs(x) >= 1000:
-        return f"{x:,.1f}"
-    return f"{x:.4g}"
-
-

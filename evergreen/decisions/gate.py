@@ -1,6 +1,6 @@
 """The validation gate: may a challenger replace the champion? A pure decision.
 
-`measure_model` gathers a model's evidence on the shared evaluation rows (metrics,
+`engines.scoring.measure_model` gathers a model's evidence on the shared evaluation rows (metrics,
 calibration, slices, scores, latency, size); `decide_promotion` compares the challenger's
 evidence with the champion's under a `GateConfig` and returns a `GateDecision` listing
 every check, with one sentence per failed check saying by how much it failed.
@@ -25,16 +25,13 @@ skipped. "Gain" is always oriented so that positive means the challenger is bett
 from __future__ import annotations
 
 import math
-import statistics
-import time
 from dataclasses import asdict, dataclass, field
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
-import pandas as pd
 
-from evergreen.config import GateConfig, ModelConfig
-from evergreen.engines.evaluation import (
+from evergreen.config import GateConfig
+from evergreen.decisions.evaluation import (
     EvaluationResult,
     bootstrap_metric_difference,
     lower_is_better,
@@ -42,14 +39,14 @@ from evergreen.engines.evaluation import (
 from evergreen.jsonable import plain as _plain
 
 if TYPE_CHECKING:
-    from evergreen.engines.training import TrainedModel
+    pass
 
 MIN_SLICE_ROWS = 30
 """Slices with fewer rows (in either model's evaluation) are too noisy to block a promotion."""
 BYTES_PER_MB = 1_000_000
 LATENCY_ROWS = 1000
-# Metrics computed from thresholded predictions; see `_bootstrap_scores`.
-_THRESHOLD_METRICS = frozenset({"f1", "accuracy", "precision", "recall"})
+THRESHOLD_METRICS = frozenset({"f1", "accuracy", "precision", "recall"})
+"""Metrics computed from thresholded 0/1 decisions rather than scores (see `_bootstrap_scores`)."""
 # Absorbs float rounding so that a value exactly at a limit passes (0.92 vs 0.925 - 0.005).
 _TOLERANCE = 1e-12
 
@@ -119,47 +116,6 @@ class GateDecision:
         return out
 
 
-def measure_model(
-    model: TrainedModel,
-    frame: pd.DataFrame,
-    config: ModelConfig,
-    version: str,
-    repeats: int = 3,
-) -> ModelEvidence:
-    """Evaluate `model` on the labelled `frame` and time its predictions.
-
-    Latency is the median of `repeats` timed `predict` calls on exactly 1,000 rows (the
-    frame's rows, cycled or cut to 1,000; after one untimed warm-up call), so the figure
-    does not depend on the size of the evaluation frame and includes the per-call overhead
-    a served request pays. Size is the length of the serialized booster in MB (10^6 bytes).
-    """
-    # Imported here: retraining imports the training stack, which the gate itself does not need.
-    from evergreen.loop.retraining import evaluate_model
-
-    if len(frame) == 0:
-        raise ValueError(f"cannot measure model version {version} on an empty evaluation frame")
-    if repeats < 1:
-        raise ValueError(f"repeats must be at least 1, got {repeats}")
-    predictions = model.predict(frame)
-    scores = (
-        predictions.probability if predictions.probability is not None else predictions.prediction
-    )
-    timing_rows = frame.iloc[np.resize(np.arange(len(frame)), LATENCY_ROWS)]
-    model.predict(timing_rows)  # warm-up: first-call allocations are not serving latency
-    seconds = []
-    for _ in range(repeats):
-        start = time.perf_counter()
-        model.predict(timing_rows)
-        seconds.append(time.perf_counter() - start)
-    return ModelEvidence(
-        version=str(version),
-        evaluation=evaluate_model(model, frame, config),
-        scores=np.asarray(scores, dtype=np.float64),
-        latency_ms_per_1000=statistics.median(seconds) * 1000.0 * 1000.0 / LATENCY_ROWS,
-        size_mb=len(model.to_bytes()) / BYTES_PER_MB,
-    )
-
-
 def decide_promotion(
     challenger: ModelEvidence,
     champion: ModelEvidence | None,
@@ -224,10 +180,37 @@ def decide_promotion(
     )
 
 
+# ----------------------------------------------------- comparisons (shared with the canary)
+
+
 def metric_gain(new: float, old: float, metric: str) -> float:
     """How much better `new` is than `old` in metric units (negative: worse), whichever
     direction the metric improves in."""
     return old - new if lower_is_better(metric) else new - old
+
+
+def clears(gain: float, threshold: float) -> bool:
+    """Whether a gain is defined and at least `threshold` (-margin: non-inferior; +margin:
+    an improvement), a gain exactly at the threshold passing despite float rounding."""
+    return math.isfinite(gain) and gain >= threshold - _TOLERANCE
+
+
+def describe_gain(gain: float, metric: str) -> str:
+    """'is 0.013 below' / 'is 0.1 above' / 'equals': the new model's raw metric value
+    against the old one's, for a sentence "new <metric> <value> {this} old <value>"."""
+    if gain == 0:
+        return "equals"
+    raw_up = (gain > 0) != lower_is_better(metric)  # did the raw metric value go up?
+    return f"is {format_value(abs(gain))} {'above' if raw_up else 'below'}"
+
+
+def format_value(x: float | None) -> str:
+    """A metric value for a reason sentence: 4 significant digits, "undefined" for None/NaN."""
+    if x is None or not math.isfinite(x):
+        return "undefined"
+    if abs(x) >= 1000:
+        return f"{x:,.1f}"
+    return f"{x:.4g}"
 
 
 # --------------------------------------------------------------------------- checks
@@ -244,14 +227,14 @@ def _check_floor(challenger: ModelEvidence, gate: GateConfig, metric: str) -> Ga
     )
     word = "at most" if lower else "at least"
     if not math.isfinite(value):
-        detail = f"challenger {metric} is undefined on the evaluation rows (required: {word} {_f(floor)})"
+        detail = f"challenger {metric} is undefined on the evaluation rows (required: {word} {format_value(floor)})"
     elif passed:
-        detail = f"challenger {metric} {_f(value)} is {word} {_f(floor)}"
+        detail = f"challenger {metric} {format_value(value)} is {word} {format_value(floor)}"
     else:
         side = "above" if lower else "below"
         detail = (
-            f"challenger {metric} {_f(value)} is {_f(abs(value - floor))} {side} the "
-            f"{'ceiling' if lower else 'floor'} {_f(floor)}"
+            f"challenger {metric} {format_value(value)} is {format_value(abs(value - floor))} {side} the "
+            f"{'ceiling' if lower else 'floor'} {format_value(floor)}"
         )
     return GateCheck("floor", passed, value, floor, detail)
 
@@ -263,14 +246,14 @@ def _check_margin(
     gain = metric_gain(new, old, metric)
     improvement = gate.mode == "improvement"
     threshold = gate.margin if improvement else -gate.margin
-    passed = math.isfinite(gain) and gain >= threshold - _TOLERANCE
-    compared = f"challenger {metric} {_f(new)} {_relation(gain, metric)} champion {_f(old)}"
+    passed = clears(gain, threshold)
+    compared = f"challenger {metric} {format_value(new)} {describe_gain(gain, metric)} champion {format_value(old)}"
     if not math.isfinite(gain):
-        detail = f"challenger {metric} {_f(new)} or champion {_f(old)} is undefined"
+        detail = f"challenger {metric} {format_value(new)} or champion {format_value(old)} is undefined"
     elif improvement:
-        detail = f"{compared} (required improvement: {_f(gate.margin)})"
+        detail = f"{compared} (required improvement: {format_value(gate.margin)})"
     else:
-        detail = f"{compared} (allowed: {_f(gate.margin)})"
+        detail = f"{compared} (allowed: {format_value(gate.margin)})"
     return GateCheck("relative_margin", passed, gain, threshold, detail)
 
 
@@ -293,20 +276,20 @@ def _check_slices(
         if not math.isfinite(gain):
             continue  # e.g. AUC on a slice holding one class: no evidence either way
         where = f"{new.column}={new.value} (n={new.n})"
-        text = f"{where}: challenger {metric} {_f(new.metric)} {_relation(gain, metric)} champion {_f(old.metric)}"
+        text = f"{where}: challenger {metric} {format_value(new.metric)} {describe_gain(gain, metric)} champion {format_value(old.metric)}"
         compared.append((gain, text))
     if not compared:
         return None
     threshold = -gate.slice_margin
-    failing = sorted((g, t) for g, t in compared if g < threshold - _TOLERANCE)
+    failing = sorted((g, t) for g, t in compared if not clears(g, threshold))
     worst_gain = min(g for g, _ in compared)
     if failing:
         more = f"; and {len(failing) - 1} more slice(s)" if len(failing) > 1 else ""
-        detail = f"{failing[0][1]} (allowed: {_f(gate.slice_margin)}){more}"
+        detail = f"{failing[0][1]} (allowed: {format_value(gate.slice_margin)}){more}"
     else:
         detail = (
             f"{len(compared)} slice(s) compared; the worst is "
-            f"{min(compared)[1]} (allowed: {_f(gate.slice_margin)})"
+            f"{min(compared)[1]} (allowed: {format_value(gate.slice_margin)})"
         )
     return GateCheck("slices", not failing, worst_gain, threshold, detail)
 
@@ -350,18 +333,18 @@ def _check_bootstrap(
             "(the metric is undefined on every resample)"
         )
     else:
-        span = f"{pct} interval of the challenger's {metric} gain over the champion is [{_f(low)}, {_f(high)}]"
+        span = f"{pct} interval of the challenger's {metric} gain over the champion is [{format_value(low)}, {format_value(high)}]"
         if passed:
-            detail = f"{span}; its lower bound is above {_f(threshold)}"
+            detail = f"{span}; its lower bound is above {format_value(threshold)}"
         elif improvement:
             detail = (
-                f"{span}; its lower bound {_f(low)} is not above 0, so noise could explain "
+                f"{span}; its lower bound {format_value(low)} is not above 0, so noise could explain "
                 "the improvement"
             )
         else:
             detail = (
-                f"{span}; its lower bound {_f(low)} is not above {_f(threshold)}, so the "
-                f"challenger may be worse than the allowed margin {_f(gate.margin)}"
+                f"{span}; its lower bound {format_value(low)} is not above {format_value(threshold)}, so the "
+                f"challenger may be worse than the allowed margin {format_value(gate.margin)}"
             )
     return GateCheck("bootstrap", passed, low, threshold, detail)
 
@@ -376,8 +359,8 @@ def _check_calibration(
     passed = math.isfinite(worse_by) and worse_by <= gate.calibration_margin + _TOLERANCE
     word = "above" if worse_by > 0 else "below"
     detail = (
-        f"challenger brier {_f(new.brier)} is {_f(abs(worse_by))} {word} champion "
-        f"{_f(old.brier)} (allowed: {_f(gate.calibration_margin)} above)"
+        f"challenger brier {format_value(new.brier)} is {format_value(abs(worse_by))} {word} champion "
+        f"{format_value(old.brier)} (allowed: {format_value(gate.calibration_margin)} above)"
     )
     return GateCheck("calibration", passed, worse_by, gate.calibration_margin, detail)
 
@@ -385,8 +368,8 @@ def _check_calibration(
 def _check_latency(challenger: ModelEvidence, gate: GateConfig) -> GateCheck:
     value, limit = challenger.latency_ms_per_1000, gate.max_latency_ms
     passed = value <= limit
-    detail = f"challenger takes {_f(value)} ms per 1,000 rows" + (
-        f" (limit: {_f(limit)})" if passed else f", {_f(value - limit)} over the limit {_f(limit)}"
+    detail = f"challenger takes {format_value(value)} ms per 1,000 rows" + (
+        f" (limit: {format_value(limit)})" if passed else f", {format_value(value - limit)} over the limit {format_value(limit)}"
     )
     return GateCheck("latency", passed, value, limit, detail)
 
@@ -394,8 +377,8 @@ def _check_latency(challenger: ModelEvidence, gate: GateConfig) -> GateCheck:
 def _check_size(challenger: ModelEvidence, gate: GateConfig) -> GateCheck:
     value, limit = challenger.size_mb, gate.max_model_mb
     passed = value <= limit
-    detail = f"challenger model is {_f(value)} MB" + (
-        f" (limit: {_f(limit)})" if passed else f", {_f(value - limit)} over the limit {_f(limit)}"
+    detail = f"challenger model is {format_value(value)} MB" + (
+        f" (limit: {format_value(limit)})" if passed else f", {format_value(value - limit)} over the limit {format_value(limit)}"
     )
     return GateCheck("size", passed, value, limit, detail)
 
@@ -429,27 +412,9 @@ def _bootstrap_scores(evidence: ModelEvidence, metric: str) -> np.ndarray:
     """Scores to resample. Threshold metrics get each model's own 0/1 decisions, so two
     models with different thresholds are compared on what they would actually decide."""
     scores = np.asarray(evidence.scores, dtype=np.float64).ravel()
-    if metric in _THRESHOLD_METRICS:
+    if metric in THRESHOLD_METRICS:
         return (scores >= evidence.evaluation.threshold).astype(np.float64)
     return scores
-
-
-def _relation(gain: float, metric: str) -> str:
-    """'is 0.013 below' / 'is 0.1 above' / 'equals', from the challenger's side."""
-    if gain == 0:
-        return "equals"
-    raw_up = (gain > 0) != lower_is_better(metric)  # did the raw metric value go up?
-    return f"is {_f(abs(gain))} {'above' if raw_up else 'below'}"
-
-
-def _f(x: float) -> str:
-    if x is None or not math.isfinite(x):
-        return "undefined"
-    if abs(x) >= 1000:
-        return f"{x:,.1f}"
-    return f"{x:.4g}"
-
-
 
 
 @dataclass(frozen=True)
@@ -466,7 +431,7 @@ def decide_rollback(current: ModelEvidence, previous: ModelEvidence, metric: str
     data drifting under both models, and then the older model is no cure."""
     cur, prev = current.evaluation.value, previous.evaluation.value
     gain = metric_gain(prev, cur, metric)
-    where = f"on the {rows} freshest labelled rows: previous v{previous.version} {metric} {_f(prev)}, champion v{current.version} {_f(cur)}"
+    where = f"on the {rows} freshest labelled rows: previous v{previous.version} {metric} {format_value(prev)}, champion v{current.version} {format_value(cur)}"
     if gain > margin:
-        return RollbackCheck(True, f"previous champion is better by {_f(gain)} (> {_f(margin)}) {where}")
-    return RollbackCheck(False, f"previous champion is not better by more than {_f(margin)} {where}; keeping the champion")
+        return RollbackCheck(True, f"previous champion is better by {format_value(gain)} (> {format_value(margin)}) {where}")
+    return RollbackCheck(False, f"previous champion is not better by more than {format_value(margin)} {where}; keeping the champion")

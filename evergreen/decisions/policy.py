@@ -38,7 +38,7 @@ from typing import Any, Literal
 import pandas as pd
 
 from evergreen.config import RetrainPolicyConfig
-from evergreen.engines.monitoring import AlertDecision, AlertSignal
+from evergreen.decisions.alerts import AlertDecision, AlertSignal
 from evergreen.jsonable import plain
 from evergreen.times import utc
 

@@ -12,6 +12,8 @@ from dataclasses import dataclass
 import pandas as pd
 
 from evergreen.config import ColumnRoles, RetrainPolicyConfig
+from evergreen.jsonable import plain
+from evergreen.times import utc, utc_series
 
 
 class WindowError(ValueError):
@@ -75,7 +77,7 @@ def join_labels(batch: pd.DataFrame, labels: pd.DataFrame, columns: ColumnRoles)
         )
     duplicated = labels[key][labels[key].duplicated()]
     if len(duplicated):
-        examples = [_plain(v) for v in duplicated.unique()[:5]]
+        examples = [plain(v) for v in duplicated.unique()[:5]]
         raise WindowError(
             f"labels hold {len(duplicated)} duplicate id(s) in column {key!r} (e.g. {examples}); "
             "keep one label per id (deduplicate the label files) before joining"
@@ -125,7 +127,7 @@ def assemble_window(
         else:
             parts.append(rows.assign(_batch=batch.batch_id))
 
-    end = _as_utc(now) if now is not None else None
+    end = utc(now) if now is not None else None
     recent = _concat(parts, [*wanted, "_batch"], columns)
     if end is not None:
         recent = recent[recent[columns.timestamp] <= end]
@@ -240,16 +242,11 @@ def _concat(frames: list[pd.DataFrame], wanted: list[str], columns: ColumnRoles)
 
 def _to_utc(stamps: pd.Series, where: str) -> pd.Series:
     try:
-        return pd.to_datetime(stamps, utc=True)
+        return utc_series(stamps)
     except (ValueError, TypeError) as exc:
         raise WindowError(
             f"{where}: timestamp column {stamps.name!r} is not datetimes ({exc})"
         ) from exc
-
-
-def _as_utc(ts: pd.Timestamp | str) -> pd.Timestamp:
-    ts = pd.Timestamp(ts)
-    return ts.tz_localize("UTC") if ts.tzinfo is None else ts.tz_convert("UTC")
 
 
 def _id_kind(s: pd.Series) -> str:
@@ -260,7 +257,3 @@ def _id_kind(s: pd.Series) -> str:
         if pd.api.types.infer_dtype(s, skipna=True) in ("string", "empty")
         else str(s.dtype)
     )
-
-
-def _plain(value: object) -> object:
-    return value.item() if hasattr(value, "item") else value

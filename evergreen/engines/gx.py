@@ -8,8 +8,8 @@ from the importing thread only and only while GX imports: anything else (an `s3:
 through fsspec, say) imports them as usual, before or after.
 
 `import evergreen.engines.gx` (or `from evergreen.engines.gx import gx`) is the one way the project imports
-GX; Python's import lock makes it happen once. It also switches off GX's per-batch
-fingerprint (see `_import`).
+GX; Python's import lock makes it happen once. Importing changes nothing in GX: what Evergreen
+sets in it (`skip_batch_fingerprint`) is done by the code that validates, when it does.
 """
 
 from __future__ import annotations
@@ -36,16 +36,22 @@ def _import() -> Any:  # noqa: ANN401
     sys.meta_path.insert(0, finder)
     try:
         import great_expectations
+        import great_expectations.execution_engine.pandas_execution_engine  # noqa: F401
         import great_expectations.expectations  # noqa: F401
         import great_expectations.validator.v1_validator  # noqa: F401
-        from great_expectations.execution_engine import pandas_execution_engine
     finally:
         sys.meta_path.remove(finder)
-    # GX fingerprints every batch under 1 GB (`hash_pandas_object` over all rows: ~0.4 s per
-    # million) only to put the hash in the result's batch markers, which are not kept here.
-    # Its threshold is a module global, read on each `get_batch`.
-    pandas_execution_engine.HASH_THRESHOLD = 0
     return great_expectations
+
+
+def skip_batch_fingerprint() -> None:
+    """Stop GX fingerprinting every batch under 1 GB (`hash_pandas_object` over all rows:
+    ~0.4 s per million) only to put the hash in the result's batch markers, which Evergreen
+    does not keep. The threshold is a module global of GX's, read on each `get_batch`, so
+    this holds for the whole process; the validator calls it when it is built."""
+    from great_expectations.execution_engine import pandas_execution_engine
+
+    pandas_execution_engine.HASH_THRESHOLD = 0
 
 
 gx = _import()

@@ -1,9 +1,10 @@
-"""Drift and performance monitoring with NannyML, and the pure alert decision on top of it.
+"""Drift and performance monitoring with NannyML.
 
 `fit_monitor` fits the NannyML calculators once on the monitor reference (labelled, with the
 serving model's predictions); `compute_monitor` runs them on one production batch and returns
-a `MonitorReport` of plain values; `decide_alerts` turns a report and the config's thresholds
-into an `AlertDecision` and the payloads of the drift/performance events.
+a `MonitorReport` of plain values; `evergreen.decisions.alerts.decide_alerts` turns a report
+and the config's thresholds into an `AlertDecision` and the payloads of the drift/performance
+events.
 
 Chunking: thresholds are calibrated on reference chunks of `monitoring.chunk_size` rows, or of
 the expected batch size (`data.rows_per_batch`) when that is None; at compute time a batch is
@@ -30,10 +31,9 @@ import numpy as np
 import pandas as pd
 
 from evergreen.config import ModelConfig
+from evergreen.decisions.alerts import format_figure as _fmt
 from evergreen.jsonable import plain as _plain
 
-DRIFT_DETECTED = "evergreen.drift.detected"
-PERFORMANCE_DEGRADED = "evergreen.performance.degraded"
 MIN_REFERENCE_ROWS = 100
 _NANNYML_PROBLEM = {"binary_classification": "classification_binary", "regression": "regression"}
 
@@ -662,177 +662,6 @@ def _chunk_rows(
     return rows
 
 
-# ----------------------------------------------------------------------------- deciding
-
-
-@dataclass(frozen=True)
-class AlertSignal:
-    """One reason to alert; `kind` uses the retrain policy's signal names."""
-
-    kind: Literal["feature_drift", "multivariate_drift", "estimated_drop", "realized_drop"]
-    metric: str
-    value: float
-    threshold: float
-    reason: str
-    rule: Literal["share", "band", "drop", "floor"]
-
-
-@dataclass(frozen=True)
-class AlertDecision:
-    """Whether a batch shows drift and/or degraded performance, and why (pure data)."""
-
-    model_name: str
-    drift_detected: bool
-    performance_degraded: bool
-    drifted_features: list[str]
-    reasons: list[str]
-    signals: list[AlertSignal]
-    chunk: str | None = None
-    metric: str = ""
-    estimated_value: float | None = None
-    realized_value: float | None = None
-    reference_value: float | None = None
-
-    def event_payloads(self) -> dict[str, dict[str, Any]]:
-        """Plain-JSON payloads of the events this decision calls for, keyed by event name."""
-        out: dict[str, dict[str, Any]] = {}
-        drift = [s for s in self.signals if s.kind in ("feature_drift", "multivariate_drift")]
-        if self.drift_detected and drift:
-            first = drift[0]
-            out[DRIFT_DETECTED] = _plain(
-                {
-                    "model": self.model_name,
-                    "metric": first.metric,
-                    "value": first.value,
-                    "threshold": first.threshold,
-                    "chunk": self.chunk,
-                    "reason": "; ".join(s.reason for s in drift),
-                    "drifted_features": list(self.drifted_features),
-                    "signals": [vars(s) for s in drift],
-                }
-            )
-        perf = [s for s in self.signals if s.kind in ("estimated_drop", "realized_drop")]
-        if self.performance_degraded and perf:
-            first = perf[0]
-            out[PERFORMANCE_DEGRADED] = _plain(
-                {
-                    "model": self.model_name,
-                    "metric": self.metric,
-                    "source": "estimated" if first.kind == "estimated_drop" else "realized",
-                    "estimated": self.estimated_value,
-                    "realized": self.realized_value,
-                    "reference_value": self.reference_value,
-                    "value": first.value,
-                    "threshold": first.threshold,
-                    "chunk": self.chunk,
-                    "reason": "; ".join(s.reason for s in perf),
-                    "signals": [vars(s) for s in perf],
-                }
-            )
-        return out
-
-
-def decide_alerts(report: MonitorReport, config: ModelConfig) -> AlertDecision:
-    """Drift when enough features alert (or the multivariate error leaves its band); degraded
-    performance when the estimated or realized metric falls below reference - performance_drop
-    or past metric_floor.
-
-    For lower-is-better metrics (mae, rmse, ...) the drop is relative: worse than
-    reference * (1 + performance_drop); the floor is then a ceiling.
-    """
-    mon = config.monitoring
-    signals: list[AlertSignal] = []
-    drifted = report.drifted_features
-    share = len(drifted) / max(len(report.features), 1)
-    if drifted and share >= mon.drifted_feature_share:
-        names = ", ".join(
-            f"{n} ({report.features[n].method} {_fmt(report.features[n].value)} > {_fmt(report.features[n].threshold)})"
-            for n in drifted
-        )
-        signals.append(
-            AlertSignal(
-                "feature_drift",
-                "drifted_feature_share",
-                share,
-                mon.drifted_feature_share,
-                f"{len(drifted)} of {len(report.features)} features drifted ({share:.0%} >= "
-                f"{mon.drifted_feature_share:.0%}): {names}",
-                "share",
-            )
-        )
-    mv = report.multivariate
-    if mon.multivariate_drift and mv is not None and mv.alert and mv.value is not None:
-        bound = mv.upper if mv.upper is not None and mv.value > mv.upper else mv.lower
-        signals.append(
-            AlertSignal(
-                "multivariate_drift",
-                "reconstruction_error",
-                mv.value,
-                _float(bound) or 0.0,
-                f"multivariate reconstruction error {_fmt(mv.value)} is outside "
-                f"[{_fmt(mv.lower)}, {_fmt(mv.upper)}]",
-                "band",
-            )
-        )
-    for estimate in (report.estimated_metric, report.realized_metric):
-        if estimate is not None:
-            signals.extend(_performance_signals(estimate, config))
-    estimated, realized = report.estimated_metric, report.realized_metric
-    return AlertDecision(
-        model_name=config.name,
-        drift_detected=any(s.kind in ("feature_drift", "multivariate_drift") for s in signals),
-        performance_degraded=any(s.kind in ("estimated_drop", "realized_drop") for s in signals),
-        drifted_features=drifted,
-        reasons=[s.reason for s in signals],
-        signals=signals,
-        chunk=estimated.chunk,
-        metric=config.metric,
-        estimated_value=estimated.value,
-        realized_value=realized.value if realized else None,
-        reference_value=estimated.reference_value,
-    )
-
-
-def _performance_signals(estimate: MetricEstimate, config: ModelConfig) -> list[AlertSignal]:
-    if estimate.value is None:
-        return []
-    kind: Literal["estimated_drop", "realized_drop"] = (
-        "estimated_drop" if estimate.kind == "estimated" else "realized_drop"
-    )
-    higher = config.higher_is_better
-    drop, floor = config.monitoring.performance_drop, config.monitoring.metric_floor
-    value, ref = estimate.value, estimate.reference_value
-    out = []
-    if ref is not None:
-        threshold = ref - drop if higher else ref * (1 + drop)
-        if (value < threshold) if higher else (value > threshold):
-            how = f"more than {drop:g} below" if higher else f"more than {drop:.0%} above"
-            out.append(
-                AlertSignal(
-                    kind,
-                    config.metric,
-                    value,
-                    threshold,
-                    f"{estimate.kind} {config.metric} {_fmt(value)} is {how} the reference {_fmt(ref)} "
-                    f"(threshold {_fmt(threshold)})",
-                    "drop",
-                )
-            )
-    if floor is not None and ((value < floor) if higher else (value > floor)):
-        word = "below the floor" if higher else "above the ceiling"
-        out.append(
-            AlertSignal(
-                kind,
-                config.metric,
-                value,
-                floor,
-                f"{estimate.kind} {config.metric} {_fmt(value)} is {word} {_fmt(floor)}",
-                "floor",
-            )
-        )
-    return out
-
-
 # ----------------------------------------------------------------------------- helpers
 
 
@@ -874,9 +703,3 @@ def _float(value: Any) -> float | None:
     except (TypeError, ValueError):
         return None
     return f if math.isfinite(f) else None
-
-
-def _fmt(value: float | None) -> str:
-    return "n/a" if value is None else f"{value:.4g}"
-
-

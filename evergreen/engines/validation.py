@@ -25,6 +25,8 @@ from pydantic import BaseModel, ConfigDict, Field, StrictBool, StrictFloat, Stri
 
 from evergreen.adapters.io import DataReadError, release_unused_memory
 from evergreen.config import ModelConfig, check_columns
+from evergreen.jsonable import plain
+from evergreen.times import utc
 
 ColumnKind = Literal["numeric", "string", "bool", "datetime"]
 ColumnRole = Literal["id", "timestamp", "feature", "prediction", "probability"]
@@ -323,7 +325,7 @@ class Validator:
 
     def __init__(self, suite: SuiteSpec) -> None:
         # isort: off
-        from evergreen.engines.gx import gx  # first: GX imported without the cloud SDKs
+        from evergreen.engines.gx import gx, skip_batch_fingerprint  # first: no cloud SDKs
         from great_expectations.data_context.types.base import (
             DataContextConfig,
             InMemoryStoreBackendDefaults,
@@ -332,6 +334,7 @@ class Validator:
 
         # isort: on
 
+        skip_batch_fingerprint()
         self.spec = suite
         project = DataContextConfig(
             store_backend_defaults=InMemoryStoreBackendDefaults(),
@@ -414,19 +417,13 @@ class Validator:
     def _now_bound(
         self, batch: pd.DataFrame, broken: set[str], now: dt.datetime | pd.Timestamp | None
     ) -> pd.Timestamp:
-        bound = pd.Timestamp(now) if now is not None else pd.Timestamp.now(tz="UTC")
+        bound = utc(now) if now is not None else pd.Timestamp.now(tz="UTC")
         bound = bound + pd.Timedelta(seconds=self.spec.clock_skew_seconds)
         # GX compares with the column as is: match its timezone-awareness or the check errors.
         # Naive timestamps are taken as UTC.
         ts_cols = [c.name for c in self.spec.columns if c.not_future and c.name not in broken]
         tz = batch[ts_cols[0]].dt.tz if ts_cols else None
-        if tz is None:
-            return bound.tz_convert("UTC").tz_localize(None) if bound.tzinfo else bound
-        return (
-            bound.tz_localize("UTC").tz_convert(tz)
-            if bound.tzinfo is None
-            else bound.tz_convert(tz)
-        )
+        return bound.tz_localize(None) if tz is None else bound.tz_convert(tz)
 
     def _suite_for(self, broken: frozenset[str], use_constant: bool) -> Any:
         key = (broken, use_constant)
@@ -743,26 +740,8 @@ def _exception_message(info: Any) -> str | None:
     return None
 
 
-def _plain(value: Any) -> Any:
-    """Plain JSON types: numpy scalars, timestamps and NaN are converted."""
-    if isinstance(value, dict):
-        return {str(k): _plain(v) for k, v in value.items()}
-    if isinstance(value, (list, tuple, set, np.ndarray)):
-        return [_plain(v) for v in value]
-    if isinstance(value, (bool, np.bool_)):
-        return bool(value)
-    if isinstance(value, (int, np.integer)):
-        return int(value)
-    if isinstance(value, (float, np.floating)):
-        f = float(value)
-        return f if math.isfinite(f) else (None if math.isnan(f) else ("inf" if f > 0 else "-inf"))
-    if isinstance(value, (pd.Timestamp, dt.datetime, dt.date)):
-        return value.isoformat()
-    if value is None or isinstance(value, str):
-        return value
-    if value is pd.NaT or value is pd.NA:
-        return None
-    return str(value)
+# Reports keep an infinite value or bound readable ("inf"), where null would read as missing.
+_plain = functools.partial(plain, infinity_as_text=True)
 
 
 # ----------------------------------------------------------------------------- labels

@@ -17,6 +17,7 @@ from evergreen.adapters.ledger import BatchRecord
 from evergreen.adapters.ports import Ports
 from evergreen.config import ModelConfig
 from evergreen.decisions import policy
+from evergreen.decisions.alerts import decide_alerts
 from evergreen.loop import sources, state
 from evergreen.loop.runner import DIRECT, Runner
 from evergreen.reports import MonitorResult
@@ -100,7 +101,7 @@ def _estimate(
         if latest is not None:
             realized_on = latest.day
             report = dataclasses.replace(report, realized_metric=latest.metric)
-    alerts = run.part("decide-alerts", monitoring.decide_alerts, report, config)
+    alerts = run.part("decide-alerts", decide_alerts, report, config)
     now = pd.Timestamp(report.end) if report.end else None
     loop_state = run.part(
         "read-loop-state", state.build_loop_state, config, ports.store, ports.registry, now, batch.day, io=True

@@ -15,6 +15,7 @@ from evergreen.adapters import registry
 from evergreen.adapters.ports import Ports
 from evergreen.config import ConfigError, ModelConfig
 from evergreen.decisions import canary, gate
+from evergreen.engines import scoring
 from evergreen.loop import sources
 from evergreen.loop.common import MANUAL, Actor, registry_lock
 from evergreen.loop.runner import DIRECT, Runner
@@ -58,9 +59,9 @@ def promote(
     fresh = run.part("load-fresh-labelled-data", fresh_rows, ports, config, after, io=True)
     if (msg := sources.gate_evidence_shortfall(len(fresh), config)) is not None:
         return Outcome(PromotionResult(model_name=name, decision="failed", reasons=[msg]), msg, "NotEnoughData", True)
-    ch = run.part("measure-model", gate.measure_model, challenger.model, fresh, config, challenger.version.version)
+    ch = run.part("measure-model", scoring.measure_model, challenger.model, fresh, config, challenger.version.version)
     cp = (
-        run.part("measure-model", gate.measure_model, champion.model, fresh, config, champion.version.version)
+        run.part("measure-model", scoring.measure_model, champion.model, fresh, config, champion.version.version)
         if champion is not None
         else None
     )
@@ -352,6 +353,6 @@ def check_rollback(ports: Ports, config: ModelConfig) -> gate.RollbackCheck | No
     if len(fresh) < config.gate.min_rows:
         return None
     old = reg.load_version(previous)
-    cur_ev = gate.measure_model(current.model, fresh, config, current.version.version)
-    old_ev = gate.measure_model(old.model, fresh, config, previous)
+    cur_ev = scoring.measure_model(current.model, fresh, config, current.version.version)
+    old_ev = scoring.measure_model(old.model, fresh, config, previous)
     return gate.decide_rollback(cur_ev, old_ev, config.metric, config.canary.margin, len(fresh))

@@ -9,10 +9,11 @@ from typing import TYPE_CHECKING
 import pandas as pd
 
 from evergreen.config import ModelConfig
-from evergreen.engines.evaluation import EvaluationResult, evaluate_predictions
+from evergreen.engines.scoring import evaluate_model as evaluate_model
+from evergreen.engines.scoring import monitor_reference as monitor_reference
 
 if TYPE_CHECKING:  # XGBoost costs ~5 s to import: not for a retrain that is skipped
-    from evergreen.engines.training import TrainedModel
+    pass
 
 
 @dataclass(frozen=True)
@@ -29,38 +30,6 @@ def hold_out_recent(frame: pd.DataFrame, config: ModelConfig) -> HoldOut:
 
     split = split_by_time(frame, config.columns.timestamp, config.training.evaluation_fraction)
     return HoldOut(train=split.train, evaluation=split.validation)
-
-
-def evaluate_model(model: TrainedModel, frame: pd.DataFrame, config: ModelConfig) -> EvaluationResult:
-    """The configured metric, calibration and per-slice metrics of `model` on labelled rows."""
-    cols = config.columns
-    preds = model.predict(frame)
-    score = preds.probability if preds.probability is not None else preds.prediction
-    return evaluate_predictions(
-        frame[cols.target].to_numpy(),
-        score,
-        config.problem_type,
-        config.metric,
-        slices={c: frame[c].to_numpy() for c in cols.slices},
-        threshold=model.threshold,
-    )
-
-
-def monitor_reference(model: TrainedModel, frame: pd.DataFrame, config: ModelConfig, version: str) -> pd.DataFrame:
-    """NannyML's reference for the next monitor: the held-out rows with this model's
-    predictions, probabilities and labels."""
-    cols = config.columns
-    preds = model.predict(frame)
-    out = frame.copy()
-    out[cols.prediction] = preds.prediction
-    if cols.probability is not None and preds.probability is not None:
-        out[cols.probability] = preds.probability
-    out[cols.model_version] = version
-    # Batches carry naive UTC timestamps; NannyML cannot plot a mix of aware and naive.
-    stamps = pd.to_datetime(out[cols.timestamp])
-    if stamps.dt.tz is not None:
-        out[cols.timestamp] = stamps.dt.tz_convert("UTC").dt.tz_localize(None)
-    return out
 
 
 def training_suite(batch_suite, max_rows: int = 100_000_000):  # noqa: ANN001, ANN201 - SuiteSpec

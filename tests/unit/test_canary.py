@@ -17,7 +17,7 @@ from evergreen.decisions.canary import (
     collect_arm_evidence,
     decide_canary,
 )
-from evergreen.engines.evaluation import metric_value
+from evergreen.decisions.evaluation import metric_value
 
 BINARY, REGRESSION = "binary_classification", "regression"
 CFG = CanaryConfig(min_predictions=500, min_labels=200, margin=0.01)

@@ -12,7 +12,7 @@ import pytest
 from sklearn import metrics as skm
 from sklearn.calibration import calibration_curve
 
-from evergreen.engines.evaluation import (
+from evergreen.decisions.evaluation import (
     _metric_from_weights,
     _prepare,
     bootstrap_metric_difference,

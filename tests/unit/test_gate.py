@@ -8,16 +8,15 @@ import numpy as np
 import pytest
 
 from evergreen.config import GateConfig
+from evergreen.decisions.evaluation import evaluate_predictions, metric_value
 from evergreen.decisions.gate import (
     GateDecision,
     ModelEvidence,
     decide_promotion,
-    measure_model,
     metric_gain,
 )
-from evergreen.engines.evaluation import evaluate_predictions, metric_value
+from evergreen.engines.scoring import evaluate_model, measure_model
 from evergreen.engines.training import train_model
-from evergreen.loop.retraining import evaluate_model
 
 BINARY, REGRESSION = "binary_classification", "regression"
 PROBLEM = {"roc_auc": BINARY, "f1": BINARY, "mae": REGRESSION, "rmse": REGRESSION}

@@ -11,9 +11,8 @@ import pandas as pd
 import pytest
 
 from evergreen.config import ColumnRoles, MlflowConfig, ModelConfig
+from evergreen.decisions.alerts import decide_alerts
 from evergreen.engines.monitoring import (
-    DRIFT_DETECTED,
-    PERFORMANCE_DEGRADED,
     FeatureDrift,
     FittedMonitor,
     MetricEstimate,
@@ -21,10 +20,10 @@ from evergreen.engines.monitoring import (
     MonitorReport,
     MultivariateDrift,
     compute_monitor,
-    decide_alerts,
     fit_monitor,
     reference_chunk_size,
 )
+from evergreen.events import DRIFT_DETECTED, PERFORMANCE_DEGRADED
 
 FEATURES = ["x1", "x2", "x3", "region", "owner"]
 

@@ -10,6 +10,7 @@ from datetime import datetime, timedelta
 import pytest
 
 from evergreen.config import RetrainPolicyConfig
+from evergreen.decisions.alerts import decide_alerts
 from evergreen.decisions.policy import (
     SIGNALS,
     ChunkObservation,
@@ -21,14 +22,12 @@ from evergreen.decisions.policy import (
     history_of,
 )
 from evergreen.engines.monitoring import (
-    DRIFT_DETECTED,
-    PERFORMANCE_DEGRADED,
     FeatureDrift,
     MetricEstimate,
     MonitorReport,
     MultivariateDrift,
-    decide_alerts,
 )
+from evergreen.events import DRIFT_DETECTED, PERFORMANCE_DEGRADED
 
 NOW = datetime(2024, 3, 10, 23, 59)
 

@@ -58,7 +58,7 @@ def test_a_schedule_has_no_cooldown_but_every_other_blocker() -> None:
 
 def test_the_monitor_decision_uses_the_same_rule() -> None:
     """`decide` on an alerting chunk blocks with exactly what `check_start` says."""
-    from evergreen.engines.monitoring import AlertDecision, AlertSignal
+    from evergreen.decisions.alerts import AlertDecision, AlertSignal
 
     signal = AlertSignal(
         kind="estimated_drop", metric="roc_auc", value=0.7, threshold=0.8,

@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import numpy as np
 
+from evergreen.decisions.evaluation import evaluate_predictions
 from evergreen.decisions.gate import ModelEvidence, decide_rollback
-from evergreen.engines.evaluation import evaluate_predictions
 
 
 def _evidence(version: str, noise: float, seed: int = 0) -> tuple[ModelEvidence, int]:

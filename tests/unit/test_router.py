@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 
 from evergreen.adapters.registry import CANARY, CHAMPION
-from evergreen.apps.serving.router import route, route_many, routing_bucket, routing_key
+from evergreen.decisions.routing import route, route_many, routing_bucket, routing_key
 
 N_IDS = 100_000
 

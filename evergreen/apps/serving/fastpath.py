@@ -24,7 +24,7 @@ from typing import Any, Protocol
 import numpy as np
 import pandas as pd
 
-from evergreen.apps.serving.columns import ColumnBatch
+from evergreen.adapters.column_batch import ColumnBatch
 from evergreen.engines.training import Predictions, TrainedModel
 
 # The same value -> category-string rule training uses (bools, integral floats).

@@ -16,8 +16,8 @@ from datetime import UTC, datetime
 from functools import cached_property
 from typing import Any
 
+from evergreen.adapters.column_batch import ColumnBatch
 from evergreen.adapters.registry import CANARY, CHAMPION
-from evergreen.apps.serving.columns import ColumnBatch
 from evergreen.apps.serving.schema import FeatureSpec, feature_specs, merge_specs
 
 log = logging.getLogger("evergreen.apps.serving.models")

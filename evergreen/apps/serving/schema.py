@@ -25,8 +25,8 @@ from typing import Any, Literal
 import numpy as np
 import pandas as pd
 
+from evergreen.adapters.column_batch import ColumnBatch
 from evergreen.apps.serving import jsoncodec
-from evergreen.apps.serving.columns import ColumnBatch
 from evergreen.decisions.routing import routing_key
 
 DF_SPLIT, DF_RECORDS, INSTANCES, INPUTS = (

@@ -12,9 +12,9 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
+from evergreen.adapters.column_batch import ColumnBatch
 from evergreen.adapters.predlog import ALIAS_COLUMN, REQUEST_ID_COLUMN, SERVED_AT_COLUMN
 from evergreen.adapters.registry import CANARY, CHAMPION
-from evergreen.apps.serving.columns import ColumnBatch
 from evergreen.apps.serving.models import ServingSnapshot
 from evergreen.apps.serving.schema import RequestTable, validate_columns
 from evergreen.config import ModelConfig

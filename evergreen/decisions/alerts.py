@@ -1,0 +1,191 @@
+"""The alert decision on a monitor report: drift and/or degraded performance, and why.
+
+Pure: a `MonitorReport` (plain values from `evergreen.engines.monitoring`) and the config's
+thresholds in, an `AlertDecision` and the payloads of its drift/performance events out.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any, Literal
+
+from evergreen.config import ModelConfig
+from evergreen.events import DRIFT_DETECTED, PERFORMANCE_DEGRADED
+from evergreen.jsonable import plain as _plain
+
+if TYPE_CHECKING:
+    from evergreen.engines.monitoring import MetricEstimate, MonitorReport
+
+
+@dataclass(frozen=True)
+class AlertSignal:
+    """One reason to alert; `kind` uses the retrain policy's signal names."""
+
+    kind: Literal["feature_drift", "multivariate_drift", "estimated_drop", "realized_drop"]
+    metric: str
+    value: float
+    threshold: float
+    reason: str
+    rule: Literal["share", "band", "drop", "floor"]
+
+
+@dataclass(frozen=True)
+class AlertDecision:
+    """Whether a batch shows drift and/or degraded performance, and why (pure data)."""
+
+    model_name: str
+    drift_detected: bool
+    performance_degraded: bool
+    drifted_features: list[str]
+    reasons: list[str]
+    signals: list[AlertSignal]
+    chunk: str | None = None
+    metric: str = ""
+    estimated_value: float | None = None
+    realized_value: float | None = None
+    reference_value: float | None = None
+
+    def event_payloads(self) -> dict[str, dict[str, Any]]:
+        """Plain-JSON payloads of the events this decision calls for, keyed by event name."""
+        out: dict[str, dict[str, Any]] = {}
+        drift = [s for s in self.signals if s.kind in ("feature_drift", "multivariate_drift")]
+        if self.drift_detected and drift:
+            first = drift[0]
+            out[DRIFT_DETECTED] = _plain(
+                {
+                    "model": self.model_name,
+                    "metric": first.metric,
+                    "value": first.value,
+                    "threshold": first.threshold,
+                    "chunk": self.chunk,
+                    "reason": "; ".join(s.reason for s in drift),
+                    "drifted_features": list(self.drifted_features),
+                    "signals": [vars(s) for s in drift],
+                }
+            )
+        perf = [s for s in self.signals if s.kind in ("estimated_drop", "realized_drop")]
+        if self.performance_degraded and perf:
+            first = perf[0]
+            out[PERFORMANCE_DEGRADED] = _plain(
+                {
+                    "model": self.model_name,
+                    "metric": self.metric,
+                    "source": "estimated" if first.kind == "estimated_drop" else "realized",
+                    "estimated": self.estimated_value,
+                    "realized": self.realized_value,
+                    "reference_value": self.reference_value,
+                    "value": first.value,
+                    "threshold": first.threshold,
+                    "chunk": self.chunk,
+                    "reason": "; ".join(s.reason for s in perf),
+                    "signals": [vars(s) for s in perf],
+                }
+            )
+        return out
+
+
+def decide_alerts(report: MonitorReport, config: ModelConfig) -> AlertDecision:
+    """Drift when enough features alert (or the multivariate error leaves its band); degraded
+    performance when the estimated or realized metric falls below reference - performance_drop
+    or past metric_floor.
+
+    For lower-is-better metrics (mae, rmse, ...) the drop is relative: worse than
+    reference * (1 + performance_drop); the floor is then a ceiling.
+    """
+    mon = config.monitoring
+    signals: list[AlertSignal] = []
+    drifted = report.drifted_features
+    share = len(drifted) / max(len(report.features), 1)
+    if drifted and share >= mon.drifted_feature_share:
+        names = ", ".join(
+            f"{n} ({report.features[n].method} {format_figure(report.features[n].value)} > {format_figure(report.features[n].threshold)})"
+            for n in drifted
+        )
+        signals.append(
+            AlertSignal(
+                "feature_drift",
+                "drifted_feature_share",
+                share,
+                mon.drifted_feature_share,
+                f"{len(drifted)} of {len(report.features)} features drifted ({share:.0%} >= "
+                f"{mon.drifted_feature_share:.0%}): {names}",
+                "share",
+            )
+        )
+    mv = report.multivariate
+    if mon.multivariate_drift and mv is not None and mv.alert and mv.value is not None:
+        bound = mv.upper if mv.upper is not None and mv.value > mv.upper else mv.lower
+        signals.append(
+            AlertSignal(
+                "multivariate_drift",
+                "reconstruction_error",
+                mv.value,
+                bound if bound is not None and math.isfinite(bound) else 0.0,
+                f"multivariate reconstruction error {format_figure(mv.value)} is outside "
+                f"[{format_figure(mv.lower)}, {format_figure(mv.upper)}]",
+                "band",
+            )
+        )
+    for estimate in (report.estimated_metric, report.realized_metric):
+        if estimate is not None:
+            signals.extend(_performance_signals(estimate, config))
+    estimated, realized = report.estimated_metric, report.realized_metric
+    return AlertDecision(
+        model_name=config.name,
+        drift_detected=any(s.kind in ("feature_drift", "multivariate_drift") for s in signals),
+        performance_degraded=any(s.kind in ("estimated_drop", "realized_drop") for s in signals),
+        drifted_features=drifted,
+        reasons=[s.reason for s in signals],
+        signals=signals,
+        chunk=estimated.chunk,
+        metric=config.metric,
+        estimated_value=estimated.value,
+        realized_value=realized.value if realized else None,
+        reference_value=estimated.reference_value,
+    )
+
+
+def _performance_signals(estimate: MetricEstimate, config: ModelConfig) -> list[AlertSignal]:
+    if estimate.value is None:
+        return []
+    kind: Literal["estimated_drop", "realized_drop"] = (
+        "estimated_drop" if estimate.kind == "estimated" else "realized_drop"
+    )
+    higher = config.higher_is_better
+    drop, floor = config.monitoring.performance_drop, config.monitoring.metric_floor
+    value, ref = estimate.value, estimate.reference_value
+    out = []
+    if ref is not None:
+        threshold = ref - drop if higher else ref * (1 + drop)
+        if (value < threshold) if higher else (value > threshold):
+            how = f"more than {drop:g} below" if higher else f"more than {drop:.0%} above"
+            out.append(
+                AlertSignal(
+                    kind,
+                    config.metric,
+                    value,
+                    threshold,
+                    f"{estimate.kind} {config.metric} {format_figure(value)} is {how} the reference {format_figure(ref)} "
+                    f"(threshold {format_figure(threshold)})",
+                    "drop",
+                )
+            )
+    if floor is not None and ((value < floor) if higher else (value > floor)):
+        word = "below the floor" if higher else "above the ceiling"
+        out.append(
+            AlertSignal(
+                kind,
+                config.metric,
+                value,
+                floor,
+                f"{estimate.kind} {config.metric} {format_figure(value)} is {word} {format_figure(floor)}",
+                "floor",
+            )
+        )
+    return out
+
+
+def format_figure(value: float | None) -> str:
+    """A drift or metric figure in a reason: 4 significant digits, "n/a" when absent."""
+    return "n/a" if value is None else f"{value:.4g}"
