@@ -34,6 +34,7 @@ from pathlib import Path
 from typing import Any
 
 from evergreen.apps.services import PrefectServer, launch_prefect_server
+from evergreen.loop.runner import DirectRunner
 from evergreen.telemetry import RUNTIME_DEFAULTS, TELEMETRY_OFF
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
@@ -521,6 +522,28 @@ class StepTimer:
     def seconds(self) -> dict[str, float]:
         with self._lock:
             return {**self._seconds, STEPS_WALL: union_seconds(self._intervals)}
+
+
+class TimedRunner(DirectRunner):
+    """`evergreen.loop.runner.DirectRunner` (plain calls, submitted parts in a thread) that
+    times every part of a step in `step` under its name, the name the flow's Prefect task
+    has, so a step run without Prefect gets the same per-step table as the flow."""
+
+    def __init__(self, step: StepTimer, logger: Callable[[str], None] | None = None) -> None:
+        super().__init__(logger)
+        self.step = step
+
+    def part(
+        self, name: str, fn: Callable[..., Any], *args: Any, io: bool = False, **kwargs: Any
+    ) -> Any:
+        with self.step(name):
+            return fn(*args, **kwargs)
+
+    def submit(
+        self, name: str, fn: Callable[..., Any], *args: Any, io: bool = False, **kwargs: Any
+    ) -> Any:
+        # Timed in the thread that runs it: from when the work starts, not when it is queued.
+        return super().submit(name, self.part, name, fn, *args, **kwargs)
 
 
 def union_seconds(intervals: Iterable[tuple[float, float]]) -> float:

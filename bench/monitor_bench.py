@@ -3,9 +3,11 @@
 Baseline: read the monitor reference, derive the suite, fit NannyML, read the batch,
 validate it with GX (`Validator(...).validate`), read its labels, compute drift and
 estimated/realized performance, decide alerts and draw NannyML's plots as the flow does
-(`MonitorReport.plots_for`) — no Prefect, no MLflow.
-Flow: `flows.monitor.monitor(config=cfg, batch=path)` against a local Prefect server, which
-does the same and, around it, Prefect task runs, the MLflow monitoring run (metrics and
+(`MonitorReport.plots_for`, timed under the flow's `log-monitor-run`, where the flow draws
+them) — no Prefect, no MLflow.
+Flow: `flows.monitor.monitor(config=cfg, batch=path)` against a local Prefect server: the
+monitor step (`evergreen.loop.monitor.monitor`) with its parts as Prefect tasks, which does
+the same and, around it, Prefect task runs, the MLflow monitoring run (metrics and
 the plots page as an artifact), Prefect artifacts, the batch ledger and events.
 """
 
@@ -79,9 +81,11 @@ def run_baseline(config_json: str, batch: str) -> dict[str, Any]:
         result = monitoring.compute_monitor(fitted, frame, labels)
     with step("decide-alerts"):
         decision = alerts.decide_alerts(result, cfg)
-    with step("draw-plots"):
+    with step("log-monitor-run"):
         # The same NannyML plot calls the flow makes (all plots when the batch alerts), as
-        # one HTML page; the flow logs that page to MLflow, the baseline keeps it.
+        # one HTML page. The flow draws it in its `log-monitor-run` part
+        # (`MlflowRunLog.publish_monitor`) and logs it to MLflow; the baseline keeps it, so
+        # its step of that name is the drawing alone.
         result.plots_for(cfg.monitoring.plots, decision.drift_detected or decision.performance_degraded)
     return {
         "rows": len(frame),

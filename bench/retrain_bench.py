@@ -10,11 +10,10 @@ Flow: `flows.retrain.retrain(config=cfg)` against a local Prefect server, which 
 snapshots the window (content-addressed copy), validates it with GX, runs every step as a
 Prefect task, takes the registry lock (a Prefect global concurrency limit) and emits
 `evergreen.model.registered`.
-Same work without Prefect (info, not the issue's baseline): everything the flow does, by
-the same core calls in the same order (config check, the retrain-start decision, the
-label-file checks overlapped with reading the window, GX validation overlapped with staging
-the snapshot, the real digest in the logged dataset), without Prefect: what the flow costs
-as orchestration alone.
+Same work without Prefect (info, not the issue's baseline): the flow's own step,
+`evergreen.loop.retrain.retrain`, on the same file store and MLflow registry, with its parts
+run as plain calls (`TimedRunner`) instead of Prefect tasks, events kept in memory and a
+thread lock as the registry lock: what the flow costs as orchestration alone.
 """
 
 from __future__ import annotations
@@ -31,6 +30,7 @@ from bench.common import (
     Benchmark,
     Dataset,
     StepTimer,
+    TimedRunner,
     Variant,
     load_run_config,
     run_config_json,
@@ -52,7 +52,16 @@ _BASELINE_MODULES = (
     "evergreen.lineage",
     "evergreen.engines.plots",
 )
-_SAME_WORK_MODULES = (*_BASELINE_MODULES, *PRELOAD_GX, "evergreen.engines.snapshot", "evergreen.engines.validation")
+_SAME_WORK_MODULES = (
+    *_BASELINE_MODULES,
+    *PRELOAD_GX,
+    "evergreen.engines.snapshot",
+    "evergreen.engines.validation",
+    "evergreen.adapters.memory",
+    "evergreen.adapters.tracking",
+    "evergreen.adapters.wiring",
+    "evergreen.loop.retrain",
+)
 _FLOW_MODULES = (*_BASELINE_MODULES, *PRELOAD_GX, *PRELOAD_PREFECT, "flows.retrain")
 
 
@@ -63,6 +72,7 @@ def arguments(dataset: Dataset, run_dir: Path) -> dict[str, Any]:
 
 def run_baseline(config_json: str) -> dict[str, Any]:
     """Window, training, evaluation, MLflow logging and registration, called directly."""
+    from evergreen.adapters import registry, tracking
     from evergreen.engines import training
     from evergreen.lineage import Trigger, code_version
     from evergreen.loop import retraining, sources
@@ -87,35 +97,27 @@ def run_baseline(config_json: str) -> dict[str, Any]:
         "evergreen.train_end": str(holdout.train[cfg.columns.timestamp].max()),
         **trigger.tags(),
     }
-    return _log_and_register(step, cfg, model, evaluation, win, holdout, trigger, tags, None)
-
-
-def _log_and_register(step, cfg, model, evaluation, win, holdout, trigger, tags, snap) -> dict[str, Any]:  # noqa: ANN001
-    """The last two steps of both direct variants, and the outcome they report."""
     with step("log-training-run"):
-        run_id, model_uri = _log_training_run(cfg, model, evaluation, win, holdout, trigger, tags, snap)
+        # The function the flow's `log-training-run` part calls (`MlflowRunLog`), on a
+        # window that was not snapshotted.
+        logged = tracking.log_training_run(
+            cfg, model, evaluation, _stand_in_snapshot(cfg, win), win, holdout, trigger.kind, tags
+        )
     with step("register-candidate"):
-        version = _register(cfg, model_uri, run_id, tags)
+        # A bare script's registration: a version, and the aliases an empty registry gets.
+        who = "bench-baseline"
+        reg = registry.Registry(cfg.mlflow.model_name)
+        version = reg.create_version(logged.model_uri, logged.run_id, tags).version
+        reg.move_alias(registry.CHAMPION, version, "bootstrap: empty registry", who)
+        reg.move_alias(registry.CHALLENGER, version, "retrained candidate", who)
     return {
         "rows": win.rows,
         "train_rows": len(holdout.train),
         "best_iteration": model.best_iteration,
         "metric": evaluation.value,
-        "version": version,
+        "version": str(version),
         "steps": step.seconds,
     }
-
-
-def _log_training_run(cfg, model, evaluation, win, holdout, trigger, tags, snap) -> tuple[str, str]:  # noqa: ANN001
-    """`evergreen.adapters.tracking.log_training_run`, the body of the flow's
-    `log-training-run` task. Without a snapshot (the issue's bare script) the dataset is
-    logged under a cheap stand-in digest with the batches folder as source."""
-    from evergreen.adapters import tracking
-
-    if snap is None:
-        snap = _stand_in_snapshot(cfg, win)
-    logged = tracking.log_training_run(cfg, model, evaluation, snap, win, holdout, trigger.kind, tags)
-    return logged.run_id, logged.model_uri
 
 
 def _stand_in_snapshot(cfg, win):  # noqa: ANN001, ANN202 - ModelConfig, TrainingWindow -> SnapshotInfo
@@ -138,98 +140,32 @@ def _stand_in_snapshot(cfg, win):  # noqa: ANN001, ANN202 - ModelConfig, Trainin
     )
 
 
-def _register(cfg, model_uri: str, run_id: str, tags: dict[str, str]) -> str:  # noqa: ANN001
-    """What `tasks.registry.register_candidate` does, without the Prefect lock."""
-    from evergreen.adapters import registry, tracking
-
-    tracking.connect(cfg.mlflow)
-    name = cfg.mlflow.model_name
-    bootstrap = registry.version_by_alias(name, registry.CHAMPION) is None
-    status = "champion" if bootstrap else "candidate"
-    version = registry.create_version(
-        name,
-        model_uri,
-        run_id,
-        {**tags, registry.STATUS_TAG: status, "evergreen.bootstrap": str(bootstrap).lower()},
-    )
-    who = "bench-baseline"
-    registry.move_alias(
-        name, registry.CHALLENGER, version.version, "retrained candidate", who, None
-    )
-    if bootstrap:
-        registry.move_alias(
-            name, registry.CHAMPION, version.version, "bootstrap: empty registry", who, None
-        )
-    return str(registry.get_version(name, version.version).version)
-
-
 def run_same_work(config_json: str) -> dict[str, Any]:
-    """Every step of the flow through the same core calls its tasks make, without Prefect."""
-    from concurrent.futures import ThreadPoolExecutor
+    """The flow's step itself (`evergreen.loop.retrain.retrain`) on the flow's ports, but
+    with an in-memory event sink, MLflow runs without Prefect artifacts, a thread lock for
+    the registry lock and its parts as plain calls, each timed under its task's name."""
+    import threading
 
-    from evergreen.engines import snapshot, training, validation
-    from evergreen.lineage import Trigger, code_version
-    from evergreen.loop import retraining, sources, state
+    from evergreen.adapters.memory import MemoryEvents
+    from evergreen.adapters.tracking import MlflowRunLog
+    from evergreen.adapters.wiring import file_ports
+    from evergreen.lineage import Trigger
+    from evergreen.loop.retrain import retrain
 
     cfg = load_run_config(config_json)
     step = StepTimer()
-    with step("check-config-columns"):
-        sources.check_config_columns(cfg)
-    with step("decide-retrain-start"):
-        start, data_clock = sources.check_retrain_start(cfg, "manual")
-    if not start.allowed:
-        raise BenchError(f"same-work: retrain would not start: {start.reason}")
-    # As the flow does: the labels files checked in a second thread while the window is read.
-    with ThreadPoolExecutor(1) as pool:
-        labels_checked = pool.submit(_timed, step, "check-label-files", sources.check_label_files, cfg)
-        with step("assemble-training-window"):
-            win = sources.assemble_training_window(cfg)
-        bad = [r for r in labels_checked.result() if not r.success]
-    if bad:
-        raise BenchError(f"same-work: label files rejected: {bad[0].summary()}")
-    with step("load-monitor-reference"):
-        reference = sources.read_monitor_reference(cfg)
-    with step("derive-suite"):
-        suite = retraining.training_suite(validation.derive_suite(reference, cfg))
-    # As the flow does: validation in a second thread while the snapshot is staged.
-    with ThreadPoolExecutor(1) as pool:
-        checking = pool.submit(
-            _timed, step, "validate-batch", validation.validate_batch, win.frame, suite, "training window"
-        )
-        with step("snapshot-training-data"):
-            staged = snapshot.stage_snapshot(
-                win.frame, cfg.data.path("dataset_store"), sources=win.sources, time_column=cfg.columns.timestamp
-            )
-        report = checking.result()
-    if not report.success:
-        snapshot.discard_snapshot(staged)
-        raise BenchError(f"same-work: window rejected: {report.summary()}")
-    with step("publish-snapshot"):
-        snap = snapshot.commit_snapshot(staged)
-    with step("hold-out-recent"):
-        holdout = retraining.hold_out_recent(win.frame, cfg)
-    with step("train-model"):
-        model = training.train_model(holdout.train, cfg)
-    with step("evaluate-model"):
-        evaluation = retraining.evaluate_model(model, holdout.evaluation, cfg)
-    trigger = Trigger.of("manual", None, None, None)
-    tags = {
-        "evergreen.model": cfg.name,
-        "evergreen.dataset_digest": snap.digest,
-        "evergreen.dataset_uri": snap.uri,
-        "evergreen.dataset_rows": str(snap.rows),
-        "evergreen.code_version": code_version(),
-        "evergreen.train_end": str(holdout.train[cfg.columns.timestamp].max()),
-        **trigger.tags(),
+    lock = threading.Lock()
+    ports = file_ports(cfg, events=MemoryEvents(), runs=MlflowRunLog(), lock=lambda: lock)
+    result = retrain(ports, cfg, Trigger.of("manual", None, None, None), run=TimedRunner(step))
+    if result.status != "registered":
+        raise BenchError(f"same-work: retrain {result.status}: {result.message}")
+    return {
+        "rows": result.rows,
+        "metric": result.metrics.get(cfg.metric),
+        "version": str(result.version),
+        "run_id": result.run_id,
+        "steps": step.seconds,
     }
-    if data_clock is not None:
-        tags[state.DATA_CLOCK_TAG] = data_clock.isoformat()
-    return _log_and_register(step, cfg, model, evaluation, win, holdout, trigger, tags, snap)
-
-
-def _timed(step: StepTimer, name: str, fn: Any, *args: Any) -> Any:  # noqa: ANN401
-    with step(name):
-        return fn(*args)
 
 
 def run_flow(config_json: str) -> dict[str, Any]:

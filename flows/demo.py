@@ -309,8 +309,7 @@ def _await_automations(since, day: str, counters: dict[str, int], echo: Callable
     last_change = time.monotonic()
     while time.monotonic() < deadline:
         horizon = datetime.now(UTC) + timedelta(minutes=1)
-        # A run scheduled for later (the canary-review trigger waits a canary window) is not
-        # work to wait for now.
+        # A run scheduled for later (the next hourly review) is not work to wait for now.
         runs = [r for r in read_deployment_runs(since) if not (r.state and r.state.is_scheduled() and r.expected_start_time and r.expected_start_time > horizon)]
         for run in runs:
             key = str(run.id)

@@ -9,9 +9,9 @@ import pandas as pd
 
 from evergreen.adapters import io, registry, tracking
 from evergreen.adapters.predlog import PredictionLogWriter
-from evergreen.apps.serving.router import route_many
 from evergreen.apps.serving.scoring import routing_salt
 from evergreen.config import ModelConfig
+from evergreen.decisions.routing import route_many
 from evergreen.engines.training import train_model
 
 
