@@ -149,9 +149,11 @@ def _measure_one(model: str, timeout: float = 300) -> dict[str, float]:
     from prefect.client.orchestration import get_client
     from prefect.events import emit_event
 
+    from evergreen.events import DRIFT_DETECTED, resource_id
+
     event = emit_event(
-        "evergreen.drift.detected",
-        resource={"prefect.resource.id": f"evergreen.model.{model}"},
+        DRIFT_DETECTED,
+        resource={"prefect.resource.id": resource_id(model)},
         payload={"metric": "jensen_shannon", "value": 0.5, "threshold": 0.1, "chunk": "bench", "reason": "trigger benchmark"},
     )
     assert event is not None, "the event was not emitted"

@@ -16,9 +16,10 @@ from __future__ import annotations
 
 from typing import Any
 
+from evergreen import events
 from evergreen.config import ModelConfig
 
-MODEL_EVENTS = ["evergreen.model.promoted", "evergreen.model.rolled_back"]
+MODEL_EVENTS = [events.MODEL_PROMOTED, events.MODEL_ROLLED_BACK]
 # A flow run's state event is named after the state's *name*: a run ending in
 # Failed(name="GateFailed") emits `prefect.flow-run.GateFailed`, not `...Failed`. So the
 # trigger lists Prefect's own failure states and every named failure our flows return

@@ -246,7 +246,9 @@ class ModelConfig(_Section):
     @property
     def resource_id(self) -> str:
         """Prefect event resource id of this model (contract)."""
-        return f"evergreen.model.{self.name}"
+        from evergreen.events import resource_id
+
+        return resource_id(self.name)
 
     @property
     def higher_is_better(self) -> bool:

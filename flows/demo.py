@@ -30,11 +30,12 @@ from typing import Any
 
 import yaml
 
+from evergreen import events
 from evergreen.adapters import io
 from evergreen.config import ModelConfig, load_config
 
 # Events with an automation in prefect.yaml (retrain; rollback after a promotion).
-TRIGGERING = ("evergreen.drift.detected", "evergreen.performance.degraded")
+TRIGGERING = events.ALERT_EVENTS
 
 
 @dataclass

@@ -8,6 +8,7 @@ from datetime import UTC, datetime, timedelta
 
 import pytest
 
+from evergreen import events
 from evergreen.adapters import io
 from evergreen.config import ModelConfig
 from evergreen.simulation.stream import write_demo_stream
@@ -17,9 +18,7 @@ from tests.support import read_model_events
 
 pytestmark = pytest.mark.slow
 
-DRIFT = "evergreen.drift.detected"
-DEGRADED = "evergreen.performance.degraded"
-REJECTED = "evergreen.data.rejected"
+DRIFT, DEGRADED, REJECTED = events.DRIFT_DETECTED, events.PERFORMANCE_DEGRADED, events.DATA_REJECTED
 
 
 

@@ -21,6 +21,7 @@ from pathlib import Path
 import pandas as pd
 import pytest
 
+from evergreen import events
 from evergreen.adapters import io, registry
 from evergreen.adapters.ledger import read_ledger
 from evergreen.adapters.predlog import PredictionLogWriter
@@ -40,7 +41,7 @@ from tests.support import read_model_events
 # The session's Prefect test harness (tests/conftest.py): flows run in this process.
 pytestmark = [pytest.mark.slow, pytest.mark.usefixtures("prefect_harness")]
 
-REJECTED = "evergreen.data.rejected"
+REJECTED = events.DATA_REJECTED
 BATCH_CASES = [c for c in CATALOGUE if c.kind == "batch"]
 LABEL_CASES = [c for c in CATALOGUE if c.kind == "labels"]
 FRESH_IDS = 1_000_000  # ids no label names: accepted batches must not join labels
