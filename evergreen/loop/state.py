@@ -64,7 +64,10 @@ def build_loop_state(
     # New rows are those the newest version's window did not hold (its evaluation slice
     # was in the window, though not trained on); versions without the tag: its training end.
     seen_until = _tag_time(newest, WINDOW_END_TAG) or last_end
-    new_rows = count_labelled_rows_after(config, store, seen_until) if seen_until is not None else None
+    try:
+        new_rows = count_labelled_rows_after(config, store, seen_until) if seen_until is not None else None
+    except io.DataReadError:
+        new_rows = None  # a labels file cannot be read: the retrain's labels check rejects it, naming it
     in_period = None
     if now is not None:
         since = utc(now) - pd.Timedelta(days=config.retrain.period_days)
