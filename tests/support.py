@@ -88,3 +88,23 @@ def read_model_events(model: str, names: list[str], since, expect: int | None = 
         if expect is None or len(events) >= expect or time.monotonic() > deadline:
             return events
         time.sleep(0.5)
+
+
+def write_toy_drift_stream(config: ModelConfig, root: str, chunks: int, rows: int, drift_at: int) -> None:
+    """The unit tests' toy data as a daily stream of `chunks` x `rows` under `root`: the top
+    feature moves by 2 standard deviations from chunk `drift_at` on while the outcome keeps
+    the old rule, so the first model's metric falls and a retrained one can recover."""
+    from evergreen.simulation.stream import write_stream_from_frames
+    from tests.unit.conftest import _make_frame
+
+    reference, analysis = _make_frame(3000, seed=1), _make_frame(chunks * rows, seed=2)
+    analysis["id"] += 1_000_000  # production ids never repeat the reference's
+    write_stream_from_frames(
+        config,
+        reference.drop(columns="p_true"),
+        analysis.drop(columns="p_true"),
+        root,
+        drift="covariate",
+        drift_start=drift_at,
+        drift_params={"features": ["x1"], "method": "additive", "strength": 2.0},
+    )

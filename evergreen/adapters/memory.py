@@ -427,7 +427,7 @@ class MemoryRunLog:
         """What `tracking.log_training_run` logs, kept here: the params, the finite
         metrics, the model and the monitor reference (the held-out rows scored by the
         model, version "candidate")."""
-        from evergreen.adapters.tracking import LoggedCandidate, safe_metric_name
+        from evergreen.adapters.tracking import LoggedCandidate, safe_metric_name, training_params
         from evergreen.engines.scoring import monitor_reference
 
         run_id = uuid.uuid4().hex
@@ -435,17 +435,7 @@ class MemoryRunLog:
         self.artifacts.put_reference(
             run_id, monitor_reference(model, holdout.evaluation, config, version="candidate")
         )
-        params = {
-            **{f"xgb.{k}": v for k, v in model.params.items()},
-            "best_iteration": model.best_iteration,
-            "seed": config.training.seed,
-            "window.policy": config.retrain.window,
-            "window.rows": win.rows,
-            "window.reference_rows": win.reference_rows,
-            "train_rows": len(holdout.train),
-            "evaluation_rows": len(holdout.evaluation),
-            "trigger": trigger_kind,
-        }
+        params = training_params(config, model, win, holdout, trigger_kind)
         metrics = {
             safe_metric_name(k): float(v)
             for k, v in evaluation.flat_metrics().items()

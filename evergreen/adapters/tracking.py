@@ -184,6 +184,21 @@ class LoggedCandidate:
     tracking_uri: str
 
 
+def training_params(config: ModelConfig, model: Any, win: Any, holdout: Any, trigger_kind: str) -> dict[str, Any]:
+    """The parameters a training run records: XGBoost's, the seed, the window, the split."""
+    return {
+        **{f"xgb.{k}": v for k, v in model.params.items()},
+        "best_iteration": model.best_iteration,
+        "seed": config.training.seed,
+        "window.policy": config.retrain.window,
+        "window.rows": win.rows,
+        "window.reference_rows": win.reference_rows,
+        "train_rows": len(holdout.train),
+        "evaluation_rows": len(holdout.evaluation),
+        "trigger": trigger_kind,
+    }
+
+
 def log_training_run(
     config: ModelConfig,
     model: TrainedModel,
@@ -206,19 +221,7 @@ def log_training_run(
     uri = connect(config.mlflow)
     exp_id = ensure_experiment(config.mlflow, config.mlflow.training_experiment)
     with mlflow.start_run(experiment_id=exp_id, run_name=f"retrain-{snap.digest[:12]}", tags=lineage_tags) as run:
-        mlflow.log_params(
-            {
-                **{f"xgb.{k}": v for k, v in model.params.items()},
-                "best_iteration": model.best_iteration,
-                "seed": config.training.seed,
-                "window.policy": config.retrain.window,
-                "window.rows": win.rows,
-                "window.reference_rows": win.reference_rows,
-                "train_rows": len(holdout.train),
-                "evaluation_rows": len(holdout.evaluation),
-                "trigger": trigger_kind,
-            }
-        )
+        mlflow.log_params(training_params(config, model, win, holdout, trigger_kind))
         log_metrics(evaluation.flat_metrics())
         dataset = pandas_dataset(
             win.frame, source=snap.uri, targets=config.columns.target, name=f"{config.name}-training", digest=snap.digest[:32]

@@ -29,7 +29,7 @@ from evergreen.decisions import policy
 from evergreen.lineage import Trigger
 from evergreen.reports import MonitorResult, PromotionResult, RetrainResult
 from evergreen.simulation.replay import Chunk, Replay, copy_references, with_data_root
-from evergreen.simulation.stream import write_stream_from_frames
+from tests.support import write_toy_drift_stream
 
 pytestmark = pytest.mark.slow
 
@@ -72,21 +72,9 @@ def _config(root: Path, name: str) -> ModelConfig:
 
 @pytest.fixture(scope="module")
 def stream(tmp_path_factory) -> ModelConfig:
-    from tests.unit.conftest import _make_frame
-
     root = tmp_path_factory.mktemp("diff-stream")
     cfg = _config(root, "diff")
-    reference, analysis = _make_frame(3000, seed=1), _make_frame(CHUNKS * ROWS, seed=2)
-    analysis["id"] += 1_000_000
-    write_stream_from_frames(
-        cfg,
-        reference.drop(columns="p_true"),
-        analysis.drop(columns="p_true"),
-        str(root),
-        drift="covariate",
-        drift_start=DRIFT_AT,
-        drift_params={"features": ["x1"], "method": "additive", "strength": 2.0},
-    )
+    write_toy_drift_stream(cfg, str(root), CHUNKS, ROWS, DRIFT_AT)
     return cfg
 
 

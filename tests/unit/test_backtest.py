@@ -11,7 +11,6 @@ from typer.testing import CliRunner
 
 from evergreen.apps.backtest import format_table, plot, run_backtest
 from evergreen.config import ModelConfig
-from evergreen.simulation.stream import write_stream_from_frames
 
 pytestmark = pytest.mark.slow
 
@@ -20,7 +19,8 @@ CHUNKS, ROWS, DRIFT_AT, DELAY = 8, 400, 4, 1
 
 @pytest.fixture(scope="module")
 def stream(tmp_path_factory) -> ModelConfig:
-    from tests.unit.conftest import _config, _make_frame
+    from tests.support import write_toy_drift_stream
+    from tests.unit.conftest import _config
 
     root = tmp_path_factory.mktemp("stream")
     base = _config()
@@ -32,19 +32,7 @@ def stream(tmp_path_factory) -> ModelConfig:
             "mlflow": base.mlflow.model_copy(update={"model_name": "toy"}),
         }
     )
-    reference, analysis = _make_frame(3000, seed=1), _make_frame(CHUNKS * ROWS, seed=2)
-    analysis["id"] += 1_000_000  # production ids never repeat the reference's
-    # The top feature moves by 2 standard deviations while the outcome keeps the old rule:
-    # the first model's metric falls, a retrained one can recover.
-    write_stream_from_frames(
-        cfg,
-        reference.drop(columns="p_true"),
-        analysis.drop(columns="p_true"),
-        str(root),
-        drift="covariate",
-        drift_start=DRIFT_AT,
-        drift_params={"features": ["x1"], "method": "additive", "strength": 2.0},
-    )
+    write_toy_drift_stream(cfg, str(root), CHUNKS, ROWS, DRIFT_AT)
     return cfg
 
 
