@@ -249,6 +249,31 @@ def table_columns(path: str) -> list[str]:
         raise DataReadError(f"{path}: cannot read its columns ({type(exc).__name__}: {exc})") from exc
 
 
+def parquet_column_max(path: str, column: str) -> Any:
+    """The largest value of `column` from a Parquet file's row-group statistics, without
+    reading its data; None when the file is not Parquet or carries no such statistics."""
+    if PurePosixPath(path).suffix.lower() != ".parquet":
+        return None
+    import pyarrow.parquet as pq
+
+    fs, p = _fs(path)
+    try:
+        with fs.open(p, "rb") as fh:
+            meta = pq.ParquetFile(fh).metadata
+            index = meta.schema.to_arrow_schema().get_field_index(column)
+            if index < 0:
+                return None
+            highs = []
+            for g in range(meta.num_row_groups):
+                stats = meta.row_group(g).column(index).statistics
+                if stats is None or not stats.has_min_max:
+                    return None
+                highs.append(stats.max)
+            return max(highs) if highs else None
+    except Exception:  # noqa: BLE001 - no statistics: the caller reads the column instead
+        return None
+
+
 def write_table(df: pd.DataFrame, path: str) -> None:
     """Write a Parquet table atomically (write to a temporary name, then rename)."""
     fs, p = _fs(path)

@@ -121,8 +121,10 @@ def check_start(
     """The retrain policy's start rule on the loop state now (`state.build_loop_state`);
     returns the decision and the data clock to tag the new version with."""
     now = state.data_clock(config, ports.store)
-    loop_state = state.build_loop_state(config, ports.store, ports.registry, now)
     chosen = policy.Policy.named(policy_name, config.retrain)
+    if trigger == "manual":  # no check applies to a run a person asked for: no state to read
+        return policy.decide_start(policy.LoopState(now=now), chosen, trigger), now
+    loop_state = state.build_loop_state(config, ports.store, ports.registry, now)
     return policy.decide_start(loop_state, chosen, trigger), now
 
 

@@ -29,6 +29,9 @@ def data_clock(config: ModelConfig, store: BatchStore) -> pd.Timestamp | None:
     """Data time now: the newest timestamp of the newest readable production batch."""
     ts = config.columns.timestamp
     for batch in reversed(store.list_batches()):
+        newest = io.parquet_column_max(batch.path, ts)  # the file's statistics, when it has them
+        if newest is not None:
+            return utc(newest)
         try:
             stamps = store.read_batch(batch, columns=[ts])[ts]
         except (io.DataReadError, KeyError, ValueError):
