@@ -967,11 +967,6 @@ def render_markdown(result: BenchResult) -> str:
         f"({result.rows:,} rows x {result.features} features, {result.rounds} rounds, medians; "
         f"run took {result.seconds:.0f} s).",
         "",
-        f"Machine: {m.nproc} CPUs available ({m.cpu_model or 'unknown CPU'}), {m.memory_gb} GB RAM, "
-        f"Python {m.python}, load average {m.load_before[0]} before / {m.load_after[0]} after; "
-        + ", ".join(f"{k} {v}" for k, v in m.versions.items())
-        + ".",
-        "",
         header,
         rule,
         row(
@@ -992,10 +987,6 @@ def render_markdown(result: BenchResult) -> str:
             "CPU time of the work, all threads (s)", ".2f", "work_cpu_seconds",
             f"{_ratio(f.work_cpu_seconds, b.work_cpu_seconds):.3f}", "—", "info",
         ),
-        row("Prefect server CPU while the process ran (s)", ".2f", "server_cpu_seconds", "", "", "info"),
-        row("imports (s)", ".2f", "import_seconds", "", "", "info"),
-        row("RSS after imports (MB)", ".0f", "import_rss_mb", "", "", "info"),
-        row("modules still imported during the work", ".0f", "late_imports", "", "", "info"),
         "",
     ]
     if w is not None:
@@ -1006,23 +997,27 @@ def render_markdown(result: BenchResult) -> str:
             f"{result.same_work} is what orchestration alone costs.",
             "",
         ]
+    spread = {
+        variant: ", ".join(f"{x.work_seconds:.2f}" for x in result.measurements if x.variant == variant)
+        for variant in dict.fromkeys(x.variant for x in result.measurements)
+    }
     lines += [
-        "Runs (in the order they ran):",
+        "Work (s) of every run, in order: " + "; ".join(f"{v} {runs}" for v, runs in spread.items())
+        + f". Load average {m.load_before[0]} before / {m.load_after[0]} after (machine, imports, per-run"
+        " details: the --out JSON).",
         "",
-        "| round | variant | work (s) | process (s) | peak RSS (MB) |",
-        "|---:|---|---:|---:|---:|",
+        *render_steps(result),
+        "",
     ]
-    for x in result.measurements:
-        lines.append(
-            f"| {x.round + 1} | {x.variant} | {x.work_seconds:.2f} | {x.process_seconds:.2f} | {x.peak_rss_mb:.0f} |"
-        )
-    lines += ["", *render_steps(result), ""]
     lines.append(
         f"Same work in every run: {'yes' if result.consistent else '**no**'} ({result.consistency_note})."
     )
     for note in result.notes:
         lines.append(f"{note}.")
     return "\n".join(lines)
+
+
+SMALL_STEP_SECONDS = 0.1  # steps below this in every variant are counted, not listed
 
 
 def render_steps(result: BenchResult) -> list[str]:
@@ -1049,10 +1044,16 @@ def render_steps(result: BenchResult) -> list[str]:
         "| step | " + " | ".join(variants) + " | flow - baseline |",
         "|---|" + "---:|" * (len(variants) + 1),
     ]
+    small = []
     for name in names:
         values = [steps[v].get(name) for v in variants]
         diff = (steps[f].get(name) or 0.0) - (steps[b].get(name) or 0.0)
+        if max((x or 0.0) for x in values) < SMALL_STEP_SECONDS and abs(diff) < SMALL_STEP_SECONDS:
+            small.append(name)
+            continue
         lines.append(f"| {name} | " + " | ".join(cell(x) for x in values) + f" | {diff:+.2f} |")
+    if small:
+        lines.append(f"| {len(small)} steps under {SMALL_STEP_SECONDS} s each | " + " | ".join("" for _ in variants) + " |  |")
     outside = [_median_outside(result, v) for v in variants]
     lines.append(
         "| outside the steps / task runs (flow: engine, API calls, flow body) | "
