@@ -989,14 +989,6 @@ def render_markdown(result: BenchResult) -> str:
         ),
         "",
     ]
-    if w is not None:
-        lines += [
-            f"The verdict compares the flow with the issue's bare script ({result.baseline}). "
-            f"`{result.same_work}` does everything the flow does through the same core calls, "
-            "without Prefect: flow / "
-            f"{result.same_work} is what orchestration alone costs.",
-            "",
-        ]
     spread = {
         variant: ", ".join(f"{x.work_seconds:.2f}" for x in result.measurements if x.variant == variant)
         for variant in dict.fromkeys(x.variant for x in result.measurements)
@@ -1036,10 +1028,8 @@ def render_steps(result: BenchResult) -> list[str]:
         return "—" if value is None else f"{value:.2f}"
 
     lines = [
-        "Where the time goes (medians, s; direct variants: their own step timers; flow: "
-        "Prefect's task-run times read back from the API; 'outside' is the median over runs "
-        "of work minus the time any step was running — steps that run side by side count "
-        "once):",
+        "Where the time goes (medians, s: the direct variants' step timers, the flow's task "
+        "runs from the API; 'outside' = work minus the time any step ran):",
         "",
         "| step | " + " | ".join(variants) + " | flow - baseline |",
         "|---|" + "---:|" * (len(variants) + 1),

@@ -625,39 +625,19 @@ def format_markdown(report: ServingReport) -> str:
         f"--env-manager local` on the same XGBoost model. Target: evergreen >= {TARGET_RATIO:.0f}x "
         "mlflow's throughput.",
         "",
-        f"- **Command**: `{report.command}` ({report.date})",
-        f"- **Machine**: {report.machine}; shared with other jobs, the load generator runs on the same CPUs.",
-        f"- **Model**: numeric-only ({N_FEATURES} float features, binary target, {TRAIN_ROWS:,} seeded "
-        "training rows, XGBoost `hist`, <= 100 rounds), logged with `evergreen.adapters.registry.log_model` "
-        "(UBJ) in a temporary SQLite MLflow store; two versions, champion=v1, canary=v2. "
-        "Numeric-only because plain `mlflow models serve` builds its DMatrix without "
-        "`enable_categorical` and cannot score Evergreen's categorical models.",
-        f"- **Same answers**: before measuring, {report.agreement.rows} rows were sent to both; "
-        f"the {report.agreement.champion_rows} rows evergreen routed to the champion match mlflow's "
-        f"`predictions` (max |diff| {report.agreement.max_abs_diff:.1e}); the "
-        f"{report.agreement.canary_rows} canary rows were served by v2.",
-        "- **Servers**: each with its defaults, one process each, both on the same uvicorn "
-        "(h11 HTTP parser and the asyncio loop: httptools and uvloop are not installed). "
-        "mlflow: `mlflow models serve` defaults, i.e. 1 uvicorn worker "
-        "(`--workers`/`MLFLOW_MODELS_WORKERS` unset), 60 s request timeout, its pyfunc "
-        "scoring server. evergreen: `evergreen serve` defaults, i.e. one uvicorn process, "
-        "canary split on, every prediction logged (part files every 20,000 rows or 5 s), "
-        "aliases re-resolved every 2 s. Both run side by side on 127.0.0.1 for the whole run; "
-        "start-up is not measured.",
-        f"- **Load**: one Python process, {report.threads} threads, each with one keep-alive "
-        "connection posting `dataframe_split` bodies (id + features; mlflow ignores the extra "
-        f"`id` column) back to back; {report.warmup:g} s warm-up then {report.seconds:g} s "
-        "measured per phase. Bodies cycle through distinct ids, so ~20% of evergreen's rows go "
-        "to the canary. Two load generators, the same for both servers: `socket` sends "
-        "pre-built HTTP/1.1 requests on a plain socket and reads each whole answer; `httpx` "
-        "is an `httpx.Client` per thread (the generator of the first runs). Phases alternate "
-        "the servers (evergreen, mlflow, then mlflow, evergreen); "
-        f"{report.rounds} rounds per payload size and generator; medians; errors = non-200 or "
-        "transport errors. CPU per request = CPU time of the server's process (or of the load "
-        "generator) over the whole phase / requests answered in it: unlike requests/s it "
-        "hardly depends on what else the shared machine runs.",
-        f"- **Machine load**: 1-min load average {report.load_before:.1f} when the load phases "
-        f"started, {report.load_after:.1f} when they ended (other jobs on the same 2 CPUs).",
+        f"- **Command**: `{report.command}` ({report.date}); load average {report.load_before:.1f} "
+        f"before, {report.load_after:.1f} after the load phases.",
+        f"- **Model**: {N_FEATURES} float features, XGBoost `hist`, logged by "
+        "`evergreen.adapters.registry.log_model` (UBJ); numeric-only, as `mlflow models serve` "
+        f"cannot score categoricals. Of {report.agreement.rows} rows sent to both, the "
+        f"{report.agreement.champion_rows} routed to the champion match mlflow's exactly (max |diff| "
+        f"{report.agreement.max_abs_diff:.1e}); the {report.agreement.canary_rows} canary rows were served by v2.",
+        "- **Servers**: defaults, one uvicorn process each; mlflow 1 worker; evergreen with the "
+        "canary split, every prediction logged, aliases re-resolved every 2 s.",
+        f"- **Load**: {report.threads} threads, keep-alive, `dataframe_split` bodies back to back; "
+        f"{report.warmup:g} s warm-up + {report.seconds:g} s per phase; generators `socket` (raw "
+        f"HTTP/1.1) and `httpx`; servers alternate; {report.rounds} rounds; medians. CPU/request = "
+        "process CPU / requests.",
         "",
         "| generator | rows/request | server | requests/s | rows/s | p50 ms | p99 ms | server CPU ms/request "
         "| generator CPU ms/request | errors | evergreen/mlflow req/s |",

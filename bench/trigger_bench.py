@@ -187,10 +187,11 @@ def render(result: dict[str, Any]) -> str:
         target = f"<= {TARGET_SECONDS:g}" if mode == "serve" else "—"
         verdict = ("pass" if m["running"] <= TARGET_SECONDS else "**fail**") if mode == "serve" else "info"
         lines.append(f"| {mode} | {m['created']:.2f} | {m['pending']:.2f} | {m['running']:.2f} | {target} | {verdict} |")
-    lines += ["", "Every run (s from the event's `occurred`: created / Pending / Running, final state):", ""]
-    for mode, runs in result["runs"].items():
-        cells = "; ".join(f"{r['created']:.1f}/{r['pending']:.1f}/{r['running']:.1f} {r['final_state']}" for r in runs)
-        lines.append(f"- {mode}: {cells}")
+    spread = "; ".join(
+        f"{mode} " + ", ".join(f"{r['running']:.1f}" for r in runs) for mode, runs in result["runs"].items()
+    )
+    states = sorted({r["final_state"] for runs in result["runs"].values() for r in runs})
+    lines += ["", f"Event -> Running (s) of every run: {spread}; final states: {', '.join(states)}."]
     return "\n".join(lines)
 
 
