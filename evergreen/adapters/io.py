@@ -10,7 +10,7 @@ import functools
 import io
 import json
 import uuid
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import PurePosixPath
 from typing import Any
@@ -249,6 +249,16 @@ def table_columns(path: str) -> list[str]:
         raise DataReadError(f"{path}: cannot read its columns ({type(exc).__name__}: {exc})") from exc
 
 
+def file_stamp(path: str) -> tuple[Any, Any]:
+    """(size, modification time) of a file, to tell a file read before from a replaced one."""
+    fs, p = _fs(path)
+    try:
+        info = fs.info(p)
+    except (FileNotFoundError, OSError):
+        return (None, None)
+    return (info.get("size"), info.get("mtime") or info.get("created") or info.get("LastModified"))
+
+
 def parquet_column_max(path: str, column: str) -> Any:
     """The largest value of `column` from a Parquet file's row-group statistics, without
     reading its data; None when the file is not Parquet or carries no such statistics."""
@@ -332,15 +342,18 @@ def list_batches(directory: str) -> list[BatchFile]:
     ]
 
 
-def read_labels(directory: str, up_to_day: str | None = None) -> pd.DataFrame | None:
+def read_labels(
+    directory: str, up_to_day: str | None = None, read: Callable[[BatchFile], pd.DataFrame] | None = None
+) -> pd.DataFrame | None:
     """All label files delivered on or before `up_to_day` (inclusive), concatenated.
 
     Label files are named by the day they are delivered; None when none has arrived.
+    `read` reads one file (default: `read_table` of its path).
     """
     files = [b for b in list_batches(directory) if up_to_day is None or b.day <= up_to_day]
     if not files:
         return None
-    frames = [read_table(b.path) for b in files]
+    frames = [read(b) if read is not None else read_table(b.path) for b in files]
     frames = [f for f in frames if len(f)]
     if not frames:
         return None

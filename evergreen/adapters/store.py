@@ -19,6 +19,9 @@ class FileStore:
 
     def __init__(self, config: ModelConfig) -> None:
         self.config = config
+        # Labels files read so far, by (path, size, modification time): a monitor or a
+        # replay reads the same delivered files again and again; a replaced file is read anew.
+        self._labels: dict[tuple[str, Any, Any], pd.DataFrame] = {}
 
     def list_batches(self) -> list[io.BatchFile]:
         return io.list_batches(self.config.data.path("batches"))
@@ -34,7 +37,18 @@ class FileStore:
 
     def read_labels(self, up_to_day: str | None = None) -> pd.DataFrame | None:
         """Labels delivered on or before `up_to_day` (all delivered so far when None)."""
-        return io.read_labels(self.config.data.path("labels"), up_to_day=up_to_day)
+        return io.read_labels(self.config.data.path("labels"), up_to_day, read=self.read_label_file)
+
+    def list_label_files(self) -> list[io.BatchFile]:
+        """The labels files delivered so far, in name (delivery day) order."""
+        return io.list_batches(self.config.data.path("labels"))
+
+    def read_label_file(self, labels: io.BatchFile) -> pd.DataFrame:
+        """One labels file (DataReadError names it when it cannot be read)."""
+        key = (labels.path, *io.file_stamp(labels.path))
+        if key not in self._labels:
+            self._labels[key] = io.read_table(labels.path)
+        return self._labels[key]
 
     def read_ledger(self) -> ledger.BatchLedger:
         return ledger.read_ledger(self.config.data.path("state"))

@@ -126,7 +126,8 @@ class LoopState:
     - `now`: data time of this chunk (its newest timestamp);
     - `last_retrain_clock`: data time when the newest registered version was trained;
     - `last_train_end`: end of that version's training data (`evergreen.train_end`);
-    - `new_labelled_rows`: labelled rows newer than `last_train_end` available now;
+    - `new_labelled_rows`: labelled rows newer than the newest version's window, counted up to
+      `retrain.min_new_rows` (at least 1): a lower bound once the check passes;
     - `retrains_in_period`: retrains started in the last `period_days` days of data;
     - `chunks_since_retrain`: chunks served since the last retrain (or the start);
     - `candidate_pending`: a retrained version is still under review (`pending_reason`
@@ -295,7 +296,7 @@ def check_start(state: LoopState, config: RetrainPolicyConfig, trigger: str = "e
                 f"training data (retrain.min_new_rows={config.min_new_rows})",
                 "min_new_rows",
             )
-        done.append(f"{state.new_labelled_rows} new labelled rows")
+        done.append(f"{state.new_labelled_rows}+ new labelled rows")
     if state.retrains_in_period is not None:
         if state.retrains_in_period >= config.max_retrains_per_period:
             return StartCheck(

@@ -9,6 +9,7 @@ wall clock, so a replay passes days in seconds and a cooldown still means hours 
 from __future__ import annotations
 
 from datetime import date
+from typing import Any
 
 import pandas as pd
 
@@ -68,7 +69,8 @@ def build_loop_state(
     # was in the window, though not trained on); versions without the tag: its training end.
     seen_until = _tag_time(newest, WINDOW_END_TAG) or last_end
     try:
-        new_rows = count_labelled_rows_after(config, store, seen_until) if seen_until is not None else None
+        enough = max(config.retrain.min_new_rows, 1)
+        new_rows = count_labelled_rows_after(config, store, seen_until, enough) if seen_until is not None else None
     except io.DataReadError:
         new_rows = None  # a labels file cannot be read: the retrain's labels check rejects it, naming it
     in_period = None
@@ -88,20 +90,30 @@ def build_loop_state(
     )
 
 
-def count_labelled_rows_after(config: ModelConfig, store: BatchStore, after: pd.Timestamp) -> int:
+def count_labelled_rows_after(
+    config: ModelConfig, store: BatchStore, after: pd.Timestamp, enough: int | None = None
+) -> int:
     """Labelled rows delivered so far whose timestamp is newer than `after`, in batches the
-    monitor did not reject (only the id and timestamp columns are read; batches named by a
-    day before `after` are not read at all)."""
-    labels = store.read_labels()
-    if labels is None or not len(labels):
-        return 0
+    monitor did not reject, counted from the newest batch back; with `enough`, the count
+    stops once it reaches that many (the start rule only asks whether there are enough).
+
+    Only the id and timestamp columns of batches are read, batches named by a day before
+    `after` not at all, and a batch's labels are looked up in the labels files delivered on
+    or after its day (date-named files; any other name: every file)."""
     cols = config.columns
-    known = pd.Index(labels[cols.id].dropna().unique())
     rejected = store.read_ledger().rejected()
     cutoff = utc(after)
+    files = store.list_label_files()
+    dated = all(_is_day(f.day) for f in files)
+    pending = sorted(files, key=lambda f: f.day) if dated else []
+    known: set[Any] = set() if dated else _ids(store.read_labels(), cols.id)
     total = 0
-    for batch in store.list_batches():
-        if batch.day in rejected or _named_before(batch.day, cutoff):
+    for batch in reversed(store.list_batches()):
+        if _named_before(batch.day, cutoff):
+            break  # batches are in day order: every older one is older still
+        while pending and pending[-1].day >= batch.day:
+            known |= _ids(store.read_label_file(pending.pop()), cols.id)
+        if batch.day in rejected or not known:
             continue
         try:
             frame = store.read_batch(batch, columns=[cols.id, cols.timestamp])
@@ -109,7 +121,21 @@ def count_labelled_rows_after(config: ModelConfig, store: BatchStore, after: pd.
             continue
         newer = (utc_series(frame[cols.timestamp]) > cutoff).to_numpy()
         total += int((frame[cols.id].isin(known).to_numpy() & newer).sum())
+        if enough is not None and total >= enough:
+            break
     return total
+
+
+def _ids(frame: pd.DataFrame | None, column: str) -> set[Any]:
+    return set() if frame is None or column not in frame else set(frame[column].dropna().tolist())
+
+
+def _is_day(text: str) -> bool:
+    try:
+        date.fromisoformat(text)
+    except ValueError:
+        return False
+    return True
 
 
 def _named_before(day: str, cutoff: pd.Timestamp) -> bool:
