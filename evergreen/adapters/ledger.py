@@ -35,9 +35,10 @@ class BatchLedger(BaseModel):
     def unprocessed(self, days: list[str]) -> list[str]:
         return [d for d in days if d not in self.batches]
 
-    def signals_before(self, day: str) -> list[list[str]]:
-        """The policy signals recorded for each batch before `day`, oldest first."""
-        return [r.signals for d, r in sorted(self.batches.items()) if d < day]
+    def signals_before(self, day: str | None = None) -> list[list[str]]:
+        """The policy signals recorded for each batch before `day` (every batch when None),
+        oldest first."""
+        return [r.signals for d, r in sorted(self.batches.items()) if day is None or d < day]
 
     def rejected(self) -> dict[str, str]:
         """Days of batches that failed validation, with the reason."""

@@ -18,6 +18,7 @@ from evergreen.adapters.ports import Ports
 from evergreen.config import ModelConfig
 from evergreen.decisions import policy
 from evergreen.decisions.alerts import decide_alerts
+from evergreen.engines import validation
 from evergreen.loop import sources, state
 from evergreen.loop.runner import DIRECT, Runner
 from evergreen.reports import MonitorResult
@@ -38,7 +39,7 @@ def monitor(
     if not files:
         return []
     reference = run.part("load-monitor-reference", sources.read_monitor_reference, config, ports.registry, io=True)
-    suite = run.part("derive-suite", _derive_suite, reference, config)
+    suite = run.part("derive-suite", validation.derive_suite, reference, config)
     fitted = run.part("fit-monitor", fit_monitor, reference, config)
     return [monitor_batch(ports, config, f, suite, fitted, run=run, flow_run_id=flow_run_id) for f in files]
 
@@ -60,7 +61,7 @@ def monitor_batch(
 
     try:
         frame = run.part("load-batch", ports.store.read_batch, batch, datetime_columns=[config.columns.timestamp], io=True)
-        report = run.part("validate-batch", _validate, frame, suite, batch.path)
+        report = run.part("validate-batch", validation.validate_batch, frame, suite, batch.path)
     except io.DataReadError as exc:
         frame, report = None, unreadable_report(batch.path, exc)
     warnings = [w.to_dict() for w in report.warnings]
@@ -206,15 +207,3 @@ def fit_monitor(reference: pd.DataFrame, config: ModelConfig) -> Any:
 
 def _key(path: str) -> str:
     return path if "://" in path and not path.startswith("file://") else str(Path(path).resolve())
-
-
-def _derive_suite(reference: pd.DataFrame, config: ModelConfig) -> Any:
-    from evergreen.engines import validation
-
-    return validation.derive_suite(reference, config)
-
-
-def _validate(frame: pd.DataFrame, suite: Any, batch_id: str) -> Any:
-    from evergreen.engines import validation
-
-    return validation.validate_batch(frame, suite, batch_id)

@@ -12,6 +12,7 @@ from evergreen.adapters import registry
 from evergreen.adapters.ports import Ports
 from evergreen.config import ModelConfig
 from evergreen.decisions import policy
+from evergreen.engines import validation
 from evergreen.lineage import Trigger, code_version
 from evergreen.loop import retraining, sources, state
 from evergreen.loop.common import MANUAL, Actor, registry_lock
@@ -60,8 +61,8 @@ def retrain(
     if window_error is not None:
         raise window_error
     reference = run.part("load-monitor-reference", sources.read_monitor_reference, config, ports.registry, io=True)
-    suite = retraining.training_suite(run.part("derive-suite", _derive_suite, reference, config))
-    checking = run.submit("validate-batch", _validate, win.frame, suite, f"training window ({win.rows:,} rows)")
+    suite = retraining.training_suite(run.part("derive-suite", validation.derive_suite, reference, config))
+    checking = run.submit("validate-batch", validation.validate_batch, win.frame, suite, f"training window ({win.rows:,} rows)")
     staged = run.part(
         "snapshot-training-data", ports.snapshots.stage, win.frame, list(win.sources), config.columns.timestamp, io=True
     )
@@ -197,17 +198,6 @@ def _result(config: ModelConfig, win: Any, snap: Any, trigger: Trigger, **fields
         **fields,
     )
 
-
-def _derive_suite(reference: Any, config: ModelConfig) -> Any:
-    from evergreen.engines import validation
-
-    return validation.derive_suite(reference, config)
-
-
-def _validate(frame: Any, suite: Any, batch_id: str) -> Any:
-    from evergreen.engines import validation
-
-    return validation.validate_batch(frame, suite, batch_id)
 
 
 def _train(frame: Any, config: ModelConfig) -> Any:

@@ -58,9 +58,7 @@ def build_loop_state(
       (the first, bootstrap version does not count);
     - a `canary` alias means a candidate is still under review."""
     ledger = store.read_ledger()
-    history = (
-        [r.signals for d, r in sorted(ledger.batches.items()) if day is None or d < day]
-    )
+    history = ledger.signals_before(day)
     versions = registry.list_versions()
     newest = versions[-1] if versions else None
     last_clock = _tag_time(newest, DATA_CLOCK_TAG)
@@ -70,7 +68,11 @@ def build_loop_state(
     seen_until = _tag_time(newest, WINDOW_END_TAG) or last_end
     try:
         enough = max(config.retrain.min_new_rows, 1)
-        new_rows = count_labelled_rows_after(config, store, seen_until, enough) if seen_until is not None else None
+        new_rows = (
+            count_labelled_rows_after(config, store, seen_until, enough, rejected=ledger.rejected())
+            if seen_until is not None
+            else None
+        )
     except io.DataReadError:
         new_rows = None  # a labels file cannot be read: the retrain's labels check rejects it, naming it
     in_period = None
@@ -91,7 +93,11 @@ def build_loop_state(
 
 
 def count_labelled_rows_after(
-    config: ModelConfig, store: BatchStore, after: pd.Timestamp, enough: int | None = None
+    config: ModelConfig,
+    store: BatchStore,
+    after: pd.Timestamp,
+    enough: int | None = None,
+    rejected: dict[str, str] | None = None,
 ) -> int:
     """Labelled rows delivered so far whose timestamp is newer than `after`, in batches the
     monitor did not reject, counted from the newest batch back; with `enough`, the count
@@ -101,7 +107,7 @@ def count_labelled_rows_after(
     `after` not at all, and a batch's labels are looked up in the labels files delivered on
     or after its day (date-named files; any other name: every file)."""
     cols = config.columns
-    rejected = store.read_ledger().rejected()
+    rejected = store.read_ledger().rejected() if rejected is None else rejected
     cutoff = utc(after)
     files = store.list_label_files()
     dated = all(_is_day(f.day) for f in files)

@@ -328,3 +328,20 @@ def served_log_tail(chars: int = 6000) -> str:
     """The end of the serve-flows log (flow run output and crashes), for failure messages."""
     log = Path(os.environ.get("EVERGREEN_E2E_SERVE_LOG", "/nonexistent"))
     return f"--- {log} (tail) ---\n" + log.read_text(errors="replace")[-chars:] if log.exists() else ""
+
+
+def registered_versions(project: Project) -> list:
+    """The project's registered versions, oldest first (read from its MLflow registry)."""
+    from evergreen.adapters import registry, tracking
+
+    tracking.connect(project.cfg.mlflow)
+    return registry.list_versions(project.cfg.mlflow.model_name)
+
+
+def alias_version(project: Project, alias: str) -> str | None:
+    """The version `alias` points at in the project's registry (None when unset)."""
+    from evergreen.adapters import registry, tracking
+
+    tracking.connect(project.cfg.mlflow)
+    found = registry.version_by_alias(project.cfg.mlflow.model_name, alias)
+    return found.version if found else None

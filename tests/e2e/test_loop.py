@@ -22,22 +22,13 @@ from tests.e2e.conftest import (
     wait_runs,
     wait_until_served,
 )
+from tests.e2e.conftest import alias_version as _alias
+from tests.e2e.conftest import registered_versions as _versions
 from tests.support import read_model_events, register_challenger, scrambled, serve_history
 
 pytestmark = [pytest.mark.slow, pytest.mark.e2e]
 
 DEPLOYMENTS = {"monitor", "retrain", "promote", "canary-review", "rollback"}
-
-
-def _versions(project: Project) -> list[registry.VersionInfo]:
-    tracking.connect(project.cfg.mlflow)
-    return registry.list_versions(project.cfg.mlflow.model_name)
-
-
-def _alias(project: Project, alias: str) -> str | None:
-    tracking.connect(project.cfg.mlflow)
-    found = registry.version_by_alias(project.cfg.mlflow.model_name, alias)
-    return found.version if found else None
 
 
 def test_deploy_creates_everything_and_twice_changes_nothing(project: Project) -> None:

@@ -15,23 +15,13 @@ from typing import Any
 
 import pytest
 
-from evergreen.adapters import registry, tracking
 from tests.e2e.conftest import Project, served_log_tail
+from tests.e2e.conftest import alias_version as _alias
+from tests.e2e.conftest import registered_versions as _versions
 
 pytestmark = [pytest.mark.slow, pytest.mark.e2e]
 
 RUN_TIMEOUT = 240  # seconds for one event-started run to reach a final state
-
-
-def _versions(project: Project) -> list[registry.VersionInfo]:
-    tracking.connect(project.cfg.mlflow)
-    return registry.list_versions(project.cfg.mlflow.model_name)
-
-
-def _alias(project: Project, alias: str) -> str | None:
-    tracking.connect(project.cfg.mlflow)
-    found = registry.version_by_alias(project.cfg.mlflow.model_name, alias)
-    return found.version if found else None
 
 
 def _edit_block(project: Project, **sections: dict[str, Any]) -> None:
