@@ -40,6 +40,14 @@ def load_entrypoint(entrypoint: str):  # noqa: ANN201 - a prefect Flow
     return flow
 
 
+def load_deployment_flow(name: str, path: Path = PROJECT_YAML):  # noqa: ANN201 - a prefect Flow
+    """The flow of the deployment `name` of prefect.yaml (each flow is named as its deployment)."""
+    for spec in read_deployment_specs(path):
+        if spec["name"] == name:
+            return load_entrypoint(spec["entrypoint"])
+    raise ValueError(f"no deployment named {name!r} in {path}")
+
+
 def deployment_arguments(
     path: Path = PROJECT_YAML,
     names: list[str] | None = None,
@@ -51,7 +59,12 @@ def deployment_arguments(
 
     `parameters` overrides the `config` parameter (and any other) of every deployment and
     of every trigger and schedule that passes it, e.g. to point the demo at its own config
-    file; `schedules=False` leaves cron schedules out (the demo's clock replaces them)."""
+    file; `schedules=False` leaves cron schedules out (the demo's clock replaces them).
+
+    Each flow persists its result (`persist_result=True`, a few KB per run under Prefect's
+    local storage path, PREFECT_LOCAL_STORAGE_PATH): a command line that handed a run to a
+    served deployment reads back what it returned (`evergreen.apps.runs`). Its tasks do not
+    (tasks/runner.py)."""
     from prefect.client.schemas.objects import ConcurrencyLimitConfig
     from prefect.schedules import Cron, Interval
 
@@ -64,7 +77,7 @@ def deployment_arguments(
     for spec in specs:
         if names and spec["name"] not in names:
             continue
-        flow = load_entrypoint(spec["entrypoint"])
+        flow = load_entrypoint(spec["entrypoint"]).with_options(persist_result=True)
         limit = spec.get("concurrency_limit")
         if isinstance(limit, dict):
             limit = ConcurrencyLimitConfig(**limit)
@@ -204,21 +217,56 @@ def _runner_webserver_off() -> Any:
     return temporary_settings({PREFECT_RUNNER_SERVER_ENABLE: False})
 
 
-# Imported once by the fork server, so a served run's process starts with them loaded. Not
-# pandas or anything that imports it: pyarrow starts native threads at import, and a process
-# with threads is not safe to fork from.
-FORKSERVER_PRELOAD = ["prefect.flow_engine", "prefect.flows", "blocks.model_config", "evergreen.config"]
+# Imported once by the fork server, so a served run's process starts with them loaded: Prefect,
+# the flows, and the libraries their steps import when they run (NannyML, Great Expectations,
+# MLflow and its SQL stores, XGBoost, the plotting libraries): 10-30 s of imports a cold run
+# pays, a forked one does not. The fork server's other threads are OpenBLAS's and jemalloc's
+# (numpy, pyarrow), which both stop or reset themselves around fork (pthread_atfork), as every
+# multiprocessing "fork" user of pandas relies on; nothing is run here, only imported. A
+# module that fails to import is skipped by multiprocessing.
+FORKSERVER_PRELOAD = [
+    "prefect.flow_engine",
+    "prefect.flows",
+    "blocks.model_config",
+    "evergreen.config",
+    "flows.monitor",
+    "flows.retrain",
+    "flows.promote",
+    "flows.canary",
+    "flows.rollback",
+    "evergreen.engines.monitoring",
+    "evergreen.engines.validation",
+    "evergreen.engines.training",
+    "evergreen.engines.scoring",
+    "evergreen.adapters.tracking",
+    "nannyml",
+    "great_expectations",
+    "great_expectations.expectations",
+    "great_expectations.execution_engine.pandas_execution_engine",
+    "great_expectations.validator.v1_validator",
+    "mlflow",
+    "mlflow.xgboost",
+    "mlflow.models",
+    "mlflow.artifacts",
+    "mlflow.store.tracking.sqlalchemy_store",
+    "mlflow.store.model_registry.sqlalchemy_store",
+    "xgboost",
+    "sklearn",
+    "matplotlib.figure",
+    "plotly.offline",
+]
 
 
 def start_runs_from_forkserver(preload: list[str] = FORKSERVER_PRELOAD) -> None:
-    """Start served runs from a fork server that has already imported Prefect (~4 s saved per run).
+    """Start served runs from a fork server that has the flows and their libraries imported.
 
     Prefect's runner starts each run of a served flow with `multiprocessing` "spawn": a fresh
-    interpreter that imports Prefect and the flow's module before the flow can start, ~9 s
-    from the event to the flow running here. A "forkserver" context gives the same isolation
-    (a single-threaded server process forks each run; nothing of the runner's own state is
-    inherited) from a process where Prefect is already imported. `EVERGREEN_RUN_START=spawn`
-    keeps Prefect's default."""
+    interpreter that imports Prefect, the flow's module and, as the flow runs, NannyML, Great
+    Expectations, MLflow and XGBoost: 15-40 s before a monitor gets to its data. A
+    "forkserver" context gives the same isolation (a server process forks each run; nothing
+    of the runner's own state is inherited) from a process where all of it is imported once.
+    Returns once the fork server has imported them (serving starts warm).
+    `EVERGREEN_RUN_START=spawn` keeps Prefect's default."""
     import multiprocessing
 
     import prefect.flow_engine as engine
@@ -237,9 +285,15 @@ def start_runs_from_forkserver(preload: list[str] = FORKSERVER_PRELOAD) -> None:
             return multiprocessing.get_context("forkserver" if method == "spawn" else method)
 
     engine.multiprocessing = _Multiprocessing()  # type: ignore[assignment]
-    from multiprocessing import forkserver
+    # The fork server accepts its first request once the preload is imported: a no-op
+    # process started now returns when it is warm.
+    probe = multiprocessing.get_context("forkserver").Process(target=_noop, name="evergreen-forkserver-warmup")
+    probe.start()
+    probe.join()
 
-    forkserver.ensure_running()  # imports the preload now, not at the first run
+
+def _noop() -> None:
+    return None
 
 
 def _api_error() -> Exception | None:

@@ -1,8 +1,10 @@
 """The loop steps' parts as Prefect tasks (`evergreen.loop.runner.Runner`).
 
 Each part becomes a task named as the step names it; a port call (`io=True`) is retried
-twice unless its error is deterministic (a file that is simply bad, a wrong config), a
-decision or a computation never is."""
+twice when its failure is transient (`evergreen.errors.is_transient`: the network, a remote
+store or MLflow answering 5xx), never when it is deterministic (a missing or bad file, a wrong
+config, data that breaks a rule); a decision or a computation is never retried. The parts'
+results are not persisted (they are frames and fitted models, used once inside the run)."""
 
 from __future__ import annotations
 
@@ -12,31 +14,27 @@ from typing import Any, TypeVar
 from prefect import Task, task
 from prefect.cache_policies import NO_CACHE
 
-from evergreen.adapters.io import DataReadError
-from evergreen.config import ConfigError
+from evergreen.errors import is_transient
 
 T = TypeVar("T")
 
-DETERMINISTIC = (DataReadError, ConfigError, FileNotFoundError)
 _TASKS: dict[tuple[Callable[..., Any], str, bool], Task] = {}
 
 
-def transient(task, task_run, state) -> bool:  # noqa: ANN001 - Prefect's callback signature
-    """Retry I/O errors, not inputs that are simply bad: those fail the same way every time."""
-    try:
-        state.result()
-    except DETERMINISTIC:
-        return False
-    except Exception:
-        return True
-    return False
+def transient(task, task_run, state) -> bool:  # noqa: ANN001 - Prefect's `retry_condition_fn` signature
+    """Retry a failed port call only when its error is transient; an input that is simply
+    missing or bad fails the same way every time."""
+    error = state.result(raise_on_failure=False)
+    return isinstance(error, BaseException) and is_transient(error)
 
 
 def as_task(name: str, fn: Callable[..., T], io: bool) -> Task:
     """The Prefect task for one part (made once per function, name and kind)."""
     key = (fn, name, io)
     if key not in _TASKS:
-        options: dict[str, Any] = {"name": name, "cache_policy": NO_CACHE}
+        # persist_result=False: a served flow persists its own result (for the CLI that
+        # handed it the run), and its tasks would inherit that setting.
+        options: dict[str, Any] = {"name": name, "cache_policy": NO_CACHE, "persist_result": False}
         if io:
             options |= {"retries": 2, "retry_delay_seconds": 1, "retry_condition_fn": transient}
         _TASKS[key] = task(fn, **options)

@@ -4,17 +4,63 @@
 from __future__ import annotations
 
 import json
+import os
+import sys
 from pathlib import Path
-from typing import TYPE_CHECKING, Annotated
+from typing import TYPE_CHECKING, Annotated, Any
 
 import typer
+from typer._click import exceptions as click_errors
+from typer.core import TyperGroup
 
 from evergreen.telemetry import disable_telemetry
 
 if TYPE_CHECKING:
+    from evergreen.apps.runs import FlowOutcome
+    from evergreen.apps.services import LocalStack
     from evergreen.config import ModelConfig
 
+
+class _Options:
+    """The global options of this invocation."""
+
+    verbose = False
+
+
+class EvergreenGroup(TyperGroup):
+    """Every command's failure as one line on stderr (`error: <message>`), exit status 2 for
+    usage and config errors, 1 for a failed run; `--verbose` prints the traceback too."""
+
+    def invoke(self, ctx: Any) -> Any:  # noqa: ANN401 - click's context and result
+        try:
+            return super().invoke(ctx)
+        except (typer.Exit, typer.Abort, click_errors.NoArgsIsHelpError):
+            raise
+        except click_errors.UsageError as exc:
+            where = exc.ctx.command_path if exc.ctx is not None else ctx.command_path
+            _fail(f"{exc.format_message()} (see `{where} --help`)", 2, exc if _Options.verbose else None)
+        except click_errors.ClickException as exc:
+            _fail(exc.format_message(), exc.exit_code, exc if _Options.verbose else None)
+        except Exception as exc:  # noqa: BLE001 - every failure ends as one line
+            from evergreen.errors import describe, is_usage_error
+
+            _fail(describe(exc), 2 if is_usage_error(exc) else 1, exc if _Options.verbose else None)
+
+
+def _fail(message: str, code: int, exc: BaseException | None = None) -> None:
+    """Print `error: message` (after the traceback of `exc`, if given) and exit with `code`."""
+    from evergreen.errors import one_line
+
+    if exc is not None:
+        import traceback
+
+        traceback.print_exception(exc, file=sys.stderr)
+    typer.echo(f"error: {one_line(message)}", err=True)
+    raise typer.Exit(code)
+
+
 app = typer.Typer(
+    cls=EvergreenGroup,
     name="evergreen",
     help="Evergreen keeps tabular ML models accurate in production. Scheduling, automations and "
     "history live in Prefect (`prefect` CLI / UI) and MLflow; this CLI covers the rest.",
@@ -27,24 +73,66 @@ app = typer.Typer(
 
 ConfigOpt = Annotated[Path, typer.Option("--config", "-c", help="model config YAML", exists=True, dir_okay=False)]
 OutOpt = Annotated[Path | None, typer.Option("--out", "-o", help="write the result as JSON here")]
+LocalOpt = Annotated[
+    bool,
+    typer.Option("--local", help="run the flow in this process even when the served deployments are up (`evergreen server start`)"),
+]
 
 
 @app.callback()
-def _main() -> None:
+def _main(
+    verbose: Annotated[bool, typer.Option("--verbose", "-v", help="print the traceback of a failure")] = False,
+) -> None:
     disable_telemetry()
+    _Options.verbose = verbose
 
 
 def _load(config: Path, data_root: Path | None = None) -> ModelConfig:
-    from evergreen.config import ConfigError, load_config
+    """The config of `config` (a ConfigError names the field; the command exits 2)."""
+    from evergreen.config import load_config
 
-    try:
-        cfg = load_config(config)
-    except ConfigError as exc:
-        typer.echo(str(exc), err=True)
-        raise typer.Exit(2) from None
+    cfg = load_config(config)
     if data_root is not None:
         cfg = cfg.model_copy(update={"data": cfg.data.model_copy(update={"root": str(data_root)})})
     return cfg
+
+
+def use_local_server() -> LocalStack | None:
+    """Point Prefect at this project's server (`evergreen server start`) when it is up and
+    PREFECT_API_URL is not set (or names it); returns its record. Without either, a command
+    that runs a flow in this process gets a temporary server from Prefect."""
+    from evergreen.apps.services import running_stack
+
+    stack = running_stack()
+    current = os.environ.get("PREFECT_API_URL")
+    if stack is None or (current and current.rstrip("/") != stack.api_url):
+        return None
+    os.environ["PREFECT_API_URL"] = stack.api_url
+    os.environ.setdefault("PREFECT_UI_URL", stack.ui_url)
+    return stack
+
+
+def _run_flow(
+    name: str, cfg: ModelConfig, config: Path, parameters: dict[str, Any], *, overridden: bool, local: bool
+) -> FlowOutcome:
+    """Run the flow of deployment `name`: handed to the served deployments when they are up
+    (unless `local`), else in this process (`evergreen.apps.runs.run_flow`)."""
+    stack = use_local_server()
+    from evergreen.apps.runs import run_flow
+
+    return run_flow(
+        name, cfg, config, parameters, overridden=overridden, local=local, verbose=_Options.verbose,
+        runner_cwd=stack.cwd if stack else None, echo=lambda m: typer.echo(m, err=True),
+    )
+
+
+def _existing(path: Path | None, option: str, what: str) -> Path | None:
+    """`path` made absolute; a usage error naming `option` when it does not exist."""
+    if path is None:
+        return None
+    if not path.exists():
+        raise typer.BadParameter(f"{what} {path} not found", param_hint=option)
+    return path.resolve()
 
 
 def _write_json(path: Path | None, obj: object) -> None:
@@ -86,27 +174,28 @@ def monitor(
     batch: Annotated[Path | None, typer.Option(help="one batch file; default: every batch not yet monitored")] = None,
     data_root: Annotated[Path | None, typer.Option(help="override data.root of the config")] = None,
     out: OutOpt = None,
+    local: LocalOpt = False,
 ) -> None:
     """Validate a batch, estimate drift and performance, emit drift events (the `monitor` flow).
 
-    Exit status 0 when the run completed (drift or not), 1 when a batch was rejected."""
+    Exit status 0 when the run completed (drift or not), 1 when a batch was rejected or the
+    run failed, 2 for a bad config or a missing input file."""
+    batch = _existing(batch, "--batch", "batch file")
+    data_root = _existing(data_root, "--data-root", "data root")
     root = data_root or (_stream_root_of(batch) if batch else None)
     cfg = _load(config, data_root=root)
-    from flows.monitor import monitor as monitor_flow
-
-    state = monitor_flow(config=cfg, batch=str(batch) if batch else None, return_state=True)
-    results = state.result(raise_on_failure=False)
-    if isinstance(results, BaseException):
-        typer.echo(f"monitor failed: {results}", err=True)
-        raise typer.Exit(1)
+    done = _run_flow(
+        "monitor", cfg, config, {"batch": str(batch) if batch else None}, overridden=root is not None, local=local
+    )
+    results = done.result
     rows = [r.model_dump() for r in results]
     payload = rows[0] if batch is not None and len(rows) == 1 else {"batches": rows}
     _write_json(out, payload)
     for r in results:
         flag = "REJECTED" if not r.valid else ("DRIFT" if r.drift_detected else "ok")
         typer.echo(f"{r.batch_id}: {flag} {r.message}")
-    if state.is_failed():
-        typer.echo(state.message or "a batch was rejected", err=True)
+    if done.failed:
+        typer.echo(done.message or "a batch was rejected", err=True)
         raise typer.Exit(1)
 
 
@@ -118,31 +207,24 @@ def retrain(
     event_id: Annotated[str | None, typer.Option(help="id of the event that asked for it")] = None,
     reason: Annotated[str | None, typer.Option(help="why (recorded on the version)")] = None,
     out: OutOpt = None,
+    local: LocalOpt = False,
 ) -> None:
     """Train a candidate on the current window and register it as `challenger` (the `retrain`
-    flow). Exit status 1 when the training data was rejected."""
+    flow). Exit status 1 when the training data was rejected or the run failed."""
+    data_root = _existing(data_root, "--data-root", "data root")
     cfg = _load(config, data_root=data_root)
-    from flows.retrain import retrain as retrain_flow
-
-    state = retrain_flow(config=cfg, trigger=trigger, event_id=event_id, reason=reason, return_state=True)
-    result = state.result(raise_on_failure=False)
-    if isinstance(result, BaseException):
-        typer.echo(f"retrain failed: {result}", err=True)
-        raise typer.Exit(1)
-    _write_json(out, result.model_dump())
-    typer.echo(result.message)
-    if state.is_failed():
+    params = {"trigger": trigger, "event_id": event_id, "reason": reason}
+    done = _run_flow("retrain", cfg, config, params, overridden=data_root is not None, local=local)
+    _write_json(out, done.result.model_dump())
+    typer.echo(done.result.message)
+    if done.failed:
         raise typer.Exit(1)
 
 
-def _run_decision_flow(state, out: Path | None) -> None:  # noqa: ANN001 - a Prefect State
-    result = state.result(raise_on_failure=False)
-    if isinstance(result, BaseException):
-        typer.echo(f"{state.name}: {result}", err=True)
-        raise typer.Exit(1)
-    _write_json(out, result.model_dump())
-    typer.echo(state.message or result.decision)
-    if state.is_failed():
+def _report_decision(done: FlowOutcome, out: Path | None) -> None:
+    _write_json(out, done.result.model_dump())
+    typer.echo(done.message or done.result.decision)
+    if done.failed:
         raise typer.Exit(1)
 
 
@@ -151,13 +233,13 @@ def promote(
     config: ConfigOpt,
     data_root: Annotated[Path | None, typer.Option(help="override data.root of the config")] = None,
     out: OutOpt = None,
+    local: LocalOpt = False,
 ) -> None:
     """Gate the `challenger` against the `champion` on the freshest labelled data (the `promote`
     flow): pass -> canary, fail -> rejected. Exit status 1 when the gate failed."""
+    data_root = _existing(data_root, "--data-root", "data root")
     cfg = _load(config, data_root=data_root)
-    from flows.promote import promote as promote_flow
-
-    _run_decision_flow(promote_flow(config=cfg, return_state=True), out)
+    _report_decision(_run_flow("promote", cfg, config, {}, overridden=data_root is not None, local=local), out)
 
 
 @app.command("canary-review")
@@ -165,13 +247,13 @@ def canary_review(
     config: ConfigOpt,
     data_root: Annotated[Path | None, typer.Option(help="override data.root of the config")] = None,
     out: OutOpt = None,
+    local: LocalOpt = False,
 ) -> None:
     """Compare canary and champion on the traffic each served (the `canary-review` flow):
     promote, roll back, or report how much more evidence is needed."""
+    data_root = _existing(data_root, "--data-root", "data root")
     cfg = _load(config, data_root=data_root)
-    from flows.canary import canary_review as review_flow
-
-    _run_decision_flow(review_flow(config=cfg, return_state=True), out)
+    _report_decision(_run_flow("canary-review", cfg, config, {}, overridden=data_root is not None, local=local), out)
 
 
 @app.command()
@@ -180,12 +262,12 @@ def rollback(
     reason: Annotated[str, typer.Option(help="why (recorded in the alias history)")],
     to: Annotated[str | None, typer.Option("--to", help="version to roll back to; default: the previous champion")] = None,
     out: OutOpt = None,
+    local: LocalOpt = False,
 ) -> None:
     """Move `champion` back to the previous champion (or --to VERSION) and remove any canary."""
     cfg = _load(config)
-    from flows.rollback import rollback as rollback_flow
-
-    _run_decision_flow(rollback_flow(config=cfg, to_version=to, reason=reason, return_state=True), out)
+    params = {"to_version": to, "reason": reason}
+    _report_decision(_run_flow("rollback", cfg, config, params, overridden=False, local=local), out)
 
 
 @app.command()
@@ -225,6 +307,7 @@ def register(
     With a webhook URL, also save a Prefect `Webhook` block and the automations that call it
     on promotions, rollbacks and failed Evergreen flow runs."""
     cfg = _load(config)
+    use_local_server()
     if webhook_url:
         from pydantic import SecretStr
 
@@ -252,6 +335,94 @@ def serve_flows(
     from flows.deployments import serve_project
 
     serve_project(names=only or None, parameters={"config": config} if config else None, schedules=schedules, limit=limit)
+
+
+server_app = typer.Typer(
+    cls=EvergreenGroup,
+    no_args_is_help=True,
+    help="A local Prefect server and the served deployments (a warm runner), kept up in the "
+    "background for this project (.evergreen/server): one-off commands use that server and hand "
+    "their runs to the runner.",
+)
+app.add_typer(server_app, name="server")
+DirOpt = Annotated[
+    Path | None,
+    typer.Option("--dir", help="where the server keeps its database, logs and state.json (default .evergreen/server; env EVERGREEN_SERVER_DIR)"),
+]
+
+
+def _print_stack(status: Any) -> None:  # noqa: ANN401 - services.StackStatus
+    s = status.stack
+    up = lambda ok: "up" if ok else "DOWN"  # noqa: E731
+    typer.echo(f"Prefect server  {up(status.server_healthy):4}  {s.api_url}  (UI {s.ui_url}; pid {s.server_pid}; log {s.server_log})")
+    typer.echo(f"served flows    {up(status.runner_healthy):4}  {s.runner_health_url}  (pid {s.runner_pid}; log {s.runner_log})")
+    typer.echo(f"started {s.started_at} in {s.cwd}; config {s.config or 'as prefect.yaml'}; schedules {'on' if s.schedules else 'off'}")
+
+
+@server_app.command("start")
+def server_start(
+    directory: DirOpt = None,
+    port: Annotated[int, typer.Option(help="port of the Prefect server on 127.0.0.1")] = 4200,
+    config: Annotated[str | None, typer.Option(help="config block name or YAML path the served deployments pass (default: prefect.yaml's)")] = None,
+    schedules: Annotated[bool, typer.Option(help="keep the cron schedules of prefect.yaml")] = True,
+    timeout: Annotated[float, typer.Option(help="seconds to wait for each part to answer")] = 300,
+) -> None:
+    """Start, in the background on 127.0.0.1, a Prefect server (SQLite in the folder, UI on)
+    and `evergreen serve-flows` against it, and record both in <dir>/state.json. Then
+    `monitor`, `retrain`, `promote`, `canary-review` and `rollback` hand their runs to the
+    warm runner, and every command uses that server; `evergreen server stop` stops both."""
+    from evergreen.apps.services import read_stack, stack_dir, stack_status, start_stack
+
+    home = stack_dir(directory)
+    previous = read_stack(home)
+    if previous is not None:
+        status = stack_status(previous)
+        if status.up:
+            typer.echo("already running:")
+            _print_stack(status)
+            return
+        if status.server_running or status.runner_running:
+            raise RuntimeError(f"a part of the server recorded in {home / 'state.json'} still runs but does not answer; run `evergreen server stop` first")
+    stack = start_stack(home, port=port, config=config, schedules=schedules, timeout=timeout, log=lambda m: typer.echo(m, err=True))
+    _print_stack(stack_status(stack))
+    typer.echo(f"one-off commands in {stack.cwd} now use it; `evergreen server stop` stops it")
+
+
+@server_app.command("status")
+def server_status(
+    directory: DirOpt = None,
+    as_json: Annotated[bool, typer.Option("--json", help="print the state as JSON")] = False,
+) -> None:
+    """Report the server and the served deployments of this project: URLs, pids, health.
+    Exit status 0 when both answer, 1 otherwise."""
+    from evergreen.apps.services import read_stack, stack_dir, stack_status
+
+    home = stack_dir(directory)
+    stack = read_stack(home)
+    if stack is None:
+        if as_json:
+            typer.echo(json.dumps({"up": False, "dir": str(home)}))
+        else:
+            typer.echo(f"not running (no {home / 'state.json'}); start it with `evergreen server start`")
+        raise typer.Exit(1)
+    status = stack_status(stack)
+    if as_json:
+        typer.echo(json.dumps(status.to_dict()))
+    else:
+        _print_stack(status)
+    if not status.up:
+        raise typer.Exit(1)
+
+
+@server_app.command("stop")
+def server_stop(directory: DirOpt = None) -> None:
+    """Stop the server and the served deployments that `evergreen server start` recorded in
+    this folder (the database and logs stay)."""
+    from evergreen.apps.services import stack_dir, stop_stack
+
+    home = stack_dir(directory)
+    stopped = stop_stack(home)
+    typer.echo(f"stopped {', '.join(stopped)}" if stopped else f"nothing to stop in {home}")
 
 
 @app.command()
