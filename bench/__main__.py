@@ -219,7 +219,12 @@ def _command(
 
 
 # Benchmarks with their own command line (`python -m bench serving ...`), by module.
-SEPARATE_COMMANDS = {"serving": "bench.serving_bench", "trigger": "bench.trigger_bench", "policy": "bench.policy_bench"}
+SEPARATE_COMMANDS = {
+    "serving": "bench.serving_bench",
+    "trigger": "bench.trigger_bench",
+    "policy": "bench.policy_bench",
+    "oneoff": "bench.oneoff_bench",
+}
 
 
 def main(argv: list[str] | None = None) -> int:
