@@ -87,7 +87,9 @@ def describe(exc: BaseException) -> str:
     """The error as the command line prints it: its message, prefixed with its type when it is
     not one of the kinds whose message says what to do (a bare KeyError('x') says little)."""
     text = one_line(str(exc))
-    known = isinstance(exc, (ValueError, OSError)) or is_usage_error(exc)
+    # Evergreen's own errors and plain RuntimeErrors carry a sentence; ValueErrors and
+    # OSErrors name the value or path.
+    known = isinstance(exc, (ValueError, OSError)) or type(exc) is RuntimeError or type(exc).__module__.startswith("evergreen")
     if not text:
         return type(exc).__name__
     return text if known else f"{type(exc).__name__}: {text}"

@@ -10,7 +10,6 @@ result of a run handed to them can be read back here.
 from __future__ import annotations
 
 import logging
-import os
 import sys
 import time
 from collections.abc import Callable
@@ -153,7 +152,7 @@ def run_served(
     from prefect.states import Cancelling
 
     name = f"{deployment.name}/{deployment.name}"
-    flow_run = run_deployment(deployment.id, parameters=parameters, timeout=0, as_subflow=False, tags=["evergreen-cli"])
+    flow_run: Any = run_deployment(deployment.id, parameters=parameters, timeout=0, as_subflow=False, tags=["evergreen-cli"])
     ui = PREFECT_UI_URL.value()
     link = f" ({ui.rstrip('/')}/runs/flow-run/{flow_run.id})" if ui else ""
     echo(f"handed to the served deployment {name}: flow run {flow_run.name!r}{link}")
@@ -175,7 +174,7 @@ def run_served(
             client.set_flow_run_state(flow_run.id, Cancelling(message="interrupted from the command line"), force=True)
             echo(f"cancelling {where}")
             raise
-    return _outcome(state, where)
+    return _outcome(state, where, logs=link.strip(" ()") or None)
 
 
 # ------------------------------------------------------------------------- in this process
@@ -208,8 +207,9 @@ def run_here(flow: Any, parameters: dict[str, Any], verbose: bool) -> FlowOutcom
     return _outcome(state, "this process")
 
 
-def _outcome(state: Any, where: str) -> FlowOutcome:
-    """The final state's result: an exception is raised (the command reports it)."""
+def _outcome(state: Any, where: str, logs: str | None = None) -> FlowOutcome:
+    """The final state's result: an exception is raised (the command reports it; `logs`, the
+    run's page, is added to its traceback)."""
     if state.is_cancelled() or state.is_crashed():
         raise RunFailed(f"{where} ended {state.name}: {state.message or 'no message'}")
     try:
@@ -220,6 +220,8 @@ def _outcome(state: Any, where: str) -> FlowOutcome:
             f"({type(exc).__name__}: {exc}); a runner started before results were persisted? restart it"
         ) from exc
     if isinstance(result, BaseException):
+        if logs:
+            result.add_note(f"raised in {where}; its logs and traceback: {logs}")
         raise result
     return FlowOutcome(state.is_failed(), state.name, state.message, result, where)
 
@@ -254,8 +256,3 @@ def run_flow(
     from flows.deployments import load_deployment_flow
 
     return run_here(load_deployment_flow(name), {**parameters, "config": config}, verbose)
-
-
-def environment_api_url() -> str | None:
-    """PREFECT_API_URL from the environment (what the user set explicitly)."""
-    return os.environ.get("PREFECT_API_URL") or None

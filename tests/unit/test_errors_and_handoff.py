@@ -115,7 +115,11 @@ def test_real_http_client_errors_are_classified() -> None:
     assert is_transient(httpx.HTTPStatusError("503", request=request, response=httpx.Response(503, request=request)))
     assert not is_transient(httpx.HTTPStatusError("404", request=request, response=httpx.Response(404, request=request)))
     from mlflow.exceptions import MlflowException
-    from mlflow.protos.databricks_pb2 import INVALID_PARAMETER_VALUE, RESOURCE_DOES_NOT_EXIST, TEMPORARILY_UNAVAILABLE
+    from mlflow.protos.databricks_pb2 import (
+        INVALID_PARAMETER_VALUE,
+        RESOURCE_DOES_NOT_EXIST,
+        TEMPORARILY_UNAVAILABLE,
+    )
 
     assert not is_transient(MlflowException("no such model", error_code=RESOURCE_DOES_NOT_EXIST))
     assert not is_transient(MlflowException("bad value", error_code=INVALID_PARAMETER_VALUE))
