@@ -55,11 +55,71 @@ def read_monitor_reference(config: ModelConfig, models: ModelRegistry | None = N
         return frame.assign(**{config.columns.model_version: version})
     path = config.data.path("monitor_reference")
     if not io.exists(path):
-        raise FileNotFoundError(
-            f"monitor reference {path} not found: generate the data with "
-            "`evergreen stream --config FILE --out DIR` or retrain a model first"
+        raise MissingInputError(
+            f"{config.name} has no champion yet, so there is no monitor reference (the champion's "
+            f"predictions on held-out labelled rows; {path} does not exist either): create the "
+            "first champion with `evergreen bootstrap --config FILE` (trained on your reference, "
+            "or --model to take in your own)"
         )
     return io.read_table(path)
+
+
+class MissingInputError(FileNotFoundError):
+    """An input the loop needs does not exist yet; the message names the command that makes it."""
+
+
+def output_columns(config: ModelConfig) -> list[str]:
+    """The serving model's output columns a batch carries: prediction and probability (one
+    per class for multiclass)."""
+    cols = config.columns
+    proba = cols.probability
+    probs = list(proba.values()) if isinstance(proba, dict) else ([proba] if proba else [])
+    return [cols.prediction, *probs]
+
+
+def lacks_predictions(frame: pd.DataFrame, config: ModelConfig) -> bool:
+    """Whether a batch lacks the serving model's outputs (and has the features to score it)."""
+    missing = [c for c in output_columns(config) if c not in frame.columns]
+    return bool(missing) and all(c in frame.columns for c in config.columns.features)
+
+
+def load_champion(models: ModelRegistry, config: ModelConfig) -> Any:
+    """The champion (a `registry.LoadedModel`) to score batches without predictions; kept
+    for the process per version (a monitor run scores many batches with it)."""
+    info = models.version_by_alias(registry.CHAMPION)
+    if info is None:
+        raise MissingInputError(
+            f"a batch of {config.name} has no predictions ({output_columns(config)}) and there is "
+            "no champion to score it: create one with `evergreen bootstrap --config FILE`"
+        )
+    key = (info.name, info.version, info.source, info.run_id)
+    if key not in _CHAMPIONS:
+        _CHAMPIONS.clear()  # one model at a time is plenty: versions change rarely
+        _CHAMPIONS[key] = models.load_version(info.version)
+    return _CHAMPIONS[key]
+
+
+_CHAMPIONS: dict[tuple, Any] = {}
+
+
+def score_batch(champion: Any, frame: pd.DataFrame, config: ModelConfig) -> pd.DataFrame:
+    """`frame` with the champion's outputs in the missing output columns and its version."""
+    cols = config.columns
+    preds = champion.model.predict(frame)
+    out = frame.copy()
+    if cols.prediction not in out.columns:
+        out[cols.prediction] = preds.prediction
+    proba = cols.probability
+    if isinstance(proba, dict):
+        matrix = getattr(preds, "probabilities", None)
+        for i, column in enumerate(proba.values()):
+            if column not in out.columns and matrix is not None:
+                out[column] = matrix[:, i]
+    elif proba and proba not in out.columns and preds.probability is not None:
+        out[proba] = preds.probability
+    if cols.model_version not in out.columns:
+        out[cols.model_version] = champion.version.version
+    return out
 
 
 def assemble_training_window(config: ModelConfig) -> TrainingWindow:

@@ -43,6 +43,8 @@ from evergreen.reports import MonitorResult, PromotionResult, RetrainResult
 class Loop(Protocol):
     """The loop's steps as the replay triggers them."""
 
+    def bootstrap(self) -> RetrainResult: ...
+
     def monitor(self, batch_path: str) -> MonitorResult: ...
 
     def retrain(self, trigger: Trigger, policy_name: str) -> RetrainResult: ...
@@ -69,6 +71,11 @@ class StepLoop:
 
         self.run = self.run or DIRECT
         self.actor = self.actor or Actor("evergreen-replay")
+
+    def bootstrap(self) -> RetrainResult:
+        from evergreen.loop.bootstrap import bootstrap
+
+        return bootstrap(self.ports, self.config, run=self.run, actor=self.actor)
 
     def monitor(self, batch_path: str) -> MonitorResult:
         from evergreen.loop.monitor import monitor
@@ -146,9 +153,9 @@ class Replay:
     _models: dict[str, Any] = field(default_factory=dict)
 
     def bootstrap(self) -> RetrainResult:
-        """The first model: a manual retrain on the reference alone, then its gate (which
-        finds it already champion)."""
-        result = self.loop.retrain(Trigger.of("manual", None, "bootstrap: trained on the reference", None), "default")
+        """The first model: the bootstrap step (trained on the reference alone), then its gate
+        (which finds it already champion)."""
+        result = self.loop.bootstrap()
         if result.status != "registered":
             raise RuntimeError(f"the first model could not be trained: {result.message}")
         self.loop.promote(result.version or "")
