@@ -310,6 +310,15 @@ def fit_monitor(reference: pd.DataFrame, config: ModelConfig) -> FittedMonitor:
             f"monitor reference has {unlabelled} rows without target {cols.target!r}; "
             "it must be fully labelled"
         )
+    if config.classes is not None:
+        seen = set(_as_class_text(reference[cols.target]).dropna())
+        absent = [c for c in config.classes if c not in seen]
+        if absent:
+            raise MonitorInputError(
+                f"monitor reference has no row of class(es) {absent} in {cols.target!r}; NannyML "
+                "calibrates each class on the reference, so it needs labelled rows of every class "
+                "of columns.probability (use a larger held-out part, or drop the class)"
+            )
     categories = {c: _categories(reference[c]) for c in cols.categorical}
     chunk_size = reference_chunk_size(len(reference), config)
     chunker = SizeBasedChunker(chunk_size, incomplete="drop", timestamp_column_name=cols.timestamp)

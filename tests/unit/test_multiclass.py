@@ -620,3 +620,16 @@ def test_nannyml_multiclass_monitoring_on_the_mc_tables(metric: str) -> None:
         assert json.loads(json.dumps(report.to_dict()))["estimated_metric"]["metric"] == metric
         alerts = decide_alerts(report, cfg)
         assert alerts.performance_degraded == shifted, alerts.reasons
+
+
+def test_a_monitor_reference_without_a_class_is_refused_by_name() -> None:
+    from evergreen.engines import monitoring
+
+    ref, _, _ = _mc_tables()
+    ref = ref.iloc[:3000]
+    with pytest.raises(
+        monitoring.MonitorInputError, match=r"no row of class\(es\) \['upmarket_card'\]"
+    ):
+        monitoring.fit_monitor(
+            ref[ref["y_true"] != "upmarket_card"], nannyml_mc_config("roc_auc_ovr")
+        )
