@@ -325,7 +325,10 @@ def fit_monitor(reference: pd.DataFrame, config: ModelConfig) -> FittedMonitor:
     problem = _NANNYML_PROBLEM[config.problem_type]
     proba = _nannyml_proba(config)
     metric = nannyml_metric(config.metric)
-    target = {cols.target: _target_for_nannyml(reference[cols.target], config).to_numpy()}
+    labels = reference[cols.target]
+    if config.classes is not None:
+        labels = _as_class_text(labels)
+    target = {cols.target: labels.to_numpy()}
 
     with _nannyml_session():
         univariate = nml.UnivariateDriftCalculator(
@@ -523,7 +526,7 @@ def _as_class_text(values: pd.Series) -> pd.Series:
     present = values.notna()
     mapping = {v: class_key(v) for v in pd.unique(values[present])}
     out = np.full(len(values), None, dtype=object)
-    out[present.to_numpy()] = [mapping[v] for v in values[present]]
+    out[present.to_numpy()] = values[present].map(mapping).to_numpy(dtype=object)
     return pd.Series(out, index=values.index, dtype=object)
 
 
