@@ -229,6 +229,8 @@ class Replay:
     def _serve(self, chunk: Chunk) -> pd.DataFrame:
         """The scoring service on this chunk: each row routed by its id (the configured
         share to the canary), scored by the model of its alias, logged."""
+        from evergreen.engines.training import output_columns
+
         cols, cfg = self.config.columns, self.config
         champion, canary = self._alias(CHAMPION), self._alias(CANARY)
         if champion is None:
@@ -243,10 +245,10 @@ class Replay:
             rows = aliases == alias
             if version is None or not rows.any():
                 continue
+            # The prediction and the probability column(s), under the config's names.
             preds = self._model(version).predict(frame.loc[rows])
-            served.loc[rows, cols.prediction] = preds.prediction
-            if cols.probability is not None and preds.probability is not None:
-                served.loc[rows, cols.probability] = preds.probability
+            for name, values in output_columns(preds, cols).items():
+                served.loc[rows, name] = values
         log = served.assign(**{ALIAS_COLUMN: aliases, SERVED_AT_COLUMN: self.now()})
         self.ports.predictions.append(log)
         return served
