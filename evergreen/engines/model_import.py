@@ -18,11 +18,12 @@ import pandas as pd
 import xgboost as xgb
 
 from evergreen.config import ModelConfig
-from evergreen.engines.training import TrainedModel, fit_categories
+from evergreen.engines.training import TrainedModel, class_labels, fit_categories
 
 _OBJECTIVES = {
     "binary_classification": ("binary:logistic", "binary:logitraw", "binary:hinge"),
-    "multiclass_classification": ("multi:softprob", "multi:softmax"),
+    # multi:softmax outputs one class index per row, not probabilities: NannyML's CBPE needs them.
+    "multiclass_classification": ("multi:softprob",),
     "regression": (
         "reg:squarederror", "reg:absoluteerror", "reg:pseudohubererror", "reg:squaredlogerror",
         "reg:tweedie", "reg:gamma", "count:poisson", "reg:quantileerror",
@@ -92,6 +93,17 @@ def import_model(source: str, config: ModelConfig, reference: pd.DataFrame) -> T
     missing_cats = [c for c in cols.categorical if c not in categories]
     if missing_cats:
         categories |= fit_categories(reference, cols.model_copy(update={"categorical": missing_cats}))
+    classes = None
+    if config.classes is not None:
+        conf = json.loads(booster.save_config())
+        n = int(conf["learner"]["learner_model_param"].get("num_class", "0"))
+        if n != len(config.classes):
+            raise ModelImportError(
+                f"model {source} predicts {n} classes; the config's columns.probability names "
+                f"{len(config.classes)} ({config.classes}): list the model's classes in the order "
+                "of its outputs (class 0 first)"
+            )
+        classes = class_labels(reference[cols.target], config.classes)
     return TrainedModel(
         booster=booster,
         features=list(cols.features),
@@ -99,6 +111,7 @@ def import_model(source: str, config: ModelConfig, reference: pd.DataFrame) -> T
         problem_type=config.problem_type,
         best_iteration=max(booster.num_boosted_rounds() - 1, 0),
         params={"objective": objective, "imported_from": source, "nthread": config.training.nthread},
+        classes=classes,
     )
 
 

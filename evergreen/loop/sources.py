@@ -71,10 +71,7 @@ class MissingInputError(FileNotFoundError):
 def output_columns(config: ModelConfig) -> list[str]:
     """The serving model's output columns a batch carries: prediction and probability (one
     per class for multiclass)."""
-    cols = config.columns
-    proba = cols.probability
-    probs = list(proba.values()) if isinstance(proba, dict) else ([proba] if proba else [])
-    return [cols.prediction, *probs]
+    return [config.columns.prediction, *config.probability_columns]
 
 
 def lacks_predictions(frame: pd.DataFrame, config: ModelConfig) -> bool:
@@ -103,20 +100,14 @@ _CHAMPIONS: dict[tuple, Any] = {}
 
 
 def score_batch(champion: Any, frame: pd.DataFrame, config: ModelConfig) -> pd.DataFrame:
-    """`frame` with the champion's outputs in the missing output columns and its version."""
+    """`frame` with the champion's outputs in the output columns it lacks, and its version."""
+    from evergreen.engines.training import output_columns as named_outputs
+
     cols = config.columns
-    preds = champion.model.predict(frame)
     out = frame.copy()
-    if cols.prediction not in out.columns:
-        out[cols.prediction] = preds.prediction
-    proba = cols.probability
-    if isinstance(proba, dict):
-        matrix = getattr(preds, "probabilities", None)
-        for i, column in enumerate(proba.values()):
-            if column not in out.columns and matrix is not None:
-                out[column] = matrix[:, i]
-    elif proba and proba not in out.columns and preds.probability is not None:
-        out[proba] = preds.probability
+    for column, values in named_outputs(champion.model.predict(frame), cols).items():
+        if column not in out.columns:
+            out[column] = values
     if cols.model_version not in out.columns:
         out[cols.model_version] = champion.version.version
     return out
