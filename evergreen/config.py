@@ -9,12 +9,52 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Literal
 
-from pydantic import BaseModel, ConfigDict, Field, SecretStr, ValidationError, model_validator
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    SecretStr,
+    ValidationError,
+    field_validator,
+    model_validator,
+)
 
-ProblemType = Literal["binary_classification", "regression"]
+ProblemType = Literal["binary_classification", "multiclass_classification", "regression"]
 BINARY_METRICS = ("roc_auc", "f1", "accuracy", "precision", "recall")
+# Multiclass metrics are macro averages over the classes (each class counts the same, however
+# rare), named so: one-vs-rest ROC AUC, F1, precision and recall per class, then their mean.
+# Accuracy is the share of rows whose predicted class (the most probable) is right.
+MULTICLASS_METRICS = ("roc_auc_ovr", "f1_macro", "precision_macro", "recall_macro", "accuracy")
 REGRESSION_METRICS = ("mae", "rmse", "mse", "mape")
+METRICS: dict[str, tuple[str, ...]] = {
+    "binary_classification": BINARY_METRICS,
+    "multiclass_classification": MULTICLASS_METRICS,
+    "regression": REGRESSION_METRICS,
+}
+DEFAULT_METRIC = {
+    "binary_classification": "roc_auc",
+    "multiclass_classification": "roc_auc_ovr",
+    "regression": "rmse",
+}
 LOWER_IS_BETTER = frozenset({"mae", "rmse", "mse", "mape"})
+
+
+def class_key(value: object) -> str:
+    """A class label as the text the config's `columns.probability` keys are compared in.
+
+    Class labels may be text or integers in the data, and YAML keys may be either: a label
+    matches a key when both read the same as text, with integral numbers written without a
+    decimal part (1, 1.0, "1" and numpy's 1 are all "1") and booleans as True/False. A JSON
+    round trip (a Prefect block) turns every key into text, so the text is what counts.
+    """
+    item = getattr(value, "item", None)
+    if callable(item) and not isinstance(value, str):
+        value = item()  # a numpy scalar
+    if isinstance(value, bool):
+        return "True" if value else "False"
+    if isinstance(value, float) and value.is_integer():
+        return str(int(value))
+    return str(value)
 
 
 class _Section(BaseModel):
@@ -28,11 +68,32 @@ class ColumnRoles(_Section):
     timestamp: str = "timestamp"
     target: str
     prediction: str = "y_pred"
-    probability: str | None = "y_pred_proba"
+    probability: str | dict[str, str] | None = Field(
+        "y_pred_proba",
+        description=(
+            "binary_classification: the positive-class probability column; "
+            "multiclass_classification: a mapping class -> its probability column, one entry per "
+            "class in the model's class order (e.g. {prepaid_card: y_pred_proba_prepaid_card, ...}); "
+            "class keys match target values by their text (1, 1.0 and '1' are the same class)"
+        ),
+    )
     model_version: str = "model_version"
     features: list[str] = Field(min_length=1)
     categorical: list[str] = Field(default_factory=list)
     slices: list[str] = Field(default_factory=list, description="columns for per-slice metrics")
+
+    @field_validator("probability", mode="before")
+    @classmethod
+    def _class_keys_as_text(cls, value: object) -> object:
+        # YAML gives integer keys for integer classes ({0: p0, 1: p1}); JSON only text keys.
+        if isinstance(value, dict):
+            keys = [class_key(k) for k in value]
+            if len(set(keys)) != len(keys):
+                raise ValueError(
+                    f"columns.probability names a class twice once keys are read as text: {list(value)}"
+                )
+            return dict(zip(keys, value.values(), strict=True))
+        return value
 
     @model_validator(mode="after")
     def _check_subsets(self) -> ColumnRoles:
@@ -44,7 +105,19 @@ class ColumnRoles(_Section):
             raise ValueError(f"columns.slices names columns that are not features: {unknown}")
         if len(set(self.features)) != len(self.features):
             raise ValueError("columns.features lists a column twice")
+        if isinstance(self.probability, dict):
+            if len(self.probability) < 2:
+                raise ValueError(
+                    "columns.probability must map at least two classes to their probability columns"
+                )
+            if any(not k.strip() for k in self.probability):
+                raise ValueError("columns.probability has an empty class name")
+            names = list(self.probability.values())
+            twice = sorted({n for n in names if names.count(n) > 1})
+            if twice:
+                raise ValueError(f"columns.probability gives two classes the same column: {twice}")
         reserved = {self.id, self.timestamp, self.target, self.prediction, self.model_version}
+        reserved.update(self.probability_columns)
         clash = sorted(reserved.intersection(self.features))
         if clash:
             raise ValueError(f"columns.features contains role columns: {clash}")
@@ -53,6 +126,20 @@ class ColumnRoles(_Section):
     @property
     def continuous(self) -> list[str]:
         return [c for c in self.features if c not in self.categorical]
+
+    @property
+    def classes(self) -> list[str] | None:
+        """The classes of a multiclass model, in order (the keys of `probability`), as text
+        (`class_key`); None when `probability` is one column or none."""
+        return list(self.probability) if isinstance(self.probability, dict) else None
+
+    @property
+    def probability_columns(self) -> list[str]:
+        """Every probability column: the one of a binary model, one per class of a
+        multiclass model (in class order), none when `probability` is None."""
+        if isinstance(self.probability, dict):
+            return list(self.probability.values())
+        return [self.probability] if self.probability else []
 
 
 class DataConfig(_Section):
@@ -234,13 +321,49 @@ class ModelConfig(_Section):
     mlflow: MlflowConfig
     notifications: NotificationConfig = Field(default_factory=NotificationConfig)
 
+    @model_validator(mode="before")
+    @classmethod
+    def _default_metric(cls, data: object) -> object:
+        # The metric defaults to the problem type's usual one (roc_auc, roc_auc_ovr, rmse).
+        if isinstance(data, dict) and "metric" not in data:
+            kind = data.get("problem_type", "binary_classification")
+            if kind in DEFAULT_METRIC:
+                return {**data, "metric": DEFAULT_METRIC[kind]}
+        return data
+
     @model_validator(mode="after")
     def _check_metric(self) -> ModelConfig:
-        allowed = BINARY_METRICS if self.problem_type == "binary_classification" else REGRESSION_METRICS
+        allowed = METRICS[self.problem_type]
         if self.metric not in allowed:
-            raise ValueError(f"metric {self.metric!r} is not valid for {self.problem_type}; use one of {allowed}")
-        if self.problem_type == "binary_classification" and self.columns.probability is None:
-            raise ValueError("columns.probability is required for binary_classification")
+            hint = (
+                " (macro averages over the classes)"
+                if self.problem_type == "multiclass_classification"
+                else ""
+            )
+            raise ValueError(
+                f"metric {self.metric!r} is not valid for {self.problem_type}; use one of {allowed}{hint}"
+            )
+        probability = self.columns.probability
+        if self.problem_type == "binary_classification":
+            if probability is None:
+                raise ValueError("columns.probability is required for binary_classification")
+            if isinstance(probability, dict):
+                raise ValueError(
+                    "columns.probability must be one column (the positive-class probability) for "
+                    "binary_classification; a mapping class -> column is for multiclass_classification"
+                )
+        elif self.problem_type == "multiclass_classification":
+            if not isinstance(probability, dict):
+                raise ValueError(
+                    "columns.probability must map each class to its probability column for "
+                    "multiclass_classification, in the model's class order, e.g. "
+                    "{prepaid_card: y_pred_proba_prepaid_card, highstreet_card: y_pred_proba_highstreet_card, ...}"
+                )
+        elif isinstance(probability, dict):
+            raise ValueError(
+                "columns.probability: a mapping class -> column is for multiclass_classification; "
+                "regression has no probability (leave it out or set it to null)"
+            )
         return self
 
     @property
@@ -253,6 +376,19 @@ class ModelConfig(_Section):
     @property
     def higher_is_better(self) -> bool:
         return self.metric not in LOWER_IS_BETTER
+
+    @property
+    def classes(self) -> list[str] | None:
+        """The classes of a multiclass model in order, as text (`class_key`); else None."""
+        return self.columns.classes if self.problem_type == "multiclass_classification" else None
+
+    @property
+    def probability_columns(self) -> list[str]:
+        """The probability columns the model's outputs carry: one (binary), one per class
+        (multiclass), none (regression)."""
+        if self.problem_type == "regression":
+            return []
+        return self.columns.probability_columns
 
 
 class ConfigError(ValueError):
@@ -269,6 +405,8 @@ def column_fields(columns: ColumnRoles, roles: tuple[str, ...] = ALL_ROLES) -> l
         value = getattr(columns, role)
         if isinstance(value, list):
             out += [(f"columns.{role}[{i}]", name) for i, name in enumerate(value)]
+        elif isinstance(value, dict):
+            out += [(f"columns.{role}.{key}", name) for key, name in value.items()]
         elif value is not None:
             out.append((f"columns.{role}", value))
     return out

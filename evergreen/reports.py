@@ -35,6 +35,9 @@ class MonitorResult(BaseModel):
     events: list[str] = Field(default_factory=list)
     event_ids: list[str] = Field(default_factory=list)
     rows: int = 0
+    scored_by: str | None = Field(
+        None, description="the champion version that scored a batch without the serving model's predictions"
+    )
     mlflow_run_id: str | None = None
     mlflow_run_url: str | None = None
 

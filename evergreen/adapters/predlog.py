@@ -5,7 +5,9 @@ Layout (contract with the monitor and the canary review):
     <predictions_log>/<YYYY-MM-DD>/part-<UTC time>-<uuid>.parquet
 
 Rows carry the config's id, timestamp, feature, prediction, probability and model-version
-columns plus `alias` (champion/canary), `served_at` (request time) and `request_id`. The day
+columns (a multiclass model: the predicted class and one probability column per class, named
+by `columns.probability`) plus `alias` (champion/canary), `served_at` (request time) and
+`request_id`. The day
 directory is the day of the row's timestamp (naive UTC), so `compact_day` turns one day of
 the log into the batch file `batches/<day>.parquet` the monitor reads.
 
@@ -220,7 +222,8 @@ def read_prediction_log(
 
 def compact_day(log_dir: str, day: str, batches_dir: str) -> str:
     """Write one day of the log as the monitor's batch file `batches_dir/<day>.parquet`
-    (id, timestamp, features, prediction, probability, model version); returns its path.
+    (id, timestamp, features, prediction, probability column(s), model version); returns its
+    path.
 
     Re-running it after more rows arrived for the day rewrites the file with all of them.
     """

@@ -34,7 +34,12 @@ import pandas as pd
 from evergreen.adapters import io
 from evergreen.config import ModelConfig
 from evergreen.decisions import policy
-from evergreen.decisions.evaluation import lower_is_better, metric_value
+from evergreen.decisions.evaluation import (
+    lower_is_better,
+    metric_value,
+    served_scores,
+    target_values,
+)
 from evergreen.jsonable import plain
 
 BASELINES = ("never", "always", "schedule")
@@ -106,9 +111,7 @@ def load_stream(config: ModelConfig, max_chunks: int | None = None) -> ReplayStr
         frame = frame[keep].copy()
         frame[cols.timestamp] = pd.to_datetime(frame[cols.timestamp])
         batches.append(frame.reset_index(drop=True))
-        targets.append(
-            pd.to_numeric(frame[cols.id].map(by_id), errors="coerce").to_numpy(dtype=float)
-        )
+        targets.append(target_values(frame[cols.id].map(by_id), config, f"labels of batch {f.path}"))
     days = [f.day for f in files]
     info_path = f"{config.data.root.rstrip('/')}/stream.json"
     return ReplayStream(
@@ -303,10 +306,9 @@ def _row(cfg: ModelConfig, stream: ReplayStream, i: int, outcome: Any, counts: d
     """The chunk's row: the monitor's findings, what the steps did, the served metric."""
     cols, m = cfg.columns, outcome.monitor
     served = outcome.served
-    score = served[cols.probability] if cols.probability is not None and cols.probability in served else served[cols.prediction]
     y = stream.targets[i]
     labelled = ~np.isnan(y)
-    realized = _metric(y[labelled], np.asarray(score, dtype=float)[labelled], cfg) if labelled.any() else None
+    realized = _metric(y[labelled], served_scores(served, cfg)[labelled], cfg) if labelled.any() else None
     drifted = [name for name, f in m.features.items() if f.get("alert")]
     actions: list[str] = []
     row = ChunkRow(

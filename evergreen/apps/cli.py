@@ -162,6 +162,73 @@ def stream(
     typer.echo(json.dumps(info.to_dict() if hasattr(info, "to_dict") else info.__dict__, indent=2, default=str))
 
 
+@app.command()
+def init(
+    reference: Annotated[str, typer.Argument(help="your labelled reference table (Parquet or CSV, any fsspec path)")],
+    target: Annotated[str, typer.Option("--target", "-t", help="the column holding the label")],
+    batches: Annotated[str | None, typer.Option(help="folder of production batch files (named by date, e.g. 2024-01-31.parquet)")] = None,
+    labels: Annotated[str | None, typer.Option(help="folder of delayed label files (id, target), named by delivery date")] = None,
+    name: Annotated[str | None, typer.Option(help="model name (default: from the reference's file name)")] = None,
+    out: Annotated[Path | None, typer.Option("--out", "-o", help="config file to write (default: <name>.yaml)")] = None,
+    id_column: Annotated[str | None, typer.Option("--id", help="id column (default: inferred)")] = None,
+    timestamp: Annotated[str | None, typer.Option(help="timestamp column (default: inferred)")] = None,
+    problem_type: Annotated[str | None, typer.Option(help="binary_classification|multiclass_classification|regression")] = None,
+    features: Annotated[str | None, typer.Option(help="comma-separated feature columns (default: inferred)")] = None,
+    categorical: Annotated[str | None, typer.Option(help="comma-separated categorical features (default: inferred)")] = None,
+    tracking_uri: Annotated[str | None, typer.Option(help="MLflow tracking URI (default: a local SQLite store)")] = None,
+    force: Annotated[bool, typer.Option(help="overwrite an existing config file")] = False,
+) -> None:
+    """Write a config for your own model from your data: column roles, problem type, batch
+    cadence and size, label delay and the defaults that fit them, each guess printed with
+    how to change it. Next: `evergreen bootstrap --config FILE` for a first champion."""
+    from evergreen.apps.onboard import InitError, infer_config, render_config, validate_inference
+
+    split = lambda text: [c.strip() for c in text.split(",") if c.strip()] if text else None  # noqa: E731
+    try:
+        inference = infer_config(
+            reference, target, batches=batches, labels=labels, name=name, id_column=id_column,
+            timestamp=timestamp, problem_type=problem_type, features=split(features),
+            categorical=split(categorical), tracking_uri=tracking_uri,
+        )
+        validate_inference(inference)
+    except InitError as exc:
+        typer.echo(f"error: {exc}", err=True)
+        raise typer.Exit(2) from None
+    path = out or Path(f"{inference.config['name']}.yaml")
+    if path.exists() and not force:
+        typer.echo(f"error: {path} exists; pass --force to overwrite it or --out another file", err=True)
+        raise typer.Exit(2)
+    for g in inference.guesses:
+        shown = ", ".join(map(str, g.value)) if isinstance(g.value, list) else g.value
+        typer.echo(f"{g.field}: {shown}\n    {g.why}" + (f" (change: {g.change})" if g.change else ""))
+    for note in inference.notes:
+        typer.echo(f"note: {note}")
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(render_config(inference), encoding="utf-8")
+    typer.echo(f"wrote {path}\nnext: evergreen bootstrap --config {path}   (a first champion; --model FILE|URI takes in your own)")
+
+
+@app.command()
+def bootstrap(
+    config: ConfigOpt,
+    model: Annotated[str | None, typer.Option(help="your trained XGBoost model: a model file (.ubj/.json) or an MLflow model URI; default: train on the reference")] = None,
+    out: OutOpt = None,
+) -> None:
+    """A first champion for a model with none (the `bootstrap` flow): trained on the labelled
+    reference, or your own model taken in; it also records the monitor's reference (the
+    champion's predictions on held-out labelled rows), so monitor, retrain, promote, serve and
+    backtest work right after."""
+    cfg = _load(config)
+    use_local_server()
+    from evergreen.apps.runs import run_here
+    from flows.bootstrap import bootstrap as bootstrap_flow
+
+    # A failure is raised: one `error:` line, exit 2 for a config error, else 1 (EvergreenGroup).
+    result = run_here(bootstrap_flow, {"config": cfg, "model": model}, _Options.verbose).result
+    _write_json(out, result.model_dump())
+    typer.echo(result.message)
+
+
 def _stream_root_of(batch: Path) -> Path | None:
     """A batch inside `<root>/batches/` of a written stream: that stream's root."""
     root = batch.resolve().parent.parent

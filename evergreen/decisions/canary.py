@@ -34,7 +34,12 @@ import pandas as pd
 
 from evergreen.columns import ALIAS_COLUMN
 from evergreen.config import CanaryConfig, ModelConfig
-from evergreen.decisions.evaluation import metric_value
+from evergreen.decisions.evaluation import (
+    MULTICLASS,
+    metric_value,
+    served_scores,
+    target_values,
+)
 from evergreen.decisions.gate import (
     THRESHOLD_METRICS,
     clears,
@@ -56,7 +61,8 @@ _MAX_NEEDED = 1_000_000_000
 
 @dataclass(frozen=True)
 class LabelledScores:
-    """An arm's labelled rows: labels and the scores its metric is computed from."""
+    """An arm's labelled rows: labels (class codes for multiclass) and the scores its
+    metric is computed from (one per row, or rows x classes)."""
 
     y_true: np.ndarray
     scores: np.ndarray
@@ -73,8 +79,9 @@ class LabelledScores:
 class ArmEvidence:
     """What one arm served during the review window.
 
-    `mean_prediction` is the positive rate for a classifier (mean of the served 0/1
-    decisions) and the mean predicted value for a regressor; None with no rows.
+    `mean_prediction` is the positive rate for a binary classifier (mean of the served 0/1
+    decisions) and the mean predicted value for a regressor; None with no rows and for a
+    multiclass model (its classes have no mean).
     `labelled` holds the labelled rows for the bootstrap; it is left out of `to_dict()`.
     """
 
@@ -154,38 +161,40 @@ def collect_arm_evidence(
 ) -> ArmEvidence:
     """Summarise the rows of `log` that `version` served under `alias`.
 
-    `log` is the prediction log (id, prediction, probability, model version and `alias`
-    columns); `labels` holds (id, target) rows delivered so far (None: none yet; an id
-    delivered twice counts once, the latest delivery wins). The realized metric uses the
-    served probability for ranking/probability metrics and the served decision for
-    threshold metrics, so it measures what the arm actually did. `estimated_metric` is the
-    CBPE/DLE estimate for this arm, computed by the caller.
+    `log` is the prediction log (id, prediction, probability columns, model version and
+    `alias` columns); `labels` holds (id, target) rows delivered so far (None: none yet; an
+    id delivered twice counts once, the latest delivery wins). The realized metric uses the
+    served probabilities for ranking/probability metrics and the served decision for
+    threshold metrics (`evaluation.served_scores`), so it measures what the arm actually
+    did. `estimated_metric` is the CBPE/DLE estimate for this arm, computed by the caller.
     """
     cols = config.columns
     metric, problem_type = config.metric, config.problem_type
-    uses_probability = problem_type == "binary_classification" and metric not in THRESHOLD_METRICS
+    uses_probability = problem_type != "regression" and metric not in THRESHOLD_METRICS
     needed = [cols.id, cols.prediction, cols.model_version, ALIAS_COLUMN]
     if uses_probability:
-        if cols.probability is None:
+        if not config.probability_columns:
             raise ValueError(f"metric {metric!r} needs columns.probability to be configured")
-        needed.append(cols.probability)
+        needed += config.probability_columns
     _require(log, needed, "prediction log")
 
     served = log.loc[
         (log[ALIAS_COLUMN].astype(str) == str(alias))
         & (log[cols.model_version].astype(str) == str(version))
     ]
-    score_col = cols.probability if uses_probability and cols.probability else cols.prediction
     predictions = pd.to_numeric(served[cols.prediction], errors="coerce")
     target = _labels_for(served, labels, config)
-    has_label = target.notna().to_numpy()
+    has_label = ~np.isnan(target)
     labelled = None
     realized = None
     if has_label.any():
-        y = target.to_numpy(dtype=np.float64)[has_label]
-        s = pd.to_numeric(served[score_col], errors="coerce").to_numpy(dtype=np.float64)[has_label]
+        y = target[has_label]
+        s = served_scores(served, config)[has_label]
         labelled = LabelledScores(y_true=y, scores=s)
         realized = _finite_or_none(metric_value(y, s, problem_type, metric))
+    mean_prediction = None
+    if len(served) and problem_type != MULTICLASS:
+        mean_prediction = _finite_or_none(float(predictions.mean()))
     return ArmEvidence(
         alias=str(alias),
         version=str(version),
@@ -193,7 +202,7 @@ def collect_arm_evidence(
         n_labelled=int(has_label.sum()),
         realized_metric=realized,
         estimated_metric=_finite_or_none(estimated_metric),
-        mean_prediction=_finite_or_none(float(predictions.mean())) if len(served) else None,
+        mean_prediction=mean_prediction,
         labelled=labelled,
     )
 
@@ -309,11 +318,12 @@ def decide_canary(
 
 def _labels_for(
     served: pd.DataFrame, labels: pd.DataFrame | None, config: ModelConfig
-) -> pd.Series:
-    """The target of each served row (NaN where no label has arrived)."""
+) -> np.ndarray:
+    """The target of each served row as the metrics take it (class codes for multiclass;
+    NaN where no label has arrived)."""
     id_col, target = config.columns.id, config.columns.target
     if labels is None or len(served) == 0:
-        return pd.Series(np.nan, index=served.index, dtype=float)
+        return np.full(len(served), np.nan)
     _require(labels, [id_col, target], "labels")
     if pd.api.types.is_numeric_dtype(served[id_col]) != pd.api.types.is_numeric_dtype(
         labels[id_col]
@@ -324,7 +334,7 @@ def _labels_for(
         )
     # A label delivered twice counts once: the latest delivery wins.
     latest = labels.drop_duplicates(subset=id_col, keep="last").set_index(id_col)[target]
-    return pd.to_numeric(served[id_col].map(latest), errors="coerce").astype(float)
+    return target_values(served[id_col].map(latest), config, f"labels column {target!r}")
 
 
 def _has_realized(arm: ArmEvidence, cfg: CanaryConfig) -> bool:

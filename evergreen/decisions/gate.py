@@ -15,11 +15,15 @@ Checks (all must pass):
 - bootstrap: paired bootstrap interval of the challenger's gain over the champion on the
   same rows; its lower bound must exceed -margin (non_inferiority) or 0 (improvement), so
   that a gain noise could explain does not promote.
-- calibration (binary): challenger brier <= champion brier + `gate.calibration_margin`.
+- calibration (classifiers): challenger brier <= champion brier + `gate.calibration_margin`
+  (the multiclass Brier score for a multiclass model, see `evaluation`).
 - latency / size: within `gate.max_latency_ms` (per 1,000 rows) and `gate.max_model_mb`.
 
 Without a champion only floor, latency and size apply; the decision lists the others as
 skipped. "Gain" is always oriented so that positive means the challenger is better.
+
+Scores are one per row (binary, regression) or a row of class probabilities (multiclass):
+the checks are the same, the metric maths in `evaluation` takes either.
 """
 
 from __future__ import annotations
@@ -32,6 +36,7 @@ import numpy as np
 
 from evergreen.config import GateConfig
 from evergreen.decisions.evaluation import (
+    DECISION_METRICS,
     EvaluationResult,
     bootstrap_metric_difference,
     lower_is_better,
@@ -45,15 +50,17 @@ MIN_SLICE_ROWS = 30
 """Slices with fewer rows (in either model's evaluation) are too noisy to block a promotion."""
 BYTES_PER_MB = 1_000_000
 LATENCY_ROWS = 1000
-THRESHOLD_METRICS = frozenset({"f1", "accuracy", "precision", "recall"})
-"""Metrics computed from thresholded 0/1 decisions rather than scores (see `_bootstrap_scores`)."""
+THRESHOLD_METRICS = DECISION_METRICS
+"""Metrics computed from decisions (a 0/1 class at the model's threshold, or the most probable
+class) rather than scores (see `_bootstrap_scores`)."""
 # Absorbs float rounding so that a value exactly at a limit passes (0.92 vs 0.925 - 0.005).
 _TOLERANCE = 1e-12
 
 
 @dataclass(frozen=True)
 class ModelEvidence:
-    """What the gate knows about one model, measured on the shared evaluation rows."""
+    """What the gate knows about one model, measured on the shared evaluation rows.
+    `scores`: one per row, or rows x classes for a multiclass model."""
 
     version: str
     evaluation: EvaluationResult
@@ -127,7 +134,8 @@ def decide_promotion(
 ) -> GateDecision:
     """Decide whether `challenger` may replace `champion` (None: there is none yet).
 
-    Both evidences must come from the same evaluation rows, whose labels are `y_true`.
+    Both evidences must come from the same evaluation rows, whose labels are `y_true`
+    (0/1, values, or class codes for multiclass: `evaluation.target_values`).
     Pure: no I/O; the bootstrap is seeded by `gate.seed`.
     """
     y = np.asarray(y_true, dtype=np.float64).ravel()
@@ -162,7 +170,7 @@ def decide_promotion(
         checks.append(_check_bootstrap(challenger, champion, y, gate, problem_type, metric))
         calibration = _check_calibration(challenger, champion, gate)
         if calibration is None:
-            skipped.append("calibration: skipped, only binary classifiers have a brier score")
+            skipped.append("calibration: skipped, only classifiers have a brier score")
         else:
             checks.append(calibration)
 
@@ -387,7 +395,7 @@ def _check_size(challenger: ModelEvidence, gate: GateConfig) -> GateCheck:
 
 
 def _check_rows(evidence: ModelEvidence, y: np.ndarray, role: str) -> None:
-    n = len(np.ravel(evidence.scores))
+    n = len(np.asarray(evidence.scores))
     if n != len(y) or evidence.evaluation.n != len(y):
         raise ValueError(
             f"{role} version {evidence.version} has {n} scores and an evaluation on "
@@ -410,8 +418,13 @@ def _metric_of(evidence: ModelEvidence, metric: str) -> float:
 
 def _bootstrap_scores(evidence: ModelEvidence, metric: str) -> np.ndarray:
     """Scores to resample. Threshold metrics get each model's own 0/1 decisions, so two
-    models with different thresholds are compared on what they would actually decide."""
-    scores = np.asarray(evidence.scores, dtype=np.float64).ravel()
+    models with different thresholds are compared on what they would actually decide; a
+    multiclass model's decision is its most probable class, which the metric takes from the
+    probabilities themselves."""
+    scores = np.asarray(evidence.scores, dtype=np.float64)
+    if scores.ndim == 2:
+        return scores
+    scores = scores.ravel()
     if metric in THRESHOLD_METRICS:
         return (scores >= evidence.evaluation.threshold).astype(np.float64)
     return scores

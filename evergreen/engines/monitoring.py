@@ -12,6 +12,12 @@ one chunk (chunk_size None) or chunks of chunk_size rows. When a batch has sever
 the batch-level figures are those of its latest chunk (the freshest data), and every chunk is
 listed in `MonitorReport.chunks`.
 
+Multiclass: NannyML's multiclass CBPE and realized performance, with `y_pred_proba` the
+config's class -> column mapping. The class labels of predictions and targets are handed
+to NannyML as text (`config.class_key`), so integer classes, text classes and YAML's integer
+keys all meet; the config's macro metric goes to NannyML by its name there (NannyML's
+multiclass metrics are macro averages: `roc_auc_ovr` is its `roc_auc`, `f1_macro` its `f1`).
+
 nannyml is imported lazily: it costs ~18 s.
 """
 
@@ -30,12 +36,28 @@ from typing import Any, Literal
 import numpy as np
 import pandas as pd
 
-from evergreen.config import ModelConfig
+from evergreen.config import ModelConfig, class_key
 from evergreen.decisions.alerts import format_figure as _fmt
 from evergreen.jsonable import plain as _plain
 
 MIN_REFERENCE_ROWS = 100
-_NANNYML_PROBLEM = {"binary_classification": "classification_binary", "regression": "regression"}
+_NANNYML_PROBLEM = {
+    "binary_classification": "classification_binary",
+    "multiclass_classification": "classification_multiclass",
+    "regression": "regression",
+}
+# The config's multiclass metric names -> NannyML's (whose multiclass metrics are macro).
+_NANNYML_METRIC = {
+    "roc_auc_ovr": "roc_auc",
+    "f1_macro": "f1",
+    "precision_macro": "precision",
+    "recall_macro": "recall",
+}
+
+
+def nannyml_metric(metric: str) -> str:
+    """The name NannyML gives the config's metric (its multiclass metrics are macro averages)."""
+    return _NANNYML_METRIC.get(metric, metric)
 
 logger = logging.getLogger(__name__)
 
@@ -288,12 +310,25 @@ def fit_monitor(reference: pd.DataFrame, config: ModelConfig) -> FittedMonitor:
             f"monitor reference has {unlabelled} rows without target {cols.target!r}; "
             "it must be fully labelled"
         )
+    if config.classes is not None:
+        seen = set(_as_class_text(reference[cols.target]).dropna())
+        absent = [c for c in config.classes if c not in seen]
+        if absent:
+            raise MonitorInputError(
+                f"monitor reference has no row of class(es) {absent} in {cols.target!r}; NannyML "
+                "calibrates each class on the reference, so it needs labelled rows of every class "
+                "of columns.probability (use a larger held-out part, or drop the class)"
+            )
     categories = {c: _categories(reference[c]) for c in cols.categorical}
-    target = {cols.target: reference[cols.target].to_numpy()}
     chunk_size = reference_chunk_size(len(reference), config)
     chunker = SizeBasedChunker(chunk_size, incomplete="drop", timestamp_column_name=cols.timestamp)
     problem = _NANNYML_PROBLEM[config.problem_type]
-    proba = cols.probability if config.problem_type == "binary_classification" else None
+    proba = _nannyml_proba(config)
+    metric = nannyml_metric(config.metric)
+    labels = reference[cols.target]
+    if config.classes is not None:
+        labels = _as_class_text(labels)
+    target = {cols.target: labels.to_numpy()}
 
     with _nannyml_session():
         univariate = nml.UnivariateDriftCalculator(
@@ -312,9 +347,9 @@ def fit_monitor(reference: pd.DataFrame, config: ModelConfig) -> FittedMonitor:
                 timestamp_column_name=cols.timestamp,
                 chunker=chunker,
             ).fit(_feature_frame(reference, config))
-        if config.problem_type == "binary_classification":
+        if config.problem_type != "regression":
             estimator = nml.CBPE(
-                metrics=[config.metric],
+                metrics=[metric],
                 y_pred_proba=proba,
                 y_pred=cols.prediction,
                 y_true=cols.target,
@@ -327,7 +362,7 @@ def fit_monitor(reference: pd.DataFrame, config: ModelConfig) -> FittedMonitor:
                 feature_column_names=list(cols.features),
                 y_pred=cols.prediction,
                 y_true=cols.target,
-                metrics=[config.metric],
+                metrics=[metric],
                 timestamp_column_name=cols.timestamp,
                 chunker=chunker,
                 hyperparameters={
@@ -337,7 +372,7 @@ def fit_monitor(reference: pd.DataFrame, config: ModelConfig) -> FittedMonitor:
                 },
             ).fit(_feature_frame(reference, config).assign(**target))
         realized = nml.PerformanceCalculator(
-            metrics=[config.metric],
+            metrics=[metric],
             y_true=cols.target,
             y_pred=cols.prediction,
             y_pred_proba=proba,
@@ -346,7 +381,7 @@ def fit_monitor(reference: pd.DataFrame, config: ModelConfig) -> FittedMonitor:
             chunker=chunker,
         ).fit(_output_frame(reference, config).assign(**target))
 
-    ref_values = _analysis_or_reference(realized.result, "reference")[(config.metric, "value")]
+    ref_values = _analysis_or_reference(realized.result, "reference")[(metric, "value")]
     return FittedMonitor(
         config=config,
         reference_rows=len(reference),
@@ -424,13 +459,14 @@ def compute_monitor(
     multivariate = (
         _multivariate(tables["multivariate_drift"]) if "multivariate_drift" in tables else None
     )
+    metric = nannyml_metric(config.metric)
     estimated = _metric(
-        tables["estimated_performance"], config.metric, fitted.reference_metric, "estimated"
+        tables["estimated_performance"], metric, fitted.reference_metric, "estimated", config.metric
     )
     realized = None
     if "realized_performance" in tables:
         realized = _metric(
-            tables["realized_performance"], config.metric, fitted.reference_metric, "realized"
+            tables["realized_performance"], metric, fitted.reference_metric, "realized", config.metric
         )
     ts = batch[cols.timestamp]
     return MonitorReport(
@@ -442,7 +478,7 @@ def compute_monitor(
         realized_metric=realized,
         rows=len(batch),
         labelled_rows=labelled,
-        chunks=_chunk_rows(tables, feature_chunks, config.metric),
+        chunks=_chunk_rows(tables, feature_chunks, metric, config.metric),
         start=_plain(ts.min()),
         end=_plain(ts.max()),
         seconds=time.perf_counter() - started,
@@ -463,27 +499,47 @@ def _calculators(fitted: FittedMonitor) -> Iterator[tuple[str, Any, str]]:
 def _join_labels(
     batch: pd.DataFrame, labels: pd.DataFrame | None, config: ModelConfig
 ) -> pd.Series:
-    """The batch's target as floats aligned to its rows (NaN where no label has arrived)."""
+    """The batch's target aligned to its rows (NaN where no label has arrived): floats, or
+    class labels as text for multiclass (`_target_for_nannyml`)."""
     id_col, target = config.columns.id, config.columns.target
     if labels is None:
         if target in batch.columns:
-            return (
-                pd.to_numeric(batch[target], errors="coerce").astype(float).reset_index(drop=True)
-            )
+            return _target_for_nannyml(batch[target], config).reset_index(drop=True)
         return pd.Series(np.nan, index=range(len(batch)), dtype=float)
     _require_columns(labels, [id_col, target], "labels")
     # A label delivered twice counts once: the latest delivery wins.
     latest = labels.drop_duplicates(subset=id_col, keep="last").set_index(id_col)[target]
     values = batch[id_col].map(latest)
-    return pd.to_numeric(values, errors="coerce").astype(float).reset_index(drop=True)
+    return _target_for_nannyml(values, config).reset_index(drop=True)
+
+
+def _target_for_nannyml(values: pd.Series, config: ModelConfig) -> pd.Series:
+    """Targets as NannyML reads them: floats, or multiclass labels as class text."""
+    if config.problem_type == "multiclass_classification":
+        return _as_class_text(values)
+    return pd.to_numeric(values, errors="coerce").astype(float)
+
+
+def _as_class_text(values: pd.Series) -> pd.Series:
+    """Class labels as text (`class_key`), None where missing, in an object column (NannyML
+    0.13 trips on pandas 3's `str` dtype). Mapped per distinct value."""
+    present = values.notna()
+    mapping = {v: class_key(v) for v in pd.unique(values[present])}
+    out = np.full(len(values), None, dtype=object)
+    out[present.to_numpy()] = values[present].map(mapping).to_numpy(dtype=object)
+    return pd.Series(out, index=values.index, dtype=object)
+
+
+def _nannyml_proba(config: ModelConfig) -> str | dict[str, str] | None:
+    """NannyML's `y_pred_proba`: the column (binary), class text -> column (multiclass)."""
+    if config.problem_type == "regression":
+        return None
+    return config.columns.probability
 
 
 def _model_columns(config: ModelConfig) -> list[str]:
     cols = config.columns
-    needed = [cols.timestamp, *cols.features, cols.prediction]
-    if config.problem_type == "binary_classification" and cols.probability:
-        needed.append(cols.probability)
-    return needed
+    return [cols.timestamp, *cols.features, cols.prediction, *config.probability_columns]
 
 
 def _require_columns(frame: pd.DataFrame, needed: list[str], what: str) -> None:
@@ -495,12 +551,13 @@ def _require_columns(frame: pd.DataFrame, needed: list[str], what: str) -> None:
 
 
 def _output_frame(frame: pd.DataFrame, config: ModelConfig) -> pd.DataFrame:
-    """Timestamp and model outputs: all that CBPE and the realized metric need."""
+    """Timestamp and model outputs: all that CBPE and the realized metric need (multiclass
+    predictions as class text, as the targets are)."""
     cols = config.columns
-    keep = [cols.timestamp, cols.prediction]
-    if config.problem_type == "binary_classification" and cols.probability:
-        keep.append(cols.probability)
-    return frame[keep].reset_index(drop=True)
+    out = frame[[cols.timestamp, cols.prediction, *config.probability_columns]].reset_index(drop=True)
+    if config.problem_type == "multiclass_classification":
+        out[cols.prediction] = _as_class_text(out[cols.prediction])
+    return out
 
 
 def _feature_frame(frame: pd.DataFrame, config: ModelConfig) -> pd.DataFrame:
@@ -601,12 +658,15 @@ def _metric(
     metric: str,
     reference_value: float | None,
     kind: Literal["estimated", "realized"],
+    name: str | None = None,
 ) -> MetricEstimate:
+    """The metric `metric` (NannyML's name) of the table's latest chunk with a value,
+    reported as `name` (the config's; default: the same)."""
     # The latest chunk with a value: for the realized metric, the latest chunk that has labels.
     valued = table[table[(metric, "value")].notna()]
     row = (valued if len(valued) else table).iloc[-1]
     return MetricEstimate(
-        metric=metric,
+        metric=name or metric,
         value=_float(row[(metric, "value")]),
         reference_value=reference_value,
         lower_threshold=_float(row.get((metric, "lower_threshold"))),
@@ -620,7 +680,7 @@ def _metric(
 
 
 def _chunk_rows(
-    tables: dict[str, pd.DataFrame], features: list[dict], metric: str
+    tables: dict[str, pd.DataFrame], features: list[dict], metric: str, name: str | None = None
 ) -> list[dict[str, Any]]:
     uni = tables["univariate_drift"]
     rows = []
@@ -654,7 +714,7 @@ def _chunk_rows(
             if name in tables and i < len(tables[name]):
                 t = tables[name]
                 row[label] = {
-                    "metric": metric,
+                    "metric": name or metric,
                     "value": _float(t[(metric, "value")].iloc[i]),
                     "alert": bool(t[(metric, "alert")].iloc[i]),
                 }

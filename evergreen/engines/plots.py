@@ -26,13 +26,14 @@ def feature_importance(importance: dict[str, float]) -> Any:
 
 
 def calibration_curve(calibration: Any) -> Any:
-    """Mean predicted probability vs observed rate per bin, against the diagonal."""
+    """Mean predicted probability vs observed rate per bin, against the diagonal (for a
+    multiclass model: the top-label confidence vs the share of right predictions)."""
     fig, ax = _figure(5, 5)
     bins = [b for b in calibration.bins if b.n > 0]
     ax.plot([0, 1], [0, 1], linestyle="--", color="grey", label="perfect")
     ax.plot([b.mean_predicted for b in bins], [b.observed for b in bins], marker="o", label="model")
     ax.set_xlabel("mean predicted probability")
-    ax.set_ylabel("observed positive rate")
+    ax.set_ylabel("observed rate (positives; multiclass: right predictions)")
     ax.set_title(f"Calibration (Brier {calibration.brier:.4f})")
     ax.legend()
     fig.tight_layout()

@@ -12,7 +12,7 @@ import numpy as np
 import pandas as pd
 
 from evergreen.config import ModelConfig
-from evergreen.decisions.evaluation import EvaluationResult, evaluate_predictions
+from evergreen.decisions.evaluation import EvaluationResult, evaluate_predictions, target_values
 from evergreen.decisions.gate import BYTES_PER_MB, LATENCY_ROWS, ModelEvidence
 
 if TYPE_CHECKING:
@@ -23,10 +23,9 @@ def evaluate_model(model: TrainedModel, frame: pd.DataFrame, config: ModelConfig
     """The configured metric, calibration and per-slice metrics of `model` on labelled rows."""
     cols = config.columns
     preds = model.predict(frame)
-    score = preds.probability if preds.probability is not None else preds.prediction
     return evaluate_predictions(
-        frame[cols.target].to_numpy(),
-        score,
+        target_values(frame[cols.target], config),
+        preds.scores,
         config.problem_type,
         config.metric,
         slices={c: frame[c].to_numpy() for c in cols.slices},
@@ -36,13 +35,14 @@ def evaluate_model(model: TrainedModel, frame: pd.DataFrame, config: ModelConfig
 
 def monitor_reference(model: TrainedModel, frame: pd.DataFrame, config: ModelConfig, version: str) -> pd.DataFrame:
     """NannyML's reference for the next monitor: the held-out rows with this model's
-    predictions, probabilities and labels."""
+    predictions, probabilities and labels (multiclass: the predicted class and one
+    probability column per class, named as `columns.probability` says)."""
+    from evergreen.engines.training import output_columns
+
     cols = config.columns
-    preds = model.predict(frame)
     out = frame.copy()
-    out[cols.prediction] = preds.prediction
-    if cols.probability is not None and preds.probability is not None:
-        out[cols.probability] = preds.probability
+    for name, values in output_columns(model.predict(frame), cols).items():
+        out[name] = values
     out[cols.model_version] = version
     # Batches carry naive UTC timestamps; NannyML cannot plot a mix of aware and naive.
     stamps = pd.to_datetime(out[cols.timestamp])
@@ -69,10 +69,7 @@ def measure_model(
         raise ValueError(f"cannot measure model version {version} on an empty evaluation frame")
     if repeats < 1:
         raise ValueError(f"repeats must be at least 1, got {repeats}")
-    predictions = model.predict(frame)
-    scores = (
-        predictions.probability if predictions.probability is not None else predictions.prediction
-    )
+    scores = model.predict(frame).scores
     timing_rows = frame.iloc[np.resize(np.arange(len(frame)), LATENCY_ROWS)]
     model.predict(timing_rows)  # warm-up: first-call allocations are not serving latency
     seconds = []

@@ -4,6 +4,11 @@ Training and inference share `prepare_features`, which applies the category list
 training time, so a batch whose categories arrive in another order (or with new values)
 is encoded exactly as the training data was. Models are stored in XGBoost's own UBJSON
 format plus a small JSON metadata file; nothing here pickles or unpickles.
+
+Multiclass: XGBoost's `multi:softprob` on the classes encoded 0..K-1 in the order of the
+config's `columns.probability`; the metadata keeps the class labels (integers when the
+training target held integers, else text), so a loaded model predicts labels as the data
+writes them, and one probability per class in that order.
 """
 
 from __future__ import annotations
@@ -18,7 +23,8 @@ import numpy as np
 import pandas as pd
 import xgboost as xgb
 
-from evergreen.config import ColumnRoles, ModelConfig, ProblemType
+from evergreen.config import ColumnRoles, ModelConfig, ProblemType, class_key
+from evergreen.decisions.evaluation import encode_classes
 
 MODEL_FILE = "model.ubj"
 METADATA_FILE = "evergreen_model.json"
@@ -39,10 +45,44 @@ class TrainingError(ValueError):
 
 @dataclass(frozen=True)
 class Predictions:
-    """Model output for a frame: class (0/1) or value, and the positive-class probability."""
+    """Model output for a frame: the class (0/1 for binary, the class label for multiclass)
+    or the value, and the probability: of the positive class (one per row), of each class
+    (rows x classes, in `classes` order) or None (regression)."""
 
     prediction: np.ndarray
     probability: np.ndarray | None
+    classes: list[Any] | None = None
+
+    @property
+    def scores(self) -> np.ndarray:
+        """What the metrics score: the probabilities of a classifier, a regressor's values."""
+        return self.probability if self.probability is not None else self.prediction
+
+
+def output_columns(predictions: Predictions, columns: ColumnRoles) -> dict[str, np.ndarray]:
+    """The model's outputs under the config's column names: the prediction, then the
+    probability (binary) or one probability column per class (multiclass, named by
+    `columns.probability`), as a prediction log, a batch or a monitor reference holds them."""
+    out = {columns.prediction: predictions.prediction}
+    if predictions.probability is None or not columns.probability:
+        return out
+    if predictions.classes is None:
+        if isinstance(columns.probability, str):
+            out[columns.probability] = predictions.probability
+        return out
+    if not isinstance(columns.probability, dict):
+        raise ValueError(
+            "a multiclass model needs columns.probability to map each class to its column"
+        )
+    for k, label in enumerate(predictions.classes):
+        key = class_key(label)
+        if key not in columns.probability:
+            raise ValueError(
+                f"the model predicts class {label!r}, which columns.probability does not name "
+                f"(it names {list(columns.probability)}); retrain on the config's classes"
+            )
+        out[columns.probability[key]] = predictions.probability[:, k]
+    return out
 
 
 @dataclass(frozen=True)
@@ -70,17 +110,32 @@ class TrainedModel:
     n_train: int = 0
     n_validation: int = 0
     search: list[SearchTrial] = field(default_factory=list)
+    classes: list[Any] | None = None  # multiclass: the class labels, in output order
 
     def predict(self, df: pd.DataFrame) -> Predictions:
         """Score a frame holding (at least) the model's feature columns."""
         x = prepare_features(df, self.features, self.categories)
-        raw = self.booster.predict(_dmatrix(x, nthread=_nthread(self.params)))
+        return self.outputs(self.booster.predict(_dmatrix(x, nthread=_nthread(self.params))))
+
+    def outputs(self, raw: np.ndarray) -> Predictions:
+        """Predictions from the booster's raw output (what `predict` and the serving fast
+        path share): a 0/1 class at the threshold, the most probable class label (the first
+        on a tie), or the value."""
         if self.problem_type == "binary_classification":
-            proba = raw.astype(float)
+            proba = np.asarray(raw).astype(float)
             return Predictions(
                 prediction=(proba >= self.threshold).astype(np.int64), probability=proba
             )
-        return Predictions(prediction=raw.astype(float), probability=None)
+        if self.problem_type == "multiclass_classification":
+            assert self.classes is not None
+            proba = np.asarray(raw, dtype=float).reshape(-1, len(self.classes))
+            labels = _label_array(self.classes)
+            return Predictions(
+                prediction=labels[np.argmax(proba, axis=1)] if len(proba) else labels[:0],
+                probability=proba,
+                classes=list(self.classes),
+            )
+        return Predictions(prediction=np.asarray(raw).astype(float), probability=None)
 
     def feature_importance(self) -> dict[str, float]:
         """Total gain per feature (0 for features the trees never split on)."""
@@ -101,6 +156,7 @@ class TrainedModel:
             "validation_metric": self.validation_metric,
             "n_train": self.n_train,
             "n_validation": self.n_validation,
+            "classes": None if self.classes is None else list(self.classes),
         }
 
     def to_bytes(self) -> bytes:
@@ -153,6 +209,7 @@ class TrainedModel:
             validation_metric=meta.get("validation_metric"),
             n_train=int(meta.get("n_train", 0)),
             n_validation=int(meta.get("n_validation", 0)),
+            classes=meta.get("classes"),
         )
 
 
@@ -221,7 +278,7 @@ def train_model(df: pd.DataFrame, config: ModelConfig, *, refit_full: bool = Tru
     eta in a seeded order until the budget is spent.
     """
     cols, training = config.columns, config.training
-    labelled = _labelled_rows(df, cols, config.problem_type)
+    labelled = _labelled_rows(df, cols, config)
     _check_feature_types(labelled, cols)
     if len(labelled) < 10:
         raise TrainingError(
@@ -231,12 +288,12 @@ def train_model(df: pd.DataFrame, config: ModelConfig, *, refit_full: bool = Tru
     split = split_by_time(labelled, cols.timestamp, training.validation_fraction)
     dtrain = _dmatrix(
         prepare_features(split.train, cols, categories),
-        _labels(split.train, cols),
+        _labels(split.train, config),
         training.nthread,
     )
     dval = _dmatrix(
         prepare_features(split.validation, cols, categories),
-        _labels(split.validation, cols),
+        _labels(split.validation, config),
         training.nthread,
     )
     base = _base_params(config)
@@ -247,7 +304,9 @@ def train_model(df: pd.DataFrame, config: ModelConfig, *, refit_full: bool = Tru
     score, metric = float(booster.best_score), str(params["eval_metric"][-1])
     if refit_full:
         dall = _dmatrix(
-            prepare_features(labelled, cols, categories), _labels(labelled, cols), training.nthread
+            prepare_features(labelled, cols, categories),
+            _labels(labelled, config),
+            training.nthread,
         )
         booster = xgb.train(params, dall, num_boost_round=best_iteration + 1, verbose_eval=False)
     else:
@@ -265,15 +324,40 @@ def train_model(df: pd.DataFrame, config: ModelConfig, *, refit_full: bool = Tru
         n_train=len(split.train),
         n_validation=len(split.validation),
         search=trials,
+        classes=class_labels(labelled[cols.target], config.classes)
+        if config.classes is not None
+        else None,
     )
 
 
+def class_labels(target: pd.Series, classes: list[str]) -> list[Any]:
+    """The config's classes (text keys) as the target column writes them: integers when it
+    holds numbers and every class reads as an integer, else text. Predictions carry these
+    labels, so they compare equal to the labels that arrive later."""
+    numeric = pd.api.types.is_numeric_dtype(target.dtype) and not pd.api.types.is_bool_dtype(
+        target.dtype
+    )
+    if numeric and all(k.lstrip("-").isdigit() for k in classes):
+        return [int(k) for k in classes]
+    return list(classes)
+
+
 def _base_params(config: ModelConfig) -> dict[str, Any]:
-    binary = config.problem_type == "binary_classification"
-    fixed = {
-        "objective": "binary:logistic" if binary else "reg:squarederror",
+    kind = config.problem_type
+    if kind == "binary_classification":
         # The last metric drives early stopping: logloss is smoother than AUC.
-        "eval_metric": ["auc", "logloss"] if binary else ["rmse"],
+        task: dict[str, Any] = {"objective": "binary:logistic", "eval_metric": ["auc", "logloss"]}
+    elif kind == "multiclass_classification":
+        assert config.classes is not None
+        task = {
+            "objective": "multi:softprob",
+            "num_class": len(config.classes),
+            "eval_metric": ["mlogloss"],
+        }
+    else:
+        task = {"objective": "reg:squarederror", "eval_metric": ["rmse"]}
+    fixed = {
+        **task,
         "tree_method": "hist",
         "seed": config.training.seed,
         "nthread": config.training.nthread,
@@ -320,8 +404,11 @@ def _search(
     return trials
 
 
-def _labelled_rows(df: pd.DataFrame, cols: ColumnRoles, problem_type: ProblemType) -> pd.DataFrame:
+def _labelled_rows(df: pd.DataFrame, cols: ColumnRoles, config: ModelConfig) -> pd.DataFrame:
     _require_columns(df, [cols.target], "training data")
+    if config.problem_type == "multiclass_classification":
+        return _labelled_classes(df, cols, config)
+    problem_type = config.problem_type
     target = pd.to_numeric(df[cols.target], errors="coerce")
     bad = df[cols.target].notna() & target.isna()
     if bad.any():
@@ -339,6 +426,24 @@ def _labelled_rows(df: pd.DataFrame, cols: ColumnRoles, problem_type: ProblemTyp
     return labelled
 
 
+def _labelled_classes(df: pd.DataFrame, cols: ColumnRoles, config: ModelConfig) -> pd.DataFrame:
+    """The rows with a target, every target one of the config's classes (matched as text)."""
+    assert config.classes is not None
+    try:
+        codes = encode_classes(df[cols.target], config.classes, f"target column {cols.target!r}")
+    except ValueError as exc:
+        raise TrainingError(str(exc)) from None
+    present = ~np.isnan(codes)
+    seen = sorted({int(c) for c in codes[present]})
+    if len(seen) < 2:
+        found = [config.classes[c] for c in seen]
+        raise TrainingError(
+            f"target column {cols.target!r} holds {len(seen)} of the classes {config.classes} "
+            f"({found}); a multiclass model needs rows of at least two"
+        )
+    return df.loc[present]
+
+
 def _check_feature_types(df: pd.DataFrame, cols: ColumnRoles) -> None:
     _require_columns(df, cols.features, "training data")
     for name in cols.continuous:
@@ -349,8 +454,20 @@ def _check_feature_types(df: pd.DataFrame, cols: ColumnRoles) -> None:
             )
 
 
-def _labels(df: pd.DataFrame, cols: ColumnRoles) -> np.ndarray:
-    return pd.to_numeric(df[cols.target]).to_numpy(dtype=float)
+def _labels(df: pd.DataFrame, config: ModelConfig) -> np.ndarray:
+    target = df[config.columns.target]
+    if config.classes is not None:  # class codes 0..K-1 in the config's order
+        return encode_classes(target, config.classes)
+    return pd.to_numeric(target).to_numpy(dtype=float)
+
+
+def _label_array(classes: list[Any]) -> np.ndarray:
+    """The class labels as the array predictions index: int64 for integer labels."""
+    if all(isinstance(c, int) and not isinstance(c, bool) for c in classes):
+        return np.asarray(classes, dtype=np.int64)
+    out = np.empty(len(classes), dtype=object)
+    out[:] = [str(c) for c in classes]
+    return out
 
 
 def _dmatrix(x: pd.DataFrame, label: np.ndarray | None = None, nthread: int = 1) -> xgb.DMatrix:

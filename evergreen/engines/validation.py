@@ -24,7 +24,7 @@ import pandas as pd
 from pydantic import BaseModel, ConfigDict, Field, StrictBool, StrictFloat, StrictInt, StrictStr
 
 from evergreen.adapters.io import DataReadError, release_unused_memory
-from evergreen.config import ModelConfig, check_columns
+from evergreen.config import ModelConfig, check_columns, class_key
 from evergreen.jsonable import plain
 from evergreen.times import utc
 
@@ -238,10 +238,16 @@ def derive_suite(
         *(_feature_spec(reference[c], c in cols.categorical, opts) for c in cols.features),
         _prediction_spec(reference[cols.prediction], config),
     ]
-    if cols.probability:
+    # One probability column (binary) or one per class (multiclass), each in [0, 1].
+    probabilities = (
+        config.probability_columns
+        if config.problem_type != "regression"
+        else [cols.probability] if isinstance(cols.probability, str) else []
+    )
+    for name in probabilities:
         specs.append(
             ColumnSpec(
-                name=cols.probability,
+                name=name,
                 role="probability",
                 kind="numeric",
                 min_value=0.0,
@@ -314,6 +320,14 @@ def _prediction_spec(ref: pd.Series, config: ModelConfig) -> ColumnSpec:
         kind = column_kind(ref)
         allowed: list[Any] = [False, True] if kind == "bool" else [0, 1]
         return ColumnSpec(name=name, role="prediction", kind=kind, value_set=allowed)
+    if config.problem_type == "multiclass_classification":
+        # The classes of columns.probability, typed as the reference writes its predictions.
+        assert config.classes is not None
+        kind = column_kind(ref)
+        classes: list[Any] = list(config.classes)
+        if kind == "numeric":
+            classes = [int(k) if k.lstrip("-").isdigit() else float(k) for k in classes]
+        return ColumnSpec(name=name, role="prediction", kind=kind, value_set=classes)
     return ColumnSpec(name=name, role="prediction", kind="numeric", finite=True)
 
 
@@ -850,7 +864,22 @@ def validate_labels(
             ),
         )
         present = values.dropna()
-        if config.problem_type == "binary_classification":
+        if config.problem_type == "multiclass_classification":
+            assert config.classes is not None
+            known = set(config.classes)
+            bad = present[~present.map(class_key).isin(known)]
+            check(
+                bad.empty,
+                ExpectationFailure(
+                    "expect_column_values_to_be_in_set",
+                    target,
+                    {"unexpected_count": len(bad), "sample": _plain(bad.unique()[:5])},
+                    list(config.classes),
+                    f"{len(bad)} targets are not classes of columns.probability "
+                    f"(e.g. {_plain(bad.unique()[:5])}; the classes are {list(config.classes)})",
+                ),
+            )
+        elif config.problem_type == "binary_classification":
             bad = (
                 present[~present.isin([0, 1])]
                 if column_kind(present) != "bool"

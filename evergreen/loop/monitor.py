@@ -59,8 +59,14 @@ def monitor_batch(
     recorded in the ledger."""
     from evergreen.engines.validation import unreadable_report
 
+    scored_by = None
     try:
         frame = run.part("load-batch", ports.store.read_batch, batch, datetime_columns=[config.columns.timestamp], io=True)
+        if sources.lacks_predictions(frame, config):
+            # A model served elsewhere may report no predictions: the champion scores the batch.
+            champion = run.part("load-champion", sources.load_champion, ports.registry, config, io=True)
+            frame = run.part("score-batch", sources.score_batch, champion, frame, config)
+            scored_by = champion.version.version
         report = run.part("validate-batch", validation.validate_batch, frame, suite, batch.path)
     except io.DataReadError as exc:
         frame, report = None, unreadable_report(batch.path, exc)
@@ -68,7 +74,10 @@ def monitor_batch(
     if report.success:
         if warnings:
             run.log("batch %s accepted with warnings: %s", batch.day, report.summary(), level="warning")
-        return _estimate(ports, config, batch, frame, fitted, run, flow_run_id, warnings)
+        if scored_by is not None:
+            run.log("batch %s has no predictions: scored with champion v%s", batch.day, scored_by)
+        result = _estimate(ports, config, batch, frame, fitted, run, flow_run_id, warnings, scored_by)
+        return result
     message = report.summary()
     failures = [x.to_dict() for x in report.failures]
     run.log("batch %s rejected: %s", batch.day, message, level="error")
@@ -87,7 +96,7 @@ def monitor_batch(
 
 def _estimate(
     ports: Ports, config: ModelConfig, batch: io.BatchFile, frame: pd.DataFrame, fitted: Any,
-    run: Runner, flow_run_id: str | None, warnings: list[dict],
+    run: Runner, flow_run_id: str | None, warnings: list[dict], scored_by: str | None = None,
 ) -> MonitorResult:
     from evergreen.engines import monitoring
 
@@ -120,9 +129,10 @@ def _estimate(
     summary = report.to_dict()
     est = summary.get("estimated_metric") or {}
     real = summary.get("realized_metric") or {}
+    scored = [f"scored with champion v{scored_by} (the batch has no predictions)"] if scored_by else []
     result = MonitorResult(
-        model=config.name, batch_id=batch.day, batch_path=batch.path, valid=True,
-        message="; ".join([*alerts.reasons, *(f"warning: {w['message']}" for w in warnings)]) or "no drift",
+        model=config.name, batch_id=batch.day, batch_path=batch.path, valid=True, scored_by=scored_by,
+        message="; ".join([*alerts.reasons, *(f"warning: {w['message']}" for w in warnings), *scored]) or "no drift",
         warnings=warnings,
         drift_detected=alerts.drift_detected, performance_degraded=alerts.performance_degraded,
         features=summary.get("features", {}), multivariate=summary.get("multivariate"),
@@ -173,7 +183,10 @@ def realized_on_latest_labelled(
     from evergreen.engines import monitoring
 
     def realize(batch: io.BatchFile) -> Any:
-        return monitoring.compute_monitor(fitted, ports.store.read_batch(batch), labels).realized_metric
+        frame = ports.store.read_batch(batch)
+        if sources.lacks_predictions(frame, config):
+            frame = sources.score_batch(sources.load_champion(ports.registry, config), frame, config)
+        return monitoring.compute_monitor(fitted, frame, labels).realized_metric
 
     return sources.realized_on_latest_labelled(config, ports.store, day, labels, realize)
 

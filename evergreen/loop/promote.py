@@ -15,6 +15,7 @@ from evergreen.adapters import registry
 from evergreen.adapters.ports import Ports
 from evergreen.config import ConfigError, ModelConfig
 from evergreen.decisions import canary, gate
+from evergreen.decisions.evaluation import target_values
 from evergreen.engines import scoring
 from evergreen.loop import sources
 from evergreen.loop.common import MANUAL, Actor, registry_lock
@@ -129,7 +130,7 @@ def fresh_rows(ports: Ports, config: ModelConfig, after: str | None) -> pd.DataF
 def decide_promotion(
     challenger: gate.ModelEvidence, champion: gate.ModelEvidence | None, frame: pd.DataFrame, config: ModelConfig
 ) -> gate.GateDecision:
-    y = frame[config.columns.target].to_numpy()
+    y = target_values(frame[config.columns.target], config)
     return gate.decide_promotion(challenger, champion, y, config.gate, config.problem_type, config.metric)
 
 

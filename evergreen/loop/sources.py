@@ -55,11 +55,62 @@ def read_monitor_reference(config: ModelConfig, models: ModelRegistry | None = N
         return frame.assign(**{config.columns.model_version: version})
     path = config.data.path("monitor_reference")
     if not io.exists(path):
-        raise FileNotFoundError(
-            f"monitor reference {path} not found: generate the data with "
-            "`evergreen stream --config FILE --out DIR` or retrain a model first"
+        raise MissingInputError(
+            f"{config.name} has no champion yet, so there is no monitor reference (the champion's "
+            f"predictions on held-out labelled rows; {path} does not exist either): create the "
+            "first champion with `evergreen bootstrap --config FILE` (trained on your reference, "
+            "or --model to take in your own)"
         )
     return io.read_table(path)
+
+
+class MissingInputError(FileNotFoundError):
+    """An input the loop needs does not exist yet; the message names the command that makes it."""
+
+
+def output_columns(config: ModelConfig) -> list[str]:
+    """The serving model's output columns a batch carries: prediction and probability (one
+    per class for multiclass)."""
+    return [config.columns.prediction, *config.probability_columns]
+
+
+def lacks_predictions(frame: pd.DataFrame, config: ModelConfig) -> bool:
+    """Whether a batch lacks the serving model's outputs (and has the features to score it)."""
+    missing = [c for c in output_columns(config) if c not in frame.columns]
+    return bool(missing) and all(c in frame.columns for c in config.columns.features)
+
+
+def load_champion(models: ModelRegistry, config: ModelConfig) -> Any:
+    """The champion (a `registry.LoadedModel`) to score batches without predictions; kept
+    for the process per version (a monitor run scores many batches with it)."""
+    info = models.version_by_alias(registry.CHAMPION)
+    if info is None:
+        raise MissingInputError(
+            f"a batch of {config.name} has no predictions ({output_columns(config)}) and there is "
+            "no champion to score it: create one with `evergreen bootstrap --config FILE`"
+        )
+    key = (info.name, info.version, info.source, info.run_id)
+    if key not in _CHAMPIONS:
+        _CHAMPIONS.clear()  # one model at a time is plenty: versions change rarely
+        _CHAMPIONS[key] = models.load_version(info.version)
+    return _CHAMPIONS[key]
+
+
+_CHAMPIONS: dict[tuple, Any] = {}
+
+
+def score_batch(champion: Any, frame: pd.DataFrame, config: ModelConfig) -> pd.DataFrame:
+    """`frame` with the champion's outputs in the output columns it lacks, and its version."""
+    from evergreen.engines.training import output_columns as named_outputs
+
+    cols = config.columns
+    out = frame.copy()
+    for column, values in named_outputs(champion.model.predict(frame), cols).items():
+        if column not in out.columns:
+            out[column] = values
+    if cols.model_version not in out.columns:
+        out[cols.model_version] = champion.version.version
+    return out
 
 
 def assemble_training_window(config: ModelConfig) -> TrainingWindow:

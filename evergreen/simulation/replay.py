@@ -43,6 +43,8 @@ from evergreen.reports import MonitorResult, PromotionResult, RetrainResult
 class Loop(Protocol):
     """The loop's steps as the replay triggers them."""
 
+    def bootstrap(self) -> RetrainResult: ...
+
     def monitor(self, batch_path: str) -> MonitorResult: ...
 
     def retrain(self, trigger: Trigger, policy_name: str) -> RetrainResult: ...
@@ -69,6 +71,11 @@ class StepLoop:
 
         self.run = self.run or DIRECT
         self.actor = self.actor or Actor("evergreen-replay")
+
+    def bootstrap(self) -> RetrainResult:
+        from evergreen.loop.bootstrap import bootstrap
+
+        return bootstrap(self.ports, self.config, run=self.run, actor=self.actor)
 
     def monitor(self, batch_path: str) -> MonitorResult:
         from evergreen.loop.monitor import monitor
@@ -146,9 +153,9 @@ class Replay:
     _models: dict[str, Any] = field(default_factory=dict)
 
     def bootstrap(self) -> RetrainResult:
-        """The first model: a manual retrain on the reference alone, then its gate (which
-        finds it already champion)."""
-        result = self.loop.retrain(Trigger.of("manual", None, "bootstrap: trained on the reference", None), "default")
+        """The first model: the bootstrap step (trained on the reference alone), then its gate
+        (which finds it already champion)."""
+        result = self.loop.bootstrap()
         if result.status != "registered":
             raise RuntimeError(f"the first model could not be trained: {result.message}")
         self.loop.promote(result.version or "")
@@ -222,6 +229,8 @@ class Replay:
     def _serve(self, chunk: Chunk) -> pd.DataFrame:
         """The scoring service on this chunk: each row routed by its id (the configured
         share to the canary), scored by the model of its alias, logged."""
+        from evergreen.engines.training import output_columns
+
         cols, cfg = self.config.columns, self.config
         champion, canary = self._alias(CHAMPION), self._alias(CANARY)
         if champion is None:
@@ -236,10 +245,10 @@ class Replay:
             rows = aliases == alias
             if version is None or not rows.any():
                 continue
+            # The prediction and the probability column(s), under the config's names.
             preds = self._model(version).predict(frame.loc[rows])
-            served.loc[rows, cols.prediction] = preds.prediction
-            if cols.probability is not None and preds.probability is not None:
-                served.loc[rows, cols.probability] = preds.probability
+            for name, values in output_columns(preds, cols).items():
+                served.loc[rows, name] = values
         log = served.assign(**{ALIAS_COLUMN: aliases, SERVED_AT_COLUMN: self.now()})
         self.ports.predictions.append(log)
         return served

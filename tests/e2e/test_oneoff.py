@@ -2,7 +2,7 @@
 keeps a Prefect server and the served deployments up (one stack for the module: it takes
 30-60 s to start); `evergreen monitor` hands its run to the warm runner and prints and writes
 what the same command prints and writes in process (`--local`); a deterministic failure
-(a missing monitor reference, a column the data does not have) is one `error:` line, no
+(no monitor reference yet, a column the data does not have) is one `error:` line, no
 traceback, the failing task ran once, exit 1 for a failed run and 2 for a config error,
 through the runner and in process alike; `server stop` leaves nothing running."""
 
@@ -172,7 +172,7 @@ def test_a_missing_monitor_reference_is_one_line_and_runs_once(project: Project)
     warm = evergreen(project.root, "monitor", "--config", "broken.yaml", "--batch", batch)
     assert warm.returncode == 1, warm.stderr[-3000:]
     line = _one_error_line(warm)
-    assert line.startswith("error: monitor reference ") and reference in line
+    assert "no monitor reference" in line and reference in line and "`evergreen bootstrap --config FILE`" in line
     task = _task_runs(project, _handed_run(warm.stderr))["load-monitor-reference"]
     assert task["state_type"] == "FAILED" and task["run_count"] == 1  # no retry
 

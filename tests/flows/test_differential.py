@@ -102,6 +102,11 @@ class FlowLoop:
     def __init__(self, config: ModelConfig) -> None:
         self.config = config
 
+    def bootstrap(self) -> RetrainResult:
+        from flows.bootstrap import bootstrap
+
+        return bootstrap(config=self.config, return_state=True).result(raise_on_failure=False)
+
     def monitor(self, batch_path: str) -> MonitorResult:
         from flows.monitor import monitor
 

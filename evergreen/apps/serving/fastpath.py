@@ -84,13 +84,8 @@ class FastScorer:
         return self._predict_matrix(matrix)
 
     def _predict_matrix(self, matrix: np.ndarray) -> Predictions:
-        raw = self.predict_matrix(matrix)
-        if self.model.problem_type == "binary_classification":
-            proba = np.asarray(raw).astype(float)
-            return Predictions(
-                prediction=(proba >= self.model.threshold).astype(np.int64), probability=proba
-            )
-        return Predictions(prediction=np.asarray(raw).astype(float), probability=None)
+        # The model's own rule from raw output to classes/probabilities (TrainedModel.outputs).
+        return self.model.outputs(self.predict_matrix(matrix))
 
 
 def matrix_predictor(booster: Any) -> Callable[[np.ndarray], np.ndarray]:

@@ -57,6 +57,7 @@ class ServedModel:
             "loaded_at": self.loaded_at,
             "problem_type": self.model.problem_type,
             "threshold": self.model.threshold,
+            "classes": getattr(self.model, "classes", None),
             "features": [s.name for s in self.specs],
             "fast_path": self.scorer is not None and self.scorer is not self.model,
         }
