@@ -194,25 +194,18 @@ def _attach_flow_timings(runs: list[dict[str, Any]], api_url: str) -> None:
 
 
 def render(result: dict[str, Any]) -> str:
-    """The BENCHMARKS.md section: how, the figures, each run."""
+    """The BENCHMARKS.md section's figures, terse."""
     warm = ", ".join(f"{r['seconds']:.1f}" for r in result["warm"])
     cold = ", ".join(f"{r['seconds']:.1f}" for r in result["cold"]) or "-"
     verdict = "pass" if result["pass"] else "**fail**"
-    return "\n".join(
-        [
-            f"Measured {result['measured_at']} with `{result.get('command', 'uv run python -m bench oneoff')}` "
-            f"({result['rows']:,}-row batches; run took {result['seconds']:.0f} s; load average "
-            f"{result['load_before']} before / {result['load_after']} after).",
-            "",
-            "| `evergreen monitor --config F --batch B`, CLI start to exit | median (s) | target | result |",
-            "|---|---:|---:|---|",
-            f"| handed to the warm runner (`evergreen server start`) | {result['warm_median_seconds']:.2f} | < {TARGET_SECONDS:.0f} | {verdict} |",
-            f"| cold, in process (temporary Prefect server, cold imports) | {result['cold_median_seconds'] or '-'} | — | info |",
-            "",
-            f"Warm runs (s): {warm}; of which runner pick-up (run created -> flow running) "
-            f"{result['pickup_median_seconds']} s and the flow run {result['flow_median_seconds']} s (medians). "
-            f"Cold runs (s): {cold}. `evergreen server start`: {result['server_start_seconds']:.0f} s (once).",
-        ]
+    return (
+        f"Measured {result['measured_at']}, `{result.get('command', 'uv run python -m bench oneoff')}` "
+        f"({result['rows']:,}-row batches; load average {result['load_before']} / {result['load_after']}; "
+        f"{result['seconds']:.0f} s): handed to the warm runner **{result['warm_median_seconds']:.2f} s** "
+        f"median (target < {TARGET_SECONDS:.0f} s: {verdict}; runs {warm}; of which pick-up "
+        f"{result['pickup_median_seconds']} s and the flow run {result['flow_median_seconds']} s); cold in "
+        f"process {result['cold_median_seconds']} s (runs {cold}). `server start` took "
+        f"{result['server_start_seconds']:.0f} s, once."
     )
 
 

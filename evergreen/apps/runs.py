@@ -79,8 +79,15 @@ def with_absolute_paths(config: ModelConfig) -> ModelConfig:
     return config.model_copy(update={"data": data, "mlflow": mlflow})
 
 
-def _has_secrets(config: ModelConfig) -> bool:
-    return config.mlflow.password is not None or config.notifications.webhook_url is not None
+def _has_secrets(model: Any) -> bool:  # noqa: ANN401 - any pydantic model
+    """Whether any field, at any depth, holds a secret (a set SecretStr)."""
+    from pydantic import BaseModel, SecretStr
+
+    for name in type(model).model_fields:
+        value = getattr(model, name)
+        if isinstance(value, SecretStr) or (isinstance(value, BaseModel) and _has_secrets(value)):
+            return True
+    return False
 
 
 def config_parameter(config: ModelConfig, config_file: Path, *, overridden: bool, runner_cwd: str | None) -> tuple[Any, str | None]:
