@@ -44,7 +44,10 @@ class EvergreenGroup(TyperGroup):
         except Exception as exc:  # noqa: BLE001 - every failure ends as one line
             from evergreen.errors import describe, is_usage_error
 
-            _fail(describe(exc), 2 if is_usage_error(exc) else 1, exc if _Options.verbose else None)
+            message = describe(exc)
+            if not _Options.verbose and message.startswith(f"{type(exc).__name__}: "):
+                message += " (`evergreen --verbose ...` prints the traceback)"  # a bug, not an input
+            _fail(message, 2 if is_usage_error(exc) else 1, exc if _Options.verbose else None)
 
 
 def _fail(message: str, code: int, exc: BaseException | None = None) -> None:

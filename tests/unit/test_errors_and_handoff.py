@@ -185,6 +185,18 @@ def test_verbose_adds_the_traceback(tmp_path: Path) -> None:
     assert _error_lines(loud.stderr) == _error_lines(quiet.stderr) and len(_error_lines(quiet.stderr)) == 1
 
 
+def test_an_unexpected_error_is_one_line_with_its_type_and_the_verbose_hint(monkeypatch: pytest.MonkeyPatch) -> None:
+    import evergreen.apps.cli as cli
+
+    def broken(*args: object, **kwargs: object) -> None:
+        raise KeyError("car_value")
+
+    monkeypatch.setattr(cli, "_load", broken)
+    result = _invoke("promote", "--config", str(DEMO))
+    assert result.exit_code == 1
+    assert result.stderr.strip() == "error: KeyError: 'car_value' (`evergreen --verbose ...` prints the traceback)"
+
+
 def test_server_status_without_a_server_says_how_to_start_it(tmp_path: Path) -> None:
     result = _invoke("server", "status", "--dir", str(tmp_path / "server"))
     assert result.exit_code == 1
