@@ -455,6 +455,9 @@ def server_start(
             raise RuntimeError(f"a part of the server recorded in {home / 'state.json'} still runs but does not answer; run `evergreen server stop` first")
     stack = start_stack(home, port=port, config=config, schedules=schedules, timeout=timeout, log=lambda m: typer.echo(m, err=True))
     _print_stack(stack_status(stack))
+    other = os.environ.get("PREFECT_API_URL")
+    if other and other.rstrip("/") != stack.api_url:
+        typer.echo(f"note: PREFECT_API_URL is set ({other}): commands use that server until it is unset")
     typer.echo(f"one-off commands in {stack.cwd} now use it; `evergreen server stop` stops it")
 
 
