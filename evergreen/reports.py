@@ -23,9 +23,10 @@ class DistributionFinding(BaseModel):
     share: float = Field(description="share of the column's non-null values beyond the range / unseen")
     count: int = Field(description="how many values")
     tolerated_share: float
-    bounds: list[float | str | None] | None = Field(None, description="[min, max] checked: the reference range widened")
-    reference_range: list[float | str | None] | None = Field(None, description="[min, max] of the reference")
-    observed_range: list[float | str | None] | None = Field(None, description="[min, max] of the batch")
+    # Range findings: [min, max] checked (the reference's widened), of the reference, of the batch.
+    bounds: list[float | str | None] | None = None
+    reference_range: list[float | str | None] | None = None
+    observed_range: list[float | str | None] | None = None
     unseen: list[dict[str, Any]] = Field(
         default_factory=list, description="the most frequent unseen categories: {value, count}"
     )
