@@ -362,10 +362,10 @@ def test_suite_built_in_one_go_keeps_every_expectation(suite: SuiteSpec, use_con
     from evergreen.engines.validation import build_expectations
 
     for skip in (frozenset(), frozenset({"age", "region"})):
+        built = Validator(suite)._suite_for(skip, use_constant)  # first: its context adds below
         one_by_one = gx.ExpectationSuite(name="one-by-one")
         for expectation in build_expectations(suite, skip, use_constant):
             one_by_one.add_expectation(expectation)
-        built = Validator(suite)._suite_for(skip, use_constant)
         assert len(built.expectations) == len(one_by_one.expectations) > 0
         assert [e.expectation_type for e in built.expectations] == [e.expectation_type for e in one_by_one.expectations]
 
