@@ -14,6 +14,10 @@ from pydantic import (
     ConfigDict,
     Field,
     SecretStr,
+    StrictBool,
+    StrictFloat,
+    StrictInt,
+    StrictStr,
     ValidationError,
     field_validator,
     model_validator,
@@ -274,6 +278,88 @@ class CanaryConfig(_Section):
     margin: float = Field(0.01, ge=0, le=1)
 
 
+class ColumnLimits(_Section):
+    """Values a column can never take, declared by the user: a batch holding one is rejected.
+
+    `min`/`max` bound a numeric column (inclusive); `allowed` lists every value a column may
+    take (a categorical one). Give either, not both.
+    """
+
+    min: float | None = None
+    max: float | None = None
+    allowed: list[StrictBool | StrictInt | StrictFloat | StrictStr] | None = Field(None, min_length=1)
+
+    @model_validator(mode="after")
+    def _check_bounds(self) -> ColumnLimits:
+        bounded = self.min is not None or self.max is not None
+        if not bounded and self.allowed is None:
+            raise ValueError("give min and/or max (a numeric column) or allowed (its possible values)")
+        if bounded and self.allowed is not None:
+            raise ValueError("give either min/max or allowed, not both")
+        if self.min is not None and self.max is not None and self.min > self.max:
+            raise ValueError(f"min {self.min} is above max {self.max}")
+        return self
+
+
+class ValidationConfig(_Section):
+    """Which checks of a production batch reject it and which only report.
+
+    Integrity checks reject the batch (it gets no drift estimate and no retrain trains on
+    it): schema and types, nulls beyond the reference's share + `null_tolerance`, the
+    `limits` declared here, duplicate ids, row counts (`data.min_batch_rows` /
+    `data.max_batch_rows`), timestamps in the future, infinities, constant columns.
+    Distribution checks never reject by default: values beyond the monitor reference's
+    range (widened by `range_margin`) in more than `outside_range_share` of a column's
+    values, or categories the reference never had in more than `unseen_category_share`,
+    are reported per column and count as drift of that feature. `enforce_range` /
+    `enforce_categories` make them reject for the columns named.
+    """
+
+    null_tolerance: float = Field(0.05, ge=0, le=1, description="null share allowed above the reference's")
+    limits: dict[str, ColumnLimits] = Field(
+        default_factory=dict, description="impossible values per feature: {col: {min, max} | {allowed: [...]}}"
+    )
+    enforce_range: list[str] = Field(
+        default_factory=list, description="numeric features whose values beyond the reference range reject a batch"
+    )
+    enforce_categories: list[str] = Field(
+        default_factory=list, description="categorical features whose unseen categories reject a batch"
+    )
+    range_margin: float = Field(
+        0.5, ge=0, description="the reference's [min, max] widened by this share of its width on each side"
+    )
+    outside_range_share: float = Field(
+        0.001, ge=0, lt=1, description="share of a column's values beyond its range that is reported (or rejects)"
+    )
+    unseen_category_share: float = Field(
+        0.05, ge=0, lt=1, description="share of a column's values in unseen categories that is reported (or rejects)"
+    )
+    max_categories: int = Field(1000, ge=1, description="no category check above this many reference values")
+    check_constant: bool = True
+    min_rows_for_constant_check: int = Field(100, ge=2)
+    clock_skew_seconds: float = Field(300.0, ge=0, description="timestamps may lead `now` by this much")
+
+    def check_columns(self, columns: ColumnRoles) -> None:
+        """ValueError naming each field of this section that names no feature (or the wrong kind)."""
+        features, categorical = columns.features, set(columns.categorical)
+        wrong: list[str] = []
+        for i, name in enumerate(self.enforce_range):
+            if name not in features:
+                wrong.append(f"validation.enforce_range[{i}]: {name!r} is not a feature")
+            elif name in categorical:
+                wrong.append(f"validation.enforce_range[{i}]: {name!r} is categorical; use validation.enforce_categories")
+        for i, name in enumerate(self.enforce_categories):
+            if name not in features:
+                wrong.append(f"validation.enforce_categories[{i}]: {name!r} is not a feature")
+        for name, limit in self.limits.items():
+            if name not in features:
+                wrong.append(f"validation.limits.{name}: {name!r} is not a feature")
+            elif name in categorical and (limit.min is not None or limit.max is not None):
+                wrong.append(f"validation.limits.{name}: {name!r} is categorical; give allowed values, not min/max")
+        if wrong:
+            raise ValueError("; ".join(wrong) + f" (columns.features: {features})")
+
+
 class MlflowConfig(_Section):
     """Where the model registry and tracking live."""
 
@@ -318,6 +404,7 @@ class ModelConfig(_Section):
     training: TrainingConfig = Field(default_factory=TrainingConfig)
     gate: GateConfig = Field(default_factory=GateConfig)
     canary: CanaryConfig = Field(default_factory=CanaryConfig)
+    validation: ValidationConfig = Field(default_factory=ValidationConfig)
     mlflow: MlflowConfig
     notifications: NotificationConfig = Field(default_factory=NotificationConfig)
 
@@ -364,6 +451,11 @@ class ModelConfig(_Section):
                 "columns.probability: a mapping class -> column is for multiclass_classification; "
                 "regression has no probability (leave it out or set it to null)"
             )
+        return self
+
+    @model_validator(mode="after")
+    def _check_validation_columns(self) -> ModelConfig:
+        self.validation.check_columns(self.columns)
         return self
 
     @property

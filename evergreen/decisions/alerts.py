@@ -1,18 +1,27 @@
 """The alert decision on a monitor report: drift and/or degraded performance, and why.
 
-Pure: a `MonitorReport` (plain values from `evergreen.engines.monitoring`) and the config's
+Pure: a `MonitorReport` (plain values from `evergreen.engines.monitoring`), the batch's
+distribution findings (`reports.DistributionFinding`, from validation) and the config's
 thresholds in, an `AlertDecision` and the payloads of its drift/performance events out.
+
+Distribution findings are drift evidence: a feature with values beyond the reference's
+range or in categories the reference never had counts as a drifted feature, whether or not
+NannyML's distance on it crossed its threshold (a few far-out values move a histogram
+distance little, and they are what the model never saw). So they feed the same
+`feature_drift` signal, its share and its retrain policy (`decisions.policy`).
 """
 
 from __future__ import annotations
 
 import math
+from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Literal
 
 from evergreen.config import ModelConfig
 from evergreen.events import DRIFT_DETECTED, PERFORMANCE_DEGRADED
 from evergreen.jsonable import plain as _plain
+from evergreen.reports import DistributionFinding
 
 if TYPE_CHECKING:
     from evergreen.engines.monitoring import MetricEstimate, MonitorReport
@@ -85,23 +94,28 @@ class AlertDecision:
         return out
 
 
-def decide_alerts(report: MonitorReport, config: ModelConfig) -> AlertDecision:
+def decide_alerts(
+    report: MonitorReport, config: ModelConfig, findings: Sequence[DistributionFinding] = ()
+) -> AlertDecision:
     """Drift when enough features alert (or the multivariate error leaves its band); degraded
     performance when the estimated or realized metric falls below reference - performance_drop
     or past metric_floor.
+
+    A feature drifts when NannyML's univariate distance alerts on it or when validation
+    found its values beyond the reference's range or in unseen categories (`findings`).
 
     For lower-is-better metrics (mae, rmse, ...) the drop is relative: worse than
     reference * (1 + performance_drop); the floor is then a ceiling.
     """
     mon = config.monitoring
     signals: list[AlertSignal] = []
-    drifted = report.drifted_features
+    beyond = {f.column: f for f in findings if f.column in config.columns.features}
+    alerting = report.drifted_features
+    drifted = [n for n in config.columns.features if n in alerting or n in beyond]
+    drifted += [n for n in alerting if n not in drifted]
     share = len(drifted) / max(len(report.features), 1)
     if drifted and share >= mon.drifted_feature_share:
-        names = ", ".join(
-            f"{n} ({report.features[n].method} {format_figure(report.features[n].value)} > {format_figure(report.features[n].threshold)})"
-            for n in drifted
-        )
+        names = ", ".join(_drift_reason(n, report, beyond.get(n)) for n in drifted)
         signals.append(
             AlertSignal(
                 "feature_drift",
@@ -144,6 +158,19 @@ def decide_alerts(report: MonitorReport, config: ModelConfig) -> AlertDecision:
         realized_value=realized.value if realized else None,
         reference_value=estimated.reference_value,
     )
+
+
+def _drift_reason(name: str, report: MonitorReport, finding: DistributionFinding | None) -> str:
+    """Why one feature counts as drifted: NannyML's distance over its threshold and/or the
+    share of its values the reference never had."""
+    parts = []
+    feature = report.features.get(name)
+    if feature is not None and feature.alert:
+        parts.append(f"{feature.method} {format_figure(feature.value)} > {format_figure(feature.threshold)}")
+    if finding is not None:
+        where = "beyond the reference range" if finding.check == "range" else "in unseen categories"
+        parts.append(f"{finding.share:.1%} of values {where}")
+    return f"{name} ({'; '.join(parts)})"
 
 
 def _performance_signals(estimate: MetricEstimate, config: ModelConfig) -> list[AlertSignal]:

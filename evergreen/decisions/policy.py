@@ -18,7 +18,8 @@ Rules of the default policy, in order:
 1. a batch rejected by validation triggers nothing (it is left out of training anyway);
 2. signals: each of `retrain.signals` (estimated_drop, realized_drop, multivariate_drift,
    feature_drift) fires when `monitoring.decide_alerts` raised it on the batch, with the
-   thresholds of `monitoring.*`;
+   thresholds of `monitoring.*` (a feature whose values validation found beyond the
+   reference's range or in unseen categories counts as drifted for `feature_drift`);
 3. hysteresis: an alert needs a configured signal on at least `hysteresis_k` of the last
    `hysteresis_n` batches (this one included); the alert is what the events announce;
 4. an alert retrains unless a start check blocks it: a candidate under review, the

@@ -13,7 +13,7 @@ import pandas as pd
 import pytest
 
 from evergreen.adapters import io, registry
-from evergreen.config import ModelConfig
+from evergreen.config import ModelConfig, ValidationConfig
 from evergreen.simulation.stream import write_demo_stream
 from flows.retrain import retrain
 from tests.flows.conftest import model_for
@@ -133,7 +133,9 @@ def test_identical_data_shares_one_snapshot(stream_cfg: ModelConfig, first) -> N
 
 
 def test_corrupted_window_registers_nothing(demo_config: ModelConfig, tmp_path) -> None:
-    cfg = model_for(demo_config, "loan-corrupt", str(tmp_path / "data"))
+    # Impossible values are the user's to declare (values beyond the old range are kept).
+    declared = demo_config.model_copy(update={"validation": ValidationConfig(limits={"car_value": {"min": 0}})})
+    cfg = model_for(declared, "loan-corrupt", str(tmp_path / "data"))
     write_demo_stream(cfg, cfg.data.root, drift="none")
     batch = io.list_batches(cfg.data.path("batches"))[-2]  # inside the sliding window
     frame = io.read_table(batch.path)
@@ -142,7 +144,7 @@ def test_corrupted_window_registers_nothing(demo_config: ModelConfig, tmp_path) 
     since = datetime.now(UTC) - timedelta(seconds=5)
     state = retrain(config=cfg, return_state=True)
     assert state.is_failed() and state.name == "TrainingDataRejected"
-    assert "car_value" in state.message
+    assert "car_value" in state.message and "validation.limits.car_value" in state.message
     assert registry.list_versions(cfg.mlflow.model_name) == []
     # The window was staged for the store while it was validated: nothing of it is left.
     store = Path(cfg.data.path("dataset_store"))
