@@ -52,7 +52,9 @@ def test_each_blocker_holds_an_event_retrain_and_names_itself(changes: dict, blo
 
 def test_a_schedule_has_no_cooldown_but_every_other_blocker() -> None:
     assert policy.check_start(_state(now=pd.Timestamp("2019-01-11", tz="UTC")), CFG, "schedule").allowed
-    assert policy.check_start(_state(new_labelled_rows=0), CFG, "schedule").blocked_by == "min_new_rows"
+    assert policy.check_start(_state(new_labelled_rows=50), CFG, "schedule").blocked_by == "min_new_rows"
+    # no new row at all is its own blocker (it was min_new_rows before issue 16)
+    assert policy.check_start(_state(new_labelled_rows=0), CFG, "schedule").blocked_by == "no_new_data"
     assert policy.check_start(_state(retrains_in_period=5), CFG, "schedule").blocked_by == "budget"
 
 
