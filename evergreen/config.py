@@ -226,7 +226,12 @@ class GateConfig(_Section):
     max_latency_ms: float = Field(250.0, gt=0, description="per 1,000 rows (generous: shared machines are noisy)")
     max_model_mb: float = Field(100.0, gt=0)
     seed: int = 7
-    min_rows: int = Field(500, ge=10, description="fewest fresh labelled rows to gate on")
+    min_rows: int | None = Field(
+        None,
+        ge=10,
+        description="fewest fresh labelled rows to gate on; default: two batches of data.rows_per_batch, "
+        "at least 30, at most 500 (evergreen/decisions/defaults.py)",
+    )
     evaluation_rows: int = Field(20_000, ge=100, description="most recent labelled rows used at most")
 
 
@@ -234,8 +239,12 @@ class CanaryConfig(_Section):
     """Canary traffic share and how much evidence the review needs."""
 
     traffic_share: float = Field(0.2, ge=0, le=1)
-    min_predictions: int = Field(500, ge=1)
-    min_labels: int = Field(200, ge=0)
+    min_predictions: int | None = Field(
+        None, ge=1, description="default: one batch of canary traffic, at least 30, at most 500"
+    )
+    min_labels: int | None = Field(
+        None, ge=0, description="default: one batch of canary traffic, at least 30, at most 200"
+    )
     window_hours: float = Field(24.0, ge=0)
     margin: float = Field(0.01, ge=0, le=1)
 
