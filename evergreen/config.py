@@ -102,6 +102,13 @@ class MonitoringConfig(_Section):
         0.03, ge=0, le=1, description="allowed drop of the metric below the reference value"
     )
     metric_floor: float | None = Field(None, description="absolute floor on the estimated/realized metric")
+    drop_sampling_errors: float = Field(
+        2.0,
+        ge=0,
+        description="a performance alert needs the batch's estimated or realized metric worse than the reference "
+        "by more than this many of its sampling errors (NannyML's, from the rows it rests on) besides "
+        "performance_drop; otherwise the batch is reported as too small to estimate (0: no such check)",
+    )
     plots: Literal["always", "on_alert"] = Field(
         "on_alert",
         description=(

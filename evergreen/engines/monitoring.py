@@ -83,6 +83,7 @@ class MetricEstimate:
     kind: Literal["estimated", "realized"] = "estimated"
     sampling_error: float | None = None
     chunk: str | None = None
+    rows: int | None = None  # rows the value rests on: the chunk's, or its labelled ones
 
 
 @dataclass
@@ -536,7 +537,8 @@ def compute_monitor(
     realized = None
     if "realized_performance" in tables:
         realized = _metric(
-            tables["realized_performance"], config.metric, fitted.reference_metric, "realized"
+            tables["realized_performance"], config.metric, fitted.reference_metric, "realized",
+            labelled=target.notna().to_numpy(),
         )
     ts = batch[cols.timestamp]
     return MonitorReport(
@@ -708,10 +710,13 @@ def _metric(
     metric: str,
     reference_value: float | None,
     kind: Literal["estimated", "realized"],
+    labelled: np.ndarray | None = None,
 ) -> MetricEstimate:
     # The latest chunk with a value: for the realized metric, the latest chunk that has labels.
     valued = table[table[(metric, "value")].notna()]
     row = (valued if len(valued) else table).iloc[-1]
+    start, end = int(row[("chunk", "start_index")]), int(row[("chunk", "end_index")])
+    rows = end - start + 1 if labelled is None else int(labelled[start : end + 1].sum())
     return MetricEstimate(
         metric=metric,
         value=_float(row[(metric, "value")]),
@@ -723,6 +728,7 @@ def _metric(
         kind=kind,
         sampling_error=_float(row.get((metric, "sampling_error"))),
         chunk=str(row[("chunk", "key")]),
+        rows=rows,
     )
 
 

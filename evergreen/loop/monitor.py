@@ -122,7 +122,7 @@ def _estimate(
     real = summary.get("realized_metric") or {}
     result = MonitorResult(
         model=config.name, batch_id=batch.day, batch_path=batch.path, valid=True,
-        message="; ".join([*alerts.reasons, *(f"warning: {w['message']}" for w in warnings)]) or "no drift",
+        message="; ".join([*alerts.reasons, *alerts.notes, *(f"warning: {w['message']}" for w in warnings)]) or "no drift",
         warnings=warnings,
         drift_detected=alerts.drift_detected, performance_degraded=alerts.performance_degraded,
         features=summary.get("features", {}), multivariate=summary.get("multivariate"),
