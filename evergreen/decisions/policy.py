@@ -24,9 +24,9 @@ Rules of the default policy, in order:
    `hysteresis_n` batches (this one included); the alert is what the events announce;
 4. an alert retrains unless a start check blocks it: a candidate under review, the
    cooldown (`cooldown_hours` of data, or `cooldown_batches` batches, since the newest
-   version was trained), no labelled row newer than that version's training data
-   (`no_new_data`), fewer than `min_new_rows` of them, or `max_retrains_per_period`
-   retrains already in the last `period_days` days.
+   version was trained), `max_retrains_per_period` retrains already in the last
+   `period_days` days, no labelled row newer than that version's training data
+   (`no_new_data`) or fewer than `min_new_rows` of them, in that order.
 
 Manual retrains (a person asked) pass the start checks: the person may have changed the
 training settings or the reference table, which the loop's state does not see. No retrain,
@@ -281,8 +281,8 @@ def check_start(state: LoopState, config: RetrainPolicyConfig, trigger: str = "e
     applies it to an alert, the retrain flow to its run, the backtest to both.
 
     - `manual`: always (a person asked; `check_new_data` still refuses a duplicate);
-    - `event` (an alert): a candidate under review, the cooldown, new labelled data
-      (`no_new_data`, then `min_new_rows`) and the budget per period, in that order;
+    - `event` (an alert): a candidate under review, the cooldown, the budget per period and
+      new labelled data (`no_new_data`, then `min_new_rows`), in that order;
     - `schedule`: the same without the cooldown (the schedule is its own cadence).
 
     Checks whose inputs are None in `state` are not known to apply (no version yet)."""
@@ -296,17 +296,6 @@ def check_start(state: LoopState, config: RetrainPolicyConfig, trigger: str = "e
         cooling = _check_cooldown(state, config, done)
         if cooling is not None:
             return cooling
-    if state.new_labelled_rows is not None:
-        if state.new_labelled_rows == 0:
-            return StartCheck(False, _no_new_data_reason(state), "no_new_data")
-        if state.new_labelled_rows < config.min_new_rows:
-            return StartCheck(
-                False,
-                f"min_new_rows: only {state.new_labelled_rows} labelled rows newer than the newest version's "
-                f"training data (retrain.min_new_rows={config.min_new_rows})",
-                "min_new_rows",
-            )
-        done.append(f"{state.new_labelled_rows}+ new labelled rows")
     if state.retrains_in_period is not None:
         if state.retrains_in_period >= config.max_retrains_per_period:
             return StartCheck(
@@ -318,6 +307,17 @@ def check_start(state: LoopState, config: RetrainPolicyConfig, trigger: str = "e
         done.append(
             f"{state.retrains_in_period} of {config.max_retrains_per_period} retrains used in {config.period_days} days"
         )
+    if state.new_labelled_rows is not None:
+        if state.new_labelled_rows == 0:
+            return StartCheck(False, _no_new_data_reason(state), "no_new_data")
+        if state.new_labelled_rows < config.min_new_rows:
+            return StartCheck(
+                False,
+                f"min_new_rows: only {state.new_labelled_rows} labelled rows newer than the newest version's "
+                f"training data (retrain.min_new_rows={config.min_new_rows})",
+                "min_new_rows",
+            )
+        done.append(f"{state.new_labelled_rows}+ new labelled rows")
     return StartCheck(True, f"{trigger} retrain: " + (", ".join(done) or "no start check applies"))
 
 
