@@ -174,7 +174,8 @@ def defaults_for(
     choose(
         "canary.window_hours",
         round(hours, 1),
-        f"{batches_needed} batch(es) ({every} each): enough canary traffic for its minimums, plus the label delay",
+        f"{batches_needed} batch(es) ({every} each): enough canary traffic for its minimums, plus the label "
+        "delay; at least 24 hours",
     )
     choose(
         "monitoring.chunk_size",
@@ -260,9 +261,10 @@ def _gate_min_rows(rows_per_batch: int) -> int:
 
 def _gate_reason(n: int, chosen: int) -> str:
     return (
-        f"{GATE_BATCHES} batches of labelled rows, at least {MIN_SAMPLE_ROWS} and at most {MAX_GATE_ROWS} "
-        f"(the gate uses more when there are); {chosen:,} rows is about {math.ceil(chosen / n)} batch(es). "
-        "Fewer rows widen the gate's bootstrap interval, so only a clearly better challenger passes"
+        f"two batches of labelled rows ({GATE_BATCHES} x {n:,}) kept within {MIN_SAMPLE_ROWS}-{MAX_GATE_ROWS}: "
+        f"{chosen:,} rows, about {math.ceil(chosen / n)} batch(es); more are used when there are "
+        "(gate.evaluation_rows). Fewer rows widen the gate's bootstrap interval, so only a clearly better "
+        "challenger passes"
     )
 
 
