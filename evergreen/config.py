@@ -149,7 +149,7 @@ class RetrainPolicyConfig(_Section):
         168.0, ge=0, description="hours of data time between retrains (default)"
     )
     cooldown_batches: int | None = Field(
-        None, ge=0, description="batches the monitor received between retrains"
+        None, ge=0, description="production batches received (in data.batches) since the newest version was trained"
     )
     hysteresis_k: int = Field(1, ge=1)
     hysteresis_n: int = Field(1, ge=1)
@@ -170,7 +170,8 @@ class RetrainPolicyConfig(_Section):
     def _one_unit_each(self) -> RetrainPolicyConfig:
         # A unit set explicitly replaces the default one (days, hours); two set explicitly
         # conflict: which one would hold is a guess the config must not leave to the code.
-        for default, others in (("window_days", ("window_batches", "window_rows")), ("cooldown_hours", ("cooldown_batches",))):
+        settings = (("window_days", ("window_batches", "window_rows")), ("cooldown_hours", ("cooldown_batches",)))
+        for default, others in settings:
             units = (default, *others)
             given = [f for f in units if f in self.model_fields_set and getattr(self, f) is not None]
             if len(given) > 1:

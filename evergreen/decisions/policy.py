@@ -141,8 +141,8 @@ class LoopState:
     - `new_labelled_rows`: labelled rows newer than `seen_until`, counted up to
       `retrain.min_new_rows` (at least 1): a lower bound once the check passes;
     - `retrains_in_period`: retrains started in the last `period_days` days of data;
-    - `chunks_since_retrain`: batches received since the newest version was trained (the
-      cooldown in batches; the `schedule:K` baseline counts chunks with it too);
+    - `chunks_since_retrain`: batches received since the newest version was trained (read
+      for a cooldown in batches; `schedule:K` counts its chunks with it);
     - `candidate_pending`: a retrained version is still under review (`pending_reason`
       says which: "challenger v5 awaits its gate", "canary v5 is under review").
     """

@@ -39,7 +39,8 @@ def retrain(
     Returns the result with `status`: `skipped` (the start rule held it, or its snapshot is
     the data a registered version was trained on with the same settings: `blocked_by`
     `same_data`, nothing trained or registered), `rejected` (the window or a labels file
-    failed validation: nothing trained, nothing stored) or `registered`. `lineage` adds tags to the version (the flow run, deployment)."""
+    failed validation: nothing trained, nothing stored) or `registered`. `lineage` adds tags
+    to the version (the flow run, deployment)."""
     run.part("check-config-columns", sources.check_config_columns, config)
     start, data_clock = run.part("decide-retrain-start", check_start, ports, config, trigger.kind, policy_name, io=True)
     if not start.allowed:
