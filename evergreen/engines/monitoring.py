@@ -434,7 +434,7 @@ def _capped_threshold_class() -> Any:
     if not _CAPPED:
         from nannyml.thresholds import Threshold
 
-        class CappedThreshold(Threshold, type="evergreen_capped"):
+        class CappedThreshold(Threshold, type="evergreen_capped"):  # type: ignore[call-arg]
             def __init__(self, inner: Threshold, maximum: float) -> None:
                 self.inner, self.maximum = inner, maximum
 
