@@ -193,6 +193,13 @@ class MonitoringConfig(_Section):
         0.03, ge=0, le=1, description="allowed drop of the metric below the reference value"
     )
     metric_floor: float | None = Field(None, description="absolute floor on the estimated/realized metric")
+    drop_sampling_errors: float = Field(
+        2.0,
+        ge=0,
+        description="a performance alert needs the batch's estimated or realized metric worse than the reference "
+        "by more than this many of its sampling errors (NannyML's, from the rows it rests on) besides "
+        "performance_drop; otherwise the batch is reported as too small to estimate (0: no such check)",
+    )
     plots: Literal["always", "on_alert"] = Field(
         "on_alert",
         description=(
@@ -205,7 +212,7 @@ class MonitoringConfig(_Section):
 
 
 class RetrainPolicyConfig(_Section):
-    """When to retrain and on what window (the rules: evergreen/policy.py).
+    """When to retrain and on what window (the rules: evergreen/decisions/policy.py).
 
     The defaults are the policy `python -m bench policy` measures (BENCHMARKS.md): retrain on
     a drop of the estimated or realized metric or on feature drift, at most once per 7 days
@@ -213,13 +220,28 @@ class RetrainPolicyConfig(_Section):
     not trigger by default: NannyML fits its PCA on the reference it then scores, so on
     a reference of a few thousand rows production chunks sit just above the band and
     alerted on about one chunk in five of a stream without drift.
+
+    The sliding window and the cooldown each take one unit: the window in days, batches
+    or rows (`window_days` / `window_batches` / `window_rows`), the cooldown in hours of
+    data or in batches (`cooldown_hours` / `cooldown_batches`). Setting one unit replaces
+    the default (14 days, 168 hours); setting two of one setting is an error.
+    `evergreen.decisions.defaults.defaults_for` chooses them from a stream's cadence and
+    batch size.
     """
 
     window: Literal["sliding", "expanding"] = "sliding"
-    window_days: int | None = Field(14, ge=1)
-    window_rows: int | None = Field(None, ge=100)
+    window_days: int | None = Field(14, ge=1, description="sliding window: the last N days of data (default)")
+    window_batches: int | None = Field(
+        None, ge=1, description="sliding window: the newest N batches that have labelled rows"
+    )
+    window_rows: int | None = Field(None, ge=100, description="sliding window: the newest N labelled rows")
     include_reference: bool = True
-    cooldown_hours: float = Field(168.0, ge=0, description="hours of data time between retrains")
+    cooldown_hours: float | None = Field(
+        168.0, ge=0, description="hours of data time between retrains (default)"
+    )
+    cooldown_batches: int | None = Field(
+        None, ge=0, description="production batches received (in data.batches) since the newest version was trained"
+    )
     hysteresis_k: int = Field(1, ge=1)
     hysteresis_n: int = Field(1, ge=1)
     min_new_rows: int = Field(0, ge=0)
@@ -234,6 +256,45 @@ class RetrainPolicyConfig(_Section):
         if self.hysteresis_k > self.hysteresis_n:
             raise ValueError("retrain.hysteresis_k must be <= retrain.hysteresis_n")
         return self
+
+    @model_validator(mode="after")
+    def _one_unit_each(self) -> RetrainPolicyConfig:
+        # A unit set explicitly replaces the default one (days, hours); two set explicitly
+        # conflict: which one would hold is a guess the config must not leave to the code.
+        settings = (("window_days", ("window_batches", "window_rows")), ("cooldown_hours", ("cooldown_batches",)))
+        for default, others in settings:
+            units = (default, *others)
+            given = [f for f in units if f in self.model_fields_set and getattr(self, f) is not None]
+            if len(given) > 1:
+                setting = default.split("_")[0]
+                raise ValueError(
+                    f"retrain.{setting} is given in more than one unit ({', '.join(f'retrain.{f}' for f in given)}); "
+                    f"keep one of {', '.join(f'retrain.{f}' for f in units)}"
+                )
+            if given and given[0] != default and default not in self.model_fields_set:
+                setattr(self, default, None)
+        return self
+
+    @property
+    def window_unit(self) -> tuple[str, float] | None:
+        """The sliding window's size as (unit, value): ("days", 14), ("batches", 6) or
+        ("rows", 5000); None when the window is expanding or unbounded."""
+        if self.window == "expanding":
+            return None
+        return _one_unit(self, "window", ("days", "batches", "rows"))
+
+    @property
+    def cooldown_unit(self) -> tuple[str, float] | None:
+        """The cooldown as ("hours", 168.0) or ("batches", 7); None when there is none."""
+        return _one_unit(self, "cooldown", ("hours", "batches"))
+
+
+def _one_unit(policy: RetrainPolicyConfig, setting: str, units: tuple[str, ...]) -> tuple[str, float] | None:
+    given = [(u, getattr(policy, f"{setting}_{u}")) for u in units if getattr(policy, f"{setting}_{u}") is not None]
+    if len(given) > 1:  # only a copy made without validation (model_copy) can get here
+        names = ", ".join(f"retrain.{setting}_{u}" for u, _ in given)
+        raise ConfigError(f"invalid Evergreen config:\n  retrain: {setting} is given in more than one unit ({names}); keep one")
+    return given[0] if given else None
 
 
 class TrainingConfig(_Section):
@@ -264,7 +325,12 @@ class GateConfig(_Section):
     max_latency_ms: float = Field(250.0, gt=0, description="per 1,000 rows (generous: shared machines are noisy)")
     max_model_mb: float = Field(100.0, gt=0)
     seed: int = 7
-    min_rows: int = Field(500, ge=10, description="fewest fresh labelled rows to gate on")
+    min_rows: int | None = Field(
+        None,
+        ge=10,
+        description="fewest fresh labelled rows to gate on; default: two batches of data.rows_per_batch, "
+        "at least 30, at most 500 (evergreen/decisions/defaults.py)",
+    )
     evaluation_rows: int = Field(20_000, ge=100, description="most recent labelled rows used at most")
 
 
@@ -272,8 +338,12 @@ class CanaryConfig(_Section):
     """Canary traffic share and how much evidence the review needs."""
 
     traffic_share: float = Field(0.2, ge=0, le=1)
-    min_predictions: int = Field(500, ge=1)
-    min_labels: int = Field(200, ge=0)
+    min_predictions: int | None = Field(
+        None, ge=1, description="default: one batch of canary traffic, at least 30, at most 500"
+    )
+    min_labels: int | None = Field(
+        None, ge=0, description="default: one batch of canary traffic, at least 30, at most 200"
+    )
     window_hours: float = Field(24.0, ge=0)
     margin: float = Field(0.01, ge=0, le=1)
 

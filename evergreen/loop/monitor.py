@@ -139,6 +139,7 @@ def _estimate(
         message="; ".join(
             [
                 *alerts.reasons,
+                *alerts.notes,
                 *(f"{f.column}: {f.message}" for f in findings),
                 *(f"warning: {w['message']}" for w in warnings),
                 *scored,

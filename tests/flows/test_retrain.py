@@ -119,17 +119,25 @@ def test_model_loads_in_fresh_process_and_predicts_the_same(stream_cfg: ModelCon
     assert (abs(fresh - logged) < 1e-7).all()
 
 
-def test_identical_data_shares_one_snapshot(stream_cfg: ModelConfig, first) -> None:
+def test_identical_data_registers_no_second_version(stream_cfg: ModelConfig, first) -> None:
+    """Changed on purpose (issue 16): a second retrain on identical data used to register a
+    second version; it now shares the snapshot and is skipped, naming the version it repeats."""
     result, _ = first
     state = retrain(config=stream_cfg, return_state=True)
+    assert state.is_completed() and state.name == "Skipped", state.message
+    assert state.message.startswith("retrain skipped: same_data: ")
     second = state.result()
+    assert second.status == "skipped" and second.blocked_by == "same_data"
+    assert f"v{result.version}" in second.message
     assert second.dataset_digest == result.dataset_digest
     assert second.dataset_reused
     store = Path(stream_cfg.data.path("dataset_store"))
     assert len(list(store.glob("*/*/meta.json"))) == 1
-    assert second.version != result.version
-    assert not second.bootstrap and second.aliases == ["challenger"]
+    assert [v.version for v in registry.list_versions(stream_cfg.mlflow.model_name)] == [result.version]
     assert registry.version_by_alias(stream_cfg.mlflow.model_name, "champion").version == result.version
+    # A schedule on the same stream is held before it reads anything: nothing is newer.
+    held = retrain(config=stream_cfg, trigger="schedule", return_state=True)
+    assert held.name == "Skipped" and held.message.startswith("retrain skipped: no_new_data: "), held.message
 
 
 def test_corrupted_window_registers_nothing(demo_config: ModelConfig, tmp_path) -> None:
