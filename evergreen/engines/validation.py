@@ -264,7 +264,7 @@ def derive_suite(reference: pd.DataFrame, config: ModelConfig) -> SuiteSpec:
     specs = [
         ColumnSpec(name=cols.id, role="id", kind=column_kind(reference[cols.id]), unique=True),
         ColumnSpec(name=cols.timestamp, role="timestamp", kind="datetime", not_future=True),
-        *(_feature_spec(reference[c], c in cols.categorical, opts) for c in cols.features),
+        *(_feature_spec(reference[c], c in cols.categorical, opts, config.data.rows_per_batch) for c in cols.features),
         _prediction_spec(reference[cols.prediction], config),
     ]
     # One probability column (binary) or one per class (multiclass), each in [0, 1].
@@ -310,7 +310,16 @@ def column_kind(series: pd.Series) -> ColumnKind:
     return "string"
 
 
-def _feature_spec(ref: pd.Series, categorical: bool, opts: ValidationConfig) -> ColumnSpec:
+def null_allowance(null_share: float, tolerance: float, batch_rows: int) -> float:
+    """The null share a batch may show: the reference's plus `tolerance`, or plus three
+    standard errors of a share on a batch of `batch_rows` rows when that is more (on small
+    batches chance alone moves a null share by more than the tolerance: a reference 20%
+    null gives 60-row batches 31% null about once in a hundred)."""
+    noise = 3.0 * math.sqrt(null_share * (1.0 - null_share) / max(batch_rows, 1))
+    return min(1.0, null_share + max(tolerance, noise))
+
+
+def _feature_spec(ref: pd.Series, categorical: bool, opts: ValidationConfig, batch_rows: int) -> ColumnSpec:
     name = str(ref.name)
     kind = column_kind(ref)
     null_share = float(ref.isna().mean())
@@ -318,7 +327,7 @@ def _feature_spec(ref: pd.Series, categorical: bool, opts: ValidationConfig) -> 
         "name": name,
         "role": "feature",
         "kind": kind,
-        "max_null_fraction": min(1.0, null_share + opts.null_tolerance),
+        "max_null_fraction": null_allowance(null_share, opts.null_tolerance, batch_rows),
         "not_constant": opts.check_constant and ref.nunique(dropna=True) > 1,
     }
     values = ref.dropna()

@@ -715,3 +715,17 @@ def test_regression_labels_must_be_finite_numbers(batch: pd.DataFrame, config: M
     assert [(f.column, f.expectation_type) for f in report.failures] == [
         ("target", TYPE_EXPECTATION)
     ]
+
+
+def test_the_null_allowance_widens_with_the_noise_of_small_batches() -> None:
+    from evergreen.engines.validation import null_allowance
+
+    # Large batches: the configured tolerance decides.
+    assert null_allowance(0.2, 0.05, 100_000) == pytest.approx(0.25)
+    # 60-row batches of a 20%-null column: 3 standard errors (15.5 points) of slack.
+    assert null_allowance(0.2, 0.05, 60) == pytest.approx(0.2 + 3 * (0.2 * 0.8 / 60) ** 0.5)
+    # A column never null stays strict: the tolerance alone.
+    assert null_allowance(0.0, 0.05, 60) == pytest.approx(0.05)
+    rng = np.random.default_rng(0)
+    shares = rng.binomial(60, 0.2, size=20_000) / 60
+    assert (shares > null_allowance(0.2, 0.05, 60)).mean() < 0.005  # chance alone rarely rejects
