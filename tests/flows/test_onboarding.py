@@ -42,7 +42,7 @@ CASES = [
     Case("cards", user_streams.multiclass, "multiclass_classification", "id",
          {"every": pd.Timedelta(days=7), "max_batches": 8}),
     Case("car-loan-dq", user_streams.car_loan_dq, "binary_classification", "id",
-         {"every": pd.Timedelta(days=7), "max_batches": 8, "label_delay_batches": 2}),
+         {"every": pd.Timedelta(days=30), "max_batches": 8, "label_delay_batches": 1}),  # monthly
 ]
 
 
