@@ -25,7 +25,7 @@ class EvergreenModel(Block):
     # UI and API reads and hands them back on `load`.
     config: ModelConfig = Field(
         description="The model's configuration, with the sections of a YAML config "
-        "(columns, data, monitoring, retrain, training, gate, canary, mlflow, notifications)."
+        "(columns, data, monitoring, retrain, training, gate, canary, validation, mlflow, notifications)."
     )
 
     @model_validator(mode="before")

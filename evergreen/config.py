@@ -14,6 +14,10 @@ from pydantic import (
     ConfigDict,
     Field,
     SecretStr,
+    StrictBool,
+    StrictFloat,
+    StrictInt,
+    StrictStr,
     ValidationError,
     field_validator,
     model_validator,
@@ -189,6 +193,13 @@ class MonitoringConfig(_Section):
         0.03, ge=0, le=1, description="allowed drop of the metric below the reference value"
     )
     metric_floor: float | None = Field(None, description="absolute floor on the estimated/realized metric")
+    drop_sampling_errors: float = Field(
+        2.0,
+        ge=0,
+        description="a performance alert needs the batch's estimated or realized metric worse than the reference "
+        "by more than this many of its sampling errors (NannyML's, from the rows it rests on) besides "
+        "performance_drop; otherwise the batch is reported as too small to estimate (0: no such check)",
+    )
     plots: Literal["always", "on_alert"] = Field(
         "on_alert",
         description=(
@@ -201,7 +212,7 @@ class MonitoringConfig(_Section):
 
 
 class RetrainPolicyConfig(_Section):
-    """When to retrain and on what window (the rules: evergreen/policy.py).
+    """When to retrain and on what window (the rules: evergreen/decisions/policy.py).
 
     The defaults are the policy `python -m bench policy` measures (BENCHMARKS.md): retrain on
     a drop of the estimated or realized metric or on feature drift, at most once per 7 days
@@ -209,13 +220,28 @@ class RetrainPolicyConfig(_Section):
     not trigger by default: NannyML fits its PCA on the reference it then scores, so on
     a reference of a few thousand rows production chunks sit just above the band and
     alerted on about one chunk in five of a stream without drift.
+
+    The sliding window and the cooldown each take one unit: the window in days, batches
+    or rows (`window_days` / `window_batches` / `window_rows`), the cooldown in hours of
+    data or in batches (`cooldown_hours` / `cooldown_batches`). Setting one unit replaces
+    the default (14 days, 168 hours); setting two of one setting is an error.
+    `evergreen.decisions.defaults.defaults_for` chooses them from a stream's cadence and
+    batch size.
     """
 
     window: Literal["sliding", "expanding"] = "sliding"
-    window_days: int | None = Field(14, ge=1)
-    window_rows: int | None = Field(None, ge=100)
+    window_days: int | None = Field(14, ge=1, description="sliding window: the last N days of data (default)")
+    window_batches: int | None = Field(
+        None, ge=1, description="sliding window: the newest N batches that have labelled rows"
+    )
+    window_rows: int | None = Field(None, ge=100, description="sliding window: the newest N labelled rows")
     include_reference: bool = True
-    cooldown_hours: float = Field(168.0, ge=0, description="hours of data time between retrains")
+    cooldown_hours: float | None = Field(
+        168.0, ge=0, description="hours of data time between retrains (default)"
+    )
+    cooldown_batches: int | None = Field(
+        None, ge=0, description="production batches received (in data.batches) since the newest version was trained"
+    )
     hysteresis_k: int = Field(1, ge=1)
     hysteresis_n: int = Field(1, ge=1)
     min_new_rows: int = Field(0, ge=0)
@@ -230,6 +256,45 @@ class RetrainPolicyConfig(_Section):
         if self.hysteresis_k > self.hysteresis_n:
             raise ValueError("retrain.hysteresis_k must be <= retrain.hysteresis_n")
         return self
+
+    @model_validator(mode="after")
+    def _one_unit_each(self) -> RetrainPolicyConfig:
+        # A unit set explicitly replaces the default one (days, hours); two set explicitly
+        # conflict: which one would hold is a guess the config must not leave to the code.
+        settings = (("window_days", ("window_batches", "window_rows")), ("cooldown_hours", ("cooldown_batches",)))
+        for default, others in settings:
+            units = (default, *others)
+            given = [f for f in units if f in self.model_fields_set and getattr(self, f) is not None]
+            if len(given) > 1:
+                setting = default.split("_")[0]
+                raise ValueError(
+                    f"retrain.{setting} is given in more than one unit ({', '.join(f'retrain.{f}' for f in given)}); "
+                    f"keep one of {', '.join(f'retrain.{f}' for f in units)}"
+                )
+            if given and given[0] != default and default not in self.model_fields_set:
+                setattr(self, default, None)
+        return self
+
+    @property
+    def window_unit(self) -> tuple[str, float] | None:
+        """The sliding window's size as (unit, value): ("days", 14), ("batches", 6) or
+        ("rows", 5000); None when the window is expanding or unbounded."""
+        if self.window == "expanding":
+            return None
+        return _one_unit(self, "window", ("days", "batches", "rows"))
+
+    @property
+    def cooldown_unit(self) -> tuple[str, float] | None:
+        """The cooldown as ("hours", 168.0) or ("batches", 7); None when there is none."""
+        return _one_unit(self, "cooldown", ("hours", "batches"))
+
+
+def _one_unit(policy: RetrainPolicyConfig, setting: str, units: tuple[str, ...]) -> tuple[str, float] | None:
+    given = [(u, getattr(policy, f"{setting}_{u}")) for u in units if getattr(policy, f"{setting}_{u}") is not None]
+    if len(given) > 1:  # only a copy made without validation (model_copy) can get here
+        names = ", ".join(f"retrain.{setting}_{u}" for u, _ in given)
+        raise ConfigError(f"invalid Evergreen config:\n  retrain: {setting} is given in more than one unit ({names}); keep one")
+    return given[0] if given else None
 
 
 class TrainingConfig(_Section):
@@ -260,7 +325,12 @@ class GateConfig(_Section):
     max_latency_ms: float = Field(250.0, gt=0, description="per 1,000 rows (generous: shared machines are noisy)")
     max_model_mb: float = Field(100.0, gt=0)
     seed: int = 7
-    min_rows: int = Field(500, ge=10, description="fewest fresh labelled rows to gate on")
+    min_rows: int | None = Field(
+        None,
+        ge=10,
+        description="fewest fresh labelled rows to gate on; default: two batches of data.rows_per_batch, "
+        "at least 30, at most 500 (evergreen/decisions/defaults.py)",
+    )
     evaluation_rows: int = Field(20_000, ge=100, description="most recent labelled rows used at most")
 
 
@@ -268,10 +338,96 @@ class CanaryConfig(_Section):
     """Canary traffic share and how much evidence the review needs."""
 
     traffic_share: float = Field(0.2, ge=0, le=1)
-    min_predictions: int = Field(500, ge=1)
-    min_labels: int = Field(200, ge=0)
+    min_predictions: int | None = Field(
+        None, ge=1, description="default: one batch of canary traffic, at least 30, at most 500"
+    )
+    min_labels: int | None = Field(
+        None, ge=0, description="default: one batch of canary traffic, at least 30, at most 200"
+    )
     window_hours: float = Field(24.0, ge=0)
     margin: float = Field(0.01, ge=0, le=1)
+
+
+class ColumnLimits(_Section):
+    """Values a column can never take, declared by the user: a batch holding one is rejected.
+
+    `min`/`max` bound a numeric column (inclusive); `allowed` lists every value a column may
+    take (a categorical one). Give either, not both.
+    """
+
+    min: float | None = None
+    max: float | None = None
+    allowed: list[StrictBool | StrictInt | StrictFloat | StrictStr] | None = Field(None, min_length=1)
+
+    @model_validator(mode="after")
+    def _check_bounds(self) -> ColumnLimits:
+        bounded = self.min is not None or self.max is not None
+        if not bounded and self.allowed is None:
+            raise ValueError("give min and/or max (a numeric column) or allowed (its possible values)")
+        if bounded and self.allowed is not None:
+            raise ValueError("give either min/max or allowed, not both")
+        if self.min is not None and self.max is not None and self.min > self.max:
+            raise ValueError(f"min {self.min} is above max {self.max}")
+        return self
+
+
+class ValidationConfig(_Section):
+    """Which checks of a production batch reject it and which only report.
+
+    Integrity checks reject the batch (it gets no drift estimate and no retrain trains on
+    it): schema and types, nulls beyond the reference's share + `null_tolerance`, the
+    `limits` declared here, duplicate ids, row counts (`data.min_batch_rows` /
+    `data.max_batch_rows`), timestamps in the future, infinities, constant columns.
+    Distribution checks never reject by default: values beyond the monitor reference's
+    range (widened by `range_margin`) in more than `outside_range_share` of a column's
+    values, or categories the reference never had in more than `unseen_category_share`,
+    are reported per column and count as drift of that feature. `enforce_range` /
+    `enforce_categories` make them reject for the columns named.
+    """
+
+    null_tolerance: float = Field(0.05, ge=0, le=1, description="null share allowed above the reference's")
+    limits: dict[str, ColumnLimits] = Field(
+        default_factory=dict, description="impossible values per feature: {col: {min, max} | {allowed: [...]}}"
+    )
+    enforce_range: list[str] = Field(
+        default_factory=list, description="numeric features whose values beyond the reference range reject a batch"
+    )
+    enforce_categories: list[str] = Field(
+        default_factory=list, description="categorical features whose unseen categories reject a batch"
+    )
+    range_margin: float = Field(
+        0.5, ge=0, description="the reference's [min, max] widened by this share of its width on each side"
+    )
+    outside_range_share: float = Field(
+        0.001, ge=0, lt=1, description="share of a column's values beyond its range that is reported (or rejects)"
+    )
+    unseen_category_share: float = Field(
+        0.05, ge=0, lt=1, description="share of a column's values in unseen categories that is reported (or rejects)"
+    )
+    max_categories: int = Field(1000, ge=1, description="no category check above this many reference values")
+    check_constant: bool = True
+    min_rows_for_constant_check: int = Field(100, ge=2)
+    clock_skew_seconds: float = Field(300.0, ge=0, description="timestamps may lead `now` by this much")
+
+    def check_columns(self, columns: ColumnRoles) -> None:
+        """ValueError naming each field of this section that names no feature (or the wrong kind)."""
+        features, categorical = columns.features, set(columns.categorical)
+        wrong: list[str] = []
+        for i, name in enumerate(self.enforce_range):
+            if name not in features:
+                wrong.append(f"validation.enforce_range[{i}]: {name!r} is not a feature")
+            elif name in categorical:
+                wrong.append(f"validation.enforce_range[{i}]: {name!r} is categorical; use validation.enforce_categories")
+        for i, name in enumerate(self.enforce_categories):
+            if name not in features:
+                wrong.append(f"validation.enforce_categories[{i}]: {name!r} is not a feature")
+        for name, limit in self.limits.items():
+            if name not in features:
+                wrong.append(f"validation.limits.{name}: {name!r} is not a feature")
+            elif name in categorical and (limit.min is not None or limit.max is not None):
+                wrong.append(f"validation.limits.{name}: {name!r} is categorical; give allowed values, not min/max")
+        if wrong:
+            raise ValueError("; ".join(wrong) + f" (columns.features: {features})")
 
 
 class MlflowConfig(_Section):
@@ -318,6 +474,7 @@ class ModelConfig(_Section):
     training: TrainingConfig = Field(default_factory=TrainingConfig)
     gate: GateConfig = Field(default_factory=GateConfig)
     canary: CanaryConfig = Field(default_factory=CanaryConfig)
+    validation: ValidationConfig = Field(default_factory=ValidationConfig)
     mlflow: MlflowConfig
     notifications: NotificationConfig = Field(default_factory=NotificationConfig)
 
@@ -364,6 +521,11 @@ class ModelConfig(_Section):
                 "columns.probability: a mapping class -> column is for multiclass_classification; "
                 "regression has no probability (leave it out or set it to null)"
             )
+        return self
+
+    @model_validator(mode="after")
+    def _check_validation_columns(self) -> ModelConfig:
+        self.validation.check_columns(self.columns)
         return self
 
     @property

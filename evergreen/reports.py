@@ -2,9 +2,35 @@
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, Literal
 
 from pydantic import BaseModel, Field
+
+
+class DistributionFinding(BaseModel):
+    """What a distribution check found in one column of a batch: values beyond the monitor
+    reference's range (`check="range"`) or categories the reference never had
+    (`check="categories"`), in more than the tolerated share of the column's non-null values.
+
+    Never a rejection by itself (unless the config enforces the check for the column, and
+    then it is a failure, not a finding): the batch is monitored, the finding is reported
+    and counts as drift of the feature (`decisions.alerts.decide_alerts`).
+    """
+
+    column: str
+    check: Literal["range", "categories"]
+    expectation_type: str
+    share: float = Field(description="share of the column's non-null values beyond the range / unseen")
+    count: int = Field(description="how many values")
+    tolerated_share: float
+    # Range findings: [min, max] checked (the reference's widened), of the reference, of the batch.
+    bounds: list[float | str | None] | None = None
+    reference_range: list[float | str | None] | None = None
+    observed_range: list[float | str | None] | None = None
+    unseen: list[dict[str, Any]] = Field(
+        default_factory=list, description="the most frequent unseen categories: {value, count}"
+    )
+    message: str = ""
 
 
 class MonitorResult(BaseModel):
@@ -18,6 +44,10 @@ class MonitorResult(BaseModel):
     failures: list[dict[str, Any]] = Field(default_factory=list)
     warnings: list[dict[str, Any]] = Field(
         default_factory=list, description="findings that did not reject the batch (e.g. unknown columns)"
+    )
+    distribution_findings: list[DistributionFinding] = Field(
+        default_factory=list,
+        description="per column: values beyond the reference range, unseen categories (reported, drift evidence)",
     )
     drift_detected: bool = False
     performance_degraded: bool = False

@@ -50,6 +50,12 @@ def _summary_markdown(result: MonitorResult, run: PublishedRun | None) -> str:
             lines.append(f"- multivariate reconstruction error: {mv.get('value')} (alert: {mv.get('alert')})")
     if result.reasons:
         lines += ["", "## Reasons", *[f"- {r}" for r in result.reasons]]
+    if result.distribution_findings:
+        lines += [
+            "",
+            "## Distribution findings (drift evidence, not a rejection)",
+            *[f"- `{f.column}` ({f.check}): {f.message}" for f in result.distribution_findings],
+        ]
     if result.warnings:
         lines += ["", "## Warnings", *[f"- `{w.get('column')}`: {w.get('message')}" for w in result.warnings]]
     lines += ["", f"Events: {', '.join(result.events) or 'none'}"]

@@ -286,6 +286,8 @@ def log_monitor_run(
         tags["prefect.flow_run_id"] = flow_run_id
     with mlflow.start_run(experiment_id=exp_id, run_name=f"monitor-{result.batch_id}", tags=tags) as run:
         metrics: dict[str, float | None] = {"valid": float(result.valid), "rows": float(result.rows)}
+        # Columns with values the reference never had (beyond its range, unseen categories).
+        metrics["distribution_findings"] = float(len(result.distribution_findings))
         if result.valid:
             metrics |= {f"drift.{name}": f.get("value") for name, f in result.features.items()}
             metrics["drifted_features"] = float(sum(bool(f.get("alert")) for f in result.features.values()))

@@ -38,9 +38,22 @@ def file_ports(config: ModelConfig, *, events: EventSink, runs: RunLog, lock: Lo
 
 
 def in_memory(config: ModelConfig, prefix: str = "evergreen") -> ModelConfig:
-    """`config` with its data under a fresh `memory://` root (nothing touches disk)."""
+    """`config` with all its data under a fresh `memory://` root: every location (batches,
+    labels, references, the ledger, snapshots, the prediction log) by its default name
+    there, so that none escapes to disk, an absolute or remote path of the user's included
+    (a replay writes batches and labels: it must never write over the user's files)."""
+    from evergreen.config import DataConfig
+
     root = f"memory://{prefix}-{uuid.uuid4().hex[:12]}"
-    return config.model_copy(update={"data": config.data.model_copy(update={"root": root})})
+    defaults = DataConfig()
+    locations = {name: getattr(defaults, name) for name in DATA_LOCATIONS}
+    return config.model_copy(update={"data": config.data.model_copy(update={"root": root, **locations})})
+
+
+# The data fields that name a location (everything else in `data` is a setting).
+DATA_LOCATIONS = (
+    "training_reference", "monitor_reference", "batches", "labels", "predictions_log", "dataset_store", "state",
+)
 
 
 def memory_ports(config: ModelConfig, clock: Callable[[], datetime] | None = None) -> Ports:

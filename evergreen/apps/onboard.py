@@ -517,9 +517,33 @@ def infer_config(
         "metric": metric,
         "columns": columns,
         "data": data,
-        "mlflow": {"tracking_uri": tracking_uri or "sqlite:///.evergreen/mlflow.db", "artifact_root": ".evergreen/mlartifacts", "model_name": model_name},
+    }
+    if shape is not None and shape.cadence is not None:
+        _add_stream_defaults(config, guesses, shape, reference_rows=len(frame))
+    else:
+        notes.append("the loop's settings (window, cooldown, gate and canary minimums) are the defaults: "
+                     "rerun init with --batches holding two or more dated batches to fit them to the stream")
+    config["mlflow"] = {
+        "tracking_uri": tracking_uri or "sqlite:///.evergreen/mlflow.db",
+        "artifact_root": ".evergreen/mlartifacts",
+        "model_name": model_name,
     }
     return Inference(config=config, guesses=guesses, notes=notes, shape=shape)
+
+
+def _add_stream_defaults(config: dict[str, Any], guesses: list[Guess], shape: StreamShape, reference_rows: int) -> None:
+    """The loop's settings chosen for the stream's cadence and size (`decisions.defaults`)."""
+    from evergreen.decisions.defaults import defaults_for
+
+    assert shape.cadence is not None
+    chosen = defaults_for(shape.cadence, shape.rows_per_batch, shape.label_delay, reference_rows)
+    known = {g.field for g in guesses}
+    for choice in chosen.choices:
+        section, _, name = choice.field.partition(".")
+        if choice.field in known:  # measured from the files: keep that reason
+            continue
+        config.setdefault(section, {})[name] = choice.value
+        guesses.append(Guess(choice.field, choice.value, choice.reason, f"edit {choice.field}"))
 
 
 def validate_inference(inference: Inference) -> None:

@@ -226,6 +226,11 @@ def decide_canary(
     estimate. Pure; the bootstrap (only when both arms carry `labelled` rows and the basis
     is realized) is seeded by `seed`.
     """
+    if canary_cfg.min_predictions is None or canary_cfg.min_labels is None:
+        raise ValueError(
+            "canary.min_predictions / canary.min_labels are unset here: pass the config through "
+            "evergreen.decisions.defaults.canary_config, which derives them from data.rows_per_batch"
+        )
     decision = CanaryDecision(
         outcome=PENDING,
         canary_version=canary.version,
@@ -337,12 +342,16 @@ def _labels_for(
     return target_values(served[id_col].map(latest), config, f"labels column {target!r}")
 
 
+def _min_labels(cfg: CanaryConfig) -> int:
+    return cfg.min_labels or 0  # set: decide_canary refuses a config without it
+
+
 def _has_realized(arm: ArmEvidence, cfg: CanaryConfig) -> bool:
-    return arm.realized_metric is not None and arm.n_labelled >= cfg.min_labels
+    return arm.realized_metric is not None and arm.n_labelled >= _min_labels(cfg)
 
 
 def _labels_short(arm: ArmEvidence, cfg: CanaryConfig) -> int:
-    short = max(cfg.min_labels - arm.n_labelled, 0)
+    short = max(_min_labels(cfg) - arm.n_labelled, 0)
     # Enough labels but an undefined metric (e.g. one class only): at least one more.
     return short if short or arm.realized_metric is not None else 1
 
@@ -354,12 +363,12 @@ def _pending_reasons(
     if needed.predictions:
         reasons.append(
             f"the canary served {canary.n_predictions} predictions; {cfg.min_predictions} are "
-            f"required ({needed.predictions} more)"
+            f"required (canary.min_predictions; {needed.predictions} more)"
         )
     for arm, short in ((canary, needed.labels), (champion, needed.champion_labels)):
         if not short:
             continue
-        if arm.n_labelled >= cfg.min_labels:
+        if arm.n_labelled >= _min_labels(cfg):
             reasons.append(
                 f"the {arm.alias} has {arm.n_labelled} labelled predictions but its realized "
                 "metric is undefined (e.g. one class only); more labels are needed"
@@ -367,8 +376,8 @@ def _pending_reasons(
         else:
             reasons.append(
                 f"the {arm.alias} has {arm.n_labelled} labelled predictions; "
-                f"{cfg.min_labels} are required ({short} more) and there is no estimate to "
-                "decide on"
+                f"{cfg.min_labels} are required (canary.min_labels; {short} more) and there is no "
+                "estimate to decide on"
             )
     return reasons
 

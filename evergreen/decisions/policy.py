@@ -7,8 +7,9 @@ Pure (no Prefect, MLflow or NannyML). The same `decide` serves three callers:
   batches); the event payloads keep the contract of `AlertDecision.event_payloads`;
 - the backtest, to decide per chunk whether to retrain (`PolicyDecision.retrain`), for the
   default policy and the baselines `never`, `always` and `schedule:K`;
-- anything that starts a retrain, through `check_start` (cooldown, minimum new labelled
-  rows, budget per period, a candidate still under review).
+- anything that starts a retrain, through `check_start` (cooldown, new labelled data,
+  budget per period, a candidate still under review), and after its snapshot through
+  `check_new_data` (a window identical to a registered version's is not trained again).
 
 Time is the data's clock (the newest batch timestamp), never the wall clock: a replay
 passes days in seconds and a cooldown still means hours of data.
@@ -18,13 +19,21 @@ Rules of the default policy, in order:
 1. a batch rejected by validation triggers nothing (it is left out of training anyway);
 2. signals: each of `retrain.signals` (estimated_drop, realized_drop, multivariate_drift,
    feature_drift) fires when `monitoring.decide_alerts` raised it on the batch, with the
-   thresholds of `monitoring.*`;
+   thresholds of `monitoring.*` (a feature whose values validation found beyond the
+   reference's range or in unseen categories counts as drifted for `feature_drift`);
 3. hysteresis: an alert needs a configured signal on at least `hysteresis_k` of the last
    `hysteresis_n` batches (this one included); the alert is what the events announce;
 4. an alert retrains unless a start check blocks it: a candidate under review, the
-   cooldown (`cooldown_hours` of data since the newest version was trained), fewer than
-   `min_new_rows` labelled rows newer than that version's training data, or
-   `max_retrains_per_period` retrains already in the last `period_days` days.
+   cooldown (`cooldown_hours` of data, or `cooldown_batches` batches, since the newest
+   version was trained), `max_retrains_per_period` retrains already in the last
+   `period_days` days, no labelled row newer than that version's training data
+   (`no_new_data`) or fewer than `min_new_rows` of them, in that order.
+
+Manual retrains (a person asked) pass the start checks: the person may have changed the
+training settings or the reference table, which the loop's state does not see. No retrain,
+manual or not, registers a duplicate, though: when the snapshot of its window has the digest
+of the newest version's (or the champion's) training data and the training settings are the
+same, `check_new_data` skips it (`same_data`) before anything is trained.
 """
 
 from __future__ import annotations
@@ -46,7 +55,9 @@ SIGNALS = ("estimated_drop", "realized_drop", "multivariate_drift", "feature_dri
 BASELINES = ("never", "always", "schedule")
 DEFAULT_SCHEDULE_EVERY = 7
 PolicyKind = Literal["default", "never", "always", "schedule"]
-Blocker = Literal["invalid", "no_alert", "candidate_pending", "cooldown", "min_new_rows", "budget"]
+Blocker = Literal[
+    "invalid", "no_alert", "candidate_pending", "cooldown", "no_new_data", "min_new_rows", "budget", "same_data"
+]
 
 
 class PolicyError(ValueError):
@@ -95,7 +106,7 @@ class Policy:
             "kind": "default",
             "signals": list(c.signals),
             "hysteresis": f"{c.hysteresis_k} of {c.hysteresis_n}",
-            "cooldown_hours": c.cooldown_hours,
+            **({f"cooldown_{unit[0]}": unit[1]} if (unit := c.cooldown_unit) else {"cooldown_hours": 0}),
             "min_new_rows": c.min_new_rows,
             "max_retrains_per_period": c.max_retrains_per_period,
             "period_days": c.period_days,
@@ -126,10 +137,13 @@ class LoopState:
     - `now`: data time of this chunk (its newest timestamp);
     - `last_retrain_clock`: data time when the newest registered version was trained;
     - `last_train_end`: end of that version's training data (`evergreen.train_end`);
-    - `new_labelled_rows`: labelled rows newer than the newest version's window, counted up to
+    - `newest_version` / `seen_until`: that version and the end of its window (the newest
+      row it saw, trained on or held out);
+    - `new_labelled_rows`: labelled rows newer than `seen_until`, counted up to
       `retrain.min_new_rows` (at least 1): a lower bound once the check passes;
     - `retrains_in_period`: retrains started in the last `period_days` days of data;
-    - `chunks_since_retrain`: chunks served since the last retrain (or the start);
+    - `chunks_since_retrain`: batches received since the newest version was trained (read
+      for a cooldown in batches; `schedule:K` counts its chunks with it);
     - `candidate_pending`: a retrained version is still under review (`pending_reason`
       says which: "challenger v5 awaits its gate", "canary v5 is under review").
     """
@@ -138,6 +152,8 @@ class LoopState:
     now: datetime | None = None
     last_retrain_clock: datetime | None = None
     last_train_end: datetime | None = None
+    newest_version: str | None = None
+    seen_until: datetime | None = None
     new_labelled_rows: int | None = None
     retrains_in_period: int | None = None
     chunks_since_retrain: int | None = None
@@ -265,9 +281,9 @@ def check_start(state: LoopState, config: RetrainPolicyConfig, trigger: str = "e
     """May a retrain started by `trigger` go now? The one start rule of the loop: the monitor
     applies it to an alert, the retrain flow to its run, the backtest to both.
 
-    - `manual`: always (a person asked);
-    - `event` (an alert): a candidate under review, the cooldown, the minimum of new
-      labelled rows and the budget per period, in that order;
+    - `manual`: always (a person asked; `check_new_data` still refuses a duplicate);
+    - `event` (an alert): a candidate under review, the cooldown, the budget per period and
+      new labelled data (`no_new_data`, then `min_new_rows`), in that order;
     - `schedule`: the same without the cooldown (the schedule is its own cadence).
 
     Checks whose inputs are None in `state` are not known to apply (no version yet)."""
@@ -277,26 +293,10 @@ def check_start(state: LoopState, config: RetrainPolicyConfig, trigger: str = "e
         what = state.pending_reason or "a retrained version is still under review"
         return StartCheck(False, f"candidate_pending: {what}; retrain after its review", "candidate_pending")
     done: list[str] = []
-    if trigger == "event" and state.now is not None and state.last_retrain_clock is not None:
-        hours = (utc(state.now) - utc(state.last_retrain_clock)) / pd.Timedelta(hours=1)
-        if hours < config.cooldown_hours:
-            resume = utc(state.last_retrain_clock) + pd.Timedelta(hours=config.cooldown_hours)
-            return StartCheck(
-                False,
-                f"cooldown: {hours:.0f} h of data since the newest version was trained "
-                f"(< retrain.cooldown_hours={config.cooldown_hours:g}); next retrain from data time {resume}",
-                "cooldown",
-            )
-        done.append(f"{hours:.0f} h of data since the last retrain")
-    if state.new_labelled_rows is not None:
-        if state.new_labelled_rows < config.min_new_rows:
-            return StartCheck(
-                False,
-                f"min_new_rows: only {state.new_labelled_rows} labelled rows newer than the newest version's "
-                f"training data (retrain.min_new_rows={config.min_new_rows})",
-                "min_new_rows",
-            )
-        done.append(f"{state.new_labelled_rows}+ new labelled rows")
+    if trigger == "event":
+        cooling = _check_cooldown(state, config, done)
+        if cooling is not None:
+            return cooling
     if state.retrains_in_period is not None:
         if state.retrains_in_period >= config.max_retrains_per_period:
             return StartCheck(
@@ -308,7 +308,96 @@ def check_start(state: LoopState, config: RetrainPolicyConfig, trigger: str = "e
         done.append(
             f"{state.retrains_in_period} of {config.max_retrains_per_period} retrains used in {config.period_days} days"
         )
+    if state.new_labelled_rows is not None:
+        if state.new_labelled_rows == 0:
+            return StartCheck(False, _no_new_data_reason(state), "no_new_data")
+        if state.new_labelled_rows < config.min_new_rows:
+            return StartCheck(
+                False,
+                f"min_new_rows: only {state.new_labelled_rows} labelled rows newer than the newest version's "
+                f"training data (retrain.min_new_rows={config.min_new_rows})",
+                "min_new_rows",
+            )
+        done.append(f"{state.new_labelled_rows}+ new labelled rows")
     return StartCheck(True, f"{trigger} retrain: " + (", ".join(done) or "no start check applies"))
+
+
+def _check_cooldown(state: LoopState, config: RetrainPolicyConfig, done: list[str]) -> StartCheck | None:
+    """The cooldown in the configured unit: hours of data or batches received since the
+    newest version was trained. None when it has passed (or is not known to apply)."""
+    unit = config.cooldown_unit
+    if unit is None or state.last_retrain_clock is None:
+        return None
+    kind, size = unit
+    if kind == "batches":
+        since = state.chunks_since_retrain
+        if since is None:
+            return None
+        if since < size:
+            return StartCheck(
+                False,
+                f"cooldown: {since} batch(es) received since the newest version was trained "
+                f"(< retrain.cooldown_batches={size:g}); next retrain after {int(size) - since} more batch(es)",
+                "cooldown",
+            )
+        done.append(f"{since} batch(es) since the last retrain")
+        return None
+    if state.now is None:
+        return None
+    hours = (utc(state.now) - utc(state.last_retrain_clock)) / pd.Timedelta(hours=1)
+    if hours < size:
+        resume = utc(state.last_retrain_clock) + pd.Timedelta(hours=size)
+        return StartCheck(
+            False,
+            f"cooldown: {hours:.0f} h of data since the newest version was trained "
+            f"(< retrain.cooldown_hours={size:g}); next retrain from data time {resume}",
+            "cooldown",
+        )
+    done.append(f"{hours:.0f} h of data since the last retrain")
+    return None
+
+
+def _no_new_data_reason(state: LoopState) -> str:
+    who = f"v{state.newest_version}" if state.newest_version else "the newest version"
+    until = f" (its window ends at {utc(state.seen_until)})" if state.seen_until is not None else ""
+    return (
+        f"no_new_data: no labelled production row is newer than the training data of {who}{until}; "
+        "a retrain now would learn from the same rows. It can start once labels of newer batches "
+        "arrive (data.label_delay_days after their batch); a manual retrain still runs (for changed "
+        "training settings) but registers nothing on identical data"
+    )
+
+
+@dataclass(frozen=True)
+class TrainedVersion:
+    """What a registered version was trained on: its dataset digest and (when recorded) the
+    digest of its training settings."""
+
+    version: str
+    dataset_digest: str | None
+    settings_digest: str | None = None
+    role: str = "newest version"
+
+
+def check_new_data(dataset_digest: str, settings_digest: str, versions: Sequence[TrainedVersion]) -> StartCheck:
+    """After the snapshot: is this window worth training? Not when a registered version
+    (the newest, the champion) was trained on the same data with the same settings: the
+    retrain would register a duplicate of it (`same_data`). A version without recorded
+    settings is a duplicate on the data alone."""
+    for known in versions:
+        if known.dataset_digest != dataset_digest:
+            continue
+        if known.settings_digest is not None and known.settings_digest != settings_digest:
+            continue
+        return StartCheck(
+            False,
+            f"same_data: the training window is the data v{known.version} ({known.role}) was trained on "
+            f"(dataset digest {dataset_digest[:12]}), with the same training settings; a retrain would "
+            f"register a duplicate of v{known.version}. Nothing is registered; the next retrain differs "
+            "once newer labelled batches arrive or the training settings change",
+            "same_data",
+        )
+    return StartCheck(True, "the training window differs from every registered version's data")
 
 
 def decide_start(state: LoopState, policy: Policy, trigger: str) -> StartCheck:

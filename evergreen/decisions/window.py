@@ -108,8 +108,9 @@ def assemble_window(
     - rows whose target is missing are dropped; rows stamped after `now` are dropped (a
       replay never trains on the future);
     - "sliding": batch rows from the last `window_days` days before `now` (default: the
-      newest labelled row) and/or the newest `window_rows` rows — both limits apply
-      when both are set; "expanding": every batch row;
+      newest labelled row), of the newest `window_batches` batches that have labelled
+      rows, or the newest `window_rows` rows (one unit: `RetrainPolicyConfig.window_unit`);
+      "expanding": every batch row;
     - `include_reference` puts the reference table's labelled rows first (they are
       always older than production); the window limits apply to batch rows only.
     """
@@ -179,16 +180,23 @@ def _apply_policy(
     columns: ColumnRoles,
     end: pd.Timestamp | None,
 ) -> tuple[pd.DataFrame, pd.Timestamp | None]:
-    if policy.window == "expanding" or recent.empty:
+    """The batch rows the window keeps, and where it starts (None: unbounded)."""
+    unit = policy.window_unit
+    if unit is None or recent.empty:
         return recent, None
-    start = None
-    if policy.window_days is not None:
-        last = end if end is not None else recent[columns.timestamp].max()
-        start = last - pd.Timedelta(days=policy.window_days)
-        recent = recent[recent[columns.timestamp] >= start]
-    if policy.window_rows is not None:
-        recent = recent.tail(policy.window_rows)
-    return recent.reset_index(drop=True), start
+    kind, size = unit
+    ts = columns.timestamp
+    if kind == "days":
+        last = end if end is not None else recent[ts].max()
+        start = last - pd.Timedelta(days=size)
+        return recent[recent[ts] >= start].reset_index(drop=True), start
+    if kind == "batches":
+        # The newest batches by their newest row; a batch's rows stay together.
+        newest = recent.groupby("_batch", sort=False)[ts].max().sort_values(kind="mergesort")
+        recent = recent[recent["_batch"].isin(set(newest.index[-int(size) :]))]
+    else:
+        recent = recent.tail(int(size))
+    return recent.reset_index(drop=True), recent[ts].min()
 
 
 def _record_missing(
@@ -202,12 +210,12 @@ def _record_missing(
 
 
 def _outside_reason(policy: RetrainPolicyConfig) -> str:
-    limits = []
-    if policy.window_days is not None:
-        limits.append(f"last {policy.window_days} days")
-    if policy.window_rows is not None:
-        limits.append(f"last {policy.window_rows} rows")
-    return f"outside the sliding window ({', '.join(limits)})"
+    unit = policy.window_unit
+    if unit is None:
+        return "outside the window"
+    kind, size = unit
+    field = f"retrain.window_{kind}"
+    return f"outside the sliding window (last {size:g} {kind}, {field})"
 
 
 def _reference_rows(

@@ -105,6 +105,7 @@ class MetricEstimate:
     kind: Literal["estimated", "realized"] = "estimated"
     sampling_error: float | None = None
     chunk: str | None = None
+    rows: int | None = None  # rows the value rests on: the chunk's, or its labelled ones
 
 
 @dataclass
@@ -123,6 +124,7 @@ class MonitorReport:
     start: str | None = None
     end: str | None = None
     seconds: float = 0.0
+    notes: list[str] = field(default_factory=list)
     # The raw NannyML results, for plots only; never serialized.
     results: dict[str, Any] = field(default_factory=dict, repr=False, compare=False)
 
@@ -147,6 +149,7 @@ class MonitorReport:
                 "estimated_metric": vars(self.estimated_metric),
                 "realized_metric": vars(self.realized_metric) if self.realized_metric else None,
                 "chunks": self.chunks,
+                "notes": self.notes,
             }
         )
 
@@ -281,6 +284,7 @@ class FittedMonitor:
     estimator: Any
     realized: Any
     categories: dict[str, list[Any]] = field(default_factory=dict)
+    threshold_notes: dict[str, str] = field(default_factory=dict)
     fit_seconds: float = 0.0
 
 
@@ -331,15 +335,7 @@ def fit_monitor(reference: pd.DataFrame, config: ModelConfig) -> FittedMonitor:
     target = {cols.target: labels.to_numpy()}
 
     with _nannyml_session():
-        univariate = nml.UnivariateDriftCalculator(
-            column_names=list(cols.features),
-            treat_as_categorical=list(cols.categorical),
-            treat_as_numerical=list(cols.continuous),
-            timestamp_column_name=cols.timestamp,
-            continuous_methods=list(config.monitoring.continuous_methods),
-            categorical_methods=list(config.monitoring.categorical_methods),
-            chunker=chunker,
-        ).fit(_drift_frame(reference, config, categories))
+        univariate, threshold_notes = _fit_univariate(_drift_frame(reference, config, categories), config, chunker)
         multivariate = None
         if config.monitoring.multivariate_drift:
             multivariate = nml.DataReconstructionDriftCalculator(
@@ -392,8 +388,119 @@ def fit_monitor(reference: pd.DataFrame, config: ModelConfig) -> FittedMonitor:
         estimator=estimator,
         realized=realized,
         categories=categories,
+        threshold_notes=threshold_notes,
         fit_seconds=time.perf_counter() - started,
     )
+
+
+METHOD_MAXIMUM = {"jensen_shannon": 1.0, "hellinger": 1.0, "kolmogorov_smirnov": 1.0, "l_infinity": 1.0}
+"""The largest value each bounded drift distance can take (Jensen-Shannon in base 2)."""
+
+
+def _fit_univariate(frame: pd.DataFrame, config: ModelConfig, chunker: Any) -> tuple[Any, dict[str, str]]:
+    """NannyML's univariate drift, its thresholds NannyML's own default (mean + 3 standard
+    deviations of the distance over reference chunks) but never above the distance's maximum.
+
+    Reference chunks are taken in row order. When a feature's threshold reaches the maximum
+    (the distance is bounded, the threshold is then useless: it can never be exceeded), its
+    reference chunks differ as much as the distance can tell: the reference is ordered by
+    that feature, or drifts within itself, or has too few chunks for the spread to mean
+    anything. Such a feature's threshold is computed again on reference chunks of the same
+    size whose values of that feature are shuffled (seeded): the spread a batch of that
+    size shows by chance. Returns the fitted calculator and a note per feature so treated."""
+    nml = _nannyml()
+    cols, mon = config.columns, config.monitoring
+
+    def fit(data: pd.DataFrame) -> Any:
+        return nml.UnivariateDriftCalculator(
+            column_names=list(cols.features),
+            treat_as_categorical=list(cols.categorical),
+            treat_as_numerical=list(cols.continuous),
+            timestamp_column_name=cols.timestamp,
+            continuous_methods=list(mon.continuous_methods),
+            categorical_methods=list(mon.categorical_methods),
+            chunker=chunker,
+            thresholds=_bounded_thresholds([*mon.continuous_methods, *mon.categorical_methods]),
+        ).fit(data)
+
+    calculator = fit(frame)
+    capped = _capped_features(calculator, config)
+    if not capped:
+        return calculator, {}
+    rng = np.random.default_rng(config.training.seed)
+    shuffled = frame.assign(**{c: frame[c].to_numpy()[rng.permutation(len(frame))] for c in capped})
+    calculator = fit(shuffled)
+    still = _capped_features(calculator, config)
+    notes = {}
+    for name, method in capped.items():
+        if name in still:
+            notes[name] = (
+                f"{name}: its {method} threshold reaches the distance's maximum "
+                f"{METHOD_MAXIMUM[method]:g} even on shuffled reference chunks: chunks this small "
+                "(monitoring.chunk_size / data.rows_per_batch) cannot show drift in it (too many distinct "
+                "values?); it will not alert"
+            )
+        else:
+            notes[name] = (
+                f"{name}: reference chunks in row order differ as much as {method} can tell (the "
+                "reference is ordered by it, or drifts within itself); its threshold comes from "
+                "shuffled reference chunks instead"
+            )
+        logger.warning("drift threshold of %s", notes[name])
+    return calculator, notes
+
+
+def _bounded_thresholds(methods: list[str]) -> dict[str, Any]:
+    """NannyML's default threshold of each bounded method in `methods`, capped at its maximum."""
+    from nannyml.drift.univariate.calculator import DEFAULT_THRESHOLDS
+
+    capped = _capped_threshold_class()
+    return {m: capped(DEFAULT_THRESHOLDS[m], METHOD_MAXIMUM[m]) for m in dict.fromkeys(methods) if m in METHOD_MAXIMUM}
+
+
+_CAPPED: list[Any] = []
+
+
+def _capped_threshold_class() -> Any:
+    """A NannyML `Threshold` that applies another one and caps its upper value at a maximum
+    (what NannyML's own limit does for the Kolmogorov-Smirnov statistic; its Jensen-Shannon,
+    Hellinger and L-infinity methods carry no upper limit). Defined once, on first use:
+    nannyml is imported lazily."""
+    if not _CAPPED:
+        from nannyml.thresholds import Threshold
+
+        class CappedThreshold(Threshold, type="evergreen_capped"):  # type: ignore[call-arg]
+            def __init__(self, inner: Threshold, maximum: float) -> None:
+                self.inner, self.maximum = inner, maximum
+
+            def thresholds(self, data: np.ndarray, **kwargs: Any) -> tuple[float | None, float | None]:
+                lower, upper = self.inner.thresholds(data, **kwargs)
+                if upper is not None and upper >= self.maximum:
+                    upper = self.maximum
+                return lower, upper
+
+        _CAPPED.append(CappedThreshold)
+    return _CAPPED[0]
+
+
+def _capped_features(calculator: Any, config: ModelConfig) -> dict[str, str]:
+    """Features with a bounded method whose upper threshold sits at the method's maximum."""
+    table = calculator.result.filter(period="reference").to_df()
+    out: dict[str, str] = {}
+    for name in config.columns.features:
+        methods = (
+            config.monitoring.categorical_methods
+            if name in config.columns.categorical
+            else config.monitoring.continuous_methods
+        )
+        for method in methods:
+            key = (name, method, "upper_threshold")
+            if method in METHOD_MAXIMUM and key in table.columns:
+                upper = _float(table[key].iloc[0]) if len(table) else None
+                if upper is not None and upper >= METHOD_MAXIMUM[method]:
+                    out[name] = method
+                    break
+    return out
 
 
 def reference_chunk_size(reference_rows: int, config: ModelConfig) -> int:
@@ -466,7 +573,8 @@ def compute_monitor(
     realized = None
     if "realized_performance" in tables:
         realized = _metric(
-            tables["realized_performance"], metric, fitted.reference_metric, "realized", config.metric
+            tables["realized_performance"], metric, fitted.reference_metric, "realized", config.metric,
+            labelled=target.notna().to_numpy(),
         )
     ts = batch[cols.timestamp]
     return MonitorReport(
@@ -482,6 +590,7 @@ def compute_monitor(
         start=_plain(ts.min()),
         end=_plain(ts.max()),
         seconds=time.perf_counter() - started,
+        notes=list(fitted.threshold_notes.values()),
         results=results,
     )
 
@@ -659,12 +768,15 @@ def _metric(
     reference_value: float | None,
     kind: Literal["estimated", "realized"],
     name: str | None = None,
+    labelled: np.ndarray | None = None,
 ) -> MetricEstimate:
     """The metric `metric` (NannyML's name) of the table's latest chunk with a value,
     reported as `name` (the config's; default: the same)."""
     # The latest chunk with a value: for the realized metric, the latest chunk that has labels.
     valued = table[table[(metric, "value")].notna()]
     row = (valued if len(valued) else table).iloc[-1]
+    start, end = int(row[("chunk", "start_index")]), int(row[("chunk", "end_index")])
+    rows = end - start + 1 if labelled is None else int(labelled[start : end + 1].sum())
     return MetricEstimate(
         metric=name or metric,
         value=_float(row[(metric, "value")]),
@@ -676,6 +788,7 @@ def _metric(
         kind=kind,
         sampling_error=_float(row.get((metric, "sampling_error"))),
         chunk=str(row[("chunk", "key")]),
+        rows=rows,
     )
 
 

@@ -1,5 +1,20 @@
 """Data validation: an expectation suite derived from the reference, run with Great Expectations.
 
+Two kinds of checks (README "The monitor flow"; `config.ValidationConfig`):
+
+- **integrity** checks reject a batch: schema and types, nulls beyond the reference's share
+  plus `validation.null_tolerance`, values the user declared impossible
+  (`validation.limits`), a probability outside [0, 1] or a prediction that is no class,
+  duplicate ids, row counts, timestamps in the future, infinities, constant columns;
+- **distribution** checks never reject by default: values beyond the monitor reference's
+  range (widened) and categories the reference never had are reported per column
+  (`reports.DistributionFinding`) and count as drift evidence. `validation.enforce_range` /
+  `enforce_categories` make them integrity checks for the columns named.
+
+Both are GX expectations of one suite; a distribution check carries GX's `severity`
+"warning" (an enforced one "critical") and `meta.check` says which check it is. A batch
+fails when a critical expectation fails.
+
 `derive_suite` turns a reference frame into a `SuiteSpec` (plain pydantic, JSON round-trip),
 so the suite can be stored, diffed and reviewed. `Validator` builds the GX 1.x context and
 expectation suite from a spec once and validates many batches with it; `validate_batch` is the
@@ -24,50 +39,29 @@ import pandas as pd
 from pydantic import BaseModel, ConfigDict, Field, StrictBool, StrictFloat, StrictInt, StrictStr
 
 from evergreen.adapters.io import DataReadError, release_unused_memory
-from evergreen.config import ModelConfig, check_columns, class_key
+from evergreen.config import ConfigError, ModelConfig, ValidationConfig, check_columns, class_key
 from evergreen.jsonable import plain
+from evergreen.reports import DistributionFinding
 from evergreen.times import utc
 
 ColumnKind = Literal["numeric", "string", "bool", "datetime"]
 ColumnRole = Literal["id", "timestamp", "feature", "prediction", "probability"]
 CategoryValue = StrictBool | StrictInt | StrictFloat | StrictStr
+Check = Literal["limit", "range", "categories"]
 
 NOW_PARAMETER = "evergreen_now"
 TYPE_EXPECTATION = "expect_column_values_to_be_in_type_list"
 EXIST_EXPECTATION = "expect_column_to_exist"
 CONSTANT_EXPECTATION = "expect_column_unique_value_count_to_be_between"
 COLUMNS_EXPECTATION = "expect_table_columns_to_match_set"
-
-
-class SuiteOptions(BaseModel):
-    """Tolerances used when deriving a suite: drift is not invalidity, impossible values are."""
-
-    model_config = ConfigDict(extra="forbid")
-
-    range_tolerance: float = Field(
-        default=0.5, ge=0, description="widen [min, max] by this share of the range"
-    )
-    range_mostly: float = Field(
-        default=0.999, gt=0, le=1, description="share of values that must be in range"
-    )
-    null_tolerance: float = Field(
-        default=0.05, ge=0, le=1, description="null share allowed above the reference's"
-    )
-    category_mostly: float = Field(
-        default=0.95, gt=0, le=1, description="share of values that must be known"
-    )
-    max_categories: int = Field(
-        default=1000, ge=1, description="no set check above this many reference values"
-    )
-    check_constant: bool = True
-    min_rows_for_constant_check: int = Field(default=100, ge=2)
-    clock_skew_seconds: float = Field(
-        default=300.0, ge=0, description="timestamps may lead `now` by this much"
-    )
+BETWEEN_EXPECTATION = "expect_column_values_to_be_between"
+IN_SET_EXPECTATION = "expect_column_values_to_be_in_set"
+CRITICAL, WARNING = "critical", "warning"  # GX's FailureSeverity values
 
 
 class ColumnSpec(BaseModel):
-    """What one column of a batch must look like."""
+    """What one column of a batch must look like (integrity) and what the reference saw
+    (distribution)."""
 
     model_config = ConfigDict(extra="forbid")
 
@@ -75,15 +69,39 @@ class ColumnSpec(BaseModel):
     role: ColumnRole
     kind: ColumnKind
     max_null_fraction: float = Field(default=0.0, ge=0, le=1)
+    # Integrity: values the column can never take, declared (`validation.limits`) or in its
+    # nature (a probability, a class, a bool).
+    limit_min: float | None = None
+    limit_max: float | None = None
+    allowed_values: list[CategoryValue] | None = None
+    declared_limits: bool = Field(default=False, description="the limits come from validation.limits")
+    # Distribution: the reference's range (widened) and categories; reported, never rejected
+    # unless enforced.
     min_value: float | None = None
     max_value: float | None = None
+    reference_min: float | None = None
+    reference_max: float | None = None
     range_mostly: float = 1.0
     value_set: list[CategoryValue] | None = None
     set_mostly: float = 1.0
+    enforce_range: bool = False
+    enforce_set: bool = False
     unique: bool = False
     finite: bool = False
     not_constant: bool = False
     not_future: bool = False
+
+    def integrity_only(self) -> ColumnSpec:
+        """This column without its distribution checks (the training window's)."""
+        return self.model_copy(
+            update={
+                "min_value": None,
+                "max_value": None,
+                "value_set": None,
+                "enforce_range": False,
+                "enforce_set": False,
+            }
+        )
 
 
 class SuiteSpec(BaseModel):
@@ -102,6 +120,10 @@ class SuiteSpec(BaseModel):
     allowed_extra: list[str] = Field(
         default_factory=list, description="columns a batch may carry besides the suite's"
     )
+
+    def integrity_only(self) -> SuiteSpec:
+        """The suite without distribution checks: what the retrain's window must meet."""
+        return self.model_copy(update={"columns": [c.integrity_only() for c in self.columns]})
 
     def column(self, name: str) -> ColumnSpec:
         """The spec of column `name`; KeyError names the column when it is not in the suite."""
@@ -146,8 +168,10 @@ class ValidationStatistics:
 class ValidationReport:
     """The outcome of validating one batch (or one labels file).
 
-    `warnings` are findings that do not fail the batch (a column the reference lacks): they
-    are reported with the same fields as failures.
+    `failures` reject it (integrity). `findings` are the distribution checks that found
+    values the reference never had (per column; never a rejection). `warnings` are other
+    findings that do not fail the batch (a column the reference lacks): they are reported
+    with the same fields as failures.
     """
 
     success: bool
@@ -157,12 +181,15 @@ class ValidationReport:
     rows: int = 0
     seconds: float = 0.0
     warnings: list[ExpectationFailure] = field(default_factory=list)
+    findings: list[DistributionFinding] = field(default_factory=list)
 
     def summary(self) -> str:
         """One line naming the batch and, on failure, each failing column and expectation."""
         stats = self.statistics
         if self.success:
             warned = "".join(
+                f"; distribution: {f.column}: {f.expectation_type} — {f.message}" for f in self.findings
+            ) + "".join(
                 f"; warning: {w.column or '(table)'}: {w.expectation_type} — {w.message}"
                 for w in self.warnings
             )
@@ -194,6 +221,7 @@ class ValidationReport:
             },
             "failures": [f.to_dict() for f in self.failures],
             "warnings": [w.to_dict() for w in self.warnings],
+            "distribution_findings": [f.model_dump() for f in self.findings],
             "summary": self.summary(),
         }
 
@@ -209,18 +237,19 @@ class ValidationReport:
 # ----------------------------------------------------------------------------- deriving
 
 
-def derive_suite(
-    reference: pd.DataFrame, config: ModelConfig, options: SuiteOptions | None = None
-) -> SuiteSpec:
-    """Derive the expectations a production batch must meet from the reference frame.
+def derive_suite(reference: pd.DataFrame, config: ModelConfig) -> SuiteSpec:
+    """Derive the checks a production batch must meet from the reference frame and the
+    `validation` section of the config.
 
-    Required: id, timestamp, features, prediction and probability. Ranges of numeric
-    features are the reference's widened by `options.range_tolerance` of the range (a value
-    never goes below 0 when the reference has none); categories must be known for
-    `options.category_mostly` of the rows; nulls may exceed the reference's share by
-    `options.null_tolerance`; ids are unique; timestamps are not in the future.
+    Integrity (reject): id, timestamp, features, prediction and probability present with the
+    reference's kinds; nulls at most the reference's share + `null_tolerance`; ids unique;
+    timestamps not in the future; the declared `limits`; probabilities in [0, 1]; binary
+    predictions 0/1. Distribution (report; reject for the `enforce_*` columns): numeric
+    features within the reference's range widened by `range_margin` of its width (never
+    below 0 when the reference has no negative value) for all but `outside_range_share` of
+    the values; categories known for all but `unseen_category_share`.
     """
-    opts = options or SuiteOptions()
+    opts = config.validation
     cols = config.columns
     # A column the config names that the reference lacks is a config error: name the field.
     check_columns(
@@ -235,7 +264,7 @@ def derive_suite(
     specs = [
         ColumnSpec(name=cols.id, role="id", kind=column_kind(reference[cols.id]), unique=True),
         ColumnSpec(name=cols.timestamp, role="timestamp", kind="datetime", not_future=True),
-        *(_feature_spec(reference[c], c in cols.categorical, opts) for c in cols.features),
+        *(_feature_spec(reference[c], c in cols.categorical, opts, config.data.rows_per_batch) for c in cols.features),
         _prediction_spec(reference[cols.prediction], config),
     ]
     # One probability column (binary) or one per class (multiclass), each in [0, 1].
@@ -250,8 +279,8 @@ def derive_suite(
                 name=name,
                 role="probability",
                 kind="numeric",
-                min_value=0.0,
-                max_value=1.0,
+                limit_min=0.0,
+                limit_max=1.0,
                 finite=True,
             )
         )
@@ -281,36 +310,79 @@ def column_kind(series: pd.Series) -> ColumnKind:
     return "string"
 
 
-def _feature_spec(ref: pd.Series, categorical: bool, opts: SuiteOptions) -> ColumnSpec:
+def null_allowance(null_share: float, tolerance: float, batch_rows: int) -> float:
+    """The null share a batch may show: the reference's plus `tolerance`, or plus three
+    standard errors of a share on a batch of `batch_rows` rows when that is more (on small
+    batches chance alone moves a null share by more than the tolerance: a reference 20%
+    null gives 60-row batches 31% null about once in a hundred)."""
+    noise = 3.0 * math.sqrt(null_share * (1.0 - null_share) / max(batch_rows, 1))
+    return min(1.0, null_share + max(tolerance, noise))
+
+
+def _feature_spec(ref: pd.Series, categorical: bool, opts: ValidationConfig, batch_rows: int) -> ColumnSpec:
+    name = str(ref.name)
     kind = column_kind(ref)
     null_share = float(ref.isna().mean())
     spec: dict[str, Any] = {
-        "name": str(ref.name),
+        "name": name,
         "role": "feature",
         "kind": kind,
-        "max_null_fraction": min(1.0, null_share + opts.null_tolerance),
+        "max_null_fraction": null_allowance(null_share, opts.null_tolerance, batch_rows),
         "not_constant": opts.check_constant and ref.nunique(dropna=True) > 1,
     }
     values = ref.dropna()
     if kind == "bool":
-        spec["value_set"] = [False, True]
+        spec["allowed_values"] = [False, True]
     elif categorical or kind == "string":
         distinct = values.unique()
         if len(distinct) <= opts.max_categories:
             spec["value_set"] = sorted(
                 (_plain(v) for v in distinct), key=lambda v: (str(type(v)), v)
             )
-            spec["set_mostly"] = opts.category_mostly
+            spec["set_mostly"] = 1.0 - opts.unseen_category_share
     elif kind == "numeric" and np.isfinite(values.to_numpy(dtype=float)).any():
         finite = values[np.isfinite(values.to_numpy(dtype=float))]
         lo, hi = float(finite.min()), float(finite.max())
-        pad = (hi - lo) * opts.range_tolerance or abs(lo) * opts.range_tolerance or 1.0
+        pad = (hi - lo if hi > lo else abs(lo) or 1.0) * opts.range_margin
         spec |= {
             "min_value": max(0.0, lo - pad) if lo >= 0 else lo - pad,
             "max_value": hi + pad,
-            "range_mostly": opts.range_mostly,
+            "reference_min": lo,
+            "reference_max": hi,
+            "range_mostly": 1.0 - opts.outside_range_share,
             "finite": True,
         }
+    if name in opts.enforce_range:
+        if spec.get("min_value") is None:
+            raise ConfigError(
+                f"validation.enforce_range[{opts.enforce_range.index(name)}]: {name!r} has no numeric "
+                f"range in the reference (its values are {kind}); remove it or use enforce_categories"
+            )
+        spec["enforce_range"] = True
+    if name in opts.enforce_categories:
+        if spec.get("value_set") is None:
+            why = (
+                f"more than validation.max_categories ({opts.max_categories}) values"
+                if kind == "string" or categorical
+                else f"{kind} values, not categories (list it in columns.categorical)"
+            )
+            raise ConfigError(
+                f"validation.enforce_categories[{opts.enforce_categories.index(name)}]: {name!r} has {why} "
+                "in the reference; there is no category set to enforce"
+            )
+        spec["enforce_set"] = True
+    limit = opts.limits.get(name)
+    if limit is not None:
+        spec["declared_limits"] = True
+        if limit.allowed is not None:
+            spec["allowed_values"] = list(limit.allowed)
+        elif kind != "numeric":
+            raise ConfigError(
+                f"validation.limits.{name}: min/max need a numeric column but {name!r} is {kind} in "
+                "the reference; give allowed values instead"
+            )
+        else:
+            spec |= {"limit_min": limit.min, "limit_max": limit.max}
     return ColumnSpec(**spec)
 
 
@@ -319,7 +391,7 @@ def _prediction_spec(ref: pd.Series, config: ModelConfig) -> ColumnSpec:
     if config.problem_type == "binary_classification":
         kind = column_kind(ref)
         allowed: list[Any] = [False, True] if kind == "bool" else [0, 1]
-        return ColumnSpec(name=name, role="prediction", kind=kind, value_set=allowed)
+        return ColumnSpec(name=name, role="prediction", kind=kind, allowed_values=allowed)
     if config.problem_type == "multiclass_classification":
         # The classes of columns.probability, typed as the reference writes its predictions.
         assert config.classes is not None
@@ -327,7 +399,7 @@ def _prediction_spec(ref: pd.Series, config: ModelConfig) -> ColumnSpec:
         classes: list[Any] = list(config.classes)
         if kind == "numeric":
             classes = [int(k) if k.lstrip("-").isdigit() else float(k) for k in classes]
-        return ColumnSpec(name=name, role="prediction", kind=kind, value_set=classes)
+        return ColumnSpec(name=name, role="prediction", kind=kind, allowed_values=classes)
     return ColumnSpec(name=name, role="prediction", kind="numeric", finite=True)
 
 
@@ -366,7 +438,10 @@ class Validator:
     def validate(
         self, batch: pd.DataFrame, batch_id: str, now: dt.datetime | pd.Timestamp | None = None
     ) -> ValidationReport:
-        """Validate one batch; never raises on bad data, returns the failures instead."""
+        """Validate one batch; never raises on bad data, returns the failures instead.
+
+        The batch fails when an integrity (critical) expectation fails; a distribution
+        expectation that fails becomes a per-column finding and the batch passes."""
         import time
 
         started = time.perf_counter()
@@ -380,17 +455,30 @@ class Validator:
         suite = self._suite_for(frozenset(skipped), use_constant)
         parameters = {NOW_PARAMETER: self._now_bound(batch, broken, now)}
         # Pass/fail first (BOOLEAN_ONLY skips the unexpected-value lists); only a batch that
-        # fails is validated again with BASIC, whose results name the values for the report.
+        # fails an integrity check is validated again with BASIC, whose results name the
+        # values for the report. Distribution findings are described from the batch itself
+        # (share, observed range, unseen categories with counts), so a batch the world has
+        # moved under is validated once.
         try:
             result = self._run(batch, suite, parameters, "BOOLEAN_ONLY")
-            if not result.success:
+            if any(_is_critical(r) for r in result.results if not r.success):
                 result = self._run(batch, suite, parameters, "BASIC")
         finally:
             self._forget_batch()
+        failed = [r for r in result.results if not r.success]
         clock_columns = {c.name for c in self.spec.columns if c.not_future}
-        gx_failures = [_failure_from_gx(r, clock_columns) for r in result.results if not r.success]
+        gx_failures = [_failure_from_gx(r, clock_columns) for r in failed if _is_critical(r)]
+        findings, unevaluated = [], []
+        for r in failed:
+            if _is_critical(r):
+                continue
+            if r.exception_info and _exception_message(r.exception_info):
+                unevaluated.append(_failure_from_gx(r, clock_columns))
+            else:
+                column = self.spec.column(r.expectation_config.kwargs["column"])
+                findings.append(describe_finding(batch, column, _check_of(r)))
         evaluated = len(structural.checks) + len(result.results)
-        successful = evaluated - len(structural.failures) - len(gx_failures)
+        successful = evaluated - len(structural.failures) - len(failed)
         failures = structural.failures + gx_failures
         return ValidationReport(
             success=not failures,
@@ -399,7 +487,8 @@ class Validator:
             statistics=ValidationStatistics(evaluated=evaluated, successful=successful),
             rows=len(batch),
             seconds=time.perf_counter() - started,
-            warnings=structural.warnings,
+            warnings=structural.warnings + unevaluated,
+            findings=findings,
         )
 
     def _run(self, batch: pd.DataFrame, suite: Any, parameters: dict[str, Any], result_format: str) -> Any:
@@ -476,7 +565,11 @@ def _validator_for(spec_json: str) -> Validator:
 def build_expectations(
     spec: SuiteSpec, skip_columns: Iterable[str] = (), use_constant: bool = True
 ) -> list:
-    """The GX expectations of a suite, leaving out columns that are missing or of the wrong kind."""
+    """The GX expectations of a suite, leaving out columns that are missing or of the wrong kind.
+
+    Integrity expectations have GX's default severity (critical); a distribution expectation
+    is a "warning" unless the spec enforces it. `meta.check` names the value checks: "limit"
+    (impossible values), "range" and "categories" (the reference's)."""
     from evergreen.engines.gx import gx
 
     gxe = gx.expectations
@@ -498,6 +591,18 @@ def build_expectations(
             out.append(
                 gxe.ExpectColumnValuesToNotBeInSet(column=name, value_set=[math.inf, -math.inf])
             )
+        if col.limit_min is not None or col.limit_max is not None:
+            out.append(
+                gxe.ExpectColumnValuesToBeBetween(
+                    column=name, min_value=col.limit_min, max_value=col.limit_max, meta=_limit_meta(col)
+                )
+            )
+        if col.allowed_values is not None:
+            out.append(
+                gxe.ExpectColumnValuesToBeInSet(
+                    column=name, value_set=col.allowed_values, meta=_limit_meta(col)
+                )
+            )
         if col.min_value is not None or col.max_value is not None:
             out.append(
                 gxe.ExpectColumnValuesToBeBetween(
@@ -505,12 +610,18 @@ def build_expectations(
                     min_value=col.min_value,
                     max_value=col.max_value,
                     mostly=col.range_mostly,
+                    severity=CRITICAL if col.enforce_range else WARNING,
+                    meta={"check": "range"},
                 )
             )
         if col.value_set is not None:
             out.append(
                 gxe.ExpectColumnValuesToBeInSet(
-                    column=name, value_set=col.value_set, mostly=col.set_mostly
+                    column=name,
+                    value_set=col.value_set,
+                    mostly=col.set_mostly,
+                    severity=CRITICAL if col.enforce_set else WARNING,
+                    meta={"check": "categories"},
                 )
             )
         # Numeric columns are checked for constancy with min == max in pandas (`check_constant`):
@@ -523,6 +634,65 @@ def build_expectations(
                 gxe.ExpectColumnMaxToBeBetween(column=name, max_value={"$PARAMETER": NOW_PARAMETER})
             )
     return out
+
+
+def _limit_meta(col: ColumnSpec) -> dict[str, str]:
+    rule = f"validation.limits.{col.name}" if col.declared_limits else f"a {col.kind} {col.role}"
+    return {"check": "limit", "rule": rule}
+
+
+def _is_critical(result: Any) -> bool:
+    """Whether a failed GX result rejects the batch (an integrity or enforced check)."""
+    severity = result.expectation_config.severity  # a FailureSeverity (a str enum)
+    return str(getattr(severity, "value", severity)) == CRITICAL
+
+
+def _check_of(result: Any) -> Check | None:
+    return (result.expectation_config.meta or {}).get("check")
+
+
+def describe_finding(batch: pd.DataFrame, col: ColumnSpec, check: Check | None) -> DistributionFinding:
+    """The finding of a distribution check GX failed on `col`: the share and count of the
+    column's non-null values beyond its range (with the observed range) or in unseen
+    categories (the most frequent, with counts). Read from the batch: GX's BOOLEAN_ONLY
+    result carries no figures, and running BASIC again would cost a second validation."""
+    values = batch[col.name].dropna()
+    total = max(len(values), 1)
+    if check == "range":
+        numbers = pd.to_numeric(values, errors="coerce").astype(float)
+        lo = -math.inf if col.min_value is None else col.min_value
+        hi = math.inf if col.max_value is None else col.max_value
+        count = int(((numbers < lo) | (numbers > hi)).sum())
+        bounds = [col.min_value, col.max_value]
+        reference = [col.reference_min, col.reference_max]
+        observed = [_plain(numbers.min()), _plain(numbers.max())] if len(numbers) else [None, None]
+        message = (
+            f"{count / total:.2%} of values ({count:,}) beyond [{_figure(lo)}, {_figure(hi)}] (the reference's "
+            f"[{_figure(col.reference_min)}, {_figure(col.reference_max)}] widened); observed "
+            f"[{_figure(observed[0])}, {_figure(observed[1])}]; at most {1 - col.range_mostly:.2%} tolerated"
+        )
+        return DistributionFinding(
+            column=col.name, check="range", expectation_type=BETWEEN_EXPECTATION, share=count / total,
+            count=count, tolerated_share=round(1 - col.range_mostly, 12), bounds=_plain(bounds),
+            reference_range=_plain(reference), observed_range=observed, message=message,
+        )
+    unseen = values[~values.isin(col.value_set or [])]
+    counts = unseen.value_counts().head(10)
+    top = [{"value": _plain(v), "count": int(n)} for v, n in counts.items()]
+    shown = ", ".join(f"{t['value']!r} ({t['count']:,})" for t in top[:5])
+    more = f" and {unseen.nunique() - 5} more" if unseen.nunique() > 5 else ""
+    message = (
+        f"{len(unseen) / total:.2%} of values ({len(unseen):,}) are categories the reference never had: "
+        f"{shown}{more}; at most {1 - col.set_mostly:.2%} tolerated"
+    )
+    return DistributionFinding(
+        column=col.name, check="categories", expectation_type=IN_SET_EXPECTATION, share=len(unseen) / total,
+        count=len(unseen), tolerated_share=round(1 - col.set_mostly, 12), unseen=top, message=message,
+    )
+
+
+def _figure(value: Any) -> str:  # noqa: ANN401 - a number, an "inf" text or None
+    return f"{value:.6g}" if isinstance(value, (int, float)) else str(value)
 
 
 @dataclass
@@ -685,8 +855,10 @@ def _failure_from_gx(result: Any, clock_columns: set[str]) -> ExpectationFailure
             "unexpected_percent": _plain(res.get("unexpected_percent")),
             "sample": _sample(res),
         }
+    meta = config.meta or {}
     return ExpectationFailure(
-        kind, column, observed, expected, _describe(kind, kwargs, res, column in clock_columns)
+        kind, column, observed, expected,
+        _describe(kind, kwargs, res, column in clock_columns, meta.get("check"), meta.get("rule", "")),
     )
 
 
@@ -697,7 +869,12 @@ def _sample(res: dict[str, Any], size: int = 5) -> list[Any]:
 
 
 def _describe(
-    kind: str, kwargs: dict[str, Any], res: dict[str, Any], is_clock: bool = False
+    kind: str,
+    kwargs: dict[str, Any],
+    res: dict[str, Any],
+    is_clock: bool = False,
+    check: str | None = None,
+    rule: str = "",
 ) -> str:
     count = res.get("unexpected_count")
     # GX measures `mostly` against non-null values; report the same share.
@@ -716,16 +893,23 @@ def _describe(
         return f"{count} rows share their value with another row (e.g. {sample}); values must be unique"
     if kind == "expect_column_values_to_not_be_in_set":
         return f"{count} infinite values; replace them upstream"
-    if kind == "expect_column_values_to_be_between":
-        max_value = _plain(kwargs.get("max_value"))
+    if kind == BETWEEN_EXPECTATION:
+        bounds = f"[{kwargs.get('min_value')}, {_plain(kwargs.get('max_value'))}]"
+        if check == "limit":
+            return f"{pct:.2f}% of values ({count}) outside the possible {bounds} ({rule}); e.g. {sample}"
         return (
-            f"{pct:.2f}% of values ({count}) outside [{kwargs.get('min_value')}, {max_value}]; "
-            f"at most {allowed:.2f}% allowed; e.g. {sample}"
+            f"{pct:.2f}% of values ({count}) outside {bounds}; at most {allowed:.2f}% allowed "
+            f"(validation.enforce_range: the reference range, widened); e.g. {sample}"
         )
-    if kind == "expect_column_values_to_be_in_set":
+    if kind == IN_SET_EXPECTATION:
+        if check == "limit":
+            return (
+                f"{pct:.2f}% of values ({count}) are not among the possible values {kwargs.get('value_set')} "
+                f"({rule}); e.g. {sample}"
+            )
         return (
             f"{pct:.2f}% of values ({count}) are not in the reference set; at most {allowed:.2f}% "
-            f"allowed; e.g. {sample}"
+            f"allowed (validation.enforce_categories); e.g. {sample}"
         )
     if kind == "expect_column_max_to_be_between" and is_clock:
         return (

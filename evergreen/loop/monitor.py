@@ -21,7 +21,7 @@ from evergreen.decisions.alerts import decide_alerts
 from evergreen.engines import validation
 from evergreen.loop import sources, state
 from evergreen.loop.runner import DIRECT, Runner
-from evergreen.reports import MonitorResult
+from evergreen.reports import DistributionFinding, MonitorResult
 
 # Fitted NannyML calculators per (reference digest, settings), for the life of the process:
 # a served deployment or a replay monitors many batches on the same reference, and fitting
@@ -54,9 +54,11 @@ def monitor_batch(
     run: Runner = DIRECT,
     flow_run_id: str | None = None,
 ) -> MonitorResult:
-    """One batch: read and validate it; a valid batch gets drift, estimated and realized
-    performance, the policy's decision and its events; every batch is published and
-    recorded in the ledger."""
+    """One batch: read and validate it; a batch that passes the integrity checks gets drift,
+    estimated and realized performance, the policy's decision and its events, whatever its
+    distribution findings (values beyond the reference range, unseen categories: reported
+    and counted as drift of their feature); every batch is published and recorded in the
+    ledger."""
     from evergreen.engines.validation import unreadable_report
 
     scored_by = None
@@ -71,13 +73,13 @@ def monitor_batch(
     except io.DataReadError as exc:
         frame, report = None, unreadable_report(batch.path, exc)
     warnings = [w.to_dict() for w in report.warnings]
+    findings = list(report.findings)
     if report.success:
-        if warnings:
-            run.log("batch %s accepted with warnings: %s", batch.day, report.summary(), level="warning")
+        if warnings or findings:
+            run.log("batch %s accepted with findings: %s", batch.day, report.summary(), level="warning")
         if scored_by is not None:
             run.log("batch %s has no predictions: scored with champion v%s", batch.day, scored_by)
-        result = _estimate(ports, config, batch, frame, fitted, run, flow_run_id, warnings, scored_by)
-        return result
+        return _estimate(ports, config, batch, frame, fitted, run, flow_run_id, warnings, findings, scored_by)
     message = report.summary()
     failures = [x.to_dict() for x in report.failures]
     run.log("batch %s rejected: %s", batch.day, message, level="error")
@@ -88,7 +90,8 @@ def monitor_batch(
     )
     result = MonitorResult(
         model=config.name, batch_id=batch.day, batch_path=batch.path, valid=False, message=message,
-        failures=failures, warnings=warnings, rows=0 if frame is None else len(frame), metric=config.metric,
+        failures=failures, warnings=warnings, distribution_findings=findings,
+        rows=0 if frame is None else len(frame), metric=config.metric,
         events=[events.DATA_REJECTED], event_ids=[e for e in [event_id] if e], decision="invalid",
     )
     return _publish(ports, config, batch, result, None, run, flow_run_id)
@@ -96,7 +99,8 @@ def monitor_batch(
 
 def _estimate(
     ports: Ports, config: ModelConfig, batch: io.BatchFile, frame: pd.DataFrame, fitted: Any,
-    run: Runner, flow_run_id: str | None, warnings: list[dict], scored_by: str | None = None,
+    run: Runner, flow_run_id: str | None, warnings: list[dict], findings: list[DistributionFinding],
+    scored_by: str | None = None,
 ) -> MonitorResult:
     from evergreen.engines import monitoring
 
@@ -111,7 +115,7 @@ def _estimate(
         if latest is not None:
             realized_on = latest.day
             report = dataclasses.replace(report, realized_metric=latest.metric)
-    alerts = run.part("decide-alerts", decide_alerts, report, config)
+    alerts = run.part("decide-alerts", decide_alerts, report, config, findings)
     now = pd.Timestamp(report.end) if report.end else None
     loop_state = run.part(
         "read-loop-state", state.build_loop_state, config, ports.store, ports.registry, now, batch.day, io=True
@@ -132,8 +136,16 @@ def _estimate(
     scored = [f"scored with champion v{scored_by} (the batch has no predictions)"] if scored_by else []
     result = MonitorResult(
         model=config.name, batch_id=batch.day, batch_path=batch.path, valid=True, scored_by=scored_by,
-        message="; ".join([*alerts.reasons, *(f"warning: {w['message']}" for w in warnings), *scored]) or "no drift",
-        warnings=warnings,
+        message="; ".join(
+            [
+                *alerts.reasons,
+                *alerts.notes,
+                *(f"{f.column}: {f.message}" for f in findings),
+                *(f"warning: {w['message']}" for w in warnings),
+                *scored,
+            ]
+        ) or "no drift",
+        warnings=warnings, distribution_findings=findings,
         drift_detected=alerts.drift_detected, performance_degraded=alerts.performance_degraded,
         features=summary.get("features", {}), multivariate=summary.get("multivariate"),
         estimated_metric=est.get("value"), realized_metric=real.get("value") if real else None,

@@ -14,7 +14,7 @@ from evergreen import events
 from evergreen.adapters import registry
 from evergreen.adapters.ports import Ports
 from evergreen.config import ConfigError, ModelConfig
-from evergreen.decisions import canary, gate
+from evergreen.decisions import canary, defaults, gate
 from evergreen.decisions.evaluation import target_values
 from evergreen.engines import scoring
 from evergreen.loop import sources
@@ -192,7 +192,9 @@ def review_canary(ports: Ports, config: ModelConfig, *, run: Runner = DIRECT, ac
     base = {"canary": canary_v.version, "champion": champion.version if champion else None}
     evidence = decision.to_dict()
     if decision.outcome == canary.PENDING:
-        msg = "not enough evidence yet: " + "; ".join(decision.reasons)
+        needed = decision.needed
+        wait = defaults.canary_wait(config, needed.predictions, max(needed.labels, needed.champion_labels)) if needed else ""
+        msg = "not enough evidence yet: " + "; ".join([*decision.reasons, *([wait] if wait else [])])
         result = PromotionResult(model_name=name, decision="pending", reasons=decision.reasons, **base, checks=evidence)
         return Outcome(result, msg, "Pending")
     previous = run.part("apply-canary-decision", apply_canary_decision, ports, canary_v.version, decision, actor, run, io=True)
@@ -253,7 +255,8 @@ def decide_canary(config: ModelConfig, arms: ArmsEvidence) -> canary.CanaryDecis
     """Before the canary has run `canary.window_hours`, only a conclusive comparison decides."""
     elapsed = arms.canary_hours >= config.canary.window_hours
     return canary.decide_canary(
-        arms.canary, arms.champion, config.canary, config.problem_type, config.metric, window_elapsed=elapsed
+        arms.canary, arms.champion, defaults.canary_config(config), config.problem_type, config.metric,
+        window_elapsed=elapsed,
     )
 
 
@@ -351,7 +354,7 @@ def check_rollback(ports: Ports, config: ModelConfig) -> gate.RollbackCheck | No
     if previous is None or current is None:
         return None
     fresh = fresh_rows(ports, config, None)
-    if len(fresh) < config.gate.min_rows:
+    if len(fresh) < defaults.gate_min_rows(config):
         return None
     old = reg.load_version(previous)
     cur_ev = scoring.measure_model(current.model, fresh, config, current.version.version)

@@ -19,6 +19,9 @@ from evergreen.loop.common import MANUAL, Actor, registry_lock
 from evergreen.loop.runner import DIRECT, Runner
 from evergreen.reports import RetrainResult
 
+DIGEST_TAG = "evergreen.dataset_digest"
+SETTINGS_TAG = "evergreen.training_settings_digest"
+
 
 def retrain(
     ports: Ports,
@@ -33,9 +36,11 @@ def retrain(
     """Train a candidate on the current window and register it as `challenger` (with an
     empty registry it also becomes `champion`: the bootstrap).
 
-    Returns the result with `status`: `skipped` (the start rule held it: `blocked_by`),
-    `rejected` (the window or a labels file failed validation: nothing trained, nothing
-    stored) or `registered`. `lineage` adds tags to the version (the flow run, deployment)."""
+    Returns the result with `status`: `skipped` (the start rule held it, or its snapshot is
+    the data a registered version was trained on with the same settings: `blocked_by`
+    `same_data`, nothing trained or registered), `rejected` (the window or a labels file
+    failed validation: nothing trained, nothing stored) or `registered`. `lineage` adds tags
+    to the version (the flow run, deployment)."""
     run.part("check-config-columns", sources.check_config_columns, config)
     start, data_clock = run.part("decide-retrain-start", check_start, ports, config, trigger.kind, policy_name, io=True)
     if not start.allowed:
@@ -76,6 +81,12 @@ def retrain(
         return _reject(ports, config, trigger, [report], win, run)
 
     snap = run.part("publish-snapshot", ports.snapshots.publish, staged, io=True)
+    novel = run.part("check-new-data", check_new_data, ports, config, snap.digest, io=True)
+    if not novel.allowed:
+        run.log("retrain skipped: %s", novel.reason)
+        return _result(
+            config, win, snap, trigger, status="skipped", message=novel.reason, blocked_by=novel.blocked_by
+        )
     holdout = run.part("hold-out-recent", retraining.hold_out_recent, win.frame, config)
     model = run.part("train-model", _train, holdout.train, config)
     evaluation = run.part("evaluate-model", retraining.evaluate_model, model, holdout.evaluation, config)
@@ -129,6 +140,44 @@ def check_start(
     return policy.decide_start(loop_state, chosen, trigger), now
 
 
+def check_new_data(ports: Ports, config: ModelConfig, dataset_digest: str) -> policy.StartCheck:
+    """`policy.check_new_data` against the newest registered version and the champion.
+
+    A candidate no alias reached and no decision touched (its registration was cut short
+    before the `challenger` move) does not count as registered: the retrain registers its
+    data again, reachable this time."""
+    reg = ports.registry
+    champion = reg.version_by_alias(registry.CHAMPION)
+    aliased = {champion.version if champion else None}
+    aliased |= {v.version for a in (registry.CHALLENGER, registry.CANARY) if (v := reg.version_by_alias(a))}
+    # The listing carries no aliases (MLflow's search leaves them out): they are read above.
+    registered = [v for v in reg.list_versions() if v.version in aliased or v.status != "candidate"]
+    known = [(registered[-1], "the newest version")] if registered else []
+    if champion is not None and all(champion.version != v.version for v, _ in known):
+        known.append((champion, "the champion"))
+    trained = [
+        policy.TrainedVersion(v.version, v.tags.get(DIGEST_TAG), v.tags.get(SETTINGS_TAG), role) for v, role in known
+    ]
+    return policy.check_new_data(dataset_digest, settings_digest(config), trained)
+
+
+def settings_digest(config: ModelConfig) -> str:
+    """sha256 of what shapes a model besides its data: problem type, metric, feature and
+    target columns, training settings. Two retrains with the same data and this digest
+    train the same model (training is seeded)."""
+    import hashlib
+    import json
+
+    cols = config.columns
+    settings = {
+        "problem_type": config.problem_type,
+        "metric": config.metric,
+        "columns": {"target": cols.target, "features": cols.features, "categorical": cols.categorical},
+        "training": config.training.model_dump(mode="json"),
+    }
+    return hashlib.sha256(json.dumps(settings, sort_keys=True).encode()).hexdigest()
+
+
 def register_candidate(
     ports: Ports, model_uri: str, run_id: str, tags: dict[str, str], actor: Actor, run: Runner
 ) -> tuple[registry.VersionInfo, bool]:
@@ -157,7 +206,8 @@ def lineage_tags(config: ModelConfig, snap: Any, trigger: Trigger, extra: dict[s
     """Where the version came from: the snapshot, the code, the trigger (and the flow run)."""
     return {
         "evergreen.model": config.name,
-        "evergreen.dataset_digest": snap.digest,
+        DIGEST_TAG: snap.digest,
+        SETTINGS_TAG: settings_digest(config),
         "evergreen.dataset_uri": snap.uri,
         "evergreen.dataset_rows": str(snap.rows),
         "evergreen.code_version": code_version(),

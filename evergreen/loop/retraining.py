@@ -33,10 +33,13 @@ def hold_out_recent(frame: pd.DataFrame, config: ModelConfig) -> HoldOut:
 
 
 def training_suite(batch_suite, max_rows: int = 100_000_000):  # noqa: ANN001, ANN201 - SuiteSpec
-    """The monitor's suite for a training window: the same expectations on ids, timestamps
-    and features, without the serving model's prediction columns (a window has labels
-    instead) and without the per-batch row limit."""
-    keep = [c for c in batch_suite.columns if c.role not in ("prediction", "probability")]
+    """The monitor's suite for a training window: its integrity checks on ids, timestamps and
+    features (declared limits included), without the serving model's prediction columns (a
+    window has labels instead), without the per-batch row limit, and without distribution
+    checks: rows whose values left the old champion's range are what the next model must
+    learn, so the window keeps them. (A batch an enforced distribution rule rejected is
+    left out of the window already: the monitor recorded it rejected.)"""
+    keep = [c for c in batch_suite.integrity_only().columns if c.role not in ("prediction", "probability")]
     return batch_suite.model_copy(
         update={"name": batch_suite.name.replace("-batch", "") + "-training", "columns": keep, "max_rows": max_rows}
     )

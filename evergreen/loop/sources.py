@@ -11,6 +11,7 @@ import pandas as pd
 from evergreen.adapters import io, ledger, registry, tracking
 from evergreen.adapters.ports import BatchStore, ModelRegistry
 from evergreen.config import ModelConfig, check_columns
+from evergreen.decisions.defaults import gate_min_rows, gate_shortfall
 from evergreen.decisions.window import LabelledBatch, TrainingWindow, assemble_window, join_labels
 from evergreen.engines.validation import (
     ExpectationFailure,
@@ -160,7 +161,7 @@ def select_fresh_rows(
 ) -> pd.DataFrame:
     """The freshest labelled production rows for the gate: rows newer than `after` (the end of
     the challenger's training data), topped up with the most recent rows when fewer than
-    `gate.min_rows` are that fresh; at most `gate.evaluation_rows`, oldest first. Batches the
+    the gate's minimum (`defaults.gate_min_rows`) are that fresh; at most `gate.evaluation_rows`, oldest first. Batches the
     monitor rejected are left out. The promote flow and the backtest both gate on this."""
     frames = [b.frame for b in batches if b.valid and len(b.frame)]
     if not frames:
@@ -171,7 +172,7 @@ def select_fresh_rows(
     frame = frame.sort_values(ts, kind="mergesort").reset_index(drop=True)
     if after is not None:
         fresh = frame[frame[ts] > utc(after)]
-        if len(fresh) >= config.gate.min_rows:
+        if len(fresh) >= gate_min_rows(config):
             frame = fresh
     return frame.tail(config.gate.evaluation_rows).reset_index(drop=True)
 
@@ -233,10 +234,9 @@ def _served_by(store: BatchStore, batch: io.BatchFile, column: str, version: str
 
 
 def gate_evidence_shortfall(rows: int, config: ModelConfig) -> str | None:
-    """Why the gate cannot judge on `rows` fresh labelled rows (None: it can)."""
-    if rows < config.gate.min_rows:
-        return f"only {rows} fresh labelled rows; the gate needs {config.gate.min_rows}"
-    return None
+    """Why the gate cannot judge on `rows` fresh labelled rows, and what to change or how
+    long to wait (`defaults.gate_shortfall`; None: it can)."""
+    return gate_shortfall(rows, config)
 
 
 def check_label_files(config: ModelConfig, up_to_day: str | None = None) -> list[ValidationReport]:

@@ -28,18 +28,39 @@ BOOTSTRAP_TAG = "evergreen.bootstrap"
 
 def data_clock(config: ModelConfig, store: BatchStore) -> pd.Timestamp | None:
     """Data time now: the newest timestamp of the newest readable production batch."""
-    ts = config.columns.timestamp
     for batch in reversed(store.list_batches()):
-        newest = io.parquet_column_max(batch.path, ts)  # the file's statistics, when it has them
+        newest = _newest_stamp(config, store, batch)
         if newest is not None:
-            return utc(newest)
-        try:
-            stamps = store.read_batch(batch, columns=[ts])[ts]
-        except (io.DataReadError, KeyError, ValueError):
-            continue
-        if len(stamps):
-            return utc(utc_series(stamps).max())
+            return newest
     return None
+
+
+def count_batches_after(config: ModelConfig, store: BatchStore, after: pd.Timestamp) -> int:
+    """Production batches received since data time `after` (a version's data clock): those
+    whose newest row is newer, counted from the newest batch back. Unreadable batches count
+    (the monitor received them). Only the files' statistics are read where they have them."""
+    cutoff = utc(after)
+    count = 0
+    for batch in reversed(store.list_batches()):
+        if _named_before(batch.day, cutoff):
+            break
+        newest = _newest_stamp(config, store, batch)
+        if newest is not None and newest <= cutoff:
+            break  # batches are in day order: every older one is older still
+        count += 1
+    return count
+
+
+def _newest_stamp(config: ModelConfig, store: BatchStore, batch: io.BatchFile) -> pd.Timestamp | None:
+    ts = config.columns.timestamp
+    newest = io.parquet_column_max(batch.path, ts)  # the file's statistics, when it has them
+    if newest is not None:
+        return utc(newest)
+    try:
+        stamps = store.read_batch(batch, columns=[ts])[ts]
+    except (io.DataReadError, KeyError, ValueError):
+        return None
+    return utc(utc_series(stamps).max()) if len(stamps) else None
 
 
 def build_loop_state(
@@ -52,8 +73,9 @@ def build_loop_state(
     """Everything `policy.decide` / `policy.check_start` need besides the observation.
 
     - `history`: the signals the ledger recorded for batches before `day` (all when None);
-    - the newest registered version (any status) sets the cooldown's start (its data clock)
-      and the end of its window, after which labelled rows count as new;
+    - the newest registered version (any status) sets the cooldown's start (its data clock;
+      with `retrain.cooldown_batches`, the batches received since) and the end of its
+      window, after which labelled rows count as new;
     - the budget counts versions trained in the last `retrain.period_days` days of data
       (the first, bootstrap version does not count);
     - a `canary` alias means a candidate is still under review."""
@@ -80,12 +102,23 @@ def build_loop_state(
         since = utc(now) - pd.Timedelta(days=config.retrain.period_days)
         clocks = [_tag_time(v, DATA_CLOCK_TAG) for v in versions if v.tags.get(BOOTSTRAP_TAG) != "true"]
         in_period = sum(1 for c in clocks if c is not None and since < c <= utc(now))
+    # Batches since the retrain are counted only for a cooldown in batches: it reads the
+    # statistics of each newer batch file, on every monitored batch.
+    cooldown = config.retrain.cooldown_unit
+    since = (
+        count_batches_after(config, store, last_clock)
+        if last_clock is not None and cooldown is not None and cooldown[0] == "batches"
+        else None
+    )
     return policy.LoopState(
         history=policy.history_of(history, config.retrain),
         now=now,
         last_retrain_clock=last_clock,
         last_train_end=last_end,
+        newest_version=newest.version if newest is not None else None,
+        seen_until=seen_until,
         new_labelled_rows=new_rows,
+        chunks_since_retrain=since,
         retrains_in_period=in_period,
         candidate_pending=bool(pending := _pending(registry)),
         pending_reason=pending,

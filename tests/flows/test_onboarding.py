@@ -42,7 +42,7 @@ CASES = [
     Case("cards", user_streams.multiclass, "multiclass_classification", "id",
          {"every": pd.Timedelta(days=7), "max_batches": 8}),
     Case("car-loan-dq", user_streams.car_loan_dq, "binary_classification", "id",
-         {"every": pd.Timedelta(days=7), "max_batches": 8, "label_delay_batches": 2}),
+         {"every": pd.Timedelta(days=30), "max_batches": 8, "label_delay_batches": 1}),  # monthly
 ]
 
 
@@ -87,7 +87,9 @@ def test_a_new_user_gets_from_their_data_to_a_served_monitored_model(
     r = _cli("bootstrap", "--config", "model.yaml")
     assert r.exit_code == 0 and "already has champion v1" in r.output
 
-    # 3. backtest on the user's stream (the default policy alone, to keep it short)
+    # 3. backtest on the user's stream (the default policy alone, to keep it short); it
+    #    replays in memory and leaves the user's files as they were
+    before = _digests(tmp_path / "data")
     r = _cli("backtest", "--config", "model.yaml", "--out", "bt.json", "--policy", "default", "--only")
     assert r.exit_code == 0, r.output
     report = _json(tmp_path / "bt.json")
@@ -95,6 +97,7 @@ def test_a_new_user_gets_from_their_data_to_a_served_monitored_model(
     assert [c["chunk"] for c in policy["chunks"]] == stream.batch_days
     assert any(c["realized_metric"] is not None for c in policy["chunks"]), policy["chunks"][:2]
     assert policy["mean_metric"] is not None
+    assert _digests(tmp_path / "data") == before
 
     # 4. monitor every batch: none locked out, each estimated (and scored by the champion
     #    when the batches carry no predictions)
@@ -132,6 +135,12 @@ def test_a_new_user_gets_from_their_data_to_a_served_monitored_model(
 
     registered = read_model_events(cfg.name, ["evergreen.model.registered"], since, expect=2)
     assert {e.payload["version"] for e in registered} >= {"1", "2"}
+
+
+def _digests(root: Path) -> dict[str, str]:
+    import hashlib
+
+    return {str(p.relative_to(root)): hashlib.sha256(p.read_bytes()).hexdigest() for p in sorted(root.rglob("*")) if p.is_file()}
 
 
 def _serve_a_batch(cfg, stream) -> None:  # noqa: ANN001

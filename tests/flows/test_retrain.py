@@ -13,7 +13,7 @@ import pandas as pd
 import pytest
 
 from evergreen.adapters import io, registry
-from evergreen.config import ModelConfig
+from evergreen.config import ModelConfig, ValidationConfig
 from evergreen.simulation.stream import write_demo_stream
 from flows.retrain import retrain
 from tests.flows.conftest import model_for
@@ -119,21 +119,31 @@ def test_model_loads_in_fresh_process_and_predicts_the_same(stream_cfg: ModelCon
     assert (abs(fresh - logged) < 1e-7).all()
 
 
-def test_identical_data_shares_one_snapshot(stream_cfg: ModelConfig, first) -> None:
+def test_identical_data_registers_no_second_version(stream_cfg: ModelConfig, first) -> None:
+    """Changed on purpose (issue 16): a second retrain on identical data used to register a
+    second version; it now shares the snapshot and is skipped, naming the version it repeats."""
     result, _ = first
     state = retrain(config=stream_cfg, return_state=True)
+    assert state.is_completed() and state.name == "Skipped", state.message
+    assert state.message.startswith("retrain skipped: same_data: ")
     second = state.result()
+    assert second.status == "skipped" and second.blocked_by == "same_data"
+    assert f"v{result.version}" in second.message
     assert second.dataset_digest == result.dataset_digest
     assert second.dataset_reused
     store = Path(stream_cfg.data.path("dataset_store"))
     assert len(list(store.glob("*/*/meta.json"))) == 1
-    assert second.version != result.version
-    assert not second.bootstrap and second.aliases == ["challenger"]
+    assert [v.version for v in registry.list_versions(stream_cfg.mlflow.model_name)] == [result.version]
     assert registry.version_by_alias(stream_cfg.mlflow.model_name, "champion").version == result.version
+    # A schedule on the same stream is held before it reads anything: nothing is newer.
+    held = retrain(config=stream_cfg, trigger="schedule", return_state=True)
+    assert held.name == "Skipped" and held.message.startswith("retrain skipped: no_new_data: "), held.message
 
 
 def test_corrupted_window_registers_nothing(demo_config: ModelConfig, tmp_path) -> None:
-    cfg = model_for(demo_config, "loan-corrupt", str(tmp_path / "data"))
+    # Impossible values are the user's to declare (values beyond the old range are kept).
+    declared = demo_config.model_copy(update={"validation": ValidationConfig(limits={"car_value": {"min": 0}})})
+    cfg = model_for(declared, "loan-corrupt", str(tmp_path / "data"))
     write_demo_stream(cfg, cfg.data.root, drift="none")
     batch = io.list_batches(cfg.data.path("batches"))[-2]  # inside the sliding window
     frame = io.read_table(batch.path)
@@ -142,7 +152,7 @@ def test_corrupted_window_registers_nothing(demo_config: ModelConfig, tmp_path) 
     since = datetime.now(UTC) - timedelta(seconds=5)
     state = retrain(config=cfg, return_state=True)
     assert state.is_failed() and state.name == "TrainingDataRejected"
-    assert "car_value" in state.message
+    assert "car_value" in state.message and "validation.limits.car_value" in state.message
     assert registry.list_versions(cfg.mlflow.model_name) == []
     # The window was staged for the store while it was validated: nothing of it is left.
     store = Path(cfg.data.path("dataset_store"))

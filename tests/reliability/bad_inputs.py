@@ -2,7 +2,8 @@
 
 Each `BadInput` says what is tried (the RELIABILITY.md table reads these words), which file
 it lands in (a batch the monitor reads, or a labels file the retrain's window joins), what
-the system must do (reject it, or accept it and say so) and the columns and expectations
+the system must do (reject it, or accept it and say so: a `finding` is a distribution
+finding the result must report for the first column) and the columns and expectations
 the run's message must name. `write_bad_input` writes the bad file from a good frame; every
 random choice is seeded.
 """
@@ -45,6 +46,7 @@ class BadInput:
     write: Writer
     kind: Literal["batch", "labels"] = "batch"
     outcome: Literal["rejected", "accepted"] = "rejected"
+    finding: Literal["range", "categories"] | None = None
     columns: tuple[str, ...] = ()
     expectations: tuple[str, ...] = ()
     suffix: str = ".parquet"
@@ -92,6 +94,11 @@ def _null_flood(s: pd.Series) -> pd.Series:
 def _out_of_range(s: pd.Series) -> pd.Series:
     # A unit bug on part of the traffic: values in cents instead of currency units.
     return s.mask(_rows(s.to_frame(), 0.3), s * 1000)
+
+
+def _negative(s: pd.Series) -> pd.Series:
+    # A sign bug on part of the traffic; the stream's config declares car_value >= 0.
+    return s.mask(_rows(s.to_frame(), 0.05), -s)
 
 
 def _unseen_categories(s: pd.Series) -> pd.Series:
@@ -196,10 +203,13 @@ CATALOGUE: list[BadInput] = [
              _changed("driver_tenure", _null_flood), columns=("driver_tenure",),
              expectations=(NOT_NULL,)),
     BadInput("out_of_range", "30% of car_value multiplied by 1000 (a unit bug)",
-             _changed("car_value", _out_of_range), columns=("car_value",), expectations=(BETWEEN,)),
+             _changed("car_value", _out_of_range), outcome="accepted", finding="range",
+             columns=("car_value",), expectations=(BETWEEN,)),
+    BadInput("impossible_value", "5% of car_value negative (declared: validation.limits car_value min 0)",
+             _changed("car_value", _negative), columns=("car_value",), expectations=(BETWEEN,)),
     BadInput("unseen_category_flood", "40% of salary_range is a category never seen",
-             _changed("salary_range", _unseen_categories), columns=("salary_range",),
-             expectations=(IN_SET,)),
+             _changed("salary_range", _unseen_categories), outcome="accepted", finding="categories",
+             columns=("salary_range",), expectations=(IN_SET,)),
     BadInput("empty_file", "a 0-byte batch file", _empty_file, expectations=(READABLE,)),
     BadInput("zero_rows", "a Parquet file with the right schema and no rows", _zero_rows,
              expectations=(ROW_COUNT,)),

@@ -25,7 +25,7 @@ from evergreen import events
 from evergreen.adapters import io, registry
 from evergreen.adapters.ledger import read_ledger
 from evergreen.adapters.predlog import PredictionLogWriter
-from evergreen.config import ModelConfig, load_config
+from evergreen.config import ColumnLimits, ModelConfig, load_config
 from evergreen.simulation.stream import write_demo_stream
 from flows.monitor import monitor
 from flows.retrain import retrain
@@ -77,6 +77,8 @@ def stream(tmp_path_factory: pytest.TempPathFactory) -> Stream:
             # A small, quick model: these tests are about the data, not the model's quality.
             "training": base.training.model_copy(update={"num_boost_round": 40, "early_stopping_rounds": 5}),
             "retrain": base.retrain.model_copy(update={"window_days": 7}),
+            # A user's rule: a car has no negative value (`impossible_value` breaks it).
+            "validation": base.validation.model_copy(update={"limits": {"car_value": ColumnLimits(min=0)}}),
             "mlflow": base.mlflow.model_copy(
                 update={
                     "model_name": name,
@@ -224,6 +226,13 @@ def test_bad_batch(stream: Stream, case: BadInput, request: pytest.FixtureReques
             [warning] = result.warnings
             assert warning["column"] == "promo_code" and warning["expectation_type"] == COLUMNS_MATCH
             assert "promo_code" in result.message
+        if case.finding:
+            # Values the reference never had: reported per column and counted as drift.
+            [finding] = result.distribution_findings
+            assert (finding.column, finding.check) == (case.columns[0], case.finding)
+            assert finding.expectation_type in case.expectations
+            assert case.columns[0] in result.message and result.drift_detected
+            assert case.columns[0] in result.reasons[0]
         if case.name == "timestamps_out_of_order":
             expected = request.getfixturevalue("ordered")
             assert _drift_figures(result) == pytest.approx(_drift_figures(expected), rel=1e-9)

@@ -215,17 +215,26 @@ def test_retrain_killed_in_training_and_in_registration_leaves_no_half_version(w
     assert after_kill.status[half] == "candidate"
     world.timings["kill_point"] = 1.0 if after_kill.aliases["challenger"] == half else 0.0
 
-    # The next retrain waits for the killed holder's lock lease to expire, then registers.
+    # The next retrain (same data) waits for the killed holder's lock lease to expire, then
+    # registers, unless the killed process's version was reached by `challenger`: then it
+    # is registered already and the same data is not registered twice (issue 16).
     began = time.monotonic()
     state = retrain(config=world.cfg, trigger="manual", return_state=True)
     world.timings["next_retrain"] = time.monotonic() - began
     assert state.is_completed(), state.message
     result = state.result()
     after = world.state()
-    assert result.version == str(first + 2)
-    assert after.aliases == {"champion": "1", "canary": None, "challenger": result.version}
+    if after_kill.aliases["challenger"] == half:
+        assert result.status == "skipped" and result.blocked_by == "same_data", result.message
+        assert f"v{half}" in result.message
+        assert _max_version(world.mlflow.db, NAME) == first + 1
+        assert after.aliases == {"champion": "1", "canary": None, "challenger": half}
+    else:
+        assert result.version == str(first + 2)
+        assert after.aliases == {"champion": "1", "canary": None, "challenger": result.version}
+        assert after.status[result.version] == "candidate"
     assert after.incomplete == {} and after.unsettled == []
-    assert after.status[result.version] == "candidate" and after.status[half] == "candidate"
+    assert after.status[half] == "candidate"
     assert read_attempts(world.guard) == []
     assert sum("retrain" in c for c in armed_commands(world.guard)) >= 2
 

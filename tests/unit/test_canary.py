@@ -65,9 +65,10 @@ def test_pending_says_how_much_more_is_needed(
     assert decision.needed == needed
     assert decision.basis is None and decision.gain is None
     if needed.predictions:
-        assert f"the canary served {n} predictions; 500 are required (380 more)" in decision.reasons
+        # the reason names the field to change (wording changed on purpose, issue 16)
+        assert f"the canary served {n} predictions; 500 are required (canary.min_predictions; 380 more)" in decision.reasons
     if needed.labels:
-        assert any(f"({needed.labels} more)" in r and "no estimate" in r for r in decision.reasons)
+        assert any(f"(canary.min_labels; {needed.labels} more)" in r and "no estimate" in r for r in decision.reasons)
 
 
 def test_pending_when_the_champion_lacks_labels_and_there_is_no_estimate() -> None:

@@ -484,6 +484,7 @@ def test_the_canary_compares_realized_multiclass_metrics_on_served_traffic(metri
         collect_arm_evidence,
         decide_canary,
     )
+    from evergreen.decisions.defaults import canary_config
 
     cfg = mc_config(metric=metric)
     frame = make_frame(2400, seed=10)
@@ -509,7 +510,7 @@ def test_the_canary_compares_realized_multiclass_metrics_on_served_traffic(metri
         assert canary.n_predictions == half and canary.n_labelled == len(rows)
         assert canary.realized_metric == pytest.approx(_sklearn(metric, y[rows], canary_p[rows]))
         assert canary.mean_prediction is None  # a class has no mean
-        decision = decide_canary(canary, champion, cfg.canary, MC, metric, bootstrap_samples=100)
+        decision = decide_canary(canary, champion, canary_config(cfg), MC, metric, bootstrap_samples=100)
         assert decision.outcome == outcome, decision.summary()
         assert decision.basis == "realized"
 

@@ -52,7 +52,9 @@ def test_each_blocker_holds_an_event_retrain_and_names_itself(changes: dict, blo
 
 def test_a_schedule_has_no_cooldown_but_every_other_blocker() -> None:
     assert policy.check_start(_state(now=pd.Timestamp("2019-01-11", tz="UTC")), CFG, "schedule").allowed
-    assert policy.check_start(_state(new_labelled_rows=0), CFG, "schedule").blocked_by == "min_new_rows"
+    assert policy.check_start(_state(new_labelled_rows=50), CFG, "schedule").blocked_by == "min_new_rows"
+    # no new row at all is its own blocker (it was min_new_rows before issue 16)
+    assert policy.check_start(_state(new_labelled_rows=0), CFG, "schedule").blocked_by == "no_new_data"
     assert policy.check_start(_state(retrains_in_period=5), CFG, "schedule").blocked_by == "budget"
 
 
@@ -123,3 +125,58 @@ def test_the_state_is_read_from_the_store_and_the_registry(toy_config) -> None: 
     assert got.last_retrain_clock == pd.Timestamp("2019-01-01 12:00", tz="UTC")
     assert got.candidate_pending and "canary v2" in got.pending_reason
     assert got.history == () or got.history[-1] == ()  # hysteresis 1 of 1 keeps no history
+
+
+def test_a_cooldown_in_batches_counts_batches_received_since_the_retrain() -> None:
+    cfg = RetrainPolicyConfig(cooldown_batches=3)
+    held = policy.check_start(_state(chunks_since_retrain=2), cfg, "event")
+    assert held.blocked_by == "cooldown" and "retrain.cooldown_batches=3" in held.reason
+    assert "1 more batch" in held.reason
+    assert policy.check_start(_state(chunks_since_retrain=3), cfg, "event").allowed
+    assert policy.check_start(_state(chunks_since_retrain=0), cfg, "schedule").allowed  # no cooldown for a schedule
+    # hours of data no longer count once the cooldown is given in batches
+    assert policy.check_start(_state(now=pd.Timestamp("2019-01-10 01:00", tz="UTC"), chunks_since_retrain=5), cfg, "event").allowed
+
+
+def test_no_new_data_names_the_version_and_what_to_wait_for() -> None:
+    check = policy.check_start(
+        _state(new_labelled_rows=0, newest_version="4", seen_until=pd.Timestamp("2019-01-09", tz="UTC")), CFG, "event"
+    )
+    assert check.blocked_by == "no_new_data"
+    assert "v4" in check.reason and "2019-01-09" in check.reason and "data.label_delay_days" in check.reason
+    # a person's retrain is not held (changed settings); the same-data check catches a duplicate
+    assert policy.check_start(_state(new_labelled_rows=0), CFG, "manual").allowed
+
+
+def test_the_same_data_check_compares_digest_and_settings() -> None:
+    known = [policy.TrainedVersion("3", "abc", "s1"), policy.TrainedVersion("2", "def", None, "the champion")]
+    same = policy.check_new_data("abc", "s1", known)
+    assert not same.allowed and same.blocked_by == "same_data" and "v3" in same.reason
+    assert policy.check_new_data("abc", "s2", known).allowed  # other settings: another model
+    old = policy.check_new_data("def", "s9", known)  # no settings recorded: the data decides
+    assert old.blocked_by == "same_data" and "v2 (the champion)" in old.reason
+    assert policy.check_new_data("xyz", "s1", known).allowed
+
+
+def test_batches_since_the_retrain_are_read_from_the_store(toy_config) -> None:  # noqa: ANN001
+    base: ModelConfig = toy_config()
+    root = f"memory://batches-since-{uuid.uuid4().hex}"
+    cfg = base.model_copy(
+        update={
+            "data": base.data.model_copy(update={"root": root}),
+            "retrain": RetrainPolicyConfig(cooldown_batches=2),
+        }
+    )
+    cols = cfg.columns
+    for day in ("2019-01-01", "2019-01-02", "2019-01-03", "2019-01-04"):
+        frame = pd.DataFrame({cols.id: [f"{day}-{i}" for i in range(5)], cols.timestamp: pd.date_range(day, periods=5, freq="h")})
+        io.write_table(frame, f"{cfg.data.path('batches')}/{day}.parquet")
+    store = FileStore(cfg)
+    registry = _Registry([_version(1, "2019-01-02T04:00", "2019-01-02T00:00")], {})
+    now = state.data_clock(cfg, store)
+    got = state.build_loop_state(cfg, store, registry, now)
+    assert got.chunks_since_retrain == 2  # 01-03 and 01-04 came after the version's data clock
+    assert got.newest_version == "1"
+    # the cooldown of 2 batches has passed; no labels have arrived, so nothing is new yet
+    assert policy.check_start(got, cfg.retrain, "event").blocked_by == "no_new_data"
+    assert state.count_batches_after(cfg, store, pd.Timestamp("2019-01-03T05:00", tz="UTC")) == 1

@@ -116,14 +116,62 @@ def test_sliding_rows_keeps_the_newest_rows() -> None:
     assert "2019-02-03" in window.excluded
 
 
-def test_days_and_rows_limits_both_apply() -> None:
-    policy = _policy(window="sliding", window_days=5, window_rows=100, include_reference=False)
-    few = assemble_window(None, _batches(10, rows=4), policy, COLUMNS)
-    assert (
-        few.rows == 4 * 5 + 1
-    )  # days limit binds (5 days back from 18:00 reaches one row of day 5)
-    many = assemble_window(None, _batches(10, rows=50), policy, COLUMNS)
-    assert many.rows == 100  # rows limit binds
+def test_a_window_takes_one_unit_and_names_the_conflict() -> None:
+    """Behaviour changed on purpose (issue 16): days and rows used to both apply; now a
+    window has one unit, and two given at once are a config error naming both fields."""
+    from evergreen.config import ConfigError, parse_config
+
+    raw = {
+        "name": "m",
+        "columns": {"target": "repaid", "features": ["car_value"]},
+        "mlflow": {"model_name": "m"},
+        "retrain": {"window_days": 5, "window_rows": 100},
+    }
+    with pytest.raises(ConfigError, match=r"retrain\.window_days, retrain\.window_rows"):
+        parse_config(raw)
+    with pytest.raises(ConfigError, match=r"retrain\.cooldown_hours, retrain\.cooldown_batches"):
+        parse_config({**raw, "retrain": {"cooldown_hours": 24, "cooldown_batches": 2}})
+
+
+def test_one_unit_replaces_the_default_days() -> None:
+    assert _policy().window_unit == ("days", 14)
+    assert _policy().cooldown_unit == ("hours", 168.0)
+    batches = _policy(window_batches=3)
+    assert batches.window_days is None and batches.window_unit == ("batches", 3)
+    assert _policy(window_rows=500).window_unit == ("rows", 500)
+    assert _policy(cooldown_batches=2).cooldown_unit == ("batches", 2)
+    assert _policy(cooldown_batches=2).cooldown_hours is None
+    assert _policy(window="expanding").window_unit is None
+    # the block stores the config as a mapping: it reads back the same
+    again = RetrainPolicyConfig.model_validate(batches.model_dump())
+    assert again == batches
+
+
+def test_sliding_batches_keeps_the_newest_labelled_batches_whole() -> None:
+    batches = _batches(10, rows=6)
+    batches[-1] = LabelledBatch(batches[-1].batch_id, batches[-1].frame.drop(columns="repaid"))  # no labels yet
+    policy = _policy(window_batches=3, include_reference=False)
+    window = assemble_window(None, batches, policy, COLUMNS)
+    # the newest batch has no labels: the three newest labelled ones count
+    assert window.sources == ["2019-02-07", "2019-02-08", "2019-02-09"]
+    assert window.rows == 18
+    assert window.window_start == pd.Timestamp("2019-02-07", tz="UTC")
+    assert "retrain.window_batches" in window.excluded["2019-02-06"]
+    assert window.excluded["2019-02-10"].startswith("no labels")
+
+
+def test_a_monthly_stream_keeps_its_batches_where_14_days_kept_none() -> None:
+    """Issue 16: a 14-day window on monthly batches trained on the reference alone."""
+    months = [
+        LabelledBatch(day, _batch_frame(day, 30, 1000 + 100 * i))
+        for i, day in enumerate(["2019-01-01", "2019-02-01", "2019-03-01", "2019-04-01"])
+    ]
+    now = pd.Timestamp("2019-04-30")  # each batch's rows fall on its first day
+    by_days = assemble_window(None, months, _policy(include_reference=False), COLUMNS, now=now)
+    assert by_days.batch_rows == 0
+    by_batches = assemble_window(None, months, _policy(window_batches=3, include_reference=False), COLUMNS, now=now)
+    assert by_batches.sources == ["2019-02-01", "2019-03-01", "2019-04-01"]
+    assert by_batches.batch_rows == 90
 
 
 def test_reference_comes_first_and_is_not_windowed() -> None:
