@@ -11,11 +11,12 @@ from __future__ import annotations
 import time
 from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta
+from pathlib import Path
 from typing import Any
 
 import pytest
 
-from tests.e2e.conftest import Project, served_log_tail
+from tests.e2e.conftest import Project, copy_days, served_log_tail
 from tests.e2e.conftest import alias_version as _alias
 from tests.e2e.conftest import registered_versions as _versions
 
@@ -104,6 +105,10 @@ def loop(project: Project) -> Iterator[Project]:
         run = _wait_run("promote", since, {"version": "1"})
         assert run.state.is_completed() and "already champion" in (run.state.message or ""), _describe(run)
     assert _alias(project, "challenger") is None and _alias(project, "canary") is None
+    # Days 10-12 arrive, with the labels of batches 7-9: labelled rows newer than v1's
+    # window, so the start rule gets past `no_new_data` to the blocker each test sets up.
+    days = sorted(p.stem for p in (project.staging / "batches").glob("*.parquet"))
+    copy_days(project.staging, Path(project.cfg.data.root), days[10:13])
     yield project
 
 
