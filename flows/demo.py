@@ -53,6 +53,7 @@ class DayRow:
     canary: str | None
     served: dict[str, int] = field(default_factory=dict)
     seconds: float = 0.0
+    served_metric: float | None = None  # the day's served predictions against all their labels
 
 
 @dataclass
@@ -65,6 +66,8 @@ class DemoSummary:
     promotions: int
     rollbacks: int
     final_champion: str | None
+    recovery: dict[str, Any]
+    lineage: list[dict[str, Any]]
     prefect_api_url: str
     mlflow_tracking_uri: str
     workdir: str
@@ -87,11 +90,14 @@ def demo_config(base: ModelConfig, workdir: Path) -> ModelConfig:
     )
 
 
+DEFAULT_DRIFT, DEFAULT_DRIFT_START = "unit", 8
+
+
 def run_demo(
     config_path: Path,
     workdir: Path,
-    drift: str = "covariate",
-    drift_start: int = 10,
+    drift: str = DEFAULT_DRIFT,
+    drift_start: int = DEFAULT_DRIFT_START,
     keep_server: bool = False,
     echo: Callable[[str], None] = print,
     progress: Callable[[str, int, int], None] | None = None,
@@ -130,9 +136,9 @@ def run_demo(
             shutil.copy(staging / name, live / name)
 
         from blocks.model_config import EvergreenModel, block_document_name
+        from flows.bootstrap import bootstrap
         from flows.canary import canary_review
         from flows.monitor import monitor
-        from flows.retrain import retrain
 
         block = block_document_name(cfg.name)
         EvergreenModel.register_type_and_schema()
@@ -142,7 +148,7 @@ def run_demo(
         runner = setup.submit(stack.enter_context, served_flows(workdir / "serve-flows.log", extra_env={"PREFECT_API_URL": api}))
 
         echo("bootstrap: training the first model on the reference data ...")
-        boot = retrain(config=cfg, trigger="manual", reason="bootstrap the demo", return_state=True).result()
+        boot = bootstrap(config=cfg, return_state=True).result()
         echo(f"  -> {boot.message}")
         runner.result()
 
@@ -171,15 +177,78 @@ def run_demo(
             rows.append(DayRow(day, m.valid, m.drift_detected, m.performance_degraded, m.estimated_metric, m.realized_metric, m.realized_on, m.events, "; ".join(actions) or "-", champion, canary, served, round(time.monotonic() - t0, 1)))
         if keep_server:
             echo(f"Prefect server left running at {api}")
-    detected = next((r.day for r in rows if r.drift and (info.drift_start_index is None or r.day >= info.drift_start_date)), None)
+    detected = next((r.day for r in rows if (r.drift or r.degraded) and (info.drift_start_index is None or r.day >= info.drift_start_date)), None)
     champion, _ = _aliases(cfg)
+    for row in rows:
+        row.served_metric = served_metric(cfg, staging, row.day)
     return DemoSummary(
         days=rows, drift_injected=drift, drift_start_day=info.drift_start_date, drift_first_detected_day=detected,
         retrains=counters["retrains"], promotions=counters["promotions"], rollbacks=counters["rollbacks"],
-        final_champion=champion, prefect_api_url=api, mlflow_tracking_uri=cfg.mlflow.resolved_tracking_uri(),
+        final_champion=champion, recovery=recovery(rows, info.drift_start_date), lineage=lineage(cfg),
+        prefect_api_url=api, mlflow_tracking_uri=cfg.mlflow.resolved_tracking_uri(),
         workdir=str(workdir), seconds=round(time.monotonic() - began, 1),
         server_kept=keep_server or not started_server,
     )
+
+
+def served_metric(cfg: ModelConfig, staging: Path, day: str) -> float | None:
+    """The metric of what was served on `day` (the batch's logged predictions, champion and
+    canary rows alike) against the labels the stream delivers for them, sooner or later."""
+    from evergreen.decisions.evaluation import metric_value, served_scores, target_values
+
+    path = Path(cfg.data.path("batches")) / f"{day}.parquet"
+    if not path.exists():
+        return None
+    batch = io.read_table(str(path))
+    labels = io.read_labels(str(staging / "labels"))
+    if labels is None:
+        return None
+    joined = batch.merge(labels[[cfg.columns.id, cfg.columns.target]], on=cfg.columns.id, how="inner")
+    if joined.empty:
+        return None
+    y = target_values(joined[cfg.columns.target], cfg)
+    value = metric_value(y, served_scores(joined, cfg), cfg.problem_type, cfg.metric)
+    return None if value is None else round(float(value), 4)
+
+
+def recovery(rows: list[DayRow], change_day: str | None) -> dict[str, Any]:
+    """Served metric before the change, at its worst after it, and over the last three days."""
+    before = [r.served_metric for r in rows if r.served_metric is not None and (change_day is None or r.day < change_day)]
+    after = [(r.served_metric, r.day) for r in rows if r.served_metric is not None and change_day is not None and r.day >= change_day]
+    if not before or not after:
+        return {}
+    trough = min(after)
+    last = [m for m, _ in after[-3:]]
+    return {
+        "before": round(sum(before) / len(before), 4),
+        "trough": trough[0],
+        "trough_day": trough[1],
+        "recovered": round(sum(last) / len(last), 4),
+        "recovered_days": [d for _, d in after[-3:]],
+    }
+
+
+def lineage(cfg: ModelConfig) -> list[dict[str, Any]]:
+    """Every registered version: status, why it was trained and on what."""
+    from evergreen.adapters import registry, tracking
+
+    tracking.connect(cfg.mlflow)
+    out = []
+    for v in registry.list_versions(cfg.mlflow.model_name):
+        tags = v.tags
+        out.append(
+            {
+                "version": v.version,
+                "status": v.status,
+                "trigger": tags.get("evergreen.trigger"),
+                "reason": (tags.get("evergreen.trigger.reason") or "")[:120],
+                "episode": tags.get("evergreen.episode"),
+                "rows": tags.get("evergreen.dataset_rows"),
+                "post_change_rows": tags.get("evergreen.post_change_rows"),
+                "dataset_digest": (tags.get("evergreen.dataset_digest") or "")[:12],
+            }
+        )
+    return out
 
 
 def _exit_on_sigterm() -> None:

@@ -149,7 +149,7 @@ def _write_json(path: Path | None, obj: object) -> None:
 def stream(
     config: ConfigOpt,
     out: Annotated[Path, typer.Option("--out", help="stream folder to write")],
-    drift: Annotated[str, typer.Option(help="none|covariate|gradual|concept|prior|bad")] = "none",
+    drift: Annotated[str, typer.Option(help="none|covariate|gradual|unit|concept|prior|bad")] = "none",
     drift_start: Annotated[str | None, typer.Option(help="day index (0-based) or YYYY-MM-DD")] = None,
     seed: Annotated[int, typer.Option(help="seed for drift injection")] = 0,
 ) -> None:
@@ -157,7 +157,7 @@ def stream(
     synthetic car-loan data, optionally with drift injected from a given day on."""
     from evergreen.simulation.stream import write_demo_stream
 
-    if drift not in ("none", "covariate", "gradual", "gradual_covariate", "concept", "prior", "bad"):
+    if drift not in ("none", "covariate", "gradual", "gradual_covariate", "unit", "concept", "prior", "bad"):
         raise typer.BadParameter(f"unknown drift kind {drift!r}", param_hint="--drift")
     cfg = _load(config, data_root=out)
     start: int | str | None = int(drift_start) if drift_start and drift_start.isdigit() else drift_start
@@ -502,8 +502,8 @@ def server_stop(directory: DirOpt = None) -> None:
 def demo(
     config: Annotated[Path, typer.Option("--config", "-c", help="model config YAML", exists=True, dir_okay=False)] = Path("configs/demo.yaml"),
     workdir: Annotated[Path, typer.Option(help="where the demo keeps its data, registry and server")] = Path(".evergreen/demo"),
-    drift: Annotated[str, typer.Option(help="drift injected: covariate|concept|prior|none")] = "covariate",
-    drift_start: Annotated[int, typer.Option(help="day index where the drift starts")] = 10,
+    drift: Annotated[str, typer.Option(help="drift injected: unit (an upstream unit change retraining fixes)|covariate|concept|prior|none")] = "unit",
+    drift_start: Annotated[int, typer.Option(help="day index where the drift starts")] = 8,
     keep_server: Annotated[bool, typer.Option(help="leave the Prefect server running at the end")] = False,
     out: OutOpt = None,
 ) -> None:
@@ -521,18 +521,30 @@ def demo(
 
 def _print_demo_table(summary) -> None:  # noqa: ANN001
     typer.echo("")
-    typer.echo(f"{'day':10} {'valid':5} {'drift':5} {'est.':>6} {'real.':>6} {'champ':>5} {'canary':>6}  events / action")
+    typer.echo(f"{'day':10} {'valid':5} {'drift':5} {'est.':>6} {'served':>6} {'champ':>5} {'canary':>6}  events / action")
     for r in summary.days:
         est = f"{r.estimated:.3f}" if r.estimated is not None else "-"
-        real = f"{r.realized:.3f}" if r.realized is not None else "-"
+        served = f"{r.served_metric:.3f}" if r.served_metric is not None else "-"
         evs = ",".join(e.split(".")[-1] for e in r.events) or "-"
-        typer.echo(f"{r.day:10} {str(r.valid)[0]:5} {('yes' if r.drift else 'no'):5} {est:>6} {real:>6} {r.champion or '-':>5} {r.canary or '-':>6}  {evs} / {r.action}")
+        alert = "yes" if (r.drift or r.degraded) else "no"
+        typer.echo(f"{r.day:10} {str(r.valid)[0]:5} {alert:5} {est:>6} {served:>6} {r.champion or '-':>5} {r.canary or '-':>6}  {evs} / {r.action}")
+    typer.echo("  (served: the metric of the day's served predictions against their labels, which arrive later)")
     typer.echo("")
     typer.echo(
-        f"drift injected from {summary.drift_start_day}, first detected {summary.drift_first_detected_day}; "
+        f"{summary.drift_injected} drift injected from {summary.drift_start_day}, first detected {summary.drift_first_detected_day}; "
         f"retrains {summary.retrains}, promotions {summary.promotions}, rollbacks {summary.rollbacks}; "
         f"final champion v{summary.final_champion}; {summary.seconds:.0f} s"
     )
+    rec = summary.recovery
+    if rec:
+        typer.echo(
+            f"served metric: {rec['before']:.3f} before the change, {rec['trough']:.3f} at its worst ({rec['trough_day']}), "
+            f"{rec['recovered']:.3f} over the last days ({', '.join(rec['recovered_days'])})"
+        )
+    typer.echo("champion lineage:")
+    for v in summary.lineage:
+        why = f"episode {v['episode']}, {v['post_change_rows']} post-change rows" if v["episode"] else (v["reason"] or v["trigger"])
+        typer.echo(f"  v{v['version']:<3} {v['status'] or '-':9} {v['rows'] or '-':>7} rows  data {v['dataset_digest']}  {why}")
     ui = summary.prefect_api_url.removesuffix("/api")
     if summary.server_kept:
         typer.echo(f"Prefect UI: {ui}  (flow runs, events, artifacts)")

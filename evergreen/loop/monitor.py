@@ -12,7 +12,7 @@ from typing import Any
 import pandas as pd
 
 from evergreen import events
-from evergreen.adapters import io
+from evergreen.adapters import io, registry
 from evergreen.adapters.ledger import BatchRecord
 from evergreen.adapters.ports import Ports
 from evergreen.config import ModelConfig
@@ -226,17 +226,26 @@ def check_episode(ports: Ports, config: ModelConfig, *, run: Runner = DIRECT) ->
 def realized_on_latest_labelled(
     ports: Ports, config: ModelConfig, fitted: Any, day: str, labels: pd.DataFrame | None
 ) -> sources.LatestRealized | None:
-    """The realized metric of the newest batch up to `day` whose labels have arrived
-    (`sources.realized_on_latest_labelled`), computed by the monitor's calculators."""
+    """The realized metric of the champion on the newest batch up to `day` whose labels have
+    arrived (`sources.realized_on_latest_labelled`), computed by the monitor's calculators on
+    the rows the champion served. A batch the champion served none of ends the search: an
+    earlier model's realized metric says nothing of the one serving now."""
     from evergreen.engines import monitoring
+
+    champion = ports.registry.version_by_alias(registry.CHAMPION)
+    serving = champion.version if champion is not None else None
+    version_column = config.columns.model_version
 
     def realize(batch: io.BatchFile) -> Any:
         frame = ports.store.read_batch(batch)
         if sources.lacks_predictions(frame, config):
             frame = sources.score_batch(sources.load_champion(ports.registry, config), frame, config)
-        return monitoring.compute_monitor(fitted, frame, labels).realized_metric
+        elif serving is not None and version_column in frame.columns:
+            served = frame[frame[version_column].astype(str) == serving]
+            frame = served if len(served) else frame
+        return monitoring.compute_monitor(fitted, frame.reset_index(drop=True), labels).realized_metric
 
-    return sources.realized_on_latest_labelled(config, ports.store, day, labels, realize)
+    return sources.realized_on_latest_labelled(config, ports.store, day, labels, realize, serving)
 
 
 def pending_batches(ports: Ports) -> list[io.BatchFile]:

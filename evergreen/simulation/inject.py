@@ -18,11 +18,12 @@ import pandas as pd
 from evergreen.config import ColumnRoles, ProblemType
 from evergreen.jsonable import plain as _plain
 
-DriftKind = Literal["none", "covariate", "gradual_covariate", "concept", "prior", "bad_data"]
+DriftKind = Literal["none", "covariate", "gradual_covariate", "unit", "concept", "prior", "bad_data"]
 DRIFT_KINDS: tuple[str, ...] = (
     "none",
     "covariate",
     "gradual_covariate",
+    "unit",
     "concept",
     "prior",
     "bad_data",
@@ -113,6 +114,36 @@ def shift_covariates(
             features=list(features),
             params={"method": method, "strength": strength, "seed": seed},
             effect=effect,
+        ),
+    )
+
+
+def change_unit(
+    df: pd.DataFrame, columns: ColumnRoles, feature: str, start: int = 0, *, factor: float = 0.001
+) -> Injection:
+    """An upstream unit change: numeric `feature` multiplied by `factor` from row `start` on
+    (0.001: euros now sent in thousands). The outcome still follows the true quantity, so
+    the serving model misreads every row, and a model retrained on rows from after the
+    change reads them right: a drift retraining can fix."""
+    start = _check_start(df, start)
+    _check_features(df, columns, [feature])
+    if feature in columns.categorical or not pd.api.types.is_numeric_dtype(df[feature]):
+        raise InjectionError(f"unit change: feature {feature!r} is not numeric; pick a continuous feature")
+    if factor <= 0:
+        raise InjectionError(f"unit change: factor must be positive, got {factor}")
+    out = df.copy()
+    region = out[feature].iloc[start:]
+    out[feature] = out[feature].astype(float)
+    out.iloc[start:, out.columns.get_loc(feature)] = region.to_numpy(dtype=float) * factor
+    return Injection(
+        frame=out,
+        description=DriftDescription(
+            kind="unit",
+            start=start,
+            rows_affected=len(out) - start,
+            features=[feature],
+            params={"factor": factor},
+            effect={feature: _summary_change(df[feature].iloc[start:], out[feature].iloc[start:], False)},
         ),
     )
 
@@ -396,8 +427,8 @@ def inject_drift(
     seed: int = 0,
     **params: Any,
 ) -> Injection:
-    """Apply one drift kind by name ("none", "covariate", "gradual_covariate", "concept",
-    "prior", "bad_data"; aliases "gradual" and "bad").
+    """Apply one drift kind by name ("none", "covariate", "gradual_covariate", "unit",
+    "concept", "prior", "bad_data"; aliases "gradual" and "bad").
 
     `features` chooses the shifted features (covariate), the region feature (concept,
     first entry) or the corrupted column (bad_data, first entry; default: the first
@@ -418,6 +449,9 @@ def inject_drift(
     if kind == "gradual_covariate":
         chosen = features or columns.features[:2]
         return shift_covariates_gradually(df, columns, chosen, start, seed=seed, **params)
+    if kind == "unit":
+        feature = (features or columns.continuous or columns.features)[0]
+        return change_unit(df, columns, feature, start, **params)
     if kind == "concept":
         return drift_concept(
             df,

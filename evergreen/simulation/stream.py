@@ -276,10 +276,12 @@ def _inject(
     start_row = 0 if start_day is None else start_day * config.data.rows_per_batch
     params = dict(params)
     features = params.pop("features", None)
-    if drift in ("covariate", "gradual_covariate") and features is None:
-        # The two most important features: shifting them moves the model's metric too.
+    if drift in ("covariate", "gradual_covariate", "unit") and features is None:
+        # The most important features: shifting them moves the model's metric too (a unit
+        # change hits the most important continuous one).
         importance = model.feature_importance()
-        features = sorted(importance, key=lambda f: (-importance[f], f))[:2]
+        ranked = sorted(importance, key=lambda f: (-importance[f], f))
+        features = [f for f in ranked if f in config.columns.continuous][:1] if drift == "unit" else ranked[:2]
     if "ramp_days" in params:  # gradual drift: the ramp in days of the stream
         params["ramp_rows"] = int(params.pop("ramp_days")) * config.data.rows_per_batch
     return inject_drift(
