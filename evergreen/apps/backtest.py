@@ -173,6 +173,7 @@ class ChunkRow:
     promoted: bool = False
     rolled_back: bool = False
     seconds: float = 0.0
+    episode: str | None = None  # what the chunk did to the alert episode: opened, escalated, quiet, closed...
 
 
 @dataclass
@@ -335,6 +336,7 @@ def _row(cfg: ModelConfig, stream: ReplayStream, i: int, outcome: Any, counts: d
         decision=m.decision,
         reason=m.policy or m.message,
         actions=actions,
+        episode=(m.episode or {}).get("transition"),
     )
     counts["alerts"] += int(m.alert)
     if outcome.review is not None and outcome.review.decision in ("promoted", "rolled_back"):
@@ -425,6 +427,7 @@ def run_backtest(
             "last": stream.days[-1],
             "rows": stream.rows,
             "label_delay_days": config.data.label_delay_days,
+            "label_delay_chunks": int(np.median([r - i for i, r in enumerate(stream.reveal) if r < len(stream.days)] or [0])),
             "reference_rows": len(stream.reference),
             "drift": stream.info.get("drift"),
             "drift_start": stream.info.get("drift_start_date"),

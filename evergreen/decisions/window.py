@@ -276,17 +276,20 @@ def split_at_change(
     change_point: pd.Timestamp,
     evaluation_fraction: float,
     min_evaluation_rows: int,
+    floor_rows: int = 0,
 ) -> tuple[pd.DataFrame, pd.DataFrame] | None:
     """An alert episode's hold-out: the most recent post-change rows (those stamped at or
     after `change_point`), `evaluation_fraction` of them but at least `min_evaluation_rows`
-    and at most half (the other half is what the model learns the new world from). Returns
-    (train, evaluation), oldest first; None when fewer than two post-change rows exist."""
+    and at most half (the other half is what the model learns the new world from); never
+    fewer than `floor_rows` (the hold-out is the next monitor's reference: with few
+    post-change rows it reaches back before the change) nor more than half the window.
+    Returns (train, evaluation), oldest first; None when fewer than two post-change rows exist."""
     ordered = frame.sort_values(timestamp, kind="mergesort", ignore_index=True)
     post = int((utc_series(ordered[timestamp]) >= utc(change_point)).sum())
     if post < 2:
         return None
     n_eval = min(max(int(round(post * evaluation_fraction)), min_evaluation_rows), post // 2)
-    n_eval = max(n_eval, 1)
+    n_eval = max(min(max(n_eval, floor_rows), len(ordered) // 2), 1)
     return ordered.iloc[: len(ordered) - n_eval], ordered.iloc[len(ordered) - n_eval :]
 
 

@@ -242,10 +242,11 @@ def realized_on_latest_labelled(
             frame = sources.score_batch(sources.load_champion(ports.registry, config), frame, config)
         elif serving is not None and version_column in frame.columns:
             served = frame[frame[version_column].astype(str) == serving]
-            frame = served if len(served) else frame
+            frame = served if len(served) else frame  # none: served outside the loop, all count
         return monitoring.compute_monitor(fitted, frame.reset_index(drop=True), labels).realized_metric
 
-    return sources.realized_on_latest_labelled(config, ports.store, day, labels, realize, serving)
+    known = {v.version for v in ports.registry.list_versions()}
+    return sources.realized_on_latest_labelled(config, ports.store, day, labels, realize, serving, known)
 
 
 def pending_batches(ports: Ports) -> list[io.BatchFile]:

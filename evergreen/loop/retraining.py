@@ -16,6 +16,11 @@ if TYPE_CHECKING:  # XGBoost costs ~5 s to import: not for a retrain that is ski
     pass
 
 
+# The hold-out is the next monitor's NannyML reference: at least twice the rows NannyML
+# needs to calibrate its thresholds (engines.monitoring.MIN_REFERENCE_ROWS).
+MIN_HOLDOUT_ROWS = 200
+
+
 @dataclass(frozen=True)
 class HoldOut:
     """Training rows and the most recent rows held out for evaluation."""
@@ -37,7 +42,9 @@ def hold_out_recent(frame: pd.DataFrame, config: ModelConfig, change_point: pd.T
 
     ts = config.columns.timestamp
     split = (
-        split_at_change(frame, ts, change_point, config.training.evaluation_fraction, gate_min_rows(config))
+        split_at_change(
+            frame, ts, change_point, config.training.evaluation_fraction, gate_min_rows(config), MIN_HOLDOUT_ROWS
+        )
         if change_point is not None
         else None
     )

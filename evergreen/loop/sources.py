@@ -192,6 +192,7 @@ def realized_on_latest_labelled(
     labels: pd.DataFrame | None,
     realize: Callable[[io.BatchFile], Any],
     serving_version: str | None = None,
+    known_versions: set[str] | None = None,
 ) -> LatestRealized | None:
     """Labels arrive late: the realized metric (`realize(batch)`, a MetricEstimate or None)
     of the most recent batch up to `day` whose labels have arrived; None when none is.
@@ -214,7 +215,7 @@ def realized_on_latest_labelled(
             continue
         if not frame[cols.id].isin(known).any():
             continue
-        if serving_version is not None and not _served_by(store, batch, cols.model_version, serving_version):
+        if serving_version is not None and not _served_by(store, batch, cols.model_version, serving_version, known_versions):
             return None
         try:
             metric = realize(batch)
@@ -225,12 +226,19 @@ def realized_on_latest_labelled(
     return None
 
 
-def _served_by(store: BatchStore, batch: io.BatchFile, column: str, version: str) -> bool:
+def _served_by(
+    store: BatchStore, batch: io.BatchFile, column: str, version: str, known: set[str] | None = None
+) -> bool:
+    """Whether `version` served rows of the batch. A batch that does not say who served it,
+    or names only versions the registry does not know (`known`: a model served outside the
+    loop, before it took over), cannot be told apart: it counts."""
     try:
-        served = store.read_batch(batch, columns=[column])[column]
+        served = store.read_batch(batch, columns=[column])[column].astype(str)
     except (io.DataReadError, KeyError, ValueError):
-        return True  # the batch does not say who served it
-    return bool((served.astype(str) == str(version)).any())
+        return True
+    if known is not None and not served.isin(known).any():
+        return True
+    return bool((served == str(version)).any())
 
 
 def gate_evidence_shortfall(rows: int, config: ModelConfig) -> str | None:
