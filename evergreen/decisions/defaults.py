@@ -161,7 +161,8 @@ def defaults_for(
     choose(
         "canary.min_predictions",
         predictions,
-        f"one batch of canary traffic ({traffic_share:.0%} of {n:,} rows), at least {MIN_SAMPLE_ROWS}, "
+        f"one batch of canary traffic ({CANARY_BATCH_SHARE:.0%} of {traffic_share:.0%} of {n:,} rows: the hash split varies), "
+        f"at least {MIN_SAMPLE_ROWS}, "
         f"at most {MAX_CANARY_PREDICTIONS}",
     )
     choose(
@@ -268,8 +269,13 @@ def _gate_reason(n: int, chosen: int) -> str:
     )
 
 
+CANARY_BATCH_SHARE = 0.8
+"""The canary's minimums are this share of one batch's canary traffic: ids are hashed to the
+canary, so one batch sends it a little more or a little less than `traffic_share` of its rows."""
+
+
 def _canary_minimums(rows_per_batch: int, traffic_share: float) -> tuple[int, int]:
-    per_batch = math.ceil(max(traffic_share * rows_per_batch, 1.0))
+    per_batch = math.ceil(round(max(CANARY_BATCH_SHARE * traffic_share * rows_per_batch, 1.0), 6))
     predictions = min(max(per_batch, MIN_SAMPLE_ROWS), MAX_CANARY_PREDICTIONS)
     labels = min(max(per_batch, MIN_SAMPLE_ROWS), MAX_CANARY_LABELS)
     return predictions, labels

@@ -506,6 +506,11 @@ def decide_start(state: LoopState, policy: Policy, trigger: str) -> StartCheck:
     if policy.kind == "never" and trigger != "manual":
         return StartCheck(False, "policy never: the first model serves forever", "no_alert")
     if policy.kind in ("always", "schedule"):
+        # As often as the loop allows: not over a canary under review (a new challenger
+        # would replace it before its review could decide, and no model would ever serve).
+        if state.candidate_pending:
+            what = state.pending_reason or "a retrained version is still under review"
+            return StartCheck(False, f"candidate_pending: {what}; retrain after its review", "candidate_pending")
         return StartCheck(True, f"policy {policy.name}: retrain when triggered")
     if trigger == "event" and state.episode is not None and state.episode.open:
         # Started by the episode's request: its own rules, without counting the request.

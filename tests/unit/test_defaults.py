@@ -69,8 +69,9 @@ def test_the_demo_stream_gets_the_demo_minimums() -> None:
     chosen = defaults.defaults_for(DAY, 2_500, 3 * DAY, 50_000)
     demo = load_config(ROOT / "configs" / "demo.yaml")
     assert chosen.value("gate.min_rows") == defaults.gate_min_rows(demo) == 500
-    assert chosen.value("canary.min_predictions") == demo.canary.min_predictions
-    assert chosen.value("canary.min_labels") == demo.canary.min_labels
+    canary = defaults.canary_config(demo)  # the demo leaves them to the stream's size
+    assert chosen.value("canary.min_predictions") == canary.min_predictions == 400  # 80% of a day's 500
+    assert chosen.value("canary.min_labels") == canary.min_labels == 200
     assert chosen.value("retrain.window_batches") == 20  # 50,000 rows
     assert chosen.value("retrain.cooldown_batches") == 3 + 5
 

@@ -339,11 +339,16 @@ def test_an_episodes_hold_out_is_post_change_and_its_rows_weigh_half() -> None:
     frame = pd.DataFrame({"ts": stamps, "x": range(1000)})
     change = stamps[800]  # 200 rows after the change
     train, evaluation = split_at_change(frame, "ts", change, evaluation_fraction=0.2, min_evaluation_rows=60)
-    assert len(evaluation) == 60 and (evaluation["ts"] >= change).all()  # 20% of 200 < 60: the minimum
-    assert len(train) == 940 and train["ts"].max() < evaluation["ts"].min()
-    # At most half of the post-change rows are held out: the model must see the new world.
-    _, half = split_at_change(frame, "ts", change, 0.2, min_evaluation_rows=500)
-    assert len(half) == 100
+    # Few post-change rows: half are held out (the gate's test needs them), half are learnt from.
+    assert len(evaluation) == 100 and (evaluation["ts"] >= change).all()
+    assert len(train) == 900 and train["ts"].max() < evaluation["ts"].min()
+    # The hold-out is the next monitor's reference: never fewer than `floor_rows`.
+    _, floor = split_at_change(frame, "ts", change, 0.2, min_evaluation_rows=60, floor_rows=150)
+    assert len(floor) == 150
+    # Plenty of post-change rows: the configured fraction.
+    many = pd.DataFrame({"ts": pd.date_range("2024-01-01", periods=60_000, freq="min", tz="UTC"), "x": 0})
+    _, share = split_at_change(many, "ts", many["ts"][10_000], 0.2, min_evaluation_rows=500)
+    assert len(share) == 10_000
     weights = post_change_weights(train, "ts", change, share=0.5)
     post = (train["ts"] >= change).to_numpy()
     assert weights[post].sum() == pytest.approx(weights[~post].sum())  # half the weight each
