@@ -594,12 +594,14 @@ def serve(
     config: ConfigOpt,
     host: Annotated[str, typer.Option(help="bind address")] = "127.0.0.1",
     port: Annotated[int, typer.Option(help="port")] = 5001,
+    workers: Annotated[int, typer.Option(min=1, help="worker processes on the port (each loads the models and writes its own prediction-log files)")] = 1,
+    metrics: Annotated[bool, typer.Option(help="serve GET /metrics (Prometheus) and record what it shows")] = True,
 ) -> None:
     """The scoring service: MLflow's /invocations protocol with the champion/canary split."""
     cfg = _load(config)
     from evergreen.apps.serving import serve as run_service
 
-    run_service(cfg, host=host, port=port)
+    run_service(cfg, host=host, port=port, workers=workers, metrics=metrics)
 
 
 if __name__ == "__main__":  # pragma: no cover
