@@ -112,7 +112,7 @@ def score_table(
         versions = version_array.tolist()
 
     log_columns: dict[str, np.ndarray] = {cols.prediction: prediction}
-    log_dtypes = {cols.prediction: str(prediction.dtype)}
+    log_dtypes = {cols.prediction: "int64" if binary else "float64"}
     if binary and isinstance(cols.probability, str):
         log_columns[cols.probability] = probability
         log_dtypes[cols.probability] = "float64"
