@@ -542,7 +542,7 @@ def write_config_file(config: Any, path: Path) -> Path:
 def evergreen_server(
     config_path: Path, log: Path, *, workers: int = 1, metrics: bool = True, timeout: float = 180
 ) -> Iterator[tuple[str, int]]:
-    """`evergreen serve` (defaults: 2 s alias refresh, log flushed every 5 s or 20,000 rows) as
+    """`evergreen serve` (defaults: 2 s alias refresh, log flushed every 5 s or 100,000 rows) as
     a child process; yields its URL and pid once every worker answers /ready."""
     from evergreen.apps.services import executable, free_port, service_env
 
