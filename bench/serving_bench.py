@@ -965,74 +965,95 @@ def format_markdown(report: ServingReport) -> str:
     """The `## serving` section of BENCHMARKS.md (terse: details are in the --out JSON)."""
     c = report.clients[0]
     a = report.agreement
+    gen = [r.client_cpu_ms_per_request for r in report.runs if r.client == c]
     lines = [
         SECTION,
         "",
-        f"`{report.command}` ({report.date}, {report.took_seconds / 60:.0f} min; load average "
-        f"{report.load_before:.1f} before, {report.load_after:.1f} after; 2 CPUs shared with other "
-        f"jobs). Load: `{c}` (one thread, {report.threads} keep-alive connections; "
-        f"{report.warmup:g} s warm-up + {report.seconds:g} s per run; servers in rotating order; "
-        f"{report.rounds} rounds; medians, spread = min-max over rounds). Model: {N_FEATURES} float "
-        "features, XGBoost `hist`. evergreen: champion v1 + canary v2 at "
-        f"{report.canary_share:.0%} of ids, every row logged, aliases re-read every 2 s; its "
-        f"{a.champion_rows} champion rows of {a.rows} match mlflow exactly (max diff "
-        f"{a.max_abs_diff:.0e}), MLServer's too ({(a.mlserver_max_abs_diff or 0):.0e}). mlflow: "
-        f"`mlflow models serve -m models:/{MODEL_NAME}/1 --env-manager local`. MLServer "
-        f"{MLSERVER_VERSION} + mlserver-xgboost (own venv; defaults, debug log off): v1 as "
-        "`model.json`, V2 protocol (an FP64 tensor of the 10 features; no id, no routing, no log).",
+        f"`{report.command}` ({report.date}, {report.took_seconds / 60:.0f} min, load "
+        f"{report.load_before:.1f} / {report.load_after:.1f}: 2 CPUs shared with other jobs). "
+        f"`{c}`: 1 thread, {report.threads} keep-alive connections ({report.worker_connections} "
+        f"for workers), {report.warmup:g} s warm-up + {report.seconds:g} s a run, "
+        f"{min(gen):.2f}-{max(gen):.2f} ms CPU/request; servers in rotating order, "
+        f"{report.rounds} rounds, medians (min-max). Model: {N_FEATURES} float features, XGBoost "
+        f"`hist`. evergreen: champion v1 + canary v2 ({report.canary_share:.0%} of ids), every "
+        f"row logged; its champion rows equal mlflow's and MLServer's (max diff "
+        f"{max(a.max_abs_diff, a.mlserver_max_abs_diff or 0):.0e}). mlflow: `mlflow models serve "
+        f"--env-manager local`. MLServer {MLSERVER_VERSION} + mlserver-xgboost (own venv, "
+        "defaults, debug log off): V2 body = one FP64 tensor of the features (no id, routing or "
+        "log). CPU: the server's process tree.",
         "",
-        "| rows | server | req/s (spread) | p50 / p99 ms | server CPU ms/req | wrk CPU ms/req | errors |",
-        "|---:|---|---:|---:|---:|---:|---:|",
+        "| rows | server | req/s | p50 / p99 ms | CPU ms/req |",
+        "|---:|---|---:|---:|---:|",
     ]
-    main_servers = [s for s in (EVERGREEN, NO_METRICS, MLFLOW, MLSERVER) if report.has(s)]
+    names = [s for s in (EVERGREEN, NO_METRICS, MLFLOW, MLSERVER) if report.has(s)]
     for rows in PAYLOAD_SIZES:
-        for name in main_servers + [s for s in (ONE_WORKER, TWO_WORKERS) if report.has(s)]:
+        for name in names:
             med = lambda attr, n=name, r=rows: report.median(n, r, attr, c)  # noqa: E731
             lo, hi = report.spread(name, rows, c)
-            label = name if name not in (ONE_WORKER, TWO_WORKERS) else f"{name} ({report.worker_connections} conn.)"
+            errors = report.errors(name, rows, c)
             lines.append(
-                f"| {rows} | {label} | {med('requests_per_second'):,.0f} ({lo:,.0f}-{hi:,.0f}) | "
-                f"{med('p50_ms'):.2f} / {med('p99_ms'):.1f} | {med('server_cpu_ms_per_request'):.3f} | "
-                f"{med('client_cpu_ms_per_request'):.3f} | {report.errors(name, rows, c)} |"
+                f"| {rows} | {name}{f' ({errors} errors)' if errors else ''} | "
+                f"{med('requests_per_second'):,.0f} ({lo:,.0f}-{hi:,.0f}) | "
+                f"{med('p50_ms'):.1f} / {med('p99_ms'):.0f} | {med('server_cpu_ms_per_request'):.2f} |"
             )
-    lines += ["", "| target | measured (median; per-round spread) | result |", "|---|---|---|"]
+    lines += ["", "| target | measured: median (per-round min-max) | result |", "|---|---|---|"]
 
-    def spread_text(rows: int, x: str, y: str) -> str:
+    def ratio_text(rows: int, x: str, y: str) -> str:
         values = report.round_ratios(rows, x, y, c)
         return f"{report.ratio(rows, c, x, y):.2f}x ({min(values):.2f}-{max(values):.2f})"
 
-    for rows in PAYLOAD_SIZES:
-        goal = TARGET_MLFLOW[rows]
-        lines.append(
-            f"| {rows} row(s): evergreen >= {goal:g}x mlflow | {spread_text(rows, EVERGREEN, MLFLOW)} | "
-            f"{_verdict(report.ratio(rows, c) >= goal)} |"
+    def per_cpu(rows: int, x: str, y: str) -> float:
+        return report.median(y, rows, "server_cpu_ms_per_request", c) / report.median(
+            x, rows, "server_cpu_ms_per_request", c
         )
-    if report.has(MLSERVER):
+
+    peers = [(MLFLOW, TARGET_MLFLOW)] + ([(MLSERVER, {1: TARGET_MLSERVER})] if report.has(MLSERVER) else [])
+    for peer, goals in peers:
         for rows in PAYLOAD_SIZES:
-            goal_text = f">= {TARGET_MLSERVER:g}x" if rows == 1 else "(info)"
-            verdict = _verdict(report.ratio(rows, c, EVERGREEN, MLSERVER) >= TARGET_MLSERVER) if rows == 1 else "info"
+            goal = goals.get(rows)
+            ok = report.ratio(rows, c, EVERGREEN, peer) >= goal if goal else None
+            wanted = f">= {goal:g}x" if goal else "/"
             lines.append(
-                f"| {rows} row(s): evergreen {goal_text} MLServer | {spread_text(rows, EVERGREEN, MLSERVER)} | {verdict} |"
+                f"| {rows} row(s): evergreen {wanted} {peer} | "
+                f"{ratio_text(rows, EVERGREEN, peer)} req/s; {per_cpu(rows, EVERGREEN, peer):.1f}x "
+                f"per CPU-s | {_verdict(ok) if ok is not None else 'info'} |"
             )
     cpu = report.median(EVERGREEN, 1, "server_cpu_ms_per_request", c)
-    lines.append(f"| server CPU per 1-row request <= {TARGET_CPU_MS} ms | {cpu:.3f} ms | {_verdict(cpu <= TARGET_CPU_MS)} |")
+    lines.append(f"| CPU per 1-row request <= {TARGET_CPU_MS} ms | {cpu:.3f} ms | {_verdict(cpu <= TARGET_CPU_MS)} |")
     if report.has(NO_METRICS):
-        for rows in PAYLOAD_SIZES:
-            on = report.median(EVERGREEN, rows, "server_cpu_ms_per_request", c)
-            off = report.median(NO_METRICS, rows, "server_cpu_ms_per_request", c)
-            lines.append(
-                f"| {rows} row(s): metrics cost (info) | req/s off/on {spread_text(rows, NO_METRICS, EVERGREEN)}; "
-                f"CPU {on - off:+.3f} ms/req | info |"
-            )
+        cpu_cost = [
+            report.median(EVERGREEN, rows, "server_cpu_ms_per_request", c)
+            - report.median(NO_METRICS, rows, "server_cpu_ms_per_request", c)
+            for rows in PAYLOAD_SIZES
+        ]
+        speed = [report.ratio(rows, c, NO_METRICS, EVERGREEN) for rows in PAYLOAD_SIZES]
+        lines.append(
+            f"| /metrics cost, 1 / 100 rows | CPU {cpu_cost[0]:+.3f} / {cpu_cost[1]:+.3f} ms/req; "
+            f"req/s without / with {speed[0]:.2f}x / {speed[1]:.2f}x | info |"
+        )
     if report.has(TWO_WORKERS):
         for rows in PAYLOAD_SIZES:
+            med = lambda n, attr, r=rows: report.median(n, r, attr, c)  # noqa: E731
             lines.append(
                 f"| {rows} row(s): 2 workers >= {TARGET_WORKERS:g}x 1 worker | "
-                f"{spread_text(rows, TWO_WORKERS, ONE_WORKER)} | "
+                f"{ratio_text(rows, TWO_WORKERS, ONE_WORKER)}: {med(TWO_WORKERS, 'requests_per_second'):,.0f} "
+                f"vs {med(ONE_WORKER, 'requests_per_second'):,.0f} req/s, CPU "
+                f"{med(TWO_WORKERS, 'server_cpu_ms_per_request'):.2f} vs "
+                f"{med(ONE_WORKER, 'server_cpu_ms_per_request'):.2f} ms/req | "
                 f"{_verdict(report.ratio(rows, c, TWO_WORKERS, ONE_WORKER) >= TARGET_WORKERS)} |"
             )
     lines.append("")
     return "\n".join(lines)
+
+
+def load_report(path: Path) -> ServingReport:
+    """A report back from its --out JSON (to re-render the markdown)."""
+    raw = json.loads(path.read_text(encoding="utf-8"))
+    fields = {f for f in LoadResult.__dataclass_fields__}
+    runs = [LoadResult(**{k: v for k, v in r.items() if k in fields}) for r in raw.pop("runs")]
+    raw.pop("ratios", None)
+    agreement = AgreementCheck(**raw.pop("agreement"))
+    return ServingReport(**raw, agreement=agreement, runs=runs)
 
 
 def update_markdown(path: Path, report: ServingReport) -> None:
@@ -1067,7 +1088,14 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--markdown", help="write the '## serving' section of this file")
     parser.add_argument("--out", help="write the results as JSON here")
     parser.add_argument("--keep", action="store_true", help="keep the temporary registry and logs")
+    parser.add_argument("--render", help="only re-render the markdown of this --out JSON")
     args = parser.parse_args(argv)
+    if args.render:
+        report = load_report(Path(args.render))
+        print(format_markdown(report))
+        if args.markdown:
+            update_markdown(Path(args.markdown), report)
+        return 0
     clients = tuple(c.strip() for c in args.clients.split(",") if c.strip())
     if not clients or any(c not in CLIENTS for c in clients):
         parser.error(f"--clients takes names from {CLIENTS}, got {args.clients!r}")

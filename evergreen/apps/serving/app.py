@@ -136,7 +136,7 @@ def create_app(
         )
         writer.append(result.log)  # columnar; becomes a frame at the next flush
         if recorder is not None:
-            recorder.scored(result.aliases, result.versions)
+            recorder.scored(result.counts())
         return result
 
     async def answer(body: bytes, content_type: str | None) -> tuple[int, bytes, str | None]:

@@ -23,7 +23,6 @@ from __future__ import annotations
 
 import os
 import time
-from collections import Counter as Tally
 from collections.abc import Iterator
 from typing import Any
 
@@ -122,18 +121,11 @@ class ServingMetrics:
         if status >= 400:
             self._child(self.errors, route, str(status), error_code or "").inc()
 
-    def scored(self, aliases: list[str], versions: list[str]) -> None:
-        """Rows scored by a request (and so appended to the prediction log)."""
-        n = len(aliases)
-        if n == 0:
-            return
-        first = (aliases[0], versions[0])
-        if aliases.count(first[0]) == n and versions.count(first[1]) == n:
-            self._child(self.predictions, *first).inc(n)
-        else:
-            for (alias, version), k in Tally(zip(aliases, versions, strict=True)).items():
-                self._child(self.predictions, alias, version).inc(k)
-        self.log_pending.inc(n)
+    def scored(self, counts: dict[tuple[str, str], int]) -> None:
+        """Rows scored by a request per (alias, version), all appended to the prediction log."""
+        for (alias, version), k in counts.items():
+            self._child(self.predictions, alias, version).inc(k)
+        self.log_pending.inc(sum(counts.values()))
 
     def log_flushed(self, rows: int) -> None:
         """Rows of the prediction log written to part files."""

@@ -42,6 +42,16 @@ class ScoredRequest:
         """The logged rows as a frame (the service appends `log` itself, columnar)."""
         return self.log.to_frame()
 
+    def counts(self) -> dict[tuple[str, str], int]:
+        """Rows per (alias, version). One snapshot serves a request, so an alias has one
+        version in it: two C-level scans instead of counting pairs."""
+        out = {}
+        for alias in (CHAMPION, CANARY):
+            k = self.aliases.count(alias)
+            if k:
+                out[(alias, self.versions[self.aliases.index(alias)])] = k
+        return out
+
     def response(self) -> dict[str, Any]:
         """The JSON body: MLflow's `predictions` plus the serving version and alias per row."""
         return {"predictions": self.predictions, "versions": self.versions, "aliases": self.aliases}
