@@ -62,10 +62,12 @@ def concat_frame(parts: Sequence[ColumnBatch | pd.DataFrame]) -> pd.DataFrame:
     if not parts:
         return pd.DataFrame()
     first = parts[0]
+    # Same column names and dtypes (columns are taken by name, in the first part's order).
+    # Mapping and key-view comparisons run in C: a flush checks ~20,000 parts.
     uniform = isinstance(first, ColumnBatch) and all(
-        isinstance(p, ColumnBatch)
-        and list(p.columns) == list(first.columns)
-        and dict(p.dtypes) == dict(first.dtypes)
+        type(p) is ColumnBatch
+        and (p.dtypes is first.dtypes or p.dtypes == first.dtypes)
+        and p.columns.keys() == first.columns.keys()
         for p in parts
     )
     if uniform:

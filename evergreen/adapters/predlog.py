@@ -2,7 +2,7 @@
 
 Layout (contract with the monitor and the canary review):
 
-    <predictions_log>/<YYYY-MM-DD>/part-<UTC time>-<uuid>.parquet
+    <predictions_log>/<YYYY-MM-DD>/part-<UTC time>-<writer>-<random>.parquet
 
 Rows carry the config's id, timestamp, feature, prediction, probability and model-version
 columns (a multiclass model: the predicted class and one probability column per class, named
@@ -13,14 +13,17 @@ the log into the batch file `batches/<day>.parquet` the monitor reads.
 
 Part files are written atomically (temporary name, then rename): a reader never sees half a
 file. Rows buffered in memory are lost if the process is killed before a flush; a normal
-shutdown flushes them.
+shutdown flushes them. Each process writes its own part files (`<writer>` is `p<pid>` unless
+named), so the workers of one service never write the same file.
 """
 
 from __future__ import annotations
 
 import logging
+import os
 import threading
 import uuid
+from collections.abc import Callable
 from datetime import UTC, datetime
 from pathlib import PurePosixPath
 from typing import Any
@@ -48,7 +51,8 @@ class PredictionLogWriter:
     Thread-safe. `start()` runs the time-based flushes in a background thread; without it,
     `append` flushes inline once the buffer is full and `close()` writes the rest.
     A failed write keeps its rows in the buffer for the next flush, so no row is dropped
-    and none is written twice.
+    and none is written twice. `on_written(rows)` / `on_error()` are called after each
+    successful / failed write (the service's metrics).
     """
 
     def __init__(
@@ -58,6 +62,9 @@ class PredictionLogWriter:
         timestamp_column: str = "timestamp",
         flush_rows: int = 1000,
         flush_seconds: float = 5.0,
+        writer_id: str | None = None,
+        on_written: Callable[[int], None] | None = None,
+        on_error: Callable[[], None] | None = None,
     ) -> None:
         if flush_rows < 1 or flush_seconds <= 0:
             raise ValueError("flush_rows must be >= 1 and flush_seconds > 0")
@@ -74,6 +81,8 @@ class PredictionLogWriter:
         self._thread: threading.Thread | None = None
         self.rows_written = 0
         self.last_error: str | None = None
+        self.writer_id = writer_id
+        self._on_written, self._on_error = on_written, on_error
 
     @property
     def buffered_rows(self) -> int:
@@ -113,16 +122,22 @@ class PredictionLogWriter:
                 frames, self._buffer, self._rows = self._buffer, [], 0
             if not frames:
                 return []
+            writer = self.writer_id or f"p{os.getpid()}"  # at write time: a forked child is another
             try:
-                written = _write_parts(frames, self.directory, self.timestamp_column)
+                written = _write_parts(frames, self.directory, self.timestamp_column, writer)
             except Exception as exc:
                 with self._lock:
                     self._buffer = frames + self._buffer
                     self._rows += sum(len(f) for f in frames)
                 self.last_error = f"{type(exc).__name__}: {exc}"
+                if self._on_error is not None:
+                    self._on_error()
                 raise
-            self.rows_written += sum(len(f) for f in frames)
+            rows = sum(len(f) for f in frames)
+            self.rows_written += rows
             self.last_error = None
+            if self._on_written is not None:
+                self._on_written(rows)
             return written
 
     def close(self) -> None:
@@ -151,7 +166,7 @@ class PredictionLogWriter:
 
 
 def _write_parts(
-    parts: list[pd.DataFrame | ColumnBatch], directory: str, timestamp_column: str
+    parts: list[pd.DataFrame | ColumnBatch], directory: str, timestamp_column: str, writer: str
 ) -> list[str]:
     frame = _parquet_safe(concat_frame(parts))
     # Floor to the day and format once per day (strftime on every row costs more than the
@@ -162,7 +177,7 @@ def _write_parts(
     for day, rows in frame.groupby(days, sort=True):
         path = (
             f"{directory}/{day.strftime('%Y-%m-%d')}/"
-            f"{PART_PREFIX}{stamp}-{uuid.uuid4().hex[:12]}.parquet"
+            f"{PART_PREFIX}{stamp}-{writer}-{uuid.uuid4().hex[:12]}.parquet"
         )
         write_table(rows.reset_index(drop=True), path)
         written.append(path)

@@ -606,12 +606,17 @@ def serve(
     config: ConfigOpt,
     host: Annotated[str, typer.Option(help="bind address")] = "127.0.0.1",
     port: Annotated[int, typer.Option(help="port")] = 5001,
+    workers: Annotated[int, typer.Option(min=1, help="worker processes on the port (each loads the models and writes its own prediction-log files)")] = 1,
+    metrics: Annotated[bool, typer.Option(help="serve GET /metrics (Prometheus) and record what it shows")] = True,
+    log_flush_seconds: Annotated[float, typer.Option(min=0.01, help="write the buffered prediction log at least this often (and at 100,000 rows, and at shutdown)")] = 5.0,
 ) -> None:
     """The scoring service: MLflow's /invocations protocol with the champion/canary split."""
     cfg = _load(config)
+    from evergreen.apps.serving import LogSettings
     from evergreen.apps.serving import serve as run_service
 
-    run_service(cfg, host=host, port=port)
+    settings = LogSettings(flush_seconds=log_flush_seconds)
+    run_service(cfg, host=host, port=port, workers=workers, metrics=metrics, log_settings=settings)
 
 
 if __name__ == "__main__":  # pragma: no cover

@@ -77,15 +77,32 @@ def route_many(
     _check_share(canary_share)
     if not has_canary or canary_share <= 0.0:
         return [CHAMPION for _ in entity_ids]
-    # routing_bucket inlined: this runs for every row of every request.
-    prefix, sha256, from_bytes = f"{salt}\x00".encode(), hashlib.sha256, int.from_bytes
+    # routing_bucket inlined: this runs for every row of every request. The 8-byte prefix
+    # of the digest is compared as bytes (big-endian, like the integer) with the first
+    # bucket that goes to champion, which is exactly `bucket < canary_share`.
+    bound = _canary_bound(canary_share)
+    if bound >= 2**64:
+        return [CANARY for _ in entity_ids]
+    limit, prefix, sha256 = bound.to_bytes(8, "big"), f"{salt}\x00".encode(), hashlib.sha256
     return [
-        CANARY
-        if from_bytes(sha256(prefix + routing_key(i).encode()).digest()[:8], "big") / _BUCKETS
-        < canary_share
-        else CHAMPION
+        CANARY if sha256(prefix + routing_key(i).encode()).digest()[:8] < limit else CHAMPION
         for i in entity_ids
     ]
+
+
+@lru_cache(maxsize=64)
+def _canary_bound(share: float) -> int:
+    """The smallest 64-bit bucket integer x with x / 2**64 >= share (as `routing_bucket`
+    computes it, in floating point); 2**64 when there is none. Floating-point rounding is
+    monotonic, so the ids with x below it are exactly those routed to the canary."""
+    lo, hi = 0, 2**64
+    while lo < hi:
+        mid = (lo + hi) // 2
+        if mid / _BUCKETS < share:
+            lo = mid + 1
+        else:
+            hi = mid
+    return lo
 
 
 def _check_share(share: float) -> None:

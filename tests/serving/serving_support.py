@@ -78,8 +78,10 @@ class Registry:
 
 
 def set_aliases(config: ModelConfig, champion: str | None, canary: str | None) -> None:
-    from evergreen.adapters import registry
+    from evergreen.adapters import registry, tracking
 
+    # Other test modules connect this process to their own stores: talk to this config's.
+    tracking.connect(config.mlflow)
     for alias, version in (("champion", champion), ("canary", canary)):
         registry.move_alias(config.mlflow.model_name, alias, version, reason="test", actor="pytest")
 

@@ -162,3 +162,23 @@ def test_any_json_is_a_4xx_or_scored_like_the_model(binary_model: TrainedModel) 
     check()
     # Guards the fuzz itself: if validation rejected everything, it would test nothing.
     assert len(scored) >= 30, len(scored)
+
+
+def test_the_direct_predictor_answers_each_matrix_from_any_thread(
+    binary_model: TrainedModel,
+) -> None:
+    """The direct call reuses one proxy DMatrix per thread: consecutive matrices of other
+    shapes, and calls from several threads at once, each get their own rows' predictions."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    from evergreen.apps.serving.fastpath import matrix_predictor
+
+    predict = matrix_predictor(binary_model.booster)
+    assert predict.__name__ == "predict"  # the direct call, not the public fallback
+    rng = np.random.default_rng(5)
+    matrices = [rng.normal(size=(n, 4)) for n in (1, 37, 2, 500, 1, 64) * 5]
+    expected = [binary_model.booster.inplace_predict(m) for m in matrices]
+    assert all(np.array_equal(predict(m), e) for m, e in zip(matrices, expected, strict=True))
+    with ThreadPoolExecutor(4) as pool:
+        answers = list(pool.map(predict, matrices))
+    assert all(np.array_equal(a, e) for a, e in zip(answers, expected, strict=True))

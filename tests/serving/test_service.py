@@ -197,6 +197,10 @@ def test_not_ready_without_champion_then_ready_once_set(
     rows = make_frame(3, seed=5)
     with run_service(config, tmp_path / "log", refresh_seconds=0.2, wait_ready=False) as svc:
         assert svc.client.get("/health").status_code == 200
+        # Until the first refresh has asked the registry (a moment on a busy machine).
+        _wait(
+            lambda: "loading" not in svc.client.get("/ready").json()["reason"], 30, "a refresh"
+        )
         ready = svc.client.get("/ready")
         assert ready.status_code == 503 and "champion" in ready.json()["reason"]
         response = svc.client.post("/invocations", json=split_body(rows))

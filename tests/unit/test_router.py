@@ -89,3 +89,18 @@ def test_unroutable_ids_are_rejected(bad: object) -> None:
 def test_share_outside_unit_interval_is_rejected(share: float) -> None:
     with pytest.raises(ValueError, match="within"):
         route(1, "m", share, True)
+
+
+@pytest.mark.parametrize("share", [1e-300, 0.1, 0.2, 1 / 3, 0.5, 0.999999, 1 - 2**-53, 1.0])
+def test_route_many_equals_the_bucket_rule_even_at_the_boundary(share: float) -> None:
+    """route_many compares digest bytes with a precomputed bound: it must agree with
+    `routing_bucket(id) < share` (floating point) for every id, including ids whose bucket
+    sits next to the bound."""
+    from evergreen.decisions.routing import _BUCKETS, _canary_bound
+
+    bound = _canary_bound(share)
+    assert bound >= 2**64 or bound / _BUCKETS >= share
+    assert bound == 0 or (bound - 1) / _BUCKETS < share
+    ids = [*range(5000), *(f"user-{i}" for i in range(2000)), 7.0, "7", -3]
+    rule = [CANARY if routing_bucket(i, "m") < share else CHAMPION for i in ids]
+    assert route_many(ids, "m", share, True) == rule

@@ -92,3 +92,42 @@ def test_server_cpu_is_read_from_its_process(server_url: str) -> None:
     res = generate_load(server_url, [b"ok"], threads=1, seconds=0.5, warmup=0.1, server_pid=os.getpid())
     # The test server runs in this process: its CPU over the phase is this process's.
     assert res.server_cpu_seconds > 0 and res.server_cpu_ms_per_request > 0
+
+
+WRK_REPORT = """Running 2s test @ http://127.0.0.1:5801/invocations
+  1 threads and 4 connections
+  Thread Stats   Avg      Stdev     Max   +/- Stdev
+    Latency   812.50us  300.10us   9.21ms   90.00%
+    Req/Sec     4.90k   210.00     5.20k    70.00%
+  Latency Distribution
+     50%  750.00us
+     75%    0.90ms
+     90%    1.10ms
+     99%    2.50ms
+  9750 requests in 2.00s, 1.80MB read
+  Socket errors: connect 0, read 1, write 0, timeout 2
+  Non-2xx or 3xx responses: 12
+Requests/sec:   4875.00
+Transfer/sec:    920.00KB
+"""
+
+
+def test_parse_wrk_reads_counts_errors_and_latency() -> None:
+    from bench.serving_bench import parse_wrk
+
+    parsed = parse_wrk(WRK_REPORT)
+    assert parsed == {
+        "requests": 9750, "non_2xx": 12, "socket_errors": 3, "p50_ms": 0.75, "p99_ms": 2.5,
+    }  # fmt: skip
+    with pytest.raises(ValueError, match="request count"):
+        parse_wrk("wrk: connection refused")
+
+
+@pytest.mark.skipif(not __import__("shutil").which("wrk"), reason="wrk is not installed")
+def test_wrk_generator_counts_requests_and_errors(server_url: str) -> None:
+    res = generate_load(
+        server_url, [b"ok", b"fail"], threads=2, seconds=1, warmup=0, client="wrk", rows_per_request=1
+    )
+    assert res.client == "wrk" and res.all_requests == res.requests + res.errors
+    assert res.requests > 0 and res.errors > 0 and abs(res.requests - res.errors) <= res.all_requests // 4
+    assert 0 < res.p50_ms <= res.p99_ms and res.client_cpu_seconds > 0

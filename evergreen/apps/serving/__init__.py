@@ -2,7 +2,8 @@
 
 Modules: `router` (which alias serves an id), `schema` (request parsing and validation),
 `models` (the served snapshot and its refresher), `scoring` (one request on one snapshot),
-`predlog` (the prediction log), `app` (FastAPI app and `serve`).
+`predlog` (the prediction log), `metrics` (GET /metrics), `app` (FastAPI app and `serve`,
+one process or several workers).
 
 Attributes are imported on first use, so `from evergreen.adapters.predlog import ...` does not
 pull in FastAPI.

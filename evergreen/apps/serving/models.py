@@ -50,6 +50,19 @@ class ServedModel:
             return predict_columns(rows)
         return self.predict(rows.to_frame())
 
+    def predict_subset(self, rows: ColumnBatch, mask: Any, matrices: dict[Any, Any]) -> Any:
+        """Predictions for the rows of `rows` selected by the boolean `mask`. Through the fast
+        path, the input matrix is built once per request and layout (`matrices` keeps it), so
+        champion and canary of the same features share it; else as `predict_columns`."""
+        scorer = self.scorer
+        layout = getattr(scorer, "layout", None)
+        if not layout:
+            return self.predict_columns(rows if mask.all() else rows.take(mask))
+        matrix = matrices.get(layout)
+        if matrix is None:
+            matrix = matrices[layout] = scorer.matrix(rows)
+        return scorer.predict_features(matrix if mask.all() else matrix[mask])
+
     def describe(self) -> dict[str, Any]:
         return {
             "version": self.version,
@@ -163,6 +176,11 @@ class ModelStore:
         self._thread: threading.Thread | None = None
         self._interval = 2.0
         self.last_refresh: str | None = None
+        # Unix time both aliases were last resolved in the registry (None: not yet), and who
+        # hears of it (the service's metrics).
+        self.last_resolved_at: float | None = None
+        self.on_resolved: Callable[[float], None] | None = None
+        self._resolve_failed = False
         self.errors: dict[str, str] = {}
 
     # ------------------------------------------------------------------ refreshing
@@ -183,8 +201,13 @@ class ModelStore:
                 log.exception("connecting to the model registry failed; retrying")
                 return False
         current = self.snapshot
+        self._resolve_failed = False
         chosen = {alias: self._choose(alias, current) for alias in ALIASES}
         self.last_refresh = _now()
+        if not self._resolve_failed:
+            self.last_resolved_at = time.time()
+            if self.on_resolved is not None:
+                self.on_resolved(self.last_resolved_at)
         if all(chosen[a] is current.model_for(a) for a in ALIASES):
             return False
         self.snapshot = ServingSnapshot(
@@ -211,6 +234,7 @@ class ModelStore:
         try:
             version = self._resolve(name, alias)
         except Exception as exc:
+            self._resolve_failed = True
             self.errors[alias] = f"resolving alias {alias!r} failed: {exc}"
             log.warning("resolving %s@%s failed; keeping what serves now: %s", name, alias, exc)
             return serving

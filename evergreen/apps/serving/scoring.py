@@ -42,6 +42,16 @@ class ScoredRequest:
         """The logged rows as a frame (the service appends `log` itself, columnar)."""
         return self.log.to_frame()
 
+    def counts(self) -> dict[tuple[str, str], int]:
+        """Rows per (alias, version). One snapshot serves a request, so an alias has one
+        version in it: two C-level scans instead of counting pairs."""
+        out = {}
+        for alias in (CHAMPION, CANARY):
+            k = self.aliases.count(alias)
+            if k:
+                out[(alias, self.versions[self.aliases.index(alias)])] = k
+        return out
+
     def response(self) -> dict[str, Any]:
         """The JSON body: MLflow's `predictions` plus the serving version and alias per row."""
         return {"predictions": self.predictions, "versions": self.versions, "aliases": self.aliases}
@@ -98,12 +108,13 @@ def score_table(
         prediction = np.zeros(n, dtype=np.int64 if binary else float)
         probability = np.full(n, np.nan)
         version_array = np.empty(n, dtype=object)
+        matrices: dict[Any, Any] = {}
         for alias, served in served_by:
             mask = aliases == alias
             if not mask.any():
                 continue
             assert served is not None  # route_many only picks canary when one is loaded
-            scored = served.predict_columns(rows if mask.all() else rows.take(mask))
+            scored = served.predict_subset(rows, mask, matrices)
             prediction[mask] = scored.prediction
             if scored.probability is not None:
                 probability[mask] = scored.probability
@@ -111,7 +122,7 @@ def score_table(
         versions = version_array.tolist()
 
     log_columns: dict[str, np.ndarray] = {cols.prediction: prediction}
-    log_dtypes = {cols.prediction: str(prediction.dtype)}
+    log_dtypes = {cols.prediction: "int64" if binary else "float64"}
     if binary and isinstance(cols.probability, str):
         log_columns[cols.probability] = probability
         log_dtypes[cols.probability] = "float64"
@@ -141,12 +152,13 @@ def _score_classes(
     cols, n = config.columns, rows.n_rows
     aliases = np.array(alias_list, dtype=object)
     parts = []
+    matrices: dict[Any, Any] = {}
     for alias, served in served_by:
         mask = aliases == alias
         if not mask.any():
             continue
         assert served is not None  # route_many only picks canary when one is loaded
-        scored = served.predict_columns(rows if mask.all() else rows.take(mask))
+        scored = served.predict_subset(rows, mask, matrices)
         parts.append((mask, output_columns(scored, cols), served.version))
     names = [cols.prediction, *config.probability_columns]
     if len(parts) == 1:
@@ -199,9 +211,7 @@ def _log_rows(
     log_columns = dict(log_columns)
     log_columns[cols.model_version] = _text(versions)
     log_columns[ALIAS_COLUMN] = _text(alias_list)
-    log_columns[SERVED_AT_COLUMN] = np.full(
-        n, _naive_utc(request_time).to_datetime64(), dtype="datetime64[us]"
-    )
+    log_columns[SERVED_AT_COLUMN] = np.full(n, _naive_utc64(request_time), dtype="datetime64[us]")
     log_columns[REQUEST_ID_COLUMN] = np.full(n, request_id, dtype=object)
     log_dtypes = log_dtypes | {
         cols.model_version: "str",
@@ -218,5 +228,7 @@ def _text(values: list[str]) -> np.ndarray:
     return out
 
 
-def _naive_utc(ts: pd.Timestamp) -> pd.Timestamp:
-    return ts.tz_convert("UTC").tz_localize(None) if ts.tzinfo else ts
+def _naive_utc64(ts: pd.Timestamp) -> np.datetime64:
+    """`ts` as naive UTC microseconds (`.value` counts UTC nanoseconds, naive or not;
+    cheaper than tz_convert + tz_localize, ~10 us a request)."""
+    return np.datetime64(ts.value // 1000, "us")
