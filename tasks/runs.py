@@ -27,46 +27,59 @@ def _parameters() -> dict[str, Any]:
     return flow_run.parameters or {}
 
 
-def _name(flow: str, *detail: str | None) -> str:
-    label = model_label(_parameters().get("config")) or "no-model"
-    return "/".join([flow, label, *(d for d in detail if d)])
+def run_name(flow: str, parameters: dict[str, Any]) -> str:
+    """The name of a run of `flow` with `parameters`: `<flow>/<model>[/<detail>]`, the detail
+    being the batch (or `pending`), the trigger, the version, the rollback target."""
+    if flow == "fan-out":
+        target = str(parameters.get("deployment") or "fan-out").split("/")[0]
+        return f"{target}-all/{model_label(parameters.get('config')) or 'every-model'}"
+    detail: str | None = None
+    if flow == "monitor":
+        batch = parameters.get("batch")
+        detail = Path(str(batch)).stem if batch else "pending"
+    elif flow == "retrain":
+        detail = parameters.get("trigger") or "manual"
+    elif flow == "promote":
+        version = parameters.get("version")
+        detail = f"v{version}" if version else "challenger"
+    elif flow == "rollback":
+        to = parameters.get("to_version")
+        detail = f"to-v{to}" if to else "previous"
+    label = model_label(parameters.get("config")) or "no-model"
+    return "/".join([flow, label, *([detail] if detail else [])])
 
 
-# Module-level functions (not closures): a served flow is pickled into its run's process.
+# The flows' `flow_run_name`s: module-level functions (not closures), since a served flow is
+# pickled into its run's process; Prefect calls them with no argument when the run starts.
 
 
 def monitor_run_name() -> str:
-    batch = _parameters().get("batch")
-    return _name("monitor", Path(str(batch)).stem if batch else "pending")
+    return run_name("monitor", _parameters())
 
 
 def retrain_run_name() -> str:
-    return _name("retrain", _parameters().get("trigger") or "manual")
+    return run_name("retrain", _parameters())
 
 
 def promote_run_name() -> str:
-    version = _parameters().get("version")
-    return _name("promote", f"v{version}" if version else "challenger")
+    return run_name("promote", _parameters())
 
 
 def canary_review_run_name() -> str:
-    return _name("canary-review")
+    return run_name("canary-review", _parameters())
 
 
 def rollback_run_name() -> str:
-    to = _parameters().get("to_version")
-    return _name("rollback", f"to-v{to}" if to else "previous")
+    return run_name("rollback", _parameters())
 
 
 def bootstrap_run_name() -> str:
-    return _name("bootstrap")
+    return run_name("bootstrap", _parameters())
 
 
 def fan_out_run_name() -> str:
     """`monitor-all/every-model` (or `.../<model>` when pinned to one)."""
-    params = _parameters()
-    flow = str(params.get("deployment") or "fan-out").split("/")[0]
-    return f"{flow}-all/{model_label(params.get('config')) or 'every-model'}"
+    return run_name("fan-out", _parameters())
 
 
 def tag_run(config: ModelConfig) -> None:

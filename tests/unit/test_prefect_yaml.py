@@ -105,7 +105,7 @@ def test_triggers_match_every_model_and_pass_its_block(name: str, trigger: dict)
 
     assert trigger["match"] == {"prefect.resource.id": "evergreen.model.*"}
     assert trigger["for_each"] == ["prefect.resource.id"], "each model's events counted apart"
-    assert trigger["parameters"]["config"] == f"{{{{ event.resource['{BLOCK_LABEL}'] }}}}"
+    assert f"event.resource.get('{BLOCK_LABEL}')" in trigger["parameters"]["config"]
     # what `prefect deploy` makes of it
     built = TypeAdapter(DeploymentTriggerTypes).validate_python({**trigger, "name": "x"})
     assert built.for_each == {"prefect.resource.id"}
@@ -134,7 +134,7 @@ def test_no_secret_in_prefect_yaml() -> None:
 # ----------------------------------------------------------------- the server's own evaluation
 
 
-def _event(name: str, model: str, seconds: float = 0.0) -> Any:
+def _event(name: str, model: str, seconds: float = 0.0, block: str | None = "") -> Any:
     from datetime import timedelta
 
     from prefect.server.events.schemas.events import ReceivedEvent
@@ -142,7 +142,9 @@ def _event(name: str, model: str, seconds: float = 0.0) -> Any:
 
     from tasks.events import BLOCK_LABEL
 
-    resource = {"prefect.resource.id": f"evergreen.model.{model}", "evergreen.model": model, BLOCK_LABEL: model}
+    resource = {"prefect.resource.id": f"evergreen.model.{model}", "evergreen.model": model}
+    if block is not None:
+        resource[BLOCK_LABEL] = block or model
     payload = {"reason": "2 of 7 features drifted", "metric": "drifted_feature_share", "value": 0.4, "threshold": 0.25, "version": "3"}
     return ReceivedEvent(occurred=now("UTC") + timedelta(seconds=seconds), event=name, resource=resource, payload=payload, id=uuid4())
 
@@ -193,15 +195,21 @@ def test_trigger_parameters_render_with_prefects_own_templating(name: str) -> No
     from prefect.server.events.actions import RunDeployment
     from prefect.utilities.schema_tools.hydration import HydrationContext, hydrate
 
-    event = _event("evergreen.drift.detected", "churn-v2")
-    for trigger in DEPLOYMENTS[name]["triggers"]:
-        parameters = trigger["parameters"]
+    def render(parameters: dict, event: Any) -> dict:  # noqa: ANN401
         params = copy.deepcopy(parameters)
         RunDeployment._upgrade_v1_templates(params)
         rendered = hydrate(params, HydrationContext(raise_on_error=True, render_jinja=True, jinja_context={"event": event}))
         for key, value in rendered.items():
             assert not type(value).__name__.startswith(("Invalid", "Hydration")), f"{name}: parameter {key!r} failed to render: {value}"
+        return rendered
+
+    event = _event("evergreen.drift.detected", "Churn_V2", block="churn-v2")
+    for trigger in DEPLOYMENTS[name]["triggers"]:
+        parameters = trigger["parameters"]
+        rendered = render(parameters, event)
         assert rendered["config"] == "churn-v2"
+        # an event sent by hand with the resource id alone: the model name from the id
+        assert render(parameters, _event("evergreen.drift.detected", "fraud", block=None))["config"] == "fraud"
         if "event_id" in rendered:
             assert rendered["event_id"] == str(event.id)
         for key in ("reason", "metric", "version"):
