@@ -33,13 +33,15 @@ def retrain(
     `trigger` is schedule / event / manual; the drift automation passes the triggering
     event's id, reason and metric, which are recorded on the run and the version.
 
-    Single flight per model: while another retrain of the same model runs, this one ends
-    `Skipped` at once, saying which run holds it; other models' retrains are not affected."""
+    Single flight per model: while another retrain of the same model runs, an event or
+    schedule retrain ends `Skipped` at once, saying which run holds it (a burst of drift
+    events trains once); a manual one waits for its turn. Other models' retrains are never
+    held."""
     disable_telemetry()
     cfg = resolve_config(config)
     tag_run(cfg)
     why = Trigger.of(trigger, event_id, reason, metric)
-    with model_flight("retrain", cfg, wait=False) as flight:
+    with model_flight("retrain", cfg, wait=why.kind == "manual") as flight:
         if not flight.held:
             return retrain_state(in_flight(cfg, why, flight.reason or "another retrain is running"))
         lineage = {

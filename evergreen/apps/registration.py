@@ -65,7 +65,7 @@ def unregister_model(name: str) -> Removal:
     from prefect.client.orchestration import get_client
     from prefect.exceptions import ObjectNotFound
 
-    from blocks.model_config import EvergreenModel, block_document_name
+    from blocks.model_config import block_document_name, resolve_config
     from blocks.notifications import remove_notifications
     from tasks.fleet import MODEL_BLOCK_TYPE
     from tasks.registry import model_limit_names
@@ -80,7 +80,7 @@ def unregister_model(name: str) -> Removal:
             doc = None
         if doc is not None:
             try:
-                config = EvergreenModel.load(block).to_config()
+                config = resolve_config(block)
                 models.add(config.name)  # the limits and notifications carry the config's name
                 removal.model = config.name
                 removal.registry = config.mlflow.model_name

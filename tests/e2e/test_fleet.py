@@ -193,8 +193,8 @@ def test_register_adds_each_model_without_touching_prefect_yaml(fleet: Fleet) ->
 
 def test_retrains_are_single_flight_per_model(fleet: Fleet) -> None:
     """A's retrain runs (its hyperparameter search takes a while); meanwhile a drift event for
-    B starts B's retrain with B's config, and a second retrain of A ends Skipped naming A's
-    running retrain. Nothing is cancelled, and B's retrain runs while A's does."""
+    B starts B's retrain with B's config, and a second (scheduled) retrain of A ends Skipped
+    naming A's running retrain. Nothing is cancelled, and B's retrain runs while A's does."""
     from prefect.deployments import run_deployment
 
     since = datetime.now(UTC) - timedelta(seconds=1)
@@ -207,7 +207,7 @@ def test_retrains_are_single_flight_per_model(fleet: Fleet) -> None:
 
     _wait(running, "A's retrain to run", timeout=120)
     event_id = _emit(fleet.configs[B], "evergreen.drift.detected", {"reason": "fleet e2e drift", "metric": "drifted_feature_share"})
-    second = run_deployment("retrain/retrain", parameters={"config": A, "trigger": "manual"}, timeout=0, as_subflow=False)
+    second = run_deployment("retrain/retrain", parameters={"config": A, "trigger": "schedule"}, timeout=0, as_subflow=False)
 
     second_run = _final(second.id)
     b_run = _wait(lambda: next((r for r in _runs("retrain", since) if r.parameters.get("event_id") == event_id), None), "B's retrain")
@@ -219,7 +219,7 @@ def test_retrains_are_single_flight_per_model(fleet: Fleet) -> None:
     assert b_run.state.name == "Completed", f"{b_run.state}\n{served_log_tail()}"
     assert b_run.parameters["config"] == B and b_run.parameters["trigger"] == "event"
     assert b_run.start_time < first_run.end_time, "B's retrain waited for A's"
-    for run, model, detail in ((first_run, A, "manual"), (second_run, A, "manual"), (b_run, B, "event")):
+    for run, model, detail in ((first_run, A, "manual"), (second_run, A, "schedule"), (b_run, B, "event")):
         assert run.name == f"retrain/{model}/{detail}"
         assert {"evergreen", f"model:{model}"} <= set(run.tags), run.tags
     settled = _settle(since)  # the promotes the two registered versions started

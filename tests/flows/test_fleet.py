@@ -122,6 +122,33 @@ def test_a_second_retrain_of_the_same_model_is_skipped_and_another_model_is_neve
         assert free.held
 
 
+def test_a_manual_retrain_waits_for_its_turn(demo_config: ModelConfig, tmp_path) -> None:  # noqa: ANN001
+    """A person's `evergreen retrain` is not skipped: it waits until the model's running
+    retrain releases its slot (here: a holder that lets go after a few seconds)."""
+    import threading
+    import time
+
+    a = model_for(demo_config, "fleet-wait-a", str(tmp_path / "a"))
+    held, release = threading.Event(), threading.Event()
+
+    def hold() -> None:
+        with model_flight("retrain", a, wait=False) as flight:
+            assert flight.held
+            held.set()
+            release.wait(60)
+
+    holder = threading.Thread(target=hold, daemon=True)
+    holder.start()
+    assert held.wait(60)
+    threading.Timer(3.0, release.set).start()
+    began = time.monotonic()
+    state = retrain(config=a, trigger="manual", return_state=True)  # no data: fails after the wait
+    waited = time.monotonic() - began
+    holder.join(30)
+    assert state.name != "Skipped" and "in_flight" not in (state.message or ""), state
+    assert waited >= 2.5, f"the manual retrain did not wait for the running one ({waited:.1f} s)"
+
+
 def test_a_run_without_a_model_says_which_parameter_to_pass() -> None:
     state = retrain(return_state=True)
     assert state.is_failed()
