@@ -7,10 +7,9 @@ re-registering changes nothing:
 
 - `evergreen <model>: promoted or rolled back` on `evergreen.model.promoted` and
   `evergreen.model.rolled_back` for the resource `evergreen.model.<model>`;
-- `evergreen <model>: flow run failed` when a flow run of the model (tagged
-  `model:<block name>`: every per-model flow tags its run, tasks/runs.py) ends in a failed
-  state: Failed, Crashed, TimedOut or one of the named failures of the flows (DataRejected,
-  GateFailed, ...).
+- `evergreen <model>: flow run failed` when a flow run of the model (named
+  `<flow>/<block name>/...`, tasks/runs.py) ends in a failed state: Failed, Crashed, TimedOut
+  or one of the named failures of the flows (DataRejected, GateFailed, ...).
 
 `evergreen unregister` removes the block and both automations (`remove_notifications`).
 """
@@ -99,9 +98,10 @@ def _automations(model: str, block_id: Any) -> list[Any]:
     from prefect.events.schemas.automations import AutomationCore, EventTrigger, Posture
 
     from blocks.model_config import block_document_name
+    from tasks.runs import run_name_patterns
 
     on_model, on_failed = automation_names(model)
-    tag = f"model:{block_document_name(model)}"  # tasks/runs.py: model_tag
+    label = block_document_name(model)
     return [
         AutomationCore(
             name=on_model,
@@ -116,10 +116,11 @@ def _automations(model: str, block_id: Any) -> list[Any]:
         ),
         AutomationCore(
             name=on_failed,
-            description=f"Tell people when a flow run of {model} (tag `{tag}`) ends Failed.",
+            description=f"Tell people when a flow run of {model} (named `<flow>/{label}/...`) ends Failed.",
             trigger=EventTrigger(
-                match={"prefect.resource.id": "prefect.flow-run.*"},
-                match_related={"prefect.resource.role": "tag", "prefect.resource.id": f"prefect.tag.{tag}"},
+                # By name, not by the run's `model:` tag: the server's state events may carry
+                # the tags the run was created with only (tasks/runs.py).
+                match={"prefect.resource.id": "prefect.flow-run.*", "prefect.resource.name": run_name_patterns(label)},
                 expect=set(FAILED_RUN_EVENTS),
                 posture=Posture.Reactive,
                 threshold=1,

@@ -2,7 +2,13 @@
 `retrain/car-loan/event` or `monitor/car-loan/2019-01-13` (each flow's `flow_run_name`,
 resolved by Prefect from the run's parameters when it starts), tags `evergreen` and
 `model:car-loan` (added by the flow itself once its config is resolved: an automation's
-run-deployment action cannot tag the run it creates)."""
+run-deployment action cannot tag the run it creates).
+
+Automations about a model's runs match their *name* (`run_name_patterns`), not the tag: the
+Prefect server caches a flow run's related resources (its tags among them) from its first
+state change for `PREFECT_SERVER_EVENTS_RELATED_RESOURCE_CACHE_TTL`, so a tag the run adds
+when it starts is missing from the state events that follow; the event's resource name is
+always the run's current name."""
 
 from __future__ import annotations
 
@@ -25,6 +31,16 @@ def _parameters() -> dict[str, Any]:
     from prefect.runtime import flow_run
 
     return flow_run.parameters or {}
+
+
+# The flows whose runs are named `<flow>/<model>[/<detail>]`.
+MODEL_FLOWS = ("monitor", "retrain", "promote", "canary-review", "rollback", "bootstrap")
+
+
+def run_name_patterns(label: str) -> list[str]:
+    """Resource-name patterns (Prefect's trailing `*` wildcard) that match the names of the
+    model's flow runs and no other model's: `retrain/car-loan`, `retrain/car-loan/*`, ..."""
+    return [p for flow in MODEL_FLOWS for p in (f"{flow}/{label}", f"{flow}/{label}/*")]
 
 
 def run_name(flow: str, parameters: dict[str, Any]) -> str:

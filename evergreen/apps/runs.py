@@ -158,11 +158,14 @@ def run_served(
     from prefect.settings import PREFECT_UI_URL
     from prefect.states import Cancelling
 
-    from tasks.runs import run_name
+    from blocks.model_config import model_label
+    from tasks.runs import model_tag, run_name
 
     name = f"{deployment.name}/{deployment.name}"
+    label = model_label(parameters.get("config"))
     flow_run: Any = run_deployment(
-        deployment.id, parameters=parameters, timeout=0, as_subflow=False, tags=["evergreen-cli"],
+        deployment.id, parameters=parameters, timeout=0, as_subflow=False,
+        tags=["evergreen-cli", *([model_tag(label)] if label else [])],
         flow_run_name=run_name(deployment.name, parameters),  # the name the flow gives itself
     )
     ui = PREFECT_UI_URL.value()
