@@ -77,7 +77,7 @@ def list_registered_models() -> list[str]:
 @task(name="find-unfinished-runs", cache_policy=NO_CACHE, persist_result=False, retries=2, retry_delay_seconds=1, retry_condition_fn=transient)
 def find_unfinished_runs(deployment: str) -> dict[str, str]:
     """Model label -> id of a run of `deployment` (flow/deployment name) that is scheduled,
-    pending or running."""
+    pending or running (its model read from its `config` parameter, else its `model:` tag)."""
     from prefect.client.orchestration import get_client
     from prefect.client.schemas.filters import (
         DeploymentFilter,
@@ -100,9 +100,12 @@ def find_unfinished_runs(deployment: str) -> dict[str, str]:
                 offset=offset, limit=PAGE,
             )
             for run in runs:
-                for tag in run.tags or []:
-                    if tag.startswith(MODEL_TAG_PREFIX):
-                        found.setdefault(tag.removeprefix(MODEL_TAG_PREFIX), str(run.id))
+                # by its `config` (a run an automation created is tagged only once it starts)
+                label = model_label((run.parameters or {}).get("config"))
+                if label is None:
+                    label = next((t.removeprefix(MODEL_TAG_PREFIX) for t in run.tags or [] if t.startswith(MODEL_TAG_PREFIX)), None)
+                if label is not None:
+                    found.setdefault(label, str(run.id))
             if len(runs) < PAGE:
                 break
             offset += PAGE
