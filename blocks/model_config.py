@@ -55,11 +55,44 @@ def block_document_name(model_name: str) -> str:
     return "".join(c if c.isalnum() else "-" for c in model_name.lower())
 
 
-def resolve_config(ref: str | ModelConfig) -> ModelConfig:
+NO_MODEL = (
+    "no model given: pass the flow's `config` parameter, the name of a saved evergreen-model block "
+    "(`evergreen register --config FILE` saves one; `prefect block ls` lists them) or the path of a YAML config"
+)
+
+
+def is_yaml_path(ref: str) -> bool:
+    return ref.endswith((".yaml", ".yml")) or Path(ref).is_file()
+
+
+def model_label(ref: str | ModelConfig | dict[str, Any] | None) -> str | None:
+    """The model a flow's `config` parameter names, as its block name (`car-loan`), read
+    without the server: the block name itself, or the `name` of a config or YAML file. None
+    when no model is given. Names and tags flow runs by model."""
+    if ref is None:
+        return None
+    if isinstance(ref, ModelConfig):
+        return block_document_name(ref.name)
+    if isinstance(ref, dict):
+        return block_document_name(str(ref.get("name") or "unnamed"))
+    if is_yaml_path(ref):
+        import yaml
+
+        try:
+            name = (yaml.safe_load(Path(ref).read_text(encoding="utf-8")) or {}).get("name")
+        except (OSError, yaml.YAMLError, AttributeError):
+            name = None
+        return block_document_name(str(name or Path(ref).stem))
+    return ref
+
+
+def resolve_config(ref: str | ModelConfig | None) -> ModelConfig:
     """A config from a YAML path, or from the saved `evergreen-model` block of that name."""
     if isinstance(ref, ModelConfig):
         return ref
-    if ref.endswith((".yaml", ".yml")) or Path(ref).is_file():
+    if ref is None or not ref.strip():
+        raise ConfigError(NO_MODEL)
+    if is_yaml_path(ref):
         return load_config(ref)
     try:
         block = EvergreenModel.load(ref)

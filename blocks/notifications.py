@@ -7,9 +7,11 @@ re-registering changes nothing:
 
 - `evergreen <model>: promoted or rolled back` on `evergreen.model.promoted` and
   `evergreen.model.rolled_back` for the resource `evergreen.model.<model>`;
-- `evergreen: flow run failed` when any flow run tagged `evergreen` (every deployment in
-  prefect.yaml carries the tag) ends in a failed state: Failed, Crashed, TimedOut or one of
-  the named failures of the flows (DataRejected, GateFailed, ...).
+- `evergreen <model>: flow run failed` when a flow run of the model (named
+  `<flow>/<block name>/...`, tasks/runs.py) ends in a failed state: Failed, Crashed, TimedOut
+  or one of the named failures of the flows (DataRejected, GateFailed, ...).
+
+`evergreen unregister` removes the block and both automations (`remove_notifications`).
 """
 
 from __future__ import annotations
@@ -26,7 +28,9 @@ MODEL_EVENTS = [events.MODEL_PROMOTED, events.MODEL_ROLLED_BACK]
 # (tests/unit/test_notifications.py keeps this list in step with flows/).
 FAILED_STATE_NAMES = ["Failed", "Crashed", "TimedOut", "DataRejected", "TrainingDataRejected", "GateFailed", "NotEnoughData"]
 FAILED_RUN_EVENTS = [f"prefect.flow-run.{name}" for name in FAILED_STATE_NAMES]
-TAG = "evergreen"
+# The one failed-run automation of the single-model design (it called the webhook of
+# whichever model was registered last); registering a model removes it.
+LEGACY_AUTOMATIONS = ["evergreen: flow run failed"]
 
 MODEL_PAYLOAD = """{
   "event": "{{ event.event }}",
@@ -50,7 +54,7 @@ def webhook_block_name(model: str) -> str:
 
 
 def automation_names(model: str) -> list[str]:
-    return [f"evergreen {model}: promoted or rolled back", "evergreen: flow run failed"]
+    return [f"evergreen {model}: promoted or rolled back", f"evergreen {model}: flow run failed"]
 
 
 def save_notifications(config: ModelConfig) -> list[str]:
@@ -67,14 +71,37 @@ def save_notifications(config: ModelConfig) -> list[str]:
     from prefect.utilities.asyncutils import run_coro_as_sync
 
     run_coro_as_sync(_upsert(automations))
+    run_coro_as_sync(_delete_automations(LEGACY_AUTOMATIONS))
     return [a.name for a in automations]
+
+
+def remove_notifications(model: str) -> list[str]:
+    """Delete the model's webhook block and automations; returns what was deleted
+    (`webhook/<block>`, automation names). Nothing to delete is not an error."""
+    from prefect.client.orchestration import get_client
+    from prefect.exceptions import ObjectNotFound
+    from prefect.utilities.asyncutils import run_coro_as_sync
+
+    removed = run_coro_as_sync(_delete_automations(automation_names(model))) or []
+    name = webhook_block_name(model)
+    with get_client(sync_client=True) as client:
+        try:
+            doc = client.read_block_document_by_name(name, "webhook", include_secrets=False)
+        except ObjectNotFound:
+            return removed
+        client.delete_block_document(doc.id)
+    return [f"webhook/{name}", *removed]
 
 
 def _automations(model: str, block_id: Any) -> list[Any]:
     from prefect.events.actions import CallWebhook
     from prefect.events.schemas.automations import AutomationCore, EventTrigger, Posture
 
+    from blocks.model_config import block_document_name
+    from tasks.runs import run_name_patterns
+
     on_model, on_failed = automation_names(model)
+    label = block_document_name(model)
     return [
         AutomationCore(
             name=on_model,
@@ -89,10 +116,11 @@ def _automations(model: str, block_id: Any) -> list[Any]:
         ),
         AutomationCore(
             name=on_failed,
-            description="Tell people when an Evergreen flow run (tag `evergreen`) ends Failed.",
+            description=f"Tell people when a flow run of {model} (named `<flow>/{label}/...`) ends Failed.",
             trigger=EventTrigger(
-                match={"prefect.resource.id": "prefect.flow-run.*"},
-                match_related={"prefect.resource.role": "tag", "prefect.resource.id": f"prefect.tag.{TAG}"},
+                # By name, not by the run's `model:` tag: the server's state events may carry
+                # the tags the run was created with only (tasks/runs.py).
+                match={"prefect.resource.id": "prefect.flow-run.*", "prefect.resource.name": run_name_patterns(label)},
                 expect=set(FAILED_RUN_EVENTS),
                 posture=Posture.Reactive,
                 threshold=1,
@@ -114,3 +142,15 @@ async def _upsert(automations: list[Any]) -> None:
                     await client.delete_automation(extra.id)
             else:
                 await client.create_automation(automation)
+
+
+async def _delete_automations(names: list[str]) -> list[str]:
+    from prefect.client.orchestration import get_client
+
+    deleted = []
+    async with get_client() as client:
+        for name in names:
+            for automation in await client.read_automations_by_name(name):
+                await client.delete_automation(automation.id)
+                deleted.append(name)
+    return deleted

@@ -15,15 +15,17 @@ from evergreen.loop import bootstrap as step
 from evergreen.telemetry import disable_telemetry
 from tasks.registry import current_actor
 from tasks.runner import PREFECT
+from tasks.runs import bootstrap_run_name, tag_run
 from tasks.wiring import production_ports
 
 
-@flow(name="bootstrap", log_prints=True)
-def bootstrap(config: str | ModelConfig = "car-loan", model: str | None = None) -> State:
+@flow(name="bootstrap", flow_run_name=bootstrap_run_name, log_prints=True)
+def bootstrap(config: str | ModelConfig | None = None, model: str | None = None) -> State:
     """Register the first `champion`: trained on the reference, or `model` (a native XGBoost
     model file or an MLflow model URI) taken in."""
     disable_telemetry()
     cfg = resolve_config(config)
+    tag_run(cfg)
     lineage = {"evergreen.prefect.flow_run_id": str(flow_run.id or "")}
     result = step.bootstrap(production_ports(cfg), cfg, model_source=model, run=PREFECT, actor=current_actor(), lineage=lineage)
     if result.status == "skipped":

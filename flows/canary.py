@@ -11,13 +11,17 @@ from blocks.model_config import resolve_config
 from evergreen.config import ModelConfig
 from evergreen.loop import promote as step
 from evergreen.telemetry import disable_telemetry
-from tasks.registry import current_actor
+from tasks.registry import current_actor, model_flight
 from tasks.runner import PREFECT, outcome_state
+from tasks.runs import canary_review_run_name, tag_run
 from tasks.wiring import production_ports
 
 
-@flow(name="canary-review", log_prints=True)
-def canary_review(config: str | ModelConfig = "car-loan") -> State:
+@flow(name="canary-review", flow_run_name=canary_review_run_name, log_prints=True)
+def canary_review(config: str | ModelConfig | None = None) -> State:
+    """Review the model's canary (one review per model at a time)."""
     disable_telemetry()
     cfg = resolve_config(config)
-    return outcome_state(step.review_canary(production_ports(cfg), cfg, run=PREFECT, actor=current_actor()))
+    tag_run(cfg)
+    with model_flight("canary-review", cfg, wait=True):
+        return outcome_state(step.review_canary(production_ports(cfg), cfg, run=PREFECT, actor=current_actor()))

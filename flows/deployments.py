@@ -41,7 +41,7 @@ def load_entrypoint(entrypoint: str):  # noqa: ANN201 - a prefect Flow
 
 
 def load_deployment_flow(name: str, path: Path = PROJECT_YAML):  # noqa: ANN201 - a prefect Flow
-    """The flow of the deployment `name` of prefect.yaml (each flow is named as its deployment)."""
+    """The flow of the deployment `name` of prefect.yaml."""
     for spec in read_deployment_specs(path):
         if spec["name"] == name:
             return load_entrypoint(spec["entrypoint"])
@@ -58,8 +58,10 @@ def deployment_arguments(
     deployment of `path`, equal to what `prefect deploy` makes of it.
 
     `parameters` overrides the `config` parameter (and any other) of every deployment and
-    of every trigger and schedule that passes it, e.g. to point the demo at its own config
-    file; `schedules=False` leaves cron schedules out (the demo's clock replaces them).
+    of every trigger and schedule that passes it. A `config` override pins the deployments to
+    that one model (a block name or YAML path): the fan-outs start runs for it alone and the
+    triggers match only its events (resource label `evergreen.block`). `schedules=False`
+    leaves cron schedules out (the demo's clock replaces them).
 
     Each flow persists its result (`persist_result=True`, a few KB per run under Prefect's
     local storage path, PREFECT_LOCAL_STORAGE_PATH): a command line that handed a run to a
@@ -117,13 +119,19 @@ def _triggers(spec: dict[str, Any], overrides: dict[str, Any]) -> list[Any]:
     from prefect.events import DeploymentTriggerTypes
     from pydantic import TypeAdapter
 
+    from blocks.model_config import model_label
+    from tasks.events import BLOCK_LABEL
+
     adapter: TypeAdapter[Any] = TypeAdapter(DeploymentTriggerTypes)
+    pinned = model_label(overrides["config"]) if overrides.get("config") else None
     out = []
     for i, trigger in enumerate(spec.get("triggers") or [], start=1):
         t = dict(trigger)
         t.setdefault("name", f"{spec['name']}__automation_{i}")
         if "parameters" in t:
             t["parameters"] = _override(t["parameters"], overrides)
+        if pinned and "match" in t:
+            t["match"] = {**t["match"], BLOCK_LABEL: pinned}
         out.append(adapter.validate_python(t))
     return out
 
@@ -234,6 +242,7 @@ FORKSERVER_PRELOAD = [
     "flows.promote",
     "flows.canary",
     "flows.rollback",
+    "flows.fan_out",
     "evergreen.engines.monitoring",
     "evergreen.engines.validation",
     "evergreen.engines.training",

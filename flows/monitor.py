@@ -14,22 +14,28 @@ from evergreen.config import ModelConfig
 from evergreen.loop import monitor as step
 from evergreen.reports import MonitorResult
 from evergreen.telemetry import disable_telemetry
+from tasks.registry import model_flight
 from tasks.runner import PREFECT
+from tasks.runs import monitor_run_name, tag_run
 from tasks.wiring import production_ports
 
 
-@flow(name="monitor", log_prints=True)
-def monitor(config: str | ModelConfig = "car-loan", batch: str | None = None) -> State:
-    """Monitor one batch (`batch`), or every batch of the stream not monitored yet."""
+@flow(name="monitor", flow_run_name=monitor_run_name, log_prints=True)
+def monitor(config: str | ModelConfig | None = None, batch: str | None = None) -> State:
+    """Monitor one batch (`batch`), or every batch of the stream not monitored yet, of the
+    model `config` names (a saved `evergreen-model` block or a YAML path). One monitor per
+    model at a time: a second one waits for the first (the ledger says what is done)."""
     disable_telemetry()
     cfg = resolve_config(config)
+    tag_run(cfg)
     run_id = str(flow_run.id) if flow_run.id else None
     ports = production_ports(cfg)
-    results = step.monitor(ports, cfg, batch, run=PREFECT, flow_run_id=run_id)
-    if results or batch is not None:
-        return monitor_state(results)
-    # No new batch: labels may have landed for an open alert episode (its deferred retrain).
-    check = step.check_episode(ports, cfg, run=PREFECT)
+    with model_flight("monitor", cfg, wait=True):
+        results = step.monitor(ports, cfg, batch, run=PREFECT, flow_run_id=run_id)
+        if results or batch is not None:
+            return monitor_state(results)
+        # No new batch: labels may have landed for an open alert episode (its deferred retrain).
+        check = step.check_episode(ports, cfg, run=PREFECT)
     return monitor_state(results, None if check is None else check.reason)
 
 

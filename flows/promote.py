@@ -11,14 +11,18 @@ from blocks.model_config import resolve_config
 from evergreen.config import ModelConfig
 from evergreen.loop import promote as step
 from evergreen.telemetry import disable_telemetry
-from tasks.registry import current_actor
+from tasks.registry import current_actor, model_flight
 from tasks.runner import PREFECT, outcome_state
+from tasks.runs import promote_run_name, tag_run
 from tasks.wiring import production_ports
 
 
-@flow(name="promote", log_prints=True)
-def promote(config: str | ModelConfig = "car-loan", version: str | None = None) -> State:
-    """Gate the `challenger` (or the registered `version` the event names) against `champion`."""
+@flow(name="promote", flow_run_name=promote_run_name, log_prints=True)
+def promote(config: str | ModelConfig | None = None, version: str | None = None) -> State:
+    """Gate the `challenger` (or the registered `version` the event names) against `champion`
+    (one promote per model at a time)."""
     disable_telemetry()
     cfg = resolve_config(config)
-    return outcome_state(step.promote(production_ports(cfg), cfg, version, run=PREFECT, actor=current_actor()))
+    tag_run(cfg)
+    with model_flight("promote", cfg, wait=True):
+        return outcome_state(step.promote(production_ports(cfg), cfg, version, run=PREFECT, actor=current_actor()))

@@ -14,14 +14,15 @@ from evergreen.lineage import Trigger
 from evergreen.loop import retrain as step
 from evergreen.reports import RetrainResult
 from evergreen.telemetry import disable_telemetry
-from tasks.registry import current_actor, deployment_name
+from tasks.registry import current_actor, deployment_name, model_flight
 from tasks.runner import PREFECT
+from tasks.runs import retrain_run_name, tag_run
 from tasks.wiring import production_ports
 
 
-@flow(name="retrain", log_prints=True)
+@flow(name="retrain", flow_run_name=retrain_run_name, log_prints=True)
 def retrain(
-    config: str | ModelConfig = "car-loan",
+    config: str | ModelConfig | None = None,
     trigger: str | None = None,
     event_id: str | None = None,
     reason: str | None = None,
@@ -30,16 +31,33 @@ def retrain(
     """Train a candidate on the current window and register it as `challenger`.
 
     `trigger` is schedule / event / manual; the drift automation passes the triggering
-    event's id, reason and metric, which are recorded on the run and the version."""
+    event's id, reason and metric, which are recorded on the run and the version.
+
+    Single flight per model: while another retrain of the same model runs, an event or
+    schedule retrain ends `Skipped` at once, saying which run holds it (a burst of drift
+    events trains once); a manual one waits for its turn. Other models' retrains are never
+    held."""
     disable_telemetry()
     cfg = resolve_config(config)
+    tag_run(cfg)
     why = Trigger.of(trigger, event_id, reason, metric)
-    lineage = {
-        "evergreen.prefect.flow_run_id": str(flow_run.id or ""),
-        "evergreen.prefect.deployment": deployment_name() or "",
-    }
-    result = step.retrain(production_ports(cfg), cfg, why, run=PREFECT, actor=current_actor(), lineage=lineage)
+    with model_flight("retrain", cfg, wait=why.kind == "manual") as flight:
+        if not flight.held:
+            return retrain_state(in_flight(cfg, why, flight.reason or "another retrain is running"))
+        lineage = {
+            "evergreen.prefect.flow_run_id": str(flow_run.id or ""),
+            "evergreen.prefect.deployment": deployment_name() or "",
+        }
+        result = step.retrain(production_ports(cfg), cfg, why, run=PREFECT, actor=current_actor(), lineage=lineage)
     return retrain_state(result)
+
+
+def in_flight(config: ModelConfig, trigger: Trigger, reason: str) -> RetrainResult:
+    """The result of a retrain that did not start because another of its model runs."""
+    return RetrainResult(
+        model_name=config.mlflow.model_name, status="skipped", blocked_by="in_flight",
+        message=f"in_flight: {reason}", trigger=trigger.__dict__,
+    )
 
 
 def retrain_state(result: RetrainResult) -> State:

@@ -11,14 +11,15 @@ from blocks.model_config import resolve_config
 from evergreen.config import ModelConfig
 from evergreen.loop import promote as step
 from evergreen.telemetry import disable_telemetry
-from tasks.registry import current_actor
+from tasks.registry import current_actor, model_flight
 from tasks.runner import PREFECT, outcome_state
+from tasks.runs import rollback_run_name, tag_run
 from tasks.wiring import production_ports
 
 
-@flow(name="rollback", log_prints=True)
+@flow(name="rollback", flow_run_name=rollback_run_name, log_prints=True)
 def rollback(
-    config: str | ModelConfig = "car-loan",
+    config: str | ModelConfig | None = None,
     to_version: str | None = None,
     from_version: str | None = None,
     reason: str = "manual rollback",
@@ -29,7 +30,9 @@ def rollback(
     better than the champion on the freshest labelled rows."""
     disable_telemetry()
     cfg = resolve_config(config)
-    outcome = step.rollback(
-        production_ports(cfg), cfg, to_version, from_version, reason, verify, run=PREFECT, actor=current_actor()
-    )
+    tag_run(cfg)
+    with model_flight("rollback", cfg, wait=True):
+        outcome = step.rollback(
+            production_ports(cfg), cfg, to_version, from_version, reason, verify, run=PREFECT, actor=current_actor()
+        )
     return outcome_state(outcome)

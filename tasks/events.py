@@ -7,15 +7,22 @@ from typing import Any
 from prefect import task
 from prefect.events import emit_event
 
+from blocks.model_config import block_document_name
 from evergreen.config import ModelConfig
 from evergreen.jsonable import plain
 
+# The resource label naming the model's saved `evergreen-model` block: prefect.yaml's triggers
+# match every `evergreen.model.*` resource and pass this label as the run's `config`.
+BLOCK_LABEL = "evergreen.block"
+
 
 def model_resource(config: ModelConfig) -> dict[str, str]:
+    """The event resource of a model (DESIGN.md "Events"): its id, name and block name."""
     return {
         "prefect.resource.id": config.resource_id,
         "prefect.resource.name": config.name,
         "evergreen.model": config.name,
+        BLOCK_LABEL: block_document_name(config.name),
     }
 
 

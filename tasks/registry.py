@@ -1,19 +1,63 @@
-"""The registry lock (a Prefect global concurrency limit per model) and who acts: the
-Prefect side of the loop steps' registry writes."""
+"""Per-model concurrency (Prefect global concurrency limits keyed by model) and who acts:
+the registry lock around the loop steps' registry writes, and each flow's single flight per
+model, so one model's runs never block, cancel or delay another's."""
 
 from __future__ import annotations
 
 import functools
 from collections.abc import Iterator
-from contextlib import contextmanager
+from contextlib import ExitStack, contextmanager
+from dataclasses import dataclass
 
 from prefect.runtime import deployment, flow_run
 
+from blocks.model_config import block_document_name
 from evergreen.config import ModelConfig
+from tasks.runs import model_tag
+
+# The flows that run one at a time per model (each its own limit `evergreen-<flow>-<model>`).
+FLIGHT_FLOWS = ("monitor", "retrain", "promote", "canary-review", "rollback")
 
 
 def lock_name(config: ModelConfig) -> str:
-    return f"evergreen-registry-{config.name}"
+    return registry_lock_name(config.name)
+
+
+def registry_lock_name(model: str) -> str:
+    return f"evergreen-registry-{model}"
+
+
+def flight_name(flow: str, model: str) -> str:
+    """The global concurrency limit that lets one `flow` run at a time for `model`."""
+    return f"evergreen-{flow}-{model}"
+
+
+def model_limit_names(model: str) -> list[str]:
+    """Every per-model limit of `model` (its config's `name`): what `evergreen register`
+    creates and `evergreen unregister` removes."""
+    return [registry_lock_name(model), *(flight_name(f, model) for f in FLIGHT_FLOWS)]
+
+
+def ensure_limits(names: list[str]) -> list[str]:
+    """Create the global concurrency limits (limit 1) that do not exist yet; returns those
+    created. A concurrent creator wins harmlessly."""
+    from prefect.client.orchestration import get_client
+    from prefect.exceptions import ObjectNotFound
+
+    created = []
+    with get_client(sync_client=True) as client:
+        for name in names:
+            try:
+                client.read_global_concurrency_limit_by_name(name)
+                continue
+            except ObjectNotFound:
+                pass
+            try:
+                client.upsert_global_concurrency_limit_by_name(name, limit=1)
+                created.append(name)
+            except Exception:  # created meanwhile by another run: it must be readable now
+                client.read_global_concurrency_limit_by_name(name)
+    return created
 
 
 # The shortest lease the Prefect server accepts. The holder renews it while it holds the lock;
@@ -26,20 +70,88 @@ LOCK_LEASE_SECONDS = 60.0
 def prefect_lock(config: ModelConfig, timeout_seconds: float = 600) -> Iterator[None]:
     """Serialize registry writes of one model with a Prefect global concurrency limit of 1
     (MLflow alias writes are last-writer-wins), created on first use."""
-    from prefect.client.orchestration import get_client
     from prefect.concurrency.sync import concurrency
 
     name = lock_name(config)
-    with get_client(sync_client=True) as client:
-        try:
-            client.read_global_concurrency_limit_by_name(name)
-        except Exception:  # missing: create it (a concurrent creator wins harmlessly)
-            try:
-                client.upsert_global_concurrency_limit_by_name(name, limit=1)
-            except Exception:
-                client.read_global_concurrency_limit_by_name(name)
+    ensure_limits([name])
     with concurrency(name, occupy=1, timeout_seconds=timeout_seconds, lease_duration=LOCK_LEASE_SECONDS, strict=True):
         yield
+
+
+@dataclass(frozen=True)
+class Flight:
+    """Whether this run holds its model's slot for its flow; `reason` says who does when not."""
+
+    held: bool
+    reason: str | None = None
+
+
+@contextmanager
+def model_flight(flow: str, config: ModelConfig, wait: bool) -> Iterator[Flight]:
+    """Hold the slot of `flow` for this model (`evergreen-<flow>-<model>`, limit 1, created on
+    first use) for the block: another model's runs have their own slot, so they never wait on
+    this one. With `wait`, queue for it (as a deployment limit would queue the run, but per
+    model); without, yield `Flight(held=False, reason=...)` at once when another run of the
+    same model holds it: "another retrain of car-loan is running (flow run <id>)".
+
+    The slot is leased: a holder that dies frees it within `LOCK_LEASE_SECONDS` plus the
+    server's repossessor interval. A failed lease renewal (an API blip) does not stop the run
+    holding it; the registry lock still serializes its registry writes."""
+    from prefect.client.schemas.objects import ConcurrencyLeaseHolder
+    from prefect.concurrency._asyncio import ConcurrencySlotAcquisitionError  # not re-exported
+    from prefect.concurrency.sync import concurrency
+
+    name = flight_name(flow, config.name)
+    ensure_limits([name])
+    run_id = flow_run.id
+    holder = ConcurrencyLeaseHolder(type="flow_run", id=run_id) if run_id else None
+    with ExitStack() as stack:
+        try:
+            stack.enter_context(
+                concurrency(
+                    name, occupy=1, timeout_seconds=None, max_retries=None if wait else 0,
+                    lease_duration=LOCK_LEASE_SECONDS, strict=True, holder=holder,
+                    raise_on_lease_renewal_failure=False,
+                )
+            )
+            flight = Flight(held=True)
+        except ConcurrencySlotAcquisitionError as exc:
+            if wait or getattr(getattr(exc.__cause__, "response", None), "status_code", None) != 423:
+                raise
+            flight = Flight(held=False, reason=busy_reason(flow, config, name))
+        yield flight
+
+
+def busy_reason(flow: str, config: ModelConfig, limit: str) -> str:
+    """Which run holds the model's slot: the running run of `flow` tagged with the model."""
+    other = running_flow_run(flow, model_tag(block_document_name(config.name)), exclude=flow_run.id)
+    held_by = f"flow run {other}" if other else f"the concurrency limit {limit} is held"
+    return f"another {flow} of {config.name} is running ({held_by})"
+
+
+def running_flow_run(flow: str, tag: str, exclude: str | None = None) -> str | None:
+    """The id of a Running flow run of `flow` with `tag` (other than `exclude`), if any."""
+    from prefect.client.orchestration import get_client
+    from prefect.client.schemas.filters import (
+        FlowFilter,
+        FlowFilterName,
+        FlowRunFilter,
+        FlowRunFilterState,
+        FlowRunFilterStateType,
+        FlowRunFilterTags,
+    )
+    from prefect.client.schemas.objects import StateType
+
+    with get_client(sync_client=True) as client:
+        runs = client.read_flow_runs(
+            flow_filter=FlowFilter(name=FlowFilterName(any_=[flow])),
+            flow_run_filter=FlowRunFilter(
+                tags=FlowRunFilterTags(all_=[tag]),
+                state=FlowRunFilterState(type=FlowRunFilterStateType(any_=[StateType.RUNNING])),
+            ),
+            limit=5,
+        )
+    return next((str(r.id) for r in runs if str(r.id) != str(exclude)), None)
 
 
 class PrefectLock:

@@ -372,31 +372,53 @@ def register(
         typer.Option(envvar="EVERGREEN_WEBHOOK_URL", help="webhook for notifications (else notifications.webhook_url)"),
     ] = None,
 ) -> None:
-    """Save the config as an `evergreen-model` block on the Prefect server (the name the
-    deployments in prefect.yaml pass as `config`); editable in the Prefect UI afterwards.
-    With a webhook URL, also save a Prefect `Webhook` block and the automations that call it
-    on promotions, rollbacks and failed Evergreen flow runs."""
+    """Add a model to the fleet the deployments of prefect.yaml serve, with no edit to it: save
+    the config as an `evergreen-model` block on the Prefect server (editable in the Prefect UI;
+    its name is what triggers and schedules pass as `config`) and create the model's
+    concurrency limits (registry lock, one run per flow at a time). With a webhook URL, also
+    save a Prefect `Webhook` block and the automations that call it on the model's promotions,
+    rollbacks and failed flow runs. Running it again updates them in place."""
     cfg = _load(config)
     use_local_server()
     if webhook_url:
         from pydantic import SecretStr
 
         cfg = cfg.model_copy(update={"notifications": cfg.notifications.model_copy(update={"webhook_url": SecretStr(webhook_url)})})
-    from blocks.model_config import EvergreenModel, block_document_name
-    from blocks.notifications import save_notifications, webhook_block_name
+    from evergreen.apps.registration import register_model
 
-    name = block_document_name(cfg.name)
-    EvergreenModel.register_type_and_schema()
-    EvergreenModel.from_config(cfg).save(name, overwrite=True)
-    typer.echo(f"saved block evergreen-model/{name}")
-    for automation in save_notifications(cfg):
-        typer.echo(f"automation {automation!r} calls block webhook/{webhook_block_name(cfg.name)}")
+    done = register_model(cfg)
+    typer.echo(f"saved block evergreen-model/{done.block}")
+    created = set(done.created_limits)
+    for limit in done.limits:
+        typer.echo(f"concurrency limit {limit} ({'created' if limit in created else 'exists'})")
+    for automation in done.automations:
+        typer.echo(f"automation {automation!r} calls block webhook/{done.webhook_block}")
+    typer.echo(f"model {cfg.name} is served by every deployment of prefect.yaml (triggers, schedules)")
+
+
+@app.command()
+def unregister(
+    name: Annotated[str, typer.Argument(help="the model's name (its config's `name`) or its block name")],
+) -> None:
+    """Remove a model from the fleet: its `evergreen-model` block, its concurrency limits, its
+    notification webhook block and automations. Its MLflow registered model, versions and
+    alias history are left alone. Running it again changes nothing."""
+    use_local_server()
+    from evergreen.apps.registration import unregister_model
+
+    done = unregister_model(name)
+    if not done.removed:
+        typer.echo(f"nothing registered for {name}: no block evergreen-model/{name}, no concurrency limits or notifications of it")
+    for what in done.removed:
+        typer.echo(f"removed {what}")
+    registry = f"its MLflow registered model {done.registry!r}" if done.registry else "its MLflow registry"
+    typer.echo(f"{registry} is left alone (versions, aliases, history); delete it in MLflow if you mean to")
 
 
 @app.command("serve-flows")
 def serve_flows(
     only: Annotated[list[str] | None, typer.Option("--only", help="serve only these deployments of prefect.yaml")] = None,
-    config: Annotated[str | None, typer.Option(help="config block name or YAML path passed to every deployment")] = None,
+    config: Annotated[str | None, typer.Option(help="serve one model only (block name or YAML path): every deployment, trigger and schedule is pinned to it; default: every registered model")] = None,
     schedules: Annotated[bool, typer.Option(help="keep the cron schedules of prefect.yaml")] = True,
     limit: Annotated[int | None, typer.Option(help="most flow runs at once")] = None,
 ) -> None:
@@ -426,14 +448,14 @@ def _print_stack(status: Any) -> None:  # noqa: ANN401 - services.StackStatus
     up = lambda ok: "up" if ok else "DOWN"  # noqa: E731
     typer.echo(f"Prefect server  {up(status.server_healthy):4}  {s.api_url}  (UI {s.ui_url}; pid {s.server_pid}; log {s.server_log})")
     typer.echo(f"served flows    {up(status.runner_healthy):4}  {s.runner_health_url}  (pid {s.runner_pid}; log {s.runner_log})")
-    typer.echo(f"started {s.started_at} in {s.cwd}; config {s.config or 'as prefect.yaml'}; schedules {'on' if s.schedules else 'off'}")
+    typer.echo(f"started {s.started_at} in {s.cwd}; models {s.config or 'every registered model'}; schedules {'on' if s.schedules else 'off'}")
 
 
 @server_app.command("start")
 def server_start(
     directory: DirOpt = None,
     port: Annotated[int, typer.Option(help="port of the Prefect server on 127.0.0.1")] = 4200,
-    config: Annotated[str | None, typer.Option(help="config block name or YAML path the served deployments pass (default: prefect.yaml's)")] = None,
+    config: Annotated[str | None, typer.Option(help="serve one model only (block name or YAML path); default: every registered model")] = None,
     schedules: Annotated[bool, typer.Option(help="keep the cron schedules of prefect.yaml")] = True,
     timeout: Annotated[float, typer.Option(help="seconds to wait for each part to answer")] = 300,
 ) -> None:

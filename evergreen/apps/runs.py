@@ -158,12 +158,20 @@ def run_served(
     from prefect.settings import PREFECT_UI_URL
     from prefect.states import Cancelling
 
+    from blocks.model_config import model_label
+    from tasks.runs import model_tag, run_name
+
     name = f"{deployment.name}/{deployment.name}"
-    flow_run: Any = run_deployment(deployment.id, parameters=parameters, timeout=0, as_subflow=False, tags=["evergreen-cli"])
+    label = model_label(parameters.get("config"))
+    flow_run: Any = run_deployment(
+        deployment.id, parameters=parameters, timeout=0, as_subflow=False,
+        tags=["evergreen-cli", *([model_tag(label)] if label else [])],
+        flow_run_name=run_name(deployment.name, parameters),  # the name the flow gives itself
+    )
     ui = PREFECT_UI_URL.value()
     link = f" ({ui.rstrip('/')}/runs/flow-run/{flow_run.id})" if ui else ""
-    echo(f"handed to the served deployment {name}: flow run {flow_run.name!r}{link}")
-    where = f"flow run {flow_run.name!r} of deployment {name!r}"
+    echo(f"handed to the served deployment {name}: flow run {flow_run.name!r} id {flow_run.id}{link}")
+    where = f"flow run {flow_run.name!r} ({flow_run.id}) of deployment {name!r}"
     waiting_since, told = time.monotonic(), 0.0
     with get_client(sync_client=True) as client:
         try:

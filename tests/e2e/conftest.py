@@ -2,9 +2,9 @@
 own prefect.yaml deployed through the `prefect` CLI, the deployments served by
 `evergreen serve-flows`, a local webhook receiver for the notification automations.
 
-The model is `car-loan` (the resource prefect.yaml's triggers match) with its data and
-MLflow store in a temporary folder; its config is saved as the `car-loan` block with
-`evergreen register`, exactly as a user does."""
+The model is `car-loan` with its data and MLflow store in a temporary folder; its config is
+saved as the `car-loan` block with `evergreen register`, exactly as a user does (prefect.yaml's
+triggers match every model's events and pass that model's block)."""
 
 from __future__ import annotations
 
@@ -245,7 +245,7 @@ def project(api_url: str, webhook: Webhook, tmp_path_factory: pytest.TempPathFac
 
     tmp = tmp_path_factory.mktemp("e2e")
     base = load_config(ROOT / "configs" / "demo.yaml")
-    assert base.name == "car-loan"  # the resource prefect.yaml's triggers match
+    assert base.name == "car-loan"  # the block and tags the tests name
     cfg = base.model_copy(
         update={
             "data": base.data.model_copy(update={"root": str(tmp / "live")}),

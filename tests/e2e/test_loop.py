@@ -28,7 +28,7 @@ from tests.support import read_model_events, register_challenger, scrambled, ser
 
 pytestmark = [pytest.mark.slow, pytest.mark.e2e]
 
-DEPLOYMENTS = {"monitor", "retrain", "promote", "canary-review", "rollback"}
+DEPLOYMENTS = {"monitor", "retrain", "promote", "canary-review", "rollback", "monitor-all", "retrain-all", "canary-review-all"}
 
 
 def test_deploy_creates_everything_and_twice_changes_nothing(project: Project) -> None:
@@ -36,19 +36,21 @@ def test_deploy_creates_everything_and_twice_changes_nothing(project: Project) -
     assert set(first["deployments"]) == DEPLOYMENTS
     assert first == second
     deps = first["deployments"]
-    assert deps["monitor"]["schedules"] and deps["retrain"]["schedules"] and deps["canary-review"]["schedules"]
-    assert deps["retrain"]["concurrency"] == 1 and "CANCEL_NEW" in deps["retrain"]["collision"]
-    assert all(d["parameters"]["config"] == "car-loan" for d in deps.values())
+    # The schedules are the fan-outs' (one run per registered model); no deployment names a
+    # model or has a concurrency limit (it would be global across models).
+    assert {n for n, d in deps.items() if d["schedules"]} == {"monitor-all", "retrain-all", "canary-review-all"}
+    assert all(d["concurrency"] is None and "config" not in d["parameters"] for d in deps.values())
     names = [a[0] for a in first["automations"]]
-    # One trigger each on retrain, promote, canary-review, rollback + the two notification automations.
+    # One trigger each on retrain, promote, canary-review, rollback + the model's two notification automations.
     assert len(names) == 6, names
-    assert {"evergreen car-loan: promoted or rolled back", "evergreen: flow run failed"} <= set(names)
+    assert {"evergreen car-loan: promoted or rolled back", "evergreen car-loan: flow run failed"} <= set(names)
 
 
 def test_drift_starts_one_retrain_with_the_event_parameters_then_promote(project: Project) -> None:
     """The monitor detects injected drift and emits the event; the same event delivered
-    twice and 8 more within a minute: one retrain trains (the rest are cancelled by the
-    deployment's concurrency limit or skipped by the cooldown), then promote starts itself."""
+    twice and 8 more within a minute: one retrain trains, the rest end Skipped (while it runs,
+    by the model's single flight, naming it; after, by the cooldown), none is Cancelled; then
+    promote starts itself."""
     from prefect.events import emit_event
 
     from flows.monitor import monitor
@@ -72,7 +74,14 @@ def test_drift_starts_one_retrain_with_the_event_parameters_then_promote(project
     runs = wait_runs("retrain", since, count=1, settle=15)
     trained = [r for r in runs if r.state.name == "Completed"]
     assert len(trained) == 1, f"{[(r.name, r.state.name, r.state.message) for r in runs]}\n{served_log_tail()}"
-    assert all(r.state.name in ("Cancelled", "Skipped") for r in runs if r not in trained)
+    for run in runs:
+        assert run.name == "retrain/car-loan/event" and "model:car-loan" in run.tags, (run.name, run.tags)
+        if run not in trained:
+            assert run.state.name == "Skipped", (run.name, run.state.name, run.state.message)
+            # held by the running one (the one that trains, or one the policy is skipping), or
+            # by the start rule once the trained version exists
+            held_by = {f"retrain skipped: in_flight: another retrain of car-loan is running (flow run {r.id})" for r in runs if r is not run}
+            assert run.state.message in held_by or not run.state.message.startswith("retrain skipped: in_flight"), run.state.message
     # The monitor's drift and performance events plus the burst: whichever reached the
     # runner first trained, with that event's own id, reason and metric.
     params = trained[0].parameters
@@ -119,7 +128,7 @@ def test_bad_canary_is_rolled_back_by_the_canary_review(project: Project, webhoo
     registry.start_canary(cfg.mlflow.model_name, bad, {"passed": True}, "e2e test", None)  # as if the gate had passed
     days = sorted(p.stem for p in (project.staging / "batches").glob("*.parquet"))
     serve_history(cfg, days[10:14])
-    run = run_deployment("canary-review/canary-review", timeout=240)
+    run = run_deployment("canary-review/canary-review", parameters={"config": "car-loan"}, timeout=240)
     assert run.state.is_completed(), run.state
     assert _alias(project, "canary") is None and _alias(project, "champion") == champion
     assert registry.get_version(cfg.mlflow.model_name, bad).status == "rejected"

@@ -108,10 +108,12 @@ def _api(project: Project, path: str, body: dict) -> list[dict]:
         return response.json()
 
 
-def _task_runs(project: Project, flow_run_name: str | None = None) -> dict[str, dict]:
-    """Task runs (by name without the suffix) of the named flow run, or of the newest one."""
-    if flow_run_name is not None:
-        runs = _api(project, "/flow_runs/filter", {"flow_runs": {"name": {"any_": [flow_run_name]}}})
+def _task_runs(project: Project, flow_run_id: str | None = None) -> dict[str, dict]:
+    """Task runs (by name without the suffix) of the flow run `flow_run_id`, or of the newest
+    one. (By id: runs are named by model and batch, `monitor/car-loan/2019-01-02`, which
+    several runs share.)"""
+    if flow_run_id is not None:
+        runs = _api(project, "/flow_runs/filter", {"flow_runs": {"id": {"any_": [flow_run_id]}}})
     else:
         runs = _api(project, "/flow_runs/filter", {"sort": "EXPECTED_START_TIME_DESC", "limit": 1})
     (run,) = runs
@@ -119,10 +121,11 @@ def _task_runs(project: Project, flow_run_name: str | None = None) -> dict[str, 
     return {t["name"].rsplit("-", 1)[0]: t for t in tasks}
 
 
-def _handed_run(stderr: str) -> str:
-    marker = "handed to the served deployment monitor/monitor: flow run '"
+def _handed_run(stderr: str, model: str = "car-loan") -> str:
+    """The id of the flow run the command handed its run to (named by model and batch)."""
+    marker = f"handed to the served deployment monitor/monitor: flow run 'monitor/{model}/{DAY}' id "
     assert marker in stderr, stderr[-3000:]
-    return stderr.split(marker, 1)[1].split("'", 1)[0]
+    return stderr.split(marker, 1)[1].split()[0]
 
 
 def _one_error_line(proc: subprocess.CompletedProcess) -> str:
@@ -153,7 +156,7 @@ def test_server_status_reports_the_urls_and_pids(project: Project) -> None:
 def test_monitor_handed_to_the_runner_matches_the_in_process_run(project: Project) -> None:
     batch = f"data/batches/{DAY}.parquet"
     warm = _ok(evergreen(project.root, "monitor", "--config", "model.yaml", "--batch", batch, "--out", "warm.json"))
-    run_name = _handed_run(warm.stderr)
+    run_id = _handed_run(warm.stderr)
     local = _ok(evergreen(project.root, "monitor", "--local", "--config", "model.yaml", "--batch", batch, "--out", "local.json"))
     assert "handed to" not in local.stderr
     assert "Starting temporary server" not in local.stderr  # in process, on the project's server
@@ -161,8 +164,10 @@ def test_monitor_handed_to_the_runner_matches_the_in_process_run(project: Projec
     assert handed["batch_id"] == DAY and handed["valid"] is True and handed["rows"] > 0
     assert {k: v for k, v in handed.items() if k not in RUN_SPECIFIC} == {k: v for k, v in here.items() if k not in RUN_SPECIFIC}
     assert warm.stdout == local.stdout  # the same lines
-    # The handed-off run is the served deployment's, named as the command said.
-    tasks = _task_runs(project, run_name)
+    # The handed-off run is the served deployment's, named and tagged by model as the command said.
+    (run,) = _api(project, "/flow_runs/filter", {"flow_runs": {"id": {"any_": [run_id]}}})
+    assert run["name"] == f"monitor/car-loan/{DAY}" and {"evergreen", "model:car-loan"} <= set(run["tags"]), run
+    tasks = _task_runs(project, run_id)
     assert tasks["load-batch"]["state_type"] == "COMPLETED"
 
 
