@@ -498,6 +498,88 @@ def server_stop(directory: DirOpt = None) -> None:
     typer.echo(f"stopped {', '.join(stopped)}" if stopped else f"nothing to stop in {home}")
 
 
+stack_app = typer.Typer(
+    cls=EvergreenGroup,
+    no_args_is_help=True,
+    help="The production stack on 127.0.0.1 (.evergreen/stack): PostgreSQL, a Prefect server on it "
+    "with basic auth, a process work pool with two workers, an MLflow server with its basic-auth app "
+    "serving its artifacts, an S3 endpoint (moto) with the bucket `evergreen`. Credentials are "
+    "generated at the first `up` (credentials.json, 0600; Prefect Secret blocks).",
+)
+app.add_typer(stack_app, name="stack")
+StackDirOpt = Annotated[
+    Path | None,
+    typer.Option("--dir", help="the stack's folder (default .evergreen/stack; env EVERGREEN_STACK)"),
+]
+
+
+def _print_stack_status(rows: list[Any]) -> None:
+    for r in rows:
+        state = "up" if r.answering else ("NO ANSWER" if r.running else "DOWN")
+        typer.echo(f"{r.name:10} {state:9} {r.url}  (pid {r.pid or '-'}; log {r.log or '-'})")
+
+
+@stack_app.command("up")
+def stack_up(
+    directory: StackDirOpt = None,
+    workers: Annotated[int, typer.Option(help="workers on the process work pool")] = 2,
+    worker_limit: Annotated[int | None, typer.Option(help="most flow runs at once per worker (default: no limit)")] = None,
+    deploy: Annotated[bool, typer.Option(help="`prefect deploy --all` of prefect.yaml onto the work pool")] = True,
+    timeout: Annotated[float, typer.Option(help="seconds to wait for each server to answer")] = 300,
+) -> None:
+    """Start what is not running yet (running twice changes nothing), configure Prefect (Secret
+    blocks, work pool, automations), deploy prefect.yaml and start the workers; then print the
+    services. `eval "$(evergreen stack env)"` points a shell at the stack."""
+    from evergreen.apps import stack
+
+    home = stack.stack_home(directory)
+    stack.up(home, workers=workers, worker_limit=worker_limit, deploy=deploy, timeout=timeout, log=lambda m: typer.echo(m, err=True))
+    _print_stack_status(stack.status(home))
+    typer.echo(f'environment: eval "$(uv run evergreen stack env{f" --dir {home}" if directory else ""})"')
+
+
+@stack_app.command("status")
+def stack_status_cmd(
+    directory: StackDirOpt = None,
+    as_json: Annotated[bool, typer.Option("--json", help="print JSON")] = False,
+) -> None:
+    """Each service of the stack: URL, pid, whether it answers. Exit status 0 when all do."""
+    from dataclasses import asdict
+
+    from evergreen.apps import stack
+
+    home = stack.stack_home(directory)
+    rows = stack.status(home)
+    if as_json:
+        typer.echo(json.dumps({"dir": str(home), "up": stack.is_up(home), "services": [asdict(r) for r in rows]}))
+    elif not rows:
+        typer.echo(f"no stack in {home}; start it with `evergreen stack up`")
+    else:
+        _print_stack_status(rows)
+    if not rows or not all(r.answering for r in rows):
+        raise typer.Exit(1)
+
+
+@stack_app.command("down")
+def stack_down(directory: StackDirOpt = None) -> None:
+    """Stop the stack's processes by their recorded pids (databases, artifacts and credentials
+    stay; the S3 endpoint keeps objects in memory, so they go)."""
+    from evergreen.apps import stack
+
+    home = stack.stack_home(directory)
+    if not stack.down(home, log=typer.echo):
+        typer.echo(f"nothing to stop in {home}")
+
+
+@stack_app.command("env")
+def stack_env_cmd(directory: StackDirOpt = None) -> None:
+    """Print `export` lines for a shell: `eval "$(evergreen stack env)"` (Prefect API and auth
+    string, MLflow server and user, S3 endpoint and keys)."""
+    from evergreen.apps import stack
+
+    typer.echo(stack.shell_exports(stack.stack_env(directory)))
+
+
 @app.command()
 def demo(
     config: Annotated[Path, typer.Option("--config", "-c", help="model config YAML", exists=True, dir_okay=False)] = Path("configs/demo.yaml"),
