@@ -498,6 +498,21 @@ def server_stop(directory: DirOpt = None) -> None:
     typer.echo(f"stopped {', '.join(stopped)}" if stopped else f"nothing to stop in {home}")
 
 
+@app.command("deploy-file")
+def deploy_file(
+    overlay: Annotated[Path, typer.Argument(help="an overlay naming the work pool, job variables and pull steps (deploy/kubernetes.yaml, deploy/docker.yaml)", exists=True, dir_okay=False)],
+    out: Annotated[Path, typer.Option("--out", "-o", help="the prefect file to write (then `prefect deploy --all --prefect-file FILE`)")],
+    project: Annotated[Path, typer.Option(help="the project's prefect.yaml", exists=True, dir_okay=False)] = Path("prefect.yaml"),
+) -> None:
+    """Write prefect.yaml's deployments for another work pool (Kubernetes, Docker): the
+    overlay's pool, job variables and pull steps; schedules, triggers and concurrency as in
+    prefect.yaml."""
+    from evergreen.apps.deployfile import render_file
+
+    out.write_text(render_file(overlay, project), encoding="utf-8")
+    typer.echo(f"wrote {out}; deploy with: uv run prefect --no-prompt deploy --all --prefect-file {out}")
+
+
 stack_app = typer.Typer(
     cls=EvergreenGroup,
     no_args_is_help=True,
@@ -587,6 +602,10 @@ def demo(
     drift: Annotated[str, typer.Option(help="drift injected: covariate|concept|prior|none")] = "covariate",
     drift_start: Annotated[int, typer.Option(help="day index where the drift starts")] = 10,
     keep_server: Annotated[bool, typer.Option(help="leave the Prefect server running at the end")] = False,
+    stack_dir: Annotated[
+        Path | None,
+        typer.Option("--stack", envvar="EVERGREEN_STACK", help="run on the production stack in this folder (`evergreen stack up`, e.g. .evergreen/stack): its Prefect server and workers, MLflow server and s3:// data"),
+    ] = None,
     out: OutOpt = None,
 ) -> None:
     """The closed loop on embedded defaults: local Prefect server and MLflow store, the demo
@@ -595,6 +614,7 @@ def demo(
 
     summary = run_demo(
         config.resolve(), workdir.resolve(), drift=drift, drift_start=drift_start, keep_server=keep_server,
+        stack_dir=stack_dir.resolve() if stack_dir else None,
         echo=typer.echo, progress=lambda day, i, n: typer.echo(f"[{i + 1:>2}/{n}] {'#' * (i + 1)}{'.' * (n - i - 1)} {day}"),
     )
     _print_demo_table(summary)
@@ -620,7 +640,10 @@ def _print_demo_table(summary) -> None:  # noqa: ANN001
         typer.echo(f"Prefect UI: {ui}  (flow runs, events, artifacts)")
     else:
         typer.echo(f"Prefect UI: the demo's server is stopped; rerun with --keep-server to browse {ui}")
-    typer.echo(f"MLflow UI:  uv run mlflow ui --backend-store-uri {summary.mlflow_tracking_uri} --host 127.0.0.1")
+    if summary.mlflow_tracking_uri.startswith(("http://", "https://")):
+        typer.echo(f"MLflow UI:  {summary.mlflow_tracking_uri}")
+    else:
+        typer.echo(f"MLflow UI:  uv run mlflow ui --backend-store-uri {summary.mlflow_tracking_uri} --host 127.0.0.1")
 
 
 @app.command()

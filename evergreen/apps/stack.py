@@ -689,7 +689,7 @@ def _start_mlflow(home: Path, state: StackState, creds: Credentials, log: Callab
     ini = folder / "basic_auth.ini"
     _write_secret_file(ini, (
         "[mlflow]\n"
-        "default_permission = NO_PERMISSIONS\n"
+        "default_permission = READ\n"  # for signed-in users; anonymous requests get 401
         f"database_uri = {state.postgres_url('mlflow', creds.mlflow_db_password, 'mlflow_auth', driver=PG_SYNC_DRIVER)}\n"
         "admin_username = admin\n"
         "authorization_function = mlflow.server.auth:authenticate_request_basic_auth\n"
@@ -739,8 +739,8 @@ def _wait_mlflow(state: StackState, pid: int, logfile: Path, timeout: float) -> 
 
 
 def _ensure_mlflow_user(state: StackState, creds: Credentials) -> None:
-    """The user flows log as (MLFLOW_USER), created by the admin; its password follows the
-    credentials file."""
+    """The user flows log as (MLFLOW_USER), created by the admin (its password follows the
+    credentials file); anonymous requests stay refused (401)."""
     import httpx
 
     admin = ("admin", creds.mlflow_admin_password)
@@ -753,6 +753,10 @@ def _ensure_mlflow_user(state: StackState, creds: Credentials) -> None:
         else:
             got.raise_for_status()
             client.patch(f"{base}/update-password", json={"username": MLFLOW_USER, "password": creds.mlflow_password}, auth=admin).raise_for_status()
+        # The flows' account manages every registered model and experiment of the stack: the
+        # auth app answers 403, not "does not exist", to a non-admin asking for a model (or an
+        # alias) no one has created yet, which is how a first retrain finds an empty registry.
+        client.patch(f"{base}/update-admin", json={"username": MLFLOW_USER, "is_admin": True}, auth=admin).raise_for_status()
 
 
 def restart_mlflow(home: Path | None = None, down_seconds: float = 0.0, log: Callable[[str], None] = print, timeout: float = 240) -> Service:
