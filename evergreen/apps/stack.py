@@ -109,10 +109,11 @@ class Credentials:
         )
 
     def values(self) -> list[str]:
-        """Every secret value (for the secret search over logs and stores)."""
-        return [v for k, v in asdict(self).items() if k != "postgres_superuser" and v] + [
-            self.prefect_auth.split(":", 1)[-1]
-        ]
+        """Every secret value (for the secret search over logs and stores). User names and the
+        S3 access key id are identifiers, not secrets (the work pool's job template holds the
+        key id in clear, as AWS treats it)."""
+        public = {"postgres_superuser", "s3_access_key"}
+        return [v for k, v in asdict(self).items() if k not in public and v] + [self.prefect_auth.split(":", 1)[-1]]
 
 
 def load_credentials(home: Path) -> Credentials | None:
