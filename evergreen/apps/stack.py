@@ -670,6 +670,9 @@ async def _configure_prefect_async(state: StackState, creds: Credentials, log: C
 
 def deploy_project(state: StackState, creds: Credentials, log: Callable[[str], None]) -> None:
     """`prefect deploy --all` of the project's prefect.yaml onto the stack's work pool."""
+    if not (Path(state.cwd) / "prefect.yaml").exists():
+        log(f"no prefect.yaml in {state.cwd}: no deployment created (run `evergreen stack up` from the project's folder)")
+        return
     log("prefect deploy --all (prefect.yaml onto the work pool)")
     result = subprocess.run(  # noqa: S603
         [executable("prefect"), "--no-prompt", "deploy", "--all"], cwd=state.cwd, capture_output=True, text=True,
