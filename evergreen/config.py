@@ -250,6 +250,25 @@ class RetrainPolicyConfig(_Section):
     signals: list[Literal["estimated_drop", "realized_drop", "multivariate_drift", "feature_drift"]] = Field(
         default_factory=lambda: ["estimated_drop", "realized_drop", "feature_drift"]
     )
+    episode_quiet_batches: int = Field(
+        3, ge=1, description="quiet batches in a row that end an alert episode (one quiet batch amid drift is noise)"
+    )
+    min_post_change_rows: int | None = Field(
+        None,
+        ge=1,
+        description="labelled rows from after an episode's change point that its retrain waits for; default: "
+        "twice the gate's minimum (half to learn the new world from, half for the gate to judge on)",
+    )
+    evidence_growth: float = Field(
+        2.0, ge=1, description="another retrain for the same episode needs this many times the post-change rows of the last"
+    )
+    max_attempts_per_episode: int = Field(3, ge=1, description="retrains registered for one episode at most")
+    post_change_weight: float = Field(
+        0.5,
+        ge=0,
+        lt=1,
+        description="share of the training weight the post-change rows carry in an episode's retrain (0: plain rows)",
+    )
 
     @model_validator(mode="after")
     def _check_hysteresis(self) -> RetrainPolicyConfig:
@@ -316,7 +335,14 @@ class GateConfig(_Section):
     """The validation gate a challenger must pass against the champion."""
 
     metric_floor: float | None = None
-    mode: Literal["non_inferiority", "improvement"] = "non_inferiority"
+    mode: Literal["non_inferiority", "improvement"] = Field(
+        "non_inferiority", description="for scheduled and manual retrains (a refresh: no worse than the champion)"
+    )
+    mode_on_alert: Literal["non_inferiority", "improvement"] = Field(
+        "improvement",
+        description="for a retrain an alert episode asked for: the champion is being replaced because it "
+        "degraded, so the challenger must beat it on post-change rows",
+    )
     margin: float = Field(0.005, ge=0, le=1)
     slice_margin: float = Field(0.03, ge=0, le=1)
     bootstrap_samples: int = Field(500, ge=50)

@@ -12,6 +12,8 @@ GATE_FAILED = "evergreen.gate.failed"
 CANARY_STARTED = "evergreen.canary.started"
 MODEL_PROMOTED = "evergreen.model.promoted"
 MODEL_ROLLED_BACK = "evergreen.model.rolled_back"
+EPISODE_CLOSED = "evergreen.episode.closed"
+RETRAIN_REQUESTED = "evergreen.retrain.requested"
 
 ALERT_EVENTS = (DRIFT_DETECTED, PERFORMANCE_DEGRADED)
 

@@ -65,6 +65,9 @@ class MonitorResult(BaseModel):
     events: list[str] = Field(default_factory=list)
     event_ids: list[str] = Field(default_factory=list)
     rows: int = 0
+    episode: dict[str, Any] | None = Field(
+        None, description="the alert episode after this batch (id, change point, kinds, transition)"
+    )
     scored_by: str | None = Field(
         None, description="the champion version that scored a batch without the serving model's predictions"
     )

@@ -34,8 +34,8 @@ from evergreen import events
 from evergreen.adapters import io
 from evergreen.config import ModelConfig, load_config
 
-# Events with an automation in prefect.yaml (retrain; rollback after a promotion).
-TRIGGERING = events.ALERT_EVENTS
+# Events with an automation in prefect.yaml (the retrain request; rollback after a promotion).
+TRIGGERING = (events.RETRAIN_REQUESTED, events.PERFORMANCE_DEGRADED)
 # Where the demo keeps its data on a production stack's object store (`--stack`).
 STACK_DATA_ROOT = "s3://evergreen/demo/data"
 

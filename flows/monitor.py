@@ -24,14 +24,20 @@ def monitor(config: str | ModelConfig = "car-loan", batch: str | None = None) ->
     disable_telemetry()
     cfg = resolve_config(config)
     run_id = str(flow_run.id) if flow_run.id else None
-    results = step.monitor(production_ports(cfg), cfg, batch, run=PREFECT, flow_run_id=run_id)
-    return monitor_state(results)
+    ports = production_ports(cfg)
+    results = step.monitor(ports, cfg, batch, run=PREFECT, flow_run_id=run_id)
+    if results or batch is not None:
+        return monitor_state(results)
+    # No new batch: labels may have landed for an open alert episode (its deferred retrain).
+    check = step.check_episode(ports, cfg, run=PREFECT)
+    return monitor_state(results, None if check is None else check.reason)
 
 
-def monitor_state(results: list[MonitorResult]) -> State:
+def monitor_state(results: list[MonitorResult], episode: str | None = None) -> State:
     """`DataRejected` (Failed) when a batch was rejected, else Completed with the alerts."""
     if not results:
-        return Completed(message="no new batches to monitor", data=[])
+        tail = f"; open alert episode: {episode}" if episode else ""
+        return Completed(message=f"no new batches to monitor{tail}", data=[])
     rejected = [r for r in results if not r.valid]
     if rejected:
         return Failed(name="DataRejected", message="; ".join(r.message for r in rejected), data=results)

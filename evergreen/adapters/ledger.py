@@ -31,6 +31,9 @@ class BatchRecord(BaseModel):
 
 class BatchLedger(BaseModel):
     batches: dict[str, BatchRecord] = Field(default_factory=dict)
+    episode: dict | None = Field(
+        None, description="the model's current (or last) alert episode: decisions.episodes.Episode.to_dict()"
+    )
 
     def unprocessed(self, days: list[str]) -> list[str]:
         return [d for d in days if d not in self.batches]
@@ -44,8 +47,12 @@ class BatchLedger(BaseModel):
         """Days of batches that failed validation, with the reason."""
         return {d: r.message for d, r in self.batches.items() if not r.valid}
 
-    def with_record(self, record: BatchRecord) -> BatchLedger:
-        return BatchLedger(batches={**self.batches, record.day: record})
+    def with_record(self, record: BatchRecord, episode: dict | None = None) -> BatchLedger:
+        """The ledger with `record` added (and the episode as it stands after it, if given)."""
+        return BatchLedger(batches={**self.batches, record.day: record}, episode=episode if episode is not None else self.episode)
+
+    def with_episode(self, episode: dict | None) -> BatchLedger:
+        return BatchLedger(batches=self.batches, episode=episode)
 
 
 def ledger_path(state_dir: str) -> str:
@@ -57,8 +64,16 @@ def read_ledger(state_dir: str) -> BatchLedger:
     return BatchLedger.model_validate(raw) if raw else BatchLedger()
 
 
-def record_batch(state_dir: str, record: BatchRecord) -> BatchLedger:
-    """Add (or replace) one batch's record; the file is rewritten atomically."""
-    ledger = read_ledger(state_dir).with_record(record)
+def record_batch(state_dir: str, record: BatchRecord, episode: dict | None = None) -> BatchLedger:
+    """Add (or replace) one batch's record, with the episode after it; the file is
+    rewritten atomically."""
+    ledger = read_ledger(state_dir).with_record(record, episode)
+    io.write_json(ledger.model_dump(), ledger_path(state_dir))
+    return ledger
+
+
+def record_episode(state_dir: str, episode: dict) -> BatchLedger:
+    """Replace the episode (a retrain requested between batches)."""
+    ledger = read_ledger(state_dir).with_episode(episode)
     io.write_json(ledger.model_dump(), ledger_path(state_dir))
     return ledger

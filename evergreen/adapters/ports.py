@@ -59,7 +59,13 @@ class BatchStore(Protocol):
 
     def read_ledger(self) -> BatchLedger: ...
 
-    def record_batch(self, record: BatchRecord) -> None: ...
+    def record_batch(self, record: BatchRecord, episode: dict | None = None) -> None:
+        """Record one batch (and the alert episode as it stands after it)."""
+        ...
+
+    def record_episode(self, episode: dict) -> None:
+        """Replace the alert episode (a retrain requested between batches)."""
+        ...
 
 
 class SnapshotStore(Protocol):

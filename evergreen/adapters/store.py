@@ -53,8 +53,11 @@ class FileStore:
     def read_ledger(self) -> ledger.BatchLedger:
         return ledger.read_ledger(self.config.data.path("state"))
 
-    def record_batch(self, record: ledger.BatchRecord) -> None:
-        ledger.record_batch(self.config.data.path("state"), record)
+    def record_batch(self, record: ledger.BatchRecord, episode: dict | None = None) -> None:
+        ledger.record_batch(self.config.data.path("state"), record, episode)
+
+    def record_episode(self, episode: dict) -> None:
+        ledger.record_episode(self.config.data.path("state"), episode)
 
 
 class FileSnapshots:

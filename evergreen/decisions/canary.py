@@ -8,8 +8,12 @@ Rules, in order:
 
 1. pending while the canary has served fewer than `canary.min_predictions` rows;
 2. the basis is the realized metric when both arms have at least `canary.min_labels`
-   labelled rows with a defined metric, else the estimated metric (CBPE/DLE, filled in by
-   the flow) when both arms have one, else pending with the labels still needed;
+   labelled rows with a defined metric; else both models on the same labelled production
+   rows that arrived after the canary's training data (`PairedEvidence`: labels land on
+   batches served before the canary started long before the canary's own traffic is
+   labelled; a paired bootstrap makes few rows conclusive) when there are at least
+   `canary.min_labels`; else the estimated metric (CBPE/DLE, filled in by the flow) when
+   both arms have one; else pending with the labels still needed;
 3. promoted when the canary's gain over the champion (positive: canary better, whatever
    the metric's direction) is >= -`canary.margin`, rolled back otherwise.
 
@@ -36,6 +40,8 @@ from evergreen.columns import ALIAS_COLUMN
 from evergreen.config import CanaryConfig, ModelConfig
 from evergreen.decisions.evaluation import (
     MULTICLASS,
+    bootstrap_metric_difference,
+    lower_is_better,
     metric_value,
     served_scores,
     target_values,
@@ -50,7 +56,7 @@ from evergreen.decisions.gate import (
 from evergreen.jsonable import plain as _plain
 
 Outcome = Literal["promoted", "rolled_back", "pending"]
-Basis = Literal["realized", "estimated"]
+Basis = Literal["realized", "paired", "estimated"]
 
 PROMOTED: Outcome = "promoted"
 ROLLED_BACK: Outcome = "rolled_back"
@@ -73,6 +79,20 @@ class LabelledScores:
                 f"LabelledScores has {len(self.y_true)} labels but {len(self.scores)} scores; "
                 "pass one score per labelled row"
             )
+
+
+@dataclass(frozen=True)
+class PairedEvidence:
+    """Both models scored on the same labelled production rows newer than everything the
+    canary was trained or evaluated on: `y_true` and each model's scores."""
+
+    y_true: np.ndarray
+    canary: np.ndarray
+    champion: np.ndarray
+
+    @property
+    def rows(self) -> int:
+        return len(self.y_true)
 
 
 @dataclass(frozen=True)
@@ -218,6 +238,7 @@ def decide_canary(
     bootstrap_samples: int = 500,
     confidence: float = 0.95,
     seed: int = 0,
+    paired: PairedEvidence | None = None,
 ) -> CanaryDecision:
     """Promote, roll back or keep waiting (see the module docstring for the rules).
 
@@ -244,9 +265,10 @@ def decide_canary(
     )
     short_predictions = max(canary_cfg.min_predictions - canary.n_predictions, 0)
     realized_ok = _has_realized(canary, canary_cfg) and _has_realized(champion, canary_cfg)
+    paired_ok = not realized_ok and _has_paired(paired, canary_cfg, problem_type, metric)
     estimated_ok = canary.estimated_metric is not None and champion.estimated_metric is not None
-    if short_predictions or not (realized_ok or estimated_ok):
-        can_compare = realized_ok or estimated_ok
+    if short_predictions or not (realized_ok or paired_ok or estimated_ok):
+        can_compare = realized_ok or paired_ok or estimated_ok
         needed = EvidenceNeeded(
             predictions=short_predictions,
             labels=0 if can_compare else _labels_short(canary, canary_cfg),
@@ -255,13 +277,25 @@ def decide_canary(
         reasons = _pending_reasons(canary, champion, canary_cfg, needed)
         return replace(decision, reasons=reasons, needed=needed)
 
-    basis: Basis = "realized" if realized_ok else "estimated"
-    new = canary.realized_metric if realized_ok else canary.estimated_metric
-    old = champion.realized_metric if realized_ok else champion.estimated_metric
+    basis: Basis = "realized" if realized_ok else ("paired" if paired_ok else "estimated")
+    if paired_ok:
+        assert paired is not None
+        new = metric_value(paired.y_true, paired.canary, problem_type, metric)
+        old = metric_value(paired.y_true, paired.champion, problem_type, metric)
+    else:
+        new = canary.realized_metric if realized_ok else canary.estimated_metric
+        old = champion.realized_metric if realized_ok else champion.estimated_metric
     assert new is not None and old is not None  # guaranteed by realized_ok / estimated_ok
     gain = metric_gain(new, old, metric)
     low = high = None
-    if (
+    if paired_ok and bootstrap_samples > 0:
+        assert paired is not None
+        interval = bootstrap_metric_difference(
+            paired.y_true, paired.canary, paired.champion, problem_type, metric,
+            n_samples=bootstrap_samples, confidence=confidence, seed=seed,
+        )
+        low, high = (-interval.high, -interval.low) if lower_is_better(metric) else (interval.low, interval.high)
+    elif (
         realized_ok
         and bootstrap_samples > 0
         and canary.labelled is not None
@@ -287,7 +321,7 @@ def decide_canary(
     )
     comparison = (
         f"canary {metric} {format_value(new)} {describe_gain(gain, metric)} champion {format_value(old)} "
-        f"({_evidence_text(canary, champion, basis)}; allowed: {format_value(canary_cfg.margin)})"
+        f"({_evidence_text(canary, champion, basis, paired)}; allowed: {format_value(canary_cfg.margin)})"
     )
     interval = (
         f"the {confidence:.0%} interval of the canary's gain is [{format_value(low)}, {format_value(high)}]"
@@ -296,6 +330,12 @@ def decide_canary(
     )
     threshold = -canary_cfg.margin
     inconclusive = low is not None and high is not None and low <= threshold <= high
+    if inconclusive and basis == "paired" and not window_elapsed:
+        reason = (
+            f"{comparison}, but {interval} straddles {format_value(threshold)}: noise could explain "
+            "the difference; waiting for more labelled rows or the canary's own labels"
+        )
+        return replace(decision, reasons=[reason], needed=EvidenceNeeded(0, _labels_short(canary, canary_cfg)))
     if inconclusive and not window_elapsed:
         assert low is not None and high is not None
         labels = _labels_to_conclude(canary.n_labelled, gain, low, high, threshold)
@@ -421,9 +461,22 @@ def _labels_to_conclude(n: int, gain: float, low: float, high: float, threshold:
     return int(min(max(math.ceil(total - n), 1), _MAX_NEEDED))
 
 
-def _evidence_text(canary: ArmEvidence, champion: ArmEvidence, basis: Basis) -> str:
+def _has_paired(paired: PairedEvidence | None, cfg: CanaryConfig, problem_type: str, metric: str) -> bool:
+    """Enough newly labelled rows, scored by both models, with a defined metric."""
+    if paired is None or paired.rows < _min_labels(cfg):
+        return False
+    value = metric_value(paired.y_true, paired.champion, problem_type, metric)
+    return value is not None and math.isfinite(value)
+
+
+def _evidence_text(canary: ArmEvidence, champion: ArmEvidence, basis: Basis, paired: PairedEvidence | None = None) -> str:
     if basis == "realized":
         return f"realized on {canary.n_labelled} vs {champion.n_labelled} labels"
+    if basis == "paired" and paired is not None:
+        return (
+            f"both models on the same {paired.rows} labelled rows newer than the canary's training data; "
+            f"the canary served {canary.n_predictions} predictions"
+        )
     return f"estimated on {canary.n_predictions} vs {champion.n_predictions} predictions"
 
 

@@ -39,6 +39,7 @@ same, `check_new_data` skips it (`same_data`) before anything is trained.
 from __future__ import annotations
 
 import dataclasses
+import math
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from datetime import datetime
@@ -46,8 +47,10 @@ from typing import Any, Literal
 
 import pandas as pd
 
+from evergreen import events as names
 from evergreen.config import RetrainPolicyConfig
 from evergreen.decisions.alerts import AlertDecision, AlertSignal
+from evergreen.decisions.episodes import Episode, EpisodeStep, advance_episode
 from evergreen.jsonable import plain
 from evergreen.times import utc
 
@@ -56,7 +59,8 @@ BASELINES = ("never", "always", "schedule")
 DEFAULT_SCHEDULE_EVERY = 7
 PolicyKind = Literal["default", "never", "always", "schedule"]
 Blocker = Literal[
-    "invalid", "no_alert", "candidate_pending", "cooldown", "no_new_data", "min_new_rows", "budget", "same_data"
+    "invalid", "no_alert", "candidate_pending", "cooldown", "no_new_data", "min_new_rows", "budget", "same_data",
+    "deferred", "requested", "attempts",
 ]
 
 
@@ -126,6 +130,7 @@ class ChunkObservation:
     alerts: AlertDecision | None = None
     rows: int = 0
     reason: str = ""
+    start: datetime | None = None  # the chunk's first timestamp: an episode opened here changed from it
 
 
 @dataclass(frozen=True)
@@ -159,6 +164,21 @@ class LoopState:
     chunks_since_retrain: int | None = None
     candidate_pending: bool = False
     pending_reason: str = ""
+    champion: str | None = None
+    episode: Episode | None = None
+    post_change_rows: int | None = None
+    post_change_needed: int | None = None
+    attempts: tuple[Attempt, ...] = ()
+
+
+@dataclass(frozen=True)
+class Attempt:
+    """A version registered for an alert episode: its status and the post-change labelled
+    rows it was trained with."""
+
+    version: str
+    status: str | None
+    post_change_rows: int | None = None
 
 
 @dataclass(frozen=True)
@@ -189,6 +209,8 @@ class PolicyDecision:
     blocked_by: Blocker | None = None
     signals: list[AlertSignal] = field(default_factory=list)
     events: dict[str, dict[str, Any]] = field(default_factory=dict)
+    episode: Episode | None = None
+    transition: str = "none"
 
     def to_dict(self) -> dict[str, Any]:
         """Plain JSON types only."""
@@ -203,6 +225,8 @@ class PolicyDecision:
                 "hysteresis": self.hysteresis,
                 "blocked_by": self.blocked_by,
                 "events": sorted(self.events),
+                "episode": None if self.episode is None else self.episode.to_dict(),
+                "transition": self.transition,
             }
         )
 
@@ -228,6 +252,13 @@ def decide(observation: ChunkObservation, state: LoopState, policy: Policy) -> P
     hits = sum(1 for kinds in window if kinds)
     alert = bool(fired) and hits >= cfg.hysteresis_k
     hysteresis = f"{hits} of the last {len(window)} chunk(s) with a signal ({cfg.hysteresis_k} of {cfg.hysteresis_n} needed)"
+    step = (
+        advance_episode(
+            state.episode, observation.chunk, alert, fired, state.champion, observation.start, cfg.episode_quiet_batches
+        )
+        if observation.valid
+        else EpisodeStep(state.episode, "none")
+    )
     base = PolicyDecision(
         chunk=observation.chunk,
         policy=policy.name,
@@ -237,7 +268,9 @@ def decide(observation: ChunkObservation, state: LoopState, policy: Policy) -> P
         alert=alert,
         hysteresis=hysteresis,
         signals=signals,
-        events=_events(observation, signals, hysteresis, policy) if alert else {},
+        events=_episode_events(observation, step, signals, hysteresis, policy),
+        episode=step.episode,
+        transition=step.transition,
     )
     if policy.kind == "never":
         return dataclasses.replace(base, reason="policy never: the first model serves forever")
@@ -258,23 +291,89 @@ def decide(observation: ChunkObservation, state: LoopState, policy: Policy) -> P
             ": "
         )
         return dataclasses.replace(base, reason=reason, blocked_by="invalid")
-    if not fired:
-        return dataclasses.replace(base, reason="no configured signal fired", blocked_by="no_alert")
+    episode = step.episode
     signal_text = "; ".join(s.reason for s in signals)
-    if not alert:
-        return dataclasses.replace(
-            base,
-            reason=f"waiting for the hysteresis ({hysteresis}): {signal_text}",
-            blocked_by="no_alert",
-        )
-    start = check_start(state, cfg, "event")
-    if not start.allowed:
-        return dataclasses.replace(
-            base, reason=f"{start.reason} (signals: {signal_text})", blocked_by=start.blocked_by
-        )
+    if episode is None or not episode.open:
+        if fired and not alert:
+            reason = f"waiting for the hysteresis ({hysteresis}): {signal_text}"
+        else:
+            reason = "; ".join(step.reasons) or "no configured signal fired"
+        return dataclasses.replace(base, reason=reason, blocked_by="no_alert")
+    rows = 0 if step.transition == "opened" else state.post_change_rows
+    decision = decide_episode_retrain(dataclasses.replace(state, episode=episode, post_change_rows=rows), cfg)
+    head = "; ".join(step.reasons)
+    if not decision.allowed:
+        reason = f"{decision.reason}" + (f" ({head})" if head else "")
+        return dataclasses.replace(base, reason=reason, blocked_by=decision.blocked_by)
+    request = _request_payload(observation.chunk, episode, rows, decision.reason, signal_text, observation)
     return dataclasses.replace(
-        base, retrain=True, reason=f"retrain: {signal_text} ({hysteresis}); {start.reason}"
+        base, retrain=True, reason=f"retrain: {decision.reason}", events={**base.events, names.RETRAIN_REQUESTED: request}
     )
+
+
+def decide_episode_retrain(state: LoopState, config: RetrainPolicyConfig, requested_counts: bool = True) -> StartCheck:
+    """May the open alert episode of `state` have its retrain now? The episode's own rules,
+    then the loop's start rule (`check_start`):
+
+    - its evidence: at least `state.post_change_needed` labelled rows from after the change
+      point (`deferred` until then: labels arrive after their batch);
+    - what was tried: a version registered for the episode and still under review holds it
+      (`candidate_pending`); one the gate rejected or the canary review rolled back is
+      tried again only on `retrain.evidence_growth` times its post-change rows
+      (`deferred`), at most `retrain.max_attempts_per_episode` times (`attempts`); a retrain
+      already requested on this evidence is not requested again (`requested`; the retrain
+      flow passes `requested_counts=False`: the request is what started it);
+    - the start rule: the cooldown applies to an episode's first retrain only (its retries
+      are paced by the evidence), then the budget and new data."""
+    episode = state.episode
+    if episode is None or not episode.open:
+        return StartCheck(False, "no open alert episode", "no_alert")
+    rows = state.post_change_rows
+    needed = state.post_change_needed or 1
+    since = f"episode {episode.id} (change from {episode.change_point})"
+    attempts = list(state.attempts)
+    pending = [a for a in attempts if a.status in ("candidate", "canary") and a.version != state.champion]
+    if pending:
+        last = pending[-1]
+        return StartCheck(
+            False, f"candidate_pending: v{last.version}, retrained for {since}, is still under review", "candidate_pending"
+        )
+    failed = [a for a in attempts if a.status in ("rejected",)]
+    if len(attempts) >= config.max_attempts_per_episode:
+        tried = ", ".join(f"v{a.version} {a.status}" for a in attempts)
+        return StartCheck(
+            False,
+            f"attempts: {len(attempts)} retrain(s) already registered for {since} ({tried}; "
+            f"retrain.max_attempts_per_episode={config.max_attempts_per_episode})",
+            "attempts",
+        )
+    basis = [a.post_change_rows for a in failed if a.post_change_rows is not None]
+    if requested_counts and episode.requested is not None:
+        basis.append(episode.requested)
+    if basis:
+        needed = max(needed, int(math.ceil(max(basis) * config.evidence_growth)))
+    if rows is None:
+        return StartCheck(False, f"deferred: the post-change labelled rows of {since} are not known", "deferred")
+    if rows < needed:
+        what = (
+            f"the last attempt ran on {max(basis):,} rows; another needs {needed:,} "
+            f"(retrain.evidence_growth={config.evidence_growth:g})"
+            if basis
+            else f"its retrain waits for {needed:,} (retrain.min_post_change_rows; labels arrive after their batch)"
+        )
+        if requested_counts and episode.requested is not None and not failed and rows < needed:
+            return StartCheck(
+                False,
+                f"requested: a retrain was requested for {since} at {episode.requested_at} on "
+                f"{episode.requested:,} post-change rows; waiting for it",
+                "requested",
+            )
+        return StartCheck(False, f"deferred: {since} has {rows:,} labelled post-change rows; {what}", "deferred")
+    first = not attempts
+    start = check_start(state if first else dataclasses.replace(state, last_retrain_clock=None), config, "event")
+    if not start.allowed:
+        return start
+    return StartCheck(True, f"{since}: {rows:,} labelled post-change rows (>= {needed:,}); {start.reason}")
 
 
 def check_start(state: LoopState, config: RetrainPolicyConfig, trigger: str = "event") -> StartCheck:
@@ -408,6 +507,9 @@ def decide_start(state: LoopState, policy: Policy, trigger: str) -> StartCheck:
         return StartCheck(False, "policy never: the first model serves forever", "no_alert")
     if policy.kind in ("always", "schedule"):
         return StartCheck(True, f"policy {policy.name}: retrain when triggered")
+    if trigger == "event" and state.episode is not None and state.episode.open:
+        # Started by the episode's request: its own rules, without counting the request.
+        return decide_episode_retrain(state, policy.config, requested_counts=False)
     return check_start(state, policy.config, trigger)
 
 
@@ -422,23 +524,64 @@ def history_of(
     return tuple(items[-keep:])
 
 
-def _events(
-    observation: ChunkObservation, signals: list[AlertSignal], hysteresis: str, policy: Policy
+def _episode_events(
+    observation: ChunkObservation, step: EpisodeStep, signals: list[AlertSignal], hysteresis: str, policy: Policy
 ) -> dict[str, dict[str, Any]]:
-    """The payloads of `AlertDecision.event_payloads` for the signals the policy listens to."""
+    """The events one chunk calls for: an alert event per kind the episode announces (when
+    it opens or escalates; the payloads of `AlertDecision.event_payloads`) and
+    `evergreen.episode.closed` when it ends. Nothing while it merely continues."""
+    out: dict[str, dict[str, Any]] = {}
     alerts = observation.alerts
-    if alerts is None:
-        return {}
-    kept = dataclasses.replace(
-        alerts,
-        signals=signals,
-        reasons=[s.reason for s in signals],
-        drift_detected=any(s.kind in ("feature_drift", "multivariate_drift") for s in signals),
-        performance_degraded=any(s.kind in ("estimated_drop", "realized_drop") for s in signals),
+    if step.announce and alerts is not None and step.episode is not None:
+        kept = dataclasses.replace(
+            alerts,
+            signals=signals,
+            reasons=[s.reason for s in signals],
+            drift_detected=any(s.kind in ("feature_drift", "multivariate_drift") for s in signals),
+            performance_degraded=any(s.kind in ("estimated_drop", "realized_drop") for s in signals),
+        )
+        wanted = {"drift": names.DRIFT_DETECTED, "performance": names.PERFORMANCE_DEGRADED}
+        keep = {wanted[k] for k in step.announce}
+        episode = _episode_info(step.episode, step.transition)
+        for name, payload in kept.event_payloads().items():
+            if name in keep:
+                out[name] = {**payload, "hysteresis": hysteresis, "policy": policy.name, "episode": episode}
+    if step.closed is not None:
+        closed = step.closed
+        out[names.EPISODE_CLOSED] = plain(
+            {
+                "episode": _episode_info(closed, "closed"),
+                "reason": f"episode {closed.id} closed: {closed.closed_reason}",
+                "kinds": list(closed.kinds),
+                "last_alert": closed.last_alert,
+            }
+        )
+    return out
+
+
+def _episode_info(episode: Episode, transition: str) -> dict[str, Any]:
+    return plain(
+        {
+            "id": episode.id,
+            "transition": transition,
+            "change_point": None if episode.change_point is None else episode.change_point.isoformat(),
+            "kinds": list(episode.kinds),
+            "champion": episode.champion,
+        }
     )
-    return {
-        name: {**payload, "hysteresis": hysteresis, "policy": policy.name}
-        for name, payload in kept.event_payloads().items()
-    }
 
 
+def _request_payload(
+    chunk: str, episode: Episode, rows: int | None, why: str, signals: str, observation: ChunkObservation
+) -> dict[str, Any]:
+    """`evergreen.retrain.requested`: what the retrain automation passes on."""
+    metric = observation.alerts.metric if observation.alerts is not None else None
+    return plain(
+        {
+            "chunk": chunk,
+            "episode": _episode_info(episode, "retrain"),
+            "post_change_rows": rows,
+            "reason": f"{why}" + (f"; signals: {signals}" if signals else ""),
+            "metric": metric,
+        }
+    )

@@ -265,3 +265,40 @@ def _id_kind(s: pd.Series) -> str:
         if pd.api.types.infer_dtype(s, skipna=True) in ("string", "empty")
         else str(s.dtype)
     )
+
+
+# ----------------------------------------------------------------------------- after a change
+
+
+def split_at_change(
+    frame: pd.DataFrame,
+    timestamp: str,
+    change_point: pd.Timestamp,
+    evaluation_fraction: float,
+    min_evaluation_rows: int,
+) -> tuple[pd.DataFrame, pd.DataFrame] | None:
+    """An alert episode's hold-out: the most recent post-change rows (those stamped at or
+    after `change_point`), `evaluation_fraction` of them but at least `min_evaluation_rows`
+    and at most half (the other half is what the model learns the new world from). Returns
+    (train, evaluation), oldest first; None when fewer than two post-change rows exist."""
+    ordered = frame.sort_values(timestamp, kind="mergesort", ignore_index=True)
+    post = int((utc_series(ordered[timestamp]) >= utc(change_point)).sum())
+    if post < 2:
+        return None
+    n_eval = min(max(int(round(post * evaluation_fraction)), min_evaluation_rows), post // 2)
+    n_eval = max(n_eval, 1)
+    return ordered.iloc[: len(ordered) - n_eval], ordered.iloc[len(ordered) - n_eval :]
+
+
+def post_change_weights(frame: pd.DataFrame, timestamp: str, change_point: pd.Timestamp, share: float):  # noqa: ANN201 - ndarray
+    """Training weights that give the rows from after `change_point` `share` of the total
+    weight (never less than their plain share: each weighs at least as much as an older row).
+    None when there is nothing to weigh (no post-change or no earlier row, or share 0)."""
+    import numpy as np
+
+    post = (utc_series(frame[timestamp]) >= utc(change_point)).to_numpy()
+    n_post, n_pre = int(post.sum()), int((~post).sum())
+    if share <= 0 or n_post == 0 or n_pre == 0:
+        return None
+    weight = max(1.0, share / (1.0 - share) * n_pre / n_post)
+    return np.where(post, weight, 1.0)

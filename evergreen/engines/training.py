@@ -27,6 +27,9 @@ from evergreen.config import ColumnRoles, ModelConfig, ProblemType, class_key
 from evergreen.decisions.evaluation import encode_classes
 
 MODEL_FILE = "model.ubj"
+# A training frame may carry each row's weight in this column (an episode's retrain weighs
+# the rows from after the change more: `evergreen.decisions.window.post_change_weights`).
+WEIGHT_COLUMN = "_evergreen_weight"
 METADATA_FILE = "evergreen_model.json"
 METADATA_FORMAT = 1
 DEFAULT_THRESHOLD = 0.5
@@ -272,6 +275,7 @@ def train_model(df: pd.DataFrame, config: ModelConfig, *, refit_full: bool = Tru
     """Train an XGBoost model on labelled rows, deterministic for the same data and seed.
 
     The last `training.validation_fraction` of the rows by time is the early-stopping set.
+    A `WEIGHT_COLUMN` in `df` weighs the rows (training, early stopping and the refit).
     With `refit_full` the final booster is retrained on all rows for the number of rounds
     early stopping chose, so the most recent data (the most relevant under drift) is not
     left out of the model. `training.search_budget_seconds > 0` first searches max_depth and
@@ -290,11 +294,13 @@ def train_model(df: pd.DataFrame, config: ModelConfig, *, refit_full: bool = Tru
         prepare_features(split.train, cols, categories),
         _labels(split.train, config),
         training.nthread,
+        _weights(split.train),
     )
     dval = _dmatrix(
         prepare_features(split.validation, cols, categories),
         _labels(split.validation, config),
         training.nthread,
+        _weights(split.validation),
     )
     base = _base_params(config)
     trials = _search(base, config, dtrain, dval) if training.search_budget_seconds > 0 else []
@@ -307,6 +313,7 @@ def train_model(df: pd.DataFrame, config: ModelConfig, *, refit_full: bool = Tru
             prepare_features(labelled, cols, categories),
             _labels(labelled, config),
             training.nthread,
+            _weights(labelled),
         )
         booster = xgb.train(params, dall, num_boost_round=best_iteration + 1, verbose_eval=False)
     else:
@@ -470,8 +477,15 @@ def _label_array(classes: list[Any]) -> np.ndarray:
     return out
 
 
-def _dmatrix(x: pd.DataFrame, label: np.ndarray | None = None, nthread: int = 1) -> xgb.DMatrix:
-    return xgb.DMatrix(x, label=label, enable_categorical=True, nthread=nthread)
+def _dmatrix(
+    x: pd.DataFrame, label: np.ndarray | None = None, nthread: int = 1, weight: np.ndarray | None = None
+) -> xgb.DMatrix:
+    return xgb.DMatrix(x, label=label, weight=weight, enable_categorical=True, nthread=nthread)
+
+
+def _weights(df: pd.DataFrame) -> np.ndarray | None:
+    """The rows' training weights (`WEIGHT_COLUMN`, set by an episode's retrain), if any."""
+    return df[WEIGHT_COLUMN].to_numpy(dtype=float) if WEIGHT_COLUMN in df.columns else None
 
 
 def _nthread(params: dict[str, Any]) -> int:

@@ -18,6 +18,7 @@ from evergreen.adapters.ports import Ports
 from evergreen.config import ModelConfig
 from evergreen.decisions import policy
 from evergreen.decisions.alerts import decide_alerts
+from evergreen.decisions.episodes import with_request
 from evergreen.engines import validation
 from evergreen.loop import sources, state
 from evergreen.loop.runner import DIRECT, Runner
@@ -120,7 +121,11 @@ def _estimate(
     loop_state = run.part(
         "read-loop-state", state.build_loop_state, config, ports.store, ports.registry, now, batch.day, io=True
     )
-    verdict = run.part("decide-policy", decide_policy, config, batch.day, alerts, loop_state)
+    start = pd.Timestamp(report.start).to_pydatetime() if report.start else None
+    verdict = run.part("decide-policy", decide_policy, config, batch.day, alerts, loop_state, start)
+    episode = verdict.episode
+    if verdict.retrain and episode is not None:
+        episode = with_request(episode, loop_state.post_change_rows or 0, batch.day)
     emitted, event_ids = [], []
     for name, payload in verdict.events.items():
         event_id = run.part(
@@ -153,13 +158,17 @@ def _estimate(
         metric=config.metric, reasons=list(alerts.reasons), events=emitted, event_ids=event_ids,
         rows=len(frame), signals=verdict.fired, policy=verdict.reason,
         alert=verdict.alert, decision="retrain" if verdict.retrain else (verdict.blocked_by or "none"),
+        episode=None if episode is None else {**episode.to_dict(), "transition": verdict.transition},
     )
-    return _publish(ports, config, batch, result, report, run, flow_run_id, chunks=summary.get("chunks", []))
+    return _publish(
+        ports, config, batch, result, report, run, flow_run_id, chunks=summary.get("chunks", []),
+        episode=None if episode is None else episode.to_dict(),
+    )
 
 
 def _publish(
     ports: Ports, config: ModelConfig, batch: io.BatchFile, result: MonitorResult, report: Any,
-    run: Runner, flow_run_id: str | None, chunks: list | None = None,
+    run: Runner, flow_run_id: str | None, chunks: list | None = None, episode: dict | None = None,
 ) -> MonitorResult:
     """The run log (an MLflow run with the batch's figures and plots, Prefect artifacts)
     and the ledger (the next monitor skips the batch; the hysteresis reads its signals)."""
@@ -173,18 +182,45 @@ def _publish(
         drift_detected=result.drift_detected, performance_degraded=result.performance_degraded,
         events=result.events, signals=result.signals, flow_run_id=flow_run_id,
     )
-    run.part("record-batch", ports.store.record_batch, record, io=True)
+    run.part("record-batch", ports.store.record_batch, record, episode, io=True)
     return result
 
 
 def decide_policy(
-    config: ModelConfig, day: str, alerts: Any, loop_state: policy.LoopState
+    config: ModelConfig, day: str, alerts: Any, loop_state: policy.LoopState, start: Any = None
 ) -> policy.PolicyDecision:
     """The retrain policy on one valid batch (`policy.decide`): the configured signals that
-    fired, whether the hysteresis holds them (the events to emit) and whether a retrain may
-    start now, with the blocker that holds it."""
-    observation = policy.ChunkObservation(chunk=day, valid=True, alerts=alerts)
+    fired, whether the hysteresis holds them, what that does to the alert episode (the
+    events to emit) and whether its retrain may start now, with the blocker that holds it.
+    `start`: the batch's first timestamp (the change point of an episode it opens)."""
+    observation = policy.ChunkObservation(chunk=day, valid=True, alerts=alerts, start=start)
     return policy.decide(observation, loop_state, policy.Policy.named("default", config.retrain))
+
+
+def check_episode(ports: Ports, config: ModelConfig, *, run: Runner = DIRECT) -> policy.StartCheck | None:
+    """Between batches: has the open alert episode's evidence arrived? Labels land without a
+    new batch; when the episode's retrain may now start, `evergreen.retrain.requested` goes
+    out (the retrain deployment's automation starts it). None without an open episode."""
+    now = run.part("read-data-clock", state.data_clock, config, ports.store, io=True)
+    loop_state = run.part("read-loop-state", state.build_loop_state, config, ports.store, ports.registry, now, io=True)
+    episode = loop_state.episode
+    if episode is None or not episode.open:
+        return None
+    check = run.part("decide-episode-retrain", policy.decide_episode_retrain, loop_state, config.retrain)
+    if check.allowed:
+        rows = loop_state.post_change_rows or 0
+        run.part(
+            "emit-event", ports.events.emit, events.RETRAIN_REQUESTED,
+            {
+                "chunk": episode.last_alert, "post_change_rows": rows, "reason": check.reason, "metric": config.metric,
+                "episode": {**episode.to_dict(), "transition": "retrain"},
+            },
+            io=True,
+        )
+        stamp = str(now) if now is not None else episode.last_alert
+        run.part("record-episode", ports.store.record_episode, with_request(episode, rows, stamp).to_dict(), io=True)
+    run.log("episode %s: %s", episode.id, check.reason)
+    return check
 
 
 def realized_on_latest_labelled(

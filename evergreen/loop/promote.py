@@ -13,14 +13,15 @@ import pandas as pd
 from evergreen import events
 from evergreen.adapters import registry
 from evergreen.adapters.ports import Ports
-from evergreen.config import ConfigError, ModelConfig
+from evergreen.config import ConfigError, GateConfig, ModelConfig
 from evergreen.decisions import canary, defaults, gate
 from evergreen.decisions.evaluation import target_values
 from evergreen.engines import scoring
-from evergreen.loop import sources
+from evergreen.loop import sources, state
 from evergreen.loop.common import MANUAL, Actor, registry_lock
 from evergreen.loop.runner import DIRECT, Runner
 from evergreen.reports import PromotionResult
+from evergreen.times import utc, utc_series
 
 
 @dataclass(frozen=True)
@@ -66,7 +67,8 @@ def promote(
         if champion is not None
         else None
     )
-    decision = run.part("decide-promotion", decide_promotion, ch, cp, fresh, config)
+    settings = gate_settings(config, challenger.version.tags)
+    decision = run.part("decide-promotion", decide_promotion, ch, cp, fresh, config, settings)
     applied = run.part(
         "apply-gate-decision", apply_gate_decision, ports, challenger.version.version, decision, actor, run, io=True
     )
@@ -128,10 +130,23 @@ def fresh_rows(ports: Ports, config: ModelConfig, after: str | None) -> pd.DataF
 
 
 def decide_promotion(
-    challenger: gate.ModelEvidence, champion: gate.ModelEvidence | None, frame: pd.DataFrame, config: ModelConfig
+    challenger: gate.ModelEvidence,
+    champion: gate.ModelEvidence | None,
+    frame: pd.DataFrame,
+    config: ModelConfig,
+    settings: GateConfig | None = None,
 ) -> gate.GateDecision:
     y = target_values(frame[config.columns.target], config)
-    return gate.decide_promotion(challenger, champion, y, config.gate, config.problem_type, config.metric)
+    return gate.decide_promotion(challenger, champion, y, settings or config.gate, config.problem_type, config.metric)
+
+
+def gate_settings(config: ModelConfig, tags: dict[str, str]) -> GateConfig:
+    """The gate a challenger meets: `gate.mode_on_alert` (by default an improvement the
+    bootstrap interval supports) when it was trained for an alert episode, whose champion is
+    being replaced because it degraded; `gate.mode` (non-inferiority) for a refresh."""
+    if tags.get(state.EPISODE_TAG):
+        return config.gate.model_copy(update={"mode": config.gate.mode_on_alert})
+    return config.gate
 
 
 def apply_gate_decision(ports: Ports, version: str, decision: gate.GateDecision, actor: Actor, run: Runner) -> bool:
@@ -172,6 +187,7 @@ class ArmsEvidence:
     # the rows' timestamps (request time unless the client sent one), so a replay measures
     # its own clock, like the retrain cooldown.
     canary_hours: float = 0.0
+    paired: canary.PairedEvidence | None = None
 
 
 def review_canary(ports: Ports, config: ModelConfig, *, run: Runner = DIRECT, actor: Actor = MANUAL) -> Outcome:
@@ -248,7 +264,33 @@ def collect_evidence(
         canary.collect_arm_evidence(log, labels, config, canary_version, registry.CANARY),
         canary.collect_arm_evidence(log, labels, config, champion_version, registry.CHAMPION),
         canary_hours=float((stamps.max() - stamps.min()) / pd.Timedelta(hours=1)) if stamps.notna().any() else 0.0,
+        paired=paired_evidence(ports, config, canary_version, champion_version),
     )
+
+
+def paired_evidence(
+    ports: Ports, config: ModelConfig, canary_version: str, champion_version: str
+) -> canary.PairedEvidence | None:
+    """Both models on the labelled production rows newer than the canary's whole window
+    (`evergreen.window_end`: nothing it trained or was gated on), the newest
+    `gate.evaluation_rows` of them; None when there are none or no champion."""
+    if not champion_version:
+        return None
+    info = ports.registry.get_version(canary_version)
+    after = info.tags.get(state.WINDOW_END_TAG) or info.tags.get(state.TRAIN_END_TAG)
+    if not after:
+        return None
+    ts = config.columns.timestamp
+    frames = [b.frame for b in sources.read_labelled_batches(config) if b.valid and len(b.frame)]
+    if not frames:
+        return None
+    rows = pd.concat(frames, ignore_index=True)
+    rows = rows[utc_series(rows[ts]) > utc(after)].tail(config.gate.evaluation_rows)
+    if rows.empty:
+        return None
+    new = ports.registry.load_version(canary_version).model.predict(rows).scores
+    old = ports.registry.load_version(champion_version).model.predict(rows).scores
+    return canary.PairedEvidence(target_values(rows[config.columns.target], config), new, old)
 
 
 def decide_canary(config: ModelConfig, arms: ArmsEvidence) -> canary.CanaryDecision:
@@ -256,7 +298,7 @@ def decide_canary(config: ModelConfig, arms: ArmsEvidence) -> canary.CanaryDecis
     elapsed = arms.canary_hours >= config.canary.window_hours
     return canary.decide_canary(
         arms.canary, arms.champion, defaults.canary_config(config), config.problem_type, config.metric,
-        window_elapsed=elapsed,
+        window_elapsed=elapsed, paired=arms.paired,
     )
 
 

@@ -12,12 +12,14 @@ from evergreen.adapters import registry
 from evergreen.adapters.ports import Ports
 from evergreen.config import ModelConfig
 from evergreen.decisions import policy
+from evergreen.decisions.episodes import Episode
 from evergreen.engines import validation
 from evergreen.lineage import Trigger, code_version
 from evergreen.loop import retraining, sources, state
 from evergreen.loop.common import MANUAL, Actor, registry_lock
 from evergreen.loop.runner import DIRECT, Runner
 from evergreen.reports import RetrainResult
+from evergreen.times import utc, utc_series
 
 DIGEST_TAG = "evergreen.dataset_digest"
 SETTINGS_TAG = "evergreen.training_settings_digest"
@@ -42,7 +44,9 @@ def retrain(
     failed validation: nothing trained, nothing stored) or `registered`. `lineage` adds tags
     to the version (the flow run, deployment)."""
     run.part("check-config-columns", sources.check_config_columns, config)
-    start, data_clock = run.part("decide-retrain-start", check_start, ports, config, trigger.kind, policy_name, io=True)
+    start, data_clock, episode = run.part(
+        "decide-retrain-start", check_start, ports, config, trigger.kind, policy_name, io=True
+    )
     if not start.allowed:
         run.log("retrain skipped: %s", start.reason)
         return RetrainResult(
@@ -87,13 +91,23 @@ def retrain(
         return _result(
             config, win, snap, trigger, status="skipped", message=novel.reason, blocked_by=novel.blocked_by
         )
-    holdout = run.part("hold-out-recent", retraining.hold_out_recent, win.frame, config)
+    # In an open alert episode the model learns the world after its change point (weighted
+    # rows) and is judged on post-change rows it never saw.
+    change_point = utc(episode.change_point) if episode is not None and episode.change_point is not None else None
+    holdout = run.part("hold-out-recent", retraining.hold_out_recent, win.frame, config, change_point)
     model = run.part("train-model", _train, holdout.train, config)
     evaluation = run.part("evaluate-model", retraining.evaluate_model, model, holdout.evaluation, config)
     tags = lineage_tags(config, snap, trigger, lineage or {}) | {
         state.TRAIN_END_TAG: str(holdout.train[config.columns.timestamp].max()),
         state.WINDOW_END_TAG: str(win.frame[config.columns.timestamp].max()),
     }
+    if episode is not None and change_point is not None:
+        post = int((utc_series(win.frame[config.columns.timestamp]) >= change_point).sum())
+        tags |= {
+            state.EPISODE_TAG: episode.id,
+            state.CHANGE_POINT_TAG: change_point.isoformat(),
+            state.POST_CHANGE_ROWS_TAG: str(post),
+        }
     if data_clock is not None:
         tags[state.DATA_CLOCK_TAG] = data_clock.isoformat()
     logged = run.part(
@@ -129,15 +143,17 @@ def retrain(
 
 def check_start(
     ports: Ports, config: ModelConfig, trigger: str, policy_name: str = "default"
-) -> tuple[policy.StartCheck, Any]:
+) -> tuple[policy.StartCheck, Any, Episode | None]:
     """The retrain policy's start rule on the loop state now (`state.build_loop_state`);
-    returns the decision and the data clock to tag the new version with."""
+    returns the decision, the data clock to tag the new version with and the open alert
+    episode (None without one: its change point shapes the window's weights and hold-out)."""
     now = state.data_clock(config, ports.store)
     chosen = policy.Policy.named(policy_name, config.retrain)
     if trigger == "manual":  # no check applies to a run a person asked for: no state to read
-        return policy.decide_start(policy.LoopState(now=now), chosen, trigger), now
+        return policy.decide_start(policy.LoopState(now=now), chosen, trigger), now, None
     loop_state = state.build_loop_state(config, ports.store, ports.registry, now)
-    return policy.decide_start(loop_state, chosen, trigger), now
+    episode = loop_state.episode if loop_state.episode is not None and loop_state.episode.open else None
+    return policy.decide_start(loop_state, chosen, trigger), now, episode
 
 
 def check_new_data(ports: Ports, config: ModelConfig, dataset_digest: str) -> policy.StartCheck:

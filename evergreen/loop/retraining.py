@@ -24,12 +24,32 @@ class HoldOut:
     evaluation: pd.DataFrame
 
 
-def hold_out_recent(frame: pd.DataFrame, config: ModelConfig) -> HoldOut:
-    """The last `training.evaluation_fraction` of the window by time is never trained on."""
-    from evergreen.engines.training import split_by_time
+def hold_out_recent(frame: pd.DataFrame, config: ModelConfig, change_point: pd.Timestamp | None = None) -> HoldOut:
+    """The last `training.evaluation_fraction` of the window by time is never trained on.
 
-    split = split_by_time(frame, config.columns.timestamp, config.training.evaluation_fraction)
-    return HoldOut(train=split.train, evaluation=split.validation)
+    In an alert episode (`change_point`), the hold-out is post-change data (the newest
+    post-change rows, at least the gate's minimum, at most half of them: `window.split_at_change`)
+    and the training rows from after the change weigh `retrain.post_change_weight` of the
+    total (`window.post_change_weights`), so that the model learns the new world."""
+    from evergreen.decisions.defaults import gate_min_rows
+    from evergreen.decisions.window import post_change_weights, split_at_change
+    from evergreen.engines.training import WEIGHT_COLUMN, split_by_time
+
+    ts = config.columns.timestamp
+    split = (
+        split_at_change(frame, ts, change_point, config.training.evaluation_fraction, gate_min_rows(config))
+        if change_point is not None
+        else None
+    )
+    if split is None:
+        recent = split_by_time(frame, ts, config.training.evaluation_fraction)
+        return HoldOut(train=recent.train, evaluation=recent.validation)
+    train, evaluation = split
+    assert change_point is not None
+    weights = post_change_weights(train, ts, change_point, config.retrain.post_change_weight)
+    if weights is not None:
+        train = train.assign(**{WEIGHT_COLUMN: weights})
+    return HoldOut(train=train, evaluation=evaluation)
 
 
 def training_suite(batch_suite, max_rows: int = 100_000_000):  # noqa: ANN001, ANN201 - SuiteSpec

@@ -15,15 +15,19 @@ import pandas as pd
 
 from evergreen.adapters import io
 from evergreen.adapters.ports import BatchStore, ModelRegistry
-from evergreen.adapters.registry import CANARY, VersionInfo
+from evergreen.adapters.registry import CANARY, CHAMPION, VersionInfo
 from evergreen.config import ModelConfig
 from evergreen.decisions import policy
+from evergreen.decisions.episodes import Episode
 from evergreen.times import utc, utc_series
 
 DATA_CLOCK_TAG = "evergreen.data_clock"
 TRAIN_END_TAG = "evergreen.train_end"
 WINDOW_END_TAG = "evergreen.window_end"
 BOOTSTRAP_TAG = "evergreen.bootstrap"
+EPISODE_TAG = "evergreen.episode"
+CHANGE_POINT_TAG = "evergreen.change_point"
+POST_CHANGE_ROWS_TAG = "evergreen.post_change_rows"
 
 
 def data_clock(config: ModelConfig, store: BatchStore) -> pd.Timestamp | None:
@@ -110,7 +114,26 @@ def build_loop_state(
         if last_clock is not None and cooldown is not None and cooldown[0] == "batches"
         else None
     )
+    episode = Episode.from_dict(ledger.episode)
+    champion = registry.version_by_alias(CHAMPION)
+    post_change = None
+    if episode is not None and episode.open and episode.change_point is not None:
+        try:
+            after = utc(episode.change_point) - pd.Timedelta(microseconds=1)
+            post_change = count_labelled_rows_after(config, store, after, rejected=ledger.rejected())
+        except io.DataReadError:
+            post_change = None
+    attempts = tuple(
+        policy.Attempt(v.version, v.status, _tag_int(v, POST_CHANGE_ROWS_TAG))
+        for v in versions
+        if episode is not None and v.tags.get(EPISODE_TAG) == episode.id
+    )
     return policy.LoopState(
+        champion=champion.version if champion is not None else None,
+        episode=episode,
+        post_change_rows=post_change,
+        post_change_needed=post_change_needed(config),
+        attempts=attempts,
         history=policy.history_of(history, config.retrain),
         now=now,
         last_retrain_clock=last_clock,
@@ -190,6 +213,23 @@ def _pending(registry: ModelRegistry) -> str:
     A challenger waiting for its gate does not: the next registered version supersedes it."""
     canary = registry.version_by_alias(CANARY)
     return f"canary v{canary.version} is under review" if canary is not None else ""
+
+
+def post_change_needed(config: ModelConfig) -> int:
+    """Labelled post-change rows an episode's retrain waits for: `retrain.min_post_change_rows`,
+    or twice the gate's minimum (half to learn the new world from, half for the gate)."""
+    from evergreen.decisions.defaults import gate_min_rows
+
+    given = config.retrain.min_post_change_rows
+    return given if given is not None else 2 * gate_min_rows(config)
+
+
+def _tag_int(version: VersionInfo, tag: str) -> int | None:
+    raw = version.tags.get(tag)
+    try:
+        return int(raw) if raw not in (None, "") else None
+    except ValueError:
+        return None
 
 
 def _tag_time(version: VersionInfo | None, tag: str) -> pd.Timestamp | None:

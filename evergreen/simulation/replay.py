@@ -203,10 +203,9 @@ class Replay:
         if kind == "schedule":
             due = index - self.last_retrain >= (self.policy.every or 1)
             return Trigger.of("schedule", None, f"policy {self.policy.name}", None) if due else None
-        alerts = [e for e in result.events if e in events.ALERT_EVENTS]
-        if not alerts:
+        if events.RETRAIN_REQUESTED not in result.events:
             return None
-        return Trigger.of("event", f"replay-{result.batch_id}", result.message[:400], result.metric)
+        return Trigger.of("event", f"replay-{result.batch_id}", result.policy[:400], result.metric)
 
     # -- the world around the loop
 

@@ -307,3 +307,25 @@ def test_to_dict_is_plain_json() -> None:
     assert "labelled" not in payload["canary"]
     assert payload["canary"]["n_labelled"] == 220
     assert payload["summary"].startswith("canary 3 vs champion 2: pending: ")
+
+
+def test_labels_on_rows_newer_than_the_canary_decide_before_its_own_traffic_is_labelled() -> None:
+    """The paired basis: both models on the same newly labelled rows, a paired bootstrap."""
+    from evergreen.decisions.canary import PENDING, PROMOTED, ROLLED_BACK, PairedEvidence
+
+    rng = np.random.default_rng(3)
+    y = rng.integers(0, 2, 800).astype(float)
+    good = np.clip(y * 0.6 + rng.normal(0.2, 0.2, 800), 0, 1)  # separates the classes
+    poor = rng.uniform(0, 1, 800)  # does not
+    canary_arm, champion_arm = _arm("canary", "2", n=600, labelled=0), _arm("champion", "1", n=2400, labelled=0)
+    better = decide_canary(canary_arm, champion_arm, CFG, "binary_classification", "roc_auc",
+                           window_elapsed=False, paired=PairedEvidence(y, good, poor))
+    assert better.outcome == PROMOTED and better.basis == "paired" and better.gain_low > 0
+    assert "same 800 labelled rows" in better.reasons[0]
+    worse = decide_canary(canary_arm, champion_arm, CFG, "binary_classification", "roc_auc",
+                          window_elapsed=False, paired=PairedEvidence(y, poor, good))
+    assert worse.outcome == ROLLED_BACK and worse.gain_high < -CFG.margin
+    # Too few new rows: still waiting.
+    few = decide_canary(canary_arm, champion_arm, CFG, "binary_classification", "roc_auc",
+                        window_elapsed=False, paired=PairedEvidence(y[:50], good[:50], poor[:50]))
+    assert few.outcome == PENDING

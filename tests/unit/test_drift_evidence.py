@@ -92,7 +92,7 @@ def test_findings_fire_the_feature_drift_signal_of_the_retrain_policy() -> None:
     policy = Policy.named("default", config.retrain)
     alerts = decide_alerts(_report(), config, [_finding("x2")])
     verdict = decide(ChunkObservation(chunk="2024-02-01", valid=True, alerts=alerts), LoopState(), policy)
-    assert verdict.fired == ["feature_drift"] and verdict.retrain
+    assert verdict.fired == ["feature_drift"] and verdict.alert and verdict.transition == "opened"
     assert list(verdict.events) == [DRIFT_DETECTED]
 
 

@@ -1,4 +1,5 @@
-"""The retrain policy: each signal, hysteresis, cooldown, new rows, budget and the baselines.
+"""The retrain policy: each signal, alert episodes, the evidence a retrain waits for, hysteresis,
+cooldown, new rows, budget and the baselines.
 
 Signals come from the real `monitoring.decide_alerts` on hand-built monitor reports."""
 
@@ -11,14 +12,17 @@ import pytest
 
 from evergreen.config import RetrainPolicyConfig
 from evergreen.decisions.alerts import decide_alerts
+from evergreen.decisions.episodes import Episode, with_request
 from evergreen.decisions.policy import (
     SIGNALS,
+    Attempt,
     ChunkObservation,
     LoopState,
     Policy,
     PolicyError,
     check_start,
     decide,
+    decide_episode_retrain,
     history_of,
 )
 from evergreen.engines.monitoring import (
@@ -27,7 +31,7 @@ from evergreen.engines.monitoring import (
     MonitorReport,
     MultivariateDrift,
 )
-from evergreen.events import DRIFT_DETECTED, PERFORMANCE_DEGRADED
+from evergreen.events import DRIFT_DETECTED, EPISODE_CLOSED, PERFORMANCE_DEGRADED, RETRAIN_REQUESTED
 
 NOW = datetime(2024, 3, 10, 23, 59)
 
@@ -80,17 +84,33 @@ def _policy(name: str = "default", **retrain) -> Policy:  # noqa: ANN003
     return Policy.named(name, RetrainPolicyConfig(**{"signals": list(SIGNALS), **retrain}))
 
 
+CHANGE = datetime(2024, 3, 9)
+
+
+def _open(post_change_rows: int | None = 5000, needed: int = 1000, **state) -> LoopState:  # noqa: ANN003
+    """The loop state inside an open drift episode (opened on 2024-03-09 under champion v1)."""
+    episode = Episode(id="2024-03-09", change_point=CHANGE, champion="1", kinds=("drift",), last_alert="2024-03-09")
+    base = {"champion": "1", "episode": episode, "post_change_rows": post_change_rows, "post_change_needed": needed}
+    return LoopState(**{**base, **state})
+
+
 @pytest.mark.parametrize("kind", sorted(FIRING))
-def test_each_signal_triggers_a_retrain_and_its_event(toy_config, kind: str) -> None:
-    decision = decide(_observe(toy_config, **FIRING[kind]), LoopState(), _policy())
-    assert decision.retrain and decision.alert
+def test_each_signal_opens_an_episode_and_announces_it_once(toy_config, kind: str) -> None:
+    decision = decide(_observe(toy_config, **FIRING[kind]), LoopState(champion="1"), _policy())
+    assert decision.alert and decision.transition == "opened" and decision.episode.id == "2024-03-10"
     assert decision.fired == [kind]
     event = DRIFT_DETECTED if kind.endswith("drift") else PERFORMANCE_DEGRADED
     assert list(decision.events) == [event]
     payload = decision.events[event]
-    assert {"metric", "value", "threshold", "chunk", "reason"} <= set(payload)
-    assert payload["reason"] in decision.reason
+    assert {"metric", "value", "threshold", "chunk", "reason", "episode"} <= set(payload)
+    assert payload["episode"]["transition"] == "opened"
     json.dumps(payload)  # plain JSON only (numpy scalars make Prefect drop events)
+    # No labelled row from after the change yet: the retrain waits for them.
+    assert not decision.retrain and decision.blocked_by == "deferred"
+    # The next alerting batch continues the same episode: no event at all.
+    after = decide(_observe(toy_config, chunk="2024-03-11", **FIRING[kind]),
+                   LoopState(champion="1", episode=decision.episode, post_change_rows=0, post_change_needed=1000), _policy())
+    assert after.transition == "continued" and after.events == {} and after.blocked_by == "deferred"
 
 
 def test_events_keep_the_monitor_payload_contract(toy_config) -> None:
@@ -103,33 +123,92 @@ def test_events_keep_the_monitor_payload_contract(toy_config) -> None:
         assert decision.events[name]["policy"] == "default"
 
 
+def test_the_retrain_is_requested_once_the_post_change_evidence_is_there(toy_config) -> None:
+    drift = _observe(toy_config, drifted=2)
+    short = decide(drift, _open(post_change_rows=999), _policy())
+    assert not short.retrain and short.blocked_by == "deferred" and "999" in short.reason and "1,000" in short.reason
+    ready = decide(drift, _open(post_change_rows=1000), _policy())
+    assert ready.retrain and list(ready.events) == [RETRAIN_REQUESTED]
+    request = ready.events[RETRAIN_REQUESTED]
+    assert request["episode"]["id"] == "2024-03-09" and request["post_change_rows"] == 1000
+    json.dumps(request)
+    # A quiet batch inside the open episode asks as well: the evidence, not the batch, decides.
+    quiet = decide(_observe(toy_config), _open(post_change_rows=1000), _policy())
+    assert quiet.retrain and quiet.transition == "quiet"
+    # Requested already on this evidence: not again (the retrain flow itself does not count it).
+    asked = _open(post_change_rows=1500)
+    asked = LoopState(**{**asked.__dict__, "episode": with_request(asked.episode, 1000, "2024-03-10")})
+    again = decide(drift, asked, _policy())
+    assert not again.retrain and again.blocked_by == "requested"
+    assert decide_episode_retrain(asked, _policy().config, requested_counts=False).allowed
+    assert decide(drift, LoopState(**{**asked.__dict__, "post_change_rows": 2000}), _policy()).retrain
+
+
+def test_a_failed_attempt_is_retried_only_on_more_evidence_and_only_so_often(toy_config) -> None:
+    drift = _observe(toy_config, drifted=2)
+    rejected = (Attempt("2", "rejected", 1200),)
+    same = decide(drift, _open(post_change_rows=2000, attempts=rejected), _policy())
+    assert same.blocked_by == "deferred" and "1,200" in same.reason and "2,400" in same.reason
+    grown = decide(drift, _open(post_change_rows=2400, attempts=rejected), _policy())
+    assert grown.retrain
+    pending = decide(drift, _open(attempts=(Attempt("2", "canary", 1200),)), _policy())
+    assert pending.blocked_by == "candidate_pending" and "v2" in pending.reason
+    tried = tuple(Attempt(str(v), "rejected", 100) for v in (2, 3, 4))
+    spent = decide(drift, _open(post_change_rows=10**6, attempts=tried), _policy())
+    assert spent.blocked_by == "attempts" and "max_attempts_per_episode=3" in spent.reason
+
+
+def test_an_episode_escalates_and_closes(toy_config) -> None:
+    pol = _policy(episode_quiet_batches=2)
+    state = _open(post_change_rows=0)
+    worse = decide(_observe(toy_config, drifted=2, realized=0.6), state, pol)
+    assert worse.transition == "escalated" and list(worse.events) == [PERFORMANCE_DEGRADED]
+    assert worse.events[PERFORMANCE_DEGRADED]["episode"]["transition"] == "escalated"
+    one = decide(_observe(toy_config), LoopState(champion="1", episode=worse.episode), pol)
+    assert one.transition == "quiet" and one.events == {} and one.episode.open
+    two = decide(_observe(toy_config), LoopState(champion="1", episode=one.episode), pol)
+    assert two.transition == "closed" and list(two.events) == [EPISODE_CLOSED] and not two.episode.open
+    assert "2 quiet batch(es)" in two.events[EPISODE_CLOSED]["reason"]
+    # The next alert opens a new episode, announced again.
+    again = decide(_observe(toy_config, chunk="2024-03-12", drifted=2), LoopState(champion="1", episode=two.episode), pol)
+    assert again.transition == "opened" and again.episode.id == "2024-03-12" and DRIFT_DETECTED in again.events
+
+
+def test_a_new_champion_ends_the_episode(toy_config) -> None:
+    promoted = decide(_observe(toy_config, drifted=2), _open(champion="2"), _policy())
+    assert EPISODE_CLOSED in promoted.events and "v1 -> v2" in promoted.events[EPISODE_CLOSED]["reason"]
+    # Alerts about the new champion open an episode of their own.
+    assert promoted.transition == "opened" and promoted.episode.champion == "2" and DRIFT_DETECTED in promoted.events
+
+
 def test_only_configured_signals_count(toy_config) -> None:
     pol = _policy(signals=["realized_drop"])
     drift = decide(_observe(toy_config, drifted=4, mv_alert=True, estimated=0.6), LoopState(), pol)
     assert not drift.retrain and not drift.alert and drift.events == {}
     assert drift.blocked_by == "no_alert"
     realized = decide(_observe(toy_config, realized=0.6), LoopState(), pol)
-    assert realized.retrain and list(realized.events) == [PERFORMANCE_DEGRADED]
+    assert realized.alert and list(realized.events) == [PERFORMANCE_DEGRADED]
 
 
 def test_quiet_and_rejected_chunks_do_not_retrain(toy_config) -> None:
     quiet = decide(_observe(toy_config), LoopState(), _policy())
     assert not quiet.retrain and quiet.fired == [] and quiet.reason == "no configured signal fired"
     rejected = ChunkObservation("2024-03-10", valid=False, reason="x: nulls")
-    decision = decide(rejected, LoopState(), _policy())
+    decision = decide(rejected, _open(), _policy())
     assert (
         not decision.retrain and decision.blocked_by == "invalid" and "x: nulls" in decision.reason
     )
+    assert decision.episode == _open().episode  # a rejected batch leaves the episode as it was
 
 
 def test_hysteresis_needs_k_of_the_last_n_chunks(toy_config) -> None:
     pol = _policy(hysteresis_k=2, hysteresis_n=3)
     drift = _observe(toy_config, drifted=2)
     first = decide(drift, LoopState(history=((), ())), pol)
-    assert not first.retrain and not first.alert and first.events == {}
+    assert not first.alert and first.events == {} and first.episode is None
     assert "1 of the last 3" in first.reason
     second = decide(drift, LoopState(history=((), ("feature_drift",))), pol)
-    assert second.retrain and second.alert and DRIFT_DETECTED in second.events
+    assert second.alert and DRIFT_DETECTED in second.events and second.transition == "opened"
     # A signal older than the last N chunks no longer counts.
     old = decide(drift, LoopState(history=(("feature_drift",), (), ())), pol)
     assert not old.alert
@@ -147,29 +226,31 @@ def test_history_of_keeps_the_last_n_minus_one_chunks(toy_config) -> None:
     assert history_of([["a"], ["b"]], RetrainPolicyConfig()) == ()
 
 
-def test_cooldown_counts_hours_of_data_since_the_last_retrain(toy_config) -> None:
+def test_cooldown_holds_an_episodes_first_retrain_only(toy_config) -> None:
     pol = _policy(cooldown_hours=72)
     drift = _observe(toy_config, drifted=2)
-    early = decide(drift, LoopState(now=NOW, last_retrain_clock=NOW - timedelta(hours=48)), pol)
+    early = decide(drift, _open(now=NOW, last_retrain_clock=NOW - timedelta(hours=48)), pol)
     assert not early.retrain and early.blocked_by == "cooldown" and "48 h" in early.reason
-    assert early.alert and DRIFT_DETECTED in early.events  # the drift is still announced
-    late = decide(drift, LoopState(now=NOW, last_retrain_clock=NOW - timedelta(hours=73)), pol)
+    late = decide(drift, _open(now=NOW, last_retrain_clock=NOW - timedelta(hours=73)), pol)
     assert late.retrain
+    # A retry within the episode is paced by its evidence, not by the cooldown.
+    retry = _open(post_change_rows=5000, now=NOW, last_retrain_clock=NOW, attempts=(Attempt("2", "rejected", 1000),))
+    assert decide(drift, retry, pol).retrain
 
 
 def test_min_new_rows_and_budget_block_a_retrain(toy_config) -> None:
     pol = _policy(min_new_rows=1000, max_retrains_per_period=2, period_days=30)
     drift = _observe(toy_config, realized=0.6)
-    few = decide(drift, LoopState(new_labelled_rows=999, retrains_in_period=0), pol)
+    few = decide(drift, _open(new_labelled_rows=999, retrains_in_period=0), pol)
     assert few.blocked_by == "min_new_rows" and "999" in few.reason
-    spent = decide(drift, LoopState(new_labelled_rows=1000, retrains_in_period=2), pol)
+    spent = decide(drift, _open(new_labelled_rows=1000, retrains_in_period=2), pol)
     assert spent.blocked_by == "budget" and "2 retrains in the last 30 days" in spent.reason
-    ok = decide(drift, LoopState(new_labelled_rows=1000, retrains_in_period=1), pol)
+    ok = decide(drift, _open(new_labelled_rows=1000, retrains_in_period=1), pol)
     assert ok.retrain and ok.blocked_by is None
 
 
 def test_a_candidate_under_review_blocks_a_retrain(toy_config) -> None:
-    decision = decide(_observe(toy_config, drifted=2), LoopState(candidate_pending=True), _policy())
+    decision = decide(_observe(toy_config, drifted=2), _open(candidate_pending=True), _policy())
     assert not decision.retrain and decision.blocked_by == "candidate_pending"
 
 

@@ -46,11 +46,11 @@ def test_every_flow_has_a_deployment() -> None:
     assert set(DEPLOYMENTS) == {"monitor", "retrain", "promote", "canary-review", "rollback"}
 
 
-def test_retrain_is_single_flight_and_triggered_by_drift() -> None:
+def test_retrain_is_single_flight_and_triggered_by_the_episodes_request() -> None:
     retrain = DEPLOYMENTS["retrain"]
     assert retrain["concurrency_limit"] == {"limit": 1, "collision_strategy": "CANCEL_NEW"}
     (trigger,) = retrain["triggers"]
-    assert set(trigger["expect"]) == {"evergreen.drift.detected", "evergreen.performance.degraded"}
+    assert trigger["expect"] == ["evergreen.retrain.requested"]
     assert trigger["match"]["prefect.resource.id"].startswith("evergreen.model.")
     assert {"event_id", "reason", "metric"} <= set(trigger["parameters"])
 

@@ -14,6 +14,7 @@ from evergreen.adapters.registry import VersionInfo
 from evergreen.adapters.store import FileStore
 from evergreen.config import ModelConfig, RetrainPolicyConfig
 from evergreen.decisions import policy
+from evergreen.decisions.episodes import Episode
 from evergreen.loop import state
 
 CFG = RetrainPolicyConfig(cooldown_hours=72, min_new_rows=100, max_retrains_per_period=2, period_days=30)
@@ -71,7 +72,10 @@ def test_the_monitor_decision_uses_the_same_rule() -> None:
         reasons=[signal.reason], signals=[signal],
     )
     obs = policy.ChunkObservation(chunk="2019-01-20", valid=True, alerts=alerts)
-    loop_state = _state(new_labelled_rows=10)
+    # Inside an open episode whose post-change evidence is there: only the start rule is left.
+    episode = Episode(id="2019-01-15", change_point=pd.Timestamp("2019-01-15", tz="UTC"), champion="1",
+                      kinds=("performance",), last_alert="2019-01-19")
+    loop_state = _state(new_labelled_rows=10, champion="1", episode=episode, post_change_rows=5000, post_change_needed=1000)
     decision = policy.decide(obs, loop_state, policy.Policy.named("default", CFG))
     start = policy.check_start(loop_state, CFG, "event")
     assert decision.alert and not decision.retrain

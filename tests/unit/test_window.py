@@ -330,3 +330,23 @@ def test_duplicate_label_ids_are_a_clear_error() -> None:
 def test_malformed_labels_are_named(labels: pd.DataFrame, message: str) -> None:
     with pytest.raises(WindowError, match=message):
         join_labels(_batch_frame("2019-02-01", 2, 0, labelled=False), labels, COLUMNS)
+
+
+def test_an_episodes_hold_out_is_post_change_and_its_rows_weigh_half() -> None:
+    from evergreen.decisions.window import post_change_weights, split_at_change
+
+    stamps = pd.date_range("2024-01-01", periods=1000, freq="h", tz="UTC")
+    frame = pd.DataFrame({"ts": stamps, "x": range(1000)})
+    change = stamps[800]  # 200 rows after the change
+    train, evaluation = split_at_change(frame, "ts", change, evaluation_fraction=0.2, min_evaluation_rows=60)
+    assert len(evaluation) == 60 and (evaluation["ts"] >= change).all()  # 20% of 200 < 60: the minimum
+    assert len(train) == 940 and train["ts"].max() < evaluation["ts"].min()
+    # At most half of the post-change rows are held out: the model must see the new world.
+    _, half = split_at_change(frame, "ts", change, 0.2, min_evaluation_rows=500)
+    assert len(half) == 100
+    weights = post_change_weights(train, "ts", change, share=0.5)
+    post = (train["ts"] >= change).to_numpy()
+    assert weights[post].sum() == pytest.approx(weights[~post].sum())  # half the weight each
+    assert set(weights[~post]) == {1.0}
+    assert post_change_weights(train, "ts", change, share=0.0) is None
+    assert split_at_change(frame, "ts", stamps[-1] + pd.Timedelta(hours=1), 0.2, 10) is None

@@ -1,0 +1,147 @@
+"""Alert episodes: one condition, one alert. A pure decision.
+
+An episode opens on the first batch whose configured signals pass the hysteresis (the
+policy's alert): that batch marks when the change began (its first timestamp is the
+episode's change point, from which labelled rows count as post-change evidence). While it
+is open, further alerting batches only escalate it when a new kind shows (drift, then
+performance, or the reverse); quiet batches count towards its end, and
+`retrain.episode_quiet_batches` quiet batches in a row close it. A new champion closes it
+too (alerts afterwards are about another model): a later alert opens a new episode.
+
+The monitor emits one event when an episode opens (per kind: `evergreen.drift.detected`,
+`evergreen.performance.degraded`), one when it escalates (the new kind's event) and
+`evergreen.episode.closed` when it ends, never one per batch. The episode is kept in the
+batch ledger (`adapters.ledger.BatchLedger.episode`), so the monitor, the retrain's start
+check and the backtest read the same one.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field, replace
+from datetime import datetime
+from typing import Literal
+
+DRIFT, PERFORMANCE = "drift", "performance"
+Transition = Literal["opened", "escalated", "continued", "quiet", "closed", "none"]
+
+
+@dataclass(frozen=True)
+class Episode:
+    """One alert episode of a model.
+
+    `id`: the day (batch id) it opened; `change_point`: the first timestamp of that batch;
+    `champion`: the version serving when it opened; `kinds`: drift and/or performance;
+    `quiet`: quiet batches in a row since the last alerting one; `requested`: post-change
+    labelled rows when a retrain was last requested for it (None: never)."""
+
+    id: str
+    change_point: datetime | None
+    champion: str | None
+    kinds: tuple[str, ...]
+    last_alert: str
+    quiet: int = 0
+    open: bool = True
+    closed_reason: str = ""
+    requested: int | None = None
+    requested_at: str | None = None
+
+    def to_dict(self) -> dict:
+        return {
+            "id": self.id,
+            "change_point": None if self.change_point is None else self.change_point.isoformat(),
+            "champion": self.champion,
+            "kinds": list(self.kinds),
+            "last_alert": self.last_alert,
+            "quiet": self.quiet,
+            "open": self.open,
+            "closed_reason": self.closed_reason,
+            "requested": self.requested,
+            "requested_at": self.requested_at,
+        }
+
+    @classmethod
+    def from_dict(cls, raw: dict | None) -> Episode | None:
+        if not raw:
+            return None
+        from evergreen.times import utc
+
+        point = raw.get("change_point")
+        return cls(
+            id=str(raw["id"]),
+            change_point=None if point is None else utc(point).to_pydatetime(),
+            champion=raw.get("champion"),
+            kinds=tuple(raw.get("kinds") or ()),
+            last_alert=str(raw.get("last_alert") or raw["id"]),
+            quiet=int(raw.get("quiet") or 0),
+            open=bool(raw.get("open", True)),
+            closed_reason=str(raw.get("closed_reason") or ""),
+            requested=raw.get("requested"),
+            requested_at=raw.get("requested_at"),
+        )
+
+
+@dataclass(frozen=True)
+class EpisodeStep:
+    """What one batch did to the episode: the episode after it (None: none ever opened),
+    the transition, the kinds it newly announced and, when it closed one, the closed one."""
+
+    episode: Episode | None
+    transition: Transition
+    announce: tuple[str, ...] = ()
+    closed: Episode | None = None
+    reasons: list[str] = field(default_factory=list)
+
+
+def kinds_of(signals: list[str]) -> tuple[str, ...]:
+    """The episode kinds of the policy signals that fired (drift before performance)."""
+    kinds = []
+    if any(s in ("feature_drift", "multivariate_drift") for s in signals):
+        kinds.append(DRIFT)
+    if any(s in ("estimated_drop", "realized_drop") for s in signals):
+        kinds.append(PERFORMANCE)
+    return tuple(kinds)
+
+
+def advance_episode(
+    episode: Episode | None,
+    day: str,
+    alert: bool,
+    signals: list[str],
+    champion: str | None,
+    change_point: datetime | None,
+    quiet_to_close: int,
+) -> EpisodeStep:
+    """The episode after one valid, monitored batch `day` (`alert`: the policy's signals
+    held by the hysteresis; `signals`: those that fired; `champion`: the version serving;
+    `change_point`: the batch's first timestamp)."""
+    closed: Episode | None = None
+    reasons: list[str] = []
+    if episode is not None and episode.open and episode.champion != champion:
+        closed = replace(episode, open=False, closed_reason=f"champion replaced: v{episode.champion} -> v{champion}")
+        reasons.append(f"episode {episode.id} closed: {closed.closed_reason}")
+        episode = closed
+    kinds = kinds_of(signals) if alert else ()
+    if episode is None or not episode.open:
+        if not alert:
+            return EpisodeStep(episode, "closed" if closed else "none", closed=closed, reasons=reasons)
+        opened = Episode(id=day, change_point=change_point, champion=champion, kinds=kinds, last_alert=day)
+        reasons.append(f"episode {day} opened ({', '.join(kinds)}): the change began with batch {day}")
+        return EpisodeStep(opened, "opened", announce=kinds, closed=closed, reasons=reasons)
+    if alert:
+        new = tuple(k for k in kinds if k not in episode.kinds)
+        after = replace(episode, kinds=episode.kinds + new, last_alert=day, quiet=0)
+        if new:
+            reasons.append(f"episode {episode.id} escalated: {', '.join(new)} too")
+            return EpisodeStep(after, "escalated", announce=new, reasons=reasons)
+        return EpisodeStep(after, "continued", reasons=reasons)
+    quiet = episode.quiet + 1
+    if quiet >= quiet_to_close:
+        ended = replace(episode, quiet=quiet, open=False, closed_reason=f"{quiet} quiet batch(es) in a row")
+        reasons.append(f"episode {episode.id} closed: {ended.closed_reason}")
+        return EpisodeStep(ended, "closed", closed=ended, reasons=reasons)
+    return EpisodeStep(replace(episode, quiet=quiet), "quiet", reasons=reasons)
+
+
+def with_request(episode: Episode, post_change_rows: int, when: str) -> Episode:
+    """The episode once a retrain was requested for it on `post_change_rows` rows."""
+    return replace(episode, requested=post_change_rows, requested_at=when)
