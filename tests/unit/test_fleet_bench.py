@@ -23,13 +23,14 @@ def test_percentiles() -> None:
 
 
 def test_orchestration_is_the_run_time_outside_tasks() -> None:
-    t = RunTiming(model="m", state="Completed", queued_s=6.0, running_s=30.0, tasks_s=27.0)
+    # Waiting for a free worker (queued) is not the run's orchestration; its start is.
+    t = RunTiming(model="m", state="Completed", queued_s=66.0, running_s=30.0, tasks_s=27.0, starting_s=6.0)
     assert t.total_s == 36.0 and t.orchestration_s == 9.0
     assert RunTiming("m", "Completed", 0.0, 1.0, 2.0).orchestration_s == 0.0  # never negative
 
 
 def test_projection_for_a_thousand_daily_models() -> None:
-    big = RunTiming(model="m", state="Completed", queued_s=5.0, running_s=95.0, tasks_s=90.0)
+    big = RunTiming(model="m", state="Completed", queued_s=5.0, running_s=95.0, tasks_s=90.0, starting_s=5.0)
     p = project([_phase(1, 300.0), _phase(2, 170.0)], big)
     assert p["worker_seconds_per_model_batch"] == 30.0
     assert p["workers_spread_over_24h"] == 1  # 30,000 worker-seconds a day
