@@ -297,6 +297,8 @@ def main(argv: list[str] | None = None) -> int:
         creds = stack.load_credentials(home)
         assert creds is not None
         stack.apply_env(stack.client_env(state, creds))
+        settings = stack.prefect_settings(state, creds)
+        settings.__enter__()
         blocks, paths = prepare_models(home, args.models, args.rows, 3, log)
         phases = []
         for workers in (1, 2):

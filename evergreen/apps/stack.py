@@ -31,8 +31,8 @@ import signal
 import socket
 import subprocess
 import time
-from collections.abc import Callable
-from contextlib import suppress
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager, suppress
 from dataclasses import asdict, dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
@@ -625,11 +625,22 @@ def job_env_template() -> dict[str, str]:
     }
 
 
+@contextmanager
+def prefect_settings(state: StackState, creds: Credentials) -> Iterator[None]:
+    """Prefect clients of this process talk to the stack's server inside the block (Prefect
+    reads PREFECT_API_URL and its auth string from the environment only when imported)."""
+    from prefect.settings import PREFECT_API_AUTH_STRING, PREFECT_API_URL, temporary_settings
+
+    with temporary_settings(updates={PREFECT_API_URL: state.prefect_api_url, PREFECT_API_AUTH_STRING: creds.prefect_auth}):
+        yield
+
+
 def _configure_prefect(state: StackState, creds: Credentials, log: Callable[[str], None]) -> None:
     """Secret blocks, the process work pool with its job environment, the automations."""
     import asyncio
 
-    asyncio.run(_configure_prefect_async(state, creds, log))
+    with prefect_settings(state, creds):
+        asyncio.run(_configure_prefect_async(state, creds, log))
 
 
 async def _configure_prefect_async(state: StackState, creds: Credentials, log: Callable[[str], None]) -> None:
@@ -809,7 +820,6 @@ def up(
         state.ports[name] = _pick_port(name, state.ports)
     state.started_at = state.started_at or datetime.now(UTC).isoformat(timespec="seconds")
     _write_state(home, state)
-    api_env = {"PREFECT_API_URL": state.prefect_api_url, "PREFECT_API_AUTH_STRING": creds.prefect_auth}
 
     pg = state.services.get("postgres")
     if not (_running(pg) and _tcp_answers(state.ports["postgres"])):
@@ -835,16 +845,7 @@ def up(
         _write_state(home, state)
     _ensure_mlflow_user(state, creds)
 
-    saved = {k: os.environ.get(k) for k in api_env}
-    os.environ.update(api_env)
-    try:
-        _configure_prefect(state, creds, log)
-    finally:
-        for k, v in saved.items():
-            if v is None:
-                os.environ.pop(k, None)
-            else:
-                os.environ[k] = v
+    _configure_prefect(state, creds, log)
     if deploy:
         deploy_project(state, creds, log)
 

@@ -48,7 +48,9 @@ def running_stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
         assert creds is not None
         env = stack.client_env(state, creds)
         stack.apply_env(env)
-        yield Stack(home, state, creds, env)
+        # Earlier tests imported Prefect with other settings: this session's clients use the stack.
+        with stack.prefect_settings(state, creds):
+            yield Stack(home, state, creds, env)
     finally:
         stack.down(home, log=lambda m: print(f"[stack] {m}"))
         stack.purge(home)

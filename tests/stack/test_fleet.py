@@ -210,6 +210,11 @@ class Faults:
         return next((r for r in _of(_runs(deployment, self.since), block) if r.state and r.state.is_running()), None)
 
     def _run(self) -> None:
+        # A thread starts with the process's root Prefect settings, not the test's.
+        with stack.prefect_settings(self.s.state, self.s.creds):
+            self._watch()
+
+    def _watch(self) -> None:
         while not self._stop.is_set():
             try:
                 if "worker" not in self.done and (run := self._running("retrain", self.kill_retrain_of)):
