@@ -241,6 +241,32 @@ def _db_sizes(state: Any, creds: Any) -> dict[str, int]:  # noqa: ANN401
         conn.close()
 
 
+def deploy_monitor(home: Path, state: Any, creds: Any, log: Callable[[str], None]) -> None:  # noqa: ANN401
+    """prefect.yaml's monitor deployment onto the pool, without a deployment-level
+    concurrency limit: such a limit is global across models (a single-model prefect.yaml has
+    one) and would serialize the fleet; per-model limits are the flows' own."""
+    import subprocess
+
+    import yaml
+
+    from evergreen.apps.deployfile import PROJECT_FILE, load_yaml
+    from evergreen.apps.services import executable, service_env
+
+    project = load_yaml(PROJECT_FILE)
+    for d in project["deployments"]:
+        if d["name"] == "monitor" and d.pop("concurrency_limit", None) is not None:
+            log("note: prefect.yaml's monitor deployment has a deployment-level (global) concurrency limit; lifted for the fleet")
+    path = home / "bench.prefect.yaml"
+    path.write_text(yaml.safe_dump(project, sort_keys=False), encoding="utf-8")
+    result = subprocess.run(  # noqa: S603
+        [executable("prefect"), "--no-prompt", "deploy", "--name", "monitor", "--prefect-file", str(path)],
+        cwd=state.cwd, capture_output=True, text=True, check=False, timeout=600,
+        env=service_env({"PREFECT_API_URL": state.prefect_api_url, "PREFECT_API_AUTH_STRING": creds.prefect_auth}),
+    )
+    if result.returncode != 0:
+        raise RuntimeError(f"deploying monitor failed:\n{(result.stdout + result.stderr)[-3000:]}")
+
+
 def big_batch(path: str, rows: int, out: str) -> str:
     """A `rows`-row batch resampled from `path` (new unique ids, same day)."""
     import fsspec
@@ -293,9 +319,10 @@ def main(argv: list[str] | None = None) -> int:
     home = Path(tempfile.mkdtemp(prefix="evergreen-fleet-bench-"))
     began = time.perf_counter()
     try:
-        state = stack.up(home, workers=0, deploy=True, log=lambda m: log(f"[stack] {m}"))
+        state = stack.up(home, workers=0, deploy=False, log=lambda m: log(f"[stack] {m}"))
         creds = stack.load_credentials(home)
         assert creds is not None
+        deploy_monitor(home, state, creds, log)
         stack.apply_env(stack.client_env(state, creds))
         settings = stack.prefect_settings(state, creds)
         settings.__enter__()
