@@ -17,7 +17,12 @@ export MLFLOW_SERVER_ENABLE_JOB_EXECUTION := false
 # XGBoost/OpenMP on shared cores: don't spin while waiting (20x slower under load otherwise).
 export OMP_WAIT_POLICY := passive
 
-.PHONY: setup demo test lint format bench clean
+.PHONY: setup demo test lint format bench clean stack stack-down
+
+# `make demo STACK=1` runs the demo on the production stack (brought up first if needed);
+# `STACK=DIR` names another stack folder.
+STACK ?=
+STACK_DIR := $(if $(filter 1 yes true,$(STACK)),.evergreen/stack,$(STACK))
 
 setup: .venv/.synced
 
@@ -27,7 +32,20 @@ setup: .venv/.synced
 	@touch $@
 
 demo: setup
+ifneq ($(STACK_DIR),)
+	$(UV) run --frozen evergreen stack up --dir $(STACK_DIR)
+	$(UV) run --frozen evergreen demo --stack $(STACK_DIR)
+else
 	$(UV) run --frozen evergreen demo
+endif
+
+# The production stack on 127.0.0.1 (PostgreSQL, Prefect server + work pool + 2 workers,
+# MLflow server, S3 endpoint): see README "Production".
+stack: setup
+	$(UV) run --frozen evergreen stack up
+
+stack-down: setup
+	$(UV) run --frozen evergreen stack down
 
 test: setup
 	$(UV) run --frozen ruff check evergreen flows tasks blocks tests bench

@@ -478,7 +478,8 @@ class MlflowConfig(_Section):
 
     def resolved_artifact_root(self) -> str:
         root = self.artifact_root
-        if "://" in root:
+        # A URI (s3://, file://, or the server-proxied mlflow-artifacts:/path) as it is.
+        if "://" in root or root.startswith("mlflow-artifacts:"):
             return root
         return Path(root).resolve().as_uri()
 

@@ -36,6 +36,8 @@ from evergreen.config import ModelConfig, load_config
 
 # Events with an automation in prefect.yaml (the retrain request; rollback after a promotion).
 TRIGGERING = (events.RETRAIN_REQUESTED, events.PERFORMANCE_DEGRADED)
+# Where the demo keeps its data on a production stack's object store (`--stack`).
+STACK_DATA_ROOT = "s3://evergreen/demo/data"
 
 
 @dataclass
@@ -78,8 +80,19 @@ class DemoSummary:
         return asdict(self)
 
 
-def demo_config(base: ModelConfig, workdir: Path) -> ModelConfig:
-    """The demo's config: every path under `workdir`."""
+def demo_config(base: ModelConfig, workdir: Path, stack: dict[str, str] | None = None) -> ModelConfig:
+    """The demo's config: every path under `workdir`; on a production stack (`stack`: its
+    client environment), data on its object store and the registry on its MLflow server."""
+    if stack is not None:
+        return base.model_copy(
+            update={
+                "data": base.data.model_copy(update={"root": STACK_DATA_ROOT}),
+                "mlflow": base.mlflow.model_copy(
+                    update={"tracking_uri": stack["MLFLOW_TRACKING_URI"], "artifact_root": "mlflow-artifacts:/evergreen-demo",
+                            "ui_url": stack["MLFLOW_TRACKING_URI"]}
+                ),
+            }
+        )
     return base.model_copy(
         update={
             "data": base.data.model_copy(update={"root": str(workdir / "data")}),
@@ -101,7 +114,11 @@ def run_demo(
     keep_server: bool = False,
     echo: Callable[[str], None] = print,
     progress: Callable[[str, int, int], None] | None = None,
+    stack_dir: Path | None = None,
 ) -> DemoSummary:
+    """The demo; with `stack_dir` (a running `evergreen stack up`) on that stack instead of
+    embedded servers: its Prefect API, its workers running the deployments, its MLflow
+    server and `s3://` data on its object store."""
     from evergreen.apps.services import prefect_server, scoring_service, served_flows
     from evergreen.simulation.stream import write_demo_stream
 
@@ -111,7 +128,10 @@ def run_demo(
     if workdir.exists():
         shutil.rmtree(workdir)
     workdir.mkdir(parents=True)
-    cfg = demo_config(load_config(config_path), workdir)
+    stack_env = _use_stack(stack_dir, echo) if stack_dir is not None else None
+    cfg = demo_config(load_config(config_path), workdir, stack_env)
+    if stack_env is not None:
+        _reset_stack_demo(cfg, echo)
     cfg_file = workdir / "config.yaml"
     cfg_file.write_text(yaml.safe_dump(cfg.model_dump(mode="json")), encoding="utf-8")
 
@@ -130,10 +150,9 @@ def run_demo(
         os.environ["PREFECT_API_URL"] = api
         echo(f"Prefect API: {api}")
         info = stream.result()
-        live = Path(cfg.data.root)
-        live.mkdir(parents=True, exist_ok=True)
+        live = cfg.data.root
         for name in ("reference.parquet", "monitor_reference.parquet"):
-            shutil.copy(staging / name, live / name)
+            _put(staging / name, f"{live}/{name}")
 
         from blocks.model_config import EvergreenModel, block_document_name
         from flows.bootstrap import bootstrap
@@ -144,8 +163,12 @@ def run_demo(
         EvergreenModel.register_type_and_schema()
         EvergreenModel.from_config(cfg).save(block, overwrite=True)
         echo(f"saved the config as block evergreen-model/{block}")
-        echo("serving the deployments of prefect.yaml (evergreen serve-flows) ...")
-        runner = setup.submit(stack.enter_context, served_flows(workdir / "serve-flows.log", extra_env={"PREFECT_API_URL": api}))
+        if stack_env is None:
+            echo("serving the deployments of prefect.yaml (evergreen serve-flows) ...")
+            runner = setup.submit(stack.enter_context, served_flows(workdir / "serve-flows.log", extra_env={"PREFECT_API_URL": api}))
+        else:
+            echo("the stack's workers run the deployments of prefect.yaml (work pool evergreen)")
+            runner = setup.submit(lambda: None)
 
         echo("bootstrap: training the first model on the reference data ...")
         boot = bootstrap(config=cfg, return_state=True).result()
@@ -271,12 +294,54 @@ def _quiet_console() -> None:
     warnings.filterwarnings("ignore", category=UserWarning, module="mlflow")
 
 
-def _deliver_labels(staging: Path, live: Path, day: str) -> None:
+def _deliver_labels(staging: Path, live: str, day: str) -> None:
     """Labels are files named by their delivery day: today's arrive now."""
     src = staging / "labels" / f"{day}.parquet"
     if src.exists():
-        (live / "labels").mkdir(parents=True, exist_ok=True)
-        shutil.copy(src, live / "labels" / f"{day}.parquet")
+        _put(src, f"{live}/labels/{day}.parquet")
+
+
+def _put(src: Path, dest: str) -> None:
+    """Copy a local file to `dest`, a local path or any fsspec URL (the stack's s3://)."""
+    import fsspec
+
+    fs, path = fsspec.core.url_to_fs(dest)
+    fs.makedirs(path.rsplit("/", 1)[0], exist_ok=True)
+    fs.put_file(str(src), path)
+
+
+def _use_stack(stack_dir: Path, echo: Callable[[str], None]) -> dict[str, str]:
+    """Point this process (and the services it starts) at a running production stack: its
+    client environment, as `eval "$(evergreen stack env)"` would."""
+    from evergreen.apps import stack
+
+    if not stack.is_up(stack_dir):
+        raise stack.StackError(f"the stack in {stack_dir} is not up; start it with `evergreen stack up`")
+    env = stack.stack_env(stack_dir)
+    stack.apply_env(env)
+    echo(f"on the production stack in {stack_dir}: Prefect {env['PREFECT_API_URL']}, MLflow {env['MLFLOW_TRACKING_URI']}, data {STACK_DATA_ROOT}")
+    return env
+
+
+def _reset_stack_demo(cfg: ModelConfig, echo: Callable[[str], None]) -> None:
+    """A fresh start for the demo's own model on a stack: its data prefix and its registered
+    model (with its alias history) go; other models are left alone."""
+    import fsspec
+    from mlflow import MlflowClient
+    from mlflow.exceptions import MlflowException
+
+    from evergreen.adapters import tracking
+
+    fs, path = fsspec.core.url_to_fs(cfg.data.root)
+    if fs.exists(path):
+        fs.rm(path, recursive=True)
+    uri = tracking.connect(cfg.mlflow)
+    try:
+        MlflowClient(uri, uri).delete_registered_model(cfg.mlflow.model_name)
+        echo(f"reset the demo's registered model {cfg.mlflow.model_name!r} on {uri}")
+    except MlflowException as exc:
+        if exc.error_code != "RESOURCE_DOES_NOT_EXIST":
+            raise
 
 
 def _score_day(url: str, cfg: ModelConfig, batch, chunk: int = 500) -> dict[str, int]:  # noqa: ANN001

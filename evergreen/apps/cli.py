@@ -520,6 +520,103 @@ def server_stop(directory: DirOpt = None) -> None:
     typer.echo(f"stopped {', '.join(stopped)}" if stopped else f"nothing to stop in {home}")
 
 
+@app.command("deploy-file")
+def deploy_file(
+    overlay: Annotated[Path, typer.Argument(help="an overlay naming the work pool, job variables and pull steps (deploy/kubernetes.yaml, deploy/docker.yaml)", exists=True, dir_okay=False)],
+    out: Annotated[Path, typer.Option("--out", "-o", help="the prefect file to write (then `prefect deploy --all --prefect-file FILE`)")],
+    project: Annotated[Path, typer.Option(help="the project's prefect.yaml", exists=True, dir_okay=False)] = Path("prefect.yaml"),
+) -> None:
+    """Write prefect.yaml's deployments for another work pool (Kubernetes, Docker): the
+    overlay's pool, job variables and pull steps; schedules, triggers and concurrency as in
+    prefect.yaml."""
+    from evergreen.apps.deployfile import render_file
+
+    out.write_text(render_file(overlay, project), encoding="utf-8")
+    typer.echo(f"wrote {out}; deploy with: uv run prefect --no-prompt deploy --all --prefect-file {out}")
+
+
+stack_app = typer.Typer(
+    cls=EvergreenGroup,
+    no_args_is_help=True,
+    help="The production stack on 127.0.0.1 (.evergreen/stack): PostgreSQL, a Prefect server on it "
+    "with basic auth, a process work pool with two workers, an MLflow server with its basic-auth app "
+    "serving its artifacts, an S3 endpoint (moto) with the bucket `evergreen`. Credentials are "
+    "generated at the first `up` (credentials.json, 0600; Prefect Secret blocks).",
+)
+app.add_typer(stack_app, name="stack")
+StackDirOpt = Annotated[
+    Path | None,
+    typer.Option("--dir", help="the stack's folder (default .evergreen/stack; env EVERGREEN_STACK)"),
+]
+
+
+def _print_stack_status(rows: list[Any]) -> None:
+    for r in rows:
+        state = "up" if r.answering else ("NO ANSWER" if r.running else "DOWN")
+        typer.echo(f"{r.name:10} {state:9} {r.url}  (pid {r.pid or '-'}; log {r.log or '-'})")
+
+
+@stack_app.command("up")
+def stack_up(
+    directory: StackDirOpt = None,
+    workers: Annotated[int, typer.Option(help="workers on the process work pool")] = 2,
+    worker_limit: Annotated[int | None, typer.Option(help="most flow runs at once per worker (default: no limit)")] = None,
+    deploy: Annotated[bool, typer.Option(help="`prefect deploy --all` of prefect.yaml onto the work pool")] = True,
+    timeout: Annotated[float, typer.Option(help="seconds to wait for each server to answer")] = 300,
+) -> None:
+    """Start what is not running yet (running twice changes nothing), configure Prefect (Secret
+    blocks, work pool, automations), deploy prefect.yaml and start the workers; then print the
+    services. `eval "$(evergreen stack env)"` points a shell at the stack."""
+    from evergreen.apps import stack
+
+    home = stack.stack_home(directory)
+    stack.up(home, workers=workers, worker_limit=worker_limit, deploy=deploy, timeout=timeout, log=lambda m: typer.echo(m, err=True))
+    _print_stack_status(stack.status(home))
+    typer.echo(f'environment: eval "$(uv run evergreen stack env{f" --dir {home}" if directory else ""})"')
+
+
+@stack_app.command("status")
+def stack_status_cmd(
+    directory: StackDirOpt = None,
+    as_json: Annotated[bool, typer.Option("--json", help="print JSON")] = False,
+) -> None:
+    """Each service of the stack: URL, pid, whether it answers. Exit status 0 when all do."""
+    from dataclasses import asdict
+
+    from evergreen.apps import stack
+
+    home = stack.stack_home(directory)
+    rows = stack.status(home)
+    if as_json:
+        typer.echo(json.dumps({"dir": str(home), "up": stack.is_up(home), "services": [asdict(r) for r in rows]}))
+    elif not rows:
+        typer.echo(f"no stack in {home}; start it with `evergreen stack up`")
+    else:
+        _print_stack_status(rows)
+    if not rows or not all(r.answering for r in rows):
+        raise typer.Exit(1)
+
+
+@stack_app.command("down")
+def stack_down(directory: StackDirOpt = None) -> None:
+    """Stop the stack's processes by their recorded pids (databases, artifacts and credentials
+    stay; the S3 endpoint keeps objects in memory, so they go)."""
+    from evergreen.apps import stack
+
+    home = stack.stack_home(directory)
+    if not stack.down(home, log=typer.echo):
+        typer.echo(f"nothing to stop in {home}")
+
+
+@stack_app.command("env")
+def stack_env_cmd(directory: StackDirOpt = None) -> None:
+    """Print `export` lines for a shell: `eval "$(evergreen stack env)"` (Prefect API and auth
+    string, MLflow server and user, S3 endpoint and keys)."""
+    from evergreen.apps import stack
+
+    typer.echo(stack.shell_exports(stack.stack_env(directory)))
+
+
 @app.command()
 def demo(
     config: Annotated[Path, typer.Option("--config", "-c", help="model config YAML", exists=True, dir_okay=False)] = Path("configs/demo.yaml"),
@@ -527,6 +624,10 @@ def demo(
     drift: Annotated[str, typer.Option(help="drift injected: unit (an upstream unit change retraining fixes)|covariate|concept|prior|none")] = "unit",
     drift_start: Annotated[int, typer.Option(help="day index where the drift starts")] = 8,
     keep_server: Annotated[bool, typer.Option(help="leave the Prefect server running at the end")] = False,
+    stack_dir: Annotated[
+        Path | None,
+        typer.Option("--stack", envvar="EVERGREEN_STACK", help="run on the production stack in this folder (`evergreen stack up`, e.g. .evergreen/stack): its Prefect server and workers, MLflow server and s3:// data"),
+    ] = None,
     out: OutOpt = None,
 ) -> None:
     """The closed loop on embedded defaults: local Prefect server and MLflow store, the demo
@@ -535,6 +636,7 @@ def demo(
 
     summary = run_demo(
         config.resolve(), workdir.resolve(), drift=drift, drift_start=drift_start, keep_server=keep_server,
+        stack_dir=stack_dir.resolve() if stack_dir else None,
         echo=typer.echo, progress=lambda day, i, n: typer.echo(f"[{i + 1:>2}/{n}] {'#' * (i + 1)}{'.' * (n - i - 1)} {day}"),
     )
     _print_demo_table(summary)
@@ -572,7 +674,10 @@ def _print_demo_table(summary) -> None:  # noqa: ANN001
         typer.echo(f"Prefect UI: {ui}  (flow runs, events, artifacts)")
     else:
         typer.echo(f"Prefect UI: the demo's server is stopped; rerun with --keep-server to browse {ui}")
-    typer.echo(f"MLflow UI:  uv run mlflow ui --backend-store-uri {summary.mlflow_tracking_uri} --host 127.0.0.1")
+    if summary.mlflow_tracking_uri.startswith(("http://", "https://")):
+        typer.echo(f"MLflow UI:  {summary.mlflow_tracking_uri}")
+    else:
+        typer.echo(f"MLflow UI:  uv run mlflow ui --backend-store-uri {summary.mlflow_tracking_uri} --host 127.0.0.1")
 
 
 @app.command()
