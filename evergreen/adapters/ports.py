@@ -19,7 +19,7 @@ the very code users run, without touching disk.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Iterable, Sequence
 from contextlib import AbstractContextManager
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Protocol
@@ -66,6 +66,18 @@ class SnapshotStore(Protocol):
     """Content-addressed training snapshots: staged, then published or discarded."""
 
     def stage(self, frame: pd.DataFrame, sources: list[str], time_column: str) -> StagedSnapshot: ...
+
+    def stage_chunks(
+        self, chunks: Callable[[], Iterable[pd.DataFrame]], sources: list[str], time_column: str
+    ) -> StagedSnapshot:
+        """`stage` of the table whose rows `chunks()` yields in order, a chunk in memory at a time."""
+        ...
+
+    def read_rows(
+        self, uri: str, columns: list[str], needed: Any = None, dictionary: Sequence[str] = ()
+    ) -> Iterable[tuple[int, pd.DataFrame]]:
+        """A snapshot's rows, a row group at a time: (first row's position, frame of `columns`)."""
+        ...
 
     def publish(self, staged: StagedSnapshot) -> SnapshotInfo: ...
 

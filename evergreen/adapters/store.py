@@ -4,7 +4,7 @@ the same code is the in-memory store of tests and replays."""
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Iterable, Sequence
 from typing import Any
 
 import pandas as pd
@@ -70,6 +70,20 @@ class FileSnapshots:
         return snapshot.stage_snapshot(
             frame, self.config.data.path("dataset_store"), sources=list(sources), time_column=time_column
         )
+
+    def stage_chunks(self, chunks: Callable[[], Iterable[pd.DataFrame]], sources: Sequence[str], time_column: str) -> Any:
+        from evergreen.engines import snapshot
+
+        return snapshot.stage_snapshot_chunks(
+            chunks(), self.config.data.path("dataset_store"), sources=list(sources), time_column=time_column
+        )
+
+    def read_rows(
+        self, uri: str, columns: list[str], needed: Any = None, dictionary: Sequence[str] = ()
+    ) -> Iterable[tuple[int, pd.DataFrame]]:
+        from evergreen.engines import snapshot
+
+        return snapshot.read_snapshot_rows(uri, columns, needed, dictionary)
 
     def publish(self, staged: Any) -> Any:
         from evergreen.engines import snapshot

@@ -14,7 +14,7 @@ from evergreen.config import ModelConfig
 from evergreen.decisions import policy
 from evergreen.engines import validation
 from evergreen.lineage import Trigger, code_version
-from evergreen.loop import retraining, sources, state
+from evergreen.loop import retraining, sources, state, window_stream
 from evergreen.loop.common import MANUAL, Actor, registry_lock
 from evergreen.loop.runner import DIRECT, Runner
 from evergreen.reports import RetrainResult
@@ -50,14 +50,16 @@ def retrain(
             message=start.reason, blocked_by=start.blocked_by,
         )
 
-    # The labels files are checked while the window is read (both only read); a bad labels
-    # file rejects the run whatever became of the window. The window is validated while its
-    # snapshot is staged (together they take the time of one on two CPUs); the staged copy
-    # is published only if the window is valid, so rejected data leaves no snapshot behind.
+    # The labels files are checked while the window is planned (both only read); a bad labels
+    # file rejects the run whatever became of the window. The window is held by reference
+    # (`window_stream`: its rows' keys, times and targets) and read in chunks, so its size
+    # is not bounded by memory; it is validated while its snapshot is staged (each reads the
+    # chunks; together they take the time of one on two CPUs), and the staged copy is
+    # published only if the window is valid, so rejected data leaves no snapshot behind.
     labels_checked = run.submit("check-label-files", sources.check_label_files, config, io=True)
     window_error = None
     try:
-        win = run.part("assemble-training-window", sources.assemble_training_window, config, io=True)
+        win = run.part("assemble-training-window", window_stream.plan_training_window, config, io=True)
     except Exception as exc:  # noqa: BLE001 - re-raised below unless a labels file explains it
         window_error = exc
     bad_labels = [r for r in labels_checked.result() if not r.success]
@@ -67,9 +69,10 @@ def retrain(
         raise window_error
     reference = run.part("load-monitor-reference", sources.read_monitor_reference, config, ports.registry, io=True)
     suite = retraining.training_suite(run.part("derive-suite", validation.derive_suite, reference, config))
-    checking = run.submit("validate-batch", validation.validate_batch, win.frame, suite, f"training window ({win.rows:,} rows)")
+    checking = run.submit("validate-batch", retraining.validate_window, win, suite)
     staged = run.part(
-        "snapshot-training-data", ports.snapshots.stage, win.frame, list(win.sources), config.columns.timestamp, io=True
+        "snapshot-training-data", ports.snapshots.stage_chunks, win.chunks, list(win.sources), config.columns.timestamp,
+        io=True,
     )
     report = None
     try:
@@ -87,12 +90,12 @@ def retrain(
         return _result(
             config, win, snap, trigger, status="skipped", message=novel.reason, blocked_by=novel.blocked_by
         )
-    holdout = run.part("hold-out-recent", retraining.hold_out_recent, win.frame, config)
-    model = run.part("train-model", _train, holdout.train, config)
+    holdout = run.part("hold-out-recent", retraining.hold_out_rows, win.timestamps, win.take, config)
+    model = run.part("train-model", _train, ports, snap, holdout, config)
     evaluation = run.part("evaluate-model", retraining.evaluate_model, model, holdout.evaluation, config)
     tags = lineage_tags(config, snap, trigger, lineage or {}) | {
-        state.TRAIN_END_TAG: str(holdout.train[config.columns.timestamp].max()),
-        state.WINDOW_END_TAG: str(win.frame[config.columns.timestamp].max()),
+        state.TRAIN_END_TAG: str(holdout.train_end),
+        state.WINDOW_END_TAG: str(win.timestamps.max()),
     }
     if data_clock is not None:
         tags[state.DATA_CLOCK_TAG] = data_clock.isoformat()
@@ -250,7 +253,11 @@ def _result(config: ModelConfig, win: Any, snap: Any, trigger: Trigger, **fields
 
 
 
-def _train(frame: Any, config: ModelConfig) -> Any:
-    from evergreen.engines import training  # XGBoost: ~5 s to import, not for a skipped retrain
+def _train(ports: Ports, snap: Any, holdout: retraining.RowHoldOut, config: ModelConfig) -> Any:
+    """XGBoost on the window's training rows, read from its published snapshot a row group
+    at a time (categorical text as Parquet stores it: no string per row)."""
 
-    return training.train_model(frame, config)
+    def read(columns: list[str], needed: Any) -> Any:
+        return ports.snapshots.read_rows(snap.uri, columns, needed, dictionary=config.columns.categorical)
+
+    return retraining.train_rows(read, holdout, config)

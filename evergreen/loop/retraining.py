@@ -3,9 +3,11 @@ most recent slice, train on the rest, evaluate, and build the next NannyML refer
 
 from __future__ import annotations
 
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
+import numpy as np
 import pandas as pd
 
 from evergreen.config import ModelConfig
@@ -22,6 +24,95 @@ class HoldOut:
 
     train: pd.DataFrame
     evaluation: pd.DataFrame
+
+    @property
+    def train_rows(self) -> int:
+        return len(self.train)
+
+    @property
+    def evaluation_rows(self) -> int:
+        return len(self.evaluation)
+
+
+@dataclass(frozen=True)
+class RowHoldOut:
+    """A window read in chunks (`window_stream.WindowPlan`), split as `hold_out_recent` and
+    `train_model` split a frame: `roles[i]` says whether the window's i-th row is fitted on
+    (`training.FIT`), is the early-stopping set (`training.VALIDATE`) or held out for
+    evaluation (`EVALUATE`); the held-out rows are read into `evaluation` (by time, as
+    `hold_out_recent` orders them): they become the next monitor's reference, which the
+    monitor holds in memory."""
+
+    roles: np.ndarray
+    evaluation: pd.DataFrame
+    train_end: pd.Timestamp | None
+
+    @property
+    def train_rows(self) -> int:
+        return int((self.roles != EVALUATE).sum())
+
+    @property
+    def evaluation_rows(self) -> int:
+        return len(self.evaluation)
+
+
+EVALUATE = 2
+
+
+def split_rows(timestamps: pd.Series, config: ModelConfig) -> np.ndarray:
+    """The roles of a window's rows (see `RowHoldOut`) from its timestamps alone: the last
+    `training.evaluation_fraction` by time are held out (`hold_out_recent`), the last
+    `training.validation_fraction` of the rest by time stop the boosting early
+    (`train_model`). Ties in time keep the window's order; rows without a time come last,
+    as the sorts of `split_by_time` place them."""
+    from evergreen.engines.training import FIT, VALIDATE
+
+    n = len(timestamps)
+    roles = np.full(n, FIT, dtype=np.int8)
+    if n < 2:
+        return roles
+    order = pd.Series(pd.to_datetime(timestamps).to_numpy()).sort_values(kind="mergesort").index.to_numpy()
+    held = _last_share(n, config.training.evaluation_fraction)
+    roles[order[n - held :]] = EVALUATE
+    rest = n - held
+    if rest >= 2:
+        roles[order[rest - _last_share(rest, config.training.validation_fraction) : rest]] = VALIDATE
+    return roles
+
+
+def _last_share(n: int, fraction: float) -> int:
+    """How many rows `split_by_time` holds out of `n` for `fraction`."""
+    return min(max(int(round(n * fraction)), 1), n - 1)
+
+
+def hold_out_rows(
+    timestamps: pd.Series,
+    take: Callable[[np.ndarray], pd.DataFrame],
+    config: ModelConfig,
+) -> RowHoldOut:
+    """`hold_out_recent` for a window read in chunks: its rows' roles (`split_rows`) and the
+    held-out rows, read with `take(positions)` (positions ascending) and put in time order."""
+    roles = split_rows(timestamps, config)
+    held = np.flatnonzero(roles == EVALUATE)
+    frame = take(held)
+    by_time = pd.Series(pd.to_datetime(timestamps.iloc[held]).to_numpy()).sort_values(kind="mergesort").index
+    evaluation = frame.iloc[by_time.to_numpy()].reset_index(drop=True)
+    trained = pd.to_datetime(timestamps[roles != EVALUATE])
+    return RowHoldOut(roles=roles, evaluation=evaluation, train_end=trained.max() if len(trained) else None)
+
+
+def validate_window(plan, suite):  # noqa: ANN001, ANN201 - WindowPlan, SuiteSpec -> ValidationReport
+    """The training suite on a window read in chunks (`validation.validate_chunks`)."""
+    from evergreen.engines.validation import validate_chunks
+
+    return validate_chunks(plan.chunks(), suite, f"training window ({plan.rows:,} rows)")
+
+
+def train_rows(read: Callable[[list[str], np.ndarray | None], Iterable[tuple[int, pd.DataFrame]]], holdout: RowHoldOut, config: ModelConfig):  # noqa: ANN201, E501 - TrainedModel
+    """XGBoost on the window's FIT and VALIDATE rows, read in chunks (`train_model_chunks`)."""
+    from evergreen.engines.training import train_model_chunks
+
+    return train_model_chunks(read, holdout.roles, config)
 
 
 def hold_out_recent(frame: pd.DataFrame, config: ModelConfig) -> HoldOut:
