@@ -224,6 +224,7 @@ SEPARATE_COMMANDS = {
     "trigger": "bench.trigger_bench",
     "policy": "bench.policy_bench",
     "oneoff": "bench.oneoff_bench",
+    "scale": "bench.scale_bench",
 }
 
 

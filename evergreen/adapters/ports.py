@@ -51,6 +51,16 @@ class BatchStore(Protocol):
         self, batch: BatchFile, columns: Sequence[str] | None = None, datetime_columns: Sequence[str] = ()
     ) -> pd.DataFrame: ...
 
+    def iter_batch(
+        self, batch: BatchFile, rows: int, datetime_columns: Sequence[str] = ()
+    ) -> Iterable[pd.DataFrame]:
+        """One batch's rows in order, `rows` at a time (as `read_batch` types them)."""
+        ...
+
+    def batch_rows(self, batch: BatchFile) -> int | None:
+        """A batch's row count without reading its data (None: not known before reading it)."""
+        ...
+
     def read_labels(self, up_to_day: str | None = None) -> pd.DataFrame | None: ...
 
     def list_label_files(self) -> list[BatchFile]: ...

@@ -35,6 +35,18 @@ class FileStore:
             batch.path, columns=columns, max_rows=self.config.data.max_batch_rows, datetime_columns=datetime_columns
         )
 
+    def iter_batch(
+        self, batch: io.BatchFile, rows: int, datetime_columns: Sequence[str] = ()
+    ) -> Iterable[pd.DataFrame]:
+        """One batch's rows in order, `rows` at a time (`io.iter_table`); DataReadError as
+        `read_batch` raises it."""
+        return io.iter_table(
+            batch.path, rows=rows, max_rows=self.config.data.max_batch_rows, datetime_columns=datetime_columns
+        )
+
+    def batch_rows(self, batch: io.BatchFile) -> int | None:
+        return io.table_rows(batch.path)
+
     def read_labels(self, up_to_day: str | None = None) -> pd.DataFrame | None:
         """Labels delivered on or before `up_to_day` (all delivered so far when None)."""
         return io.read_labels(self.config.data.path("labels"), up_to_day, read=self.read_label_file)

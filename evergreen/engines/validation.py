@@ -29,6 +29,7 @@ from __future__ import annotations
 
 import datetime as dt
 import functools
+import itertools
 import math
 import time
 from collections.abc import Iterable, Iterator
@@ -517,10 +518,12 @@ class Validator:
         started = time.perf_counter()
         bound = utc(now) if now is not None else pd.Timestamp.now(tz="UTC")
         merged = _ChunkMerge(self.spec)
-        first: pd.DataFrame | None = None
-        for group in _regroup(chunks, rows):
-            if first is None:
-                first = group
+        groups = _regroup(chunks, rows)
+        first = next(groups, None)
+        second = next(groups, None)
+        if second is None:  # one group: as `validate` of the whole table
+            return self.validate(first if first is not None else pd.DataFrame(), batch_id, now=bound)
+        for group in itertools.chain([first, second], groups):
             if group.empty:
                 continue
             structural, broken = check_structure(group, self.spec)
@@ -532,8 +535,8 @@ class Validator:
             finally:
                 self._forget_batch()
             merged.add_results(group, result.results)
-        if first is None or merged.rows == 0:  # no rows: the whole-batch path says it as well
-            return self.validate(first if first is not None else pd.DataFrame(), batch_id, now=bound)
+        if merged.rows == 0:  # no rows: the whole-batch path says it as well
+            return self.validate(first, batch_id, now=bound)
         results = merged.results(self._whole_column_results(merged))
         structural = merged.structural
         use_constant = merged.rows >= self.spec.min_rows_for_constant_check > 0

@@ -63,15 +63,17 @@ def monitor_batch(
 
     scored_by = None
     try:
-        frame = run.part("load-batch", ports.store.read_batch, batch, datetime_columns=[config.columns.timestamp], io=True)
-        if sources.lacks_predictions(frame, config):
+        rows = run.part("load-batch", sources.BatchRows.open, ports.store, batch, config, io=True)
+        if rows.lacks_predictions():
             # A model served elsewhere may report no predictions: the champion scores the batch.
             champion = run.part("load-champion", sources.load_champion, ports.registry, config, io=True)
-            frame = run.part("score-batch", sources.score_batch, champion, frame, config)
+            rows = run.part("score-batch", rows.scored, champion)
             scored_by = champion.version.version
-        report = run.part("validate-batch", validation.validate_batch, frame, suite, batch.path)
+        report = run.part(
+            "validate-batch", validation.validate_chunks, rows, suite, batch.path, rows=config.data.memory_rows
+        )
     except io.DataReadError as exc:
-        frame, report = None, unreadable_report(batch.path, exc)
+        rows, report = None, unreadable_report(batch.path, exc)
     warnings = [w.to_dict() for w in report.warnings]
     findings = list(report.findings)
     if report.success:
@@ -79,7 +81,7 @@ def monitor_batch(
             run.log("batch %s accepted with findings: %s", batch.day, report.summary(), level="warning")
         if scored_by is not None:
             run.log("batch %s has no predictions: scored with champion v%s", batch.day, scored_by)
-        return _estimate(ports, config, batch, frame, fitted, run, flow_run_id, warnings, findings, scored_by)
+        return _estimate(ports, config, batch, rows, fitted, run, flow_run_id, warnings, findings, scored_by)
     message = report.summary()
     failures = [x.to_dict() for x in report.failures]
     run.log("batch %s rejected: %s", batch.day, message, level="error")
@@ -91,21 +93,24 @@ def monitor_batch(
     result = MonitorResult(
         model=config.name, batch_id=batch.day, batch_path=batch.path, valid=False, message=message,
         failures=failures, warnings=warnings, distribution_findings=findings,
-        rows=0 if frame is None else len(frame), metric=config.metric,
+        rows=report.rows, metric=config.metric,
         events=[events.DATA_REJECTED], event_ids=[e for e in [event_id] if e], decision="invalid",
     )
     return _publish(ports, config, batch, result, None, run, flow_run_id)
 
 
 def _estimate(
-    ports: Ports, config: ModelConfig, batch: io.BatchFile, frame: pd.DataFrame, fitted: Any,
+    ports: Ports, config: ModelConfig, batch: io.BatchFile, rows: sources.BatchRows, fitted: Any,
     run: Runner, flow_run_id: str | None, warnings: list[dict], findings: list[DistributionFinding],
     scored_by: str | None = None,
 ) -> MonitorResult:
     from evergreen.engines import monitoring
 
     labels = run.part("load-labels", ports.store.read_labels, batch.day, io=True)
-    report = run.part("estimate-drift-and-performance", monitoring.compute_monitor, fitted, frame, labels)
+    report = run.part(
+        "estimate-drift-and-performance", monitoring.compute_monitor_chunks, fitted, rows, labels,
+        rows=config.data.memory_rows,
+    )
     realized_on = batch.day if report.realized_metric is not None else None
     if report.realized_metric is None:
         # Labels arrive late: judge realized performance on the newest labelled batch.
@@ -151,7 +156,7 @@ def _estimate(
         estimated_metric=est.get("value"), realized_metric=real.get("value") if real else None,
         realized_on=realized_on,
         metric=config.metric, reasons=list(alerts.reasons), events=emitted, event_ids=event_ids,
-        rows=len(frame), signals=verdict.fired, policy=verdict.reason,
+        rows=report.rows, signals=verdict.fired, policy=verdict.reason,
         alert=verdict.alert, decision="retrain" if verdict.retrain else (verdict.blocked_by or "none"),
     )
     return _publish(ports, config, batch, result, report, run, flow_run_id, chunks=summary.get("chunks", []))
@@ -195,10 +200,10 @@ def realized_on_latest_labelled(
     from evergreen.engines import monitoring
 
     def realize(batch: io.BatchFile) -> Any:
-        frame = ports.store.read_batch(batch)
-        if sources.lacks_predictions(frame, config):
-            frame = sources.score_batch(sources.load_champion(ports.registry, config), frame, config)
-        return monitoring.compute_monitor(fitted, frame, labels).realized_metric
+        rows = sources.BatchRows.open(ports.store, batch, config)
+        if rows.lacks_predictions():
+            rows = rows.scored(sources.load_champion(ports.registry, config))
+        return monitoring.compute_monitor_chunks(fitted, rows, labels, rows=config.data.memory_rows).realized_metric
 
     return sources.realized_on_latest_labelled(config, ports.store, day, labels, realize)
 
