@@ -501,6 +501,117 @@ def _quantile_matrix(
         rows.reset()
 
 
+def train_model_dask(
+    client: Any, uri: str, roles: np.ndarray, config: ModelConfig, *, refit_full: bool = True
+) -> TrainedModel:
+    """`train_model_chunks` on a Dask cluster, for a window one machine cannot train on in
+    time: each row group of the Parquet table at `uri` (a published snapshot's data file,
+    on a path every worker reads: shared disk, s3://...) is read and prepared by a worker,
+    and `xgboost.dask` trains on the workers' `DaskQuantileDMatrix` (early stopping on the
+    VALIDATE rows, refit on FIT and VALIDATE, the same settings and fixed categories).
+    `client` is a `distributed.Client` (a `LocalCluster`'s, or a scheduler's address)."""
+    import dask
+    import dask.dataframe as dd
+    import xgboost.dask as dxgb
+
+    from evergreen.adapters import io
+
+    cols, training = config.columns, config.training
+    roles = np.asarray(roles)
+    dictionary = list(cols.categorical)
+
+    def read(columns: list[str], needed: np.ndarray | None) -> Iterator[tuple[int, pd.DataFrame]]:
+        import pyarrow.parquet as pq
+
+        fs, p = io._fs(uri)
+        with fs.open(p, "rb") as fh:
+            pf = pq.ParquetFile(fh, read_dictionary=[c for c in dictionary if c in columns] or None)
+            start = 0
+            for g in range(pf.num_row_groups):
+                rows = pf.metadata.row_group(g).num_rows
+                if needed is None or needed[start : start + rows].any():
+                    yield start, pf.read_row_group(g, columns=columns).to_pandas(split_blocks=True)
+                start += rows
+
+    scan = _scan_rows(read, roles, config)
+    if scan.rows < 10:
+        raise TrainingError(f"only {scan.rows} labelled rows in the training data; need at least 10")
+    categories = {c: sorted(v) for c, v in scan.categories.items()}
+    groups = _row_groups(uri)
+
+    def load(start: int, group: int, wanted: tuple[int, ...]) -> pd.DataFrame:
+        import pyarrow.parquet as pq
+
+        fs, p = io._fs(uri)
+        with fs.open(p, "rb") as fh:
+            frame = pq.ParquetFile(fh).read_row_group(group, columns=[*cols.features, cols.target]).to_pandas()
+        rows = _rows_of(frame, roles, start, wanted)
+        rows = rows[rows[cols.target].notna()]
+        out = prepare_features(rows, cols, categories)
+        out["__label"] = _labels(rows, config)
+        return out.reset_index(drop=True)
+
+    meta = prepare_features(pd.DataFrame({c: pd.Series([], dtype=float) for c in [*cols.features, cols.target]}), cols, categories)
+    meta["__label"] = pd.Series([], dtype=float)
+
+    def matrix(wanted: tuple[int, ...], ref: Any = None) -> Any:
+        parts = [
+            dask.delayed(load)(start, g, wanted)
+            for g, (start, rows) in enumerate(groups)
+            if np.isin(roles[start : start + rows], wanted).any()
+        ]
+        frame = dd.from_delayed(parts, meta=meta)
+        return dxgb.DaskQuantileDMatrix(
+            client, frame[list(cols.features)], frame["__label"], ref=ref, enable_categorical=True
+        )
+
+    params = _base_params(config)
+    dtrain = matrix((FIT,))
+    dval = matrix((VALIDATE,), ref=dtrain)
+    fitted = dxgb.train(
+        client, params, dtrain, num_boost_round=training.num_boost_round, evals=[(dval, "validation")],
+        early_stopping_rounds=training.early_stopping_rounds, verbose_eval=False,
+    )
+    booster = fitted["booster"]
+    best_iteration = int(booster.best_iteration)
+    score, metric = float(booster.best_score), str(params["eval_metric"][-1])
+    n_train, n_validation = int((roles == FIT).sum()), int((roles == VALIDATE).sum())
+    if refit_full:
+        booster = dxgb.train(client, params, matrix((FIT, VALIDATE)), num_boost_round=best_iteration + 1)["booster"]
+    else:
+        booster = booster[: best_iteration + 1]
+    return TrainedModel(
+        booster=booster,
+        features=list(cols.features),
+        categories=categories,
+        problem_type=config.problem_type,
+        best_iteration=best_iteration,
+        params={**params, "refit_full": refit_full},
+        validation_score=score,
+        validation_metric=metric,
+        n_train=n_train,
+        n_validation=n_validation,
+        classes=scan.classes,
+    )
+
+
+def _row_groups(uri: str) -> list[tuple[int, int]]:
+    """(first row, rows) of each row group of a Parquet file."""
+    import pyarrow.parquet as pq
+
+    from evergreen.adapters import io
+
+    fs, p = io._fs(uri)
+    with fs.open(p, "rb") as fh:
+        meta = pq.ParquetFile(fh).metadata
+    out, start = [], 0
+    for g in range(meta.num_row_groups):
+        rows = meta.row_group(g).num_rows
+        out.append((start, rows))
+        start += rows
+    return out
+
+
 def class_labels(target: pd.Series, classes: list[str]) -> list[Any]:
     """The config's classes (text keys) as the target column writes them: integers when it
     holds numbers and every class reads as an integer, else text. Predictions carry these

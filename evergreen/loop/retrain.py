@@ -7,6 +7,8 @@ from __future__ import annotations
 
 from typing import Any
 
+import pandas as pd
+
 from evergreen import events
 from evergreen.adapters import registry
 from evergreen.adapters.ports import Ports
@@ -78,6 +80,7 @@ def retrain(
     try:
         report = checking.result()
     finally:
+        win.release()
         if report is None or not report.success:
             run.part("discard-snapshot", ports.snapshots.discard, staged, io=True)
     if not report.success:
@@ -90,7 +93,7 @@ def retrain(
         return _result(
             config, win, snap, trigger, status="skipped", message=novel.reason, blocked_by=novel.blocked_by
         )
-    holdout = run.part("hold-out-recent", retraining.hold_out_rows, win.timestamps, win.take, config)
+    holdout = run.part("hold-out-recent", retraining.hold_out_rows, win.timestamps, _snapshot_rows(ports, snap, config), config)
     model = run.part("train-model", _train, ports, snap, holdout, config)
     evaluation = run.part("evaluate-model", retraining.evaluate_model, model, holdout.evaluation, config)
     tags = lineage_tags(config, snap, trigger, lineage or {}) | {
@@ -255,9 +258,39 @@ def _result(config: ModelConfig, win: Any, snap: Any, trigger: Trigger, **fields
 
 def _train(ports: Ports, snap: Any, holdout: retraining.RowHoldOut, config: ModelConfig) -> Any:
     """XGBoost on the window's training rows, read from its published snapshot a row group
-    at a time (categorical text as Parquet stores it: no string per row)."""
+    at a time (categorical text as Parquet stores it: no string per row). XGBoost reads the
+    rows several times; a window of at most `data.memory_rows` rows is read once and kept."""
+    cols = config.columns
+    dictionary = [c for c in cols.categorical if c in snap.columns]
 
     def read(columns: list[str], needed: Any) -> Any:
-        return ports.snapshots.read_rows(snap.uri, columns, needed, dictionary=config.columns.categorical)
+        return ports.snapshots.read_rows(snap.uri, columns, needed, dictionary=dictionary)
+
+    if snap.rows <= config.data.memory_rows:
+        kept = list(read([*cols.features, cols.target], holdout.roles != retraining.EVALUATE))
+
+        def read(columns: list[str], needed: Any) -> Any:  # noqa: F811 - the kept rows instead
+            return ((start, frame[columns]) for start, frame in kept)
 
     return retraining.train_rows(read, holdout, config)
+
+
+def _snapshot_rows(ports: Ports, snap: Any, config: ModelConfig) -> Any:
+    """`take(positions)`: the snapshot's rows at these positions (ascending), as one frame
+    with the window's columns in their order (canonical types: a column of whole numbers
+    reads as integers)."""
+    from evergreen.decisions.window import window_columns
+
+    def take(positions: Any) -> pd.DataFrame:
+        import numpy as np
+
+        needed = np.zeros(snap.rows, dtype=bool)
+        needed[positions] = True
+        parts = []
+        for start, frame in ports.snapshots.read_rows(snap.uri, list(snap.columns), needed):
+            mask = needed[start : start + len(frame)]
+            parts.append(frame[mask])
+        joined = pd.concat(parts, ignore_index=True) if parts else pd.DataFrame(columns=snap.columns)
+        return joined[window_columns(config.columns)]
+
+    return take

@@ -17,8 +17,10 @@ file order (a batch not written in time order) is read whole when first needed.
 
 from __future__ import annotations
 
+import threading
 from collections.abc import Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, field
+from typing import Any
 
 import numpy as np
 import pandas as pd
@@ -51,6 +53,9 @@ class WindowPlan:
     columns: ColumnRoles
     max_batch_rows: int | None = None
     chunk_rows: int = CHUNK_ROWS
+    keep_rows: int = 0
+    _kept: dict[int, list[pd.DataFrame]] = field(default_factory=dict, repr=False, compare=False)
+    _lock: Any = field(default_factory=threading.Lock, repr=False, compare=False)
 
     @property
     def rows(self) -> int:
@@ -92,7 +97,19 @@ class WindowPlan:
     def chunks(self, rows: int | None = None) -> Iterator[pd.DataFrame]:
         """The window's rows in order, `rows` (default `chunk_rows`) at a time, with the
         window's columns (id, timestamp, features, target): what `frame` would hold, in
-        pieces. Always at least one frame (empty for an empty window)."""
+        pieces. Always at least one frame (empty for an empty window). A window of at most
+        `keep_rows` rows is read once and its chunks kept for the next readers (the retrain
+        reads it twice side by side: its validation and its snapshot)."""
+        if self.rows <= self.keep_rows:
+            size = rows or self.chunk_rows
+            with self._lock:
+                if size not in self._kept:
+                    self._kept[size] = list(self._read_chunks(size))
+            yield from self._kept[size]
+            return
+        yield from self._read_chunks(rows)
+
+    def _read_chunks(self, rows: int | None) -> Iterator[pd.DataFrame]:
         cols = self.columns
         wanted = window_columns(cols)
         size = rows or self.chunk_rows
@@ -125,6 +142,11 @@ class WindowPlan:
             for reader in readers.values():
                 reader.close()
 
+    def release(self) -> None:
+        """Forget the kept chunks (a window small enough to keep is read again if asked)."""
+        with self._lock:
+            self._kept.clear()
+
     def take(self, positions: np.ndarray) -> pd.DataFrame:
         """The window's rows at these positions (window order, ascending), as one frame."""
         positions = np.asarray(positions, dtype=np.int64)
@@ -149,7 +171,10 @@ def plan_training_window(config: ModelConfig) -> WindowPlan:
     batches = _keyed_batches(config, files)
     keyed = assemble_window(reference, batches, config.retrain, keyed_cols)
     io.release_unused_memory()
-    return WindowPlan(keyed=keyed, files=files, columns=cols, max_batch_rows=config.data.max_batch_rows)
+    return WindowPlan(
+        keyed=keyed, files=files, columns=cols, max_batch_rows=config.data.max_batch_rows,
+        keep_rows=config.data.memory_rows,
+    )
 
 
 def _keyed_reference(config: ModelConfig, files: list[str]) -> pd.DataFrame | None:
@@ -238,6 +263,11 @@ class _FileRows:
         self._buffer = pd.DataFrame()
         self._start = 0  # file position of the buffer's first row
         self._whole: pd.DataFrame | None = None
+
+    def release(self) -> None:
+        """Forget the kept chunks (a window small enough to keep is read again if asked)."""
+        with self._lock:
+            self._kept.clear()
 
     def take(self, positions: np.ndarray) -> pd.DataFrame:
         if self._whole is None and (positions[0] < self._start or (np.diff(positions) < 0).any()):
