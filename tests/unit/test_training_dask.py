@@ -14,7 +14,11 @@ def test_a_local_dask_cluster_trains_from_the_snapshot_as_one_machine_does(tmp_p
     from sklearn.metrics import roc_auc_score
 
     from bench.common import bench_config, synthetic_frame
-    from evergreen.engines.snapshot import commit_snapshot, read_snapshot_rows, stage_snapshot_chunks
+    from evergreen.engines.snapshot import (
+        commit_snapshot,
+        read_snapshot_rows,
+        stage_snapshot_chunks,
+    )
     from evergreen.engines.training import train_model_chunks, train_model_dask
     from evergreen.loop.retraining import EVALUATE, split_rows
 
