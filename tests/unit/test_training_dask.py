@@ -32,9 +32,9 @@ def test_a_local_dask_cluster_trains_from_the_snapshot_as_one_machine_does(tmp_p
         return read_snapshot_rows(snap.uri, columns, needed, dictionary=cfg.columns.categorical)
 
     one_machine = train_model_chunks(read, roles, cfg)
-    with LocalCluster(n_workers=2, threads_per_worker=1, processes=True, dashboard_address=None) as cluster:
-        with Client(cluster) as client:
-            on_dask = train_model_dask(client, snap.uri, roles, cfg)
+    cluster = LocalCluster(n_workers=2, threads_per_worker=1, processes=True, dashboard_address=None)
+    with cluster, Client(cluster) as client:
+        on_dask = train_model_dask(client, snap.uri, roles, cfg)
     held = frame[roles == EVALUATE]
     auc = [roc_auc_score(held["target"], m.predict(held).probability) for m in (one_machine, on_dask)]
     assert abs(auc[0] - auc[1]) <= 0.01, auc
