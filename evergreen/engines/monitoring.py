@@ -554,6 +554,8 @@ def compute_monitor_chunks(
     thresholds. The plots show the pieces as chunks."""
     started = time.perf_counter()
     size = fitted.config.monitoring.chunk_size
+    if labels is not None:
+        labels = _latest_labels(labels, fitted.config)
     pieces: list[_Piece] = []
     offset = 0
     for frame in _pieces(chunks, rows, size):
@@ -629,7 +631,8 @@ def _pieces(chunks: Iterable[pd.DataFrame], rows: int, size: int | None) -> Iter
 
 
 def _calculate(
-    fitted: FittedMonitor, batch: pd.DataFrame, labels: pd.DataFrame | None, chunk_size: int, offset: int = 0
+    fitted: FittedMonitor, batch: pd.DataFrame, labels: pd.DataFrame | pd.Series | None, chunk_size: int,
+    offset: int = 0,
 ) -> _Piece:
     """The calculators on `batch` in chunks of `chunk_size` rows; its chunks' positions
     shifted by `offset` (its first row's position in the whole batch)."""
@@ -825,20 +828,26 @@ def _calculators(fitted: FittedMonitor) -> Iterator[tuple[str, Any, str]]:
 
 
 def _join_labels(
-    batch: pd.DataFrame, labels: pd.DataFrame | None, config: ModelConfig
+    batch: pd.DataFrame, labels: pd.DataFrame | pd.Series | None, config: ModelConfig
 ) -> pd.Series:
     """The batch's target aligned to its rows (NaN where no label has arrived): floats, or
-    class labels as text for multiclass (`_target_for_nannyml`)."""
+    class labels as text for multiclass (`_target_for_nannyml`). `labels` may be the
+    id -> label Series `_latest_labels` made (a batch in pieces joins it once per piece)."""
     id_col, target = config.columns.id, config.columns.target
     if labels is None:
         if target in batch.columns:
             return _target_for_nannyml(batch[target], config).reset_index(drop=True)
         return pd.Series(np.nan, index=range(len(batch)), dtype=float)
-    _require_columns(labels, [id_col, target], "labels")
-    # A label delivered twice counts once: the latest delivery wins.
-    latest = labels.drop_duplicates(subset=id_col, keep="last").set_index(id_col)[target]
+    latest = labels if isinstance(labels, pd.Series) else _latest_labels(labels, config)
     values = batch[id_col].map(latest)
     return _target_for_nannyml(values, config).reset_index(drop=True)
+
+
+def _latest_labels(labels: pd.DataFrame, config: ModelConfig) -> pd.Series:
+    """Label by id; a label delivered twice counts once: the latest delivery wins."""
+    id_col, target = config.columns.id, config.columns.target
+    _require_columns(labels, [id_col, target], "labels")
+    return labels.drop_duplicates(subset=id_col, keep="last").set_index(id_col)[target]
 
 
 def _target_for_nannyml(values: pd.Series, config: ModelConfig) -> pd.Series:
