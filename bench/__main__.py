@@ -225,6 +225,7 @@ SEPARATE_COMMANDS = {
     "policy": "bench.policy_bench",
     "oneoff": "bench.oneoff_bench",
     "fleet": "bench.fleet_bench",
+    "scale": "bench.scale_bench",
 }
 
 

@@ -162,6 +162,13 @@ class DataConfig(_Section):
     start_date: str = "2019-01-01"
     min_batch_rows: int = Field(1, ge=0)
     max_batch_rows: int = Field(5_000_000, ge=1)
+    memory_rows: int = Field(
+        1_048_576,
+        ge=1000,
+        description="rows held in memory at once where a batch or training window is larger: the "
+        "monitor's pieces (NannyML, GX), GX's groups of a window; a larger batch is read in pieces "
+        "and their results merged",
+    )
     max_unknown_label_fraction: float = Field(
         0.1, ge=0, le=1, description="share of a labels file's ids that no batch served, tolerated"
     )

@@ -10,7 +10,7 @@ import functools
 import io
 import json
 import uuid
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import PurePosixPath
 from typing import Any
@@ -358,3 +358,71 @@ def read_labels(
     if not frames:
         return None
     return pd.concat(frames, ignore_index=True)
+
+
+STREAM_ROWS = 262_144
+"""Rows per piece where a table is read in pieces (`iter_table`)."""
+
+
+def iter_table(
+    path: str,
+    *,
+    columns: Sequence[str] | None = None,
+    rows: int = STREAM_ROWS,
+    datetime_columns: Sequence[str] = (),
+    max_rows: int | None = None,
+) -> Iterator[pd.DataFrame]:
+    """A Parquet table's rows in order, `rows` at a time, typed as `read_table` types them
+    (only `columns`, when given): the memory of one piece, however large the file. A CSV
+    file is read whole (its types are inferred from all of its rows) and yielded in pieces.
+    Errors name the file, as `read_table`'s do."""
+    fs, p = _fs(path)
+    if PurePosixPath(p).suffix.lower() == ".csv":
+        frame = read_table(path, max_rows=max_rows, datetime_columns=datetime_columns, columns=columns)
+        for start in range(0, max(len(frame), 1), rows):
+            yield frame.iloc[start : start + rows]
+        return
+    if not fs.exists(p):
+        raise DataReadError(f"{path}: file not found")
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    try:
+        fh = fs.open(p, "rb")
+    except OSError as exc:
+        raise DataReadError(f"{path}: cannot open ({exc})") from exc
+    with fh:
+        try:
+            pf = pq.ParquetFile(fh, pre_buffer=False, buffer_size=1 << 20)
+            if max_rows is not None and pf.metadata.num_rows > max_rows:
+                raise TableTooLargeError(path, pf.metadata.num_rows, max_rows)
+            if columns is not None:
+                missing = [c for c in columns if c not in pf.schema_arrow.names]
+                if missing:
+                    raise DataReadError(f"{path}: no column(s) {missing}; it has {pf.schema_arrow.names}")
+            batches = pf.iter_batches(batch_size=rows, columns=None if columns is None else list(columns))
+            empty = True
+            for batch in batches:
+                empty = False
+                yield pa.Table.from_batches([batch]).to_pandas(split_blocks=True)
+            if empty:  # no rows: the columns and their types still
+                yield pf.schema_arrow.empty_table().select(list(columns) if columns is not None else pf.schema_arrow.names).to_pandas()
+        except DataReadError:
+            raise
+        except Exception as exc:  # pyarrow raises many types for corrupt files
+            why = " ".join(str(exc).split())
+            raise DataReadError(f"{path}: not a readable Parquet file ({type(exc).__name__}: {why})") from exc
+
+
+def table_rows(path: str) -> int | None:
+    """A Parquet file's row count from its footer (None for CSV or an unreadable file)."""
+    if PurePosixPath(path).suffix.lower() != ".parquet":
+        return None
+    import pyarrow.parquet as pq
+
+    fs, p = _fs(path)
+    try:
+        with fs.open(p, "rb") as fh:
+            return int(pq.ParquetFile(fh).metadata.num_rows)
+    except Exception:  # noqa: BLE001 - unknown: the caller reads the file
+        return None

@@ -19,7 +19,7 @@ the very code users run, without touching disk.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Iterable, Sequence
 from contextlib import AbstractContextManager
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Protocol
@@ -51,6 +51,16 @@ class BatchStore(Protocol):
         self, batch: BatchFile, columns: Sequence[str] | None = None, datetime_columns: Sequence[str] = ()
     ) -> pd.DataFrame: ...
 
+    def iter_batch(
+        self, batch: BatchFile, rows: int, datetime_columns: Sequence[str] = ()
+    ) -> Iterable[pd.DataFrame]:
+        """One batch's rows in order, `rows` at a time (as `read_batch` types them)."""
+        ...
+
+    def batch_rows(self, batch: BatchFile) -> int | None:
+        """A batch's row count without reading its data (None: not known before reading it)."""
+        ...
+
     def read_labels(self, up_to_day: str | None = None) -> pd.DataFrame | None: ...
 
     def list_label_files(self) -> list[BatchFile]: ...
@@ -72,6 +82,18 @@ class SnapshotStore(Protocol):
     """Content-addressed training snapshots: staged, then published or discarded."""
 
     def stage(self, frame: pd.DataFrame, sources: list[str], time_column: str) -> StagedSnapshot: ...
+
+    def stage_chunks(
+        self, chunks: Callable[[], Iterable[pd.DataFrame]], sources: list[str], time_column: str
+    ) -> StagedSnapshot:
+        """`stage` of the table whose rows `chunks()` yields in order, a chunk in memory at a time."""
+        ...
+
+    def read_rows(
+        self, uri: str, columns: list[str], needed: Any = None, dictionary: Sequence[str] = ()
+    ) -> Iterable[tuple[int, pd.DataFrame]]:
+        """A snapshot's rows, a row group at a time: (first row's position, frame of `columns`)."""
+        ...
 
     def publish(self, staged: StagedSnapshot) -> SnapshotInfo: ...
 

@@ -4,7 +4,7 @@ the same code is the in-memory store of tests and replays."""
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Iterable, Sequence
 from typing import Any
 
 import pandas as pd
@@ -34,6 +34,18 @@ class FileStore:
         return io.read_table(
             batch.path, columns=columns, max_rows=self.config.data.max_batch_rows, datetime_columns=datetime_columns
         )
+
+    def iter_batch(
+        self, batch: io.BatchFile, rows: int, datetime_columns: Sequence[str] = ()
+    ) -> Iterable[pd.DataFrame]:
+        """One batch's rows in order, `rows` at a time (`io.iter_table`); DataReadError as
+        `read_batch` raises it."""
+        return io.iter_table(
+            batch.path, rows=rows, max_rows=self.config.data.max_batch_rows, datetime_columns=datetime_columns
+        )
+
+    def batch_rows(self, batch: io.BatchFile) -> int | None:
+        return io.table_rows(batch.path)
 
     def read_labels(self, up_to_day: str | None = None) -> pd.DataFrame | None:
         """Labels delivered on or before `up_to_day` (all delivered so far when None)."""
@@ -73,6 +85,20 @@ class FileSnapshots:
         return snapshot.stage_snapshot(
             frame, self.config.data.path("dataset_store"), sources=list(sources), time_column=time_column
         )
+
+    def stage_chunks(self, chunks: Callable[[], Iterable[pd.DataFrame]], sources: Sequence[str], time_column: str) -> Any:
+        from evergreen.engines import snapshot
+
+        return snapshot.stage_snapshot_chunks(
+            chunks(), self.config.data.path("dataset_store"), sources=list(sources), time_column=time_column
+        )
+
+    def read_rows(
+        self, uri: str, columns: list[str], needed: Any = None, dictionary: Sequence[str] = ()
+    ) -> Iterable[tuple[int, pd.DataFrame]]:
+        from evergreen.engines import snapshot
+
+        return snapshot.read_snapshot_rows(uri, columns, needed, dictionary)
 
     def publish(self, staged: Any) -> Any:
         from evergreen.engines import snapshot

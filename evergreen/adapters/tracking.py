@@ -7,6 +7,7 @@ must not pay it unless they log something.
 from __future__ import annotations
 
 import base64
+import functools
 import threading
 from dataclasses import dataclass
 from pathlib import Path
@@ -156,13 +157,16 @@ def log_metrics(metrics: dict[str, Any], step: int | None = None) -> None:
 SCHEMA_SAMPLE_ROWS = 10_000
 
 
-def pandas_dataset(frame: Any, source: str, targets: str | None, name: str, digest: str) -> Any:
+def pandas_dataset(
+    frame: Any, source: str, targets: str | None, name: str, digest: str, rows: int | None = None
+) -> Any:
     """`mlflow.data.from_pandas`, with the column schema inferred from a sample.
 
     MLflow infers a dataset's schema with a Python loop over every cell (~37 s per million
     rows here, most of a retrain's logging); the schema depends on the column types, which
     a few thousand rows spread over the frame show as well (the window has been validated:
-    one type per column). The profile (rows, elements) and the digest are of the whole frame.
+    one type per column). The profile (rows, elements) and the digest are of the whole frame,
+    or of `rows` rows when the frame stands for a larger table (of the same columns).
     """
     import mlflow
     from mlflow.models import infer_signature
@@ -171,7 +175,22 @@ def pandas_dataset(frame: Any, source: str, targets: str | None, name: str, dige
     step = max(1, len(frame) // SCHEMA_SAMPLE_ROWS)
     # PandasDataset.schema is a functools.cached_property: fill its cache with the sample's.
     dataset.__dict__["schema"] = infer_signature(frame.iloc[::step]).inputs
+    if rows is not None and rows != len(frame):
+        dataset.__class__ = _sized_dataset(type(dataset))
+        dataset._evergreen_profile = {"num_rows": int(rows), "num_elements": int(rows) * frame.shape[1]}
     return dataset
+
+
+@functools.cache
+def _sized_dataset(base: type) -> type:
+    """MLflow's PandasDataset whose profile is given, not counted on its frame."""
+
+    class SizedPandasDataset(base):  # type: ignore[misc, valid-type]
+        @property
+        def profile(self) -> Any:
+            return self._evergreen_profile
+
+    return SizedPandasDataset
 
 
 @dataclass(frozen=True)
@@ -193,8 +212,8 @@ def training_params(config: ModelConfig, model: Any, win: Any, holdout: Any, tri
         "window.policy": config.retrain.window,
         "window.rows": win.rows,
         "window.reference_rows": win.reference_rows,
-        "train_rows": len(holdout.train),
-        "evaluation_rows": len(holdout.evaluation),
+        "train_rows": holdout.train_rows,
+        "evaluation_rows": holdout.evaluation_rows,
         "trigger": trigger_kind,
     }
 
@@ -223,8 +242,11 @@ def log_training_run(
     with mlflow.start_run(experiment_id=exp_id, run_name=f"retrain-{snap.digest[:12]}", tags=lineage_tags) as run:
         mlflow.log_params(training_params(config, model, win, holdout, trigger_kind))
         log_metrics(evaluation.flat_metrics())
+        # A window read in chunks has no frame: its schema is that of its held-out rows.
+        frame = getattr(win, "frame", None)
         dataset = pandas_dataset(
-            win.frame, source=snap.uri, targets=config.columns.target, name=f"{config.name}-training", digest=snap.digest[:32]
+            frame if frame is not None else holdout.evaluation, source=snap.uri, targets=config.columns.target,
+            name=f"{config.name}-training", digest=snap.digest[:32], rows=snap.rows,
         )
         mlflow.log_input(
             dataset,

@@ -275,6 +275,24 @@ EPISODE_EVALUATION_ROWS = 5_000
 at least this many (enough for a paired bootstrap to resolve a gain of about 0.01 AUC)."""
 
 
+def episode_evaluation_rows(
+    post: int, total: int, evaluation_fraction: float, min_evaluation_rows: int, floor_rows: int = 0
+) -> int | None:
+    """How many of a window's newest rows an alert episode's retrain holds out, given `post`
+    of its `total` rows are stamped at or after the change point: half the post-change rows
+    (the other half is what the model learns the new world from), or `evaluation_fraction`
+    of them when that is more than `min_evaluation_rows` and `EPISODE_EVALUATION_ROWS` and the
+    half is not needed: the gate's test of an improvement on post-change rows needs all the
+    rows it can get while they are few. Never fewer than `floor_rows` (the hold-out is the
+    next monitor's reference: with few post-change rows it reaches back before the change)
+    nor more than half the window. None when fewer than two post-change rows exist."""
+    if post < 2:
+        return None
+    share = int(round(post * evaluation_fraction))
+    n_eval = share if share >= max(min_evaluation_rows, EPISODE_EVALUATION_ROWS) else post // 2
+    return max(min(max(n_eval, floor_rows), total // 2), 1)
+
+
 def split_at_change(
     frame: pd.DataFrame,
     timestamp: str,
@@ -283,31 +301,24 @@ def split_at_change(
     min_evaluation_rows: int,
     floor_rows: int = 0,
 ) -> tuple[pd.DataFrame, pd.DataFrame] | None:
-    """An alert episode's hold-out: the most recent half of the post-change rows (those
-    stamped at or after `change_point`; the other half is what the model learns the new
-    world from), or `evaluation_fraction` of them when that is more than `min_evaluation_rows`
-    and the half is not needed: the gate's test of an improvement on post-change rows needs
-    all the rows it can get while they are few. Never fewer than `floor_rows` (the hold-out
-    is the next monitor's reference: with few post-change rows it reaches back before the
-    change) nor more than half the window. Returns (train, evaluation), oldest first; None
-    when fewer than two post-change rows exist."""
+    """An alert episode's hold-out: the newest `episode_evaluation_rows` rows of `frame`.
+    Returns (train, evaluation), oldest first; None when fewer than two post-change rows exist."""
     ordered = frame.sort_values(timestamp, kind="mergesort", ignore_index=True)
     post = int((utc_series(ordered[timestamp]) >= utc(change_point)).sum())
-    if post < 2:
+    n_eval = episode_evaluation_rows(post, len(ordered), evaluation_fraction, min_evaluation_rows, floor_rows)
+    if n_eval is None:
         return None
-    share = int(round(post * evaluation_fraction))
-    n_eval = share if share >= max(min_evaluation_rows, EPISODE_EVALUATION_ROWS) else post // 2
-    n_eval = max(min(max(n_eval, floor_rows), len(ordered) // 2), 1)
     return ordered.iloc[: len(ordered) - n_eval], ordered.iloc[len(ordered) - n_eval :]
 
 
-def post_change_weights(frame: pd.DataFrame, timestamp: str, change_point: pd.Timestamp, share: float):  # noqa: ANN201 - ndarray
-    """Training weights that give the rows from after `change_point` `share` of the total
-    weight (never less than their plain share: each weighs at least as much as an older row).
-    None when there is nothing to weigh (no post-change or no earlier row, or share 0)."""
+def post_change_weights(timestamps: pd.Series, change_point: pd.Timestamp, share: float):  # noqa: ANN201 - ndarray
+    """Training weights for rows stamped `timestamps` that give the rows from after
+    `change_point` `share` of the total weight (never less than their plain share: each
+    weighs at least as much as an older row). None when there is nothing to weigh (no
+    post-change or no earlier row, or share 0)."""
     import numpy as np
 
-    post = (utc_series(frame[timestamp]) >= utc(change_point)).to_numpy()
+    post = (utc_series(timestamps) >= utc(change_point)).to_numpy()
     n_post, n_pre = int(post.sum()), int((~post).sum())
     if share <= 0 or n_post == 0 or n_pre == 0:
         return None

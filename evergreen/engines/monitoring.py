@@ -29,7 +29,7 @@ import math
 import os
 import time
 import warnings
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
@@ -525,9 +525,119 @@ def compute_monitor(
     only and is None when no row of the batch is labelled. Without `labels`, a target column
     already in the batch is used.
     """
+    started = time.perf_counter()
+    piece = _calculate(fitted, batch, labels, _chunk_size(fitted.config, len(batch)))
+    return _report(fitted, piece.tables, piece.results, piece.rows, piece.labelled, piece.start, piece.end, started)
+
+
+PIECE_ROWS = 1_048_576
+"""Rows NannyML and GX work on at once where a batch is read in pieces
+(`compute_monitor_chunks`): the monitor's memory is that of a batch this size."""
+
+
+def compute_monitor_chunks(
+    fitted: FittedMonitor,
+    chunks: Iterable[pd.DataFrame],
+    labels: pd.DataFrame | None,
+    rows: int = PIECE_ROWS,
+) -> MonitorReport:
+    """`compute_monitor` on a batch given as chunks of rows (in order), with the memory of
+    about `rows` rows: the chunks are joined into pieces of `rows` rows, the calculators run
+    on each piece and their results are merged. A batch of one piece is `compute_monitor`'s.
+
+    With `monitoring.chunk_size` set, the pieces are whole NannyML chunks (the last one takes
+    the incomplete rest, as NannyML appends it): the chunks and the figures are exactly
+    those of `compute_monitor`. Without it the batch is one chunk, and its figures merge
+    the pieces': each value the mean of the pieces' weighted by their rows (the realized
+    metric by their labelled rows; the reconstruction error is such a mean exactly, a drift
+    distance or an AUC closely), its alert the merged value against the (reference)
+    thresholds. The plots show the pieces as chunks."""
+    started = time.perf_counter()
+    size = fitted.config.monitoring.chunk_size
+    if labels is not None:
+        labels = _latest_labels(labels, fitted.config)
+    pieces: list[_Piece] = []
+    offset = 0
+    for frame in _pieces(chunks, rows, size):
+        chunk_size = size if size and len(frame) >= size else len(frame)
+        pieces.append(_calculate(fitted, frame, labels, chunk_size, offset))
+        offset += len(frame)
+    if not pieces:
+        raise MonitorInputError("batch has no rows; validate it before monitoring")
+    if len(pieces) == 1:
+        p = pieces[0]
+        return _report(fitted, p.tables, p.results, p.rows, p.labelled, p.start, p.end, started)
+    names = list(dict.fromkeys(n for p in pieces for n in p.results))
+    if size and "realized_performance" in names:  # a piece without labels: its chunks unvalued
+        for p in pieces:
+            if "realized_performance" not in p.tables:
+                template = next(q.tables["realized_performance"] for q in pieces if "realized_performance" in q.tables)
+                p.tables["realized_performance"] = _unvalued(template, p.tables["estimated_performance"])
+    tables = {n: pd.concat([p.tables[n] for p in pieces if n in p.tables], ignore_index=True) for n in names}
+    results = {n: _joined_result([p.results[n] for p in pieces if n in p.results]) for n in names}
+    labelled = np.concatenate([p.labelled for p in pieces])
+    rows_total = sum(p.rows for p in pieces)
+    if not size:
+        weights = {n: np.array([p.rows for p in pieces if n in p.tables], dtype=float) for n in names}
+        if "realized_performance" in tables:
+            weights["realized_performance"] = np.array(
+                [p.labelled.sum() for p in pieces if "realized_performance" in p.tables], dtype=float
+            )
+        tables = {n: _merge_one_chunk(t, weights[n], rows_total) for n, t in tables.items()}
+    starts = [p.start for p in pieces if p.start is not None]
+    ends = [p.end for p in pieces if p.end is not None]
+    return _report(
+        fitted, tables, results, rows_total, labelled,
+        min(starts) if starts else None, max(ends) if ends else None, started,
+    )
+
+
+@dataclass
+class _Piece:
+    """What the calculators found on some rows of a batch (row positions from `offset`)."""
+
+    rows: int
+    labelled: np.ndarray
+    tables: dict[str, pd.DataFrame]
+    results: dict[str, Any]
+    start: Any
+    end: Any
+
+
+def _chunk_size(config: ModelConfig, rows: int) -> int:
+    size = config.monitoring.chunk_size
+    return size if size and rows >= size else rows
+
+
+def _pieces(chunks: Iterable[pd.DataFrame], rows: int, size: int | None) -> Iterator[pd.DataFrame]:
+    """The chunks joined into pieces of `rows` rows (of whole `size`-row NannyML chunks when
+    `size` is set; the last piece then also holds the incomplete rest)."""
+    length = max(1, rows // size) * size if size else max(rows, 1)
+    spare = size or 0
+    buffer: list[pd.DataFrame] = []
+    held = 0
+    for chunk in chunks:
+        if not len(chunk):
+            continue
+        buffer.append(chunk)
+        held += len(chunk)
+        while held >= length + spare:
+            joined = pd.concat(buffer, ignore_index=True) if len(buffer) > 1 else buffer[0].reset_index(drop=True)
+            yield joined.iloc[:length]
+            rest = joined.iloc[length:]
+            buffer, held = ([rest] if len(rest) else []), len(rest)
+    if buffer:
+        yield pd.concat(buffer, ignore_index=True) if len(buffer) > 1 else buffer[0].reset_index(drop=True)
+
+
+def _calculate(
+    fitted: FittedMonitor, batch: pd.DataFrame, labels: pd.DataFrame | pd.Series | None, chunk_size: int,
+    offset: int = 0,
+) -> _Piece:
+    """The calculators on `batch` in chunks of `chunk_size` rows; its chunks' positions
+    shifted by `offset` (its first row's position in the whole batch)."""
     from nannyml.chunk import SizeBasedChunker
 
-    started = time.perf_counter()
     config = fitted.config
     cols = config.columns
     _require_columns(batch, _model_columns(config), "batch")
@@ -541,9 +651,6 @@ def compute_monitor(
         "outputs": lambda: _output_frame(batch, config),
         "labelled": lambda: _output_frame(batch, config).assign(**{cols.target: target.to_numpy()}),
     }
-
-    size = config.monitoring.chunk_size
-    chunk_size = size if size and len(batch) >= size else len(batch)
     results: dict[str, Any] = {}
     with _nannyml_session():
         for name, calc, frame_kind in _calculators(fitted):
@@ -559,9 +666,29 @@ def compute_monitor(
             # A copy of the batch rides on each result; plots of kind 'drift' do not need it.
             if hasattr(result, "analysis_data"):
                 result.analysis_data = None
+            if offset:
+                result.data = _shifted(result.data, offset)
             results[name] = result
-
     tables = {name: _analysis_or_reference(res, "analysis") for name, res in results.items()}
+    ts = batch[cols.timestamp]
+    return _Piece(
+        rows=len(batch), labelled=target.notna().to_numpy(), tables=tables, results=results,
+        start=ts.min(), end=ts.max(),
+    )
+
+
+def _report(
+    fitted: FittedMonitor,
+    tables: dict[str, pd.DataFrame],
+    results: dict[str, Any],
+    rows: int,
+    labelled: np.ndarray,
+    start: Any,
+    end: Any,
+    started: float,
+) -> MonitorReport:
+    """The report of the calculators' tables: the batch-level figures are the latest chunk's."""
+    config = fitted.config
     features, feature_chunks = _feature_drift(tables["univariate_drift"], config)
     multivariate = (
         _multivariate(tables["multivariate_drift"]) if "multivariate_drift" in tables else None
@@ -574,9 +701,8 @@ def compute_monitor(
     if "realized_performance" in tables:
         realized = _metric(
             tables["realized_performance"], metric, fitted.reference_metric, "realized", config.metric,
-            labelled=target.notna().to_numpy(),
+            labelled=labelled,
         )
-    ts = batch[cols.timestamp]
     return MonitorReport(
         model_name=config.name,
         metric=config.metric,
@@ -584,15 +710,111 @@ def compute_monitor(
         multivariate=multivariate,
         estimated_metric=estimated,
         realized_metric=realized,
-        rows=len(batch),
-        labelled_rows=labelled,
+        rows=rows,
+        labelled_rows=int(labelled.sum()),
         chunks=_chunk_rows(tables, feature_chunks, metric, config.metric),
-        start=_plain(ts.min()),
-        end=_plain(ts.max()),
+        start=_plain(start),
+        end=_plain(end),
         seconds=time.perf_counter() - started,
         notes=list(fitted.threshold_notes.values()),
         results=results,
     )
+
+
+def _chunk_column(table: pd.DataFrame, name: str) -> Any:
+    """The column of a results table holding the chunks' `name` (key, start_index, ...)."""
+    return next(c for c in table.columns if c[0] == "chunk" and c[-1] == name)
+
+
+def _shifted(data: pd.DataFrame, offset: int) -> pd.DataFrame:
+    """A result's table with its analysis chunks' positions moved by `offset` rows."""
+    data = data.copy()
+    analysis = (data[_chunk_column(data, "period")] == "analysis").to_numpy()
+    start, end, key = (_chunk_column(data, n) for n in ("start_index", "end_index", "key"))
+    data.loc[analysis, start] = data.loc[analysis, start] + offset
+    data.loc[analysis, end] = data.loc[analysis, end] + offset
+    data.loc[analysis, key] = [f"[{a}:{b}]" for a, b in zip(data.loc[analysis, start], data.loc[analysis, end], strict=True)]
+    return data
+
+
+def _joined_result(results: list[Any]) -> Any:
+    """One NannyML result holding the reference chunks once and the analysis chunks of
+    every piece (positions already shifted), for its plots."""
+    import copy
+
+    first = results[0]
+    if len(results) == 1:
+        return first
+    period = _chunk_column(first.data, "period")
+    parts = [first.data] + [r.data[r.data[period] == "analysis"] for r in results[1:]]
+    joined = copy.copy(first)
+    data = pd.concat(parts, ignore_index=True)
+    index = _chunk_column(data, "chunk_index")
+    analysis = (data[period] == "analysis").to_numpy()
+    data.loc[analysis, index] = np.arange(int(analysis.sum()))
+    joined.data = data
+    return joined
+
+
+def _unvalued(template: pd.DataFrame, chunks: pd.DataFrame) -> pd.DataFrame:
+    """`template`'s columns for the chunks of `chunks` (same chunk columns), every figure
+    missing: the realized metric of chunks without labels."""
+    out = pd.DataFrame(index=range(len(chunks)), columns=template.columns, dtype=object)
+    for column in template.columns:
+        if column[0] == "chunk" and column in chunks.columns:
+            out[column] = chunks[column].to_numpy()
+        elif column[-1] == "alert":
+            out[column] = False
+        elif column[0] != "chunk":
+            out[column] = np.nan
+    return out
+
+
+def _merge_one_chunk(table: pd.DataFrame, weights: np.ndarray, rows: int) -> pd.DataFrame:
+    """The pieces' rows of a results table (one chunk each) merged into the one chunk of the
+    whole batch: values and other figures weighted by `weights`, sampling errors combined as
+    those of a weighted mean, thresholds kept, alerts judged again on the merged values."""
+    out: dict[Any, Any] = {}
+    w = weights / weights.sum() if weights.sum() else np.full(len(weights), 1.0 / len(weights))
+    for column in table.columns:
+        values = table[column]
+        last = column[-1]
+        if column[0] == "chunk":
+            out[column] = {
+                "key": f"[0:{rows - 1}]", "chunk_index": 0, "start_index": 0, "end_index": rows - 1,
+                "start_date": values.min(), "end_date": values.max(), "period": "analysis",
+            }.get(last, values.iloc[0])
+        elif last in ("upper_threshold", "lower_threshold"):
+            present = values.dropna()
+            out[column] = present.iloc[0] if len(present) else None
+        elif last == "alert":
+            continue
+        elif pd.api.types.is_numeric_dtype(values) or values.isna().all():
+            numbers = pd.to_numeric(values, errors="coerce").to_numpy(dtype=float)
+            ok = ~np.isnan(numbers)
+            if not ok.any():
+                out[column] = np.nan
+            elif last == "sampling_error":
+                share = w[ok] / w[ok].sum()
+                out[column] = float(np.sqrt(np.sum((share * numbers[ok]) ** 2)))
+            else:
+                out[column] = float(np.sum(w[ok] * numbers[ok]) / w[ok].sum())
+        else:
+            out[column] = values.iloc[-1]
+    for column in table.columns:
+        if column[-1] != "alert":
+            continue
+        prefix = column[:-1]
+        value = out.get((*prefix, "value"))
+        upper, lower = out.get((*prefix, "upper_threshold")), out.get((*prefix, "lower_threshold"))
+        alert = value is not None and not pd.isna(value) and (
+            (upper is not None and not pd.isna(upper) and value > upper)
+            or (lower is not None and not pd.isna(lower) and value < lower)
+        )
+        out[column] = bool(alert)
+    merged = pd.DataFrame([out])
+    merged.columns = pd.MultiIndex.from_tuples(list(out))
+    return merged[table.columns]
 
 
 def _calculators(fitted: FittedMonitor) -> Iterator[tuple[str, Any, str]]:
@@ -606,20 +828,26 @@ def _calculators(fitted: FittedMonitor) -> Iterator[tuple[str, Any, str]]:
 
 
 def _join_labels(
-    batch: pd.DataFrame, labels: pd.DataFrame | None, config: ModelConfig
+    batch: pd.DataFrame, labels: pd.DataFrame | pd.Series | None, config: ModelConfig
 ) -> pd.Series:
     """The batch's target aligned to its rows (NaN where no label has arrived): floats, or
-    class labels as text for multiclass (`_target_for_nannyml`)."""
+    class labels as text for multiclass (`_target_for_nannyml`). `labels` may be the
+    id -> label Series `_latest_labels` made (a batch in pieces joins it once per piece)."""
     id_col, target = config.columns.id, config.columns.target
     if labels is None:
         if target in batch.columns:
             return _target_for_nannyml(batch[target], config).reset_index(drop=True)
         return pd.Series(np.nan, index=range(len(batch)), dtype=float)
-    _require_columns(labels, [id_col, target], "labels")
-    # A label delivered twice counts once: the latest delivery wins.
-    latest = labels.drop_duplicates(subset=id_col, keep="last").set_index(id_col)[target]
+    latest = labels if isinstance(labels, pd.Series) else _latest_labels(labels, config)
     values = batch[id_col].map(latest)
     return _target_for_nannyml(values, config).reset_index(drop=True)
+
+
+def _latest_labels(labels: pd.DataFrame, config: ModelConfig) -> pd.Series:
+    """Label by id; a label delivered twice counts once: the latest delivery wins."""
+    id_col, target = config.columns.id, config.columns.target
+    _require_columns(labels, [id_col, target], "labels")
+    return labels.drop_duplicates(subset=id_col, keep="last").set_index(id_col)[target]
 
 
 def _target_for_nannyml(values: pd.Series, config: ModelConfig) -> pd.Series:

@@ -30,7 +30,7 @@ import contextlib
 import hashlib
 import re
 import struct
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import asdict, dataclass, field
 from datetime import UTC, datetime
 from typing import Any
@@ -410,6 +410,7 @@ def commit_snapshot(staged: StagedSnapshot) -> SnapshotInfo:
         discard_snapshot(staged)
         return _info_from_meta(existing, staged.info.uri, created=False)
     fs, data_path = io._fs(staged.info.uri)
+    fs.makedirs(io._fs(staged.folder)[1], exist_ok=True)  # a streamed snapshot is staged elsewhere
     fs.mv(staged.staged, data_path)
     io.write_json(staged.meta, meta_path)
     return staged.info
@@ -429,13 +430,15 @@ def discard_snapshot(staged: StagedSnapshot) -> None:
 STALE_STAGING_SECONDS = 3600.0
 
 
-def _remove_stale_staging(folder: str, older_than: float = STALE_STAGING_SECONDS) -> list[str]:
-    """Delete staged data files in a snapshot's folder that a dead writer left behind; the
-    next writer of the same digest finds them. Returns what it removed."""
+def _remove_stale_staging(
+    folder: str, older_than: float = STALE_STAGING_SECONDS, pattern: str = ".data.parquet.*.tmp"
+) -> list[str]:
+    """Delete staged data files in a snapshot's folder (or the store's staging folder) that
+    a dead writer left behind; the next writer finds them. Returns what it removed."""
     fs, p = io._fs(folder)
     removed = []
     try:
-        candidates = fs.glob(f"{p}/.data.parquet.*.tmp")
+        candidates = fs.glob(f"{p}/{pattern}")
     except (FileNotFoundError, NotImplementedError):
         return removed
     now = datetime.now(UTC).timestamp()
@@ -547,3 +550,360 @@ def _info_from_meta(meta: dict[str, Any], uri: str, created: bool) -> SnapshotIn
         sources=list(meta.get("sources", [])),
         created=created,
     )
+
+
+# --------------------------------------------------------------------------- streaming
+#
+# A window too large for memory is snapshotted from its rows in chunks (in order): each
+# chunk is canonicalized on its own and written as a row group, and the digest is then read
+# back column by column, so it is the digest of the canonical form of all the rows
+# together (`dataset_digest` of their concatenation) with only one row group in memory.
+#
+# A chunk's canonical type of a column can differ from the whole column's: a numeric column
+# whose values in one chunk are whole numbers (int64 there) has fractions in another
+# (float64 for the whole column); a chunk where a column is all missing takes the type of
+# the others. `_reconcile` gives the whole column's type; when it changes after rows were
+# written, the rows written so far are cast to it (rare: written in parts, joined at the end).
+
+CHUNK_ROWS = 262_144
+"""Rows per chunk where a snapshot is written or read in chunks (one Parquet row group)."""
+STAGING_DIR = ".staging"
+_EMPTY = "empty"  # a column all missing in a chunk: it takes the type of the other chunks
+_KINDS = ("int64", "float64", "bool", "boolean", "datetime64[ns, UTC]", "str")
+
+
+def stage_snapshot_chunks(
+    chunks: Iterable[pd.DataFrame],
+    store: str,
+    sources: Sequence[str] = (),
+    time_column: str | None = None,
+) -> StagedSnapshot:
+    """`stage_snapshot` of the table whose rows `chunks` yields in order (every chunk with
+    the same columns; at least one, possibly empty): the same digest and stored content as
+    `stage_snapshot(pd.concat(chunks))`, with one chunk in memory at a time. The data is
+    staged under `<store>/.staging/` and moved into its digest's folder by `commit_snapshot`."""
+    import uuid
+
+    staging = f"{store.rstrip('/')}/{STAGING_DIR}"
+    fs, root = io._fs(staging)
+    fs.makedirs(root, exist_ok=True)
+    _remove_stale_staging(staging, pattern="*.parquet.tmp")
+    writer = _PartWriter(f"{root}/{uuid.uuid4().hex}", fs)
+    try:
+        for chunk in chunks:
+            writer.write(canonicalize(chunk), time_column)
+        if writer.names is None:
+            raise SnapshotError("no rows and no columns to snapshot: pass at least one (empty) chunk")
+        if time_column is not None and time_column not in writer.names:
+            raise SnapshotError(f"time column {time_column!r} is not in the table; columns are {writer.names}")
+        path = writer.finish()
+        digest = file_digest(path, fs)
+    except BaseException:
+        writer.remove()
+        raise
+    folder = snapshot_dir(store, digest)
+    existing = io.read_json(f"{folder}/meta.json", default=None)
+    if existing is not None:
+        fs.rm(path)
+        return StagedSnapshot(_info_from_meta(existing, f"{folder}/data.parquet", created=False), folder)
+    meta = {
+        "format": FORMAT_VERSION,
+        "digest": digest,
+        "rows": writer.rows,
+        "columns": writer.names,
+        "dtypes": {n: _pandas_dtype(k) for n, k in writer.kinds.items()},
+        "time_column": time_column,
+        "time_min": None if writer.time_min is None else writer.time_min.isoformat(),
+        "time_max": None if writer.time_max is None else writer.time_max.isoformat(),
+        "sources": [str(s) for s in sources],
+        "created_at": datetime.now(UTC).isoformat(),
+    }
+    io.release_unused_memory()
+    info = _info_from_meta(meta, f"{folder}/data.parquet", created=True)
+    return StagedSnapshot(info, folder, meta, path)
+
+
+def read_snapshot_rows(
+    uri: str,
+    columns: Sequence[str],
+    needed: np.ndarray | None = None,
+    dictionary: Sequence[str] = (),
+) -> Iterator[tuple[int, pd.DataFrame]]:
+    """The rows of a stored (or staged) snapshot's data file in order, one row group at a
+    time, as (position of its first row, canonical frame of `columns`). With `needed` (a
+    boolean per row) a row group none of whose rows is needed is not read. `dictionary`
+    columns (text) come as pandas Categoricals of their values, read as Parquet stores them
+    (no string per row)."""
+    import pyarrow.parquet as pq
+
+    fs, p = io._fs(uri)
+    with fs.open(p, "rb") as fh:
+        pf = pq.ParquetFile(fh, read_dictionary=list(dictionary) or None)
+        start = 0
+        for g in range(pf.num_row_groups):
+            rows = pf.metadata.row_group(g).num_rows
+            if needed is None or needed[start : start + rows].any():
+                yield start, pf.read_row_group(g, columns=list(columns)).to_pandas(split_blocks=True)
+            start += rows
+
+
+def file_digest(path: str, fs: Any = None) -> str:
+    """The digest of a Parquet file holding a canonical table (as `stage_snapshot_chunks`
+    writes it), read one column and row group at a time: `dataset_digest` of its table."""
+    import pyarrow.parquet as pq
+
+    if fs is None:
+        fs, path = io._fs(path)
+    with fs.open(path, "rb") as fh:
+        pf = pq.ParquetFile(fh)
+        meta = pf.metadata
+        names = list(pf.schema_arrow.names)
+        h = _digest_start(meta.num_rows, len(names))
+        for j, name in enumerate(names):
+            _update(h, name.encode("utf-8"))
+            _hash_file_column(h, pf, j, meta.num_rows)
+    return h.hexdigest()
+
+
+class _PartWriter:
+    """Canonical chunks written as row groups of one Parquet file, or of several parts when
+    a column's type changes along the way (joined, cast to the final types, by `finish`)."""
+
+    def __init__(self, base: str, fs: Any) -> None:
+        self.base, self.fs = base, fs
+        self.parts: list[str] = []
+        self.names: list[str] | None = None
+        self.kinds: dict[str, str] = {}
+        self.rows = 0
+        self.time_min: pd.Timestamp | None = None
+        self.time_max: pd.Timestamp | None = None
+        self._writer: Any = None
+        self._schema: Any = None
+        self._joined: list[str] = []
+
+    def write(self, canon: pd.DataFrame, time_column: str | None) -> None:
+        import pyarrow as pa
+
+        names = list(canon.columns)
+        if self.names is None:
+            self.names = names
+        elif names != self.names:
+            raise SnapshotError(f"a chunk has columns {names}, the first chunk {self.names}: every chunk needs the same")
+        kinds = {n: _reconcile(n, self.kinds.get(n), _chunk_kind(canon[n])) for n in names}
+        if self._writer is None or kinds != self.kinds:
+            self._open(kinds)
+        self.kinds = kinds
+        arrays = [_cast(pa.Array.from_pandas(canon[n]), f.type) for n, f in zip(names, self._schema, strict=True)]
+        self._writer.write_table(pa.Table.from_arrays(arrays, schema=self._schema), row_group_size=max(len(canon), 1))
+        self.rows += len(canon)
+        if time_column is not None and time_column in canon.columns:
+            times = canon[time_column]
+            if str(times.dtype) == "datetime64[ns, UTC]" and times.notna().any():
+                lo, hi = times.min(), times.max()
+                self.time_min = lo if self.time_min is None else min(self.time_min, lo)
+                self.time_max = hi if self.time_max is None else max(self.time_max, hi)
+
+    def _open(self, kinds: dict[str, str], name: str | None = None) -> None:
+        import pyarrow.parquet as pq
+
+        self._close()
+        self._schema = _schema_of(kinds)
+        path = f"{self.base}.{name or len(self.parts)}.parquet.tmp"
+        self.parts.append(path)
+        sink = path if io.is_local(self.fs) else self.fs.open(path, "wb")
+        self._writer = pq.ParquetWriter(sink, self._schema, use_dictionary=_dictionary_columns(self._schema))
+        self._sink = sink
+
+    def _close(self) -> None:
+        if self._writer is not None:
+            self._writer.close()
+            if not isinstance(self._sink, str):
+                self._sink.close()
+            self._writer = None
+
+    def finish(self) -> str:
+        """The path of the one file holding every row, in the final types."""
+        self._close()
+        if len(self.parts) == 1:
+            return self.parts[0]
+        import pyarrow as pa
+        import pyarrow.parquet as pq
+
+        written, self.parts = self.parts, []
+        self._joined = written
+        self._open(self.kinds, "joined")
+        for part in written:
+            with self.fs.open(part, "rb") as fh:
+                pf = pq.ParquetFile(fh)
+                for g in range(pf.num_row_groups):
+                    table = pf.read_row_group(g)
+                    arrays = [_cast(table.column(i).combine_chunks(), f.type) for i, f in enumerate(self._schema)]
+                    self._writer.write_table(
+                        pa.Table.from_arrays(arrays, schema=self._schema), row_group_size=max(table.num_rows, 1)
+                    )
+        self._close()
+        for part in written:
+            self.fs.rm(part)
+        self._joined = []
+        return self.parts[0]
+
+    def remove(self) -> None:
+        with contextlib.suppress(Exception):
+            self._close()
+        for part in [*self.parts, *self._joined]:
+            if self.fs.exists(part):
+                self.fs.rm(part)
+
+
+def _chunk_kind(column: pd.Series) -> str:
+    """The canonical type of a chunk's column; `_EMPTY` when every value is missing."""
+    kind = str(column.dtype)
+    if kind == "float64" and not column.notna().any():
+        return _EMPTY
+    if kind not in _KINDS:  # canonicalize() makes only these
+        raise SnapshotError(f"column {column.name!r}: unexpected canonical dtype {kind}")
+    return kind
+
+
+def _reconcile(name: str, whole: str | None, chunk: str) -> str:
+    """The canonical type of a column so far (`whole`) and one more chunk of it, as
+    `canonicalize` types the concatenation: whole numbers with fractions are float64, bools
+    with missing values nullable, and a chunk where it is all missing adopts the other type
+    (numbers then have missing values: float64)."""
+    if whole is None or whole == chunk:
+        return chunk
+    pair = {whole, chunk}
+    if _EMPTY in pair:
+        other = (pair - {_EMPTY}).pop()
+        return {"int64": "float64", "bool": "boolean"}.get(other, other)
+    if pair == {"int64", "float64"}:
+        return "float64"
+    if pair == {"bool", "boolean"}:
+        return "boolean"
+    raise SnapshotError(
+        f"column {name!r} holds values of mixed or unsupported types ({whole} in some rows, {chunk} in "
+        "others); make it one type (e.g. all strings) before snapshotting"
+    )
+
+
+def _pandas_dtype(kind: str) -> str:
+    return "float64" if kind == _EMPTY else kind
+
+
+def _schema_of(kinds: dict[str, str]) -> Any:
+    """The Arrow schema (with pandas' metadata) of a canonical frame with these types."""
+    import pyarrow as pa
+
+    empty = {n: pd.Series([], dtype=_pandas_dtype(k)) for n, k in kinds.items()}
+    return pa.Schema.from_pandas(pd.DataFrame(empty), preserve_index=False)
+
+
+def _cast(array: Any, to: Any) -> Any:
+    import pyarrow as pa
+
+    if array.type == to:
+        return array
+    if array.null_count == len(array):
+        return pa.nulls(len(array), to)
+    return array.cast(to)
+
+
+def _hash_file_column(h: Any, pf: Any, index: int, rows: int) -> None:
+    """`_hash_column` of one column of a canonical Parquet file, fed row group by row group
+    (a column with missing values, or text, is read more than once: every piece of the
+    digest is length-prefixed, and a column's missing-value bits come before its values)."""
+    import pyarrow as pa
+    import pyarrow.compute as pc
+
+    field = pf.schema_arrow.field(index)
+    kind = field.type
+
+    def pieces() -> Iterator[Any]:
+        for g in range(pf.num_row_groups):
+            yield pf.read_row_group(g, columns=[field.name]).column(0).combine_chunks()
+
+    if pa.types.is_integer(kind):
+        _update(h, b"int64")
+        h.update(struct.pack("<q", rows * 8))
+        for arr in pieces():
+            h.update(_buffer(arr.to_numpy(), "<i8"))
+        return
+    if pa.types.is_floating(kind):
+        tag, fill, width = b"float64", 0.0, "<f8"
+    elif pa.types.is_boolean(kind):
+        tag, fill, width = b"bool", False, "u1"
+    elif pa.types.is_timestamp(kind):
+        tag, fill, width = b"datetime64[ns,UTC]", 0, "<i8"
+    elif pa.types.is_string(kind) or pa.types.is_large_string(kind):
+        tag, fill, width = b"string", None, None
+    else:  # stage_snapshot_chunks writes only the types above
+        raise SnapshotError(f"column {field.name!r}: unexpected type {kind} in a snapshot file")
+    _update(h, tag)
+    nulls = _null_counts(pf, index)
+    text_bytes = 0
+    h.update(struct.pack("<q", (rows + 7) // 8))
+    if nulls == 0 and width is not None:
+        h.update(bytes((rows + 7) // 8))
+    else:
+        bits = _Bits()
+        for arr in pieces():
+            h.update(bits.add(arr.is_null().to_numpy(zero_copy_only=False)))
+            if width is None:
+                text_bytes += int(pc.sum(pc.binary_length(arr)).as_py() or 0)
+        h.update(bits.finish())
+    if width is not None:
+        h.update(struct.pack("<q", rows * np.dtype(width).itemsize))
+        for arr in pieces():
+            if pa.types.is_timestamp(kind):
+                arr = arr.cast(pa.int64())
+            values = pc.fill_null(arr, fill) if arr.null_count else arr
+            h.update(_buffer(values.to_numpy(zero_copy_only=False), width))
+        return
+    h.update(struct.pack("<q", rows * 8))
+    for arr in pieces():
+        lengths = pc.fill_null(pc.binary_length(arr), 0).cast(pa.int64())
+        h.update(_buffer(lengths.to_numpy(zero_copy_only=False), "<i8"))
+    h.update(struct.pack("<q", text_bytes))
+    for arr in pieces():
+        h.update(_string_data(arr))
+
+
+def _string_data(arr: Any) -> bytes | memoryview:
+    """The concatenated UTF-8 bytes of a text array's values (missing ones are empty)."""
+    import pyarrow as pa
+    import pyarrow.compute as pc
+
+    arr = pc.fill_null(arr.cast(pa.large_string()), "")
+    if len(arr) == 0:
+        return b""
+    offsets = np.frombuffer(arr.buffers()[1], dtype="<i8")[arr.offset : arr.offset + len(arr) + 1]
+    data = arr.buffers()[2]
+    return b"" if data is None else memoryview(data)[offsets[0] : offsets[-1]]
+
+
+def _null_counts(pf: Any, index: int) -> int | None:
+    """Missing values of a column from the row groups' statistics (None: not recorded)."""
+    total = 0
+    for g in range(pf.metadata.num_row_groups):
+        stats = pf.metadata.row_group(g).column(index).statistics
+        if stats is None or not stats.has_null_count:
+            return None
+        total += stats.null_count
+    return total
+
+
+class _Bits:
+    """`np.packbits` of a boolean array given in pieces: each `add` returns the whole bytes
+    it completes, `finish` the last (zero-padded) one."""
+
+    def __init__(self) -> None:
+        self._rest = np.zeros(0, dtype=bool)
+
+    def add(self, mask: np.ndarray) -> bytes:
+        bits = np.concatenate([self._rest, np.asarray(mask, dtype=bool)])
+        whole = len(bits) // 8 * 8
+        self._rest = bits[whole:]
+        return np.packbits(bits[:whole]).tobytes()
+
+    def finish(self) -> bytes:
+        return np.packbits(self._rest).tobytes() if len(self._rest) else b""

@@ -29,8 +29,10 @@ from __future__ import annotations
 
 import datetime as dt
 import functools
+import itertools
 import math
-from collections.abc import Iterable
+import time
+from collections.abc import Iterable, Iterator
 from dataclasses import asdict, dataclass, field
 from typing import Any, Literal
 
@@ -38,7 +40,7 @@ import numpy as np
 import pandas as pd
 from pydantic import BaseModel, ConfigDict, Field, StrictBool, StrictFloat, StrictInt, StrictStr
 
-from evergreen.adapters.io import DataReadError, release_unused_memory
+from evergreen.adapters.io import ROW_COUNT_EXPECTATION, DataReadError, release_unused_memory
 from evergreen.config import ConfigError, ModelConfig, ValidationConfig, check_columns, class_key
 from evergreen.jsonable import plain
 from evergreen.reports import DistributionFinding
@@ -57,6 +59,9 @@ COLUMNS_EXPECTATION = "expect_table_columns_to_match_set"
 BETWEEN_EXPECTATION = "expect_column_values_to_be_between"
 IN_SET_EXPECTATION = "expect_column_values_to_be_in_set"
 CRITICAL, WARNING = "critical", "warning"  # GX's FailureSeverity values
+VALIDATION_ROWS = 1_048_576
+"""Rows GX validates at once where a table comes in chunks (`Validator.validate_chunks`):
+GX costs ~0.15 s a call besides the rows, and ~100 MB per million rows while it runs."""
 
 
 class ColumnSpec(BaseModel):
@@ -432,7 +437,7 @@ class Validator:
         self._datasource = self._context.data_sources.add_pandas("evergreen")
         asset = self._datasource.add_dataframe_asset("batch")
         self._batch_definition = asset.add_batch_definition_whole_dataframe("whole-batch")
-        self._suites: dict[tuple[frozenset[str], bool], Any] = {}
+        self._suites: dict[tuple[frozenset[str], bool, bool], Any] = {}
         self._suite_for(frozenset(), True)  # the common case, built up front
 
     def validate(
@@ -491,6 +496,105 @@ class Validator:
             findings=findings,
         )
 
+    def validate_chunks(
+        self,
+        chunks: Iterable[pd.DataFrame],
+        batch_id: str,
+        now: dt.datetime | pd.Timestamp | None = None,
+        rows: int = VALIDATION_ROWS,
+    ) -> ValidationReport:
+        """`validate` of the table whose rows `chunks` yields in order, with the memory of
+        about `rows` rows: GX runs on each group of `rows` rows and the results are merged,
+        so the report holds the same counts and failures as `validate` of all the rows.
+
+        Per group: GX's column-value expectations (nulls, limits, sets, ranges: their counts
+        add up; `mostly` is judged on the sums, as GX judges it) and the timestamp's maximum
+        (the largest of the groups'). On all the rows at the end: the row count; whether
+        the ids are unique (GX on the id column alone, ~8 bytes a row); whether a column
+        the reference saw vary is constant (numbers: the smallest and largest value of the
+        groups; other kinds: GX's distinct count on the groups' distinct values). A column
+        whose kind differs between groups fails the structure check once, named by the
+        first group where it does."""
+        started = time.perf_counter()
+        bound = utc(now) if now is not None else pd.Timestamp.now(tz="UTC")
+        merged = _ChunkMerge(self.spec)
+        groups = _regroup(chunks, rows)
+        first = next(groups, None)
+        second = next(groups, None)
+        if second is None:  # one group: as `validate` of the whole table
+            return self.validate(first if first is not None else pd.DataFrame(), batch_id, now=bound)
+        for group in itertools.chain([first, second], groups):
+            if group.empty:
+                continue
+            structural, broken = check_structure(group, self.spec)
+            merged.add_structure(structural, broken)
+            suite = self._suite_for(frozenset(broken), False, per_chunk=True)
+            parameters = {NOW_PARAMETER: self._now_bound(group, broken, bound)}
+            try:
+                result = self._run(group, suite, parameters, "BASIC")
+            finally:
+                self._forget_batch()
+            merged.add_results(group, result.results)
+        if merged.rows == 0:  # no rows: the whole-batch path says it as well
+            return self.validate(first, batch_id, now=bound)
+        results = merged.results(self._whole_column_results(merged))
+        structural = merged.structural
+        use_constant = merged.rows >= self.spec.min_rows_for_constant_check > 0
+        if use_constant:
+            merged.check_constant(structural)
+        failed = [r for r in results if not r.success]
+        clock_columns = {c.name for c in self.spec.columns if c.not_future}
+        gx_failures = [_failure_from_gx(r, clock_columns) for r in failed if _is_critical(r)]
+        findings, unevaluated = [], []
+        for r in failed:
+            if _is_critical(r):
+                continue
+            if r.exception_info and _exception_message(r.exception_info):
+                unevaluated.append(_failure_from_gx(r, clock_columns))
+            else:
+                column = self.spec.column(r.expectation_config.kwargs["column"])
+                findings.append(merged.figures[column.name].finding(column, _check_of(r)))
+        evaluated = len(structural.checks) + len(results)
+        successful = evaluated - len(structural.failures) - len(failed)
+        failures = structural.failures + gx_failures
+        report = ValidationReport(
+            success=not failures,
+            batch_id=batch_id,
+            failures=failures,
+            statistics=ValidationStatistics(evaluated=evaluated, successful=successful),
+            rows=merged.rows,
+            seconds=time.perf_counter() - started,
+            warnings=structural.warnings + unevaluated,
+            findings=findings,
+        )
+        release_unused_memory()
+        return report
+
+    def _whole_column_results(self, merged: _ChunkMerge) -> dict[tuple[str, str], Any]:
+        """GX's results of the expectations judged on all the rows of one column at once:
+        unique ids (on the column), the distinct count of a non-numeric column (on each
+        group's distinct values: the same count)."""
+        out: dict[tuple[str, str], Any] = {}
+        use_constant = merged.rows >= self.spec.min_rows_for_constant_check > 0
+        wanted = [
+            e for e in build_expectations(self.spec, merged.broken, use_constant) if e.expectation_type in _WHOLE_COLUMN
+        ]
+        for expectation in wanted:
+            column = expectation.column
+            values = merged.whole_columns.get((expectation.expectation_type, column))
+            if values is None:
+                continue
+            frame = pd.DataFrame({column: pd.concat(values, ignore_index=True)})
+            if expectation.expectation_type == CONSTANT_EXPECTATION:
+                frame = frame.drop_duplicates(ignore_index=True)
+            suite = self._gx.ExpectationSuite(name=f"{self.spec.name}-whole-{column}", expectations=[expectation])
+            try:
+                result = self._run(frame, suite, {}, "BASIC")
+            finally:
+                self._forget_batch()
+            out[(expectation.expectation_type, column)] = result.results[0]
+        return out
+
     def _run(self, batch: pd.DataFrame, suite: Any, parameters: dict[str, Any], result_format: str) -> Any:
         """GX's batch validator, run once (`Batch.validate` would build the same validator
         after a `get_batch` of its own: two batches, two sets of cached metrics)."""
@@ -528,17 +632,178 @@ class Validator:
         tz = batch[ts_cols[0]].dt.tz if ts_cols else None
         return bound.tz_localize(None) if tz is None else bound.tz_convert(tz)
 
-    def _suite_for(self, broken: frozenset[str], use_constant: bool) -> Any:
-        key = (broken, use_constant)
+    def _suite_for(self, broken: frozenset[str], use_constant: bool, per_chunk: bool = False) -> Any:
+        key = (broken, use_constant, per_chunk)
         if key not in self._suites:
             # Given all at once: `add_expectation` compares each new expectation with every
             # one before it through pydantic dumps (quadratic: ~0.2 s for 65 of them).
             # `build_expectations` makes no two alike, so GX's set semantics lose nothing.
+            expectations = build_expectations(self.spec, broken, use_constant)
+            if per_chunk:  # judged on all the rows by `validate_chunks`
+                expectations = [e for e in expectations if e.expectation_type not in _WHOLE_COLUMN]
             self._suites[key] = self._gx.ExpectationSuite(
-                name=f"{self.spec.name}-{len(self._suites)}",
-                expectations=build_expectations(self.spec, broken, use_constant),
+                name=f"{self.spec.name}-{len(self._suites)}", expectations=expectations
             )
         return self._suites[key]
+
+
+UNIQUE_EXPECTATION = "expect_column_values_to_be_unique"
+MAX_EXPECTATION = "expect_column_max_to_be_between"
+_WHOLE_COLUMN = (UNIQUE_EXPECTATION, CONSTANT_EXPECTATION)
+
+
+def _regroup(chunks: Iterable[pd.DataFrame], rows: int) -> Iterator[pd.DataFrame]:
+    """The chunks joined into groups of at least `rows` rows (the last may hold fewer);
+    a single empty chunk comes through as it is."""
+    waiting: list[pd.DataFrame] = []
+    held = 0
+    for chunk in chunks:
+        waiting.append(chunk)
+        held += len(chunk)
+        if held >= rows:
+            yield pd.concat(waiting, ignore_index=True) if len(waiting) > 1 else waiting[0]
+            waiting, held = [], 0
+    if waiting:
+        yield pd.concat(waiting, ignore_index=True) if len(waiting) > 1 else waiting[0]
+
+
+class _MergedResult:
+    """A GX expectation result merged over groups of rows: what `_failure_from_gx` and the
+    report read (`expectation_config`, `success`, `result`, `exception_info`)."""
+
+    def __init__(self, config: Any, success: bool, result: dict[str, Any], exception_info: Any = None) -> None:
+        self.expectation_config = config
+        self.success = success
+        self.result = result
+        self.exception_info = exception_info
+
+
+class _ChunkMerge:
+    """The state `Validator.validate_chunks` keeps across groups of rows."""
+
+    def __init__(self, spec: SuiteSpec) -> None:
+        self.spec = spec
+        self.rows = 0
+        self.structural: StructuralCheck = StructuralCheck()
+        self.broken: set[str] = set()
+        self._seen_structure = False
+        self._results: dict[tuple[str, str | None, str], list[Any]] = {}
+        self._order: list[tuple[str, str | None, str]] = []
+        self.figures: dict[str, FindingFigures] = {}
+        self.whole_columns: dict[tuple[str, str], list[pd.Series]] = {}
+        self._extremes: dict[str, tuple[Any, Any]] = {}
+
+    def add_structure(self, structural: StructuralCheck, broken: set[str]) -> None:
+        if not self._seen_structure:
+            self.structural, self._seen_structure = structural, True
+        else:
+            known = {(f.expectation_type, f.column) for f in self.structural.failures}
+            self.structural.failures += [f for f in structural.failures if (f.expectation_type, f.column) not in known]
+        self.broken |= broken
+
+    def add_results(self, group: pd.DataFrame, results: list[Any]) -> None:
+        self.rows += len(group)
+        for r in results:
+            config = r.expectation_config
+            key = (config.type, config.kwargs.get("column"), str((config.meta or {}).get("check")))
+            if key not in self._results:
+                self._results[key] = []
+                self._order.append(key)
+            self._results[key].append(r)
+            check = _check_of(r)
+            column = config.kwargs.get("column")
+            if not _is_critical_config(config) and check in ("range", "categories"):
+                spec = self.spec.column(column)
+                figures = FindingFigures.of(group[column], spec, check)
+                self.figures[column] = self.figures[column].merge(figures) if column in self.figures else figures
+        for col in self.spec.columns:
+            if col.name in self.broken or col.name not in group.columns:
+                continue
+            if col.unique:
+                self.whole_columns.setdefault((UNIQUE_EXPECTATION, col.name), []).append(group[col.name])
+            if col.not_constant and col.kind != "numeric":
+                distinct = group[col.name].drop_duplicates()
+                self.whole_columns.setdefault((CONSTANT_EXPECTATION, col.name), []).append(distinct)
+            if col.not_constant and col.kind == "numeric":
+                lo, hi = group[col.name].min(), group[col.name].max()
+                if col.name in self._extremes:
+                    was_lo, was_hi = self._extremes[col.name]
+                    lo = was_lo if pd.isna(lo) else lo if pd.isna(was_lo) else min(lo, was_lo)
+                    hi = was_hi if pd.isna(hi) else hi if pd.isna(was_hi) else max(hi, was_hi)
+                self._extremes[col.name] = (lo, hi)
+
+    def results(self, whole: dict[tuple[str, str], Any]) -> list[Any]:
+        """The merged results, in the suite's order, without those of columns found broken
+        in any group; the whole-column ones from `whole`."""
+        use_constant = self.rows >= self.spec.min_rows_for_constant_check > 0
+        order = {
+            (e.expectation_type, getattr(e, "column", None), str((e.meta or {}).get("check"))): i
+            for i, e in enumerate(build_expectations(self.spec, self.broken, use_constant))
+        }
+        out = [
+            (key, _merge_results(self._results[key], self.rows))
+            for key in self._order
+            if key[1] is None or key[1] not in self.broken
+        ]
+        out += [((kind, column, "None"), r) for (kind, column), r in whole.items() if column not in self.broken]
+        return [r for key, r in sorted(out, key=lambda item: order.get(item[0], len(order)))]
+
+    def check_constant(self, into: StructuralCheck) -> None:
+        """`check_constant` on the groups' smallest and largest values."""
+        frame = pd.DataFrame({name: pd.Series([lo, hi]) for name, (lo, hi) in self._extremes.items()})
+        check_constant(frame, self.spec, self.broken, into)
+
+
+def _is_critical_config(config: Any) -> bool:
+    severity = config.severity
+    return str(getattr(severity, "value", severity)) == CRITICAL
+
+
+def _merge_results(results: list[Any], rows: int) -> Any:
+    """One expectation's results on consecutive groups of rows, as GX gives it on all of them."""
+    # GX's own helpers: the merged counts are judged and formatted as GX does on one batch.
+    from great_expectations.expectations.expectation import (
+        _format_map_output,
+        _mostly_success,
+        parse_result_format,
+    )
+
+    first = results[0]
+    config = first.expectation_config
+    raised = next((r for r in results if r.exception_info and _exception_message(r.exception_info)), None)
+    if raised is not None:
+        return raised
+    if len(results) == 1:
+        return first
+    kind = config.type
+    parts = [dict(r.result or {}) for r in results]
+    if kind == ROW_COUNT_EXPECTATION:
+        low, high = config.kwargs.get("min_value"), config.kwargs.get("max_value")
+        success = (low is None or rows >= low) and (high is None or rows <= high)
+        return _MergedResult(config, success, {"observed_value": rows})
+    if kind == MAX_EXPECTATION:
+        observed = [p.get("observed_value") for p in parts if p.get("observed_value") is not None]
+        observed = [v for v in observed if not pd.isna(v)]
+        return _MergedResult(config, all(r.success for r in results), {"observed_value": max(observed) if observed else None})
+    element = sum(int(p.get("element_count") or 0) for p in parts)
+    unexpected = sum(int(p.get("unexpected_count") or 0) for p in parts)
+    sample = [v for p in parts for v in (p.get("partial_unexpected_list") or [])]
+    mostly = float(config.kwargs.get("mostly") or 1.0)
+    if "missing_count" in parts[0]:  # a column map expectation: judged on the non-null values
+        nonnull: int | None = element - sum(int(p.get("missing_count") or 0) for p in parts)
+        success = True if element == 0 or not nonnull else _mostly_success(nonnull, unexpected, mostly)
+    else:  # not-null: judged on every row
+        nonnull = None
+        success = True if element == 0 else (element - unexpected) / element >= mostly
+    formatted = _format_map_output(
+        result_format=parse_result_format("BASIC"),
+        success=success,
+        element_count=element,
+        nonnull_count=nonnull,
+        unexpected_count=unexpected,
+        unexpected_list=sample,
+    )
+    return _MergedResult(config, bool(formatted["success"]), formatted["result"])
 
 
 def validate_batch(
@@ -555,6 +820,18 @@ def validate_batch(
     report = _validator_for(suite.model_dump_json()).validate(batch, batch_id, now=now)
     release_unused_memory()  # GX's temporaries, in the thread that made them
     return report
+
+
+def validate_chunks(
+    chunks: Iterable[pd.DataFrame],
+    suite: SuiteSpec,
+    batch_id: str,
+    now: dt.datetime | pd.Timestamp | None = None,
+    rows: int = VALIDATION_ROWS,
+) -> ValidationReport:
+    """`validate_batch` of a table given as chunks of rows, in about `rows` rows of memory
+    (`Validator.validate_chunks`): the same counts and failures."""
+    return _validator_for(suite.model_dump_json()).validate_chunks(chunks, batch_id, now=now, rows=rows)
 
 
 @functools.lru_cache(maxsize=8)
@@ -656,39 +933,82 @@ def describe_finding(batch: pd.DataFrame, col: ColumnSpec, check: Check | None) 
     column's non-null values beyond its range (with the observed range) or in unseen
     categories (the most frequent, with counts). Read from the batch: GX's BOOLEAN_ONLY
     result carries no figures, and running BASIC again would cost a second validation."""
-    values = batch[col.name].dropna()
-    total = max(len(values), 1)
-    if check == "range":
-        numbers = pd.to_numeric(values, errors="coerce").astype(float)
-        lo = -math.inf if col.min_value is None else col.min_value
-        hi = math.inf if col.max_value is None else col.max_value
-        count = int(((numbers < lo) | (numbers > hi)).sum())
-        bounds = [col.min_value, col.max_value]
-        reference = [col.reference_min, col.reference_max]
-        observed = [_plain(numbers.min()), _plain(numbers.max())] if len(numbers) else [None, None]
+    return FindingFigures.of(batch[col.name], col, check).finding(col, check)
+
+
+@dataclass
+class FindingFigures:
+    """What a distribution finding reports about a column, from one batch or summed over
+    the chunks of one (`merge`): non-null values, values beyond the range or unseen, the
+    observed range, and the unseen categories with their counts (in order of appearance)."""
+
+    total: int = 0
+    count: int = 0
+    low: Any = None
+    high: Any = None
+    unseen: dict[Any, int] = field(default_factory=dict)
+
+    @classmethod
+    def of(cls, column: pd.Series, col: ColumnSpec, check: Check | None) -> FindingFigures:
+        values = column.dropna()
+        if check == "range":
+            numbers = pd.to_numeric(values, errors="coerce").astype(float)
+            lo = -math.inf if col.min_value is None else col.min_value
+            hi = math.inf if col.max_value is None else col.max_value
+            count = int(((numbers < lo) | (numbers > hi)).sum())
+            low, high = (_plain(numbers.min()), _plain(numbers.max())) if len(numbers) else (None, None)
+            return cls(total=len(values), count=count, low=low, high=high)
+        unseen = values[~values.isin(col.value_set or [])]
+        counts = unseen.value_counts(sort=False)
+        return cls(total=len(values), count=len(unseen), unseen={v: int(n) for v, n in counts.items()})
+
+    def merge(self, other: FindingFigures) -> FindingFigures:
+        unseen = dict(self.unseen)
+        for value, n in other.unseen.items():
+            unseen[value] = unseen.get(value, 0) + n
+        lows = [v for v in (self.low, other.low) if v is not None]
+        highs = [v for v in (self.high, other.high) if v is not None]
+        return FindingFigures(
+            total=self.total + other.total,
+            count=self.count + other.count,
+            low=min(lows) if lows else None,
+            high=max(highs) if highs else None,
+            unseen=unseen,
+        )
+
+    def finding(self, col: ColumnSpec, check: Check | None) -> DistributionFinding:
+        total = max(self.total, 1)
+        if check == "range":
+            lo = -math.inf if col.min_value is None else col.min_value
+            hi = math.inf if col.max_value is None else col.max_value
+            count = self.count
+            bounds = [col.min_value, col.max_value]
+            reference = [col.reference_min, col.reference_max]
+            observed = [self.low, self.high]
+            message = (
+                f"{count / total:.2%} of values ({count:,}) beyond [{_figure(lo)}, {_figure(hi)}] (the reference's "
+                f"[{_figure(col.reference_min)}, {_figure(col.reference_max)}] widened); observed "
+                f"[{_figure(observed[0])}, {_figure(observed[1])}]; at most {1 - col.range_mostly:.2%} tolerated"
+            )
+            return DistributionFinding(
+                column=col.name, check="range", expectation_type=BETWEEN_EXPECTATION, share=count / total,
+                count=count, tolerated_share=round(1 - col.range_mostly, 12), bounds=_plain(bounds),
+                reference_range=_plain(reference), observed_range=observed, message=message,
+            )
+        # The most frequent first, ties in order of appearance (as `value_counts` orders them).
+        ranked = sorted(self.unseen.items(), key=lambda item: -item[1])
+        top = [{"value": _plain(v), "count": int(n)} for v, n in ranked[:10]]
+        shown = ", ".join(f"{t['value']!r} ({t['count']:,})" for t in top[:5])
+        distinct = len(self.unseen)
+        more = f" and {distinct - 5} more" if distinct > 5 else ""
         message = (
-            f"{count / total:.2%} of values ({count:,}) beyond [{_figure(lo)}, {_figure(hi)}] (the reference's "
-            f"[{_figure(col.reference_min)}, {_figure(col.reference_max)}] widened); observed "
-            f"[{_figure(observed[0])}, {_figure(observed[1])}]; at most {1 - col.range_mostly:.2%} tolerated"
+            f"{self.count / total:.2%} of values ({self.count:,}) are categories the reference never had: "
+            f"{shown}{more}; at most {1 - col.set_mostly:.2%} tolerated"
         )
         return DistributionFinding(
-            column=col.name, check="range", expectation_type=BETWEEN_EXPECTATION, share=count / total,
-            count=count, tolerated_share=round(1 - col.range_mostly, 12), bounds=_plain(bounds),
-            reference_range=_plain(reference), observed_range=observed, message=message,
+            column=col.name, check="categories", expectation_type=IN_SET_EXPECTATION, share=self.count / total,
+            count=self.count, tolerated_share=round(1 - col.set_mostly, 12), unseen=top, message=message,
         )
-    unseen = values[~values.isin(col.value_set or [])]
-    counts = unseen.value_counts().head(10)
-    top = [{"value": _plain(v), "count": int(n)} for v, n in counts.items()]
-    shown = ", ".join(f"{t['value']!r} ({t['count']:,})" for t in top[:5])
-    more = f" and {unseen.nunique() - 5} more" if unseen.nunique() > 5 else ""
-    message = (
-        f"{len(unseen) / total:.2%} of values ({len(unseen):,}) are categories the reference never had: "
-        f"{shown}{more}; at most {1 - col.set_mostly:.2%} tolerated"
-    )
-    return DistributionFinding(
-        column=col.name, check="categories", expectation_type=IN_SET_EXPECTATION, share=len(unseen) / total,
-        count=len(unseen), tolerated_share=round(1 - col.set_mostly, 12), unseen=top, message=message,
-    )
 
 
 def _figure(value: Any) -> str:  # noqa: ANN401 - a number, an "inf" text or None

@@ -64,15 +64,17 @@ def monitor_batch(
 
     scored_by = None
     try:
-        frame = run.part("load-batch", ports.store.read_batch, batch, datetime_columns=[config.columns.timestamp], io=True)
-        if sources.lacks_predictions(frame, config):
+        rows = run.part("load-batch", sources.BatchRows.open, ports.store, batch, config, io=True)
+        if rows.lacks_predictions():
             # A model served elsewhere may report no predictions: the champion scores the batch.
             champion = run.part("load-champion", sources.load_champion, ports.registry, config, io=True)
-            frame = run.part("score-batch", sources.score_batch, champion, frame, config)
+            rows = run.part("score-batch", rows.scored, champion)
             scored_by = champion.version.version
-        report = run.part("validate-batch", validation.validate_batch, frame, suite, batch.path)
+        report = run.part(
+            "validate-batch", validation.validate_chunks, rows, suite, batch.path, rows=config.data.memory_rows
+        )
     except io.DataReadError as exc:
-        frame, report = None, unreadable_report(batch.path, exc)
+        rows, report = None, unreadable_report(batch.path, exc)
     warnings = [w.to_dict() for w in report.warnings]
     findings = list(report.findings)
     if report.success:
@@ -80,7 +82,7 @@ def monitor_batch(
             run.log("batch %s accepted with findings: %s", batch.day, report.summary(), level="warning")
         if scored_by is not None:
             run.log("batch %s has no predictions: scored with champion v%s", batch.day, scored_by)
-        return _estimate(ports, config, batch, frame, fitted, run, flow_run_id, warnings, findings, scored_by)
+        return _estimate(ports, config, batch, rows, fitted, run, flow_run_id, warnings, findings, scored_by)
     message = report.summary()
     failures = [x.to_dict() for x in report.failures]
     run.log("batch %s rejected: %s", batch.day, message, level="error")
@@ -92,21 +94,24 @@ def monitor_batch(
     result = MonitorResult(
         model=config.name, batch_id=batch.day, batch_path=batch.path, valid=False, message=message,
         failures=failures, warnings=warnings, distribution_findings=findings,
-        rows=0 if frame is None else len(frame), metric=config.metric,
+        rows=report.rows, metric=config.metric,
         events=[events.DATA_REJECTED], event_ids=[e for e in [event_id] if e], decision="invalid",
     )
     return _publish(ports, config, batch, result, None, run, flow_run_id)
 
 
 def _estimate(
-    ports: Ports, config: ModelConfig, batch: io.BatchFile, frame: pd.DataFrame, fitted: Any,
+    ports: Ports, config: ModelConfig, batch: io.BatchFile, rows: sources.BatchRows, fitted: Any,
     run: Runner, flow_run_id: str | None, warnings: list[dict], findings: list[DistributionFinding],
     scored_by: str | None = None,
 ) -> MonitorResult:
     from evergreen.engines import monitoring
 
     labels = run.part("load-labels", ports.store.read_labels, batch.day, io=True)
-    report = run.part("estimate-drift-and-performance", monitoring.compute_monitor, fitted, frame, labels)
+    report = run.part(
+        "estimate-drift-and-performance", monitoring.compute_monitor_chunks, fitted, rows, labels,
+        rows=config.data.memory_rows,
+    )
     realized_on = batch.day if report.realized_metric is not None else None
     if report.realized_metric is None:
         # Labels arrive late: judge realized performance on the newest labelled batch.
@@ -156,7 +161,7 @@ def _estimate(
         estimated_metric=est.get("value"), realized_metric=real.get("value") if real else None,
         realized_on=realized_on,
         metric=config.metric, reasons=list(alerts.reasons), events=emitted, event_ids=event_ids,
-        rows=len(frame), signals=verdict.fired, policy=verdict.reason,
+        rows=report.rows, signals=verdict.fired, policy=verdict.reason,
         alert=verdict.alert, decision="retrain" if verdict.retrain else (verdict.blocked_by or "none"),
         episode=None if episode is None else {**episode.to_dict(), "transition": verdict.transition},
     )
@@ -234,16 +239,14 @@ def realized_on_latest_labelled(
 
     champion = ports.registry.version_by_alias(registry.CHAMPION)
     serving = champion.version if champion is not None else None
-    version_column = config.columns.model_version
 
     def realize(batch: io.BatchFile) -> Any:
-        frame = ports.store.read_batch(batch)
-        if sources.lacks_predictions(frame, config):
-            frame = sources.score_batch(sources.load_champion(ports.registry, config), frame, config)
-        elif serving is not None and version_column in frame.columns:
-            served = frame[frame[version_column].astype(str) == serving]
-            frame = served if len(served) else frame  # none: served outside the loop, all count
-        return monitoring.compute_monitor(fitted, frame.reset_index(drop=True), labels).realized_metric
+        rows = sources.BatchRows.open(ports.store, batch, config)
+        if rows.lacks_predictions():
+            rows = rows.scored(sources.load_champion(ports.registry, config))
+        else:
+            rows = rows.served_by(serving)
+        return monitoring.compute_monitor_chunks(fitted, rows, labels, rows=config.data.memory_rows).realized_metric
 
     known = {v.version for v in ports.registry.list_versions()}
     return sources.realized_on_latest_labelled(config, ports.store, day, labels, realize, serving, known)

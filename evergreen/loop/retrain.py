@@ -7,6 +7,8 @@ from __future__ import annotations
 
 from typing import Any
 
+import pandas as pd
+
 from evergreen import events
 from evergreen.adapters import registry
 from evergreen.adapters.ports import Ports
@@ -15,7 +17,7 @@ from evergreen.decisions import policy
 from evergreen.decisions.episodes import Episode
 from evergreen.engines import validation
 from evergreen.lineage import Trigger, code_version
-from evergreen.loop import retraining, sources, state
+from evergreen.loop import retraining, sources, state, window_stream
 from evergreen.loop.common import MANUAL, Actor, registry_lock
 from evergreen.loop.runner import DIRECT, Runner
 from evergreen.reports import RetrainResult
@@ -54,14 +56,16 @@ def retrain(
             message=start.reason, blocked_by=start.blocked_by,
         )
 
-    # The labels files are checked while the window is read (both only read); a bad labels
-    # file rejects the run whatever became of the window. The window is validated while its
-    # snapshot is staged (together they take the time of one on two CPUs); the staged copy
-    # is published only if the window is valid, so rejected data leaves no snapshot behind.
+    # The labels files are checked while the window is planned (both only read); a bad labels
+    # file rejects the run whatever became of the window. The window is held by reference
+    # (`window_stream`: its rows' keys, times and targets) and read in chunks, so its size
+    # is not bounded by memory; it is validated while its snapshot is staged (each reads the
+    # chunks; together they take the time of one on two CPUs), and the staged copy is
+    # published only if the window is valid, so rejected data leaves no snapshot behind.
     labels_checked = run.submit("check-label-files", sources.check_label_files, config, io=True)
     window_error = None
     try:
-        win = run.part("assemble-training-window", sources.assemble_training_window, config, io=True)
+        win = run.part("assemble-training-window", window_stream.plan_training_window, config, io=True)
     except Exception as exc:  # noqa: BLE001 - re-raised below unless a labels file explains it
         window_error = exc
     bad_labels = [r for r in labels_checked.result() if not r.success]
@@ -71,14 +75,16 @@ def retrain(
         raise window_error
     reference = run.part("load-monitor-reference", sources.read_monitor_reference, config, ports.registry, io=True)
     suite = retraining.training_suite(run.part("derive-suite", validation.derive_suite, reference, config))
-    checking = run.submit("validate-batch", validation.validate_batch, win.frame, suite, f"training window ({win.rows:,} rows)")
+    checking = run.submit("validate-batch", retraining.validate_window, win, suite)
     staged = run.part(
-        "snapshot-training-data", ports.snapshots.stage, win.frame, list(win.sources), config.columns.timestamp, io=True
+        "snapshot-training-data", ports.snapshots.stage_chunks, win.chunks, list(win.sources), config.columns.timestamp,
+        io=True,
     )
     report = None
     try:
         report = checking.result()
     finally:
+        win.release()
         if report is None or not report.success:
             run.part("discard-snapshot", ports.snapshots.discard, staged, io=True)
     if not report.success:
@@ -94,15 +100,18 @@ def retrain(
     # In an open alert episode the model learns the world after its change point (weighted
     # rows) and is judged on post-change rows it never saw.
     change_point = utc(episode.change_point) if episode is not None and episode.change_point is not None else None
-    holdout = run.part("hold-out-recent", retraining.hold_out_recent, win.frame, config, change_point)
-    model = run.part("train-model", _train, holdout.train, config)
+    holdout = run.part(
+        "hold-out-recent", retraining.hold_out_rows, win.timestamps, _snapshot_rows(ports, snap, config), config,
+        change_point,
+    )
+    model = run.part("train-model", _train, ports, snap, holdout, config)
     evaluation = run.part("evaluate-model", retraining.evaluate_model, model, holdout.evaluation, config)
     tags = lineage_tags(config, snap, trigger, lineage or {}) | {
-        state.TRAIN_END_TAG: str(holdout.train[config.columns.timestamp].max()),
-        state.WINDOW_END_TAG: str(win.frame[config.columns.timestamp].max()),
+        state.TRAIN_END_TAG: str(holdout.train_end),
+        state.WINDOW_END_TAG: str(win.timestamps.max()),
     }
     if episode is not None and change_point is not None:
-        post = int((utc_series(win.frame[config.columns.timestamp]) >= change_point).sum())
+        post = int((utc_series(win.timestamps) >= change_point).sum())
         tags |= {
             state.EPISODE_TAG: episode.id,
             state.CHANGE_POINT_TAG: change_point.isoformat(),
@@ -266,7 +275,41 @@ def _result(config: ModelConfig, win: Any, snap: Any, trigger: Trigger, **fields
 
 
 
-def _train(frame: Any, config: ModelConfig) -> Any:
-    from evergreen.engines import training  # XGBoost: ~5 s to import, not for a skipped retrain
+def _train(ports: Ports, snap: Any, holdout: retraining.RowHoldOut, config: ModelConfig) -> Any:
+    """XGBoost on the window's training rows, read from its published snapshot a row group
+    at a time (categorical text as Parquet stores it: no string per row). XGBoost reads the
+    rows several times; a window of at most `data.memory_rows` rows is read once and kept."""
+    cols = config.columns
+    dictionary = [c for c in cols.categorical if c in snap.columns]
 
-    return training.train_model(frame, config)
+    def read(columns: list[str], needed: Any) -> Any:
+        return ports.snapshots.read_rows(snap.uri, columns, needed, dictionary=dictionary)
+
+    if snap.rows <= config.data.memory_rows:
+        kept = list(read([*cols.features, cols.target], holdout.roles != retraining.EVALUATE))
+
+        def read(columns: list[str], needed: Any) -> Any:  # noqa: F811 - the kept rows instead
+            return ((start, frame[columns]) for start, frame in kept)
+
+    return retraining.train_rows(read, holdout, config)
+
+
+def _snapshot_rows(ports: Ports, snap: Any, config: ModelConfig) -> Any:
+    """`take(positions)`: the snapshot's rows at these positions (ascending), as one frame
+    with the window's columns in their order (canonical types: a column of whole numbers
+    reads as integers)."""
+    from evergreen.decisions.window import window_columns
+
+    def take(positions: Any) -> pd.DataFrame:
+        import numpy as np
+
+        needed = np.zeros(snap.rows, dtype=bool)
+        needed[positions] = True
+        parts = []
+        for start, frame in ports.snapshots.read_rows(snap.uri, list(snap.columns), needed):
+            mask = needed[start : start + len(frame)]
+            parts.append(frame[mask])
+        joined = pd.concat(parts, ignore_index=True) if parts else pd.DataFrame(columns=snap.columns)
+        return joined[window_columns(config.columns)]
+
+    return take

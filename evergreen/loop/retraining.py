@@ -3,9 +3,11 @@ most recent slice, train on the rest, evaluate, and build the next NannyML refer
 
 from __future__ import annotations
 
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
+import numpy as np
 import pandas as pd
 
 from evergreen.config import ModelConfig
@@ -27,6 +29,124 @@ class HoldOut:
 
     train: pd.DataFrame
     evaluation: pd.DataFrame
+
+    @property
+    def train_rows(self) -> int:
+        return len(self.train)
+
+    @property
+    def evaluation_rows(self) -> int:
+        return len(self.evaluation)
+
+
+@dataclass(frozen=True)
+class RowHoldOut:
+    """A window read in chunks (`window_stream.WindowPlan`), split as `hold_out_recent` and
+    `train_model` split a frame: `roles[i]` says whether the window's i-th row is fitted on
+    (`training.FIT`), is the early-stopping set (`training.VALIDATE`) or held out for
+    evaluation (`EVALUATE`); the held-out rows are read into `evaluation` (by time, as
+    `hold_out_recent` orders them): they become the next monitor's reference, which the
+    monitor holds in memory."""
+
+    roles: np.ndarray
+    evaluation: pd.DataFrame
+    train_end: pd.Timestamp | None
+    weights: np.ndarray | None = None  # per window row (an episode's post-change weights)
+
+    @property
+    def train_rows(self) -> int:
+        return int((self.roles != EVALUATE).sum())
+
+    @property
+    def evaluation_rows(self) -> int:
+        return len(self.evaluation)
+
+
+EVALUATE = 2
+
+
+def split_rows(timestamps: pd.Series, config: ModelConfig, change_point: pd.Timestamp | None = None) -> np.ndarray:
+    """The roles of a window's rows (see `RowHoldOut`) from its timestamps alone: the newest
+    `held_out_rows` by time are held out (`hold_out_recent`), the last
+    `training.validation_fraction` of the rest by time stop the boosting early
+    (`train_model`). Ties in time keep the window's order; rows without a time come last,
+    as the sorts of `split_by_time` place them."""
+    from evergreen.engines.training import FIT, VALIDATE
+
+    n = len(timestamps)
+    roles = np.full(n, FIT, dtype=np.int8)
+    if n < 2:
+        return roles
+    order = pd.Series(pd.to_datetime(timestamps).to_numpy()).sort_values(kind="mergesort").index.to_numpy()
+    held = held_out_rows(timestamps, config, change_point)
+    roles[order[n - held :]] = EVALUATE
+    rest = n - held
+    if rest >= 2:
+        roles[order[rest - _last_share(rest, config.training.validation_fraction) : rest]] = VALIDATE
+    return roles
+
+
+def held_out_rows(timestamps: pd.Series, config: ModelConfig, change_point: pd.Timestamp | None = None) -> int:
+    """How many of the window's newest rows are held out: `training.evaluation_fraction`, or
+    in an alert episode (`change_point`) `window.episode_evaluation_rows` of its post-change
+    rows (at least `MIN_HOLDOUT_ROWS`)."""
+    from evergreen.decisions.defaults import gate_min_rows
+    from evergreen.decisions.window import episode_evaluation_rows
+    from evergreen.times import utc, utc_series
+
+    n, fraction = len(timestamps), config.training.evaluation_fraction
+    if change_point is not None and n >= 2:
+        post = int((utc_series(timestamps) >= utc(change_point)).sum())
+        held = episode_evaluation_rows(post, n, fraction, gate_min_rows(config), MIN_HOLDOUT_ROWS)
+        if held is not None:
+            return min(held, n - 1)
+    return _last_share(n, fraction)
+
+
+def _last_share(n: int, fraction: float) -> int:
+    """How many rows `split_by_time` holds out of `n` for `fraction`."""
+    return min(max(int(round(n * fraction)), 1), n - 1)
+
+
+def hold_out_rows(
+    timestamps: pd.Series,
+    take: Callable[[np.ndarray], pd.DataFrame],
+    config: ModelConfig,
+    change_point: pd.Timestamp | None = None,
+) -> RowHoldOut:
+    """`hold_out_recent` for a window read in chunks: its rows' roles (`split_rows`), the
+    held-out rows, read with `take(positions)` (positions ascending) and put in time order,
+    and in an alert episode the training rows' post-change weights (`window.post_change_weights`)."""
+    from evergreen.decisions.window import post_change_weights
+
+    roles = split_rows(timestamps, config, change_point)
+    held = np.flatnonzero(roles == EVALUATE)
+    frame = take(held)
+    by_time = pd.Series(pd.to_datetime(timestamps.iloc[held]).to_numpy()).sort_values(kind="mergesort").index
+    evaluation = frame.iloc[by_time.to_numpy()].reset_index(drop=True)
+    trained = roles != EVALUATE
+    stamps = pd.to_datetime(timestamps[trained])
+    weights = None
+    if change_point is not None:
+        trained_weights = post_change_weights(timestamps[trained], change_point, config.retrain.post_change_weight)
+        if trained_weights is not None:
+            weights = np.ones(len(roles))
+            weights[trained] = trained_weights
+    return RowHoldOut(roles=roles, evaluation=evaluation, train_end=stamps.max() if len(stamps) else None, weights=weights)
+
+
+def validate_window(plan, suite):  # noqa: ANN001, ANN201 - WindowPlan, SuiteSpec -> ValidationReport
+    """The training suite on a window read in chunks (`validation.validate_chunks`)."""
+    from evergreen.engines.validation import validate_chunks
+
+    return validate_chunks(plan.chunks(), suite, f"training window ({plan.rows:,} rows)")
+
+
+def train_rows(read: Callable[[list[str], np.ndarray | None], Iterable[tuple[int, pd.DataFrame]]], holdout: RowHoldOut, config: ModelConfig):  # noqa: ANN201, E501 - TrainedModel
+    """XGBoost on the window's FIT and VALIDATE rows, read in chunks (`train_model_chunks`)."""
+    from evergreen.engines.training import train_model_chunks
+
+    return train_model_chunks(read, holdout.roles, config, weights=holdout.weights)
 
 
 def hold_out_recent(frame: pd.DataFrame, config: ModelConfig, change_point: pd.Timestamp | None = None) -> HoldOut:
@@ -53,7 +173,7 @@ def hold_out_recent(frame: pd.DataFrame, config: ModelConfig, change_point: pd.T
         return HoldOut(train=recent.train, evaluation=recent.validation)
     train, evaluation = split
     assert change_point is not None
-    weights = post_change_weights(train, ts, change_point, config.retrain.post_change_weight)
+    weights = post_change_weights(train[ts], change_point, config.retrain.post_change_weight)
     if weights is not None:
         train = train.assign(**{WEIGHT_COLUMN: weights})
     return HoldOut(train=train, evaluation=evaluation)

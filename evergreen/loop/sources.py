@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from typing import Any
 
 import pandas as pd
@@ -112,6 +112,75 @@ def score_batch(champion: Any, frame: pd.DataFrame, config: ModelConfig) -> pd.D
     if cols.model_version not in out.columns:
         out[cols.model_version] = champion.version.version
     return out
+
+
+class BatchRows:
+    """A production batch's rows for the monitor, in pieces of at most `data.memory_rows`:
+    a batch that small is read whole once (when opened) and kept; a larger one is read a
+    piece at a time each time it is iterated, so the monitor's memory is that of a piece
+    whatever the batch's size. Rows without the serving model's outputs are scored by the
+    champion given to `scored` (a piece at a time)."""
+
+    def __init__(self, store: BatchStore, batch: io.BatchFile, config: ModelConfig, rows: int | None = None) -> None:
+        self.store, self.batch, self.config = store, batch, config
+        self.piece_rows = rows or config.data.memory_rows
+        self._champion: Any = None
+        self._served: str | None = None
+        self._whole: pd.DataFrame | None = None
+        total = store.batch_rows(batch)
+        if total is None or total <= self.piece_rows:
+            self._whole = store.read_batch(batch, datetime_columns=[config.columns.timestamp])
+
+    @classmethod
+    def open(cls, store: BatchStore, batch: io.BatchFile, config: ModelConfig) -> BatchRows:
+        """The batch's rows (read now when it fits in one piece)."""
+        return cls(store, batch, config)
+
+    @property
+    def whole(self) -> bool:
+        return self._whole is not None
+
+    def lacks_predictions(self) -> bool:
+        """Whether the batch lacks the serving model's outputs (and has the features)."""
+        columns = list(self._whole.columns) if self._whole is not None else io.table_columns(self.batch.path)
+        return lacks_predictions(pd.DataFrame(columns=columns), self.config)
+
+    def scored(self, champion: Any) -> BatchRows:
+        """These rows with the champion's outputs where the batch lacks them."""
+        self._champion = champion
+        if self._whole is not None:
+            self._whole = score_batch(champion, self._whole, self.config)
+        return self
+
+    def served_by(self, version: str | None) -> BatchRows:
+        """These rows narrowed to those `version` served (by the model-version column), when it
+        served any; a batch it served none of (served outside the loop) keeps every row."""
+        column = self.config.columns.model_version
+        if version is None:
+            return self
+        if self._whole is not None:
+            if column in self._whole.columns:
+                served = self._whole[self._whole[column].astype(str) == version]
+                if len(served):
+                    self._whole = served.reset_index(drop=True)
+            return self
+        if column in io.table_columns(self.batch.path):
+            versions = self.store.read_batch(self.batch, columns=[column])[column].astype(str)
+            if (versions == version).any():
+                self._served = version
+        return self
+
+    def __iter__(self) -> Iterator[pd.DataFrame]:
+        if self._whole is not None:
+            yield self._whole
+            return
+        ts, column = self.config.columns.timestamp, self.config.columns.model_version
+        for piece in self.store.iter_batch(self.batch, self.piece_rows, datetime_columns=[ts]):
+            if self._served is not None:
+                piece = piece[piece[column].astype(str) == self._served].reset_index(drop=True)
+                if not len(piece):
+                    continue
+            yield piece if self._champion is None else score_batch(self._champion, piece, self.config)
 
 
 def assemble_training_window(config: ModelConfig) -> TrainingWindow:

@@ -363,7 +363,15 @@ def test_digest_of_a_fixed_table_never_changes() -> None:
     found again by the digest this one computes. Every canonical column kind is here, with
     missing values, -0.0, float32, timezone-aware times, whole floats and categoricals; the
     value was computed before the hashing stopped copying arrays (2026-11-27)."""
-    frame = pd.DataFrame(
+    assert dataset_digest(golden_frame()) == GOLDEN_DIGEST
+
+
+GOLDEN_DIGEST = "b1d9b495e4c953c0e91b817eb68184382deeec1e22c5efd117c0d826af98d799"
+
+
+def golden_frame() -> pd.DataFrame:
+    """The fixed table of the golden digest (also streamed in test_snapshot_streaming.py)."""
+    return pd.DataFrame(
         {
             "id": np.arange(6, dtype=np.int32),
             "ts": pd.date_range("2024-01-01", periods=6, freq="h", tz="Europe/Paris").where(
@@ -380,4 +388,3 @@ def test_digest_of_a_fixed_table_never_changes() -> None:
             "big": np.array([1, 2**40, -5, 0, 7, 9], dtype=np.int64),
         }
     )
-    assert dataset_digest(frame) == "b1d9b495e4c953c0e91b817eb68184382deeec1e22c5efd117c0d826af98d799"

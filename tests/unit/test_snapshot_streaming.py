@@ -7,6 +7,7 @@ from pathlib import Path
 
 import numpy as np
 import pandas as pd
+import pytest
 
 from evergreen.engines.snapshot import (
     _canonical_columns,
@@ -77,3 +78,85 @@ def test_stored_file_reads_back_as_the_canonical_frame(tmp_path: Path) -> None:
     info = snapshot_dataset(df, str(tmp_path), ["b"], "ts")
     assert info.digest == dataset_digest(df)
     pd.testing.assert_frame_equal(pd.read_parquet(info.uri), canonicalize(df))
+
+
+# ----------------------------------------------------------------------------- from chunks
+
+
+@pytest.mark.parametrize("size", [1, 7, 64, 199, 200, 1000])
+def test_a_table_staged_from_chunks_has_the_digest_and_data_of_the_whole(tmp_path: Path, size: int) -> None:
+    from evergreen.engines.snapshot import (
+        commit_snapshot,
+        load_snapshot,
+        stage_snapshot,
+        stage_snapshot_chunks,
+    )
+
+    df = _mixed().reset_index(drop=True)
+    chunks = [df.iloc[i : i + size] for i in range(0, len(df), size)]
+    staged = stage_snapshot_chunks(chunks, str(tmp_path / "a"), ["b1"], "ts")
+    whole = stage_snapshot(df, str(tmp_path / "b"), ["b1"], "ts")
+    assert staged.info.digest == whole.info.digest == dataset_digest(df)
+    for key in ("rows", "columns", "dtypes", "time_min", "time_max", "sources"):
+        assert staged.meta[key] == whole.meta[key], key
+    info = commit_snapshot(staged)
+    pd.testing.assert_frame_equal(load_snapshot(str(tmp_path / "a"), info.digest), canonicalize(df))
+    assert not list((tmp_path / "a" / ".staging").iterdir())  # moved into its folder
+
+
+def test_chunks_whose_types_differ_are_typed_as_their_concatenation(tmp_path: Path) -> None:
+    """Whole numbers in one chunk and fractions in another are float64; a chunk where a
+    column is all missing takes the other chunks' type; bools with a missing value are nullable."""
+    from evergreen.engines.snapshot import stage_snapshot_chunks
+
+    a = pd.DataFrame({"x": [1, 2, 3], "s": pd.array([None] * 3, dtype="str"), "b": [True, False, True], "e": [np.nan] * 3})
+    b = pd.DataFrame(
+        {
+            "x": [1.5, np.nan, 3.0],
+            "s": pd.array(["a", None, "c"], dtype="str"),
+            "b": pd.array([True, None, False], dtype="boolean"),
+            "e": [np.nan] * 3,
+        }
+    )
+    c = pd.DataFrame({"x": [7, 8, 9], "s": pd.array(["z", "y", "c"], dtype="str"), "b": [True] * 3, "e": [np.nan] * 3})
+    staged = stage_snapshot_chunks([a, b, c], str(tmp_path))
+    assert staged.info.digest == dataset_digest(pd.concat([a, b, c], ignore_index=True))
+    assert staged.meta["dtypes"] == {"b": "boolean", "e": "float64", "s": "str", "x": "float64"}
+
+
+def test_chunks_of_mixed_kinds_are_refused_naming_the_column(tmp_path: Path) -> None:
+    from evergreen.engines.snapshot import SnapshotError, stage_snapshot_chunks
+
+    a = pd.DataFrame({"v": pd.array(["a", "b"], dtype="str")})
+    b = pd.DataFrame({"v": [1.5, 2.5]})
+    with pytest.raises(SnapshotError, match="'v'"):
+        stage_snapshot_chunks([a, b], str(tmp_path))
+    assert not [p for p in tmp_path.rglob("*") if p.is_file()]  # nothing left behind
+
+
+@pytest.mark.parametrize("cuts", [(1,), (2, 3), (1, 2, 3, 4, 5)])
+def test_the_golden_digest_streams_from_chunks(tmp_path: Path, cuts: tuple[int, ...]) -> None:
+    from evergreen.engines.snapshot import stage_snapshot_chunks
+    from tests.unit.test_snapshot import GOLDEN_DIGEST, golden_frame
+
+    frame = golden_frame()
+    bounds = [0, *cuts, len(frame)]
+    chunks = [frame.iloc[a:b] for a, b in zip(bounds, bounds[1:], strict=False)]
+    assert stage_snapshot_chunks(chunks, str(tmp_path)).info.digest == GOLDEN_DIGEST
+
+
+def test_snapshot_rows_are_read_a_row_group_at_a_time_skipping_unneeded_ones(tmp_path: Path) -> None:
+    from evergreen.engines.snapshot import (
+        commit_snapshot,
+        read_snapshot_rows,
+        stage_snapshot_chunks,
+    )
+
+    df = _mixed(1000).reset_index(drop=True)
+    info = commit_snapshot(stage_snapshot_chunks([df.iloc[i : i + 300] for i in range(0, 1000, 300)], str(tmp_path)))
+    needed = np.zeros(1000, dtype=bool)
+    needed[[5, 950]] = True
+    read = list(read_snapshot_rows(info.uri, ["f64", "str"], needed, dictionary=["str"]))
+    assert [start for start, _ in read] == [0, 900]
+    assert isinstance(read[0][1]["str"].dtype, pd.CategoricalDtype)
+    assert read[1][1]["f64"].tolist() == df["f64"].iloc[900:].tolist()

@@ -349,9 +349,9 @@ def test_an_episodes_hold_out_is_post_change_and_its_rows_weigh_half() -> None:
     many = pd.DataFrame({"ts": pd.date_range("2024-01-01", periods=60_000, freq="min", tz="UTC"), "x": 0})
     _, share = split_at_change(many, "ts", many["ts"][10_000], 0.2, min_evaluation_rows=500)
     assert len(share) == 10_000
-    weights = post_change_weights(train, "ts", change, share=0.5)
+    weights = post_change_weights(train["ts"], change, share=0.5)
     post = (train["ts"] >= change).to_numpy()
     assert weights[post].sum() == pytest.approx(weights[~post].sum())  # half the weight each
     assert set(weights[~post]) == {1.0}
-    assert post_change_weights(train, "ts", change, share=0.0) is None
+    assert post_change_weights(train["ts"], change, share=0.0) is None
     assert split_at_change(frame, "ts", stamps[-1] + pd.Timedelta(hours=1), 0.2, 10) is None
