@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import threading
+import time
 from collections.abc import Iterator
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
@@ -18,6 +19,10 @@ class _Handler(BaseHTTPRequestHandler):
 
     def do_POST(self) -> None:
         body = self.rfile.read(int(self.headers["Content-Length"]))
+        if body == b"busy":  # ~20 ms of CPU: more than the clock ticks the CPU time is read in
+            end = time.process_time() + 0.02
+            while time.process_time() < end:
+                pass
         status = 500 if body == b"fail" else 200
         self.send_response(status)
         if body == b"chunked":  # framing the socket generator must read too
@@ -89,7 +94,7 @@ def test_socket_generator_reads_chunked_answers_and_reconnects(server_url: str) 
 def test_server_cpu_is_read_from_its_process(server_url: str) -> None:
     import os
 
-    res = generate_load(server_url, [b"ok"], threads=1, seconds=0.5, warmup=0.1, server_pid=os.getpid())
+    res = generate_load(server_url, [b"busy"], threads=1, seconds=0.5, warmup=0.1, server_pid=os.getpid())
     # The test server runs in this process: its CPU over the phase is this process's.
     assert res.server_cpu_seconds > 0 and res.server_cpu_ms_per_request > 0
 
