@@ -192,7 +192,7 @@ def test_register_adds_each_model_without_touching_prefect_yaml(fleet: Fleet) ->
 
 
 def test_retrains_are_single_flight_per_model(fleet: Fleet) -> None:
-    """A's retrain runs (its hyperparameter search takes a while); meanwhile a drift event for
+    """A's retrain runs (its hyperparameter search takes a while); meanwhile a retrain request for
     B starts B's retrain with B's config, and a second (scheduled) retrain of A ends Skipped
     naming A's running retrain. Nothing is cancelled, and B's retrain runs while A's does."""
     from prefect.deployments import run_deployment
@@ -206,7 +206,7 @@ def test_retrains_are_single_flight_per_model(fleet: Fleet) -> None:
         return run if run.state.is_running() else None
 
     _wait(running, "A's retrain to run", timeout=120)
-    event_id = _emit(fleet.configs[B], "evergreen.drift.detected", {"reason": "fleet e2e drift", "metric": "drifted_feature_share"})
+    event_id = _emit(fleet.configs[B], "evergreen.retrain.requested", {"reason": "fleet e2e retrain request", "metric": "drifted_feature_share"})
     second = run_deployment("retrain/retrain", parameters={"config": A, "trigger": "schedule"}, timeout=0, as_subflow=False)
 
     second_run = _final(second.id)
@@ -248,7 +248,7 @@ def test_one_models_promotion_and_anothers_degradation_never_combine(fleet: Flee
     since = datetime.now(UTC) - timedelta(seconds=1)
     _emit(fleet.configs[A], "evergreen.model.promoted", {"version": "1", "previous_champion": None})
     _emit(fleet.configs[B], "evergreen.performance.degraded", {"reason": "fleet e2e", "metric": "roc_auc"})
-    settled = _settle(since)  # B's degradation starts B's retrain (held by the policy), no rollback
+    settled = _settle(since)  # B's degradation alone starts nothing: no rollback
     assert not [r.name for r in settled if r.name.startswith("rollback/")], [r.name for r in settled]
     _emit(fleet.configs[A], "evergreen.performance.degraded", {"reason": "fleet e2e", "metric": "roc_auc"})
     rollback = _wait(lambda: [r for r in _runs("rollback", since)], "A's rollback")

@@ -5,6 +5,7 @@ records (flow runs, states, parameters, automations, events) and the MLflow regi
 from __future__ import annotations
 
 import os
+import shutil
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
@@ -47,10 +48,12 @@ def test_deploy_creates_everything_and_twice_changes_nothing(project: Project) -
 
 
 def test_drift_starts_one_retrain_with_the_event_parameters_then_promote(project: Project) -> None:
-    """The monitor detects injected drift and emits the event; the same event delivered
-    twice and 8 more within a minute: one retrain trains, the rest end Skipped (while it runs,
-    by the model's single flight, naming it; after, by the cooldown), none is Cancelled; then
-    promote starts itself."""
+    """The monitor detects injected drift: an alert episode opens (its events go out) and its
+    retrain is deferred until labelled rows from after the change exist. Their labels land;
+    the next batch's monitor finds the evidence and emits `evergreen.retrain.requested`. That
+    request delivered twice and 8 more within a minute: one retrain trains, the rest end
+    Skipped (while it runs, by the model's single flight, naming it; after, by the start
+    rule), none is Cancelled; then promote starts itself."""
     from prefect.events import emit_event
 
     from flows.monitor import monitor
@@ -60,12 +63,24 @@ def test_drift_starts_one_retrain_with_the_event_parameters_then_promote(project
     copy_days(staging, Path(cfg.data.root), days[10:14])
     before = len(_versions(project))
     since = datetime.now(UTC) - timedelta(seconds=1)
-    result = monitor(config=cfg, batch=f"{cfg.data.root}/batches/{days[12]}.parquet", return_state=True).result()[0]
-    assert result.drift_detected and "evergreen.drift.detected" in result.events, result.message
+    opened = monitor(config=cfg, batch=f"{cfg.data.root}/batches/{days[12]}.parquet", return_state=True).result()[0]
+    assert opened.drift_detected and "evergreen.drift.detected" in opened.events, opened.message
+    assert opened.episode["transition"] == "opened" and opened.decision == "deferred", (opened.episode, opened.decision)
+    assert "evergreen.retrain.requested" not in opened.events
+    assert not wait_runs("retrain", since, count=0, settle=10), "an alert without its evidence started a retrain"
 
-    names = ["evergreen.drift.detected", "evergreen.performance.degraded"]
-    emitted = {str(e.id): e for e in read_model_events(cfg.name, names, since, expect=len(result.event_ids)) if str(e.id) in result.event_ids}
-    event = emitted[result.event_ids[result.events.index("evergreen.drift.detected")]]
+    # The labels of batches days[12] and days[13] land (3 days late): post-change evidence.
+    labels = Path(cfg.data.root) / "labels"
+    for day in days[15:17]:
+        shutil.copy(staging / "labels" / f"{day}.parquet", labels / f"{day}.parquet")
+    since = datetime.now(UTC) - timedelta(seconds=1)
+    result = monitor(config=cfg, batch=f"{cfg.data.root}/batches/{days[13]}.parquet", return_state=True).result()[0]
+    assert "evergreen.retrain.requested" in result.events, (result.decision, result.policy)
+    assert "evergreen.drift.detected" not in result.events, "one alert event per episode, not per batch"
+
+    names = ["evergreen.retrain.requested"]
+    emitted = {str(e.id): e for e in read_model_events(cfg.name, names, since, expect=1) if str(e.id) in result.event_ids}
+    event = emitted[result.event_ids[result.events.index("evergreen.retrain.requested")]]
     emit_event(event.event, resource=dict(event.resource), payload=event.payload, id=event.id)  # duplicate delivery
     for _ in range(8):
         extra = emit_event(event.event, resource=dict(event.resource), payload=event.payload)
@@ -82,8 +97,8 @@ def test_drift_starts_one_retrain_with_the_event_parameters_then_promote(project
             # by the start rule once the trained version exists
             held_by = {f"retrain skipped: in_flight: another retrain of car-loan is running (flow run {r.id})" for r in runs if r is not run}
             assert run.state.message in held_by or not run.state.message.startswith("retrain skipped: in_flight"), run.state.message
-    # The monitor's drift and performance events plus the burst: whichever reached the
-    # runner first trained, with that event's own id, reason and metric.
+    # The monitor's request plus the burst: whichever reached the runner first trained, with
+    # that event's own id, reason and metric.
     params = trained[0].parameters
     assert params["trigger"] == "event" and params["event_id"] in emitted
     source = emitted[params["event_id"]]

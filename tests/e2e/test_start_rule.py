@@ -1,5 +1,5 @@
 """The retrain policy's start rule in a real served loop: the `car-loan` block edited on the
-Prefect server (as in the UI), a drift event sent the way the monitor sends it, the retrain
+Prefect server (as in the UI), a retrain request sent the way the monitor sends it, the retrain
 deployment started by its automation and served by `evergreen serve-flows`. Assertions read
 the flow runs' states from the Prefect API and the versions from the MLflow registry.
 
@@ -49,7 +49,9 @@ def _emit(project: Project, event: str, payload: dict[str, Any]) -> str:
 
 
 def _drift(project: Project, why: str) -> str:
-    return _emit(project, "evergreen.drift.detected", {"reason": why, "metric": project.cfg.metric})
+    """The request that starts the retrain deployment (what the monitor sends once an alert
+    episode's evidence is there; no episode is open here, so the start rule is the plain one)."""
+    return _emit(project, "evergreen.retrain.requested", {"reason": why, "metric": project.cfg.metric})
 
 
 def _wait_run(deployment: str, since: datetime, match: dict[str, Any], timeout: float = RUN_TIMEOUT):  # noqa: ANN202
