@@ -51,7 +51,8 @@ class WindowPlan:
     keyed: TrainingWindow
     files: list[str]
     columns: ColumnRoles
-    max_batch_rows: int | None = None
+    max_batch_rows: int | None = None  # a production batch's limit (not the reference's)
+    reference_files: frozenset[int] = frozenset()  # indices into `files` the limit spares
     chunk_rows: int = CHUNK_ROWS
     keep_rows: int = 0
     _kept: dict[int, list[pd.DataFrame]] = field(default_factory=dict, repr=False, compare=False)
@@ -129,7 +130,8 @@ class WindowPlan:
                 for index in pd.unique(files):
                     chosen = np.flatnonzero(files == index)
                     if index not in readers:
-                        readers[index] = _FileRows(self.files[index], fetch, size, self.max_batch_rows)
+                        limit = None if index in self.reference_files else self.max_batch_rows
+                        readers[index] = _FileRows(self.files[index], fetch, size, limit)
                     pieces.append(readers[index].take(positions[chosen]))
                     where.append(chosen)
                 frame = pd.concat(pieces, ignore_index=True) if len(pieces) > 1 else pieces[0].reset_index(drop=True)
@@ -173,7 +175,7 @@ def plan_training_window(config: ModelConfig) -> WindowPlan:
     io.release_unused_memory()
     return WindowPlan(
         keyed=keyed, files=files, columns=cols, max_batch_rows=config.data.max_batch_rows,
-        keep_rows=config.data.memory_rows,
+        reference_files=frozenset() if reference is None else frozenset({0}), keep_rows=config.data.memory_rows,
     )
 
 
