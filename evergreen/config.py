@@ -269,7 +269,15 @@ class RetrainPolicyConfig(_Section):
     evidence_growth: float = Field(
         2.0, ge=1, description="another retrain for the same episode needs this many times the post-change rows of the last"
     )
-    max_attempts_per_episode: int = Field(3, ge=1, description="retrains registered for one episode at most")
+    max_attempts_per_episode: int | None = Field(
+        None,
+        ge=1,
+        description=(
+            "retrains registered for one episode at most; None: no cap (evidence_growth paces the "
+            "retries geometrically and the budget per period bounds them, so a gradual change that "
+            "defeats the first attempts is retried once the new world has settled)"
+        ),
+    )
     post_change_weight: float = Field(
         0.5,
         ge=0,

@@ -339,7 +339,7 @@ def decide_episode_retrain(state: LoopState, config: RetrainPolicyConfig, reques
             False, f"candidate_pending: v{last.version}, retrained for {since}, is still under review", "candidate_pending"
         )
     failed = [a for a in attempts if a.status in ("rejected",)]
-    if len(attempts) >= config.max_attempts_per_episode:
+    if config.max_attempts_per_episode is not None and len(attempts) >= config.max_attempts_per_episode:
         tried = ", ".join(f"v{a.version} {a.status}" for a in attempts)
         return StartCheck(
             False,
