@@ -40,6 +40,8 @@ INVALID_PARAMETER_VALUE = "INVALID_PARAMETER_VALUE"
 # MLflow's limits on model registry tags (mlflow.utils.validation).
 MAX_TAG_KEY_LENGTH = 250
 MAX_TAG_VALUE_LENGTH = 100_000
+# The `description` columns of MLflow's SQL stores (registered model, model version).
+MAX_DESCRIPTION_LENGTH = 5000
 
 
 class MemoryRegistryError(Exception):
@@ -148,6 +150,12 @@ class MemoryRegistryClient:
         with self._lock:
             self._model(name).model.tags[key] = _tag_value(key, value)
 
+    def update_registered_model(self, name: str, description: str | None = None) -> RegisteredModel:
+        with self._lock:
+            entry = self._model(name)
+            entry.model.description = _description(description)
+            return copy.deepcopy(entry.model)
+
     def delete_registered_model_tag(self, name: str, key: str) -> None:
         with self._lock:
             self._model(name).model.tags.pop(key, None)
@@ -216,6 +224,13 @@ class MemoryRegistryClient:
         with self._lock:
             mv = self._version(self._model(name), version)
             mv.tags[key] = _tag_value(key, value)
+
+    def update_model_version(self, name: str, version: str, description: str | None = None) -> ModelVersion:
+        with self._lock:
+            entry = self._model(name)
+            mv = self._version(entry, version)
+            mv.description = _description(description)
+            return self._answer(entry, mv)
 
     def delete_model_version_tag(self, name: str, version: str, key: str) -> None:
         with self._lock:
@@ -293,6 +308,13 @@ def _tag_value(key: str, value: Any) -> str:
             f"Tag value of {key!r} has {len(text)} characters, more than {MAX_TAG_VALUE_LENGTH}."
         )
     return text
+
+
+def _description(value: str | None) -> str | None:
+    """MLflow's SQL stores hold a description in 5,000 characters (PostgreSQL refuses more)."""
+    if value is not None and len(value) > MAX_DESCRIPTION_LENGTH:
+        raise InvalidParameterError(f"description has {len(value)} characters, more than {MAX_DESCRIPTION_LENGTH}.")
+    return value
 
 
 def _filtered_name(filter_string: str) -> str:
@@ -462,6 +484,14 @@ class MemoryRunLog:
             model_uri=uri,
             tracking_uri=MEMORY_TRACKING_URI,
         )
+
+    def name_training_run(self, config: Any, run_id: str, version: str, bootstrap: bool) -> None:
+        """Records the name MLflow would show (`tracking.version_run_name`)."""
+        name = f"{'bootstrap' if bootstrap else 'retrain'} · {config.name} · v{version}"
+        with self._lock:
+            for run in self.runs:
+                if run.run_id == run_id:
+                    run.tags["mlflow.runName"] = name
 
     def publish_monitor(
         self,

@@ -148,6 +148,10 @@ class RunLog(Protocol):
         """Returns a `tracking.LoggedCandidate` (run id, model URI)."""
         ...
 
+    def name_training_run(self, config: Any, run_id: str, version: str, bootstrap: bool) -> None:
+        """Names the training run after the version it registered (known only then)."""
+        ...
+
     def publish_monitor(
         self, config: Any, result: Any, index: int, report: Any, chunks: list[dict], flow_run_id: str | None
     ) -> tuple[str | None, str | None]:

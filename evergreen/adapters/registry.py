@@ -36,12 +36,16 @@ from typing import TYPE_CHECKING, Any, Protocol
 if TYPE_CHECKING:
     import pandas as pd
 
+from evergreen.adapters import links, registry_pages
 from evergreen.aliases import CANARY as CANARY
 from evergreen.aliases import CHALLENGER as CHALLENGER
 from evergreen.aliases import CHAMPION as CHAMPION
 
 STATUS_TAG = "evergreen.status"
 HISTORY_PREFIX = "evergreen.history."
+# The canary review's outcome ("promoted" / "rolled back") and its reason, on the version.
+CANARY_OUTCOME_TAG = "evergreen.canary.outcome"
+CANARY_REASON_TAG = "evergreen.canary.reason"
 STATUSES = ("candidate", "rejected", "canary", "champion", "retired")
 # States of an alias-history record: written ahead as pending, marked done once the alias has
 # moved, or abandoned when the move never happened (found pending by `settle`).
@@ -400,15 +404,38 @@ class Registry:
         # `models:/m-<id>` source (what log_model returns in MLflow 3).
         logged = source.removeprefix("models:/")
         model_id = logged if source.startswith("models:/m-") and "/" not in logged else None
+        tags = links.with_prefect_link(tags)
         mv = self.client.create_model_version(
             name=self.name, source=source, run_id=run_id, tags=tags, model_id=model_id
         )
+        self.describe_version(str(mv.version))
         return _info(mv)
 
     def set_tags(self, version: str, tags: dict[str, str]) -> None:
+        """Write a version's tags, then its description (`registry_pages.describe_version`),
+        so the version's page says what its tags now say."""
         client = self.client
         for key, value in tags.items():
             client.set_model_version_tag(self.name, str(version), key, str(value))
+        self.describe_version(str(version))
+
+    def describe_version(self, version: str) -> None:
+        """Render the version's description from its tags; written only when it changed."""
+        client = self.client
+        mv = client.get_model_version(self.name, str(version))
+        text = registry_pages.describe_version(dict(mv.tags or {}), self.name, str(mv.version))
+        if (getattr(mv, "description", None) or "") != text:
+            client.update_model_version(self.name, str(mv.version), description=text)
+
+    def describe_model(self) -> None:
+        """Render the registered model's description: its aliases now and the alias history."""
+        client = self.client
+        model = client.get_registered_model(self.name)
+        moves = [m.to_dict() for _, m in self._history_records()]
+        aliases = {a: (v.version if (v := self.version_by_alias(a)) else None) for a in (CHAMPION, CANARY, CHALLENGER)}
+        text = registry_pages.describe_model(self.name, aliases, moves)
+        if (getattr(model, "description", None) or "") != text:
+            client.update_registered_model(self.name, description=text)
 
     def move_alias(
         self,
@@ -449,6 +476,7 @@ class Registry:
             client.set_registered_model_alias(self.name, alias, target)
         done = replace(move, state=DONE)
         client.set_registered_model_tag(self.name, key, json.dumps(done.to_dict()))
+        self.describe_model()
         return done
 
     def _append_history(self, move: AliasMove) -> str:
@@ -573,7 +601,10 @@ class Registry:
         if old is not None and old.version == canary_version:
             return self.previous_champion()  # already promoted (settle removes the canary alias)
         self.move_alias(CHAMPION, canary_version, reason, actor, flow_run_id)  # commit
-        self.set_tags(canary_version, {STATUS_TAG: "champion"})
+        self.set_tags(
+            canary_version,
+            {STATUS_TAG: "champion", CANARY_OUTCOME_TAG: "promoted", CANARY_REASON_TAG: reason[:4900]},
+        )
         if old is not None:
             self.set_tags(old.version, {STATUS_TAG: "retired"})
         self.move_alias(CANARY, None, f"canary v{canary_version} promoted", actor, flow_run_id)
@@ -583,7 +614,14 @@ class Registry:
         self, canary_version: str, reason: str, actor: str, flow_run_id: str | None
     ) -> None:
         """The canary is worse: it stops serving and is rejected."""
-        self.set_tags(canary_version, {"evergreen.rejected.reasons": reason[:4900]})
+        self.set_tags(
+            canary_version,
+            {
+                "evergreen.rejected.reasons": reason[:4900],
+                CANARY_OUTCOME_TAG: "rolled back",
+                CANARY_REASON_TAG: reason[:4900],
+            },
+        )
         self.set_tags(canary_version, {STATUS_TAG: "rejected"})  # commit
         self.move_alias(CANARY, None, reason, actor, flow_run_id)
 

@@ -13,6 +13,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from evergreen.adapters import links
 from evergreen.config import ConfigError, MlflowConfig
 
 if TYPE_CHECKING:
@@ -107,17 +108,24 @@ def check_registered_model(cfg: MlflowConfig) -> None:
 
 
 def ensure_experiment(cfg: MlflowConfig, name: str) -> str:
-    """Id of the named experiment, created with an explicit artifact location if missing."""
+    """Id of the named experiment, created with an explicit artifact location if missing.
+
+    Every experiment Evergreen uses is tagged as a model-training experiment
+    (`links.EXPERIMENT_KIND_TAG`), so the MLflow UI opens it on its runs, not on the GenAI
+    view's empty traces; an experiment created before the tag existed gets it here."""
     import mlflow
     from mlflow.exceptions import MlflowException
 
     client = mlflow.MlflowClient()
+    kind = {links.EXPERIMENT_KIND_TAG: links.MODEL_TRAINING_KIND}
     exp = client.get_experiment_by_name(name)
     if exp is not None:
+        if links.EXPERIMENT_KIND_TAG not in (exp.tags or {}):
+            client.set_experiment_tag(exp.experiment_id, links.EXPERIMENT_KIND_TAG, links.MODEL_TRAINING_KIND)
         return str(exp.experiment_id)
     location = f"{cfg.resolved_artifact_root().rstrip('/')}/{name}"
     try:
-        return str(client.create_experiment(name, artifact_location=location))
+        return str(client.create_experiment(name, artifact_location=location, tags=kind))
     except MlflowException:
         # Another process created it between our read and our write.
         exp = client.get_experiment_by_name(name)
@@ -126,11 +134,31 @@ def ensure_experiment(cfg: MlflowConfig, name: str) -> str:
         return str(exp.experiment_id)
 
 
-def run_url(cfg: MlflowConfig, experiment_id: str, run_id: str) -> str:
-    """Link to a run in the MLflow UI."""
+def ui_base(cfg: MlflowConfig) -> str:
+    """Where people open the MLflow UI: the tracking server itself, else `mlflow.ui_url`."""
     uri = cfg.resolved_tracking_uri()
-    base = uri if uri.startswith(("http://", "https://")) else cfg.ui_url
-    return f"{base.rstrip('/')}/#/experiments/{experiment_id}/runs/{run_id}"
+    return uri if uri.startswith(("http://", "https://")) else cfg.ui_url
+
+
+def run_url(cfg: MlflowConfig, experiment_id: str, run_id: str) -> str:
+    """Link to a run in the MLflow UI (its model-training view)."""
+    return links.mlflow_run_url(ui_base(cfg), experiment_id, run_id)
+
+
+def training_run_name(model: str, trigger_kind: str, window_end: str | None) -> str:
+    """A training run's name while its version is not known: model, trigger and data end."""
+    end = f", {window_end[:10]}" if window_end else ""
+    return f"train {model} ({trigger_kind}{end})"
+
+
+def version_run_name(model: str, version: str, bootstrap: bool) -> str:
+    """A training run's name once its model is registered: model and version."""
+    return f"{'bootstrap' if bootstrap else 'retrain'} · {model} · v{version}"
+
+
+def monitor_run_name(model: str, batch_id: str) -> str:
+    """A monitor run's name: model and batch."""
+    return f"monitor · {model} · {batch_id}"
 
 
 def safe_metric_name(name: str) -> str:
@@ -239,7 +267,9 @@ def log_training_run(
 
     uri = connect(config.mlflow)
     exp_id = ensure_experiment(config.mlflow, config.mlflow.training_experiment)
-    with mlflow.start_run(experiment_id=exp_id, run_name=f"retrain-{snap.digest[:12]}", tags=lineage_tags) as run:
+    name = training_run_name(config.name, trigger_kind, lineage_tags.get("evergreen.window_end"))
+    tags = links.with_prefect_link(lineage_tags)
+    with mlflow.start_run(experiment_id=exp_id, run_name=name, tags=tags) as run:
         mlflow.log_params(training_params(config, model, win, holdout, trigger_kind))
         log_metrics(evaluation.flat_metrics())
         # A window read in chunks has no frame: its schema is that of its held-out rows.
@@ -306,7 +336,9 @@ def log_monitor_run(
     }
     if flow_run_id:
         tags["prefect.flow_run_id"] = flow_run_id
-    with mlflow.start_run(experiment_id=exp_id, run_name=f"monitor-{result.batch_id}", tags=tags) as run:
+        tags = links.with_prefect_link(tags, flow_run_id)
+    name = monitor_run_name(config.name, result.batch_id)
+    with mlflow.start_run(experiment_id=exp_id, run_name=name, tags=tags) as run:
         metrics: dict[str, float | None] = {"valid": float(result.valid), "rows": float(result.rows)}
         # Columns with values the reference never had (beyond its range, unseen categories).
         metrics["distribution_findings"] = float(len(result.distribution_findings))
@@ -332,6 +364,13 @@ class MlflowRunLog:
 
     def log_training_run(self, config, model, evaluation, snap, win, holdout, trigger_kind, lineage_tags):  # noqa: ANN001, ANN201
         return log_training_run(config, model, evaluation, snap, win, holdout, trigger_kind, lineage_tags)
+
+    def name_training_run(self, config: ModelConfig, run_id: str, version: str, bootstrap: bool) -> None:
+        """Rename the training run after the version it registered (`version_run_name`)."""
+        from mlflow import MlflowClient
+
+        uri = connect(config.mlflow)
+        MlflowClient(uri, uri).set_tag(run_id, "mlflow.runName", version_run_name(config.name, version, bootstrap))
 
     def publish_monitor(
         self, config: ModelConfig, result: Any, index: int, report: Any, chunks: list[dict], flow_run_id: str | None

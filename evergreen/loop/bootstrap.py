@@ -20,7 +20,7 @@ from evergreen.decisions.window import assemble_window
 from evergreen.lineage import Trigger
 from evergreen.loop import retraining, sources, state
 from evergreen.loop.common import MANUAL, Actor
-from evergreen.loop.retrain import lineage_tags, register_candidate
+from evergreen.loop.retrain import lineage_tags, metric_tags, register_candidate
 from evergreen.loop.runner import DIRECT, Runner
 from evergreen.reports import RetrainResult
 
@@ -80,12 +80,16 @@ def bootstrap(
     }
     if model_source:
         tags["evergreen.imported_from"] = model_source[:4000]
+    tags |= metric_tags(evaluation)
     logged = run.part(
         "log-training-run", ports.runs.log_training_run,
         config, model, evaluation, snap, win, holdout, trigger.kind, tags, io=True,
     )
     version, _ = run.part(
         "register-candidate", register_candidate, ports, logged.model_uri, logged.run_id, tags, actor, run, io=True
+    )
+    run.part(
+        "name-training-run", ports.runs.name_training_run, config, logged.run_id, version.version, True, io=True
     )
     run.part(
         "emit-event", ports.events.emit, events.MODEL_REGISTERED,

@@ -119,12 +119,16 @@ def retrain(
         }
     if data_clock is not None:
         tags[state.DATA_CLOCK_TAG] = data_clock.isoformat()
+    tags |= metric_tags(evaluation)
     logged = run.part(
         "log-training-run", ports.runs.log_training_run,
         config, model, evaluation, snap, win, holdout, trigger.kind, tags, io=True,
     )
     version, bootstrap = run.part(
         "register-candidate", register_candidate, ports, logged.model_uri, logged.run_id, tags, actor, run, io=True
+    )
+    run.part(
+        "name-training-run", ports.runs.name_training_run, config, logged.run_id, version.version, bootstrap, io=True
     )
     run.part(
         "emit-event", ports.events.emit, events.MODEL_REGISTERED,
@@ -235,9 +239,20 @@ def lineage_tags(config: ModelConfig, snap: Any, trigger: Trigger, extra: dict[s
         SETTINGS_TAG: settings_digest(config),
         "evergreen.dataset_uri": snap.uri,
         "evergreen.dataset_rows": str(snap.rows),
+        **({"evergreen.dataset_time_min": str(snap.time_min)} if getattr(snap, "time_min", None) is not None else {}),
         "evergreen.code_version": code_version(),
         **extra,
         **trigger.tags(),
+    }
+
+
+def metric_tags(evaluation: Any) -> dict[str, str]:
+    """The held-out metrics a version carries as tags (`evergreen.metric.<name>`; the
+    per-slice ones stay in the training run): its registry page shows them."""
+    return {
+        f"evergreen.metric.{name}": f"{value:.6g}"
+        for name, value in evaluation.flat_metrics().items()
+        if not name.startswith("slice.")
     }
 
 
