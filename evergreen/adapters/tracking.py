@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import base64
 import functools
+import json
 import threading
 from dataclasses import dataclass
 from pathlib import Path
@@ -312,6 +313,188 @@ def _log_parquet(frame: pd.DataFrame, artifact_file: str) -> None:
         mlflow.log_artifact(str(path), artifact_path=str(Path(artifact_file).parent))
 
 
+# ------------------------------------------------------------------ monitoring over batches
+# One long-lived run per model in the monitoring experiment holds the model's monitoring
+# history: each batch logs its metrics there with `step=` the batch's index, so MLflow draws
+# them as lines over batches; it also holds plotly.js (once) and the history plot.
+
+HISTORY_RUN_TAG = "evergreen.monitoring_history"
+HISTORY_RUN_ID_TAG = "evergreen.monitoring_history_run_id"
+PLOTLY_TAG = "evergreen.plotly_js"
+HISTORY_POINTS = "history/batches.json"
+HISTORY_PLOT = "plots/history.html"
+BATCH_PLOTS_DIR = "plots"
+
+
+def plotly_artifact_path() -> str:
+    """Where plotly.js is logged in a history run. `.mjs`, not `.js`: MLflow's server sends
+    `.js` artifacts as text/plain with `nosniff`, which browsers refuse to run as a script,
+    and `.mjs` as text/javascript (the file is plotly's own bundle, loaded as a classic script)."""
+    from importlib.metadata import version
+
+    return f"plotly/plotly-{version('plotly')}.min.mjs"
+
+
+def plotly_loader(run_id: str, artifact_path: str, relative: str) -> str:
+    """Head markup that loads plotly.js from `artifact_path` of run `run_id`, offline (from
+    the MLflow server or the artifact folder, never a CDN), before the page's figures run.
+
+    MLflow's artifact viewer shows an HTML artifact in a sandboxed iframe from a `blob:` URL,
+    against which no relative URL resolves: there the script comes from the server's
+    `get-artifact` endpoint (the viewer's own page, given as the referrer, else the blob's
+    origin). Opened from `get-artifact` directly, the same query relative to it; opened as a
+    file from the artifact folder, `relative` (the artifact store's `<run id>/artifacts/`
+    layout). `document.write` keeps the load blocking, so the figures' scripts find Plotly."""
+    query = f"get-artifact?path={artifact_path}&run_uuid={run_id}"
+    script = _PLOTLY_LOADER.replace("QUERY", json.dumps(query)).replace("RELATIVE", json.dumps(relative))
+    return f'<script type="text/javascript">{script}</script>'
+
+
+# What `plotly_loader` writes (QUERY and RELATIVE replaced by JSON strings).
+_PLOTLY_LOADER = r"""window.PlotlyConfig = {MathJaxConfig: 'local'};
+(function () {
+  var q = QUERY, src = RELATIVE, here = window.location;
+  try {
+    if (here.protocol === 'blob:') {
+      var origin = new URL(here.href.slice(5)).origin;
+      var ref = document.referrer;
+      src = new URL(q, ref && ref.indexOf(origin) === 0 ? ref : origin + '/').href;
+    } else if (/\/get-artifact$/.test(here.pathname)) {
+      src = q;
+    }
+  } catch (e) {}
+  window.EVERGREEN_PLOTLY_SRC = src;
+  document.write('<script src="' + src + '"><\/script>');
+  window.addEventListener('load', function () {
+    if (window.Plotly) return;
+    var p = document.createElement('p');
+    p.textContent = 'plotly.js did not load from ' + src + ': open this page in the MLflow UI.';
+    document.body.insertBefore(p, document.body.firstChild);
+  });
+})();"""
+
+
+def monitoring_history_run(config: ModelConfig, experiment_id: str) -> tuple[str, str]:
+    """The model's monitoring history run (created, with plotly.js logged, the first time);
+    returns its id and artifact URI."""
+    from mlflow import MlflowClient
+    from mlflow.entities import RunStatus
+
+    client = MlflowClient()
+    name = config.name.replace("'", "\\'")
+    found = client.search_runs(
+        [experiment_id],
+        filter_string=f"tags.`{HISTORY_RUN_TAG}` = 'true' and tags.`evergreen.model` = '{name}'",
+        order_by=["attributes.start_time ASC"],
+        max_results=1,
+    )
+    if found:
+        run = found[0]
+    else:
+        run = client.create_run(
+            experiment_id,
+            run_name=f"history · {config.name}",
+            tags={
+                HISTORY_RUN_TAG: "true",
+                "evergreen.model": config.name,
+                "mlflow.note.content": (
+                    f"Monitoring history of {config.name}: every monitored batch logs its metrics here "
+                    "with step = the batch's index (the Model metrics tab draws them over batches); "
+                    f"`{HISTORY_PLOT}` plots the metric and the drift share per batch."
+                ),
+            },
+        )
+        # Finished, not running: it is a record that batches append to (MLflow accepts
+        # metrics and artifacts on a finished run).
+        client.set_terminated(run.info.run_id, RunStatus.to_string(RunStatus.FINISHED))
+    path = plotly_artifact_path()
+    if run.data.tags.get(PLOTLY_TAG) != path:
+        _log_plotly(client, run.info.run_id, path)
+        client.set_tag(run.info.run_id, PLOTLY_TAG, path)
+    return run.info.run_id, run.info.artifact_uri
+
+
+def _log_plotly(client: Any, run_id: str, path: str) -> None:
+    """plotly's own bundled plotly.js (from the installed package) as an artifact."""
+    import tempfile
+
+    import plotly.offline
+
+    with tempfile.TemporaryDirectory() as tmp:
+        local = Path(tmp) / Path(path).name
+        local.write_text(plotly.offline.get_plotlyjs(), encoding="utf-8")
+        client.log_artifact(run_id, str(local), artifact_path=str(Path(path).parent))
+
+
+def batch_plotly_head(history_run_id: str) -> str:
+    """The plotly loader for a batch run's pages under `plots/` (three folders up from a page
+    is the experiment's folder, where the history run's artifacts are)."""
+    path = plotly_artifact_path()
+    return plotly_loader(history_run_id, path, f"../../../{history_run_id}/artifacts/{path}")
+
+
+def monitoring_point(result: Any) -> dict[str, Any]:
+    """What a batch adds to its model's history (plain JSON values; None where unknown)."""
+    features = result.features or {}
+    drifted = sum(bool(f.get("alert")) for f in features.values())
+    return {
+        "batch": result.batch_id,
+        "valid": bool(result.valid),
+        "rows": int(result.rows),
+        "estimated": result.estimated_metric,
+        "realized": result.realized_metric,
+        "drifted_features": drifted if result.valid else None,
+        "drift_share": (drifted / len(features)) if (result.valid and features) else None,
+        "multivariate": (result.multivariate or {}).get("value") if result.valid else None,
+        "drift_detected": bool(result.drift_detected),
+        "performance_degraded": bool(result.performance_degraded),
+    }
+
+
+def log_monitoring_history(config: ModelConfig, run_id: str, result: Any, step: int) -> list[dict[str, Any]]:
+    """Append one batch to the model's history run: its metrics at `step`, its point in
+    `history/batches.json` (a re-monitored batch replaces its point) and the history plot
+    redrawn. Returns the points."""
+    import math
+    import tempfile
+    import time
+
+    from mlflow import MlflowClient
+    from mlflow.entities import Metric
+
+    from evergreen.engines import plots
+
+    client = MlflowClient()
+    point = {"step": int(step), **monitoring_point(result)}
+    names = {
+        "estimated": f"estimated.{result.metric}", "realized": f"realized.{result.metric}",
+        "drift_share": "drift_share", "drifted_features": "drifted_features",
+        "multivariate": "multivariate.reconstruction_error", "rows": "rows",
+    }  # fmt: skip
+    now = int(time.time() * 1000)
+    values = {names[k]: point[k] for k in names} | {"valid": float(point["valid"])}
+    metrics = [
+        Metric(safe_metric_name(k), float(v), now, int(step))
+        for k, v in values.items()
+        if isinstance(v, (int, float)) and math.isfinite(float(v))
+    ]
+    if metrics:
+        client.log_batch(run_id, metrics=metrics)
+    points: list[dict[str, Any]] = []
+    with tempfile.TemporaryDirectory() as tmp:
+        try:
+            local = client.download_artifacts(run_id, HISTORY_POINTS, tmp)
+            points = json.loads(Path(local).read_text(encoding="utf-8")).get("batches", [])
+        except Exception:  # noqa: BLE001 - the first batch: no history yet
+            points = []
+    points = sorted([p for p in points if p.get("step") != point["step"]] + [point], key=lambda p: p["step"])
+    client.log_dict(run_id, {"model": config.name, "metric": result.metric, "batches": points}, HISTORY_POINTS)
+    path = plotly_artifact_path()
+    head = plotly_loader(run_id, path, f"../{path}")
+    client.log_text(run_id, plots.monitoring_history_page(config.name, result.metric, points, head), HISTORY_PLOT)
+    return points
+
+
 def log_monitor_run(
     config: ModelConfig,
     result: Any,
@@ -319,6 +502,7 @@ def log_monitor_run(
     plots: dict[str, str],
     chunks: list[dict],
     flow_run_id: str | None,
+    history_run_id: str | None = None,
 ) -> tuple[str, str, str]:
     """One MLflow run per monitored batch (a `reports.MonitorResult`) in the monitoring
     experiment: metrics, tags, plots. Returns the run id, experiment id and a link."""
@@ -334,6 +518,8 @@ def log_monitor_run(
         "evergreen.performance_degraded": str(result.performance_degraded).lower(),
         "evergreen.events": ",".join(result.events),
     }
+    if history_run_id:
+        tags[HISTORY_RUN_ID_TAG] = history_run_id
     if flow_run_id:
         tags["prefect.flow_run_id"] = flow_run_id
         tags = links.with_prefect_link(tags, flow_run_id)
@@ -345,6 +531,7 @@ def log_monitor_run(
         if result.valid:
             metrics |= {f"drift.{name}": f.get("value") for name, f in result.features.items()}
             metrics["drifted_features"] = float(sum(bool(f.get("alert")) for f in result.features.values()))
+            metrics["drift_share"] = monitoring_point(result)["drift_share"]
             if result.multivariate:
                 metrics["multivariate.reconstruction_error"] = result.multivariate.get("value")
             metrics[f"estimated.{result.metric}"] = result.estimated_metric
@@ -354,7 +541,7 @@ def log_monitor_run(
         if chunks:
             mlflow.log_dict({"chunks": chunks}, "chunks.json")
         for name, html in plots.items():
-            mlflow.log_text(html, f"plots/{name}.html")
+            mlflow.log_text(html, f"{BATCH_PLOTS_DIR}/{name}.html")
     return run.info.run_id, exp_id, run_url(config.mlflow, exp_id, run.info.run_id)
 
 
@@ -375,10 +562,16 @@ class MlflowRunLog:
     def publish_monitor(
         self, config: ModelConfig, result: Any, index: int, report: Any, chunks: list[dict], flow_run_id: str | None
     ) -> tuple[str | None, str | None]:
-        """`monitoring.plots` decides the plots: every plot when the batch alerts."""
+        """`monitoring.plots` decides the plots: every plot when the batch alerts. The page
+        loads plotly.js from the model's history run (logged there once), and the batch is
+        appended to that run's history (metrics at step `index`, the history plot)."""
+        connect(config.mlflow)
+        exp_id = ensure_experiment(config.mlflow, config.mlflow.monitoring_experiment)
+        history_run_id, _ = monitoring_history_run(config, exp_id)
         plots = {}
         if report is not None:
             alerting = result.drift_detected or result.performance_degraded
-            plots["monitor"] = report.plots_for(config.monitoring.plots, alerting)
-        run_id, _, url = log_monitor_run(config, result, index, plots, chunks, flow_run_id)
+            plots["monitor"] = report.plots_for(config.monitoring.plots, alerting, batch_plotly_head(history_run_id))
+        run_id, _, url = log_monitor_run(config, result, index, plots, chunks, flow_run_id, history_run_id)
+        log_monitoring_history(config, history_run_id, result, index)
         return run_id, url

@@ -171,20 +171,24 @@ class MonitorReport:
                 pages[name] = _html_page(title, [], False, note=f"plot unavailable: {exc}")
         return pages
 
-    def plots_for(self, mode: str, alerting: bool) -> str:
+    def plots_for(self, mode: str, alerting: bool, plotly_head: str | None = None) -> str:
         """The NannyML plots page of a batch (`monitoring.plots`): every plot when the batch
         alerts or the config says `always`, else the summary page (batch-level plots and a
-        per-feature drift table; the per-feature figures are most of the cost)."""
+        per-feature drift table; the per-feature figures are most of the cost).
+
+        `plotly_head`: markup for the page's head that loads plotly.js from elsewhere (the
+        page then holds the figures only, ~1/20 of the size); None inlines plotly.js."""
         if mode == "always" or alerting:
-            return self.plots_page()
+            return self.plots_page(plotly_head)
         return self.summary_page(
             note="Quiet batch: per-feature drift plots are drawn for batches that alert "
-            "(monitoring.plots: on_alert); set monitoring.plots: always to draw them for every batch."
+            "(monitoring.plots: on_alert); set monitoring.plots: always to draw them for every batch.",
+            plotly_head=plotly_head,
         )
 
-    def plots_page(self) -> str:
+    def plots_page(self, plotly_head: str | None = None) -> str:
         """Every NannyML plot of the report on one HTML page, plotly.js inlined once (a page
-        per calculator would carry ~4.6 MB of plotly.js each)."""
+        per calculator would carry ~4.6 MB of plotly.js each), or loaded by `plotly_head`."""
         figures: list[Any] = []
         notes: list[str] = []
         for name, result in self.results.items():
@@ -194,10 +198,12 @@ class MonitorReport:
             except Exception as exc:  # plotting is auxiliary; never lose the report over it
                 logger.warning("NannyML could not plot %s: %s", name, exc)
                 notes.append(f"{name}: plot unavailable: {exc}")
-        return _html_page(f"{self.model_name}: drift and performance", figures, True, note="; ".join(notes))
+        return _html_page(
+            f"{self.model_name}: drift and performance", figures, True, note="; ".join(notes), plotly_head=plotly_head
+        )
 
 
-    def summary_page(self, note: str = "") -> str:
+    def summary_page(self, note: str = "", plotly_head: str | None = None) -> str:
         """A quiet batch's page: NannyML's batch-level plots (multivariate drift, estimated
         and realized performance) and a table of per-feature drift, plotly.js inlined once.
         The per-feature NannyML figures of `plots_page` are ~90% of its cost; the drift
@@ -219,6 +225,7 @@ class MonitorReport:
             True,
             note="; ".join(notes),
             preamble=_feature_table(self.features),
+            plotly_head=plotly_head,
         )
 
 
@@ -248,12 +255,19 @@ def _figures(name: str, result: Any) -> list[Any]:
 
 
 def _html_page(
-    title: str, figures: list[Any], include_plotlyjs: bool, note: str = "", preamble: str = ""
+    title: str,
+    figures: list[Any],
+    include_plotlyjs: bool,
+    note: str = "",
+    preamble: str = "",
+    plotly_head: str | None = None,
 ) -> str:
     import html
 
     head = f'<meta charset="utf-8"><title>{html.escape(title)}</title>'
-    if include_plotlyjs:
+    if plotly_head is not None:
+        head += plotly_head
+    elif include_plotlyjs:
         import plotly.offline
 
         head += (

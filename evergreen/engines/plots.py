@@ -38,3 +38,32 @@ def calibration_curve(calibration: Any) -> Any:
     ax.legend()
     fig.tight_layout()
     return fig
+
+
+def monitoring_history_page(model: str, metric: str, points: list[dict[str, Any]], plotly_head: str) -> str:
+    """A model's monitoring over batches as one Plotly HTML page: estimated and realized
+    metric (top) and the share of drifted features (bottom) per batch, the batches in order.
+
+    `points`: one dict per batch with `step`, `batch`, `estimated`, `realized`, `drift_share`
+    (None where unknown). `plotly_head` loads plotly.js (the page holds the figure only)."""
+    import html
+
+    import plotly.graph_objects as go
+    from plotly.subplots import make_subplots
+
+    rows = sorted(points, key=lambda p: p["step"])
+    x = [str(p["batch"]) for p in rows]
+    fig = make_subplots(rows=2, cols=1, shared_xaxes=True, vertical_spacing=0.08, subplot_titles=(
+        f"{metric}: estimated (NannyML, no labels) and realized (labels)", "share of drifted features",
+    ))  # fmt: skip
+    for key, name in (("estimated", f"estimated {metric}"), ("realized", f"realized {metric}")):
+        fig.add_trace(go.Scatter(x=x, y=[p.get(key) for p in rows], mode="lines+markers", name=name), row=1, col=1)
+    fig.add_trace(
+        go.Bar(x=x, y=[p.get("drift_share") for p in rows], name="drifted features (share)", marker_color="#d62728"),
+        row=2, col=1,
+    )
+    fig.update_yaxes(range=[0, 1], row=2, col=1)
+    fig.update_layout(height=620, title=f"{model}: monitoring over {len(rows)} batches", hovermode="x unified")
+    body = fig.to_html(full_html=False, include_plotlyjs=False, div_id="evergreen-history")
+    title = html.escape(f"{model}: monitoring history")
+    return f'<html>\n<head><meta charset="utf-8"><title>{title}</title>{plotly_head}</head>\n<body>\n{body}\n</body>\n</html>'
