@@ -324,6 +324,8 @@ PLOTLY_TAG = "evergreen.plotly_js"
 HISTORY_POINTS = "history/batches.json"
 HISTORY_PLOT = "plots/history.html"
 BATCH_PLOTS_DIR = "plots"
+# A batch's plot page stays under this (plotly.js is not in it; see `MonitorReport.plots_for`).
+PLOT_PAGE_LIMIT = 500_000
 
 
 def plotly_artifact_path() -> str:
@@ -571,7 +573,9 @@ class MlflowRunLog:
         plots = {}
         if report is not None:
             alerting = result.drift_detected or result.performance_degraded
-            plots["monitor"] = report.plots_for(config.monitoring.plots, alerting, batch_plotly_head(history_run_id))
+            plots["monitor"] = report.plots_for(
+                config.monitoring.plots, alerting, batch_plotly_head(history_run_id), max_bytes=PLOT_PAGE_LIMIT
+            )
         run_id, _, url = log_monitor_run(config, result, index, plots, chunks, flow_run_id, history_run_id)
         log_monitoring_history(config, history_run_id, result, index)
         return run_id, url

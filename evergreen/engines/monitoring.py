@@ -171,35 +171,53 @@ class MonitorReport:
                 pages[name] = _html_page(title, [], False, note=f"plot unavailable: {exc}")
         return pages
 
-    def plots_for(self, mode: str, alerting: bool, plotly_head: str | None = None) -> str:
+    def plots_for(
+        self, mode: str, alerting: bool, plotly_head: str | None = None, max_bytes: int | None = None
+    ) -> str:
         """The NannyML plots page of a batch (`monitoring.plots`): every plot when the batch
         alerts or the config says `always`, else the summary page (batch-level plots and a
         per-feature drift table; the per-feature figures are most of the cost).
 
         `plotly_head`: markup for the page's head that loads plotly.js from elsewhere (the
-        page then holds the figures only, ~1/20 of the size); None inlines plotly.js."""
-        if mode == "always" or alerting:
-            return self.plots_page(plotly_head)
-        return self.summary_page(
-            note="Quiet batch: per-feature drift plots are drawn for batches that alert "
-            "(monitoring.plots: on_alert); set monitoring.plots: always to draw them for every batch.",
-            plotly_head=plotly_head,
+        page then holds the figures only, ~1/20 of the size); None inlines plotly.js. A page
+        over `max_bytes` (many features, long references) draws the per-feature plots of the
+        drifted features only, and failing that is the summary page, saying so."""
+        note = (
+            "Quiet batch: per-feature drift plots are drawn for batches that alert "
+            "(monitoring.plots: on_alert); set monitoring.plots: always to draw them for every batch."
         )
+        if mode == "always" or alerting:
+            page = self.plots_page(plotly_head)
+            if max_bytes is None or len(page.encode()) <= max_bytes:
+                return page
+            drifted = self.drifted_features
+            cut = (
+                f"Per-feature plots of the drifted features only ({', '.join(drifted) or 'none'}): "
+                f"every feature's would make this page larger than {max_bytes:,} bytes; the table has them all."
+            )
+            page = self.plots_page(plotly_head, features=drifted, note=cut, table=True)
+            if len(page.encode()) <= max_bytes:
+                return page
+            note = f"Per-feature plots left out: they would make this page larger than {max_bytes:,} bytes."
+        return self.summary_page(note=note, plotly_head=plotly_head)
 
-    def plots_page(self, plotly_head: str | None = None) -> str:
+    def plots_page(
+        self, plotly_head: str | None = None, features: list[str] | None = None, note: str = "", table: bool = False
+    ) -> str:
         """Every NannyML plot of the report on one HTML page, plotly.js inlined once (a page
         per calculator would carry ~4.6 MB of plotly.js each), or loaded by `plotly_head`."""
         figures: list[Any] = []
-        notes: list[str] = []
+        notes: list[str] = [note] if note else []
         for name, result in self.results.items():
             try:
                 with _nannyml_session():
-                    figures += _figures(name, result)
+                    figures += _figures(name, result, features)
             except Exception as exc:  # plotting is auxiliary; never lose the report over it
                 logger.warning("NannyML could not plot %s: %s", name, exc)
                 notes.append(f"{name}: plot unavailable: {exc}")
         return _html_page(
-            f"{self.model_name}: drift and performance", figures, True, note="; ".join(notes), plotly_head=plotly_head
+            f"{self.model_name}: drift and performance", figures, True, note="; ".join(notes),
+            preamble=_feature_table(self.features) if table else "", plotly_head=plotly_head,
         )
 
 
@@ -246,11 +264,12 @@ def _feature_table(features: dict[str, FeatureDrift]) -> str:
     )
 
 
-def _figures(name: str, result: Any) -> list[Any]:
+def _figures(name: str, result: Any, features: list[str] | None = None) -> list[Any]:
     if name == "univariate_drift":
         # One figure per feature: plotly's add_vline over many subplots is quadratic (a minute
         # for 20 features); single-feature figures take a tenth of a second each.
-        return [result.filter(column_names=[c]).plot() for c in result.column_names]
+        columns = [c for c in result.column_names if features is None or c in features]
+        return [result.filter(column_names=[c]).plot() for c in columns]
     return [result.plot()]
 
 

@@ -74,6 +74,13 @@ def test_clean_batch_emits_no_drift_event(clean: ModelConfig) -> None:
     page = _plots_page(run)
     assert "Univariate drift per feature" in page
     assert 0 < page.count('class="plotly-graph-div"') < len(clean.columns.features)
+    # plotly.js is loaded from the model's history run, which also holds the batch at its step.
+    assert len(page.encode()) <= 500_000 and "Plotly.newPlot" in page
+    history = run.data.tags["evergreen.monitoring_history_run_id"]
+    client = mlflow.MlflowClient(clean.mlflow.resolved_tracking_uri())
+    steps = [m.step for m in client.get_metric_history(history, "estimated.roc_auc")]
+    assert client.get_metric_history(run.info.run_id, "rows")[0].step in steps
+    assert run.info.run_name == f"monitor · {clean.name} · {result.batch_id}"
 
 
 def _plots_page(run) -> str:  # noqa: ANN001
