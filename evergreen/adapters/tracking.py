@@ -497,6 +497,31 @@ def log_monitoring_history(config: ModelConfig, run_id: str, result: Any, step: 
     return points
 
 
+def describe_batch(result: Any, history_run_id: str | None = None) -> str:
+    """A monitor run's description (Markdown, the run page's Description): what the batch
+    showed and what the policy did with it."""
+    lines = [f"**{result.batch_id}**: {result.rows:,} rows, " + ("valid" if result.valid else "**rejected**")]
+    if not result.valid:
+        lines.append(f"- why: {' '.join(str(result.message).split())}")
+    else:
+        drifted = sorted(n for n, f in (result.features or {}).items() if f.get("alert"))
+        lines.append(f"- drifted features: {', '.join(drifted) if drifted else 'none'} (of {len(result.features or {})})")
+        for kind, value in (("estimated", result.estimated_metric), ("realized", result.realized_metric)):
+            if value is not None:
+                lines.append(f"- {kind} {result.metric}: {value:.4f}")
+        if result.performance_degraded:
+            lines.append("- **performance degraded**")
+    if result.reasons:
+        lines.append(f"- reasons: {'; '.join(result.reasons)}")
+    if result.decision and result.decision != "none":
+        lines.append(f"- retrain policy: {result.decision}" + (f" ({result.policy})" if result.policy else ""))
+    if result.events:
+        lines.append(f"- events: {', '.join(result.events)}")
+    if history_run_id:
+        lines.append(f"- the model's history over batches: run `{history_run_id}` (history · {result.model})")
+    return "\n".join(lines)[:5000]
+
+
 def log_monitor_run(
     config: ModelConfig,
     result: Any,
@@ -522,6 +547,7 @@ def log_monitor_run(
     }
     if history_run_id:
         tags[HISTORY_RUN_ID_TAG] = history_run_id
+    tags["mlflow.note.content"] = describe_batch(result, history_run_id)
     if flow_run_id:
         tags["prefect.flow_run_id"] = flow_run_id
         tags = links.with_prefect_link(tags, flow_run_id)
@@ -559,7 +585,11 @@ class MlflowRunLog:
         from mlflow import MlflowClient
 
         uri = connect(config.mlflow)
-        MlflowClient(uri, uri).set_tag(run_id, "mlflow.runName", version_run_name(config.name, version, bootstrap))
+        client = MlflowClient(uri, uri)
+        client.set_tag(run_id, "mlflow.runName", version_run_name(config.name, version, bootstrap))
+        page = links.mlflow_version_url(ui_base(config.mlflow), config.mlflow.model_name, version)
+        note = f"Registered as [{config.mlflow.model_name} v{version}]({page}); its page says what became of it."
+        client.set_tag(run_id, "mlflow.note.content", note)
 
     def publish_monitor(
         self, config: ModelConfig, result: Any, index: int, report: Any, chunks: list[dict], flow_run_id: str | None

@@ -81,6 +81,11 @@ def test_experiments_are_model_training_and_links_open_that_view(world: World) -
     assert all(url.endswith("?workflowType=machine_learning") for url in world.record.monitor_urls)
     run = client.get_run(world.record.monitor_run_ids[0])
     assert run.data.tags["evergreen.prefect.flow_run_url"] == f"{PREFECT_UI}/runs/flow-run/{FLOW_RUN_ID}"
+    assert "rows, valid" in run.data.tags["mlflow.note.content"]
+    version = client.get_model_version(MODEL, world.record.rejected)
+    assert version.tags["evergreen.prefect.flow_run_url"] == f"{PREFECT_UI}/runs/flow-run/{FLOW_RUN_ID}"
+    note = client.get_run(version.run_id).data.tags["mlflow.note.content"]
+    assert f"#/models/{MODEL}/versions/{version.version}" in note
 
 
 def test_monitoring_experiment_lists_its_runs_in_the_model_training_view(world: World, browser_page, screenshot) -> None:  # noqa: ANN001

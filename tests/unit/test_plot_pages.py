@@ -83,3 +83,8 @@ def test_monitoring_point_reads_the_drift_share() -> None:
     assert point["drift_share"] == 0.5 and point["drifted_features"] == 2 and point["realized"] is None
     rejected = tracking.monitoring_point(result.model_copy(update={"valid": False}))
     assert rejected["drift_share"] is None and rejected["valid"] is False
+    note = tracking.describe_batch(result, "h1")
+    assert note.startswith("**2024-03-01**: 10 rows, valid") and "drifted features: a, d (of 4)" in note
+    assert "estimated roc_auc: 0.9000" in note and "realized" not in note and "`h1`" in note
+    bad = tracking.describe_batch(result.model_copy(update={"valid": False, "message": "ids duplicated"}))
+    assert "**rejected**" in bad and "why: ids duplicated" in bad
