@@ -101,6 +101,12 @@ def test_monitoring_experiment_lists_its_runs_in_the_model_training_view(world: 
     body = page.inner_text("body")
     assert len(re.findall(rf"monitor · {MODEL} · ", body)) == len(world.record.monitor_run_ids), body[:2000]
     assert "Traces" not in page.url and "/traces" not in page.url
+    # The link a monitor run's result (and its Prefect artifact) carries opens the run's page,
+    # whose description says what the batch showed.
+    page.goto(world.record.monitor_urls[-1])
+    page.get_by_text("drifted features:").first.wait_for()
+    screenshot("monitor-run")
+    assert f"monitor · {MODEL} · " in page.inner_text("body")
 
 
 def test_rejected_version_page_shows_its_description_and_gate_result(world: World, browser_page, screenshot) -> None:  # noqa: ANN001
