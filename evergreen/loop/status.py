@@ -26,15 +26,22 @@ LAST_DECISIONS = 12
 @dataclass(frozen=True)
 class ModelStory:
     """What the status page is made of: the model's config name, its metric, its registered
-    versions (with aliases and tags), the alias history (oldest first) and the batch ledger."""
+    versions (with their tags), the alias history (oldest first), the batch ledger and where
+    each alias points (`aliases`: alias -> version; MLflow's version search leaves a
+    version's aliases out, so `read_story` resolves them one by one; when not given, the
+    versions' own `aliases` are used)."""
 
     model: str
     metric: str
     versions: list[VersionInfo] = field(default_factory=list)
     history: list[AliasMove] = field(default_factory=list)
     ledger: BatchLedger = field(default_factory=BatchLedger)
+    aliases: dict[str, str] | None = None
 
     def by_alias(self, alias: str) -> VersionInfo | None:
+        if self.aliases is not None:
+            number = self.aliases.get(alias)
+            return None if number is None else self.version(number)
         return next((v for v in self.versions if alias in v.aliases), None)
 
     def version(self, number: str | None) -> VersionInfo | None:
@@ -53,13 +60,20 @@ class Decision:
 
 
 def read_story(model: str, metric: str, store: BatchStore, registry: ModelRegistry) -> ModelStory:
-    """The story's inputs from the ports: the ledger, the versions, the alias history."""
+    """The story's inputs from the ports: the ledger, the versions, the aliases, the alias
+    history."""
+    aliases = {}
+    for alias in (CHAMPION, CANARY, CHALLENGER):
+        version = registry.version_by_alias(alias)
+        if version is not None:
+            aliases[alias] = version.version
     return ModelStory(
         model=model,
         metric=metric,
         versions=registry.list_versions(),
         history=registry.alias_history(),
         ledger=store.read_ledger(),
+        aliases=aliases,
     )
 
 
@@ -155,10 +169,12 @@ def gate_metric(version: VersionInfo, metric: str) -> str:
     results = gate_results(version)
     if results is None:
         return "not gated" if version.tags.get(state.BOOTSTRAP_TAG) != "true" else "bootstrap (not gated)"
+    verdict = "gate " + ("passed" if results.get("passed") else "failed")
     for check in results.get("checks") or []:
-        if check.get("name") in ("relative_margin", "floor") and check.get("value") is not None:
-            return f"{fmt(check.get('value'))} ({check.get('name')}: {check.get('detail') or ''})".replace(": )", ")")
-    return "gate " + ("passed" if results.get("passed") else "failed")
+        # The margin check's detail states both models' metric on the gate's rows.
+        if check.get("name") in ("relative_margin", "floor") and check.get("detail"):
+            return f"{verdict}: {check['detail']}"
+    return verdict
 
 
 def gate_checks_rows(results: dict[str, Any]) -> list[list[str]]:

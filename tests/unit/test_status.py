@@ -208,3 +208,26 @@ def test_rollback_page_gives_the_reason() -> None:
     result = PromotionResult(model_name="car_loan", decision="rolled_back", champion="1", reasons=["manual: bad release"])
     page = status.rollback_markdown(result, "champion rolled back from v2 to v1: manual: bad release")
     assert page.startswith("# rollback · car_loan: champion now v1") and "- manual: bad release" in page
+
+
+def test_read_story_resolves_aliases_the_version_search_leaves_out(story: status.ModelStory) -> None:
+    """MLflow's version search returns versions without their aliases: the story asks the
+    registry where each alias points."""
+
+    class Registry:
+        def list_versions(self) -> list[VersionInfo]:
+            return [VersionInfo(v.name, v.version, v.run_id, v.source, [], v.tags) for v in story.versions]
+
+        def version_by_alias(self, alias: str) -> VersionInfo | None:
+            return next((v for v in story.versions if alias in v.aliases), None)
+
+        def alias_history(self) -> list[AliasMove]:
+            return story.history
+
+    class Store:
+        def read_ledger(self) -> BatchLedger:
+            return story.ledger
+
+    read = status.read_story("car_loan", "roc_auc", Store(), Registry())  # type: ignore[arg-type]
+    assert read.aliases == {"champion": "2", "canary": "3"}
+    assert status.model_state(read).startswith("champion v2, canary v3 under review")
