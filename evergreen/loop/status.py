@@ -212,7 +212,7 @@ def last_decisions(story: ModelStory, limit: int = LAST_DECISIONS) -> list[Decis
     rejections), retrains registered, the gate, canary reviews, promotions and rollbacks."""
     rows = [d for r in story.ledger.batches.values() if (d := monitor_decision(r)) is not None]
     rows += [d for m in story.history if (d := move_decision(story, m)) is not None]
-    return sorted(rows, key=lambda d: d.time, reverse=True)[:limit]
+    return sorted(rows, key=lambda d: (d.time, d.subject), reverse=True)[:limit]
 
 
 def monitor_decision(record: BatchRecord) -> Decision | None:
@@ -371,7 +371,7 @@ def retrain_markdown(result: RetrainResult) -> str:
     ]
     if result.blocked_by:
         facts.insert(1, ["held by", result.blocked_by])
-    lines += table(["", ""], facts)
+    lines += table(["what", "value"], facts)
     if result.metrics:
         lines += ["", "## Evaluation (held-out part of the window)", "", *table(["metric", "value"], [[k, fmt(v)] for k, v in sorted(result.metrics.items())])]
     if result.excluded:

@@ -126,7 +126,7 @@ def loop(root: Path, name: str) -> dict[str, Any]:
     gated = promote(config=cfg, return_state=True)
     out["promote"] = {"state": gated.name, "message": gated.message}
     reviewed = canary_review(config=cfg, return_state=True)
-    out["canary"] = {"state": reviewed.name, "message": reviewed.message}
+    out["canary"] = {"state": reviewed.name, "message": reviewed.message, "run": str(reviewed.state_details.flow_run_id)}
     out["batches"] = [b.day for b in io.list_batches(cfg.data.path("batches"))]
     return out
 
