@@ -35,7 +35,7 @@ class ModelStory:
     metric: str
     versions: list[VersionInfo] = field(default_factory=list)
     history: list[AliasMove] = field(default_factory=list)
-    ledger: BatchLedger = field(default_factory=BatchLedger)
+    ledger: BatchLedger = field(default_factory=lambda: BatchLedger.model_validate({}))
     aliases: dict[str, str] | None = None
 
     def by_alias(self, alias: str) -> VersionInfo | None:
