@@ -158,6 +158,9 @@ def run_demo(
                 # Detached: it must outlive this process (a context manager would stop it).
                 kept = start_kept_prefect_server(workdir / "prefect")
                 api, kept_pid = kept.api_url, kept.pid
+                from evergreen.apps.services import stop_kept_server_hint
+
+                echo(f"the Prefect server is kept after the demo (pid {kept_pid}; stop it with `{stop_kept_server_hint(kept_pid)}`)")
             else:
                 api = stack.enter_context(prefect_server(workdir / "prefect"))
         os.environ["PREFECT_API_URL"] = api
@@ -212,13 +215,12 @@ def run_demo(
             champion, canary = _aliases(cfg)
             rows.append(DayRow(day, m.valid, m.drift_detected, m.performance_degraded, m.estimated_metric, m.realized_metric, m.realized_on, m.events, "; ".join(actions) or "-", champion, canary, served, round(time.monotonic() - t0, 1)))
         # Runs the automations scheduled for later (a canary review in real hours) would
-        # wait forever on a server nobody serves: cancelled, saying why.
-        cancelled = cancel_leftover_runs(demo_started)
+        # wait forever on the demo's server once its runner stops: cancelled, saying why.
+        # (A server the demo did not start has its own workers and schedules: left alone.)
+        cancelled = cancel_leftover_runs(demo_started) if started_server else []
         for name in cancelled:
             echo(f"  cancelled leftover run {name} (the demo ended before its time)")
         if keep_server and kept_pid is not None:
-            from evergreen.apps.services import stop_kept_server_hint
-
             echo(f"Prefect server left running: UI {api.removesuffix('/api')} (pid {kept_pid}; stop it with `{stop_kept_server_hint(kept_pid)}`)")
     detected = next((r.day for r in rows if (r.drift or r.degraded) and (info.drift_start_index is None or r.day >= info.drift_start_date)), None)
     champion, _ = _aliases(cfg)
