@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 from typing import Any, ClassVar
 
@@ -9,6 +10,50 @@ from prefect.blocks.core import Block
 from pydantic import Field, ValidationError, model_validator
 
 from evergreen.config import ConfigError, ModelConfig, config_error, load_config
+
+# Human titles of the config's sections in the Prefect UI (the schema's are class names).
+SECTION_TITLES: dict[str, tuple[str, str]] = {
+    "ModelConfig": ("Model configuration", "One monitored model: the sections of its YAML config."),
+    "ColumnRoles": ("Columns", "The roles of the data's columns: id, timestamp, target, the serving model's outputs, features."),
+    "DataConfig": ("Data locations", "Where the model's data lives; relative paths resolve against root."),
+    "MonitoringConfig": ("Monitoring thresholds", "Drift and performance thresholds; the monitor flow decides on them."),
+    "RetrainPolicyConfig": ("Retrain policy", "When a retrain may start: window, cooldown, hysteresis, budget, alert episodes."),
+    "TrainingConfig": ("Training", "XGBoost training settings (seeded)."),
+    "GateConfig": ("Promotion gate", "What a challenger must show against the champion to become canary."),
+    "CanaryConfig": ("Canary", "The canary's traffic share, evidence and window before the review decides."),
+    "ColumnLimits": ("Column limits", "Impossible values of one feature (a batch holding one is rejected)."),
+    "ValidationConfig": ("Data validation", "Integrity rules that reject a batch; distribution checks that only warn."),
+    "MlflowConfig": ("MLflow registry and tracking", "Where the model's versions, aliases and runs live."),
+    "NotificationConfig": ("Notifications", "Where the loop's events are sent (webhook)."),
+}
+FIELD_TITLES = {
+    "name": "Model name",
+    "problem_type": "Problem type",
+    "metric": "Metric",
+    "columns": "Columns",
+    "data": "Data locations",
+    "monitoring": "Monitoring thresholds",
+    "retrain": "Retrain policy",
+    "training": "Training",
+    "gate": "Promotion gate",
+    "canary": "Canary",
+    "validation": "Data validation",
+    "mlflow": "MLflow registry and tracking",
+    "notifications": "Notifications",
+}
+
+
+def _move_default_to_description(prop: dict[str, Any]) -> None:
+    if "default" not in prop:
+        return
+    default = prop.pop("default")
+    if default is None or default == [] or default == {}:
+        return
+    shown = json.dumps(default) if isinstance(default, (list, dict, bool)) else str(default)
+    said = prop.get("description") or ""
+    if "default:" not in said:
+        prop["description"] = f"{said} (default: {shown})".strip()
+
 
 
 class EvergreenModel(Block):
@@ -35,6 +80,33 @@ class EvergreenModel(Block):
         if isinstance(data, dict) and "config" not in data and "name" in data:
             return {"config": {k: v for k, v in data.items() if k in ModelConfig.model_fields}}
         return data
+
+    @classmethod
+    def model_json_schema(cls, *args: Any, **kwargs: Any) -> dict[str, Any]:
+        """The block's schema as the Prefect UI builds its form from it: sections with human
+        titles, and no `default`s (each default is named in the field's description instead).
+
+        The UI fills a field that has a default with it when the stored value is missing, and
+        leaves out of what it saves every value equal to its default: one unchanged Save
+        dropped the user's explicit values (an explicit `null` where the default is a number
+        came back as that number). Without defaults in the schema the form shows and saves
+        the stored values as they are, and a value left empty still gets the config's
+        default when the block is loaded."""
+        schema = super().model_json_schema(*args, **kwargs)
+        definitions = schema.get("definitions") or {}
+        for name, definition in definitions.items():
+            if name in SECTION_TITLES:
+                definition["title"], definition["description"] = SECTION_TITLES[name]
+            for prop in (definition.get("properties") or {}).values():
+                _move_default_to_description(prop)
+        config = schema.get("properties", {}).get("config")
+        if config is not None:
+            config["title"] = "Model configuration"
+        model = definitions.get("ModelConfig", {}).get("properties", {})
+        for key, prop in model.items():
+            if key in FIELD_TITLES:
+                prop["title"] = FIELD_TITLES[key]
+        return schema
 
     def to_config(self) -> ModelConfig:
         """The plain typed config (validated when the block was loaded or built, so block

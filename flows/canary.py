@@ -14,6 +14,7 @@ from evergreen.telemetry import disable_telemetry
 from tasks.registry import current_actor, model_flight
 from tasks.runner import PREFECT, outcome_state
 from tasks.runs import canary_review_run_name, tag_run
+from tasks.status import explain_run, outcome_page
 from tasks.wiring import production_ports
 
 
@@ -23,5 +24,8 @@ def canary_review(config: str | ModelConfig | None = None) -> State:
     disable_telemetry()
     cfg = resolve_config(config)
     tag_run(cfg)
+    ports = production_ports(cfg)
     with model_flight("canary-review", cfg, wait=True):
-        return outcome_state(step.review_canary(production_ports(cfg), cfg, run=PREFECT, actor=current_actor()))
+        outcome = step.review_canary(ports, cfg, run=PREFECT, actor=current_actor())
+    explain_run(cfg, ports, outcome.message, outcome_page("canary-review", outcome))
+    return outcome_state(outcome)

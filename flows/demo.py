@@ -75,6 +75,8 @@ class DemoSummary:
     workdir: str
     seconds: float
     server_kept: bool = False
+    prefect_server_pid: int | None = None  # the kept server's (`--keep-server`)
+    cancelled_runs: list[str] = field(default_factory=list)  # leftover scheduled runs the demo cancelled
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -119,10 +121,16 @@ def run_demo(
     """The demo; with `stack_dir` (a running `evergreen stack up`) on that stack instead of
     embedded servers: its Prefect API, its workers running the deployments, its MLflow
     server and `s3://` data on its object store."""
-    from evergreen.apps.services import prefect_server, scoring_service, served_flows
+    from evergreen.apps.services import (
+        prefect_server,
+        scoring_service,
+        served_flows,
+        start_kept_prefect_server,
+    )
     from evergreen.simulation.stream import write_demo_stream
 
     began = time.monotonic()
+    demo_started = _now()
     _quiet_console()
     _exit_on_sigterm()
     if workdir.exists():
@@ -143,10 +151,18 @@ def run_demo(
         stream = setup.submit(write_demo_stream, cfg.model_copy(update={"data": cfg.data.model_copy(update={"root": str(staging)})}), str(staging), drift=drift, drift_start=drift_start)
         api = os.environ.get("PREFECT_API_URL")
         started_server = not api
+        kept_pid: int | None = None
         if not api:
             echo("starting a local Prefect server (SQLite, 127.0.0.1) ...")
-            server = prefect_server(workdir / "prefect")
-            api = stack.enter_context(server) if not keep_server else server.__enter__()
+            if keep_server:
+                # Detached: it must outlive this process (a context manager would stop it).
+                kept = start_kept_prefect_server(workdir / "prefect")
+                api, kept_pid = kept.api_url, kept.pid
+                from evergreen.apps.services import stop_kept_server_hint
+
+                echo(f"the Prefect server is kept after the demo (pid {kept_pid}; stop it with `{stop_kept_server_hint(kept_pid)}`)")
+            else:
+                api = stack.enter_context(prefect_server(workdir / "prefect"))
         os.environ["PREFECT_API_URL"] = api
         echo(f"Prefect API: {api}")
         info = stream.result()
@@ -198,8 +214,14 @@ def run_demo(
                 actions += _await_automations(since, day, counters, echo)
             champion, canary = _aliases(cfg)
             rows.append(DayRow(day, m.valid, m.drift_detected, m.performance_degraded, m.estimated_metric, m.realized_metric, m.realized_on, m.events, "; ".join(actions) or "-", champion, canary, served, round(time.monotonic() - t0, 1)))
-        if keep_server:
-            echo(f"Prefect server left running at {api}")
+        # Runs the automations scheduled for later (a canary review in real hours) would
+        # wait forever on the demo's server once its runner stops: cancelled, saying why.
+        # (A server the demo did not start has its own workers and schedules: left alone.)
+        cancelled = cancel_leftover_runs(demo_started) if started_server else []
+        for name in cancelled:
+            echo(f"  cancelled leftover run {name} (the demo ended before its time)")
+        if keep_server and kept_pid is not None:
+            echo(f"Prefect server left running: UI {api.removesuffix('/api')} (pid {kept_pid}; stop it with `{stop_kept_server_hint(kept_pid)}`)")
     detected = next((r.day for r in rows if (r.drift or r.degraded) and (info.drift_start_index is None or r.day >= info.drift_start_date)), None)
     champion, _ = _aliases(cfg)
     for row in rows:
@@ -210,7 +232,7 @@ def run_demo(
         final_champion=champion, recovery=recovery(rows, info.drift_start_date), lineage=lineage(cfg),
         prefect_api_url=api, mlflow_tracking_uri=cfg.mlflow.resolved_tracking_uri(),
         workdir=str(workdir), seconds=round(time.monotonic() - began, 1),
-        server_kept=keep_server or not started_server,
+        server_kept=keep_server or not started_server, prefect_server_pid=kept_pid, cancelled_runs=cancelled,
     )
 
 
@@ -412,6 +434,39 @@ def _review_canary(cfg: ModelConfig, day: str, counters: dict[str, int], echo: C
         counters["rollbacks"] += 1
     echo(f"  [{day}] canary review: {review.message}")
     return [f"canary-review: {r.decision}"]
+
+
+CANCEL_MESSAGE = "the demo ended before this run's time; cancelled so that no run is left waiting on the kept server"
+
+
+def cancel_leftover_runs(since) -> list[str]:  # noqa: ANN001
+    """Cancel the runs of deployments created since `since` that are still scheduled or
+    pending (nobody serves them once the demo's runner stops), each with a message saying
+    why; returns their names."""
+    from prefect.client.orchestration import get_client
+    from prefect.client.schemas.filters import (
+        FlowRunFilter,
+        FlowRunFilterDeploymentId,
+        FlowRunFilterStartTime,
+        FlowRunFilterState,
+        FlowRunFilterStateType,
+    )
+    from prefect.client.schemas.objects import StateType
+    from prefect.states import Cancelled
+
+    flt = FlowRunFilter(
+        deployment_id=FlowRunFilterDeploymentId(is_null_=False),
+        state=FlowRunFilterState(type=FlowRunFilterStateType(any_=[StateType.SCHEDULED, StateType.PENDING])),
+        start_time=FlowRunFilterStartTime(is_null_=True),
+    )
+    names = []
+    with get_client(sync_client=True) as client:
+        for run in client.read_flow_runs(flow_run_filter=flt):
+            if run.created is not None and run.created < since:
+                continue  # not the demo's
+            client.set_flow_run_state(run.id, Cancelled(message=CANCEL_MESSAGE), force=True)
+            names.append(run.name)
+    return names
 
 
 def read_deployment_runs(since) -> list[Any]:  # noqa: ANN001

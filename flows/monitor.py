@@ -17,6 +17,7 @@ from evergreen.telemetry import disable_telemetry
 from tasks.registry import model_flight
 from tasks.runner import PREFECT
 from tasks.runs import monitor_run_name, tag_run
+from tasks.status import explain_run
 from tasks.wiring import production_ports
 
 
@@ -33,10 +34,13 @@ def monitor(config: str | ModelConfig | None = None, batch: str | None = None) -
     with model_flight("monitor", cfg, wait=True):
         results = step.monitor(ports, cfg, batch, run=PREFECT, flow_run_id=run_id)
         if results or batch is not None:
-            return monitor_state(results)
-        # No new batch: labels may have landed for an open alert episode (its deferred retrain).
-        check = step.check_episode(ports, cfg, run=PREFECT)
-    return monitor_state(results, None if check is None else check.reason)
+            final = monitor_state(results)
+        else:
+            # No new batch: labels may have landed for an open alert episode (its deferred retrain).
+            check = step.check_episode(ports, cfg, run=PREFECT)
+            final = monitor_state(results, None if check is None else check.reason)
+    explain_run(cfg, ports, final.message or final.name)
+    return final
 
 
 def monitor_state(results: list[MonitorResult], episode: str | None = None) -> State:

@@ -14,6 +14,7 @@ from evergreen.telemetry import disable_telemetry
 from tasks.registry import current_actor, model_flight
 from tasks.runner import PREFECT, outcome_state
 from tasks.runs import promote_run_name, tag_run
+from tasks.status import explain_run, outcome_page
 from tasks.wiring import production_ports
 
 
@@ -24,5 +25,8 @@ def promote(config: str | ModelConfig | None = None, version: str | None = None)
     disable_telemetry()
     cfg = resolve_config(config)
     tag_run(cfg)
+    ports = production_ports(cfg)
     with model_flight("promote", cfg, wait=True):
-        return outcome_state(step.promote(production_ports(cfg), cfg, version, run=PREFECT, actor=current_actor()))
+        outcome = step.promote(ports, cfg, version, run=PREFECT, actor=current_actor())
+    explain_run(cfg, ports, outcome.message, outcome_page("gate", outcome))
+    return outcome_state(outcome)

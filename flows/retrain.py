@@ -12,11 +12,13 @@ from blocks.model_config import resolve_config
 from evergreen.config import ModelConfig
 from evergreen.lineage import Trigger
 from evergreen.loop import retrain as step
+from evergreen.loop.status import retrain_markdown
 from evergreen.reports import RetrainResult
 from evergreen.telemetry import disable_telemetry
 from tasks.registry import current_actor, deployment_name, model_flight
 from tasks.runner import PREFECT
 from tasks.runs import retrain_run_name, tag_run
+from tasks.status import explain_run
 from tasks.wiring import production_ports
 
 
@@ -41,15 +43,19 @@ def retrain(
     cfg = resolve_config(config)
     tag_run(cfg)
     why = Trigger.of(trigger, event_id, reason, metric)
+    ports = production_ports(cfg)
     with model_flight("retrain", cfg, wait=why.kind == "manual") as flight:
         if not flight.held:
-            return retrain_state(in_flight(cfg, why, flight.reason or "another retrain is running"))
-        lineage = {
-            "evergreen.prefect.flow_run_id": str(flow_run.id or ""),
-            "evergreen.prefect.deployment": deployment_name() or "",
-        }
-        result = step.retrain(production_ports(cfg), cfg, why, run=PREFECT, actor=current_actor(), lineage=lineage)
-    return retrain_state(result)
+            result = in_flight(cfg, why, flight.reason or "another retrain is running")
+        else:
+            lineage = {
+                "evergreen.prefect.flow_run_id": str(flow_run.id or ""),
+                "evergreen.prefect.deployment": deployment_name() or "",
+            }
+            result = step.retrain(ports, cfg, why, run=PREFECT, actor=current_actor(), lineage=lineage)
+    final = retrain_state(result)
+    explain_run(cfg, ports, final.message or final.name, ("retrain", retrain_markdown(result)))
+    return final
 
 
 def in_flight(config: ModelConfig, trigger: Trigger, reason: str) -> RetrainResult:

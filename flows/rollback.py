@@ -14,6 +14,7 @@ from evergreen.telemetry import disable_telemetry
 from tasks.registry import current_actor, model_flight
 from tasks.runner import PREFECT, outcome_state
 from tasks.runs import rollback_run_name, tag_run
+from tasks.status import explain_run, outcome_page
 from tasks.wiring import production_ports
 
 
@@ -31,8 +32,8 @@ def rollback(
     disable_telemetry()
     cfg = resolve_config(config)
     tag_run(cfg)
+    ports = production_ports(cfg)
     with model_flight("rollback", cfg, wait=True):
-        outcome = step.rollback(
-            production_ports(cfg), cfg, to_version, from_version, reason, verify, run=PREFECT, actor=current_actor()
-        )
+        outcome = step.rollback(ports, cfg, to_version, from_version, reason, verify, run=PREFECT, actor=current_actor())
+    explain_run(cfg, ports, outcome.message, outcome_page("rollback", outcome))
     return outcome_state(outcome)

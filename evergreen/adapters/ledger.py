@@ -26,6 +26,15 @@ class BatchRecord(BaseModel):
         default_factory=list, description="retrain-policy signals that fired (hysteresis history)"
     )
     flow_run_id: str | None = None
+    # The batch's figures and the policy's verdict, kept for the model's status page (the
+    # last batches as a table); absent in ledgers written before they were recorded.
+    metric: str = ""
+    estimated_metric: float | None = None
+    realized_metric: float | None = None
+    realized_on: str | None = None
+    drift_share: float | None = Field(None, description="share of the features whose drift alerted")
+    decision: str = Field("", description="retrain, or the blocker that held one (MonitorResult.decision)")
+    policy: str = Field("", description="the retrain policy's verdict in a sentence")
     processed_at: str = Field(default_factory=lambda: datetime.now(UTC).isoformat())
 
 

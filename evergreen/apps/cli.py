@@ -671,13 +671,20 @@ def _print_demo_table(summary) -> None:  # noqa: ANN001
         typer.echo(f"  v{v['version']:<3} {v['status'] or '-':9} {v['rows'] or '-':>7} rows  data {v['dataset_digest']}  {why}")
     ui = summary.prefect_api_url.removesuffix("/api")
     if summary.server_kept:
-        typer.echo(f"Prefect UI: {ui}  (flow runs, events, artifacts)")
+        typer.echo(f"Prefect UI: {ui}  (flow runs, events; Artifacts: car-loan-status, evergreen-fleet, ...)")
+        if summary.prefect_server_pid is not None:
+            from evergreen.apps.services import stop_kept_server_hint
+
+            typer.echo(f"            the demo's server keeps running; stop it with: {stop_kept_server_hint(summary.prefect_server_pid)}")
     else:
-        typer.echo(f"Prefect UI: the demo's server is stopped; rerun with --keep-server to browse {ui}")
+        typer.echo("Prefect UI: the demo's server is stopped; rerun with --keep-server to browse it")
     if summary.mlflow_tracking_uri.startswith(("http://", "https://")):
         typer.echo(f"MLflow UI:  {summary.mlflow_tracking_uri}")
     else:
-        typer.echo(f"MLflow UI:  uv run mlflow ui --backend-store-uri {summary.mlflow_tracking_uri} --host 127.0.0.1")
+        typer.echo(
+            f"MLflow UI:  uv run mlflow ui --backend-store-uri {summary.mlflow_tracking_uri} --host 127.0.0.1 --port 5000"
+            "  (then http://127.0.0.1:5000)"
+        )
 
 
 @app.command()

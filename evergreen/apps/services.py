@@ -177,12 +177,41 @@ def launch_prefect_server(
         stop(server.process, timeout=30)
 
 
+def ui_env(port: int) -> dict[str, str]:
+    """What the Prefect UI served on `port` needs to reach its API: without
+    PREFECT_UI_API_URL it calls http://127.0.0.1:4200/api ("Can't connect to Server API")."""
+    ui_url = f"http://127.0.0.1:{port}"
+    return {"PREFECT_UI_API_URL": f"{ui_url}/api", "PREFECT_UI_URL": ui_url}
+
+
 @contextmanager
 def prefect_server(home: Path, port: int | None = None, timeout: float = 180) -> Iterator[str]:
     """A `prefect server` with its UI (the demo, the end-to-end tests) under `home`; yields
     its API URL."""
-    with launch_prefect_server(home, port=port, ui=True, timeout=timeout) as server:
+    port = port or free_port()
+    with launch_prefect_server(home, port=port, ui=True, extra_env=ui_env(port), timeout=timeout) as server:
         yield server.api_url
+
+
+def start_kept_prefect_server(home: Path, port: int | None = None, timeout: float = 180) -> PrefectServer:
+    """A `prefect server` with its UI under `home`, detached: in its own session, stdin
+    closed, never stopped by this process, so it keeps answering after the caller returns
+    or exits (`evergreen demo --keep-server`). Returns once `/api/health` answers (stops it
+    and raises if it does not). Stop it with `stop_kept_server_hint`'s command."""
+    port = port or free_port()
+    server = start_prefect_server(home, port=port, ui=True, extra_env=ui_env(port), timeout=timeout)
+    try:
+        server.wait_healthy()
+    except BaseException:
+        stop(server.process, timeout=30)
+        raise
+    return server
+
+
+def stop_kept_server_hint(pid: int) -> str:
+    """The command that stops a kept server: its whole process group (the API runs in a
+    child of `prefect server start`)."""
+    return f"kill -TERM -- -{pid}"
 
 
 @contextmanager

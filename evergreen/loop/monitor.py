@@ -186,9 +186,18 @@ def _publish(
         day=batch.day, path=batch.path, valid=result.valid, message=result.message,
         drift_detected=result.drift_detected, performance_degraded=result.performance_degraded,
         events=result.events, signals=result.signals, flow_run_id=flow_run_id,
+        metric=result.metric, estimated_metric=result.estimated_metric, realized_metric=result.realized_metric,
+        realized_on=result.realized_on, drift_share=drift_share(result), decision=result.decision, policy=result.policy,
     )
     run.part("record-batch", ports.store.record_batch, record, episode, io=True)
     return result
+
+
+def drift_share(result: MonitorResult) -> float | None:
+    """Share of the batch's features whose univariate drift alerted (None: none measured)."""
+    if not result.features:
+        return None
+    return sum(1 for f in result.features.values() if f.get("alert")) / len(result.features)
 
 
 def decide_policy(

@@ -212,7 +212,7 @@ def review_canary(ports: Ports, config: ModelConfig, *, run: Runner = DIRECT, ac
         wait = defaults.canary_wait(config, needed.predictions, max(needed.labels, needed.champion_labels)) if needed else ""
         msg = "not enough evidence yet: " + "; ".join([*decision.reasons, *([wait] if wait else [])])
         result = PromotionResult(model_name=name, decision="pending", reasons=decision.reasons, **base, checks=evidence)
-        return Outcome(result, msg, "Pending")
+        return Outcome(result, msg, "AwaitingEvidence")
     previous = run.part("apply-canary-decision", apply_canary_decision, ports, canary_v.version, decision, actor, run, io=True)
     reasons = "; ".join(decision.reasons)
     if decision.outcome == canary.PROMOTED:
