@@ -67,46 +67,37 @@ def publish_model_status(config: ModelConfig, ports: Ports) -> status.ModelStory
 
 @task(name="publish-fleet", cache_policy=NO_CACHE, persist_result=False)
 def publish_fleet(config: ModelConfig, story: status.ModelStory | None) -> None:
-    """The `evergreen-fleet` table: one row per saved `evergreen-model` block (this run's
-    model from `story`, the others read from their own ledger and registry)."""
+    """The `evergreen-fleet` table: one row per saved `evergreen-model` block. This run
+    refreshes its own model's row; the others keep what their own last run wrote
+    (`status.merge_fleet`), so a run reads one model whatever the size of the fleet."""
     log = get_run_logger()
     try:
+        from prefect.artifacts import Artifact
+
         from tasks.fleet import list_registered_models
 
         own = block_document_name(config.name)
-        blocks = list_registered_models.fn()
-        rows = [fleet_row(name, story if name == own else None) for name in blocks]
-        if own not in blocks and story is not None:
-            rows.append(status.fleet_row(own + " (not registered)", story))
+        registered = list_registered_models.fn()
+        name = own if own in registered or story is None else own + " (not registered)"
+        row = status.fleet_row(name, story) if story is not None else status.fleet_row(name, None, "see the run's log")
+        previous = Artifact.get(FLEET_KEY)
+        rows = status.merge_fleet(_table_rows(previous), registered, row)
         create_table_artifact(key=FLEET_KEY, table=rows, description="every registered model and its state")
     except Exception as exc:  # noqa: BLE001
         log.warning("could not publish the fleet overview: %s", exc)
 
 
-def fleet_row(block: str, story: status.ModelStory | None) -> dict[str, str]:
-    """A model's fleet row; a story not given is read from the model's own block."""
-    if story is not None:
-        return status.fleet_row(block, story)
+def _table_rows(artifact: Any) -> list[dict[str, Any]]:  # noqa: ANN401 - an ArtifactResponse or None
+    """The rows of a table artifact as Prefect stores them (a JSON list of objects)."""
+    import json
+
+    if artifact is None or not artifact.data:
+        return []
     try:
-        story = _read_other_story(block)
-    except Exception as exc:  # noqa: BLE001 - one unreadable model leaves the others listed
-        return status.fleet_row(block, None, str(exc)[:200])
-    return status.fleet_row(block, story)
-
-
-def _read_other_story(block: str) -> status.ModelStory:
-    """Another model's story, with an MLflow client of its own (the process's tracking URI
-    stays this run's model's)."""
-    import mlflow
-
-    from blocks.model_config import resolve_config
-    from evergreen.adapters.registry import Registry
-    from evergreen.adapters.store import FileStore
-
-    cfg = resolve_config(block)
-    uri = cfg.mlflow.resolved_tracking_uri()
-    registry = Registry(cfg.mlflow.model_name, client=mlflow.MlflowClient(tracking_uri=uri, registry_uri=uri))
-    return status.read_story(cfg.name, cfg.metric, FileStore(cfg), registry)
+        data = json.loads(artifact.data) if isinstance(artifact.data, str) else artifact.data
+    except ValueError:
+        return []
+    return [r for r in data if isinstance(r, dict)] if isinstance(data, list) else []
 
 
 def explain_run(config: ModelConfig, ports: Ports, message: str, page: tuple[str, str] | None = None) -> None:

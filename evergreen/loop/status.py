@@ -294,6 +294,19 @@ def fleet_row(block: str, story: ModelStory | None, problem: str = "") -> dict[s
     }
 
 
+def merge_fleet(previous: list[dict[str, Any]], registered: list[str], own: dict[str, str]) -> list[dict[str, str]]:
+    """The fleet overview after one model's run: `own` (that model's fresh row) replaces its
+    row in `previous` (the overview as it stood); every other registered model keeps the row
+    its own last run wrote (or a placeholder until it runs); models no longer registered
+    leave. A run reads one model, never the fleet: the cost of a run does not grow with the
+    number of models."""
+    rows = {str(r.get("model")): {k: str(v) for k, v in r.items()} for r in previous if isinstance(r, dict) and r.get("model")}
+    rows[own["model"]] = own
+    keep = [*registered, *([own["model"]] if own["model"] not in registered else [])]
+    placeholder = {"state": "no run since the overview began", "champion": "-", "canary": "-", "episode": "-", "last batch": "-", "last decision": "-"}
+    return [rows.get(name) or {"model": name, **placeholder} for name in sorted(keep)]
+
+
 def history_markdown(model: str, moves: list[AliasMove]) -> str:
     """`evergreen history` as a table: time, alias, from, to, by, flow run, reason."""
     lines = [f"# {model}: alias history", ""]

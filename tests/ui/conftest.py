@@ -28,9 +28,12 @@ def chromium_path() -> str | None:
     return None
 
 
-@pytest.fixture(scope="session")
+@pytest.fixture(scope="module")
 def browser():
-    """One headless Chromium for the session (skipped, with the reason, where none is installed)."""
+    """One headless Chromium per test module (skipped, with the reason, where none is
+    installed). Not per session: Playwright's sync API runs an asyncio loop in the main
+    thread while it is open, and Prefect's sync calls made there then return coroutines, so
+    the browser is closed before the tests after this folder run."""
     path = chromium_path()
     if path is None:
         pytest.skip("no Chromium on this machine: apt-get install -y chromium (.ci/run does it)")

@@ -231,3 +231,20 @@ def test_read_story_resolves_aliases_the_version_search_leaves_out(story: status
     read = status.read_story("car_loan", "roc_auc", Store(), Registry())  # type: ignore[arg-type]
     assert read.aliases == {"champion": "2", "canary": "3"}
     assert status.model_state(read).startswith("champion v2, canary v3 under review")
+
+
+def test_the_fleet_overview_refreshes_one_row_per_run_and_keeps_the_others() -> None:
+    previous = [
+        {"model": "a", "state": "serving v3", "champion": "v3", "canary": "-", "episode": "-", "last batch": "2024-01-02", "last decision": "-"},
+        {"model": "gone", "state": "serving v1", "champion": "v1", "canary": "-", "episode": "-", "last batch": "-", "last decision": "-"},
+        "not a row",
+    ]
+    own = {"model": "b", "state": "canary v2", "champion": "v1", "canary": "v2", "episode": "-", "last batch": "2024-01-05", "last decision": "gate: passed"}
+    rows = status.merge_fleet(previous, ["a", "b", "c"], own)
+    assert [r["model"] for r in rows] == ["a", "b", "c"]  # unregistered `gone` left, sorted
+    assert rows[0]["champion"] == "v3"  # another model's row kept as its own run wrote it
+    assert rows[1] == own
+    assert rows[2]["state"] == "no run since the overview began"
+    # A run of a model that is not registered (a YAML path) still shows itself.
+    alone = status.merge_fleet([], [], {**own, "model": "b (not registered)"})
+    assert [r["model"] for r in alone] == ["b (not registered)"]
