@@ -220,6 +220,7 @@ def run_demo(
         cancelled = cancel_leftover_runs(demo_started) if started_server else []
         for name in cancelled:
             echo(f"  cancelled leftover run {name} (the demo ended before its time)")
+        _flush_to_server()
         if keep_server and kept_pid is not None:
             echo(f"Prefect server left running: UI {api.removesuffix('/api')} (pid {kept_pid}; stop it with `{stop_kept_server_hint(kept_pid)}`)")
     detected = next((r.day for r in rows if (r.drift or r.degraded) and (info.drift_start_index is None or r.day >= info.drift_start_date)), None)
@@ -234,6 +235,17 @@ def run_demo(
         workdir=str(workdir), seconds=round(time.monotonic() - began, 1),
         server_kept=keep_server or not started_server, prefect_server_pid=kept_pid, cancelled_runs=cancelled,
     )
+
+
+def _flush_to_server() -> None:
+    """Send the logs and events this process still has queued while the demo's server is up:
+    left for the interpreter's exit, they were retried against the stopped server for about a
+    minute and the demo ended on 'Error logging to API: All connection attempts failed'."""
+    from prefect.events.worker import EventsWorker
+    from prefect.logging.handlers import APILogHandler
+
+    APILogHandler().flush()
+    EventsWorker.drain_all(timeout=30)
 
 
 def served_metric(cfg: ModelConfig, staging: Path, day: str) -> float | None:
