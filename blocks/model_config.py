@@ -7,7 +7,7 @@ from pathlib import Path
 from typing import Any, ClassVar
 
 from prefect.blocks.core import Block
-from pydantic import Field, ValidationError, model_validator
+from pydantic import BaseModel, Field, ValidationError, model_validator
 
 from evergreen.config import ConfigError, ModelConfig, config_error, load_config
 
@@ -73,6 +73,17 @@ class EvergreenModel(Block):
         "(columns, data, monitoring, retrain, training, gate, canary, validation, mlflow, notifications)."
     )
 
+    # The Prefect UI's form leaves every null out of what it saves, so a setting the user
+    # switched off (`cooldown_hours: null` where the default is 168) would come back on at the
+    # first Save. The paths of such settings are kept here, a list the form keeps, and a
+    # path whose value the saved document lacks reads as null again.
+    switched_off: list[str] = Field(
+        default_factory=list,
+        title="Settings switched off",
+        description="Settings set to null (off) in the config, as section.field paths, e.g. "
+        "retrain.cooldown_hours: left empty in this form, they stay off instead of taking their default.",
+    )
+
     @model_validator(mode="before")
     @classmethod
     def _accept_sections_at_top_level(cls, data: Any) -> Any:  # noqa: ANN401 - pydantic's raw input
@@ -80,6 +91,28 @@ class EvergreenModel(Block):
         if isinstance(data, dict) and "config" not in data and "name" in data:
             return {"config": {k: v for k, v in data.items() if k in ModelConfig.model_fields}}
         return data
+
+    @model_validator(mode="before")
+    @classmethod
+    def _restore_switched_off(cls, data: Any) -> Any:  # noqa: ANN401 - pydantic's raw input
+        if not isinstance(data, dict) or not isinstance(data.get("config"), dict):
+            return data
+        paths = data.get("switched_off") or []
+        config = dict(data["config"])
+        for path in paths:
+            *sections, key = str(path).split(".")
+            node = config
+            for section in sections:
+                child = node.get(section)
+                if child is None:
+                    child = {}
+                elif not isinstance(child, dict):
+                    break
+                node[section] = child = dict(child)
+                node = child
+            else:
+                node.setdefault(key, None)
+        return {**data, "config": config}
 
     @classmethod
     def model_json_schema(cls, *args: Any, **kwargs: Any) -> dict[str, Any]:
@@ -115,11 +148,24 @@ class EvergreenModel(Block):
 
     @classmethod
     def from_config(cls, config: ModelConfig) -> EvergreenModel:
-        return cls(config=config)
+        return cls(config=config, switched_off=switched_off(config))
 
     @classmethod
     def from_yaml(cls, path: str | Path) -> EvergreenModel:
         return cls.from_config(load_config(path))
+
+
+def switched_off(model: BaseModel, prefix: str = "") -> list[str]:
+    """Paths of the fields set to None whose default is not None (settings switched off)."""
+    paths: list[str] = []
+    for name, field in type(model).model_fields.items():
+        value = getattr(model, name)
+        path = f"{prefix}{name}"
+        if isinstance(value, BaseModel):
+            paths += switched_off(value, path + ".")
+        elif value is None and not field.is_required() and field.get_default(call_default_factory=True) is not None:
+            paths.append(path)
+    return paths
 
 
 def block_document_name(model_name: str) -> str:

@@ -79,3 +79,28 @@ def test_the_form_has_human_section_titles_and_lists_as_lists() -> None:
         for key, prop in (definition.get("properties") or {}).items():
             assert "default" not in prop, f"{name}.{key}"
     assert "(default: 14)" in definitions["RetrainPolicyConfig"]["properties"]["window_days"]["description"]
+
+
+def test_a_setting_switched_off_stays_off_after_a_save_in_the_ui() -> None:
+    """The form leaves nulls out of what it saves: `cooldown_hours: null` (no cooldown) must
+    not come back as the default 168 h."""
+    from prefect.client.orchestration import get_client
+    from prefect.client.schemas.actions import BlockDocumentUpdate
+
+    from blocks.model_config import EvergreenModel
+
+    cfg = load_config(ROOT / "configs" / "demo.yaml")
+    cfg = cfg.model_copy(update={"retrain": cfg.retrain.model_copy(update={"cooldown_hours": None})})
+    assert type(cfg.retrain).model_fields["cooldown_hours"].default is not None  # the case that matters
+    EvergreenModel.register_type_and_schema()
+    EvergreenModel.from_config(cfg).save("ui-switched-off", overwrite=True)
+    with get_client(sync_client=True) as client:
+        doc = client.read_block_document_by_name("ui-switched-off", "evergreen-model")
+        assert doc.data["switched_off"] == ["retrain.cooldown_hours"]
+        schema = doc.block_schema.fields
+        saved = as_the_ui_saves(doc.data, schema, schema.get("definitions") or {})
+        assert "cooldown_hours" not in saved["config"]["retrain"]  # what the form sends
+        client.update_block_document(doc.id, BlockDocumentUpdate(data=saved, merge_existing_data=False))
+    loaded = EvergreenModel.load("ui-switched-off").to_config()
+    assert loaded.retrain.cooldown_hours is None
+    assert loaded == cfg

@@ -84,7 +84,9 @@ def test_block_holds_the_whole_config_with_its_secrets_masked() -> None:
     from blocks.model_config import EvergreenModel
 
     schema = EvergreenModel.model_json_schema()
-    assert set(schema["properties"]) == {"config"}  # every ModelConfig field, with no copy here
+    # Every ModelConfig field, with no copy here; beside it the settings switched off (null),
+    # which the UI's form would otherwise drop on Save.
+    assert set(schema["properties"]) == {"config", "switched_off"}
     assert set(schema["secret_fields"]) == {"config.mlflow.password", "config.notifications.webhook_url"}
     # Blocks saved by earlier versions (sections at the top level) still load.
     raw = yaml.safe_load(DEMO.read_text())
