@@ -174,12 +174,14 @@ def _settle(since: datetime, quiet: float = 10.0, timeout: float = 900) -> None:
     automation crashed it) and no new one appeared for `quiet` seconds."""
     deadline = time.monotonic() + timeout
     seen: dict[str, bool] = {}
+    last: dict[str, Any] = {}
     changed = time.monotonic()
     horizon = lambda: datetime.now(UTC) + timedelta(minutes=1)  # noqa: E731 - later schedules are not work now
     while time.monotonic() < deadline:
         runs = [r for name in ("monitor", "retrain", "promote", "canary-review", "rollback") for r in _runs(name, since)
                 if not (r.state and r.state.is_scheduled() and r.expected_start_time and r.expected_start_time > horizon())]
         for r in runs:
+            last[str(r.id)] = r
             final = bool(r.state and r.state.is_final())
             if seen.get(str(r.id)) != final:
                 seen[str(r.id)] = final
@@ -187,7 +189,13 @@ def _settle(since: datetime, quiet: float = 10.0, timeout: float = 900) -> None:
         if all(seen.values()) and time.monotonic() - changed >= quiet:
             return
         time.sleep(2)
-    raise AssertionError(f"runs did not settle within {timeout:.0f} s: {[(n, v) for n, v in seen.items() if not v]}")
+    stuck = [last[n] for n, final in seen.items() if not final]
+    described = [
+        f"{r.name} ({r.id}): {r.state.name if r.state else None} since {r.state.timestamp if r.state else None}, "
+        f"message {r.state.message if r.state else None!r}, parameters {r.parameters}, infrastructure_pid {r.infrastructure_pid}"
+        for r in stuck
+    ]
+    raise AssertionError(f"runs did not settle within {timeout:.0f} s: {described}")
 
 
 class Faults:
