@@ -44,12 +44,19 @@ class Removal:
 def register_model(config: ModelConfig) -> Registration:
     """Save (or update) the model's block, create its concurrency limits that are missing and
     save its notifications (when the config has `notifications.webhook_url`)."""
+    from prefect.exceptions import ObjectAlreadyExists
+
     from blocks.model_config import EvergreenModel, block_document_name
     from blocks.notifications import save_notifications, webhook_block_name
     from tasks.registry import ensure_limits, model_limit_names
 
     block = block_document_name(config.name)
-    EvergreenModel.register_type_and_schema()
+    try:
+        EvergreenModel.register_type_and_schema()
+    except ObjectAlreadyExists:
+        # Two models registered at once on a new server: the other process created the block
+        # type or schema between this one's read and write; the second pass finds it.
+        EvergreenModel.register_type_and_schema()
     EvergreenModel.from_config(config).save(block, overwrite=True)
     limits = model_limit_names(config.name)
     created = ensure_limits(limits)

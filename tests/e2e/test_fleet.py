@@ -201,9 +201,20 @@ def test_retrains_are_single_flight_per_model(fleet: Fleet) -> None:
     first = run_deployment("retrain/retrain", parameters={"config": A, "trigger": "manual", "reason": "fleet e2e"}, timeout=0, as_subflow=False)
 
     def running() -> Any:  # noqa: ANN401
+        """A's retrain once it holds A's retrain slot: Running alone is not enough (the flow
+        is Running while it still loads its config, before it takes the slot, and a retrain
+        started then would take the slot first; the manual one would wait its turn)."""
+        from prefect.client.orchestration import get_client
+
+        from tasks.registry import flight_name
+
         run = next(r for r in _runs("retrain", since) if r.id == first.id)
         assert run.state is not None and not run.state.is_final(), f"A's retrain ended before the test could overlap it: {run.state}"
-        return run if run.state.is_running() else None
+        if not run.state.is_running():
+            return None
+        with get_client(sync_client=True) as client:
+            slot = client.read_global_concurrency_limit_by_name(flight_name("retrain", A))
+        return run if slot.active_slots >= 1 else None
 
     _wait(running, "A's retrain to run", timeout=120)
     event_id = _emit(fleet.configs[B], "evergreen.retrain.requested", {"reason": "fleet e2e retrain request", "metric": "drifted_feature_share"})
