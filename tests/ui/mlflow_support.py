@@ -9,11 +9,10 @@ run these same steps.
 from __future__ import annotations
 
 import threading
-import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from evergreen.apps.services import executable, free_port, service_env, stop, wait_http
+from tests.reliability.fault_support import MlflowServer
 
 MODEL = "ui-toy"
 FLOW_RUN_ID = "0b5e7a6c-0000-4000-8000-000000000019"
@@ -21,47 +20,26 @@ PREFECT_UI = "http://127.0.0.1:4999"  # only written into links; nothing listens
 
 
 @dataclass
-class MlflowUiServer:
-    """`mlflow server` (SQLite store, local artifact root) on a free 127.0.0.1 port, started
-    in a thread so the caller prepares data while it boots (~35 s here)."""
+class MlflowUiServer(MlflowServer):
+    """The reliability tests' `mlflow server` (SQLite store, local artifact root, a free
+    127.0.0.1 port), started in a thread so the caller prepares data while it boots (~35 s)."""
 
-    root: Path
-    port: int = field(default_factory=free_port)
-    proc: object | None = None
-    seconds: float | None = None
+    extra_env: dict[str, str] = field(default_factory=lambda: {"MLFLOW_SERVER_ENABLE_JOB_EXECUTION": "false"})
     error: BaseException | None = None
     _thread: threading.Thread | None = None
 
     @property
-    def url(self) -> str:
-        return f"http://127.0.0.1:{self.port}"
+    def seconds(self) -> float | None:
+        return self.starts[-1] if self.starts else None
 
-    def start(self) -> None:
-        import subprocess
-
-        self.root.mkdir(parents=True, exist_ok=True)
-        command = [
-            executable("mlflow"), "server",
-            "--backend-store-uri", f"sqlite:///{self.root / 'mlflow.db'}",
-            "--default-artifact-root", (self.root / "artifacts").as_uri(),
-            "--host", "127.0.0.1", "--port", str(self.port), "--workers", "1",
-        ]  # fmt: skip
-        log = self.root / "server.log"
-        began = time.monotonic()
-        with open(log, "ab") as out:
-            self.proc = subprocess.Popen(
-                command, stdout=out, stderr=subprocess.STDOUT, start_new_session=True,
-                env=service_env({"MLFLOW_SERVER_ENABLE_JOB_EXECUTION": "false"}),
-            )  # fmt: skip
-
-        def wait() -> None:
+    def start(self, timeout: float = 240) -> None:  # type: ignore[override] - returns at once
+        def boot() -> None:
             try:
-                wait_http(f"{self.url}/health", 240, self.proc, log)
-                self.seconds = time.monotonic() - began
+                MlflowServer.start(self, timeout)
             except BaseException as exc:  # noqa: BLE001 - re-raised by `ready`
                 self.error = exc
 
-        self._thread = threading.Thread(target=wait, daemon=True)
+        self._thread = threading.Thread(target=boot, daemon=True)
         self._thread.start()
 
     def ready(self) -> None:
@@ -70,11 +48,6 @@ class MlflowUiServer:
         self._thread.join()
         if self.error is not None:
             raise self.error
-
-    def stop(self) -> None:
-        if self.proc is not None:
-            stop(self.proc)
-            self.proc = None
 
 
 def toy_config(root: Path, tracking_uri: str):  # noqa: ANN201 - a ModelConfig
