@@ -8,7 +8,7 @@ re-registering changes nothing:
 - `evergreen <model>: promoted or rolled back` on `evergreen.model.promoted` and
   `evergreen.model.rolled_back` for the resource `evergreen.model.<model>`;
 - `evergreen <model>: flow run failed` when a flow run of the model (named
-  `<flow>/<block name>/...`, tasks/runs.py) ends in a failed state: Failed, Crashed, TimedOut
+  `<flow> · <block name> · <subject>`, tasks/runs.py) ends in a failed state: Failed, Crashed, TimedOut
   or one of the named failures of the flows (DataRejected, GateFailed, ...).
 
 `evergreen unregister` removes the block and both automations (`remove_notifications`).
@@ -116,7 +116,7 @@ def _automations(model: str, block_id: Any) -> list[Any]:
         ),
         AutomationCore(
             name=on_failed,
-            description=f"Tell people when a flow run of {model} (named `<flow>/{label}/...`) ends Failed.",
+            description=f"Tell people when a flow run of {model} (named `<flow> · {label} · ...`) ends Failed.",
             trigger=EventTrigger(
                 # By name, not by the run's `model:` tag: the server's state events may carry
                 # the tags the run was created with only (tasks/runs.py).

@@ -15,7 +15,7 @@ from evergreen.loop import bootstrap as step
 from evergreen.telemetry import disable_telemetry
 from tasks.registry import current_actor
 from tasks.runner import PREFECT
-from tasks.runs import bootstrap_run_name, tag_run
+from tasks.runs import bootstrap_run_name, rename_run, tag_run
 from tasks.wiring import production_ports
 
 
@@ -28,6 +28,7 @@ def bootstrap(config: str | ModelConfig | None = None, model: str | None = None)
     tag_run(cfg)
     lineage = {"evergreen.prefect.flow_run_id": str(flow_run.id or "")}
     result = step.bootstrap(production_ports(cfg), cfg, model_source=model, run=PREFECT, actor=current_actor(), lineage=lineage)
+    rename_run("bootstrap", result)
     if result.status == "skipped":
         return Completed(name="Skipped", message=result.message, data=result)
     return Completed(message=result.message, data=result)

@@ -13,7 +13,7 @@ from evergreen.loop import promote as step
 from evergreen.telemetry import disable_telemetry
 from tasks.registry import current_actor, model_flight
 from tasks.runner import PREFECT, outcome_state
-from tasks.runs import canary_review_run_name, tag_run
+from tasks.runs import canary_review_run_name, rename_run, tag_run
 from tasks.status import explain_run, outcome_page
 from tasks.wiring import production_ports
 
@@ -27,5 +27,6 @@ def canary_review(config: str | ModelConfig | None = None) -> State:
     ports = production_ports(cfg)
     with model_flight("canary-review", cfg, wait=True):
         outcome = step.review_canary(ports, cfg, run=PREFECT, actor=current_actor())
+    rename_run("canary-review", outcome.result)
     explain_run(cfg, ports, outcome.message, outcome_page("canary-review", outcome))
     return outcome_state(outcome)

@@ -13,7 +13,7 @@ from evergreen.loop import promote as step
 from evergreen.telemetry import disable_telemetry
 from tasks.registry import current_actor, model_flight
 from tasks.runner import PREFECT, outcome_state
-from tasks.runs import promote_run_name, tag_run
+from tasks.runs import promote_run_name, rename_run, tag_run
 from tasks.status import explain_run, outcome_page
 from tasks.wiring import production_ports
 
@@ -28,5 +28,6 @@ def promote(config: str | ModelConfig | None = None, version: str | None = None)
     ports = production_ports(cfg)
     with model_flight("promote", cfg, wait=True):
         outcome = step.promote(ports, cfg, version, run=PREFECT, actor=current_actor())
+    rename_run("promote", outcome.result)
     explain_run(cfg, ports, outcome.message, outcome_page("gate", outcome))
     return outcome_state(outcome)

@@ -17,7 +17,7 @@ from evergreen.reports import RetrainResult
 from evergreen.telemetry import disable_telemetry
 from tasks.registry import current_actor, deployment_name, model_flight
 from tasks.runner import PREFECT
-from tasks.runs import retrain_run_name, tag_run
+from tasks.runs import rename_run, retrain_run_name, tag_run
 from tasks.status import explain_run
 from tasks.wiring import production_ports
 
@@ -53,6 +53,7 @@ def retrain(
                 "evergreen.prefect.deployment": deployment_name() or "",
             }
             result = step.retrain(ports, cfg, why, run=PREFECT, actor=current_actor(), lineage=lineage)
+    rename_run("retrain", result)  # `retrain · <model> · v3`, or what it did instead
     final = retrain_state(result)
     explain_run(cfg, ports, final.message or final.name, ("retrain", retrain_markdown(result)))
     return final

@@ -232,12 +232,13 @@ def test_retrains_are_single_flight_per_model(fleet: Fleet) -> None:
     assert b_run.state.name == "Completed", f"{b_run.state}\n{served_log_tail()}"
     assert b_run.parameters["config"] == B and b_run.parameters["trigger"] == "event"
     assert b_run.start_time < first_run.end_time, "B's retrain waited for A's"
-    for run, model, detail in ((first_run, A, "manual"), (second_run, A, "schedule"), (b_run, B, "event")):
-        assert run.name == f"retrain/{model}/{detail}"
+    # Each named by what it did: the version it registered, or why it did not.
+    for run, model, subject in ((first_run, A, "v2"), (second_run, A, "skipped (in flight)"), (b_run, B, "v2")):
+        assert run.name == f"retrain · {model} · {subject}"
         assert {"evergreen", f"model:{model}"} <= set(run.tags), run.tags
     settled = _settle(since)  # the promotes the two registered versions started
     assert not [r.name for r in settled if r.state.is_cancelled()], "a run was cancelled"
-    promotes = {r.parameters["config"]: r for r in settled if r.name.startswith("promote/")}
+    promotes = {r.parameters["config"]: r for r in settled if r.name.startswith("promote · ")}
     assert set(promotes) == {A, B} and {promotes[A].parameters["version"], promotes[B].parameters["version"]} == {"2"}
 
 
@@ -249,10 +250,10 @@ def test_the_scheduled_fan_out_starts_one_run_per_model(fleet: Fleet) -> None:
     since = datetime.now(UTC) - timedelta(seconds=1)
     fan = run_deployment("fan-out/canary-review-all", timeout=TERMINAL_WAIT, as_subflow=False)
     assert fan.state.is_completed(), f"{fan.state}\n{served_log_tail()}"
-    assert fan.name == "canary-review-all/every-model"
+    assert fan.name == "fan-out · every-model · canary-review"
     assert fan.state.message.startswith(f"started canary-review for 2 model(s): {A}, {B}"), fan.state.message
-    reviews = [r for r in _settle(since) if r.name.startswith("canary-review/")]
-    assert sorted((r.name, r.parameters["config"]) for r in reviews) == [(f"canary-review/{A}", A), (f"canary-review/{B}", B)]
+    reviews = [r for r in _settle(since) if r.name.startswith("canary-review · ")]
+    assert sorted((r.name.rsplit(" · ", 1)[0], r.parameters["config"]) for r in reviews) == [(f"canary-review · {A}", A), (f"canary-review · {B}", B)]
     for review in reviews:
         assert f"model:{review.parameters['config']}" in review.tags and review.state.is_completed(), review.state
 
@@ -262,12 +263,12 @@ def test_one_models_promotion_and_anothers_degradation_never_combine(fleet: Flee
     _emit(fleet.configs[A], "evergreen.model.promoted", {"version": "1", "previous_champion": None})
     _emit(fleet.configs[B], "evergreen.performance.degraded", {"reason": "fleet e2e", "metric": "roc_auc"})
     settled = _settle(since)  # B's degradation alone starts nothing: no rollback
-    assert not [r.name for r in settled if r.name.startswith("rollback/")], [r.name for r in settled]
+    assert not [r.name for r in settled if r.name.startswith("rollback · ")], [r.name for r in settled]
     _emit(fleet.configs[A], "evergreen.performance.degraded", {"reason": "fleet e2e", "metric": "roc_auc"})
     rollback = _wait(lambda: [r for r in _runs("rollback", since)], "A's rollback")
     (run,) = rollback
     run = _final(run.id)
-    assert run.parameters["config"] == A and run.parameters["verify"] is True and run.name == f"rollback/{A}/previous"
+    assert run.parameters["config"] == A and run.parameters["verify"] is True and run.name.startswith(f"rollback · {A} · ")
     assert not run.state.is_failed(), run.state  # verified: kept (no previous champion) or rolled back
     _settle(since)
 

@@ -5,6 +5,7 @@ records (flow runs, states, parameters, automations, events) and the MLflow regi
 from __future__ import annotations
 
 import os
+import re
 import shutil
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
@@ -90,9 +91,12 @@ def test_drift_starts_one_retrain_with_the_event_parameters_then_promote(project
     trained = [r for r in runs if r.state.name == "Completed"]
     assert len(trained) == 1, f"{[(r.name, r.state.name, r.state.message) for r in runs]}\n{served_log_tail()}"
     for run in runs:
-        assert run.name == "retrain/car-loan/event" and "model:car-loan" in run.tags, (run.name, run.tags)
+        assert run.name.startswith("retrain · car-loan · ") and "model:car-loan" in run.tags, (run.name, run.tags)
+        if run in trained:  # named by the version it registered
+            assert re.fullmatch(r"retrain · car-loan · v\d+", run.name), run.name
         if run not in trained:
             assert run.state.name == "Skipped", (run.name, run.state.name, run.state.message)
+            assert run.name.startswith(("retrain · car-loan · skipped (", "retrain · car-loan · deferred")), run.name
             # held by the running one (the one that trains, or one the policy is skipping), or
             # by the start rule once the trained version exists
             held_by = {f"retrain skipped: in_flight: another retrain of car-loan is running (flow run {r.id})" for r in runs if r is not run}

@@ -64,7 +64,7 @@ def test_register_creates_the_models_objects_and_unregister_removes_them(demo_co
     with get_client(sync_client=True) as client:
         assert client.read_automations_by_name(LEGACY_AUTOMATIONS[0]) == []
         (failed,) = client.read_automations_by_name("evergreen fleet-reg-a: flow run failed")
-    assert "retrain/fleet-reg-a/*" in failed.trigger.match.model_dump()["prefect.resource.name"]
+    assert "retrain · fleet-reg-a · *" in failed.trigger.match.model_dump()["prefect.resource.name"]
 
     again = register_model(a)  # idempotent: the same objects, updated in place
     assert again.created_limits == [] and _objects("fleet-reg-a") == objects
@@ -115,7 +115,7 @@ def test_a_second_retrain_of_the_same_model_is_skipped_and_another_model_is_neve
     result = second.result()
     assert result.status == "skipped" and result.blocked_by == "in_flight" and result.trigger["kind"] == "event"
     run = _flow_run(second)
-    assert run.name == "retrain/fleet-flight-a/event"
+    assert run.name == "retrain · fleet-flight-a · skipped (in flight)"
     assert {"evergreen", "model:fleet-flight-a"} <= set(run.tags)
 
     with model_flight("retrain", a, wait=False) as free:  # released when the first one ended
@@ -154,4 +154,4 @@ def test_a_run_without_a_model_says_which_parameter_to_pass() -> None:
     assert state.is_failed()
     with pytest.raises(Exception, match=r"no model given: pass the flow's `config` parameter"):
         state.result()
-    assert _flow_run(state).name == "retrain/no-model/manual"
+    assert _flow_run(state).name == "retrain · no-model · manual"

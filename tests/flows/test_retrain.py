@@ -40,11 +40,24 @@ def stream_cfg(demo_config: ModelConfig, tmp_path_factory) -> ModelConfig:
     return cfg
 
 
+FIRST_RUN: dict[str, object] = {}
+
+
+def _run_name(state_or_id) -> str:  # noqa: ANN001 - a State or a flow run id
+    """The flow run's name as the Prefect API has it now (after the run renamed itself)."""
+    from prefect.client.orchestration import get_client
+
+    run_id = getattr(getattr(state_or_id, "state_details", None), "flow_run_id", state_or_id)
+    with get_client(sync_client=True) as client:
+        return client.read_flow_run(run_id).name
+
+
 @pytest.fixture(scope="module")
 def first(stream_cfg: ModelConfig):
     since = datetime.now(UTC) - timedelta(seconds=5)
     state = retrain(config=stream_cfg, trigger="event", event_id="evt-123", reason="drift on loan_length", metric="jensen_shannon", return_state=True)
     assert state.is_completed(), state.message
+    FIRST_RUN["id"] = state.state_details.flow_run_id
     return state.result(), since
 
 
@@ -119,6 +132,13 @@ def test_model_loads_in_fresh_process_and_predicts_the_same(stream_cfg: ModelCon
     assert (abs(fresh - logged) < 1e-7).all()
 
 
+def test_a_retrain_run_ends_named_by_the_version_it_registered(stream_cfg: ModelConfig, first) -> None:
+    """It starts as `retrain · <model> · event` (its trigger: the version is not known yet)
+    and renames itself once it registered one, before its final state is set."""
+    result, _ = first
+    assert _run_name(FIRST_RUN["id"]) == f"retrain · loan-retrain · v{result.version}"
+
+
 def test_identical_data_registers_no_second_version(stream_cfg: ModelConfig, first) -> None:
     """Changed on purpose (issue 16): a second retrain on identical data used to register a
     second version; it now shares the snapshot and is skipped, naming the version it repeats."""
@@ -131,6 +151,7 @@ def test_identical_data_registers_no_second_version(stream_cfg: ModelConfig, fir
     assert f"v{result.version}" in second.message
     assert second.dataset_digest == result.dataset_digest
     assert second.dataset_reused
+    assert _run_name(state) == "retrain · loan-retrain · skipped (same data)"
     store = Path(stream_cfg.data.path("dataset_store"))
     assert len(list(store.glob("*/*/meta.json"))) == 1
     assert [v.version for v in registry.list_versions(stream_cfg.mlflow.model_name)] == [result.version]
@@ -138,6 +159,7 @@ def test_identical_data_registers_no_second_version(stream_cfg: ModelConfig, fir
     # A schedule on the same stream is held before it reads anything: nothing is newer.
     held = retrain(config=stream_cfg, trigger="schedule", return_state=True)
     assert held.name == "Skipped" and held.message.startswith("retrain skipped: no_new_data: "), held.message
+    assert _run_name(held) == "retrain · loan-retrain · skipped (no new data)"
 
 
 def test_corrupted_window_registers_nothing(demo_config: ModelConfig, tmp_path) -> None:
@@ -153,6 +175,7 @@ def test_corrupted_window_registers_nothing(demo_config: ModelConfig, tmp_path) 
     state = retrain(config=cfg, return_state=True)
     assert state.is_failed() and state.name == "TrainingDataRejected"
     assert "car_value" in state.message and "validation.limits.car_value" in state.message
+    assert _run_name(state) == "retrain · loan-corrupt · data rejected"
     assert registry.list_versions(cfg.mlflow.model_name) == []
     # The window was staged for the store while it was validated: nothing of it is left.
     store = Path(cfg.data.path("dataset_store"))

@@ -35,9 +35,11 @@ def test_automations_match_the_model_and_its_runs() -> None:
         return Resource({"prefect.resource.id": "prefect.flow-run.1", "prefect.resource.name": name})
 
     match = on_failed.trigger.match
-    for name in ("retrain/car-loan/event", "monitor/car-loan/2019-01-13", "canary-review/car-loan", "rollback/car-loan/previous", "bootstrap/car-loan"):
+    for name in ("retrain · car-loan · event", "retrain · car-loan · data rejected", "monitor · car-loan · 2019-01-13",
+                 "canary-review · car-loan · canary", "rollback · car-loan · previous", "bootstrap · car-loan · first champion"):
         assert match.matches(failed_run(name)), name
-    for name in ("retrain/car-loan-b/event", "canary-review/car-loan-b", "proud-lemur", "monitor-all/every-model"):
+    for name in ("retrain · car-loan-b · event", "canary-review · car-loan-b · v2", "proud-lemur", "fan-out · every-model · monitor",
+                 "retrain/car-loan/event"):
         assert not match.matches(failed_run(name)), name
     assert all(a.type == "call-webhook" for a in on_model.actions + on_failed.actions)
     assert len(set(automation_names("a")) | set(automation_names("b"))) == 4, "no automation is shared by two models"
