@@ -24,6 +24,11 @@ from pydantic import (
 )
 
 ProblemType = Literal["binary_classification", "multiclass_classification", "regression"]
+# NannyML's univariate drift methods by column kind (nannyml.drift.univariate.methods): a
+# closed list, so a typo fails when the config is read, and the Prefect UI's default form
+# offers them as a multi-select instead of a JSON editor.
+ContinuousMethod = Literal["jensen_shannon", "kolmogorov_smirnov", "wasserstein", "hellinger"]
+CategoricalMethod = Literal["jensen_shannon", "chi2", "l_infinity", "hellinger"]
 BINARY_METRICS = ("roc_auc", "f1", "accuracy", "precision", "recall")
 # Multiclass metrics are macro averages over the classes (each class counts the same, however
 # rare), named so: one-vs-rest ROC AUC, F1, precision and recall per class, then their mean.
@@ -186,8 +191,12 @@ class MonitoringConfig(_Section):
     """Drift and performance thresholds; the decisions are made in the flow."""
 
     chunk_size: int | None = Field(None, ge=10, description="rows per NannyML chunk; default: whole batch")
-    continuous_methods: list[str] = Field(default_factory=lambda: ["jensen_shannon"])
-    categorical_methods: list[str] = Field(default_factory=lambda: ["jensen_shannon"])
+    continuous_methods: list[ContinuousMethod] = Field(
+        default_factory=lambda: ["jensen_shannon"], description="NannyML univariate drift methods for numeric features"
+    )
+    categorical_methods: list[CategoricalMethod] = Field(
+        default_factory=lambda: ["jensen_shannon"], description="NannyML univariate drift methods for categorical features"
+    )
     drifted_feature_share: float = Field(
         0.1,
         gt=0,

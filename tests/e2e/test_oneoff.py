@@ -123,7 +123,7 @@ def _task_runs(project: Project, flow_run_id: str | None = None) -> dict[str, di
 
 def _handed_run(stderr: str, model: str = "car-loan") -> str:
     """The id of the flow run the command handed its run to (named by model and batch)."""
-    marker = f"handed to the served deployment monitor/monitor: flow run 'monitor/{model}/{DAY}' id "
+    marker = f"handed to the served deployment monitor/monitor: flow run 'monitor · {model} · {DAY}' id "
     assert marker in stderr, stderr[-3000:]
     return stderr.split(marker, 1)[1].split()[0]
 

@@ -52,6 +52,8 @@ def test_demo_config_loads() -> None:
         (lambda r: r.update(metric="mae"), "metric"),
         (lambda r: r["canary"].update(traffic_share=-0.1), "canary.traffic_share"),
         (lambda r: r.update(unknown_field=1), "unknown_field"),
+        (lambda r: r["monitoring"].update(continuous_methods=["jensen_shanon"]), "monitoring.continuous_methods"),
+        (lambda r: r["monitoring"].update(categorical_methods=["kolmogorov_smirnov"]), "monitoring.categorical_methods"),
     ],
 )
 def test_bad_config_names_the_field(edit, field: str) -> None:
