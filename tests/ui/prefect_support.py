@@ -8,7 +8,8 @@ earlier test's server), not to this server.
 
 `python -m tests.ui.prefect_support start HOME` prints the kept server's API URL and pid as
 JSON and exits; `python -m tests.ui.prefect_support loop ROOT NAME` runs the loop and prints
-its summary as JSON."""
+its summary as JSON; `block NAME` saves the demo model's `evergreen-model` block and
+`check-block NAME` loads it back and compares (the block form test)."""
 
 from __future__ import annotations
 
@@ -131,6 +132,48 @@ def loop(root: Path, name: str) -> dict[str, Any]:
     return out
 
 
+def form_config() -> ModelConfig:
+    """The demo model with values a form could lose: an explicit value equal to its default
+    (`canary.traffic_share: 0.2`) and a setting switched off (`retrain.cooldown_hours: null`)."""
+    from evergreen.config import load_config
+
+    cfg = load_config(ROOT / "configs" / "demo.yaml")
+    return cfg.model_copy(
+        update={
+            "retrain": cfg.retrain.model_copy(update={"cooldown_hours": None}),
+            "canary": cfg.canary.model_copy(update={"traffic_share": 0.2}),
+        }
+    )
+
+
+def save_block(name: str) -> dict[str, Any]:
+    """Save `form_config` as the `evergreen-model` block `name` on the server of
+    PREFECT_API_URL (as `evergreen register` does); its id."""
+    from blocks.model_config import EvergreenModel
+
+    EvergreenModel.register_type_and_schema()
+    return {"id": str(EvergreenModel.from_config(form_config()).save(name, overwrite=True))}
+
+
+def check_block(name: str) -> dict[str, Any]:
+    """Whether the block `name` loads as `form_config` (after a Save in the UI)."""
+    from blocks.model_config import EvergreenModel
+
+    loaded = EvergreenModel.load(name).to_config()
+    return {"same": loaded == form_config(), "cooldown_hours": loaded.retrain.cooldown_hours, "traffic_share": loaded.canary.traffic_share}
+
+
+def in_child(api_url: str, *argv: str, timeout: float = 180) -> dict[str, Any]:
+    """`python -m tests.ui.prefect_support ARGV...` against `api_url`: what it printed."""
+    done = subprocess.run(
+        [sys.executable, "-m", "tests.ui.prefect_support", *argv],
+        cwd=ROOT, env=child_env(api_url), capture_output=True, text=True, timeout=timeout, check=False,
+    )
+    if done.returncode != 0:
+        raise AssertionError(f"{argv} failed:\n{done.stdout[-2000:]}\n{done.stderr[-4000:]}")
+    return json.loads(done.stdout.strip().splitlines()[-1])
+
+
 def main(argv: list[str]) -> None:
     command = argv[0]
     if command == "start":
@@ -141,8 +184,12 @@ def main(argv: list[str]) -> None:
     elif command == "loop":
         summary = loop(Path(argv[1]), argv[2])
         print(json.dumps(summary), flush=True)
+    elif command == "block":
+        print(json.dumps(save_block(argv[1])), flush=True)
+    elif command == "check-block":
+        print(json.dumps(check_block(argv[1])), flush=True)
     else:
-        raise SystemExit(f"unknown command {command!r}: start HOME | loop ROOT NAME")
+        raise SystemExit(f"unknown command {command!r}: start HOME | loop ROOT NAME | block NAME | check-block NAME")
 
 
 if __name__ == "__main__":

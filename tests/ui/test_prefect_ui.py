@@ -11,13 +11,14 @@ saved under each test's temporary folder."""
 from __future__ import annotations
 
 import json
+import re
 import urllib.request
 from collections.abc import Iterator
 from typing import Any
 
 import pytest
 
-from tests.ui.prefect_support import run_loop, start_kept_server, stop_kept_server
+from tests.ui.prefect_support import form_config, in_child, run_loop, start_kept_server, stop_kept_server
 
 pytestmark = pytest.mark.slow
 
@@ -93,3 +94,63 @@ def test_the_models_story_reads_in_the_prefect_ui(kept: dict[str, Any], story: d
     page.goto(f"{ui}/runs/flow-run/{story['canary']['run']}")
     page.get_by_text("AwaitingEvidence").first.wait_for()
     screenshot("canary-run")
+
+
+def _v1_field(page, label: str):  # noqa: ANN001, ANN202 - Playwright's Page and Locator
+    """The V1 form's input of the field titled `label` (optional fields say so after it)."""
+    title = page.get_by_text(re.compile(rf"^{re.escape(label)}( \(Optional\))?$"))
+    return page.locator(".schema-form-input").filter(has=title).last
+
+
+def test_the_model_block_form_in_the_default_ui(kept: dict[str, Any], browser_page, screenshot) -> None:  # noqa: ANN001
+    """The `evergreen-model` block's Edit page in Prefect's default (V1) UI: the config's
+    sections are sections with human titles, the lists with a closed set of values
+    (`retrain.signals`, the NannyML methods) are multi-selects, and an unchanged Save keeps
+    every value (an explicit default, a setting switched off).
+
+    Open lists of names (`columns.features`, `categorical`, `slices`, the validation lists)
+    stay JSON editors in V1: its form (Prefect 3.9's bundled prefect-ui-library, the
+    `SchemaFormFields` that `BlockSchemaEditForm` uses) picks an array's widget in one
+    place, `get component(){let e=this.getSelectOptions();return e.length?
+    this.withProps(PCombobox,{options:e}):this.withProps(JsonInput)}`, the options coming only
+    from `enum` / `items.enum` (prefect/server/ui/assets/index-*.js). No schema of a free
+    list of strings gets anything but the JSON editor there; the V2 UI (`/v2`) renders the
+    same schema as a list of inputs, asserted here too so a Prefect upgrade that changes
+    either shows."""
+    page, ui, api = browser_page, kept["ui"], kept["api_url"]
+    block_id = in_child(api, "block", "ui-form")["id"]
+    features = form_config().columns.features
+
+    page.goto(f"{ui}/blocks/block/{block_id}/edit")
+    page.get_by_text("Block Name").first.wait_for()
+    _v1_field(page, "Features").wait_for()
+    shot = screenshot("block-edit-v1")
+    sections = page.locator(".schema-form-properties")
+    for title in ("Model configuration", "Columns", "Retrain policy", "Promotion gate", "Canary", "MLflow registry and tracking"):
+        assert sections.filter(has=page.get_by_text(re.compile(rf"^{re.escape(title)}( \(Optional\))?$"))).count(), (title, shot)
+    for label, shown in (("Signals", "estimated_drop"), ("Continuous Methods", "jensen_shannon"), ("Categorical Methods", "jensen_shannon")):
+        field = _v1_field(page, label)
+        assert field.locator(".p-select").count() == 1 and field.locator(".json-input").count() == 0, (label, shot)
+        assert shown in field.inner_text(), (label, shot)
+    # V1's limit (see the docstring): the features are a JSON list in a code editor.
+    editor = _v1_field(page, "Features").locator(".json-input")
+    assert editor.count() == 1, shot
+    assert json.loads(editor.locator("textarea").input_value()) == features, shot
+
+    # An unchanged Save in the V1 form keeps every value.
+    page.get_by_role("button", name="Save").click()
+    page.wait_for_url(f"**/blocks/block/{block_id}")
+    page.get_by_text("Block updated successfully").first.wait_for()
+    assert in_child(api, "check-block", "ui-form") == {"same": True, "cooldown_hours": None, "traffic_share": 0.2}
+
+    # The V2 UI renders the same schema's features as a list of text inputs.
+    page.goto(f"{ui}/v2/blocks/block/{block_id}/edit")
+    label = page.locator("label").filter(has_text=re.compile(r"^Features$"))
+    label.first.wait_for()
+    group = page.locator("div.group").filter(has=label).last
+    inputs = group.locator("textarea")
+    inputs.first.wait_for()
+    label.first.scroll_into_view_if_needed()
+    shot = screenshot("block-edit-v2")
+    assert [inputs.nth(i).input_value() for i in range(inputs.count())] == features, shot
+    assert group.get_by_role("button", name="Add item").count() == 1, shot
