@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
-from typing import Any, ClassVar
+from typing import Any, ClassVar, get_args
 
 from prefect.blocks.core import Block
 from pydantic import BaseModel, Field, ValidationError, model_validator
@@ -54,6 +54,22 @@ def _move_default_to_description(prop: dict[str, Any]) -> None:
     if "default:" not in said:
         prop["description"] = f"{said} (default: {shown})".strip()
 
+
+
+def switchable_paths(model: type[BaseModel], prefix: str = "") -> list[str]:
+    """Every path `switched_off` can hold: the fields that may be None and default to
+    something else, through the sections (`retrain.cooldown_hours`, ...)."""
+    paths: list[str] = []
+    for name, field in model.model_fields.items():
+        path = f"{prefix}{name}"
+        kinds = (field.annotation, *get_args(field.annotation))
+        nullable = type(None) in kinds
+        if nullable and not field.is_required() and field.get_default(call_default_factory=True) is not None:
+            paths.append(path)
+        for kind in kinds:
+            if isinstance(kind, type) and issubclass(kind, BaseModel):
+                paths += switchable_paths(kind, path + ".")
+    return paths
 
 
 class EvergreenModel(Block):
@@ -135,6 +151,10 @@ class EvergreenModel(Block):
         config = schema.get("properties", {}).get("config")
         if config is not None:
             config["title"] = "Model configuration"
+        # A closed list: the default UI then offers it as a multi-select, not a JSON editor.
+        off = schema.get("properties", {}).get("switched_off")
+        if off is not None:
+            off["items"] = {"type": "string", "enum": switchable_paths(ModelConfig)}
         model = definitions.get("ModelConfig", {}).get("properties", {})
         for key, prop in model.items():
             if key in FIELD_TITLES:

@@ -11,7 +11,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-from evergreen.config import load_config
+from evergreen.config import ModelConfig, load_config
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -79,6 +79,22 @@ def test_the_form_has_human_section_titles_and_lists_as_lists() -> None:
         for key, prop in (definition.get("properties") or {}).items():
             assert "default" not in prop, f"{name}.{key}"
     assert "(default: 14)" in definitions["RetrainPolicyConfig"]["properties"]["window_days"]["description"]
+    # Closed lists carry their values (the default UI renders them as multi-selects).
+    assert definitions["MonitoringConfig"]["properties"]["continuous_methods"]["items"]["enum"]
+    assert definitions["RetrainPolicyConfig"]["properties"]["signals"]["items"]["enum"]
+    assert "retrain.cooldown_hours" in schema["properties"]["switched_off"]["items"]["enum"]
+
+
+def test_every_setting_that_can_be_switched_off_is_offered_by_the_form() -> None:
+    from blocks.model_config import EvergreenModel, switchable_paths, switched_off
+
+    offered = EvergreenModel.model_json_schema()["properties"]["switched_off"]["items"]["enum"]
+    assert offered == switchable_paths(ModelConfig)
+    cfg = load_config(ROOT / "configs" / "demo.yaml")
+    for path in offered:  # each switched off alone (model_copy: no cross-field validation)
+        section, key = path.split(".")
+        off = cfg.model_copy(update={section: getattr(cfg, section).model_copy(update={key: None})})
+        assert switched_off(off) == [path]
 
 
 def test_a_setting_switched_off_stays_off_after_a_save_in_the_ui() -> None:

@@ -105,7 +105,7 @@ def _v1_field(page, label: str):  # noqa: ANN001, ANN202 - Playwright's Page and
 def test_the_model_block_form_in_the_default_ui(kept: dict[str, Any], browser_page, screenshot) -> None:  # noqa: ANN001
     """The `evergreen-model` block's Edit page in Prefect's default (V1) UI: the config's
     sections are sections with human titles, the lists with a closed set of values
-    (`retrain.signals`, the NannyML methods) are multi-selects, and an unchanged Save keeps
+    (`retrain.signals`, the NannyML methods, the settings switched off) are multi-selects, and an unchanged Save keeps
     every value (an explicit default, a setting switched off).
 
     Open lists of names (`columns.features`, `categorical`, `slices`, the validation lists)
@@ -128,7 +128,11 @@ def test_the_model_block_form_in_the_default_ui(kept: dict[str, Any], browser_pa
     sections = page.locator(".schema-form-properties")
     for title in ("Model configuration", "Columns", "Retrain policy", "Promotion gate", "Canary", "MLflow registry and tracking"):
         assert sections.filter(has=page.get_by_text(re.compile(rf"^{re.escape(title)}( \(Optional\))?$"))).count(), (title, shot)
-    for label, shown in (("Signals", "estimated_drop"), ("Continuous Methods", "jensen_shannon"), ("Categorical Methods", "jensen_shannon")):
+    closed = (
+        ("Signals", "estimated_drop"), ("Continuous Methods", "jensen_shannon"), ("Categorical Methods", "jensen_shannon"),
+        ("Settings switched off", "retrain.cooldown_hours"),
+    )
+    for label, shown in closed:
         field = _v1_field(page, label)
         assert field.locator(".p-select").count() == 1 and field.locator(".json-input").count() == 0, (label, shot)
         assert shown in field.inner_text(), (label, shot)
