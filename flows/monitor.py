@@ -16,7 +16,7 @@ from evergreen.reports import MonitorResult
 from evergreen.telemetry import disable_telemetry
 from tasks.registry import model_flight
 from tasks.runner import PREFECT
-from tasks.runs import monitor_run_name, tag_run
+from tasks.runs import monitor_run_name, rename_run, tag_run
 from tasks.status import explain_run
 from tasks.wiring import production_ports
 
@@ -39,6 +39,8 @@ def monitor(config: str | ModelConfig | None = None, batch: str | None = None) -
             # No new batch: labels may have landed for an open alert episode (its deferred retrain).
             check = step.check_episode(ports, cfg, run=PREFECT)
             final = monitor_state(results, None if check is None else check.reason)
+    if batch is None:  # `monitor · <model> · pending` says which batches it went through
+        rename_run("monitor", results)
     explain_run(cfg, ports, final.message or final.name)
     return final
 

@@ -13,7 +13,7 @@ from evergreen.loop import promote as step
 from evergreen.telemetry import disable_telemetry
 from tasks.registry import current_actor, model_flight
 from tasks.runner import PREFECT, outcome_state
-from tasks.runs import rollback_run_name, rename_run, tag_run
+from tasks.runs import rename_run, rollback_run_name, tag_run
 from tasks.status import explain_run, outcome_page
 from tasks.wiring import production_ports
 

@@ -23,7 +23,9 @@ from typing import Any
 
 from blocks.model_config import block_document_name, model_label
 from evergreen.config import ModelConfig
-from evergreen.reports import PromotionResult, RetrainResult
+from evergreen.reports import MonitorResult, PromotionResult, RetrainResult
+
+Outcome = RetrainResult | PromotionResult | list[MonitorResult]
 
 TAG = "evergreen"
 MODEL_TAG_PREFIX = "model:"
@@ -52,13 +54,14 @@ def run_name_patterns(label: str) -> list[str]:
     return [f"{flow}{SEP}{label}{SEP}*" for flow in MODEL_FLOWS]
 
 
-def run_name(flow: str, parameters: dict[str, Any], result: RetrainResult | PromotionResult | None = None) -> str:
+def run_name(flow: str, parameters: dict[str, Any], result: Outcome | None = None) -> str:
     """The name of a run of `flow` with `parameters`: `<flow> · <model> · <subject>`.
 
     Without `result` (the run starts) the subject comes from the parameters: the batch (or
     `pending`: every batch not monitored yet), the trigger, the version to gate (or
     `challenger`), `canary`, the rollback target (or `previous`). With the run's result it
-    says what the run did: the version a retrain or bootstrap registered (`v3`), `deferred`,
+    says what the run did: the batches a `pending` monitor went through (`2019-01-11 to
+    2019-01-13`, or `nothing new`), the version a retrain or bootstrap registered (`v3`), `deferred`,
     `skipped (<blocker>)` or `data rejected` when it registered none; the version a promote
     gated or a canary review judged; the champion a rollback restored (`to v2`) or
     `unchanged`. A fan-out is `fan-out · every-model · <flow it starts>`."""
@@ -87,7 +90,12 @@ def _start_subject(flow: str, parameters: dict[str, Any]) -> str:
     return "canary" if flow == "canary-review" else flow
 
 
-def _result_subject(flow: str, result: RetrainResult | PromotionResult) -> str | None:
+def _result_subject(flow: str, result: Outcome) -> str | None:
+    if isinstance(result, list):
+        if flow != "monitor":
+            return None
+        days = [r.batch_id for r in result]
+        return "nothing new" if not days else days[0] if len(days) == 1 else f"{days[0]} to {days[-1]}"
     if isinstance(result, RetrainResult):
         if flow not in ("retrain", "bootstrap"):
             return None
@@ -165,7 +173,7 @@ def tag_run(config: ModelConfig) -> None:
     ctx.flow_run.tags = new
 
 
-def rename_run(flow: str, result: RetrainResult | PromotionResult) -> str | None:
+def rename_run(flow: str, result: Outcome) -> str | None:
     """Rename the current flow run after what it did (`run_name` with its result) and
     return the name; a no-op outside a flow run. Called before the flow returns its final
     state, so that state's event (and any automation matching the run's name) carries it."""

@@ -152,3 +152,15 @@ def test_pending_batches_are_monitored_once(clean: ModelConfig) -> None:
     assert days == all_days - seen_before
     again = monitor(config=clean, return_state=True)
     assert again.is_completed() and again.result() == []
+    # Each run, started as `monitor · <model> · pending`, ends named by what it went through.
+    ordered = sorted(days)
+    went = ordered[0] if len(ordered) == 1 else f"{ordered[0]} to {ordered[-1]}"
+    assert _run_name(state) == f"monitor · {clean.name} · {went}"
+    assert _run_name(again) == f"monitor · {clean.name} · nothing new"
+
+
+def _run_name(state) -> str:  # noqa: ANN001 - a Prefect State
+    from prefect.client.orchestration import get_client
+
+    with get_client(sync_client=True) as client:
+        return client.read_flow_run(state.state_details.flow_run_id).name

@@ -65,6 +65,15 @@ def test_worse_challenger_is_rejected_and_champion_stays(loop: ModelConfig) -> N
     assert registry.version_by_alias(name, registry.CHAMPION).version == champion
     events = read_model_events(loop.name, ["evergreen.gate.failed"], since, expect=1)
     assert len(events) == 1 and events[0].payload["version"] == version
+    assert _run_name(state) == f"promote · loan-promo · v{version}"  # started as `challenger`
+
+
+def _run_name(state) -> str:  # noqa: ANN001 - a Prefect State
+    """The flow run's name as the Prefect API has it after the run ended."""
+    from prefect.client.orchestration import get_client
+
+    with get_client(sync_client=True) as client:
+        return client.read_flow_run(state.state_details.flow_run_id).name
 
 
 def test_better_challenger_becomes_canary(loop: ModelConfig) -> None:
@@ -75,6 +84,7 @@ def test_better_challenger_becomes_canary(loop: ModelConfig) -> None:
     assert state.is_completed(), state.message
     result = state.result()
     assert result.decision == "passed" and result.canary == registered.version
+    assert _run_name(state) == f"promote · loan-promo · v{registered.version}"
     assert registry.version_by_alias(name, registry.CANARY).version == registered.version
     assert registry.get_version(name, registered.version).status == "canary"
     events = read_model_events(loop.name, ["evergreen.gate.passed", "evergreen.canary.started"], since, expect=2)
@@ -90,11 +100,13 @@ def test_canary_review_waits_then_promotes_a_good_canary(loop: ModelConfig) -> N
     canary = registry.version_by_alias(name, registry.CANARY).version
     pending = canary_review(config=loop, return_state=True)
     assert pending.is_completed() and pending.result().decision == "pending"
+    assert _run_name(pending) == f"canary-review · loan-promo · v{canary}"
     assert registry.version_by_alias(name, registry.CANARY).version == canary  # no change
     serve_history(loop, [b.day for b in io.list_batches(loop.data.path("batches"))][10:14])
     state = canary_review(config=loop, return_state=True)
     result = state.result()
     assert result.decision == "promoted", result.reasons
+    assert _run_name(state) == f"canary-review · loan-promo · v{canary}"
     assert registry.version_by_alias(name, registry.CHAMPION).version == canary
     assert registry.version_by_alias(name, registry.CANARY) is None
     assert registry.get_version(name, old).status == "retired"
@@ -109,6 +121,7 @@ def test_rollback_restores_the_previous_champion_and_is_idempotent(loop: ModelCo
     assert registry.version_by_alias(name, registry.CHAMPION).version == previous
     again = rollback(config=loop, from_version=current, reason="test rollback", return_state=True)
     assert again.result().decision == "unchanged"
+    assert (_run_name(state), _run_name(again)) == (f"rollback · loan-promo · to v{previous}", "rollback · loan-promo · unchanged")
     assert registry.version_by_alias(name, registry.CHAMPION).version == previous
     moves = [m for m in registry.alias_history(name) if m.alias == "champion"]
     assert moves[-1].reason == "rollback: test rollback" and moves[-1].from_version == current

@@ -18,7 +18,13 @@ from typing import Any
 
 import pytest
 
-from tests.ui.prefect_support import form_config, in_child, run_loop, start_kept_server, stop_kept_server
+from tests.ui.prefect_support import (
+    form_config,
+    in_child,
+    run_loop,
+    start_kept_server,
+    stop_kept_server,
+)
 
 pytestmark = pytest.mark.slow
 

@@ -7,7 +7,7 @@ from typing import Any
 
 import pytest
 
-from evergreen.reports import PromotionResult, RetrainResult
+from evergreen.reports import MonitorResult, PromotionResult, RetrainResult
 from tasks.runs import run_name, run_name_patterns
 
 CAR = {"config": "car-loan"}
@@ -80,9 +80,22 @@ def test_promote_canary_review_and_rollback_end_named_by_their_version(flow: str
     assert run_name(flow, CAR, result) == f"{flow} · car-loan · {subject}"
 
 
-def test_a_monitor_keeps_its_start_name_whatever_result_it_is_given() -> None:
+def _monitored(*days: str) -> list[MonitorResult]:
+    return [MonitorResult(model="car-loan", batch_id=d, batch_path=f"/b/{d}.parquet", valid=True) for d in days]
+
+
+@pytest.mark.parametrize(
+    ("days", "subject"),
+    [((), "nothing new"), (("2019-01-11",), "2019-01-11"), (("2019-01-11", "2019-01-12", "2019-01-13"), "2019-01-11 to 2019-01-13")],
+)
+def test_a_pending_monitor_ends_named_by_the_batches_it_went_through(days: tuple[str, ...], subject: str) -> None:
+    assert run_name("monitor", CAR, _monitored(*days)) == f"monitor · car-loan · {subject}"
+
+
+def test_a_result_of_another_flow_leaves_the_start_name() -> None:
     parameters = {**CAR, "batch": "2019-01-11.parquet"}
     assert run_name("monitor", parameters, _retrain("registered", version="3")) == "monitor · car-loan · 2019-01-11"
+    assert run_name("retrain", CAR, _monitored("2019-01-11")) == "retrain · car-loan · manual"
 
 
 def test_the_name_patterns_match_the_models_runs_and_no_other_models() -> None:
