@@ -176,17 +176,25 @@ def tag_run(config: ModelConfig) -> None:
 def rename_run(flow: str, result: Outcome) -> str | None:
     """Rename the current flow run after what it did (`run_name` with its result) and
     return the name; a no-op outside a flow run. Called before the flow returns its final
-    state, so that state's event (and any automation matching the run's name) carries it."""
+    state, so that state's event (and any automation matching the run's name) carries it.
+    An API error only logs a warning (the run keeps its start name and its outcome)."""
     from prefect.context import FlowRunContext
 
     ctx = FlowRunContext.get()
     if ctx is None or ctx.flow_run is None:
         return None
     name = run_name(flow, _parameters(), result)
-    if name != ctx.flow_run.name:
-        from prefect.client.orchestration import get_client
+    if name == ctx.flow_run.name:
+        return name
+    from prefect.client.orchestration import get_client
 
+    try:
         with get_client(sync_client=True) as client:
             client.update_flow_run(ctx.flow_run.id, name=name)
-        ctx.flow_run.name = name
+    except Exception as exc:  # noqa: BLE001 - the name is cosmetic: never fail a run that did its work
+        from prefect import get_run_logger
+
+        get_run_logger().warning("could not rename this flow run to %r: %s", name, exc)
+        return None
+    ctx.flow_run.name = name
     return name
