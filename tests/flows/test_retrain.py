@@ -52,6 +52,26 @@ def _run_name(state_or_id) -> str:  # noqa: ANN001 - a State or a flow run id
         return client.read_flow_run(run_id).name
 
 
+def _run_events(state, name: str, timeout: float = 30.0) -> list:  # noqa: ANN001 - a State
+    """The events `name` of the state's flow run, read back from the API (written async)."""
+    import time
+
+    from prefect.client.orchestration import get_client
+    from prefect.events.filters import EventFilter, EventNameFilter, EventResourceFilter
+
+    flt = EventFilter(
+        event=EventNameFilter(name=[name]),
+        resource=EventResourceFilter(id=[f"prefect.flow-run.{state.state_details.flow_run_id}"]),
+    )
+    deadline = time.monotonic() + timeout
+    while True:
+        with get_client(sync_client=True) as client:
+            events = client.read_events(filter=flt, limit=10).events
+        if events or time.monotonic() > deadline:
+            return events
+        time.sleep(0.5)
+
+
 @pytest.fixture(scope="module")
 def first(stream_cfg: ModelConfig):
     since = datetime.now(UTC) - timedelta(seconds=5)
@@ -176,6 +196,10 @@ def test_corrupted_window_registers_nothing(demo_config: ModelConfig, tmp_path) 
     assert state.is_failed() and state.name == "TrainingDataRejected"
     assert "car_value" in state.message and "validation.limits.car_value" in state.message
     assert _run_name(state) == "retrain · loan-corrupt · data rejected"
+    # Renamed before its final state was set: the state's event (what the failed-run
+    # automation matches on, by name) carries the new name.
+    (failed,) = _run_events(state, "prefect.flow-run.TrainingDataRejected")
+    assert failed.resource.get("prefect.resource.name") == "retrain · loan-corrupt · data rejected"
     assert registry.list_versions(cfg.mlflow.model_name) == []
     # The window was staged for the store while it was validated: nothing of it is left.
     store = Path(cfg.data.path("dataset_store"))
