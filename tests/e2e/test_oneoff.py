@@ -166,7 +166,7 @@ def test_monitor_handed_to_the_runner_matches_the_in_process_run(project: Projec
     assert warm.stdout == local.stdout  # the same lines
     # The handed-off run is the served deployment's, named and tagged by model as the command said.
     (run,) = _api(project, "/flow_runs/filter", {"flow_runs": {"id": {"any_": [run_id]}}})
-    assert run["name"] == f"monitor/car-loan/{DAY}" and {"evergreen", "model:car-loan"} <= set(run["tags"]), run
+    assert run["name"] == f"monitor · car-loan · {DAY}" and {"evergreen", "model:car-loan"} <= set(run["tags"]), run
     tasks = _task_runs(project, run_id)
     assert tasks["load-batch"]["state_type"] == "COMPLETED"
 
