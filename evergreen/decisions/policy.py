@@ -396,7 +396,8 @@ def decide_episode_retrain(state: LoopState, config: RetrainPolicyConfig, reques
             f"the last attempt ran on {max(basis):,} rows; another needs {needed:,} "
             f"(retrain.evidence_growth={config.evidence_growth:g}"
             + (
-                f"; its gate's interval asked for {max(a.evidence_factor for a in failed if a.evidence_factor):.1f}x the rows)"
+                f"; its gate's interval asked for "
+                f"{retry_growth(max(a.evidence_factor for a in failed if a.evidence_factor), config):.1f}x the rows)"
                 if any(a.evidence_factor for a in failed)
                 else ")"
             )
