@@ -275,7 +275,7 @@ class RetrainPolicyConfig(_Section):
         description=(
             "after an episode's retrain replaced the champion, one refresh once the post-change labelled rows "
             "reach this many times those it was trained with (the replacement learned the new world from its "
-            "first days; the refresh from a window where it dominates), gated for non-inferiority; "
+            "first days; the refresh from a window where it dominates), gated for an improvement; "
             "None: the episode ends with the replacement"
         ),
     )

@@ -143,9 +143,10 @@ def decide_promotion(
 def gate_settings(config: ModelConfig, tags: dict[str, str]) -> GateConfig:
     """The gate a challenger meets: `gate.mode_on_alert` (by default an improvement the
     bootstrap interval supports) when it was trained for an alert episode, whose champion is
-    being replaced because it degraded; `gate.mode` (non-inferiority) for a refresh, including
-    the refresh of a settling episode (its champion is the episode's own replacement)."""
-    if tags.get(state.EPISODE_TAG) and tags.get(state.EPISODE_PHASE_TAG) != "settling":
+    being replaced because it degraded, and the refresh of a settling episode as well (it is
+    there to learn more of the new world: a slightly worse one must not pass a margin);
+    `gate.mode` (non-inferiority) for a scheduled or manual refresh."""
+    if tags.get(state.EPISODE_TAG):
         return config.gate.model_copy(update={"mode": config.gate.mode_on_alert})
     return config.gate
 
