@@ -278,6 +278,16 @@ class RetrainPolicyConfig(_Section):
     evidence_growth: float = Field(
         2.0, ge=1, description="another retrain for the same episode needs this many times the post-change rows of the last"
     )
+    settle_growth: float | None = Field(
+        2.0,
+        ge=1,
+        description=(
+            "after an episode's retrain replaced the champion, one refresh once the post-change labelled rows "
+            "reach this many times those it was trained with (the replacement learned the new world from its "
+            "first days; the refresh from a window where it dominates), gated for an improvement; "
+            "None: the episode ends with the replacement"
+        ),
+    )
     max_attempts_per_episode: int | None = Field(
         None,
         ge=1,

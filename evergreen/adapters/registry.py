@@ -658,10 +658,15 @@ class Registry:
         return current.version if current else None
 
 
+GATE_EVIDENCE_TAG = "evergreen.gate.evidence_factor"
+
+
 def _gate_tags(results: dict[str, Any]) -> dict[str, str]:
     return {
         "evergreen.gate.passed": str(results.get("passed")).lower(),
         "evergreen.gate.results": json.dumps(results)[:4900],
+        # A failed gate: the evaluation rows its interval asked for, x the ones it had (`gate.evidence_factor`).
+        **({GATE_EVIDENCE_TAG: f"{results['evidence_factor']:.4g}"} if results.get("evidence_factor") else {}),
     }
 
 

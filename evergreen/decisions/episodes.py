@@ -6,7 +6,13 @@ episode's change point, from which labelled rows count as post-change evidence).
 is open, further alerting batches only escalate it when a new kind shows (drift, then
 performance, or the reverse); quiet batches count towards its end, and
 `retrain.episode_quiet_batches` quiet batches in a row close it. A new champion closes it
-too (alerts afterwards are about another model): a later alert opens a new episode.
+too (alerts afterwards are about another model): a later alert opens a new episode,
+unless the new champion is the episode's own retrain and `retrain.settle_growth` is set. Then
+the episode *settles*: the replacement learned the new world from its first labelled days,
+and one refresh follows once the post-change labelled rows have grown `settle_growth` times
+(`policy.decide_episode_retrain`); the episode ends when that refresh is decided (promoted or
+not). Quiet batches do not end a settling episode: the new champion's reference is the new
+world, so quiet is what it should see.
 
 The monitor emits one event when an episode opens (per kind: `evergreen.drift.detected`,
 `evergreen.performance.degraded`), one when it escalates (the new kind's event) and
@@ -22,7 +28,7 @@ from datetime import datetime
 from typing import Literal
 
 DRIFT, PERFORMANCE = "drift", "performance"
-Transition = Literal["opened", "escalated", "continued", "quiet", "closed", "none"]
+Transition = Literal["opened", "escalated", "continued", "quiet", "settling", "closed", "none"]
 
 
 @dataclass(frozen=True)
@@ -32,7 +38,9 @@ class Episode:
     `id`: the day (batch id) it opened; `change_point`: the first timestamp of that batch;
     `champion`: the version serving when it opened; `kinds`: drift and/or performance;
     `quiet`: quiet batches in a row since the last alerting one; `requested`: post-change
-    labelled rows when a retrain was last requested for it (None: never)."""
+    labelled rows when a retrain was last requested for it (None: never); `settling_from`:
+    once its own retrain replaced the champion, the post-change rows that retrain had (None:
+    not settling)."""
 
     id: str
     change_point: datetime | None
@@ -44,6 +52,11 @@ class Episode:
     closed_reason: str = ""
     requested: int | None = None
     requested_at: str | None = None
+    settling_from: int | None = None
+
+    @property
+    def settling(self) -> bool:
+        return self.settling_from is not None
 
     def to_dict(self) -> dict:
         return {
@@ -57,6 +70,7 @@ class Episode:
             "closed_reason": self.closed_reason,
             "requested": self.requested,
             "requested_at": self.requested_at,
+            "settling_from": self.settling_from,
         }
 
     @classmethod
@@ -77,6 +91,7 @@ class Episode:
             closed_reason=str(raw.get("closed_reason") or ""),
             requested=raw.get("requested"),
             requested_at=raw.get("requested_at"),
+            settling_from=raw.get("settling_from"),
         )
 
 
@@ -110,13 +125,29 @@ def advance_episode(
     champion: str | None,
     change_point: datetime | None,
     quiet_to_close: int,
+    settle_rows: int | None = None,
+    settled: str = "",
 ) -> EpisodeStep:
     """The episode after one valid, monitored batch `day` (`alert`: the policy's signals
     held by the hysteresis; `signals`: those that fired; `champion`: the version serving;
-    `change_point`: the batch's first timestamp)."""
+    `change_point`: the batch's first timestamp). `settle_rows`: the new champion is the
+    episode's own retrain, trained with that many post-change rows, and the episode settles
+    (None: a new champion ends it); `settled`: why a settling episode's refresh is decided
+    ("" while it is not)."""
     closed: Episode | None = None
     reasons: list[str] = []
-    if episode is not None and episode.open and episode.champion != champion:
+    if episode is not None and episode.open and episode.settling and settled:
+        closed = replace(episode, open=False, closed_reason=f"settled: {settled}")
+        reasons.append(f"episode {episode.id} closed: {closed.closed_reason}")
+        episode = closed
+    elif episode is not None and episode.open and episode.champion != champion:
+        if settle_rows is not None and not episode.settling:
+            after = replace(episode, champion=champion, settling_from=settle_rows, quiet=0)
+            reasons.append(
+                f"episode {episode.id} settling: its retrain v{champion} replaced v{episode.champion} "
+                f"(trained with {settle_rows:,} post-change rows); one refresh follows as the new world's labels grow"
+            )
+            return EpisodeStep(after, "settling", reasons=reasons)
         closed = replace(episode, open=False, closed_reason=f"champion replaced: v{episode.champion} -> v{champion}")
         reasons.append(f"episode {episode.id} closed: {closed.closed_reason}")
         episode = closed
@@ -135,7 +166,7 @@ def advance_episode(
             return EpisodeStep(after, "escalated", announce=new, reasons=reasons)
         return EpisodeStep(after, "continued", reasons=reasons)
     quiet = episode.quiet + 1
-    if quiet >= quiet_to_close:
+    if quiet >= quiet_to_close and not episode.settling:
         ended = replace(episode, quiet=quiet, open=False, closed_reason=f"{quiet} quiet batch(es) in a row")
         reasons.append(f"episode {episode.id} closed: {ended.closed_reason}")
         return EpisodeStep(ended, "closed", closed=ended, reasons=reasons)

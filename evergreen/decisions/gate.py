@@ -79,6 +79,7 @@ class GateCheck:
     value: float | None
     threshold: float | None
     detail: str
+    high: float | None = None  # the bootstrap check: the upper end of the gain's interval
 
 
 @dataclass(frozen=True)
@@ -355,7 +356,24 @@ def _check_bootstrap(
                 f"{span}; its lower bound {format_value(low)} is not above {format_value(threshold)}, so the "
                 f"challenger may be worse than the allowed margin {format_value(gate.margin)}"
             )
-    return GateCheck("bootstrap", passed, low, threshold, detail)
+    return GateCheck("bootstrap", passed, low, threshold, detail, high if math.isfinite(high) else None)
+
+
+def evidence_factor(results: dict[str, Any]) -> float | None:
+    """How many times its evaluation rows a challenger that failed the bootstrap check would
+    have needed for the interval to clear the threshold, if the point gain held (the interval
+    narrows as 1/sqrt(rows)); None when the check passed, is missing, or the gain is not above
+    the threshold (more rows would not help the same model). `results`: `GateDecision.to_dict()`."""
+    check = next((c for c in results.get("checks") or [] if c.get("name") == "bootstrap"), None)
+    if not check or check.get("passed"):
+        return None
+    low, high, threshold = check.get("value"), check.get("high"), check.get("threshold")
+    if low is None or high is None or threshold is None:
+        return None
+    gain = (low + high) / 2
+    if not (math.isfinite(gain) and gain > threshold and gain > low):
+        return None
+    return ((gain - low) / (gain - threshold)) ** 2
 
 
 def _check_calibration(

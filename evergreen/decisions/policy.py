@@ -179,6 +179,7 @@ class Attempt:
     version: str
     status: str | None
     post_change_rows: int | None = None
+    evidence_factor: float | None = None  # a rejected one: `gate.evidence_factor` of its gate
 
 
 @dataclass(frozen=True)
@@ -252,9 +253,11 @@ def decide(observation: ChunkObservation, state: LoopState, policy: Policy) -> P
     hits = sum(1 for kinds in window if kinds)
     alert = bool(fired) and hits >= cfg.hysteresis_k
     hysteresis = f"{hits} of the last {len(window)} chunk(s) with a signal ({cfg.hysteresis_k} of {cfg.hysteresis_n} needed)"
+    settle_rows, settled = settling_of(state, policy)
     step = (
         advance_episode(
-            state.episode, observation.chunk, alert, fired, state.champion, observation.start, cfg.episode_quiet_batches
+            state.episode, observation.chunk, alert, fired, state.champion, observation.start, cfg.episode_quiet_batches,
+            settle_rows, settled,
         )
         if observation.valid
         else EpisodeStep(state.episode, "none")
@@ -311,6 +314,35 @@ def decide(observation: ChunkObservation, state: LoopState, policy: Policy) -> P
     )
 
 
+def settling_of(state: LoopState, policy: Policy) -> tuple[int | None, str]:
+    """Whether the open episode settles or its settling ends on this chunk (for
+    `episodes.advance_episode`): the post-change rows of the episode's own retrain that just
+    became champion (None: it does not settle: another policy than `default`,
+    `retrain.settle_growth` unset, or a champion from elsewhere), and, for a settling
+    episode, why its refresh is decided ("" while none is)."""
+    episode = state.episode
+    if policy.kind != "default" or episode is None or not episode.open:
+        return None, ""
+    if episode.settling:
+        newer = [a for a in state.attempts if _version_after(a.version, episode.champion)]
+        done = [a for a in newer if a.status not in ("candidate", "canary")]
+        return None, (f"refresh v{done[-1].version} {done[-1].status}" if done else "")
+    if policy.config.settle_growth is None or state.champion is None or state.champion == episode.champion:
+        return None, ""
+    own = [a for a in state.attempts if a.version == state.champion]
+    if not own:
+        return None, ""
+    rows = own[-1].post_change_rows
+    return (rows if rows is not None else (state.post_change_rows or 0)), ""
+
+
+def _version_after(version: str, than: str | None) -> bool:
+    try:
+        return than is None or int(version) > int(than)
+    except ValueError:
+        return version != than
+
+
 def decide_episode_retrain(state: LoopState, config: RetrainPolicyConfig, requested_counts: bool = True) -> StartCheck:
     """May the open alert episode of `state` have its retrain now? The episode's own rules,
     then the loop's start rule (`check_start`):
@@ -338,6 +370,8 @@ def decide_episode_retrain(state: LoopState, config: RetrainPolicyConfig, reques
         return StartCheck(
             False, f"candidate_pending: v{last.version}, retrained for {since}, is still under review", "candidate_pending"
         )
+    if episode.settling:
+        return _settling_retrain(state, config, since, requested_counts)
     failed = [a for a in attempts if a.status in ("rejected",)]
     if config.max_attempts_per_episode is not None and len(attempts) >= config.max_attempts_per_episode:
         tried = ", ".join(f"v{a.version} {a.status}" for a in attempts)
@@ -352,12 +386,21 @@ def decide_episode_retrain(state: LoopState, config: RetrainPolicyConfig, reques
         basis.append(episode.requested)
     if basis:
         needed = max(needed, int(math.ceil(max(basis) * config.evidence_growth)))
+    for a in failed:
+        if a.post_change_rows is not None and a.evidence_factor is not None:
+            needed = max(needed, int(math.ceil(a.post_change_rows * retry_growth(a.evidence_factor, config))))
     if rows is None:
         return StartCheck(False, f"deferred: the post-change labelled rows of {since} are not known", "deferred")
     if rows < needed:
         what = (
             f"the last attempt ran on {max(basis):,} rows; another needs {needed:,} "
-            f"(retrain.evidence_growth={config.evidence_growth:g})"
+            f"(retrain.evidence_growth={config.evidence_growth:g}"
+            + (
+                f"; its gate's interval asked for "
+                f"{retry_growth(max(a.evidence_factor for a in failed if a.evidence_factor), config):.1f}x the rows)"
+                if any(a.evidence_factor for a in failed)
+                else ")"
+            )
             if basis
             else f"its retrain waits for {needed:,} (retrain.min_post_change_rows; labels arrive after their batch)"
         )
@@ -374,6 +417,42 @@ def decide_episode_retrain(state: LoopState, config: RetrainPolicyConfig, reques
     if not start.allowed:
         return start
     return StartCheck(True, f"{since}: {rows:,} labelled post-change rows (>= {needed:,}); {start.reason}")
+
+
+def retry_growth(evidence_factor: float, config: RetrainPolicyConfig) -> float:
+    """The growth of post-change rows a retry waits for after a gate whose interval said it
+    needed `evidence_factor` times the rows: at least `retrain.evidence_growth`, at most its
+    square (the estimate assumes the same gain, while the retry learns from more of the new
+    world, so its gain usually grows; the cap keeps a retry within the episode's reach)."""
+    g = config.evidence_growth
+    return min(max(evidence_factor, g), g * g)
+
+
+def _settling_retrain(state: LoopState, config: RetrainPolicyConfig, since: str, requested_counts: bool) -> StartCheck:
+    """The one refresh of a settling episode: once its post-change labelled rows are
+    `retrain.settle_growth` times those its replacement was trained with. No cooldown (the
+    evidence paces it); the budget and new data apply."""
+    episode = state.episode
+    assert episode is not None and episode.settling_from is not None
+    growth = config.settle_growth or 1.0
+    needed = max(int(math.ceil(episode.settling_from * growth)), 1)
+    rows = state.post_change_rows
+    head = (
+        f"{since} is settling: v{episode.champion} replaced its champion with {episode.settling_from:,} post-change rows; "
+        f"its refresh waits for {needed:,} (retrain.settle_growth={growth:g})"
+    )
+    if rows is None:
+        return StartCheck(False, f"deferred: {head}; the post-change labelled rows are not known", "deferred")
+    if requested_counts and episode.requested is not None and episode.requested >= needed:
+        return StartCheck(
+            False, f"requested: the refresh of {since} was requested at {episode.requested_at}; waiting for it", "requested"
+        )
+    if rows < needed:
+        return StartCheck(False, f"deferred: {head}; {rows:,} so far", "deferred")
+    start = check_start(dataclasses.replace(state, last_retrain_clock=None), config, "event")
+    if not start.allowed:
+        return start
+    return StartCheck(True, f"refresh of settling {since}: {rows:,} labelled post-change rows (>= {needed:,}); {start.reason}")
 
 
 def check_start(state: LoopState, config: RetrainPolicyConfig, trigger: str = "event") -> StartCheck:

@@ -143,7 +143,9 @@ def decide_promotion(
 def gate_settings(config: ModelConfig, tags: dict[str, str]) -> GateConfig:
     """The gate a challenger meets: `gate.mode_on_alert` (by default an improvement the
     bootstrap interval supports) when it was trained for an alert episode, whose champion is
-    being replaced because it degraded; `gate.mode` (non-inferiority) for a refresh."""
+    being replaced because it degraded, and the refresh of a settling episode as well (it is
+    there to learn more of the new world: a slightly worse one must not pass a margin);
+    `gate.mode` (non-inferiority) for a scheduled or manual refresh."""
     if tags.get(state.EPISODE_TAG):
         return config.gate.model_copy(update={"mode": config.gate.mode_on_alert})
     return config.gate
@@ -157,6 +159,8 @@ def apply_gate_decision(ports: Ports, version: str, decision: gate.GateDecision,
     concurrent run that decided the same), False if it holds another one or a newer
     candidate replaced the version while it was gated."""
     reg, results = ports.registry, decision.to_dict()
+    if not decision.passed:
+        results["evidence_factor"] = gate.evidence_factor(results)
     with registry_lock(ports, actor, run):
         current = reg.version_by_alias(registry.CHALLENGER)
         if current is None or current.version != version:

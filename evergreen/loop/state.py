@@ -15,7 +15,7 @@ import pandas as pd
 
 from evergreen.adapters import io
 from evergreen.adapters.ports import BatchStore, ModelRegistry
-from evergreen.adapters.registry import CANARY, CHAMPION, VersionInfo
+from evergreen.adapters.registry import CANARY, CHAMPION, GATE_EVIDENCE_TAG, VersionInfo
 from evergreen.config import ModelConfig
 from evergreen.decisions import policy
 from evergreen.decisions.episodes import Episode
@@ -26,6 +26,7 @@ TRAIN_END_TAG = "evergreen.train_end"
 WINDOW_END_TAG = "evergreen.window_end"
 BOOTSTRAP_TAG = "evergreen.bootstrap"
 EPISODE_TAG = "evergreen.episode"
+EPISODE_PHASE_TAG = "evergreen.episode_phase"  # "settling": the refresh after the episode's replacement
 CHANGE_POINT_TAG = "evergreen.change_point"
 POST_CHANGE_ROWS_TAG = "evergreen.post_change_rows"
 
@@ -124,7 +125,7 @@ def build_loop_state(
         except io.DataReadError:
             post_change = None
     attempts = tuple(
-        policy.Attempt(v.version, v.status, _tag_int(v, POST_CHANGE_ROWS_TAG))
+        policy.Attempt(v.version, v.status, _tag_int(v, POST_CHANGE_ROWS_TAG), _evidence_factor(v))
         for v in versions
         if episode is not None and v.tags.get(EPISODE_TAG) == episode.id
     )
@@ -222,6 +223,15 @@ def post_change_needed(config: ModelConfig) -> int:
 
     given = config.retrain.min_post_change_rows
     return given if given is not None else 2 * gate_min_rows(config)
+
+
+def _evidence_factor(version: VersionInfo) -> float | None:
+    """`gate.evidence_factor` of a rejected version's gate (None: none recorded)."""
+    raw = version.tags.get(GATE_EVIDENCE_TAG) if version.status == "rejected" else None
+    try:
+        return float(raw) if raw else None
+    except ValueError:
+        return None
 
 
 def _tag_int(version: VersionInfo, tag: str) -> int | None:

@@ -89,3 +89,6 @@ def test_the_retrain_waits_for_post_change_labels_and_is_requested_once(world) -
     assert promote.gate_settings(cfg, version.tags).mode == cfg.gate.mode_on_alert == "improvement"
     refresh = {k: v for k, v in version.tags.items() if k != state.EPISODE_TAG}
     assert promote.gate_settings(cfg, refresh).mode == "non_inferiority"
+    # A settling episode's refresh must improve on the episode's replacement too.
+    settling = {**version.tags, state.EPISODE_PHASE_TAG: "settling"}
+    assert promote.gate_settings(cfg, settling).mode == "improvement"

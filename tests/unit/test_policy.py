@@ -11,6 +11,7 @@ from datetime import datetime, timedelta
 import pytest
 
 from evergreen.config import RetrainPolicyConfig
+from evergreen.decisions import gate
 from evergreen.decisions.alerts import decide_alerts
 from evergreen.decisions.episodes import Episode, with_request
 from evergreen.decisions.policy import (
@@ -348,3 +349,56 @@ def test_the_demo_config_runs_the_default_policy() -> None:
     assert {f: getattr(demo.monitoring, f) for f in thresholds} == {
         f: getattr(MonitoringConfig(), f) for f in thresholds
     }
+
+
+def test_the_episodes_own_replacement_settles_it_and_one_refresh_follows(toy_config) -> None:
+    """v2, retrained for the episode on 5,000 post-change rows, replaced v1: the episode stays
+    open (settling) through quiet batches, requests one refresh when the post-change rows have
+    doubled, and ends when that refresh is decided. Only the default policy settles."""
+    pol = _policy(episode_quiet_batches=1)
+    own = (Attempt("2", "champion", 5000),)
+    quiet = _observe(toy_config)
+    step = decide(quiet, _open(post_change_rows=7000, champion="2", attempts=own), pol)
+    assert step.transition == "settling" and step.episode.open and step.episode.champion == "2"
+    assert step.episode.settling_from == 5000 and EPISODE_CLOSED not in step.events
+    assert step.blocked_by == "deferred" and "10,000" in step.reason and "settle_growth=2" in step.reason
+    settling = step.episode
+    # Quiet batches do not end it (the new champion's reference is the new world).
+    still = decide(quiet, LoopState(champion="2", episode=settling, post_change_rows=9000, attempts=own), pol)
+    assert still.transition == "quiet" and still.episode.open and not still.retrain
+    due = decide(quiet, LoopState(champion="2", episode=still.episode, post_change_rows=10_000, attempts=own), pol)
+    assert due.retrain and RETRAIN_REQUESTED in due.events and "refresh of settling" in due.reason
+    under_review = (*own, Attempt("3", "canary", 10_000))
+    held = decide(quiet, LoopState(champion="2", episode=settling, post_change_rows=12_000, attempts=under_review), pol)
+    assert held.blocked_by == "candidate_pending" and held.episode.open
+    for status, champion in (("rejected", "2"), ("champion", "3")):
+        done = (*own, Attempt("3", status, 10_000))
+        end = decide(quiet, LoopState(champion=champion, episode=settling, post_change_rows=12_000, attempts=done), pol)
+        assert not end.episode.open and f"settled: refresh v3 {status}" in end.events[EPISODE_CLOSED]["reason"]
+        assert not end.retrain
+    # Without settle_growth, or for a baseline, the replacement ends the episode as before.
+    for other in (_policy(settle_growth=None), _policy("always")):
+        closed = decide(quiet, _open(post_change_rows=7000, champion="2", attempts=own), other)
+        assert closed.transition == "closed" and EPISODE_CLOSED in closed.events
+
+
+def test_a_retry_waits_for_the_rows_its_gates_interval_asked_for(toy_config) -> None:
+    """A gate whose interval [-0.01, +0.03] had the gain at +0.01 needed ~4x its rows; the
+    retry waits for that (at least evidence_growth, at most its square), not just 2x."""
+    factor = gate.evidence_factor(
+        {"checks": [{"name": "bootstrap", "passed": False, "value": -0.01, "high": 0.03, "threshold": 0.0}]}
+    )
+    assert factor == pytest.approx(4.0)
+    for passed_or_worse in (
+        {"checks": [{"name": "bootstrap", "passed": True, "value": 0.01, "high": 0.03, "threshold": 0.0}]},
+        {"checks": [{"name": "bootstrap", "passed": False, "value": -0.03, "high": 0.01, "threshold": 0.0}]},
+        {"checks": []},
+    ):
+        assert gate.evidence_factor(passed_or_worse) is None
+    drift = _observe(toy_config, drifted=2)
+    rejected = (Attempt("2", "rejected", 2500, evidence_factor=3.0),)
+    wait = decide(drift, _open(post_change_rows=6000, attempts=rejected), _policy())
+    assert wait.blocked_by == "deferred" and "7,500" in wait.reason and "3.0x" in wait.reason
+    assert decide(drift, _open(post_change_rows=7500, attempts=rejected), _policy()).retrain
+    capped = (Attempt("2", "rejected", 2500, evidence_factor=50.0),)
+    assert decide(drift, _open(post_change_rows=10_000, attempts=capped), _policy()).retrain  # 2500 x 2^2

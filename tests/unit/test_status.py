@@ -248,3 +248,11 @@ def test_the_fleet_overview_refreshes_one_row_per_run_and_keeps_the_others() -> 
     # A run of a model that is not registered (a YAML path) still shows itself.
     alone = status.merge_fleet([], [], {**own, "model": "b (not registered)"})
     assert [r["model"] for r in alone] == ["b (not registered)"]
+
+
+def test_a_settling_episode_says_its_replacement_and_the_refresh_to_come() -> None:
+    text = status.episode_sentence(
+        {"id": "2019-01-09", "kinds": ["drift"], "champion": "3", "open": True, "last_alert": "2019-01-12",
+         "settling_from": 5000, "change_point": "2019-01-09T00:00:00+00:00"}
+    )
+    assert "settling: its retrain v3 replaced the champion with 5000 post-change labelled rows" in text
