@@ -44,6 +44,16 @@ def test_the_job_environment_references_secret_blocks_only() -> None:
     assert int(env["PREFECT_FLOWS_HEARTBEAT_FREQUENCY"]) >= 30  # Prefect's minimum for heartbeats
 
 
+def test_every_prefect_client_of_the_stack_retries_the_apis_500() -> None:
+    """A PostgreSQL restart makes the Prefect API answer 500 for a few seconds: flow runs,
+    workers, the server's own actions and shells retry it (Prefect retries 429/502/503 only)."""
+    creds = stack.Credentials.generate()
+    state = stack.StackState(home="/tmp/x", cwd="/tmp/x", ports=dict(stack.DEFAULT_PORTS))
+    for env in (stack.job_env_template(), stack._worker_env(state, creds), stack._prefect_server_env(state, creds),
+                stack.client_env(state, creds)):
+        assert env["PREFECT_CLIENT_RETRY_EXTRA_CODES"] == "500"
+
+
 def test_automations_file_is_prefects_automation_schema() -> None:
     from prefect.events.actions import ChangeFlowRunState, RunDeployment
     from prefect.events.schemas.automations import AutomationCore, EventTrigger, Posture
