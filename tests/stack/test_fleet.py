@@ -54,6 +54,7 @@ import threading
 import time
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
+from contextlib import suppress
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
@@ -264,18 +265,32 @@ class Faults:
             self._stop.wait(0.5)
 
     def _kill_worker_of(self, run: Any) -> None:  # noqa: ANN401
-        """SIGKILL the flow run's process and the worker that started it (as a machine dies),
-        then start a replacement worker. The run has its own process group: its worker is its
-        parent (looked up by process group, as before, no worker was found and nothing was
-        killed)."""
+        """SIGKILL the worker that runs the retrain and every flow run it started, the retrain
+        among them (as a machine dies), then start a replacement worker. Each run has its own
+        process group: the worker is their parent (looked up by process group, as before, no
+        worker was found and nothing was killed). A run left running without its worker
+        writes its output into a closed pipe: its fate would be chance."""
         pid = int(str(run.infrastructure_pid).rsplit(":", 1)[-1])
         worker = stack.worker_of(self.s.home, pid)
-        assert worker is not None, f"no recorded worker is the parent of run {run.name}'s process {pid}"
-        os.kill(pid, signal.SIGKILL)
+        assert worker is not None and worker.pid is not None, f"no recorded worker is the parent of run {run.name}'s process {pid}"
+        runs = _children(worker.pid)
         stack.stop_worker(self.s.home, worker.name, signal.SIGKILL)
-        self.done["worker"] = f"{worker.name} and run {run.id} ({run.name}) killed"
+        for child in runs:
+            with suppress(ProcessLookupError):
+                os.kill(child, signal.SIGKILL)
+        self.done["worker"] = f"{worker.name} and its {len(runs)} flow run process(es), retrain {run.id} ({run.name}) among them, killed"
         self.log.append(self.done["worker"])
         stack.add_worker(self.s.home)
+
+
+def _children(pid: int) -> list[int]:
+    """The processes whose parent is `pid` (a worker's flow runs)."""
+    found = []
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        with suppress(OSError, IndexError, ValueError):
+            if int(stat.read_text(encoding="utf-8").rsplit(")", 1)[1].split()[1]) == pid:
+                found.append(int(stat.parent.name))
+    return found
 
 
 # ------------------------------------------------------------------------------- the test
@@ -355,10 +370,20 @@ def fleet(running_stack: Stack, tmp_path_factory: pytest.TempPathFactory) -> Ite
         _settle(since)
     finally:
         faults.stop()
+        _print_runs(since, log)
     try:
         yield FleetRun(models, since, dict(faults.done), log)
     finally:
         _resume(paused)
+
+
+def _print_runs(since: datetime, log: list[str]) -> None:
+    """What ran (shown with -s or on failure): each run's name, state and message; the faults."""
+    for line in log:
+        print(f"[fleet] {line}")
+    for name in ("monitor", "retrain", "promote", "canary-review", "rollback"):
+        for r in _runs(name, since):
+            print(f"[fleet] {r.name}: {r.state.name if r.state else None} ({(r.state.message or '')[:160] if r.state else ''})")
 
 
 def _pause_fan_outs() -> list[Any]:
@@ -479,5 +504,8 @@ def test_every_batch_of_every_model_was_monitored_once(fleet: FleetRun) -> None:
         recorded = sorted(ledger.batches)
         assert [b.rsplit("/", 1)[-1].removesuffix(".parquet") for b in recorded] == m.days or sorted(
             getattr(r, "day", k) for k, r in ledger.batches.items()) == m.days, (m.name, recorded)
+        # A monitor run killed with its worker is Crashed and its rerun (same batch) Completed.
         mine = _of(monitors, m.block)
-        assert all(r.state.name == "Completed" for r in mine), (m.name, [(r.name, r.state.name) for r in mine])
+        completed = [r.parameters.get("batch") for r in mine if r.state.name == "Completed"]
+        assert set(completed) == {f"{m.root}/batches/{day}.parquet" for day in m.days}, (m.name, [(r.name, r.state.name) for r in mine])
+        assert all(r.state.name in ("Completed", "Crashed") for r in mine), (m.name, [(r.name, r.state.name) for r in mine])

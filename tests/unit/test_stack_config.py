@@ -59,9 +59,16 @@ def test_automations_file_is_prefects_automation_schema() -> None:
     from prefect.events.schemas.automations import AutomationCore, EventTrigger, Posture
 
     raw = yaml.safe_load(stack.AUTOMATIONS_FILE.read_text(encoding="utf-8"))["automations"]
-    zombie, rerun = (AutomationCore.model_validate(a) for a in raw)
+    automations = {a["name"]: AutomationCore.model_validate(a) for a in raw}
+    zombie, rerun = automations["evergreen-crash-zombie-runs"], automations["evergreen-rerun-crashed-retrain"]
     assert isinstance(zombie.trigger, EventTrigger) and zombie.trigger.posture == Posture.Proactive
-    assert zombie.trigger.after == {"prefect.flow-run.heartbeat"} and zombie.trigger.within.total_seconds() == 90
+    assert "prefect.flow-run.heartbeat" in zombie.trigger.after and zombie.trigger.within.total_seconds() == 90
+    lost = automations["evergreen-crash-runs-lost-before-running"]
+    assert lost.trigger.after == {"prefect.flow-run.Pending"} and "prefect.flow-run.Running" in lost.trigger.expect
+    for flow, params in (("monitor", {"config", "batch"}), ("promote", {"config", "version"}), ("canary-review", {"config"})):
+        again = automations[f"evergreen-rerun-crashed-{flow}"]
+        assert again.trigger.expect == {"prefect.flow-run.Crashed"}
+        assert set(again.actions[0].parameters) == params
     assert isinstance(zombie.actions[0], ChangeFlowRunState) and zombie.actions[0].state.value == "CRASHED"
     assert rerun.trigger.expect == {"prefect.flow-run.Crashed"}
     action = rerun.actions[0]
