@@ -62,7 +62,7 @@ def test_automations_file_is_prefects_automation_schema() -> None:
     automations = {a["name"]: AutomationCore.model_validate(a) for a in raw}
     zombie, rerun = automations["evergreen-crash-zombie-runs"], automations["evergreen-rerun-crashed-retrain"]
     assert isinstance(zombie.trigger, EventTrigger) and zombie.trigger.posture == Posture.Proactive
-    assert "prefect.flow-run.heartbeat" in zombie.trigger.after and zombie.trigger.within.total_seconds() == 90
+    assert zombie.trigger.after == {"prefect.flow-run.heartbeat"} and zombie.trigger.within.total_seconds() == 90
     lost = automations["evergreen-crash-runs-lost-before-running"]
     assert lost.trigger.after == {"prefect.flow-run.Pending"} and "prefect.flow-run.Running" in lost.trigger.expect
     for flow, params in (("monitor", {"config", "batch"}), ("promote", {"config", "version"}), ("canary-review", {"config"})):
