@@ -19,7 +19,8 @@ takes `config` (a block name); events carry the resource label `evergreen.block`
 match `evergreen.model.*`; `evergreen register --config FILE` is all a model needs. Until
 prefect.yaml is multi-model this module is skipped (the reason says so).
 
-It runs in CI's default run (~10-12 min here, on two shared cores), within the 45-min budget:
+It runs in CI's default run (9 min 42 s alone here, 2026-12-06, on two cores shared with other
+work; ~19-20 min before), within the 45-min budget:
 
 - The test is the clock. The three models' monitors of a day start at once; the fan-out
   schedules (monitor-all hourly, canary-review-all at :30, retrain-all weekly) are paused
