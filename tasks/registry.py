@@ -64,6 +64,9 @@ def ensure_limits(names: list[str]) -> list[str]:
 # a holder that is killed (SIGKILL, lost machine) blocks the next registry write for at most
 # this long plus the server's repossessor interval, not for Prefect's default of 300 s.
 LOCK_LEASE_SECONDS = 60.0
+# How long a run waits for a slot that no running run holds (a dead holder's lease lapsing:
+# the lease, then up to two of the repossessor's 15-s loops, with room for a loaded server).
+DEAD_HOLDER_WAIT_SECONDS = LOCK_LEASE_SECONDS + 60.0
 
 
 @contextmanager
@@ -91,8 +94,10 @@ def model_flight(flow: str, config: ModelConfig, wait: bool) -> Iterator[Flight]
     """Hold the slot of `flow` for this model (`evergreen-<flow>-<model>`, limit 1, created on
     first use) for the block: another model's runs have their own slot, so they never wait on
     this one. With `wait`, queue for it (as a deployment limit would queue the run, but per
-    model); without, yield `Flight(held=False, reason=...)` at once when another run of the
-    same model holds it: "another retrain of car-loan is running (flow run <id>)".
+    model); without, yield `Flight(held=False, reason=...)` at once when another running run
+    of the same model holds it: "another retrain of car-loan is running (flow run <id>)". A
+    slot no running run holds belongs to a dead run (a killed worker): its lease lapses, and
+    this run waits for it (up to `DEAD_HOLDER_WAIT_SECONDS`) instead of skipping.
 
     The slot is leased: a holder that dies frees it within `LOCK_LEASE_SECONDS` plus the
     server's repossessor interval. A failed lease renewal (an API blip) does not stop the run
@@ -118,13 +123,28 @@ def model_flight(flow: str, config: ModelConfig, wait: bool) -> Iterator[Flight]
         except ConcurrencySlotAcquisitionError as exc:
             if wait or getattr(getattr(exc.__cause__, "response", None), "status_code", None) != 423:
                 raise
-            flight = Flight(held=False, reason=busy_reason(flow, config, name))
+            other = running_flow_run(flow, model_tag(block_document_name(config.name)), exclude=run_id)
+            if other is not None:
+                flight = Flight(held=False, reason=busy_reason(flow, config, name, other))
+            else:
+                # No running run holds the slot: its holder died (a killed worker; the zombie
+                # automation crashed it) and its lease lapses within LOCK_LEASE_SECONDS plus
+                # the repossessor's loop. Wait for it rather than skip the work: this run is
+                # often the crashed run's own rerun.
+                stack.enter_context(
+                    concurrency(
+                        name, occupy=1, timeout_seconds=DEAD_HOLDER_WAIT_SECONDS, max_retries=None,
+                        lease_duration=LOCK_LEASE_SECONDS, strict=True, holder=holder,
+                        raise_on_lease_renewal_failure=False,
+                    )
+                )
+                flight = Flight(held=True)
         yield flight
 
 
-def busy_reason(flow: str, config: ModelConfig, limit: str) -> str:
+def busy_reason(flow: str, config: ModelConfig, limit: str, other: str | None = None) -> str:
     """Which run holds the model's slot: the running run of `flow` tagged with the model."""
-    other = running_flow_run(flow, model_tag(block_document_name(config.name)), exclude=flow_run.id)
+    other = other or running_flow_run(flow, model_tag(block_document_name(config.name)), exclude=flow_run.id)
     held_by = f"flow run {other}" if other else f"the concurrency limit {limit} is held"
     return f"another {flow} of {config.name} is running ({held_by})"
 

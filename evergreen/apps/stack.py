@@ -39,6 +39,7 @@ from pathlib import Path
 from typing import Any
 
 from evergreen.apps.services import (
+    PrefectServer,
     _cmdline,
     _is_ours,
     executable,
@@ -67,6 +68,15 @@ DEFAULT_PORTS = {"postgres": 55432, "s3": 5490, "prefect": 4300, "mlflow": 5300}
 AUTOMATIONS_FILE = Path(__file__).resolve().parents[2] / "deploy" / "automations.yaml"
 # Flow runs emit a heartbeat this often; the zombie automation waits 3 of them.
 HEARTBEAT_SECONDS = 30
+# While PostgreSQL restarts (or fails over) the Prefect API answers 500 to every request
+# that needs a new database connection: a refused connection is not one of the database
+# errors the server turns into a retryable 503. Prefect clients retry 429/502/503 only, so a
+# flow run whose state change, concurrency slot or block read landed in those seconds
+# crashed (or stayed Running with its process gone), and its batch went unmonitored. Every
+# Prefect client of the stack (flow runs, workers, the server's automation actions, shells)
+# retries a 500 too, with Prefect's exponential back-off (PREFECT_CLIENT_MAX_RETRIES, 5:
+# about a minute), which outlasts a restart.
+API_RETRY_ENV = {"PREFECT_CLIENT_RETRY_EXTRA_CODES": "500"}
 _MARKERS = {"postgres": "postgres", "s3": "moto", "prefect": "server start", "mlflow": "mlflow", "worker": "worker start"}
 
 
@@ -226,6 +236,7 @@ def client_env(state: StackState, creds: Credentials) -> dict[str, str]:
         "MLFLOW_TRACKING_URI": state.mlflow_url,
         "MLFLOW_TRACKING_USERNAME": MLFLOW_USER,
         "MLFLOW_TRACKING_PASSWORD": creds.mlflow_password,
+        **API_RETRY_ENV,
         **s3_env(state.s3_endpoint, creds.s3_access_key, creds.s3_secret_key),
     }
 
@@ -579,18 +590,19 @@ def _prefect_server_env(state: StackState, creds: Credentials) -> dict[str, str]
         # Outlive a PostgreSQL restart: more, longer reconnect attempts than the defaults.
         "PREFECT_API_DATABASE_TIMEOUT": "30",
         "PREFECT_API_DATABASE_CONNECTION_TIMEOUT": "10",
+        # Its automation actions (run-deployment, change-flow-run-state) are API calls too.
+        **API_RETRY_ENV,
     }
 
 
-def _start_prefect(home: Path, state: StackState, creds: Credentials, log: Callable[[str], None], timeout: float) -> Service:
+def _start_prefect(home: Path, state: StackState, creds: Credentials, log: Callable[[str], None], timeout: float) -> PrefectServer:
+    """Start the Prefect server and return at once (the caller waits for `wait_healthy`)."""
     port = state.ports["prefect"]
     folder = home / "prefect"
     log(f"starting the Prefect server on {state.prefect_api_url} (PostgreSQL; log {folder / 'server.log'})")
-    server = start_prefect_server(
+    return start_prefect_server(
         folder, port=port, ui=True, extra_env=_prefect_server_env(state, creds), timeout=timeout, cwd=Path(state.cwd)
     )
-    server.wait_healthy()
-    return Service("prefect", server.pid, state.prefect_api_url, str(server.log), _MARKERS["prefect"])
 
 
 def _worker_env(state: StackState, creds: Credentials) -> dict[str, str]:
@@ -602,6 +614,7 @@ def _worker_env(state: StackState, creds: Credentials) -> dict[str, str]:
         "PREFECT_FLOWS_HEARTBEAT_FREQUENCY": str(HEARTBEAT_SECONDS),
         "PREFECT_WORKER_QUERY_SECONDS": "2",
         "PREFECT_WORKER_PREFETCH_SECONDS": "2",
+        **API_RETRY_ENV,
     })
 
 
@@ -622,6 +635,7 @@ def job_env_template() -> dict[str, str]:
         "MLFLOW_TRACKING_PASSWORD": "{{ prefect.blocks.secret." + SECRET_BLOCKS["mlflow_password"] + " }}",
         "AWS_SECRET_ACCESS_KEY": "{{ prefect.blocks.secret." + SECRET_BLOCKS["s3_secret_key"] + " }}",
         "PREFECT_FLOWS_HEARTBEAT_FREQUENCY": str(HEARTBEAT_SECONDS),
+        **API_RETRY_ENV,
     }
 
 
@@ -629,9 +643,19 @@ def job_env_template() -> dict[str, str]:
 def prefect_settings(state: StackState, creds: Credentials) -> Iterator[None]:
     """Prefect clients of this process talk to the stack's server inside the block (Prefect
     reads PREFECT_API_URL and its auth string from the environment only when imported)."""
-    from prefect.settings import PREFECT_API_AUTH_STRING, PREFECT_API_URL, temporary_settings
+    from prefect.settings import (
+        PREFECT_API_AUTH_STRING,
+        PREFECT_API_URL,
+        PREFECT_CLIENT_RETRY_EXTRA_CODES,
+        temporary_settings,
+    )
 
-    with temporary_settings(updates={PREFECT_API_URL: state.prefect_api_url, PREFECT_API_AUTH_STRING: creds.prefect_auth}):
+    updates = {
+        PREFECT_API_URL: state.prefect_api_url,
+        PREFECT_API_AUTH_STRING: creds.prefect_auth,
+        PREFECT_CLIENT_RETRY_EXTRA_CODES: API_RETRY_ENV["PREFECT_CLIENT_RETRY_EXTRA_CODES"],
+    }
+    with temporary_settings(updates=updates):
         yield
 
 
@@ -834,9 +858,16 @@ def up(
         _write_state(home, state)
     _ensure_bucket(state, creds)
 
+    # The Prefect and MLflow servers boot at the same time (20-40 s each; they share only
+    # PostgreSQL): the Prefect server is recorded as soon as it is spawned (`down` stops it if
+    # MLflow fails) and waited for once MLflow answers.
+    prefect_server = None
     if not (_running(state.services.get("prefect")) and _http_ok(f"{state.prefect_api_url}/health")):
         _check_port_free(state, "prefect")
-        state.services["prefect"] = _start_prefect(home, state, creds, log, timeout)
+        prefect_server = _start_prefect(home, state, creds, log, timeout)
+        state.services["prefect"] = Service(
+            "prefect", prefect_server.pid, state.prefect_api_url, str(prefect_server.log), _MARKERS["prefect"]
+        )
         _write_state(home, state)
 
     if not (_running(state.services.get("mlflow")) and _tcp_answers(state.ports["mlflow"])):
@@ -844,11 +875,21 @@ def up(
         state.services["mlflow"] = _start_mlflow(home, state, creds, log, timeout)
         _write_state(home, state)
     _ensure_mlflow_user(state, creds)
+    if prefect_server is not None:
+        prefect_server.wait_healthy()
 
     _configure_prefect(state, creds, log)
+    # The workers boot (imports, ~10 s) while prefect.yaml is deployed: they only need the pool.
+    _start_workers(home, state, creds, workers, worker_limit, log)
     if deploy:
         deploy_project(state, creds, log)
+    return state
 
+
+def _start_workers(
+    home: Path, state: StackState, creds: Credentials, workers: int, worker_limit: int | None, log: Callable[[str], None]
+) -> None:
+    """Keep the recorded workers that run, start new ones until there are `workers`."""
     alive = [w for w in state.workers if _running(w)]
     for w in state.workers:
         if not _running(w):
@@ -864,7 +905,6 @@ def up(
         names.add(worker.name)
     state.workers = alive
     _write_state(home, state)
-    return state
 
 
 def _check_port_free(state: StackState, name: str) -> None:
@@ -896,7 +936,9 @@ def add_worker(home: Path | None = None, limit: int | None = None) -> Service:
 
 
 def stop_worker(home: Path | None, name: str, sig: int = signal.SIGTERM) -> bool:
-    """Stop one recorded worker (and the flow runs it started: they are in its process group)."""
+    """Stop one recorded worker (its process group). The flow runs it started run in their
+    own process groups: on SIGTERM the worker lets them finish or marks them; after a
+    SIGKILL they run on as orphans (`worker_of` finds a run's worker by its parent)."""
     home = stack_home(home)
     state, _ = _require(home)
     found = [w for w in state.workers if w.name == name]
@@ -904,6 +946,21 @@ def stop_worker(home: Path | None, name: str, sig: int = signal.SIGTERM) -> bool
     state.workers = [w for w in state.workers if w.name != name]
     _write_state(home, state)
     return stopped
+
+
+def worker_of(home: Path | None, pid: int) -> Service | None:
+    """The recorded worker that started process `pid` (a flow run's `infrastructure_pid`):
+    the process worker starts each flow run as its child, in the run's own process group."""
+    home = stack_home(home)
+    state, _ = _require(home)
+    try:
+        stat = Path(f"/proc/{pid}/stat").read_text(encoding="utf-8")
+    except OSError:
+        return None
+    # The command name (field 2) is in parentheses and may hold spaces: the parent pid is
+    # the second field after its closing one.
+    parent = int(stat.rsplit(")", 1)[1].split()[1])
+    return next((w for w in state.workers if w.pid == parent), None)
 
 
 def down(home: Path | None = None, log: Callable[[str], None] = print) -> list[str]:

@@ -155,3 +155,32 @@ def test_a_run_without_a_model_says_which_parameter_to_pass() -> None:
     with pytest.raises(Exception, match=r"no model given: pass the flow's `config` parameter"):
         state.result()
     assert _flow_run(state).name == "retrain · no-model · manual"
+
+
+def test_an_event_retrain_waits_for_a_slot_no_running_run_holds(demo_config: ModelConfig, tmp_path) -> None:  # noqa: ANN001
+    """A slot held by no running retrain belongs to a dead run (its worker was killed; the
+    zombie automation crashed it; its lease has not lapsed yet): the crashed retrain's rerun,
+    an event retrain, waits for the slot instead of ending `Skipped` (here: the holder is not
+    a flow run and lets go after a few seconds)."""
+    import threading
+    import time
+
+    a = model_for(demo_config, "fleet-dead-a", str(tmp_path / "a"))
+    held, release = threading.Event(), threading.Event()
+
+    def hold() -> None:
+        with model_flight("retrain", a, wait=False) as flight:
+            assert flight.held
+            held.set()
+            release.wait(60)
+
+    holder = threading.Thread(target=hold, daemon=True)
+    holder.start()
+    assert held.wait(60)
+    threading.Timer(3.0, release.set).start()
+    began = time.monotonic()
+    state = retrain(config=a, trigger="event", return_state=True)  # no data: fails after the wait
+    waited = time.monotonic() - began
+    holder.join(30)
+    assert state.name != "Skipped" and "in_flight" not in (state.message or ""), state
+    assert waited >= 2.5, f"the event retrain did not wait for the dead holder's slot ({waited:.1f} s)"

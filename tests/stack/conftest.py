@@ -7,6 +7,7 @@ tests are skipped on a developer's machine and fail in CI (CI=true)."""
 from __future__ import annotations
 
 import os
+import shutil
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -33,6 +34,24 @@ def _postgres_missing() -> str | None:
     return None
 
 
+def _keep_logs(home: Path) -> None:
+    """Copy the stack's logs (servers, workers, PostgreSQL) to $EVERGREEN_STACK_KEEP_LOGS
+    before the stack's folder is removed: a failure's evidence outlives the session."""
+    keep = os.environ.get("EVERGREEN_STACK_KEEP_LOGS")
+    if not keep:
+        return
+    target = Path(keep)
+    logs = {log: log.relative_to(home) for log in home.rglob("*.log")}
+    postgres = home / "postgres" / "postgres.log"  # under a link to /var/lib when run as root
+    if postgres.exists():
+        logs[postgres] = Path("postgres.log")
+    for log, name in logs.items():
+        dest = target / name
+        dest.parent.mkdir(parents=True, exist_ok=True)
+        shutil.copyfile(log.resolve(), dest)
+    print(f"[stack] logs kept in {target}")
+
+
 @pytest.fixture(scope="session")
 def running_stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
     missing = _postgres_missing()
@@ -53,6 +72,7 @@ def running_stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
             yield Stack(home, state, creds, env)
     finally:
         stack.down(home, log=lambda m: print(f"[stack] {m}"))
+        _keep_logs(home)
         stack.purge(home)
         os.environ.clear()
         os.environ.update(saved)

@@ -44,14 +44,31 @@ def test_the_job_environment_references_secret_blocks_only() -> None:
     assert int(env["PREFECT_FLOWS_HEARTBEAT_FREQUENCY"]) >= 30  # Prefect's minimum for heartbeats
 
 
+def test_every_prefect_client_of_the_stack_retries_the_apis_500() -> None:
+    """A PostgreSQL restart makes the Prefect API answer 500 for a few seconds: flow runs,
+    workers, the server's own actions and shells retry it (Prefect retries 429/502/503 only)."""
+    creds = stack.Credentials.generate()
+    state = stack.StackState(home="/tmp/x", cwd="/tmp/x", ports=dict(stack.DEFAULT_PORTS))
+    for env in (stack.job_env_template(), stack._worker_env(state, creds), stack._prefect_server_env(state, creds),
+                stack.client_env(state, creds)):
+        assert env["PREFECT_CLIENT_RETRY_EXTRA_CODES"] == "500"
+
+
 def test_automations_file_is_prefects_automation_schema() -> None:
     from prefect.events.actions import ChangeFlowRunState, RunDeployment
     from prefect.events.schemas.automations import AutomationCore, EventTrigger, Posture
 
     raw = yaml.safe_load(stack.AUTOMATIONS_FILE.read_text(encoding="utf-8"))["automations"]
-    zombie, rerun = (AutomationCore.model_validate(a) for a in raw)
+    automations = {a["name"]: AutomationCore.model_validate(a) for a in raw}
+    zombie, rerun = automations["evergreen-crash-zombie-runs"], automations["evergreen-rerun-crashed-retrain"]
     assert isinstance(zombie.trigger, EventTrigger) and zombie.trigger.posture == Posture.Proactive
     assert zombie.trigger.after == {"prefect.flow-run.heartbeat"} and zombie.trigger.within.total_seconds() == 90
+    lost = automations["evergreen-crash-runs-lost-before-running"]
+    assert lost.trigger.after == {"prefect.flow-run.Pending"} and "prefect.flow-run.Running" in lost.trigger.expect
+    for flow, params in (("monitor", {"config", "batch"}), ("promote", {"config", "version"}), ("canary-review", {"config"})):
+        again = automations[f"evergreen-rerun-crashed-{flow}"]
+        assert again.trigger.expect == {"prefect.flow-run.Crashed"}
+        assert set(again.actions[0].parameters) == params
     assert isinstance(zombie.actions[0], ChangeFlowRunState) and zombie.actions[0].state.value == "CRASHED"
     assert rerun.trigger.expect == {"prefect.flow-run.Crashed"}
     action = rerun.actions[0]
