@@ -110,43 +110,31 @@ def model_flight(flow: str, config: ModelConfig, wait: bool) -> Iterator[Flight]
     ensure_limits([name])
     run_id = flow_run.id
     holder = ConcurrencyLeaseHolder(type="flow_run", id=run_id) if run_id else None
+
+    def slot(timeout_seconds: float | None, max_retries: int | None):  # noqa: ANN202 - Prefect's context manager
+        return concurrency(
+            name, occupy=1, timeout_seconds=timeout_seconds, max_retries=max_retries,
+            lease_duration=LOCK_LEASE_SECONDS, strict=True, holder=holder, raise_on_lease_renewal_failure=False,
+        )
+
     with ExitStack() as stack:
         try:
-            stack.enter_context(
-                concurrency(
-                    name, occupy=1, timeout_seconds=None, max_retries=None if wait else 0,
-                    lease_duration=LOCK_LEASE_SECONDS, strict=True, holder=holder,
-                    raise_on_lease_renewal_failure=False,
-                )
-            )
+            stack.enter_context(slot(None, None if wait else 0))
             flight = Flight(held=True)
         except ConcurrencySlotAcquisitionError as exc:
             if wait or getattr(getattr(exc.__cause__, "response", None), "status_code", None) != 423:
                 raise
             other = running_flow_run(flow, model_tag(block_document_name(config.name)), exclude=run_id)
             if other is not None:
-                flight = Flight(held=False, reason=busy_reason(flow, config, name, other))
+                flight = Flight(held=False, reason=f"another {flow} of {config.name} is running (flow run {other})")
             else:
                 # No running run holds the slot: its holder died (a killed worker; the zombie
                 # automation crashed it) and its lease lapses within LOCK_LEASE_SECONDS plus
                 # the repossessor's loop. Wait for it rather than skip the work: this run is
                 # often the crashed run's own rerun.
-                stack.enter_context(
-                    concurrency(
-                        name, occupy=1, timeout_seconds=DEAD_HOLDER_WAIT_SECONDS, max_retries=None,
-                        lease_duration=LOCK_LEASE_SECONDS, strict=True, holder=holder,
-                        raise_on_lease_renewal_failure=False,
-                    )
-                )
+                stack.enter_context(slot(DEAD_HOLDER_WAIT_SECONDS, None))
                 flight = Flight(held=True)
         yield flight
-
-
-def busy_reason(flow: str, config: ModelConfig, limit: str, other: str | None = None) -> str:
-    """Which run holds the model's slot: the running run of `flow` tagged with the model."""
-    other = other or running_flow_run(flow, model_tag(block_document_name(config.name)), exclude=flow_run.id)
-    held_by = f"flow run {other}" if other else f"the concurrency limit {limit} is held"
-    return f"another {flow} of {config.name} is running ({held_by})"
 
 
 def running_flow_run(flow: str, tag: str, exclude: str | None = None) -> str | None:
