@@ -381,26 +381,22 @@ def decide_episode_retrain(state: LoopState, config: RetrainPolicyConfig, reques
             f"retrain.max_attempts_per_episode={config.max_attempts_per_episode})",
             "attempts",
         )
+    # A rejected attempt's retry waits for the growth its gate's interval asked for, if any.
+    growth = {a.version: retry_growth(a.evidence_factor, config) for a in failed if a.evidence_factor is not None}
     basis = [a.post_change_rows for a in failed if a.post_change_rows is not None]
+    grown = [a.post_change_rows * growth.get(a.version, config.evidence_growth) for a in failed if a.post_change_rows is not None]
     if requested_counts and episode.requested is not None:
         basis.append(episode.requested)
-    if basis:
-        needed = max(needed, int(math.ceil(max(basis) * config.evidence_growth)))
-    for a in failed:
-        if a.post_change_rows is not None and a.evidence_factor is not None:
-            needed = max(needed, int(math.ceil(a.post_change_rows * retry_growth(a.evidence_factor, config))))
+        grown.append(episode.requested * config.evidence_growth)
+    if grown:
+        needed = max(needed, int(math.ceil(max(grown))))
     if rows is None:
         return StartCheck(False, f"deferred: the post-change labelled rows of {since} are not known", "deferred")
     if rows < needed:
+        asked = f"; its gate's interval asked for {max(growth.values()):.1f}x the rows" if growth else ""
         what = (
             f"the last attempt ran on {max(basis):,} rows; another needs {needed:,} "
-            f"(retrain.evidence_growth={config.evidence_growth:g}"
-            + (
-                f"; its gate's interval asked for "
-                f"{retry_growth(max(a.evidence_factor for a in failed if a.evidence_factor), config):.1f}x the rows)"
-                if any(a.evidence_factor for a in failed)
-                else ")"
-            )
+            f"(retrain.evidence_growth={config.evidence_growth:g}{asked})"
             if basis
             else f"its retrain waits for {needed:,} (retrain.min_post_change_rows; labels arrive after their batch)"
         )
