@@ -122,17 +122,17 @@ def test_a_second_retrain_of_the_same_model_is_skipped_and_another_model_is_neve
         assert free.held
 
 
-def test_a_manual_retrain_waits_for_its_turn(demo_config: ModelConfig, tmp_path) -> None:  # noqa: ANN001
-    """A person's `evergreen retrain` is not skipped: it waits until the model's running
-    retrain releases its slot (here: a holder that lets go after a few seconds)."""
+def _retrain_behind_a_held_slot(config: ModelConfig, trigger: str) -> tuple[Any, float]:
+    """A retrain of `config` started while its model's retrain slot is held by a holder that
+    is not a flow run and lets go after about 3 s: the retrain's state and how long it took
+    (it has no data, so it fails once it got the slot)."""
     import threading
     import time
 
-    a = model_for(demo_config, "fleet-wait-a", str(tmp_path / "a"))
     held, release = threading.Event(), threading.Event()
 
     def hold() -> None:
-        with model_flight("retrain", a, wait=False) as flight:
+        with model_flight("retrain", config, wait=False) as flight:
             assert flight.held
             held.set()
             release.wait(60)
@@ -142,9 +142,17 @@ def test_a_manual_retrain_waits_for_its_turn(demo_config: ModelConfig, tmp_path)
     assert held.wait(60)
     threading.Timer(3.0, release.set).start()
     began = time.monotonic()
-    state = retrain(config=a, trigger="manual", return_state=True)  # no data: fails after the wait
+    state = retrain(config=config, trigger=trigger, return_state=True)
     waited = time.monotonic() - began
     holder.join(30)
+    return state, waited
+
+
+def test_a_manual_retrain_waits_for_its_turn(demo_config: ModelConfig, tmp_path) -> None:  # noqa: ANN001
+    """A person's `evergreen retrain` is not skipped: it waits until the model's running
+    retrain releases its slot (here: a holder that lets go after a few seconds)."""
+    a = model_for(demo_config, "fleet-wait-a", str(tmp_path / "a"))
+    state, waited = _retrain_behind_a_held_slot(a, "manual")
     assert state.name != "Skipped" and "in_flight" not in (state.message or ""), state
     assert waited >= 2.5, f"the manual retrain did not wait for the running one ({waited:.1f} s)"
 
@@ -162,25 +170,7 @@ def test_an_event_retrain_waits_for_a_slot_no_running_run_holds(demo_config: Mod
     zombie automation crashed it; its lease has not lapsed yet): the crashed retrain's rerun,
     an event retrain, waits for the slot instead of ending `Skipped` (here: the holder is not
     a flow run and lets go after a few seconds)."""
-    import threading
-    import time
-
     a = model_for(demo_config, "fleet-dead-a", str(tmp_path / "a"))
-    held, release = threading.Event(), threading.Event()
-
-    def hold() -> None:
-        with model_flight("retrain", a, wait=False) as flight:
-            assert flight.held
-            held.set()
-            release.wait(60)
-
-    holder = threading.Thread(target=hold, daemon=True)
-    holder.start()
-    assert held.wait(60)
-    threading.Timer(3.0, release.set).start()
-    began = time.monotonic()
-    state = retrain(config=a, trigger="event", return_state=True)  # no data: fails after the wait
-    waited = time.monotonic() - began
-    holder.join(30)
+    state, waited = _retrain_behind_a_held_slot(a, "event")
     assert state.name != "Skipped" and "in_flight" not in (state.message or ""), state
     assert waited >= 2.5, f"the event retrain did not wait for the dead holder's slot ({waited:.1f} s)"
