@@ -160,6 +160,20 @@ def _settle(since: datetime) -> list[Any]:
     return [r for r in _wait(quiet, "every run to finish") if r is not None]
 
 
+def _settle_followups(since: datetime) -> list[Any]:
+    """`_settle`, and also the canary reviews that promotes' `evergreen.canary.started` events
+    start: under load the automation may create one later than `_settle`'s quiet window (once
+    in CI, 2026-12-07, A's review was still running when the fan-out test started)."""
+    settled = _settle(since)
+    canaries = {r.parameters["config"] for r in settled if r.name.startswith("promote · ") and "canary at" in (r.state.message or "")}
+
+    def reviewed() -> bool:
+        return canaries <= {r.parameters.get("config") for r in _runs("canary-review", since)}
+
+    _wait(reviewed, f"the canary reviews of {sorted(canaries)}")
+    return _settle(since)
+
+
 def _emit(cfg: ModelConfig, event: str, payload: dict[str, Any]) -> str:
     from prefect.events import emit_event
 
@@ -236,7 +250,7 @@ def test_retrains_are_single_flight_per_model(fleet: Fleet) -> None:
     for run, model, subject in ((first_run, A, "v2"), (second_run, A, "skipped (in flight)"), (b_run, B, "v2")):
         assert run.name == f"retrain · {model} · {subject}"
         assert {"evergreen", f"model:{model}"} <= set(run.tags), run.tags
-    settled = _settle(since)  # the promotes the two registered versions started
+    settled = _settle_followups(since)  # the promotes the two registered versions started
     assert not [r.name for r in settled if r.state.is_cancelled()], "a run was cancelled"
     promotes = {r.parameters["config"]: r for r in settled if r.name.startswith("promote · ")}
     assert set(promotes) == {A, B} and {promotes[A].parameters["version"], promotes[B].parameters["version"]} == {"2"}
