@@ -363,6 +363,12 @@ class TrainingConfig(_Section):
     )
     search_budget_seconds: float = Field(0.0, ge=0, description="0 disables the hyperparameter search")
     nthread: int = Field(2, ge=1)
+    refit_on_holdout: bool = Field(
+        True,
+        description="a retrain's registered model is refit on every labelled row of its window, the evaluation "
+        "hold-out included, for the rounds early stopping chose; the evaluation, the monitor reference and the "
+        "gate measure the model fit without the hold-out (its probe)",
+    )
 
 
 class GateConfig(_Section):

@@ -455,7 +455,7 @@ class MemoryRunLog:
         run_id = uuid.uuid4().hex
         uri = self.artifacts.put_model(model)
         self.artifacts.put_reference(
-            run_id, monitor_reference(model, holdout.evaluation, config, version="candidate")
+            run_id, monitor_reference(model.held_out(), holdout.evaluation, config, version="candidate")
         )
         params = training_params(config, model, win, holdout, trigger_kind)
         metrics = {

@@ -151,7 +151,7 @@ def log_model(model: Any, input_example: Any) -> Any:
     import mlflow.xgboost
     from mlflow.models import infer_signature
 
-    from evergreen.engines.training import METADATA_FILE
+    from evergreen.engines.training import METADATA_FILE, PROBE_FILE
 
     preds = model.predict(input_example)
     output = preds.probability if preds.probability is not None else preds.prediction
@@ -159,6 +159,11 @@ def log_model(model: Any, input_example: Any) -> Any:
     with tempfile.TemporaryDirectory() as tmp, _quiet_serving_check():
         meta = Path(tmp) / METADATA_FILE
         meta.write_text(json.dumps(model.metadata(), indent=2, sort_keys=True), encoding="utf-8")
+        extra = [str(meta)]
+        if model.probe is not None:  # the model without the hold-out: what the gate measures
+            probe = Path(tmp) / PROBE_FILE
+            probe.write_bytes(model.probe_bytes())
+            extra.append(str(probe))
         return mlflow.xgboost.log_model(
             model.booster,
             name=MODEL_ARTIFACT,
@@ -166,7 +171,7 @@ def log_model(model: Any, input_example: Any) -> Any:
             input_example=input_example,
             pip_requirements=_pip_requirements(),
             model_format="ubj",
-            extra_files=[str(meta)],
+            extra_files=extra,
         )
 
 

@@ -243,6 +243,7 @@ def training_params(config: ModelConfig, model: Any, win: Any, holdout: Any, tri
         "window.reference_rows": win.reference_rows,
         "train_rows": holdout.train_rows,
         "evaluation_rows": holdout.evaluation_rows,
+        "refit_on_holdout": getattr(model, "probe", None) is not None,
         "trigger": trigger_kind,
     }
 
@@ -292,7 +293,9 @@ def log_training_run(
         )
         example = holdout.evaluation[list(config.columns.features)].head(5)
         logged = registry.log_model(model, example)
-        reference = monitor_reference(model, holdout.evaluation, config, version="candidate")
+        # the hold-out scored by the model that never saw it (the probe, when the registered
+        # model was refit on the hold-out too): NannyML calibrates on out-of-sample scores
+        reference = monitor_reference(model.held_out(), holdout.evaluation, config, version="candidate")
         _log_parquet(reference, registry.REFERENCE_ARTIFACT)
         mlflow.log_dict(evaluation.to_dict(), "evaluation.json")
         mlflow.log_figure(plots.feature_importance(model.feature_importance()), "plots/feature_importance.png")

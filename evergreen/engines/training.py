@@ -13,6 +13,7 @@ writes them, and one probability per class in that order.
 
 from __future__ import annotations
 
+import dataclasses
 import functools
 import json
 import time
@@ -37,6 +38,8 @@ METADATA_FORMAT = 1
 DEFAULT_THRESHOLD = 0.5
 # mlflow.xgboost.log_model(extra_files=[...]) puts extra files in this subdirectory.
 MLFLOW_EXTRA_FILES = "extra_files"
+# The probe booster (`TrainedModel.probe`), next to the metadata.
+PROBE_FILE = "probe.ubj"
 
 # The search space of the optional hyperparameter search; small on purpose: the budget is
 # meant for seconds to minutes on one machine, and these two parameters matter most.
@@ -116,6 +119,18 @@ class TrainedModel:
     n_validation: int = 0
     search: list[SearchTrial] = field(default_factory=list)
     classes: list[Any] | None = None  # multiclass: the class labels, in output order
+    # The same recipe without the window's evaluation hold-out, when `booster` was refit on
+    # it too (`train_model_chunks(final=...)`): what the evaluation, the monitor reference and
+    # the gate measure, on rows it never saw (`held_out`).
+    probe: xgb.Booster | None = None
+
+    def held_out(self) -> TrainedModel:
+        """The model to measure on the window's hold-out and on rows after it: the probe
+        (same features, categories and rounds, trained without the hold-out) if there is
+        one, else this model (it never trained on its hold-out)."""
+        if self.probe is None:
+            return self
+        return dataclasses.replace(self, booster=self.probe, probe=None)
 
     def predict(self, df: pd.DataFrame) -> Predictions:
         """Score a frame holding (at least) the model's feature columns."""
@@ -162,6 +177,7 @@ class TrainedModel:
             "n_train": self.n_train,
             "n_validation": self.n_validation,
             "classes": None if self.classes is None else list(self.classes),
+            "probe": self.probe is not None,
         }
 
     def to_bytes(self) -> bytes:
@@ -176,6 +192,14 @@ class TrainedModel:
             fh.write(self.to_bytes())
         with fs.open(f"{root}/{METADATA_FILE}", "w") as fh:
             json.dump(self.metadata(), fh, indent=2, sort_keys=True)
+        if self.probe is not None:
+            with fs.open(f"{root}/{PROBE_FILE}", "wb") as fh:
+                fh.write(self.probe_bytes())
+
+    def probe_bytes(self) -> bytes:
+        """The probe booster in XGBoost's UBJSON format."""
+        assert self.probe is not None
+        return bytes(self.probe.save_raw(raw_format="ubj"))
 
     @classmethod
     def load(cls, directory: str) -> TrainedModel:
@@ -183,8 +207,10 @@ class TrainedModel:
         metadata as an extra file); never unpickles anything."""
         fs, root = _fs(directory)
         model_path, meta_path = f"{root}/{MODEL_FILE}", f"{root}/{METADATA_FILE}"
+        probe_path = f"{root}/{PROBE_FILE}"
         if not fs.exists(meta_path) and fs.exists(f"{root}/{MLFLOW_EXTRA_FILES}/{METADATA_FILE}"):
             meta_path = f"{root}/{MLFLOW_EXTRA_FILES}/{METADATA_FILE}"
+            probe_path = f"{root}/{MLFLOW_EXTRA_FILES}/{PROBE_FILE}"
         for p in (model_path, meta_path):
             if not fs.exists(p):
                 raise FileNotFoundError(
@@ -202,6 +228,13 @@ class TrainedModel:
                 f"{model_path}: booster features {booster.feature_names} differ from "
                 f"{meta_path} features {meta['features']}; the two files come from different models"
             )
+        probe = None
+        if meta.get("probe"):
+            if not fs.exists(probe_path):
+                raise FileNotFoundError(f"{probe_path}: missing; {meta_path} says the model has a probe booster")
+            probe = xgb.Booster()
+            with fs.open(probe_path, "rb") as fh:
+                probe.load_model(bytearray(fh.read()))
         return cls(
             booster=booster,
             features=list(meta["features"]),
@@ -215,6 +248,7 @@ class TrainedModel:
             n_train=int(meta.get("n_train", 0)),
             n_validation=int(meta.get("n_validation", 0)),
             classes=meta.get("classes"),
+            probe=probe,
         )
 
 
@@ -356,6 +390,8 @@ def train_model_chunks(
     *,
     refit_full: bool = True,
     weights: np.ndarray | None = None,
+    final: tuple[int, ...] | None = None,
+    final_weights: np.ndarray | None = None,
 ) -> TrainedModel:
     """`train_model` on rows read in chunks, with the memory of a chunk and XGBoost's
     quantized copy of the rows (~1 byte per feature and row), not of the rows themselves.
@@ -368,7 +404,14 @@ def train_model_chunks(
     categories are fixed from the FIT and VALIDATE rows first, as `train_model` fixes them.
     Same settings, early stopping and refit on all FIT and VALIDATE rows as `train_model`;
     deterministic for the same rows, order and seed. `weights[i]` (optional) weighs the i-th
-    row, as `WEIGHT_COLUMN` does in `train_model`."""
+    row, as `WEIGHT_COLUMN` does in `train_model`.
+
+    `final` (roles, e.g. FIT, VALIDATE and the evaluation hold-out's): the returned booster is
+    refit once more, on the rows of those roles (weighed by `final_weights`), for the same
+    rounds, so the model uses every labelled row once its rounds are chosen; the refit on FIT
+    and VALIDATE alone is kept as its `probe` (`TrainedModel.held_out`). Categories stay
+    those of the FIT and VALIDATE rows (the probe's codes): a category seen only in the
+    other rows scores as unseen."""
     cols, training = config.columns, config.training
     roles = np.asarray(roles)
     scan = _scan_rows(read, roles, config)
@@ -390,6 +433,12 @@ def train_model_chunks(
         booster = xgb.train(params, matrix((FIT, VALIDATE)), num_boost_round=best_iteration + 1, verbose_eval=False)
     else:
         booster = booster[: best_iteration + 1]
+    probe = None
+    if final is not None and set(final) - {FIT, VALIDATE} and np.isin(roles, final).sum() > np.isin(roles, (FIT, VALIDATE)).sum():
+        probe = booster
+        everything = _quantile_matrix(read, roles, config, categories, tuple(final), weights=weights if final_weights is None else final_weights)
+        booster = xgb.train(params, everything, num_boost_round=best_iteration + 1, verbose_eval=False)
+        del everything
     return TrainedModel(
         booster=booster,
         features=list(cols.features),
@@ -403,6 +452,7 @@ def train_model_chunks(
         n_validation=n_validation,
         search=trials,
         classes=scan.classes,
+        probe=probe,
     )
 
 

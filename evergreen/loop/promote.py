@@ -61,9 +61,11 @@ def promote(
     fresh = run.part("load-fresh-labelled-data", fresh_rows, ports, config, after, io=True)
     if (msg := sources.gate_evidence_shortfall(len(fresh), config)) is not None:
         return Outcome(PromotionResult(model_name=name, decision="failed", reasons=[msg]), msg, "NotEnoughData", True)
-    ch = run.part("measure-model", scoring.measure_model, challenger.model, fresh, config, challenger.version.version)
+    # Each model as fit without its own evaluation hold-out (`TrainedModel.held_out`): the
+    # fresh rows are after the challenger's training rows, and neither probe saw them.
+    ch = run.part("measure-model", scoring.measure_model, challenger.model.held_out(), fresh, config, challenger.version.version)
     cp = (
-        run.part("measure-model", scoring.measure_model, champion.model, fresh, config, champion.version.version)
+        run.part("measure-model", scoring.measure_model, champion.model.held_out(), fresh, config, champion.version.version)
         if champion is not None
         else None
     )
@@ -392,14 +394,16 @@ def roll_back(
 
 
 def check_rollback(ports: Ports, config: ModelConfig) -> gate.RollbackCheck | None:
-    """Champion and previous champion measured on the same freshest labelled rows; None
-    when there is no previous champion or too few rows to judge."""
+    """Champion and previous champion measured on the same freshest labelled rows, newer
+    than the champion's whole window (it may have been refit on its hold-out); None when
+    there is no previous champion or too few rows to judge."""
     reg = ports.registry
     previous = reg.previous_champion()
     current = reg.load_alias(registry.CHAMPION)
     if previous is None or current is None:
         return None
-    fresh = fresh_rows(ports, config, None)
+    tags = current.version.tags
+    fresh = fresh_rows(ports, config, tags.get(state.WINDOW_END_TAG) or tags.get(state.TRAIN_END_TAG))
     if len(fresh) < defaults.gate_min_rows(config):
         return None
     old = reg.load_version(previous)

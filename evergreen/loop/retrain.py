@@ -105,7 +105,7 @@ def retrain(
         change_point,
     )
     model = run.part("train-model", _train, ports, snap, holdout, config)
-    evaluation = run.part("evaluate-model", retraining.evaluate_model, model, holdout.evaluation, config)
+    evaluation = run.part("evaluate-model", retraining.evaluate_model, model.held_out(), holdout.evaluation, config)
     tags = lineage_tags(config, snap, trigger, lineage or {}) | {
         state.TRAIN_END_TAG: str(holdout.train_end),
         state.WINDOW_END_TAG: str(win.timestamps.max()),
@@ -302,7 +302,8 @@ def _train(ports: Ports, snap: Any, holdout: retraining.RowHoldOut, config: Mode
         return ports.snapshots.read_rows(snap.uri, columns, needed, dictionary=dictionary)
 
     if snap.rows <= config.data.memory_rows:
-        kept = list(read([*cols.features, cols.target], holdout.roles != retraining.EVALUATE))
+        trained = None if config.training.refit_on_holdout else holdout.roles != retraining.EVALUATE
+        kept = list(read([*cols.features, cols.target], trained))
 
         def read(columns: list[str], needed: Any) -> Any:  # noqa: F811 - the kept rows instead
             return ((start, frame[columns]) for start, frame in kept)

@@ -52,6 +52,9 @@ class RowHoldOut:
     evaluation: pd.DataFrame
     train_end: pd.Timestamp | None
     weights: np.ndarray | None = None  # per window row (an episode's post-change weights)
+    # per window row, for the final refit on every row (`train_rows`): the post-change
+    # weights over the hold-out too
+    final_weights: np.ndarray | None = None
 
     @property
     def train_rows(self) -> int:
@@ -126,13 +129,17 @@ def hold_out_rows(
     evaluation = frame.iloc[by_time.to_numpy()].reset_index(drop=True)
     trained = roles != EVALUATE
     stamps = pd.to_datetime(timestamps[trained])
-    weights = None
+    weights = final_weights = None
     if change_point is not None:
         trained_weights = post_change_weights(timestamps[trained], change_point, config.retrain.post_change_weight)
         if trained_weights is not None:
             weights = np.ones(len(roles))
             weights[trained] = trained_weights
-    return RowHoldOut(roles=roles, evaluation=evaluation, train_end=stamps.max() if len(stamps) else None, weights=weights)
+        final_weights = post_change_weights(timestamps, change_point, config.retrain.post_change_weight)
+    return RowHoldOut(
+        roles=roles, evaluation=evaluation, train_end=stamps.max() if len(stamps) else None, weights=weights,
+        final_weights=final_weights,
+    )
 
 
 def validate_window(plan, suite):  # noqa: ANN001, ANN201 - WindowPlan, SuiteSpec -> ValidationReport
@@ -143,10 +150,17 @@ def validate_window(plan, suite):  # noqa: ANN001, ANN201 - WindowPlan, SuiteSpe
 
 
 def train_rows(read: Callable[[list[str], np.ndarray | None], Iterable[tuple[int, pd.DataFrame]]], holdout: RowHoldOut, config: ModelConfig):  # noqa: ANN201, E501 - TrainedModel
-    """XGBoost on the window's FIT and VALIDATE rows, read in chunks (`train_model_chunks`)."""
-    from evergreen.engines.training import train_model_chunks
+    """XGBoost on the window's FIT and VALIDATE rows, read in chunks (`train_model_chunks`);
+    with `training.refit_on_holdout` the model is then refit on every row of the window, the
+    evaluation hold-out included, for the rounds early stopping chose, and the model without
+    the hold-out is kept as its probe (`TrainedModel.held_out`): the hold-out is the newest
+    data, after a change the most valuable, and the gate measures the probe on it."""
+    from evergreen.engines.training import FIT, VALIDATE, train_model_chunks
 
-    return train_model_chunks(read, holdout.roles, config, weights=holdout.weights)
+    final = (FIT, VALIDATE, EVALUATE) if config.training.refit_on_holdout else None
+    return train_model_chunks(
+        read, holdout.roles, config, weights=holdout.weights, final=final, final_weights=holdout.final_weights
+    )
 
 
 def hold_out_recent(frame: pd.DataFrame, config: ModelConfig, change_point: pd.Timestamp | None = None) -> HoldOut:

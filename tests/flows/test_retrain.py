@@ -139,7 +139,8 @@ def test_model_loads_in_fresh_process_and_predicts_the_same(stream_cfg: ModelCon
         "mlflow.set_tracking_uri(sys.argv[1]); mlflow.set_registry_uri(sys.argv[1])\n"
         "model = load_model_uri(f'models:/{sys.argv[2]}@challenger')\n"
         "frame = pd.read_parquet(sys.argv[3])\n"
-        "pd.DataFrame({'p': model.predict(frame).probability}).to_parquet(sys.argv[4])\n"
+        "pd.DataFrame({'p': model.held_out().predict(frame).probability, 'served': model.predict(frame).probability,\n"
+        "              'probe': model.probe is not None}).to_parquet(sys.argv[4])\n"
     )
     out = tmp_path / "pred.parquet"
     subprocess.run(
@@ -147,9 +148,14 @@ def test_model_loads_in_fresh_process_and_predicts_the_same(stream_cfg: ModelCon
         check=True, timeout=300,
     )
     logged = pd.read_parquet(reference)[stream_cfg.columns.probability].to_numpy()
-    fresh = pd.read_parquet(out)["p"].to_numpy()
+    scored = pd.read_parquet(out)
+    fresh = scored["p"].to_numpy()
     assert len(fresh) == len(logged) > 100
+    # the reference is the hold-out scored by the model that never saw it: the probe (the
+    # registered model was refit on the hold-out as well, `training.refit_on_holdout`)
     assert (abs(fresh - logged) < 1e-7).all()
+    assert scored["probe"].all()
+    assert not (abs(scored["served"].to_numpy() - logged) < 1e-7).all()
 
 
 def test_a_retrain_run_ends_named_by_the_version_it_registered(stream_cfg: ModelConfig, first) -> None:

@@ -324,3 +324,30 @@ def test_categories_from_text_or_categoricals_encode_as_the_strings_do(toy_confi
         col.index = col.index * 3 + 1
         expected = pd.Series(pd.Categorical(_as_category_strings(col), dtype=dtype), index=col.index)
         pd.testing.assert_series_equal(_as_categorical(col, dtype), expected, check_names=False)
+
+
+def test_the_final_model_is_refit_on_the_hold_out_and_keeps_its_probe(frame, toy_config, tmp_path) -> None:
+    """`final` roles: the model is refit on every row, the evaluation hold-out included, for
+    the rounds early stopping chose; the fit without the hold-out is kept as its probe,
+    identical to the model trained without `final`, and survives save/load."""
+    from evergreen.engines.training import FIT, PROBE_FILE, VALIDATE, train_model_chunks
+    from evergreen.loop.retraining import EVALUATE
+
+    cfg = toy_config()
+    roles = _roles(frame, cfg)
+    plain = train_model_chunks(_reader(frame, 400), roles, cfg)
+    final = train_model_chunks(_reader(frame, 400), roles, cfg, final=(FIT, VALIDATE, EVALUATE))
+    assert plain.probe is None and plain.held_out() is plain
+    assert final.probe is not None and final.best_iteration == plain.best_iteration
+    assert final.held_out().to_bytes() == plain.to_bytes()  # the probe is the plain model
+    assert final.to_bytes() != plain.to_bytes()  # the final one learned the hold-out too
+    held = frame[roles == EVALUATE]
+    assert not np.allclose(final.predict(held).probability, plain.predict(held).probability)
+    final.save(str(tmp_path / "m"))
+    assert (tmp_path / "m" / PROBE_FILE).exists() and json.loads((tmp_path / "m" / METADATA_FILE).read_text())["probe"]
+    loaded = TrainedModel.load(str(tmp_path / "m"))
+    assert loaded.to_bytes() == final.to_bytes() and loaded.held_out().to_bytes() == plain.to_bytes()
+    plain.save(str(tmp_path / "p"))
+    assert not (tmp_path / "p" / PROBE_FILE).exists() and TrainedModel.load(str(tmp_path / "p")).probe is None
+    # nothing to add (no row outside FIT and VALIDATE): no probe
+    assert train_model_chunks(_reader(frame, 400), np.where(roles == EVALUATE, FIT, roles), cfg, final=(FIT, VALIDATE, EVALUATE)).probe is None
