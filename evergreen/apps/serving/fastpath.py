@@ -178,7 +178,7 @@ def _direct_predictor(booster: Any) -> Callable[[np.ndarray], np.ndarray]:
                  ctypes.byref(dims), ctypes.byref(preds))
         )  # fmt: skip
         out_shape = tuple(int(shape[i]) for i in range(dims.value))
-        size = int(np.prod(out_shape)) if out_shape else 0
+        size = math.prod(out_shape) if out_shape else 0  # not np.prod: ~10 us on a tuple
         # The buffer belongs to the booster (reused by the next call): copy it out.
         raw = ctypes.string_at(preds, 4 * size) if size else b""
         return np.frombuffer(raw, dtype=np.float32).reshape(out_shape).copy()
