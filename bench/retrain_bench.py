@@ -87,8 +87,10 @@ def run_baseline(config_json: str) -> dict[str, Any]:
         holdout = retraining.hold_out_recent(win.frame, cfg)
     with step("train-model"):
         model = training.train_model(holdout.train, cfg)
+        if cfg.training.refit_on_holdout:  # the same work as the flow: refit on the hold-out too
+            model = training.refit_on(model, win.frame, cfg)
     with step("evaluate-model"):
-        evaluation = retraining.evaluate_model(model, holdout.evaluation, cfg)
+        evaluation = retraining.evaluate_model(model.held_out(), holdout.evaluation, cfg)
     trigger = Trigger.of("manual", None, None, None)
     tags = {
         "evergreen.model": cfg.name,

@@ -373,6 +373,23 @@ def train_model(df: pd.DataFrame, config: ModelConfig, *, refit_full: bool = Tru
     )
 
 
+def refit_on(model: TrainedModel, df: pd.DataFrame, config: ModelConfig) -> TrainedModel:
+    """`model` refit on the labelled rows of `df` (e.g. its training rows plus its evaluation
+    hold-out) with the same parameters, rounds and categories, as `train_model_chunks(final=...)`
+    refits in memory; `model`'s booster is kept as the result's probe (`TrainedModel.held_out`).
+    A `WEIGHT_COLUMN` in `df` weighs the rows."""
+    cols = config.columns
+    labelled = _labelled_rows(df, cols, config)
+    _check_feature_types(labelled, cols)
+    params = {k: v for k, v in model.params.items() if k != "refit_full"}
+    dall = _dmatrix(
+        prepare_features(labelled, cols, model.categories), _labels(labelled, config), config.training.nthread,
+        _weights(labelled),
+    )
+    booster = xgb.train(params, dall, num_boost_round=model.best_iteration + 1, verbose_eval=False)
+    return dataclasses.replace(model, booster=booster, probe=model.booster)
+
+
 # Roles of a row in `train_model_chunks`.
 FIT, VALIDATE = 0, 1
 

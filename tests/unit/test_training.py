@@ -351,3 +351,17 @@ def test_the_final_model_is_refit_on_the_hold_out_and_keeps_its_probe(frame, toy
     assert not (tmp_path / "p" / PROBE_FILE).exists() and TrainedModel.load(str(tmp_path / "p")).probe is None
     # nothing to add (no row outside FIT and VALIDATE): no probe
     assert train_model_chunks(_reader(frame, 400), np.where(roles == EVALUATE, FIT, roles), cfg, final=(FIT, VALIDATE, EVALUATE)).probe is None
+
+
+def test_refit_on_more_rows_keeps_the_rounds_categories_and_the_probe(frame, toy_config) -> None:
+    """The in-memory refit (the benchmarks' baselines) works as `train_model_chunks(final=...)`."""
+    from evergreen.engines.training import refit_on
+
+    cfg = toy_config()
+    split = split_by_time(frame, "timestamp", 0.2)
+    first = train_model(split.train, cfg)
+    final = refit_on(first, frame, cfg)
+    assert final.held_out().to_bytes() == first.to_bytes() and final.best_iteration == first.best_iteration
+    assert final.categories == first.categories
+    assert final.booster.num_boosted_rounds() == first.booster.num_boosted_rounds()
+    assert not np.allclose(final.predict(split.validation).probability, first.predict(split.validation).probability)
