@@ -1096,3 +1096,13 @@ def update_markdown(path: Path, results: list[BenchResult]) -> None:
         else:
             text = text.rstrip("\n") + f"\n\n## {result.name}\n\n{block}\n"
     path.write_text(text, encoding="utf-8")
+
+
+def train_in_memory(train, window, cfg):  # noqa: ANN001, ANN201 - frames, ModelConfig -> TrainedModel
+    """The in-memory baselines' training, the same work as the flow's: `train_model` on the
+    training rows, then with `training.refit_on_holdout` a refit on the whole window (the
+    hold-out too), as `train_model_chunks(final=...)` does."""
+    from evergreen.engines import training
+
+    model = training.train_model(train, cfg)
+    return training.refit_on(model, window, cfg) if cfg.training.refit_on_holdout else model

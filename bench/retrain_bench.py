@@ -34,6 +34,7 @@ from bench.common import (
     Variant,
     load_run_config,
     run_config_json,
+    train_in_memory,
 )
 
 _BASELINE_MODULES = (
@@ -73,7 +74,6 @@ def arguments(dataset: Dataset, run_dir: Path) -> dict[str, Any]:
 def run_baseline(config_json: str) -> dict[str, Any]:
     """Window, training, evaluation, MLflow logging and registration, called directly."""
     from evergreen.adapters import registry, tracking
-    from evergreen.engines import training
     from evergreen.lineage import Trigger, code_version
     from evergreen.loop import retraining, sources
 
@@ -86,9 +86,7 @@ def run_baseline(config_json: str) -> dict[str, Any]:
     with step("hold-out-recent"):
         holdout = retraining.hold_out_recent(win.frame, cfg)
     with step("train-model"):
-        model = training.train_model(holdout.train, cfg)
-        if cfg.training.refit_on_holdout:  # the same work as the flow: refit on the hold-out too
-            model = training.refit_on(model, win.frame, cfg)
+        model = train_in_memory(holdout.train, win.frame, cfg)
     with step("evaluate-model"):
         evaluation = retraining.evaluate_model(model.held_out(), holdout.evaluation, cfg)
     trigger = Trigger.of("manual", None, None, None)

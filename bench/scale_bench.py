@@ -50,6 +50,7 @@ from bench.common import (
     machine_info,
     run_child,
     run_config_json,
+    train_in_memory,
 )
 
 DEFAULT_SIZES = (100_000, 1_000_000, 3_000_000, 10_000_000)
@@ -193,7 +194,7 @@ def run_retrain_in_memory(config_json: str) -> dict[str, Any]:
         raise BenchError("in-memory retrain: the window failed validation")
     snap = run.part("publish-snapshot", snapshot.commit_snapshot, staged)
     holdout = run.part("hold-out-recent", retraining.hold_out_recent, win.frame, cfg)
-    model = run.part("train-model", _train_in_memory, holdout.train, win.frame, cfg)
+    model = run.part("train-model", train_in_memory, holdout.train, win.frame, cfg)
     evaluation = run.part("evaluate-model", retraining.evaluate_model, model.held_out(), holdout.evaluation, cfg)
     tags = lineage_tags(cfg, snap, trigger, {})
     logged = run.part(
@@ -465,12 +466,3 @@ def main(argv: list[str] | None = None) -> int:
 
 if __name__ == "__main__":
     sys.exit(main())
-
-
-def _train_in_memory(train, everything, cfg):  # noqa: ANN001, ANN202 - frames, config -> TrainedModel
-    """`train_model` on the training rows, refit on every row (the hold-out too) with
-    `training.refit_on_holdout`: the same work as the bounded path's `train_model_chunks(final=...)`."""
-    from evergreen.engines import training
-
-    model = training.train_model(train, cfg)
-    return training.refit_on(model, everything, cfg) if cfg.training.refit_on_holdout else model

@@ -243,7 +243,7 @@ def training_params(config: ModelConfig, model: Any, win: Any, holdout: Any, tri
         "window.reference_rows": win.reference_rows,
         "train_rows": holdout.train_rows,
         "evaluation_rows": holdout.evaluation_rows,
-        "refit_on_holdout": getattr(model, "probe", None) is not None,
+        "refit_on_holdout": model.probe is not None,
         "trigger": trigger_kind,
     }
 

@@ -345,13 +345,7 @@ def train_model(df: pd.DataFrame, config: ModelConfig, *, refit_full: bool = Tru
     best_iteration = int(booster.best_iteration)
     score, metric = float(booster.best_score), str(params["eval_metric"][-1])
     if refit_full:
-        dall = _dmatrix(
-            prepare_features(labelled, cols, categories),
-            _labels(labelled, config),
-            training.nthread,
-            _weights(labelled),
-        )
-        booster = xgb.train(params, dall, num_boost_round=best_iteration + 1, verbose_eval=False)
+        booster = _refit(params, labelled, categories, config, best_iteration + 1)
     else:
         # Keep only the trees early stopping chose, so every consumer predicts the same way.
         booster = booster[: best_iteration + 1]
@@ -378,16 +372,24 @@ def refit_on(model: TrainedModel, df: pd.DataFrame, config: ModelConfig) -> Trai
     hold-out) with the same parameters, rounds and categories, as `train_model_chunks(final=...)`
     refits in memory; `model`'s booster is kept as the result's probe (`TrainedModel.held_out`).
     A `WEIGHT_COLUMN` in `df` weighs the rows."""
-    cols = config.columns
-    labelled = _labelled_rows(df, cols, config)
-    _check_feature_types(labelled, cols)
+    labelled = _labelled_rows(df, config.columns, config)
+    _check_feature_types(labelled, config.columns)
     params = {k: v for k, v in model.params.items() if k != "refit_full"}
+    booster = _refit(params, labelled, model.categories, config, model.best_iteration + 1)
+    return dataclasses.replace(model, booster=booster, probe=model.booster)
+
+
+def _refit(
+    params: dict[str, Any], labelled: pd.DataFrame, categories: dict[str, list[str]], config: ModelConfig, rounds: int
+) -> xgb.Booster:
+    """A booster trained on all of `labelled` (checked labelled rows) for `rounds` rounds, no
+    early stopping: the refit of `train_model` and `refit_on`."""
+    cols = config.columns
     dall = _dmatrix(
-        prepare_features(labelled, cols, model.categories), _labels(labelled, config), config.training.nthread,
+        prepare_features(labelled, cols, categories), _labels(labelled, config), config.training.nthread,
         _weights(labelled),
     )
-    booster = xgb.train(params, dall, num_boost_round=model.best_iteration + 1, verbose_eval=False)
-    return dataclasses.replace(model, booster=booster, probe=model.booster)
+    return xgb.train(params, dall, num_boost_round=rounds, verbose_eval=False)
 
 
 # Roles of a row in `train_model_chunks`.
@@ -451,11 +453,12 @@ def train_model_chunks(
     else:
         booster = booster[: best_iteration + 1]
     probe = None
-    if final is not None and set(final) - {FIT, VALIDATE} and np.isin(roles, final).sum() > np.isin(roles, (FIT, VALIDATE)).sum():
+    if final is not None and np.isin(roles, final).sum() > np.isin(roles, (FIT, VALIDATE)).sum():
         probe = booster
-        everything = _quantile_matrix(read, roles, config, categories, tuple(final), weights=weights if final_weights is None else final_weights)
-        booster = xgb.train(params, everything, num_boost_round=best_iteration + 1, verbose_eval=False)
-        del everything
+        final_rows = _quantile_matrix(
+            read, roles, config, categories, tuple(final), weights=weights if final_weights is None else final_weights
+        )
+        booster = xgb.train(params, final_rows, num_boost_round=best_iteration + 1, verbose_eval=False)
     return TrainedModel(
         booster=booster,
         features=list(cols.features),
