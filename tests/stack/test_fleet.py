@@ -303,6 +303,7 @@ class FleetRun:
     since: datetime
     faults: dict[str, str]
     log: list[str]
+    silent: Any = None  # a deployment run made Running that never sends a heartbeat
 
 
 @pytest.fixture(scope="module")
@@ -343,6 +344,7 @@ def fleet(running_stack: Stack, tmp_path_factory: pytest.TempPathFactory) -> Ite
     paused = _pause_fan_outs()
     _settle(setup)
     since = datetime.now(UTC)
+    silent = _start_silent_run()
     log: list[str] = []
     faults = Faults(s, since, [models[0], models[1]], log)
     faults.start()
@@ -373,9 +375,34 @@ def fleet(running_stack: Stack, tmp_path_factory: pytest.TempPathFactory) -> Ite
         faults.stop()
         _print_runs(since, log)
     try:
-        yield FleetRun(models, since, dict(faults.done), log)
+        yield FleetRun(models, since, dict(faults.done), log, silent)
     finally:
         _resume(paused)
+        _delete_deployment(SILENT)
+
+
+SILENT = ("evergreen-test-silent", "silent")  # flow, deployment: the test's own, not the product's
+
+
+def _start_silent_run() -> Any:
+    """What a worker killed as it started a run leaves: a deployment's run that went Running and
+    never sent a heartbeat (made Running here; no process runs it). Returns its id."""
+    from prefect.client.orchestration import get_client
+    from prefect.states import Running
+
+    with get_client(sync_client=True) as client:
+        flow_id = client.create_flow_from_name(SILENT[0])
+        deployment_id = client.create_deployment(flow_id=flow_id, name=SILENT[1], paused=True)
+        run = client.create_flow_run_from_deployment(deployment_id, name="silent · killed as it started")
+        client.set_flow_run_state(run.id, Running(), force=True)
+    return run.id
+
+
+def _delete_deployment(names: tuple[str, str]) -> None:
+    from prefect.client.orchestration import get_client
+
+    with get_client(sync_client=True) as client, suppress(Exception):
+        client.delete_deployment(client.read_deployment_by_name("/".join(names)).id)
 
 
 def _print_runs(since: datetime, log: list[str]) -> None:
@@ -471,6 +498,17 @@ def test_a_killed_retrain_is_crashed_by_the_zombie_automation_and_runs_again(fle
     assert later, states
     assert later[0].parameters["config"] == loan.block
     assert later[0].parameters.get("trigger") == crashed.parameters.get("trigger")
+
+
+def test_a_run_killed_before_its_first_heartbeat_is_crashed(fleet: FleetRun) -> None:
+    """deploy/automations.yaml's "silent from the start": the fleet ran for minutes after it
+    went Running, so its 90 s have long passed."""
+    from prefect.client.orchestration import get_client
+
+    with get_client(sync_client=True) as client:
+        run = client.read_flow_run(fleet.silent)
+    assert run.state and run.state.name == "Crashed", run.state
+    assert "no heartbeat within 90 s of Running" in (run.state.message or ""), run.state.message
 
 
 def test_alias_histories_are_complete_and_ordered_per_model(fleet: FleetRun) -> None:

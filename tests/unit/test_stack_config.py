@@ -63,6 +63,10 @@ def test_automations_file_is_prefects_automation_schema() -> None:
     zombie, rerun = automations["evergreen-crash-zombie-runs"], automations["evergreen-rerun-crashed-retrain"]
     assert isinstance(zombie.trigger, EventTrigger) and zombie.trigger.posture == Posture.Proactive
     assert zombie.trigger.after == {"prefect.flow-run.heartbeat"} and zombie.trigger.within.total_seconds() == 90
+    silent = automations["evergreen-crash-runs-silent-from-the-start"]
+    assert silent.trigger.after == {"prefect.flow-run.Running"} and "prefect.flow-run.heartbeat" in silent.trigger.expect
+    # Only deployments' runs (a worker's, which heartbeat): a flow run from a shell sends none.
+    assert silent.trigger.match_related.model_dump() == {"prefect.resource.role": "deployment"}
     lost = automations["evergreen-crash-runs-lost-before-running"]
     assert lost.trigger.after == {"prefect.flow-run.Pending"} and "prefect.flow-run.Running" in lost.trigger.expect
     for flow, params in (("monitor", {"config", "batch"}), ("promote", {"config", "version"}), ("canary-review", {"config"})):
