@@ -238,10 +238,14 @@ VARIANTS = {
 }
 
 
+COMPARED_PATHS = ("bounded", "streamed", "in-memory")
+
+
 def measure_size(
-    root: Path, rows: int, seed: int, compare: bool, repeats: int, log: Any = print
+    root: Path, rows: int, seed: int, paths: tuple[str, ...], repeats: int, log: Any = print
 ) -> tuple[list[ScaleRun], float]:
-    """Write the stream of `rows` rows, run each variant `repeats` times (alternating)."""
+    """Write the stream of `rows` rows, run each flow on each of `paths` `repeats` times
+    (alternating)."""
     log(f"writing {rows:,} rows under {root} ...")
     result, prep_seconds = run_child(
         "bench.common:prepare_dataset", {"root": str(root / "dataset"), "rows": rows, "seed": seed},
@@ -250,7 +254,6 @@ def measure_size(
     dataset = Dataset(**result["outcome"])
     log(f"  data ready in {prep_seconds:.0f} s")
     env = child_env(None, None)
-    paths = ("bounded", "streamed", "in-memory") if compare else ("bounded",)
     runs: list[ScaleRun] = []
     for r in range(repeats):
         k = r % len(paths)
@@ -399,7 +402,8 @@ def run(
     try:
         for rows in sizes:
             size_runs, seconds = measure_size(
-                workdir / f"rows-{rows}", rows, seed, rows == compare_at, repeats.get(rows, 1), log
+                workdir / f"rows-{rows}", rows, seed, COMPARED_PATHS if rows == compare_at else ("bounded",),
+                repeats.get(rows, 1), log,
             )
             runs += size_runs
             prepared[rows] = round(seconds, 1)

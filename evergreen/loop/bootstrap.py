@@ -1,7 +1,8 @@
 """The bootstrap step: a first champion for a model that has none, from the user's data.
 
 Either trained on the labelled reference table (the most recent `training.evaluation_fraction`
-of it held out, as a retrain does) or the user's own already-trained XGBoost model taken in
+of it held out, as a retrain does, and with `training.refit_on_holdout` the served model refit
+on all of it once its rounds are chosen) or the user's own already-trained XGBoost model taken in
 (`engines.model_import`: a native model file or an MLflow model URI). Either way the reference
 is snapshotted content-addressed, the model is evaluated, logged with the next monitor's
 NannyML reference (the champion's predictions on held-out labelled rows: the monitor and the
@@ -66,13 +67,17 @@ def bootstrap(
     if model_source is None:
         holdout = run.part("hold-out-recent", retraining.hold_out_recent, win.frame, config)
         model = run.part("train-model", _train, holdout.train, config)
+        if config.training.refit_on_holdout:
+            # As a retrain: once early stopping chose the rounds, the served model learns every
+            # reference row; the fit without the hold-out stays as its probe, which evaluates.
+            model = run.part("refit-on-holdout", _refit, model, win.frame, config)
     else:
         # The user's model was trained elsewhere: all of the reference is its evaluation
         # and the monitor's reference (pass a reference it was not trained on, e.g. its
         # test period, for unbiased estimates).
         holdout = retraining.HoldOut(train=win.frame.iloc[:0], evaluation=win.frame)
         model = run.part("import-model", _import, model_source, config, win.frame)
-    evaluation = run.part("evaluate-model", retraining.evaluate_model, model, holdout.evaluation, config)
+    evaluation = run.part("evaluate-model", retraining.evaluate_model, model.held_out(), holdout.evaluation, config)
     trigger = Trigger(kind="manual", reason="bootstrap: imported model" if model_source else "bootstrap: trained on the reference")
     tags = lineage_tags(config, snap, trigger, lineage or {}) | {
         state.TRAIN_END_TAG: str(win.frame[config.columns.timestamp].max() if model_source else holdout.train[config.columns.timestamp].max()),
@@ -101,6 +106,8 @@ def bootstrap(
         io=True,
     )
     how = f"imported from {model_source}" if model_source else f"trained on {len(holdout.train):,} reference rows"
+    if model.probe is not None:
+        how += f", then refit on all {len(holdout.train) + len(holdout.evaluation):,}"
     message = (
         f"registered {name} v{version.version} as champion ({how}; {config.metric} "
         f"{evaluation.value:.4g} on {len(holdout.evaluation):,} held-out rows)"
@@ -133,6 +140,12 @@ def _train(frame, config: ModelConfig):  # noqa: ANN001, ANN202
     from evergreen.engines import training
 
     return training.train_model(frame, config)
+
+
+def _refit(model, frame, config: ModelConfig):  # noqa: ANN001, ANN202
+    from evergreen.engines import training
+
+    return training.refit_on(model, frame, config)
 
 
 def _import(source: str, config: ModelConfig, reference):  # noqa: ANN001, ANN202

@@ -53,11 +53,11 @@ def test_the_table_replaces_its_own_section_only(tmp_path: Path) -> None:
 
 
 @pytest.mark.slow
-def test_each_variant_runs_on_a_tiny_stream(tmp_path: Path) -> None:
-    runs, _ = measure_size(tmp_path, 3_000, 7, compare=True, repeats=1, log=lambda _: None)
-    assert {(r.flow, r.path) for r in runs} == {
-        (f, p) for f in ("monitor", "retrain") for p in ("bounded", "streamed", "in-memory")
-    }
+def test_the_bounded_and_in_memory_paths_run_alike_on_a_tiny_stream(tmp_path: Path) -> None:
+    # "streamed" is the bounded path with data.memory_rows at 262,144: on 3,000 rows it would
+    # run exactly as "bounded" (a minute of CI for nothing); the bench runs it at 1M rows.
+    runs, _ = measure_size(tmp_path, 3_000, 7, ("bounded", "in-memory"), repeats=1, log=lambda _: None)
+    assert {(r.flow, r.path) for r in runs} == {(f, p) for f in ("monitor", "retrain") for p in ("bounded", "in-memory")}
     digests = {r.outcome["dataset_digest"] for r in runs if r.flow == "retrain"}
     assert len(digests) == 1  # the same window, snapshotted the same by every path
     metrics = [r.outcome["metric"] for r in runs if r.flow == "retrain"]
