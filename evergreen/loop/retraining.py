@@ -80,13 +80,20 @@ def split_rows(timestamps: pd.Series, config: ModelConfig, change_point: pd.Time
     roles = np.full(n, FIT, dtype=np.int8)
     if n < 2:
         return roles
-    order = pd.Series(pd.to_datetime(timestamps).to_numpy()).sort_values(kind="mergesort").index.to_numpy()
+    order = _time_order(timestamps)
     held = held_out_rows(timestamps, config, change_point)
     roles[order[n - held :]] = EVALUATE
     rest = n - held
     if rest >= 2:
         roles[order[rest - _last_share(rest, config.training.validation_fraction) : rest]] = VALIDATE
     return roles
+
+
+def _time_order(timestamps: pd.Series) -> np.ndarray:
+    """Positions of `timestamps` in time order, ties in their order, missing times last. Sorted
+    as a pandas datetime Series: its `to_numpy()` would box a zoned column into one Timestamp
+    object per row (5 s of a 1M-row window's hold-out, against 0.5 s)."""
+    return pd.to_datetime(timestamps).reset_index(drop=True).sort_values(kind="mergesort").index.to_numpy()
 
 
 def held_out_rows(timestamps: pd.Series, config: ModelConfig, change_point: pd.Timestamp | None = None) -> int:
@@ -125,8 +132,8 @@ def hold_out_rows(
     roles = split_rows(timestamps, config, change_point)
     held = np.flatnonzero(roles == EVALUATE)
     frame = take(held)
-    by_time = pd.Series(pd.to_datetime(timestamps.iloc[held]).to_numpy()).sort_values(kind="mergesort").index
-    evaluation = frame.iloc[by_time.to_numpy()].reset_index(drop=True)
+    by_time = _time_order(timestamps.iloc[held])
+    evaluation = frame.iloc[by_time].reset_index(drop=True)
     trained = roles != EVALUATE
     stamps = pd.to_datetime(timestamps[trained])
     weights = final_weights = None
