@@ -2,7 +2,8 @@
 
 An episode opens on the first batch whose configured signals pass the hysteresis (the
 policy's alert): that batch marks when the change began (its first timestamp is the
-episode's change point, from which labelled rows count as post-change evidence). While it
+episode's change point, from which labelled rows count as post-change evidence), or the
+earlier batch whose late labels showed the realized drop that fired (`policy.change_began`). While it
 is open, further alerting batches only escalate it when a new kind shows (drift, then
 performance, or the reverse); quiet batches count towards its end, and
 `retrain.episode_quiet_batches` quiet batches in a row close it. A new champion closes it
@@ -127,10 +128,12 @@ def advance_episode(
     quiet_to_close: int,
     settle_rows: int | None = None,
     settled: str = "",
+    began: str | None = None,
 ) -> EpisodeStep:
     """The episode after one valid, monitored batch `day` (`alert`: the policy's signals
     held by the hysteresis; `signals`: those that fired; `champion`: the version serving;
-    `change_point`: the batch's first timestamp). `settle_rows`: the new champion is the
+    `change_point`: when the change began, the first timestamp of batch `began` (default
+    `day`; `policy.change_began`)). `settle_rows`: the new champion is the
     episode's own retrain, trained with that many post-change rows, and the episode settles
     (None: a new champion ends it); `settled`: why a settling episode's refresh is decided
     ("" while it is not)."""
@@ -156,7 +159,7 @@ def advance_episode(
         if not alert:
             return EpisodeStep(episode, "closed" if closed else "none", closed=closed, reasons=reasons)
         opened = Episode(id=day, change_point=change_point, champion=champion, kinds=kinds, last_alert=day)
-        reasons.append(f"episode {day} opened ({', '.join(kinds)}): the change began with batch {day}")
+        reasons.append(f"episode {day} opened ({', '.join(kinds)}): the change began with batch {began or day}")
         return EpisodeStep(opened, "opened", announce=kinds, closed=closed, reasons=reasons)
     if alert:
         new = tuple(k for k in kinds if k not in episode.kinds)

@@ -131,6 +131,10 @@ class ChunkObservation:
     rows: int = 0
     reason: str = ""
     start: datetime | None = None  # the chunk's first timestamp: an episode opened here changed from it
+    # The realized metric was measured on an earlier batch (labels arrive late): that batch and
+    # its first timestamp (None: measured on this chunk, or not at all). See `change_began`.
+    realized_on: str | None = None
+    realized_start: datetime | None = None
 
 
 @dataclass(frozen=True)
@@ -254,10 +258,11 @@ def decide(observation: ChunkObservation, state: LoopState, policy: Policy) -> P
     alert = bool(fired) and hits >= cfg.hysteresis_k
     hysteresis = f"{hits} of the last {len(window)} chunk(s) with a signal ({cfg.hysteresis_k} of {cfg.hysteresis_n} needed)"
     settle_rows, settled = settling_of(state, policy)
+    began, change_point = change_began(observation, fired)
     step = (
         advance_episode(
-            state.episode, observation.chunk, alert, fired, state.champion, observation.start, cfg.episode_quiet_batches,
-            settle_rows, settled,
+            state.episode, observation.chunk, alert, fired, state.champion, change_point, cfg.episode_quiet_batches,
+            settle_rows, settled, began=began,
         )
         if observation.valid
         else EpisodeStep(state.episode, "none")
@@ -312,6 +317,26 @@ def decide(observation: ChunkObservation, state: LoopState, policy: Policy) -> P
     return dataclasses.replace(
         base, retrain=True, reason=f"retrain: {decision.reason}", events={**base.events, names.RETRAIN_REQUESTED: request}
     )
+
+
+def change_began(observation: ChunkObservation, fired: list[str]) -> tuple[str, datetime | None]:
+    """The batch with which the change began, and its first timestamp, for an episode this
+    chunk opens: the chunk itself, unless the realized drop fired on an earlier batch whose
+    labels arrived only now. That batch was already served by the degraded model, so the
+    episode's post-change evidence (and the retrain's post-change rows) start with it: a
+    change only the labels show (a concept change) is otherwise dated the label delay late,
+    and its retrain waits that long again for labels that are already there."""
+    realized = observation.realized_start
+    if "realized_drop" in fired and observation.realized_on and realized is not None:
+        if observation.start is None or _utc(realized) < _utc(observation.start):
+            return observation.realized_on, realized
+    return observation.chunk, observation.start
+
+
+def _utc(value: datetime) -> datetime:
+    from evergreen.times import utc
+
+    return utc(value).to_pydatetime()
 
 
 def settling_of(state: LoopState, policy: Policy) -> tuple[int | None, str]:

@@ -113,21 +113,26 @@ def _estimate(
         rows=config.data.memory_rows,
     )
     realized_on = batch.day if report.realized_metric is not None else None
+    realized_start = None
     if report.realized_metric is None:
         # Labels arrive late: judge realized performance on the newest labelled batch.
         latest = run.part(
             "realized-performance", realized_on_latest_labelled, ports, config, fitted, batch.day, labels, io=True
         )
         if latest is not None:
-            realized_on = latest.day
+            realized_on, realized_start = latest.day, _timestamp(latest.start)
             report = dataclasses.replace(report, realized_metric=latest.metric)
     alerts = run.part("decide-alerts", decide_alerts, report, config, findings)
     now = pd.Timestamp(report.end) if report.end else None
     loop_state = run.part(
         "read-loop-state", state.build_loop_state, config, ports.store, ports.registry, now, batch.day, io=True
     )
-    start = pd.Timestamp(report.start).to_pydatetime() if report.start else None
-    verdict = run.part("decide-policy", decide_policy, config, batch.day, alerts, loop_state, start)
+    start = _timestamp(report.start)
+    earlier = realized_on if realized_on != batch.day else None
+    verdict = run.part(
+        "decide-policy", decide_policy, config, batch.day, alerts, loop_state, start, earlier,
+        realized_start if earlier else None,
+    )
     episode = verdict.episode
     if verdict.retrain and episode is not None:
         episode = with_request(episode, loop_state.post_change_rows or 0, batch.day)
@@ -201,13 +206,18 @@ def drift_share(result: MonitorResult) -> float | None:
 
 
 def decide_policy(
-    config: ModelConfig, day: str, alerts: Any, loop_state: policy.LoopState, start: Any = None
+    config: ModelConfig, day: str, alerts: Any, loop_state: policy.LoopState, start: Any = None,
+    realized_on: str | None = None, realized_start: Any = None,
 ) -> policy.PolicyDecision:
     """The retrain policy on one valid batch (`policy.decide`): the configured signals that
     fired, whether the hysteresis holds them, what that does to the alert episode (the
     events to emit) and whether its retrain may start now, with the blocker that holds it.
-    `start`: the batch's first timestamp (the change point of an episode it opens)."""
-    observation = policy.ChunkObservation(chunk=day, valid=True, alerts=alerts, start=start)
+    `start`: the batch's first timestamp (the change point of an episode it opens);
+    `realized_on`, `realized_start`: the earlier batch the realized metric was measured on
+    (labels arrive late) and its first timestamp (`policy.change_began`)."""
+    observation = policy.ChunkObservation(
+        chunk=day, valid=True, alerts=alerts, start=start, realized_on=realized_on, realized_start=realized_start
+    )
     return policy.decide(observation, loop_state, policy.Policy.named("default", config.retrain))
 
 
@@ -255,7 +265,7 @@ def realized_on_latest_labelled(
             rows = rows.scored(sources.load_champion(ports.registry, config))
         else:
             rows = rows.served_by(serving)
-        return monitoring.compute_monitor_chunks(fitted, rows, labels, rows=config.data.memory_rows).realized_metric
+        return monitoring.compute_monitor_chunks(fitted, rows, labels, rows=config.data.memory_rows)
 
     known = {v.version for v in ports.registry.list_versions()}
     return sources.realized_on_latest_labelled(config, ports.store, day, labels, realize, serving, known)
@@ -290,3 +300,8 @@ def fit_monitor(reference: pd.DataFrame, config: ModelConfig) -> Any:
 
 def _key(path: str) -> str:
     return path if "://" in path and not path.startswith("file://") else str(Path(path).resolve())
+
+
+def _timestamp(value: Any) -> Any:
+    """A report's start or end (ISO text or a timestamp) as a datetime, None when unknown."""
+    return pd.Timestamp(value).to_pydatetime() if value else None

@@ -248,10 +248,12 @@ def select_fresh_rows(
 
 @dataclasses.dataclass(frozen=True)
 class LatestRealized:
-    """The realized metric of the newest labelled batch, and that batch's day."""
+    """The realized metric of the newest labelled batch, that batch's day and its first
+    timestamp."""
 
     day: str
     metric: Any  # engines.monitoring.MetricEstimate
+    start: Any = None
 
 
 def realized_on_latest_labelled(
@@ -263,8 +265,9 @@ def realized_on_latest_labelled(
     serving_version: str | None = None,
     known_versions: set[str] | None = None,
 ) -> LatestRealized | None:
-    """Labels arrive late: the realized metric (`realize(batch)`, a MetricEstimate or None)
-    of the most recent batch up to `day` whose labels have arrived; None when none is.
+    """Labels arrive late: the realized metric of the most recent batch up to `day` whose
+    labels have arrived (`realize(batch)`: the batch's monitor report, whose `realized_metric`
+    is a MetricEstimate or None, and `start` its first timestamp); None when none is.
 
     Batches the monitor rejected are skipped (their labels may arrive, but their data failed
     validation). With `serving_version`, a batch that carries the model-version column and
@@ -287,11 +290,11 @@ def realized_on_latest_labelled(
         if serving_version is not None and not _served_by(store, batch, cols.model_version, serving_version, known_versions):
             return None
         try:
-            metric = realize(batch)
+            report = realize(batch)
         except io.DataReadError:
             continue
-        if metric is not None:
-            return LatestRealized(batch.day, metric)
+        if report.realized_metric is not None:
+            return LatestRealized(batch.day, report.realized_metric, report.start)
     return None
 
 

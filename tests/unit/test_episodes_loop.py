@@ -92,3 +92,44 @@ def test_the_retrain_waits_for_post_change_labels_and_is_requested_once(world) -
     # A settling episode's refresh must improve on the episode's replacement too.
     settling = {**version.tags, state.EPISODE_PHASE_TAG: "settling"}
     assert promote.gate_settings(cfg, settling).mode == "improvement"
+
+
+def test_a_change_only_the_late_labels_show_is_dated_by_its_labelled_batch(toy_config, tmp_path) -> None:  # noqa: ANN001
+    """A concept change (labels flip, features stay): no batch drifts, and the realized drop
+    shows only when the changed batch's labels land, `label_delay_days` later. The episode
+    then opens dated from the changed batch, so its labelled rows already count as the
+    retrain's post-change evidence (not `label_delay_days` more batches of waiting)."""
+    from evergreen.simulation.stream import write_stream_from_frames
+    from tests.unit.conftest import _make_frame
+
+    delay, days, rows, change = 2, 7, 400, 3
+    base = toy_config()
+    cfg = in_memory(base, "concept-late")
+    cfg = cfg.model_copy(
+        update={
+            "data": cfg.data.model_copy(update={"rows_per_batch": rows, "label_delay_days": delay}),
+            "retrain": cfg.retrain.model_copy(
+                update={"cooldown_hours": 0, "min_post_change_rows": 300, "signals": ["realized_drop"]}
+            ),
+        }
+    )
+    reference, analysis = _make_frame(3000, seed=1), _make_frame(days * rows, seed=2)
+    analysis["id"] += 1_000_000
+    write_stream_from_frames(
+        cfg, reference.drop(columns="p_true"), analysis.drop(columns="p_true"), cfg.data.root,
+        drift="concept", drift_start=change, drift_params={"quantile": 0.5, "flip_probability": 1.0},
+    )
+    ports = memory_ports(cfg)
+    assert bootstrap.bootstrap(ports, cfg).status == "registered"
+    batches = io.list_batches(cfg.data.path("batches"))
+    results = [monitor.monitor(ports, cfg, b.path)[0] for b in batches[: change + delay + 1]]
+    assert not any(r.alert for r in results[: change + delay]), [r.message for r in results]
+    opened = results[change + delay]
+    assert opened.alert and opened.realized_on == batches[change].day, opened.message
+    assert opened.episode["transition"] == "opened" and opened.episode["id"] == batches[change + delay].day
+    began = pd.Timestamp(io.read_table(batches[change].path)[cfg.columns.timestamp].min())
+    assert pd.Timestamp(opened.episode["change_point"]) == began
+    assert f"the change began with batch {batches[change].day}" in opened.policy
+    # The changed batch's labels are there: the episode's retrain may start now.
+    check = monitor.check_episode(ports, cfg)
+    assert check is not None and check.allowed, check

@@ -21,6 +21,7 @@ from evergreen.decisions.policy import (
     LoopState,
     Policy,
     PolicyError,
+    change_began,
     check_start,
     decide,
     decide_episode_retrain,
@@ -112,6 +113,31 @@ def test_each_signal_opens_an_episode_and_announces_it_once(toy_config, kind: st
     after = decide(_observe(toy_config, chunk="2024-03-11", **FIRING[kind]),
                    LoopState(champion="1", episode=decision.episode, post_change_rows=0, post_change_needed=1000), _policy())
     assert after.transition == "continued" and after.events == {} and after.blocked_by == "deferred"
+
+
+def test_a_realized_drop_seen_late_dates_the_change_by_its_labelled_batch(toy_config) -> None:
+    """Labels arrive late: a realized drop measured now on an earlier batch says the change
+    had begun with that batch. The episode's change point is that batch's start (its labelled
+    rows count as post-change evidence), not the start of the batch being monitored."""
+    today, labelled = datetime(2024, 3, 10), datetime(2024, 3, 7)
+    late = ChunkObservation(
+        chunk="2024-03-10", valid=True, alerts=decide_alerts(_report(realized=0.70), toy_config()),
+        start=today, realized_on="2024-03-07", realized_start=labelled,
+    )
+    opened = decide(late, LoopState(champion="1"), _policy())
+    assert opened.transition == "opened" and opened.episode.id == "2024-03-10"
+    assert opened.episode.change_point == labelled
+    assert "the change began with batch 2024-03-07" in opened.reason
+    # Drift seen on this batch alone (the realized metric of the earlier batch did not drop):
+    # the change began with this batch.
+    drift = ChunkObservation(
+        chunk="2024-03-10", valid=True, alerts=decide_alerts(_report(drifted=2), toy_config()),
+        start=today, realized_on="2024-03-07", realized_start=labelled,
+    )
+    assert change_began(drift, ["feature_drift"]) == ("2024-03-10", today)
+    assert decide(drift, LoopState(champion="1"), _policy()).episode.change_point == today
+    # Measured on this batch itself: nothing earlier to date it by.
+    assert change_began(ChunkObservation("2024-03-10", True, start=today), ["realized_drop"]) == ("2024-03-10", today)
 
 
 def test_events_keep_the_monitor_payload_contract(toy_config) -> None:
