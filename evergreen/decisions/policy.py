@@ -327,9 +327,9 @@ def change_began(observation: ChunkObservation, fired: list[str]) -> tuple[str, 
     change only the labels show (a concept change) is otherwise dated the label delay late,
     and its retrain waits that long again for labels that are already there."""
     realized = observation.realized_start
-    if "realized_drop" in fired and observation.realized_on and realized is not None:
-        if observation.start is None or _utc(realized) < _utc(observation.start):
-            return observation.realized_on, realized
+    earlier = realized is not None and (observation.start is None or _utc(realized) < _utc(observation.start))
+    if "realized_drop" in fired and observation.realized_on and earlier:
+        return observation.realized_on, realized
     return observation.chunk, observation.start
 
 
