@@ -5,9 +5,10 @@ model, so one model's runs never block, cancel or delay another's."""
 from __future__ import annotations
 
 import functools
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import ExitStack, contextmanager
 from dataclasses import dataclass
+from typing import Any
 
 from prefect.runtime import deployment, flow_run
 
@@ -69,6 +70,41 @@ LOCK_LEASE_SECONDS = 60.0
 DEAD_HOLDER_WAIT_SECONDS = LOCK_LEASE_SECONDS + 60.0
 
 
+# A slot request the server could not answer (its database busy under a burst of runs: Prefect
+# answers 503, "retry"; or a proxy's 502/504) is asked again, this many times in all, waiting
+# 1, 2, 4, 8 s between: a busy moment must not fail the run that asked.
+ACQUIRE_ATTEMPTS = 5
+TRANSIENT_STATUSES = (502, 503, 504)
+
+
+def acquire_slot(stack: ExitStack, make_slot: Callable[[], Any], name: str) -> None:
+    """Enter `make_slot()` (a Prefect `concurrency` context) on `stack`, asking again when
+    the server answered a transient error (`TRANSIENT_STATUSES`); any other failure, and the
+    last attempt's, is raised (423 Locked: the slot is taken, for the caller to handle)."""
+    import logging
+    import time
+
+    from prefect.concurrency._asyncio import ConcurrencySlotAcquisitionError  # not re-exported
+
+    for attempt in range(ACQUIRE_ATTEMPTS):
+        try:
+            stack.enter_context(make_slot())
+            return
+        except ConcurrencySlotAcquisitionError as exc:
+            if slot_error_status(exc) not in TRANSIENT_STATUSES or attempt == ACQUIRE_ATTEMPTS - 1:
+                raise
+            wait = 2.0**attempt
+            logging.getLogger("evergreen.tasks.registry").warning(
+                "the Prefect server could not hand out a slot of %s (%s); asking again in %.0f s", name, exc, wait
+            )
+            time.sleep(wait)
+
+
+def slot_error_status(exc: BaseException) -> int | None:
+    """The HTTP status behind a failed slot request (423: taken), None when there was none."""
+    return getattr(getattr(exc.__cause__, "response", None), "status_code", None)
+
+
 @contextmanager
 def prefect_lock(config: ModelConfig, timeout_seconds: float = 600) -> Iterator[None]:
     """Serialize registry writes of one model with a Prefect global concurrency limit of 1
@@ -77,7 +113,14 @@ def prefect_lock(config: ModelConfig, timeout_seconds: float = 600) -> Iterator[
 
     name = lock_name(config)
     ensure_limits([name])
-    with concurrency(name, occupy=1, timeout_seconds=timeout_seconds, lease_duration=LOCK_LEASE_SECONDS, strict=True):
+    with ExitStack() as stack:
+        acquire_slot(
+            stack,
+            lambda: concurrency(
+                name, occupy=1, timeout_seconds=timeout_seconds, lease_duration=LOCK_LEASE_SECONDS, strict=True
+            ),
+            name,
+        )
         yield
 
 
@@ -119,10 +162,10 @@ def model_flight(flow: str, config: ModelConfig, wait: bool) -> Iterator[Flight]
 
     with ExitStack() as stack:
         try:
-            stack.enter_context(slot(None, None if wait else 0))
+            acquire_slot(stack, lambda: slot(None, None if wait else 0), name)
             flight = Flight(held=True)
         except ConcurrencySlotAcquisitionError as exc:
-            if wait or getattr(getattr(exc.__cause__, "response", None), "status_code", None) != 423:
+            if wait or slot_error_status(exc) != 423:
                 raise
             other = running_flow_run(flow, model_tag(block_document_name(config.name)), exclude=run_id)
             if other is not None:
@@ -132,7 +175,7 @@ def model_flight(flow: str, config: ModelConfig, wait: bool) -> Iterator[Flight]
                 # automation crashed it) and its lease lapses within LOCK_LEASE_SECONDS plus
                 # the repossessor's loop. Wait for it rather than skip the work: this run is
                 # often the crashed run's own rerun.
-                stack.enter_context(slot(DEAD_HOLDER_WAIT_SECONDS, None))
+                acquire_slot(stack, lambda: slot(DEAD_HOLDER_WAIT_SECONDS, None), name)
                 flight = Flight(held=True)
         yield flight
 
