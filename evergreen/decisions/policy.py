@@ -131,8 +131,8 @@ class ChunkObservation:
     rows: int = 0
     reason: str = ""
     start: datetime | None = None  # the chunk's first timestamp: an episode opened here changed from it
-    # The realized metric was measured on an earlier batch (labels arrive late): that batch and
-    # its first timestamp (None: measured on this chunk, or not at all). See `change_began`.
+    # The batch the realized metric was measured on and, when that is an earlier batch (labels
+    # arrive late), its first timestamp (None otherwise). See `change_began`.
     realized_on: str | None = None
     realized_start: datetime | None = None
 
@@ -327,16 +327,10 @@ def change_began(observation: ChunkObservation, fired: list[str]) -> tuple[str, 
     change only the labels show (a concept change) is otherwise dated the label delay late,
     and its retrain waits that long again for labels that are already there."""
     realized = observation.realized_start
-    earlier = realized is not None and (observation.start is None or _utc(realized) < _utc(observation.start))
+    earlier = realized is not None and (observation.start is None or utc(realized) < utc(observation.start))
     if "realized_drop" in fired and observation.realized_on and earlier:
         return observation.realized_on, realized
     return observation.chunk, observation.start
-
-
-def _utc(value: datetime) -> datetime:
-    from evergreen.times import utc
-
-    return utc(value).to_pydatetime()
 
 
 def settling_of(state: LoopState, policy: Policy) -> tuple[int | None, str]:

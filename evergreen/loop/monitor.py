@@ -127,11 +127,9 @@ def _estimate(
     loop_state = run.part(
         "read-loop-state", state.build_loop_state, config, ports.store, ports.registry, now, batch.day, io=True
     )
-    start = _timestamp(report.start)
-    earlier = realized_on if realized_on != batch.day else None
     verdict = run.part(
-        "decide-policy", decide_policy, config, batch.day, alerts, loop_state, start, earlier,
-        realized_start if earlier else None,
+        "decide-policy", decide_policy, config, batch.day, alerts, loop_state, _timestamp(report.start), realized_on,
+        realized_start,
     )
     episode = verdict.episode
     if verdict.retrain and episode is not None:
@@ -213,8 +211,8 @@ def decide_policy(
     fired, whether the hysteresis holds them, what that does to the alert episode (the
     events to emit) and whether its retrain may start now, with the blocker that holds it.
     `start`: the batch's first timestamp (the change point of an episode it opens);
-    `realized_on`, `realized_start`: the earlier batch the realized metric was measured on
-    (labels arrive late) and its first timestamp (`policy.change_began`)."""
+    `realized_on`, `realized_start`: the batch the realized metric was measured on and, when
+    it is an earlier one (labels arrive late), its first timestamp (`policy.change_began`)."""
     observation = policy.ChunkObservation(
         chunk=day, valid=True, alerts=alerts, start=start, realized_on=realized_on, realized_start=realized_start
     )
