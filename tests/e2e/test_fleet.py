@@ -250,7 +250,11 @@ def test_retrains_are_single_flight_per_model(fleet: Fleet) -> None:
     for run, model, subject in ((first_run, A, "v2"), (second_run, A, "skipped (in flight)"), (b_run, B, "v2")):
         assert run.name == f"retrain · {model} · {subject}"
         assert {"evergreen", f"model:{model}"} <= set(run.tags), run.tags
-    settled = _settle_followups(since)  # the promotes the two registered versions started
+    # The promotes the two registered versions start, through the registration event's
+    # automation: under load it may create one later than `_settle`'s quiet window (once in CI,
+    # 2026-12-07, A's promote was not there yet when every other run had ended), so wait for both.
+    _wait(lambda: {A, B} <= {r.parameters.get("config") for r in _runs("promote", since)}, f"the promotes of {A} and {B}")
+    settled = _settle_followups(since)
     assert not [r.name for r in settled if r.state.is_cancelled()], "a run was cancelled"
     promotes = {r.parameters["config"]: r for r in settled if r.name.startswith("promote · ")}
     assert set(promotes) == {A, B} and {promotes[A].parameters["version"], promotes[B].parameters["version"]} == {"2"}
