@@ -108,6 +108,22 @@ def _v1_field(page, label: str):  # noqa: ANN001, ANN202 - Playwright's Page and
     return page.locator(".schema-form-input").filter(has=title).last
 
 
+def _save(page, url: str, screenshot) -> None:  # noqa: ANN001 - Playwright's Page
+    """Click Save and wait for the block's page. Once in CI (2026-12-07, a loaded machine) the
+    page never left the form in 60 s: a click that landed before the form was ready does
+    nothing, so one more click follows after 30 s (an unchanged Save twice is still unchanged,
+    which the test then checks)."""
+    from playwright.sync_api import TimeoutError as PlaywrightTimeout
+
+    page.get_by_role("button", name="Save").click()
+    try:
+        page.wait_for_url(url, timeout=30_000)
+    except PlaywrightTimeout:
+        screenshot("block-save-no-navigation")
+        page.get_by_role("button", name="Save").click()
+        page.wait_for_url(url)
+
+
 def test_the_model_block_form_in_the_default_ui(kept: dict[str, Any], browser_page, screenshot) -> None:  # noqa: ANN001
     """The `evergreen-model` block's Edit page in Prefect's default (V1) UI: the config's
     sections are sections with human titles, the lists with a closed set of values
@@ -148,8 +164,7 @@ def test_the_model_block_form_in_the_default_ui(kept: dict[str, Any], browser_pa
     assert json.loads(editor.locator("textarea").input_value()) == features, shot
 
     # An unchanged Save in the V1 form keeps every value.
-    page.get_by_role("button", name="Save").click()
-    page.wait_for_url(f"**/blocks/block/{block_id}")
+    _save(page, f"**/blocks/block/{block_id}", screenshot)
     page.get_by_text("Block updated successfully").first.wait_for()
     assert in_child(api, "check-block", "ui-form") == {"same": True, "cooldown_hours": None, "traffic_share": 0.2}
 
