@@ -160,10 +160,14 @@ def _settle(since: datetime) -> list[Any]:
     return [r for r in _wait(quiet, "every run to finish") if r is not None]
 
 
-def _settle_followups(since: datetime) -> list[Any]:
-    """`_settle`, and also the canary reviews that promotes' `evergreen.canary.started` events
-    start: under load the automation may create one later than `_settle`'s quiet window (once
-    in CI, 2026-12-07, A's review was still running when the fan-out test started)."""
+def _settle_followups(since: datetime, registered: set[str]) -> list[Any]:
+    """`_settle`, once the runs that automations start after it exist: the promotes that the
+    `evergreen.model.registered` events of the `registered` models start, and the canary
+    reviews that the promotes' `evergreen.canary.started` events start. Under load an
+    automation may create one later than `_settle`'s quiet window (in CI, 2026-12-07: A's
+    promote was not there yet when every other run had ended; another time A's review was
+    still running when the fan-out test started)."""
+    _wait(lambda: registered <= {r.parameters.get("config") for r in _runs("promote", since)}, f"the promotes of {sorted(registered)}")
     settled = _settle(since)
     canaries = {r.parameters["config"] for r in settled if r.name.startswith("promote · ") and "canary at" in (r.state.message or "")}
 
@@ -250,11 +254,7 @@ def test_retrains_are_single_flight_per_model(fleet: Fleet) -> None:
     for run, model, subject in ((first_run, A, "v2"), (second_run, A, "skipped (in flight)"), (b_run, B, "v2")):
         assert run.name == f"retrain · {model} · {subject}"
         assert {"evergreen", f"model:{model}"} <= set(run.tags), run.tags
-    # The promotes the two registered versions start, through the registration event's
-    # automation: under load it may create one later than `_settle`'s quiet window (once in CI,
-    # 2026-12-07, A's promote was not there yet when every other run had ended), so wait for both.
-    _wait(lambda: {A, B} <= {r.parameters.get("config") for r in _runs("promote", since)}, f"the promotes of {A} and {B}")
-    settled = _settle_followups(since)
+    settled = _settle_followups(since, {A, B})  # the promotes the two registered versions start
     assert not [r.name for r in settled if r.state.is_cancelled()], "a run was cancelled"
     promotes = {r.parameters["config"]: r for r in settled if r.name.startswith("promote · ")}
     assert set(promotes) == {A, B} and {promotes[A].parameters["version"], promotes[B].parameters["version"]} == {"2"}
