@@ -151,7 +151,7 @@ def log_model(model: Any, input_example: Any) -> Any:
     import mlflow.xgboost
     from mlflow.models import infer_signature
 
-    from evergreen.engines.training import METADATA_FILE, PROBE_FILE
+    from evergreen.engines.training import METADATA_FILE
 
     preds = model.predict(input_example)
     output = preds.probability if preds.probability is not None else preds.prediction
@@ -160,10 +160,10 @@ def log_model(model: Any, input_example: Any) -> Any:
         meta = Path(tmp) / METADATA_FILE
         meta.write_text(json.dumps(model.metadata(), indent=2, sort_keys=True), encoding="utf-8")
         extra = [str(meta)]
-        if model.probe is not None:  # the model without the hold-out: what the gate measures
-            probe = Path(tmp) / PROBE_FILE
-            probe.write_bytes(model.probe_bytes())
-            extra.append(str(probe))
+        # the probes (the model without the hold-out, and the cross-fit one): what the gate measures
+        for file_name, data in model.extra_boosters().items():
+            (Path(tmp) / file_name).write_bytes(data)
+            extra.append(str(Path(tmp) / file_name))
         return mlflow.xgboost.log_model(
             model.booster,
             name=MODEL_ARTIFACT,

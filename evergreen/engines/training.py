@@ -40,6 +40,8 @@ DEFAULT_THRESHOLD = 0.5
 MLFLOW_EXTRA_FILES = "extra_files"
 # The probe booster (`TrainedModel.probe`), next to the metadata.
 PROBE_FILE = "probe.ubj"
+# The cross-fit probe of an alert episode's retrain (`CrossFit`), next to the metadata.
+CROSS_FIT_FILE = "cross_fit.ubj"
 
 # The search space of the optional hyperparameter search; small on purpose: the budget is
 # meant for seconds to minutes on one machine, and these two parameters matter most.
@@ -102,6 +104,36 @@ class SearchTrial:
     score: float
 
 
+@dataclass(frozen=True)
+class CrossFit:
+    """The second probe of an alert episode's retrain: the same recipe (rounds, categories)
+    trained on the window without its post-change training rows, those stamped from `since`
+    through `until` (the change point and the end of the training rows), and with the
+    evaluation hold-out. The first probe (`TrainedModel.probe`) never saw the hold-out, this
+    one never saw those rows: between them every post-change row of the window is scored by
+    a model that did not train on it (`TrainedModel.held_out`), so the gate judges on all of
+    them instead of the hold-out alone."""
+
+    booster: xgb.Booster
+    column: str  # the timestamp column that says which probe scores a row
+    since: pd.Timestamp
+    until: pd.Timestamp
+
+    def covers(self, frame: pd.DataFrame) -> np.ndarray:
+        """Which rows of `frame` this probe scores: those stamped from `since` through `until`."""
+        from evergreen.times import utc, utc_series
+
+        if self.column not in frame.columns:
+            raise ValueError(
+                f"the cross-fit probe picks rows by their time: the frame has no {self.column!r} column"
+            )
+        stamps = utc_series(frame[self.column])
+        return ((stamps >= utc(self.since)) & (stamps <= utc(self.until))).to_numpy()
+
+    def metadata(self) -> dict[str, str]:
+        return {"column": self.column, "since": self.since.isoformat(), "until": self.until.isoformat()}
+
+
 @dataclass
 class TrainedModel:
     """A trained booster with everything needed to score new data identically."""
@@ -123,19 +155,38 @@ class TrainedModel:
     # it too (`train_model_chunks(final=...)`): what the evaluation, the monitor reference and
     # the gate measure, on rows it never saw (`held_out`).
     probe: xgb.Booster | None = None
+    # An alert episode's second probe (`CrossFit`); only the held-out view scores with it.
+    cross_fit: CrossFit | None = None
+    routed: bool = False  # the held-out view: rows `cross_fit` covers are scored by it
 
     def held_out(self) -> TrainedModel:
         """The model to measure on the window's hold-out and on rows after it: the probe
         (same features, categories and rounds, trained without the hold-out) if there is
-        one, else this model (it never trained on its hold-out)."""
+        one, else this model (it never trained on its hold-out). With a cross-fit probe,
+        the rows it covers (the window's post-change training rows, by time) are scored by
+        it instead: each row by a probe that did not train on it (`unseen_since`)."""
         if self.probe is None:
             return self
-        return dataclasses.replace(self, booster=self.probe, probe=None)
+        return dataclasses.replace(self, booster=self.probe, probe=None, routed=self.cross_fit is not None)
 
     def predict(self, df: pd.DataFrame) -> Predictions:
-        """Score a frame holding (at least) the model's feature columns."""
+        """Score a frame holding (at least) the model's feature columns (and, in the
+        held-out view of a cross-fit model, its timestamp column)."""
         x = prepare_features(df, self.features, self.categories)
-        return self.outputs(self.booster.predict(_dmatrix(x, nthread=_nthread(self.params))))
+        raw = self.booster.predict(_dmatrix(x, nthread=_nthread(self.params)))
+        if self.routed and self.cross_fit is not None and len(x):
+            covered = self.cross_fit.covers(df)
+            if covered.any():
+                raw = np.array(raw, copy=True)
+                raw[covered] = self.cross_fit.booster.predict(_dmatrix(x[covered], nthread=_nthread(self.params)))
+        return self.outputs(raw)
+
+    def unseen_since(self) -> pd.Timestamp | None:
+        """From when on (inclusive) the held-out view scores every row with a booster that
+        did not train on it, when the model knows it: a cross-fit model's change point
+        (rows before it trained both probes). None: the version's `evergreen.train_end` says
+        (rows after it)."""
+        return self.cross_fit.since if self.cross_fit is not None and self.probe is not None else None
 
     def outputs(self, raw: np.ndarray) -> Predictions:
         """Predictions from the booster's raw output (what `predict` and the serving fast
@@ -178,6 +229,7 @@ class TrainedModel:
             "n_validation": self.n_validation,
             "classes": None if self.classes is None else list(self.classes),
             "probe": self.probe is not None,
+            **({"cross_fit": self.cross_fit.metadata()} if self.cross_fit is not None else {}),
         }
 
     def to_bytes(self) -> bytes:
@@ -192,14 +244,24 @@ class TrainedModel:
             fh.write(self.to_bytes())
         with fs.open(f"{root}/{METADATA_FILE}", "w") as fh:
             json.dump(self.metadata(), fh, indent=2, sort_keys=True)
-        if self.probe is not None:
-            with fs.open(f"{root}/{PROBE_FILE}", "wb") as fh:
-                fh.write(self.probe_bytes())
+        for name, data in self.extra_boosters().items():
+            with fs.open(f"{root}/{name}", "wb") as fh:
+                fh.write(data)
 
     def probe_bytes(self) -> bytes:
         """The probe booster in XGBoost's UBJSON format."""
         assert self.probe is not None
         return bytes(self.probe.save_raw(raw_format="ubj"))
+
+    def extra_boosters(self) -> dict[str, bytes]:
+        """The files beside the booster and the metadata: the probe and the cross-fit probe
+        (UBJSON), as `save` writes them and `load` reads them."""
+        files = {}
+        if self.probe is not None:
+            files[PROBE_FILE] = self.probe_bytes()
+        if self.cross_fit is not None:
+            files[CROSS_FIT_FILE] = bytes(self.cross_fit.booster.save_raw(raw_format="ubj"))
+        return files
 
     @classmethod
     def load(cls, directory: str) -> TrainedModel:
@@ -207,10 +269,10 @@ class TrainedModel:
         metadata as an extra file); never unpickles anything."""
         fs, root = _fs(directory)
         model_path, meta_path = f"{root}/{MODEL_FILE}", f"{root}/{METADATA_FILE}"
-        probe_path = f"{root}/{PROBE_FILE}"
+        extra = root
         if not fs.exists(meta_path) and fs.exists(f"{root}/{MLFLOW_EXTRA_FILES}/{METADATA_FILE}"):
-            meta_path = f"{root}/{MLFLOW_EXTRA_FILES}/{METADATA_FILE}"
-            probe_path = f"{root}/{MLFLOW_EXTRA_FILES}/{PROBE_FILE}"
+            extra = f"{root}/{MLFLOW_EXTRA_FILES}"
+            meta_path = f"{extra}/{METADATA_FILE}"
         for p in (model_path, meta_path):
             if not fs.exists(p):
                 raise FileNotFoundError(
@@ -228,13 +290,23 @@ class TrainedModel:
                 f"{model_path}: booster features {booster.feature_names} differ from "
                 f"{meta_path} features {meta['features']}; the two files come from different models"
             )
-        probe = None
-        if meta.get("probe"):
-            if not fs.exists(probe_path):
-                raise FileNotFoundError(f"{probe_path}: missing; {meta_path} says the model has a probe booster")
-            probe = xgb.Booster()
-            with fs.open(probe_path, "rb") as fh:
-                probe.load_model(bytearray(fh.read()))
+
+        def extra_booster(name: str, what: str) -> xgb.Booster:
+            path = f"{extra}/{name}"
+            if not fs.exists(path):
+                raise FileNotFoundError(f"{path}: missing; {meta_path} says the model has a {what}")
+            loaded = xgb.Booster()
+            with fs.open(path, "rb") as fh:
+                loaded.load_model(bytearray(fh.read()))
+            return loaded
+
+        probe = extra_booster(PROBE_FILE, "probe booster") if meta.get("probe") else None
+        cross_fit = None
+        if fold := meta.get("cross_fit"):
+            cross_fit = CrossFit(
+                extra_booster(CROSS_FIT_FILE, "cross-fit probe"), fold["column"],
+                pd.Timestamp(fold["since"]), pd.Timestamp(fold["until"]),
+            )
         return cls(
             booster=booster,
             features=list(meta["features"]),
@@ -249,6 +321,7 @@ class TrainedModel:
             n_validation=int(meta.get("n_validation", 0)),
             classes=meta.get("classes"),
             probe=probe,
+            cross_fit=cross_fit,
         )
 
 
@@ -392,8 +465,9 @@ def _refit(
     return xgb.train(params, dall, num_boost_round=rounds, verbose_eval=False)
 
 
-# Roles of a row in `train_model_chunks`.
-FIT, VALIDATE = 0, 1
+# Roles of a row in `train_model_chunks` (a caller may add its own: `retraining.EVALUATE`);
+# OTHER: left out of every matrix.
+FIT, VALIDATE, OTHER = 0, 1, -1
 
 
 RowReader = Callable[[list[str], "np.ndarray | None"], Iterable[tuple[int, pd.DataFrame]]]
@@ -411,6 +485,7 @@ def train_model_chunks(
     weights: np.ndarray | None = None,
     final: tuple[int, ...] | None = None,
     final_weights: np.ndarray | None = None,
+    cross_fit: CrossFitPlan | None = None,
 ) -> TrainedModel:
     """`train_model` on rows read in chunks, with the memory of a chunk and XGBoost's
     quantized copy of the rows (~1 byte per feature and row), not of the rows themselves.
@@ -430,7 +505,10 @@ def train_model_chunks(
     rounds, so the model uses every labelled row once its rounds are chosen; the refit on FIT
     and VALIDATE alone is kept as its `probe` (`TrainedModel.held_out`). Categories stay
     those of the FIT and VALIDATE rows (the probe's codes): a category seen only in the
-    other rows scores as unseen."""
+    other rows scores as unseen.
+
+    `cross_fit` (with `final`): a second probe is trained, for the same rounds, on the rows
+    of the `final` roles but those it leaves out (`CrossFitPlan`), kept as `CrossFit`."""
     cols, training = config.columns, config.training
     roles = np.asarray(roles)
     scan = _scan_rows(read, roles, config)
@@ -452,13 +530,19 @@ def train_model_chunks(
         booster = xgb.train(params, matrix((FIT, VALIDATE)), num_boost_round=best_iteration + 1, verbose_eval=False)
     else:
         booster = booster[: best_iteration + 1]
-    probe = None
+    probe = fitted = None
     if final is not None and np.isin(roles, final).sum() > np.isin(roles, (FIT, VALIDATE)).sum():
         probe = booster
         final_rows = _quantile_matrix(
             read, roles, config, categories, tuple(final), weights=weights if final_weights is None else final_weights
         )
         booster = xgb.train(params, final_rows, num_boost_round=best_iteration + 1, verbose_eval=False)
+        del final_rows
+        if cross_fit is not None and cross_fit.left_out.any():
+            fold_roles = np.where(cross_fit.left_out, OTHER, roles)
+            fold_rows = _quantile_matrix(read, fold_roles, config, categories, tuple(final), weights=cross_fit.weights)
+            fold = xgb.train(params, fold_rows, num_boost_round=best_iteration + 1, verbose_eval=False)
+            fitted = CrossFit(fold, cross_fit.column, cross_fit.since, cross_fit.until)
     return TrainedModel(
         booster=booster,
         features=list(cols.features),
@@ -473,7 +557,21 @@ def train_model_chunks(
         search=trials,
         classes=scan.classes,
         probe=probe,
+        cross_fit=fitted,
     )
+
+
+@dataclass(frozen=True)
+class CrossFitPlan:
+    """The rows `train_model_chunks` leaves out of the cross-fit probe (`left_out[i]` for
+    the i-th row: the window's post-change training rows), the probe's row weights, and
+    the span those rows cover (`CrossFit`)."""
+
+    left_out: np.ndarray
+    weights: np.ndarray | None
+    column: str
+    since: pd.Timestamp
+    until: pd.Timestamp
 
 
 @dataclass

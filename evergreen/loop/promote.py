@@ -57,12 +57,12 @@ def promote(
         result = PromotionResult(model_name=name, decision="skipped", reasons=[msg], champion=champion.version.version)
         return Outcome(result, msg)
 
-    after = challenger.version.tags.get("evergreen.train_end")
-    fresh = run.part("load-fresh-labelled-data", fresh_rows, ports, config, after, io=True)
+    after, since = evidence_span([challenger, champion])
+    fresh = run.part("load-fresh-labelled-data", fresh_rows, ports, config, after, since, io=True)
     if (msg := sources.gate_evidence_shortfall(len(fresh), config)) is not None:
         return Outcome(PromotionResult(model_name=name, decision="failed", reasons=[msg]), msg, "NotEnoughData", True)
     # Each model as fit without its own evaluation hold-out (`TrainedModel.held_out`): the
-    # fresh rows are after the challenger's training rows, and neither probe saw them.
+    # fresh rows are ones neither saw (`evidence_span`).
     ch = run.part("measure-model", scoring.measure_model, challenger.model.held_out(), fresh, config, challenger.version.version)
     cp = (
         run.part("measure-model", scoring.measure_model, champion.model.held_out(), fresh, config, champion.version.version)
@@ -124,10 +124,32 @@ def settle(ports: Ports, actor: Actor, run: Runner) -> list[str]:
         return fixed
 
 
-def fresh_rows(ports: Ports, config: ModelConfig, after: str | None) -> pd.DataFrame:
+def fresh_rows(ports: Ports, config: ModelConfig, after: str | None, since: str | None = None) -> pd.DataFrame:
     """The gate's evidence: the freshest labelled rows (`sources.select_fresh_rows`)."""
     return sources.select_fresh_rows(
-        sources.read_labelled_batches(config), config, pd.Timestamp(after) if after else None
+        sources.read_labelled_batches(config), config, pd.Timestamp(after) if after else None,
+        pd.Timestamp(since) if since else None,
+    )
+
+
+def evidence_span(models: list[registry.LoadedModel | None]) -> tuple[str | None, str | None]:
+    """The rows the gate may judge these models on, as (after, since): those no model's
+    held-out view (`TrainedModel.held_out`) trained on. A model that knows from when on
+    that holds (`TrainedModel.unseen_since`: an alert episode's cross-fit model, from its
+    change point on) bounds them by `since` (inclusive); any other by `after` (exclusive),
+    its training rows' end (`evergreen.train_end`). The latest bound of each kind wins."""
+    afters, sinces = [], []
+    for loaded in models:
+        if loaded is None:
+            continue
+        unseen = loaded.model.unseen_since()
+        if unseen is not None:
+            sinces.append(utc(unseen))
+        elif end := loaded.version.tags.get(state.TRAIN_END_TAG):
+            afters.append(utc(end))
+    return (
+        max(afters).isoformat() if afters else None,
+        max(sinces).isoformat() if sinces else None,
     )
 
 

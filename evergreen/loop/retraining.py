@@ -15,7 +15,7 @@ from evergreen.engines.scoring import evaluate_model as evaluate_model
 from evergreen.engines.scoring import monitor_reference as monitor_reference
 
 if TYPE_CHECKING:  # XGBoost costs ~5 s to import: not for a retrain that is skipped
-    pass
+    from evergreen.engines.training import CrossFitPlan
 
 
 # The hold-out is the next monitor's NannyML reference: at least twice the rows NannyML
@@ -55,6 +55,8 @@ class RowHoldOut:
     # per window row, for the final refit on every row (`train_rows`): the post-change
     # weights over the hold-out too
     final_weights: np.ndarray | None = None
+    # in an alert episode, the rows the cross-fit probe leaves out (`cross_fit_rows`)
+    cross_fit: CrossFitPlan | None = None
 
     @property
     def train_rows(self) -> int:
@@ -143,10 +145,45 @@ def hold_out_rows(
             weights = np.ones(len(roles))
             weights[trained] = trained_weights
         final_weights = post_change_weights(timestamps, change_point, config.retrain.post_change_weight)
+    train_end = stamps.max() if len(stamps) else None
     return RowHoldOut(
-        roles=roles, evaluation=evaluation, train_end=stamps.max() if len(stamps) else None, weights=weights,
-        final_weights=final_weights,
+        roles=roles, evaluation=evaluation, train_end=train_end, weights=weights, final_weights=final_weights,
+        cross_fit=cross_fit_rows(timestamps, trained, change_point, train_end, config),
     )
+
+
+def cross_fit_rows(
+    timestamps: pd.Series,
+    trained: np.ndarray,
+    change_point: pd.Timestamp | None,
+    train_end: pd.Timestamp | None,
+    config: ModelConfig,
+) -> CrossFitPlan | None:
+    """The cross-fit probe of an alert episode's retrain (`training.CrossFit`): it leaves out
+    the rows stamped from the change point through the end of the training rows (the
+    post-change rows the first probe learned from) and learns from the rest, the hold-out
+    included, weighed as the final refit weighs its rows (`window.post_change_weights`).
+    The two probes then score each post-change row without having trained on it, and the
+    gate judges on all of them: twice the hold-out's rows while post-change rows are few,
+    and the gate's interval shrinks by about sqrt(2). None outside an episode, without
+    `training.refit_on_holdout` (the hold-out is then never trained on) or when no training
+    row is from after the change (the hold-out holds every post-change row)."""
+    from evergreen.decisions.window import post_change_weights
+    from evergreen.engines.training import CrossFitPlan
+    from evergreen.times import utc, utc_series
+
+    if change_point is None or train_end is None or not config.training.refit_on_holdout:
+        return None
+    stamps = utc_series(timestamps).reset_index(drop=True)
+    since, until = utc(change_point), utc(train_end)
+    left_out = ((stamps >= since) & (stamps <= until)).to_numpy()
+    if not (left_out & trained).any() or left_out.all():
+        return None
+    weights = np.ones(len(left_out))
+    kept = post_change_weights(timestamps[~left_out], change_point, config.retrain.post_change_weight)
+    if kept is not None:
+        weights[~left_out] = kept
+    return CrossFitPlan(left_out, weights, config.columns.timestamp, since, until)
 
 
 def validate_window(plan, suite):  # noqa: ANN001, ANN201 - WindowPlan, SuiteSpec -> ValidationReport
@@ -161,12 +198,14 @@ def train_rows(read: Callable[[list[str], np.ndarray | None], Iterable[tuple[int
     with `training.refit_on_holdout` the model is then refit on every row of the window, the
     evaluation hold-out included, for the rounds early stopping chose, and the model without
     the hold-out is kept as its probe (`TrainedModel.held_out`): the hold-out is the newest
-    data, after a change the most valuable, and the gate measures the probe on it."""
+    data, after a change the most valuable, and the gate measures the probe on it (in an
+    alert episode with the cross-fit probe on the other post-change rows: `cross_fit_rows`)."""
     from evergreen.engines.training import FIT, VALIDATE, train_model_chunks
 
     final = (FIT, VALIDATE, EVALUATE) if config.training.refit_on_holdout else None
     return train_model_chunks(
-        read, holdout.roles, config, weights=holdout.weights, final=final, final_weights=holdout.final_weights
+        read, holdout.roles, config, weights=holdout.weights, final=final, final_weights=holdout.final_weights,
+        cross_fit=holdout.cross_fit,
     )
 
 

@@ -226,12 +226,17 @@ def read_fresh_labelled(config: ModelConfig, after: pd.Timestamp | None = None) 
 
 
 def select_fresh_rows(
-    batches: list[LabelledBatch], config: ModelConfig, after: pd.Timestamp | None = None
+    batches: list[LabelledBatch],
+    config: ModelConfig,
+    after: pd.Timestamp | None = None,
+    since: pd.Timestamp | None = None,
 ) -> pd.DataFrame:
     """The freshest labelled production rows for the gate: rows newer than `after` (the end of
-    the challenger's training data), topped up with the most recent rows when fewer than
-    the gate's minimum (`defaults.gate_min_rows`) are that fresh; at most `gate.evaluation_rows`, oldest first. Batches the
-    monitor rejected are left out. The promote flow and the backtest both gate on this."""
+    the challenger's training data) and stamped at or after `since` (an episode's change
+    point, for cross-fit models: `promote.evidence_span`), topped up with the most recent
+    rows when fewer than the gate's minimum (`defaults.gate_min_rows`) are that fresh; at
+    most `gate.evaluation_rows`, oldest first. Batches the monitor rejected are left out.
+    The promote flow and the backtest both gate on this."""
     frames = [b.frame for b in batches if b.valid and len(b.frame)]
     if not frames:
         return pd.DataFrame()
@@ -239,8 +244,12 @@ def select_fresh_rows(
     frame = pd.concat(frames, ignore_index=True)
     frame[ts] = utc_series(frame[ts])
     frame = frame.sort_values(ts, kind="mergesort").reset_index(drop=True)
-    if after is not None:
-        fresh = frame[frame[ts] > utc(after)]
+    if after is not None or since is not None:
+        fresh = frame
+        if after is not None:
+            fresh = fresh[fresh[ts] > utc(after)]
+        if since is not None:
+            fresh = fresh[fresh[ts] >= utc(since)]
         if len(fresh) >= gate_min_rows(config):
             frame = fresh
     return frame.tail(config.gate.evaluation_rows).reset_index(drop=True)
