@@ -398,6 +398,13 @@ class GateConfig(_Section):
         "at least 30, at most 500 (evergreen/decisions/defaults.py)",
     )
     evaluation_rows: int = Field(20_000, ge=100, description="most recent labelled rows used at most")
+    cross_fit_folds: int = Field(
+        4,
+        ge=0,
+        description="an alert episode's retrain cuts the window's post-change rows into this many folds by "
+        "time and trains one probe without each, so the gate judges on every post-change row, each scored by a "
+        "probe that learned from the others; 0 or 1: the gate judges the hold-out alone (BENCHMARKS.md)",
+    )
 
 
 class CanaryConfig(_Section):

@@ -244,7 +244,7 @@ def training_params(config: ModelConfig, model: Any, win: Any, holdout: Any, tri
         "train_rows": holdout.train_rows,
         "evaluation_rows": holdout.evaluation_rows,
         "refit_on_holdout": model.probe is not None,
-        "cross_fit": model.cross_fit is not None,
+        "cross_fit_folds": len(model.cross_fit.folds) if model.cross_fit is not None else 0,
         "trigger": trigger_kind,
     }
 

@@ -40,8 +40,8 @@ DEFAULT_THRESHOLD = 0.5
 MLFLOW_EXTRA_FILES = "extra_files"
 # The probe booster (`TrainedModel.probe`), next to the metadata.
 PROBE_FILE = "probe.ubj"
-# The cross-fit probe of an alert episode's retrain (`CrossFit`), next to the metadata.
-CROSS_FIT_FILE = "cross_fit.ubj"
+# The cross-fit probes of an alert episode's retrain (`CrossFit`), next to the metadata.
+CROSS_FIT_FILE = "cross_fit_{}.ubj"
 
 # The search space of the optional hyperparameter search; small on purpose: the budget is
 # meant for seconds to minutes on one machine, and these two parameters matter most.
@@ -105,33 +105,50 @@ class SearchTrial:
 
 
 @dataclass(frozen=True)
-class CrossFit:
-    """The second probe of an alert episode's retrain: the same recipe (rounds, categories)
-    trained on the window without its post-change training rows, those stamped from `since`
-    through `until` (the change point and the end of the training rows), and with the
-    evaluation hold-out. The first probe (`TrainedModel.probe`) never saw the hold-out, this
-    one never saw those rows: between them every post-change row of the window is scored by
-    a model that did not train on it (`TrainedModel.held_out`), so the gate judges on all of
-    them instead of the hold-out alone."""
+class Fold:
+    """One cross-fit probe: the recipe trained without the rows stamped `since` through
+    `until` (both included), which it alone scores."""
 
     booster: xgb.Booster
-    column: str  # the timestamp column that says which probe scores a row
     since: pd.Timestamp
     until: pd.Timestamp
 
-    def covers(self, frame: pd.DataFrame) -> np.ndarray:
-        """Which rows of `frame` this probe scores: those stamped from `since` through `until`."""
+
+@dataclass(frozen=True)
+class CrossFit:
+    """The cross-fit probes of an alert episode's retrain (`gate.cross_fit_folds`): the
+    window's post-change rows cut by time into folds, and for each the same recipe (rounds,
+    categories) trained on every other row of the window. Each post-change row is then
+    scored by a probe that never saw it (`TrainedModel.cross_fitted`), a probe that learned
+    from most of the new world, so the gate judges the challenger on all of them instead of
+    the hold-out alone."""
+
+    folds: list[Fold]
+    column: str  # the timestamp column that says which probe scores a row
+
+    @property
+    def since(self) -> pd.Timestamp:
+        return min(f.since for f in self.folds)
+
+    def scorer(self, frame: pd.DataFrame) -> np.ndarray:
+        """For each row of `frame`, the index of the fold that scores it (-1: none does)."""
         from evergreen.times import utc, utc_series
 
         if self.column not in frame.columns:
             raise ValueError(
-                f"the cross-fit probe picks rows by their time: the frame has no {self.column!r} column"
+                f"the cross-fit probes pick rows by their time: the frame has no {self.column!r} column"
             )
         stamps = utc_series(frame[self.column])
-        return ((stamps >= utc(self.since)) & (stamps <= utc(self.until))).to_numpy()
+        which = np.full(len(frame), -1)
+        for i, fold in enumerate(self.folds):
+            which[((stamps >= utc(fold.since)) & (stamps <= utc(fold.until))).to_numpy()] = i
+        return which
 
-    def metadata(self) -> dict[str, str]:
-        return {"column": self.column, "since": self.since.isoformat(), "until": self.until.isoformat()}
+    def metadata(self) -> dict[str, Any]:
+        return {
+            "column": self.column,
+            "folds": [{"since": f.since.isoformat(), "until": f.until.isoformat()} for f in self.folds],
+        }
 
 
 @dataclass
@@ -155,38 +172,39 @@ class TrainedModel:
     # it too (`train_model_chunks(final=...)`): what the evaluation, the monitor reference and
     # the gate measure, on rows it never saw (`held_out`).
     probe: xgb.Booster | None = None
-    # An alert episode's second probe (`CrossFit`); only the held-out view scores with it.
+    # An alert episode's cross-fit probes (`CrossFit`); only the cross-fitted view scores with them.
     cross_fit: CrossFit | None = None
-    routed: bool = False  # the held-out view: rows `cross_fit` covers are scored by it
+    routed: bool = False  # the cross-fitted view: rows a fold covers are scored by its probe
 
     def held_out(self) -> TrainedModel:
         """The model to measure on the window's hold-out and on rows after it: the probe
         (same features, categories and rounds, trained without the hold-out) if there is
-        one, else this model (it never trained on its hold-out). With a cross-fit probe,
-        the rows it covers (the window's post-change training rows, by time) are scored by
-        it instead: each row by a probe that did not train on it (`unseen_since`)."""
+        one, else this model (it never trained on its hold-out)."""
         if self.probe is None:
             return self
-        return dataclasses.replace(self, booster=self.probe, probe=None, routed=self.cross_fit is not None)
+        return dataclasses.replace(self, booster=self.probe, probe=None, cross_fit=None)
+
+    def cross_fitted(self) -> TrainedModel:
+        """What the gate measures: `held_out`, except that with cross-fit probes each
+        post-change row of the window is scored by the probe of its fold, which did not
+        train on it (`unseen_since`); rows after the window by the probe."""
+        if self.cross_fit is None or self.probe is None:
+            return self.held_out()
+        return dataclasses.replace(self, booster=self.probe, probe=None, routed=True)
 
     def predict(self, df: pd.DataFrame) -> Predictions:
         """Score a frame holding (at least) the model's feature columns (and, in the
-        held-out view of a cross-fit model, its timestamp column)."""
+        cross-fitted view, its timestamp column)."""
         x = prepare_features(df, self.features, self.categories)
         raw = self.booster.predict(_dmatrix(x, nthread=_nthread(self.params)))
         if self.routed and self.cross_fit is not None and len(x):
-            covered = self.cross_fit.covers(df)
-            if covered.any():
+            which = self.cross_fit.scorer(df)
+            if (which >= 0).any():
                 raw = np.array(raw, copy=True)
-                raw[covered] = self.cross_fit.booster.predict(_dmatrix(x[covered], nthread=_nthread(self.params)))
+                for i, fold in enumerate(self.cross_fit.folds):
+                    if (rows := which == i).any():
+                        raw[rows] = fold.booster.predict(_dmatrix(x[rows], nthread=_nthread(self.params)))
         return self.outputs(raw)
-
-    def unseen_since(self) -> pd.Timestamp | None:
-        """From when on (inclusive) the held-out view scores every row with a booster that
-        did not train on it, when the model knows it: a cross-fit model's change point
-        (rows before it trained both probes). None: the version's `evergreen.train_end` says
-        (rows after it)."""
-        return self.cross_fit.since if self.cross_fit is not None and self.probe is not None else None
 
     def outputs(self, raw: np.ndarray) -> Predictions:
         """Predictions from the booster's raw output (what `predict` and the serving fast
@@ -212,6 +230,13 @@ class TrainedModel:
         """Total gain per feature (0 for features the trees never split on)."""
         gain = self.booster.get_score(importance_type="total_gain")
         return {f: float(gain.get(f, 0.0)) for f in self.features}  # type: ignore[arg-type]
+
+    def unseen_since(self) -> pd.Timestamp | None:
+        """From when on (inclusive) the cross-fitted view scores every row with a booster
+        that did not train on it, when the model knows it: a cross-fit model's change point
+        (rows before it trained every probe). None: the version's `evergreen.train_end`
+        says (rows after it)."""
+        return self.cross_fit.since if self.cross_fit is not None and self.probe is not None else None
 
     def metadata(self) -> dict[str, Any]:
         """The JSON metadata stored next to the booster."""
@@ -259,8 +284,8 @@ class TrainedModel:
         files = {}
         if self.probe is not None:
             files[PROBE_FILE] = self.probe_bytes()
-        if self.cross_fit is not None:
-            files[CROSS_FIT_FILE] = bytes(self.cross_fit.booster.save_raw(raw_format="ubj"))
+        for i, fold in enumerate(self.cross_fit.folds if self.cross_fit is not None else []):
+            files[CROSS_FIT_FILE.format(i)] = bytes(fold.booster.save_raw(raw_format="ubj"))
         return files
 
     @classmethod
@@ -302,11 +327,12 @@ class TrainedModel:
 
         probe = extra_booster(PROBE_FILE, "probe booster") if meta.get("probe") else None
         cross_fit = None
-        if fold := meta.get("cross_fit"):
-            cross_fit = CrossFit(
-                extra_booster(CROSS_FIT_FILE, "cross-fit probe"), fold["column"],
-                pd.Timestamp(fold["since"]), pd.Timestamp(fold["until"]),
-            )
+        if fitted := meta.get("cross_fit"):
+            folds = [
+                Fold(extra_booster(CROSS_FIT_FILE.format(i), "cross-fit probe"), pd.Timestamp(f["since"]), pd.Timestamp(f["until"]))
+                for i, f in enumerate(fitted["folds"])
+            ]
+            cross_fit = CrossFit(folds, fitted["column"])
         return cls(
             booster=booster,
             features=list(meta["features"]),
@@ -507,8 +533,8 @@ def train_model_chunks(
     those of the FIT and VALIDATE rows (the probe's codes): a category seen only in the
     other rows scores as unseen.
 
-    `cross_fit` (with `final`): a second probe is trained, for the same rounds, on the rows
-    of the `final` roles but those it leaves out (`CrossFitPlan`), kept as `CrossFit`."""
+    `cross_fit` (with `final`): one probe per fold is trained, for the same rounds, on the
+    rows of the `final` roles but those of its fold (`CrossFitPlan`), kept as `CrossFit`."""
     cols, training = config.columns, config.training
     roles = np.asarray(roles)
     scan = _scan_rows(read, roles, config)
@@ -538,11 +564,15 @@ def train_model_chunks(
         )
         booster = xgb.train(params, final_rows, num_boost_round=best_iteration + 1, verbose_eval=False)
         del final_rows
-        if cross_fit is not None and cross_fit.left_out.any():
-            fold_roles = np.where(cross_fit.left_out, OTHER, roles)
-            fold_rows = _quantile_matrix(read, fold_roles, config, categories, tuple(final), weights=cross_fit.weights)
-            fold = xgb.train(params, fold_rows, num_boost_round=best_iteration + 1, verbose_eval=False)
-            fitted = CrossFit(fold, cross_fit.column, cross_fit.since, cross_fit.until)
+        if cross_fit is not None and cross_fit.folds:
+            folds = []
+            for plan in cross_fit.folds:
+                fold_roles = np.where(plan.left_out, OTHER, roles)
+                fold_rows = _quantile_matrix(read, fold_roles, config, categories, tuple(final), weights=plan.weights)
+                fold = xgb.train(params, fold_rows, num_boost_round=best_iteration + 1, verbose_eval=False)
+                del fold_rows
+                folds.append(Fold(fold, plan.since, plan.until))
+            fitted = CrossFit(folds, cross_fit.column)
     return TrainedModel(
         booster=booster,
         features=list(cols.features),
@@ -562,16 +592,22 @@ def train_model_chunks(
 
 
 @dataclass(frozen=True)
-class CrossFitPlan:
-    """The rows `train_model_chunks` leaves out of the cross-fit probe (`left_out[i]` for
-    the i-th row: the window's post-change training rows), the probe's row weights, and
-    the span those rows cover (`CrossFit`)."""
+class FoldPlan:
+    """The rows one cross-fit probe leaves out (`left_out[i]` for the window's i-th row: the
+    post-change rows stamped `since` through `until`) and its weight per row."""
 
     left_out: np.ndarray
     weights: np.ndarray | None
-    column: str
     since: pd.Timestamp
     until: pd.Timestamp
+
+
+@dataclass(frozen=True)
+class CrossFitPlan:
+    """What `train_model_chunks` trains the cross-fit probes on (`CrossFit`)."""
+
+    folds: list[FoldPlan]
+    column: str
 
 
 @dataclass

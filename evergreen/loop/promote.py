@@ -61,11 +61,11 @@ def promote(
     fresh = run.part("load-fresh-labelled-data", fresh_rows, ports, config, after, since, io=True)
     if (msg := sources.gate_evidence_shortfall(len(fresh), config)) is not None:
         return Outcome(PromotionResult(model_name=name, decision="failed", reasons=[msg]), msg, "NotEnoughData", True)
-    # Each model as fit without its own evaluation hold-out (`TrainedModel.held_out`): the
-    # fresh rows are ones neither saw (`evidence_span`).
-    ch = run.part("measure-model", scoring.measure_model, challenger.model.held_out(), fresh, config, challenger.version.version)
+    # Each model as fit without its own evaluation hold-out, or its cross-fit probes
+    # (`TrainedModel.cross_fitted`): the fresh rows are ones neither saw (`evidence_span`).
+    ch = run.part("measure-model", scoring.measure_model, challenger.model.cross_fitted(), fresh, config, challenger.version.version)
     cp = (
-        run.part("measure-model", scoring.measure_model, champion.model.held_out(), fresh, config, champion.version.version)
+        run.part("measure-model", scoring.measure_model, champion.model.cross_fitted(), fresh, config, champion.version.version)
         if champion is not None
         else None
     )
@@ -134,7 +134,7 @@ def fresh_rows(ports: Ports, config: ModelConfig, after: str | None, since: str 
 
 def evidence_span(models: list[registry.LoadedModel | None]) -> tuple[str | None, str | None]:
     """The rows the gate may judge these models on, as (after, since): those no model's
-    held-out view (`TrainedModel.held_out`) trained on. A model that knows from when on
+    cross-fitted view (`TrainedModel.cross_fitted`) trained on. A model that knows from when on
     that holds (`TrainedModel.unseen_since`: an alert episode's cross-fit model, from its
     change point on) bounds them by `since` (inclusive); any other by `after` (exclusive),
     its training rows' end (`evergreen.train_end`). The latest bound of each kind wins."""

@@ -55,7 +55,7 @@ class RowHoldOut:
     # per window row, for the final refit on every row (`train_rows`): the post-change
     # weights over the hold-out too
     final_weights: np.ndarray | None = None
-    # in an alert episode, the rows the cross-fit probe leaves out (`cross_fit_rows`)
+    # in an alert episode, the folds of the cross-fit probes (`cross_fit_rows`)
     cross_fit: CrossFitPlan | None = None
 
     @property
@@ -152,6 +152,10 @@ def hold_out_rows(
     )
 
 
+# Fewest post-change rows per cross-fit fold (fewer post-change rows: fewer folds).
+MIN_FOLD_ROWS = 100
+
+
 def cross_fit_rows(
     timestamps: pd.Series,
     trained: np.ndarray,
@@ -159,31 +163,42 @@ def cross_fit_rows(
     train_end: pd.Timestamp | None,
     config: ModelConfig,
 ) -> CrossFitPlan | None:
-    """The cross-fit probe of an alert episode's retrain (`training.CrossFit`): it leaves out
-    the rows stamped from the change point through the end of the training rows (the
-    post-change rows the first probe learned from) and learns from the rest, the hold-out
-    included, weighed as the final refit weighs its rows (`window.post_change_weights`).
-    The two probes then score each post-change row without having trained on it, and the
-    gate judges on all of them: twice the hold-out's rows while post-change rows are few,
-    and the gate's interval shrinks by about sqrt(2). None outside an episode, without
-    `training.refit_on_holdout` (the hold-out is then never trained on) or when no training
-    row is from after the change (the hold-out holds every post-change row)."""
+    """The cross-fit probes of an alert episode's retrain (`training.CrossFit`): the
+    window's rows stamped at or after the change point, cut by time into
+    `gate.cross_fit_folds` folds of about as many rows (a fold ends where the next one's
+    time begins: rows with the same time share a fold), at least `MIN_FOLD_ROWS` each.
+    Each probe learns from every other row of the window, weighed as the final refit weighs
+    its rows (`window.post_change_weights`), and scores its fold: with k folds each learns
+    from (k-1)/k of the new world, so its gain is near the final model's, and the gate
+    judges on every post-change row. None outside an episode, without
+    `training.refit_on_holdout` (the hold-out is then never trained on), with fewer than
+    two folds, or when no training row is from after the change (nothing would learn the
+    new world but from the hold-out)."""
     from evergreen.decisions.window import post_change_weights
-    from evergreen.engines.training import CrossFitPlan
+    from evergreen.engines.training import CrossFitPlan, FoldPlan
     from evergreen.times import utc, utc_series
 
     if change_point is None or train_end is None or not config.training.refit_on_holdout:
         return None
     stamps = utc_series(timestamps).reset_index(drop=True)
-    since, until = utc(change_point), utc(train_end)
-    left_out = ((stamps >= since) & (stamps <= until)).to_numpy()
-    if not (left_out & trained).any() or left_out.all():
+    post = (stamps >= utc(change_point)).to_numpy()
+    k = min(config.gate.cross_fit_folds, int(post.sum()) // MIN_FOLD_ROWS)
+    if k < 2 or not (post & trained).any():
         return None
-    weights = np.ones(len(left_out))
-    kept = post_change_weights(timestamps[~left_out], change_point, config.retrain.post_change_weight)
-    if kept is not None:
-        weights[~left_out] = kept
-    return CrossFitPlan(left_out, weights, config.columns.timestamp, since, until)
+    times = stamps[post].sort_values(ignore_index=True)
+    starts = sorted({times.iloc[(i * len(times)) // k] for i in range(k)})
+    folds = []
+    for i, begin in enumerate(starts):
+        inside = post & (stamps >= begin).to_numpy()
+        if i + 1 < len(starts):
+            inside &= (stamps < starts[i + 1]).to_numpy()
+        weights = np.ones(len(inside))
+        kept = post_change_weights(timestamps[~inside], change_point, config.retrain.post_change_weight)
+        if kept is not None:
+            weights[~inside] = kept
+        since, until = stamps[inside].min(), stamps[inside].max()
+        folds.append(FoldPlan(inside, weights, since, until))
+    return CrossFitPlan(folds, config.columns.timestamp) if len(folds) >= 2 else None
 
 
 def validate_window(plan, suite):  # noqa: ANN001, ANN201 - WindowPlan, SuiteSpec -> ValidationReport
@@ -199,7 +214,7 @@ def train_rows(read: Callable[[list[str], np.ndarray | None], Iterable[tuple[int
     evaluation hold-out included, for the rounds early stopping chose, and the model without
     the hold-out is kept as its probe (`TrainedModel.held_out`): the hold-out is the newest
     data, after a change the most valuable, and the gate measures the probe on it (in an
-    alert episode with the cross-fit probe on the other post-change rows: `cross_fit_rows`)."""
+    alert episode it scores the post-change rows with its cross-fit probes: `cross_fit_rows`)."""
     from evergreen.engines.training import FIT, VALIDATE, train_model_chunks
 
     final = (FIT, VALIDATE, EVALUATE) if config.training.refit_on_holdout else None

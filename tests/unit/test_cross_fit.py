@@ -46,76 +46,92 @@ def _train(frame, change, cfg):
     return holdout, retraining.train_rows(_reader(frame), holdout, cfg)
 
 
-def test_the_cross_fit_probe_leaves_out_the_post_change_training_rows(episode, toy_config) -> None:
+def test_each_cross_fit_probe_leaves_out_its_fold_of_the_post_change_rows(episode, toy_config) -> None:
     frame, change = episode
     cfg = toy_config()
     holdout, model = _train(frame, change, cfg)
     stamps = frame["timestamp"]
-    trained = holdout.roles != retraining.EVALUATE
-    fold_one = ((stamps >= change) & trained).to_numpy()
-    assert fold_one.sum() == 600 and (holdout.roles[(stamps >= change).to_numpy() & ~fold_one] == retraining.EVALUATE).all()
+    post = (stamps >= change).to_numpy()
     plan = holdout.cross_fit
-    assert plan is not None and (plan.left_out == fold_one).all()
-    assert plan.since == pd.Timestamp(change, tz="UTC") and plan.until == pd.Timestamp(holdout.train_end, tz="UTC")
-    # weighed as the final refit weighs the rows it keeps: post-change rows (the hold-out
-    # here) carry `retrain.post_change_weight` of the weight
-    kept_post = (stamps >= change).to_numpy() & ~fold_one
-    share = plan.weights[kept_post].sum() / plan.weights[~fold_one].sum()
-    assert share == pytest.approx(cfg.retrain.post_change_weight)
-
-    # the probe is the recipe (same rounds, categories, params) on exactly the kept rows
-    assert model.cross_fit is not None and model.probe is not None
+    assert plan is not None and len(plan.folds) == cfg.gate.cross_fit_folds == 4
+    left_out = np.array([f.left_out for f in plan.folds])
+    assert (left_out.sum(axis=0) == post).all()  # every post-change row in exactly one fold
+    assert [int(f.sum()) for f in left_out] == [300, 300, 300, 300]
+    assert all(a.until < b.since for a, b in zip(plan.folds, plan.folds[1:], strict=False))  # in time order
+    assert plan.folds[0].since == pd.Timestamp(change, tz="UTC")
+    assert (holdout.roles[post & ~left_out[0] & ~left_out[1]] == retraining.EVALUATE).all()  # the newest half is the hold-out
+    assert model.cross_fit is not None and model.probe is not None and len(model.cross_fit.folds) == 4
     params = {k: v for k, v in model.params.items() if k != "refit_full"}
-    roles = np.where(fold_one, training.OTHER, holdout.roles)
-    kept = training._quantile_matrix(
-        _reader(frame), roles, cfg, model.categories, (training.FIT, training.VALIDATE, retraining.EVALUATE),
-        weights=plan.weights,
-    )
-    expected = training.xgb.train(params, kept, num_boost_round=model.best_iteration + 1, verbose_eval=False)
-    assert bytes(model.cross_fit.booster.save_raw(raw_format="ubj")) == bytes(expected.save_raw(raw_format="ubj"))
+    for fold_plan, fold in zip(plan.folds, model.cross_fit.folds, strict=True):
+        # weighed as the final refit weighs the rows it keeps: its post-change rows carry
+        # `retrain.post_change_weight` of the weight
+        kept_post = post & ~fold_plan.left_out
+        share = fold_plan.weights[kept_post].sum() / fold_plan.weights[~fold_plan.left_out].sum()
+        assert share == pytest.approx(cfg.retrain.post_change_weight)
+        # the probe is the recipe (same rounds, categories, params) on exactly the kept rows
+        roles = np.where(fold_plan.left_out, training.OTHER, holdout.roles)
+        kept = training._quantile_matrix(
+            _reader(frame), roles, cfg, model.categories, (training.FIT, training.VALIDATE, retraining.EVALUATE),
+            weights=fold_plan.weights,
+        )
+        expected = training.xgb.train(params, kept, num_boost_round=model.best_iteration + 1, verbose_eval=False)
+        assert bytes(fold.booster.save_raw(raw_format="ubj")) == bytes(expected.save_raw(raw_format="ubj"))
+        assert (fold.since, fold.until) == (fold_plan.since, fold_plan.until)
 
 
-def test_the_held_out_view_scores_each_row_with_a_probe_that_did_not_train_on_it(episode, toy_config, tmp_path) -> None:
+def test_the_cross_fitted_view_scores_each_row_with_a_probe_that_did_not_train_on_it(episode, toy_config, tmp_path) -> None:
     frame, change = episode
     cfg = toy_config()
     holdout, model = _train(frame, change, cfg)
-    fold_one = holdout.cross_fit.left_out
-    held = model.held_out()
-    probe_only = TrainedModel(**{**model.__dict__, "booster": model.probe, "probe": None, "cross_fit": None})
-    fold_only = TrainedModel(**{**model.__dict__, "booster": model.cross_fit.booster, "probe": None, "cross_fit": None})
-    routed = held.predict(frame).probability
-    assert np.array_equal(routed[fold_one], fold_only.predict(frame[fold_one]).probability)
-    assert np.array_equal(routed[~fold_one], probe_only.predict(frame[~fold_one]).probability)
-    # the served model never routes, whatever the frame holds
-    assert np.array_equal(model.predict(frame).probability, model.predict(frame.drop(columns="timestamp")).probability)
+    gated = model.cross_fitted()
+    routed = gated.predict(frame).probability
+    probe_only = model.held_out()
+    assert probe_only.cross_fit is None and not probe_only.routed  # the evaluation and the reference: the probe alone
+    post = (frame["timestamp"] >= change).to_numpy()
+    assert np.array_equal(routed[~post], probe_only.predict(frame[~post]).probability)
+    for plan, fold in zip(holdout.cross_fit.folds, model.cross_fit.folds, strict=True):
+        alone = TrainedModel(**{**model.__dict__, "booster": fold.booster, "probe": None, "cross_fit": None})
+        assert np.array_equal(routed[plan.left_out], alone.predict(frame[plan.left_out]).probability)
+    # the served model and the probe never route, whatever the frame holds
+    no_time = frame.drop(columns="timestamp")
+    assert np.array_equal(model.predict(frame).probability, model.predict(no_time).probability)
+    assert np.array_equal(probe_only.predict(frame).probability, probe_only.predict(no_time).probability)
     with pytest.raises(ValueError, match="timestamp"):
-        held.predict(frame.drop(columns="timestamp"))
-    # on the post-change rows the probes saw least, each is better than the other probe (it saw them)
+        gated.predict(no_time)
     from sklearn.metrics import roc_auc_score
 
-    post = (frame["timestamp"] >= change).to_numpy()
     y = frame["target"].to_numpy()
+    # out of fold is harder than in sample: the final model trained on these rows
     assert roc_auc_score(y[post], routed[post]) < roc_auc_score(y[post], model.predict(frame[post]).probability)
 
     model.save(str(tmp_path / "m"))
     meta = json.loads((tmp_path / "m" / METADATA_FILE).read_text())
-    assert (tmp_path / "m" / CROSS_FIT_FILE).exists() and meta["cross_fit"]["column"] == "timestamp"
+    assert meta["cross_fit"]["column"] == "timestamp" and len(meta["cross_fit"]["folds"]) == 4
+    assert all((tmp_path / "m" / CROSS_FIT_FILE.format(i)).exists() for i in range(4))
     loaded = TrainedModel.load(str(tmp_path / "m"))
     assert loaded.unseen_since() == model.unseen_since() == pd.Timestamp(change, tz="UTC")
-    assert np.array_equal(loaded.held_out().predict(frame).probability, routed)
+    assert np.array_equal(loaded.cross_fitted().predict(frame).probability, routed)
     assert np.array_equal(loaded.predict(frame).probability, model.predict(frame).probability)
 
 
-def test_no_cross_fit_outside_an_episode_or_without_the_refit(episode, toy_config) -> None:
+def test_no_cross_fit_outside_an_episode_without_the_refit_or_folds(episode, toy_config) -> None:
     frame, change = episode
     stamps = frame["timestamp"]
-    assert retraining.hold_out_rows(stamps, lambda p: frame.iloc[p], toy_config()).cross_fit is None
-    assert retraining.hold_out_rows(stamps, lambda p: frame.iloc[p], toy_config(refit_on_holdout=False), change).cross_fit is None
-    # every post-change row held out (a change in the last rows): nothing to cross-fit
-    late = stamps.iloc[-100]
-    assert retraining.hold_out_rows(stamps, lambda p: frame.iloc[p], toy_config(), late).cross_fit is None
+
+    def plan(cfg, change_point):
+        return retraining.hold_out_rows(stamps, lambda p: frame.iloc[p], cfg, change_point).cross_fit
+
+    assert plan(toy_config(), None) is None
+    assert plan(toy_config(refit_on_holdout=False), change) is None
+    from evergreen.config import parse_config
+
+    no_folds = parse_config({**toy_config().model_dump(mode="json"), "gate": {"cross_fit_folds": 0}})
+    assert plan(no_folds, change) is None
+    # few post-change rows: fewer folds, at least MIN_FOLD_ROWS each
+    assert len(plan(toy_config(), stamps.iloc[-250]).folds) == 2
+    assert plan(toy_config(), stamps.iloc[-150]) is None
     holdout, model = _train(frame, None, toy_config())
-    assert model.cross_fit is None and model.unseen_since() is None and model.held_out().routed is False
+    assert model.cross_fit is None and model.unseen_since() is None and model.cross_fitted().routed is False
 
 
 def _loaded(unseen_since=None, train_end=None):
