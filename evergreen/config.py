@@ -279,7 +279,7 @@ class RetrainPolicyConfig(_Section):
         2.0, ge=1, description="another retrain for the same episode needs this many times the post-change rows of the last"
     )
     settle_growth: float | None = Field(
-        2.0,
+        3.0,
         ge=1,
         description=(
             "after an episode's retrain replaced the champion, one refresh once the post-change labelled rows "

@@ -183,7 +183,6 @@ class Attempt:
     version: str
     status: str | None
     post_change_rows: int | None = None
-    evidence_factor: float | None = None  # a rejected one: `gate.evidence_factor` of its gate
 
 
 @dataclass(frozen=True)
@@ -400,10 +399,10 @@ def decide_episode_retrain(state: LoopState, config: RetrainPolicyConfig, reques
             f"retrain.max_attempts_per_episode={config.max_attempts_per_episode})",
             "attempts",
         )
-    # A rejected attempt's retry waits for the growth its gate's interval asked for, if any.
-    growth = {a.version: retry_growth(a.evidence_factor, config) for a in failed if a.evidence_factor is not None}
+    # A rejected attempt's retry waits for `evidence_growth` times its post-change rows: the
+    # gate's interval narrows, and the cross-fit probes learn from more of the new world.
     basis = [a.post_change_rows for a in failed if a.post_change_rows is not None]
-    grown = [a.post_change_rows * growth.get(a.version, config.evidence_growth) for a in failed if a.post_change_rows is not None]
+    grown = [a.post_change_rows * config.evidence_growth for a in failed if a.post_change_rows is not None]
     if requested_counts and episode.requested is not None:
         basis.append(episode.requested)
         grown.append(episode.requested * config.evidence_growth)
@@ -412,10 +411,9 @@ def decide_episode_retrain(state: LoopState, config: RetrainPolicyConfig, reques
     if rows is None:
         return StartCheck(False, f"deferred: the post-change labelled rows of {since} are not known", "deferred")
     if rows < needed:
-        asked = f"; its gate's interval asked for {max(growth.values()):.1f}x the rows" if growth else ""
         what = (
             f"the last attempt ran on {max(basis):,} rows; another needs {needed:,} "
-            f"(retrain.evidence_growth={config.evidence_growth:g}{asked})"
+            f"(retrain.evidence_growth={config.evidence_growth:g})"
             if basis
             else f"its retrain waits for {needed:,} (retrain.min_post_change_rows; labels arrive after their batch)"
         )
@@ -432,15 +430,6 @@ def decide_episode_retrain(state: LoopState, config: RetrainPolicyConfig, reques
     if not start.allowed:
         return start
     return StartCheck(True, f"{since}: {rows:,} labelled post-change rows (>= {needed:,}); {start.reason}")
-
-
-def retry_growth(evidence_factor: float, config: RetrainPolicyConfig) -> float:
-    """The growth of post-change rows a retry waits for after a gate whose interval said it
-    needed `evidence_factor` times the rows: at least `retrain.evidence_growth`, at most its
-    square (the estimate assumes the same gain, while the retry learns from more of the new
-    world, so its gain usually grows; the cap keeps a retry within the episode's reach)."""
-    g = config.evidence_growth
-    return min(max(evidence_factor, g), g * g)
 
 
 def _settling_retrain(state: LoopState, config: RetrainPolicyConfig, since: str, requested_counts: bool) -> StartCheck:

@@ -15,7 +15,7 @@ import pandas as pd
 
 from evergreen.adapters import io
 from evergreen.adapters.ports import BatchStore, ModelRegistry
-from evergreen.adapters.registry import CANARY, CHAMPION, GATE_EVIDENCE_TAG, VersionInfo
+from evergreen.adapters.registry import CANARY, CHAMPION, VersionInfo
 from evergreen.config import ModelConfig
 from evergreen.decisions import policy
 from evergreen.decisions.episodes import Episode
@@ -125,7 +125,7 @@ def build_loop_state(
         except io.DataReadError:
             post_change = None
     attempts = tuple(
-        policy.Attempt(v.version, v.status, _tag_int(v, POST_CHANGE_ROWS_TAG), _evidence_factor(v))
+        policy.Attempt(v.version, v.status, _tag_int(v, POST_CHANGE_ROWS_TAG))
         for v in versions
         if episode is not None and v.tags.get(EPISODE_TAG) == episode.id
     )
@@ -223,15 +223,6 @@ def post_change_needed(config: ModelConfig) -> int:
 
     given = config.retrain.min_post_change_rows
     return given if given is not None else 2 * gate_min_rows(config)
-
-
-def _evidence_factor(version: VersionInfo) -> float | None:
-    """`gate.evidence_factor` of a rejected version's gate (None: none recorded)."""
-    raw = version.tags.get(GATE_EVIDENCE_TAG) if version.status == "rejected" else None
-    try:
-        return float(raw) if raw else None
-    except ValueError:
-        return None
 
 
 def _tag_int(version: VersionInfo, tag: str) -> int | None:

@@ -381,7 +381,7 @@ def test_the_episodes_own_replacement_settles_it_and_one_refresh_follows(toy_con
     """v2, retrained for the episode on 5,000 post-change rows, replaced v1: the episode stays
     open (settling) through quiet batches, requests one refresh when the post-change rows have
     doubled, and ends when that refresh is decided. Only the default policy settles."""
-    pol = _policy(episode_quiet_batches=1)
+    pol = _policy(episode_quiet_batches=1, settle_growth=2.0)
     own = (Attempt("2", "champion", 5000),)
     quiet = _observe(toy_config)
     step = decide(quiet, _open(post_change_rows=7000, champion="2", attempts=own), pol)
@@ -408,9 +408,11 @@ def test_the_episodes_own_replacement_settles_it_and_one_refresh_follows(toy_con
         assert closed.transition == "closed" and EPISODE_CLOSED in closed.events
 
 
-def test_a_retry_waits_for_the_rows_its_gates_interval_asked_for(toy_config) -> None:
-    """A gate whose interval [-0.01, +0.03] had the gain at +0.01 needed ~4x its rows; the
-    retry waits for that (at least evidence_growth, at most its square), not just 2x."""
+def test_a_retry_waits_for_evidence_growth_times_the_rows_of_the_failed_attempt(toy_config) -> None:
+    """A rejected attempt on 2,500 post-change rows: the retry waits for 2 x 2,500 (its
+    interval narrows by sqrt(2) and its cross-fit probes learn from twice the new world).
+    The interval's own estimate of the rows it needed (`gate.evidence_factor`, +0.01 in
+    [-0.01, +0.03]: 4x) stays on the version as information."""
     factor = gate.evidence_factor(
         {"checks": [{"name": "bootstrap", "passed": False, "value": -0.01, "high": 0.03, "threshold": 0.0}]}
     )
@@ -422,9 +424,8 @@ def test_a_retry_waits_for_the_rows_its_gates_interval_asked_for(toy_config) -> 
     ):
         assert gate.evidence_factor(passed_or_worse) is None
     drift = _observe(toy_config, drifted=2)
-    rejected = (Attempt("2", "rejected", 2500, evidence_factor=3.0),)
-    wait = decide(drift, _open(post_change_rows=6000, attempts=rejected), _policy())
-    assert wait.blocked_by == "deferred" and "7,500" in wait.reason and "3.0x" in wait.reason
-    assert decide(drift, _open(post_change_rows=7500, attempts=rejected), _policy()).retrain
-    capped = (Attempt("2", "rejected", 2500, evidence_factor=50.0),)
-    assert decide(drift, _open(post_change_rows=10_000, attempts=capped), _policy()).retrain  # 2500 x 2^2
+    rejected = (Attempt("2", "rejected", 2500),)
+    wait = decide(drift, _open(post_change_rows=4999, attempts=rejected), _policy())
+    assert wait.blocked_by == "deferred" and "another needs 5,000" in wait.reason
+    assert decide(drift, _open(post_change_rows=5000, attempts=rejected), _policy()).retrain
+    assert not decide(drift, _open(post_change_rows=5000, attempts=rejected), _policy(evidence_growth=3.0)).retrain
