@@ -279,7 +279,7 @@ class TrainedModel:
         return bytes(self.probe.save_raw(raw_format="ubj"))
 
     def extra_boosters(self) -> dict[str, bytes]:
-        """The files beside the booster and the metadata: the probe and the cross-fit probe
+        """The files beside the booster and the metadata: the probe and the cross-fit probes
         (UBJSON), as `save` writes them and `load` reads them."""
         files = {}
         if self.probe is not None:

@@ -11,7 +11,7 @@ import logging
 import threading
 import time
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime
 from functools import cached_property
 from typing import Any
@@ -131,7 +131,8 @@ def load_from_registry(model_name: str, version: str) -> ServedModel:
     from evergreen.apps.serving.fastpath import build_scorer
 
     loaded = load_version(model_name, version)
-    model = loaded.model
+    # The service scores with the booster alone: the probes (what the gate measures) are let go.
+    model = replace(loaded.model, probe=None, cross_fit=None)
     return ServedModel(
         version=loaded.version.version,
         run_id=loaded.version.run_id,
