@@ -160,10 +160,11 @@ def log_model(model: Any, input_example: Any) -> Any:
         meta = Path(tmp) / METADATA_FILE
         meta.write_text(json.dumps(model.metadata(), indent=2, sort_keys=True), encoding="utf-8")
         extra = [str(meta)]
-        # the probes (the model without the hold-out, and the cross-fit one): what the gate measures
+        # the probes (the model without the hold-out, and the cross-fit ones): what the gate measures
         for file_name, data in model.extra_boosters().items():
-            (Path(tmp) / file_name).write_bytes(data)
-            extra.append(str(Path(tmp) / file_name))
+            path = Path(tmp) / file_name
+            path.write_bytes(data)
+            extra.append(str(path))
         return mlflow.xgboost.log_model(
             model.booster,
             name=MODEL_ARTIFACT,

@@ -552,26 +552,23 @@ def train_model_chunks(
     score, metric = float(booster.best_score), str(params["eval_metric"][-1])
     n_train, n_validation = dtrain.num_row(), dval.num_row()
     del dtrain, dval
-    if refit_full:
-        booster = xgb.train(params, matrix((FIT, VALIDATE)), num_boost_round=best_iteration + 1, verbose_eval=False)
-    else:
-        booster = booster[: best_iteration + 1]
+
+    def refit(row_roles: np.ndarray, wanted: tuple[int, ...], row_weights: np.ndarray | None) -> xgb.Booster:
+        """The chosen recipe (params, rounds, categories) on the rows whose role is `wanted`;
+        their matrix is let go once trained on."""
+        rows = _quantile_matrix(read, row_roles, config, categories, wanted, weights=row_weights)
+        return xgb.train(params, rows, num_boost_round=best_iteration + 1, verbose_eval=False)
+
+    booster = refit(roles, (FIT, VALIDATE), weights) if refit_full else booster[: best_iteration + 1]
     probe = fitted = None
     if final is not None and np.isin(roles, final).sum() > np.isin(roles, (FIT, VALIDATE)).sum():
         probe = booster
-        final_rows = _quantile_matrix(
-            read, roles, config, categories, tuple(final), weights=weights if final_weights is None else final_weights
-        )
-        booster = xgb.train(params, final_rows, num_boost_round=best_iteration + 1, verbose_eval=False)
-        del final_rows
+        booster = refit(roles, tuple(final), weights if final_weights is None else final_weights)
         if cross_fit is not None and cross_fit.folds:
-            folds = []
-            for plan in cross_fit.folds:
-                fold_roles = np.where(plan.left_out, OTHER, roles)
-                fold_rows = _quantile_matrix(read, fold_roles, config, categories, tuple(final), weights=plan.weights)
-                fold = xgb.train(params, fold_rows, num_boost_round=best_iteration + 1, verbose_eval=False)
-                del fold_rows
-                folds.append(Fold(fold, plan.since, plan.until))
+            folds = [
+                Fold(refit(np.where(plan.left_out, OTHER, roles), tuple(final), plan.weights), plan.since, plan.until)
+                for plan in cross_fit.folds
+            ]
             fitted = CrossFit(folds, cross_fit.column)
     return TrainedModel(
         booster=booster,
