@@ -10,7 +10,7 @@ import numpy as np
 import pandas as pd
 
 from evergreen.adapters import registry, tracking
-from evergreen.loop import retraining
+from tests.rows import episode_retrain
 from tests.serving.serving_support import FEATURES, make_config, make_frame
 
 
@@ -19,14 +19,7 @@ def _episode_model(cfg):
     frame = pd.concat([make_frame(1400, seed=3), make_frame(600, seed=4, flip=True)], ignore_index=True)
     frame["timestamp"] = pd.Timestamp("2024-03-01") + pd.to_timedelta(np.arange(len(frame)) * 30, unit="s")
     change = frame["timestamp"].iloc[1400]
-
-    def read(columns, needed):
-        for start in range(0, len(frame), 500):
-            if needed is None or needed[start : start + 500].any():
-                yield start, frame[columns].iloc[start : start + 500]
-
-    holdout = retraining.hold_out_rows(frame["timestamp"], lambda p: frame.iloc[p], cfg, change)
-    return frame, retraining.train_rows(read, holdout, cfg)
+    return frame, episode_retrain(frame, change, cfg)[1]
 
 
 def test_the_registry_keeps_the_cross_fit_probes_and_the_service_lets_them_go(tmp_path: Path) -> None:

@@ -15,15 +15,7 @@ from evergreen.engines import training
 from evergreen.engines.training import CROSS_FIT_FILE, METADATA_FILE, TrainedModel
 from evergreen.loop import retraining
 from evergreen.loop.promote import evidence_span
-
-
-def _reader(frame: pd.DataFrame, size: int = 500):
-    def read(columns, needed):
-        for start in range(0, len(frame), size):
-            if needed is None or needed[start : start + size].any():
-                yield start, frame[columns].iloc[start : start + size]
-
-    return read
+from tests.rows import episode_retrain, frame_reader
 
 
 @pytest.fixture
@@ -38,18 +30,10 @@ def episode(toy_frame):
     return frame, change
 
 
-def _train(frame, change, cfg):
-    def take(positions):
-        return frame.iloc[positions].reset_index(drop=True)
-
-    holdout = retraining.hold_out_rows(frame["timestamp"], take, cfg, change)
-    return holdout, retraining.train_rows(_reader(frame), holdout, cfg)
-
-
 def test_each_cross_fit_probe_leaves_out_its_fold_of_the_post_change_rows(episode, toy_config) -> None:
     frame, change = episode
     cfg = toy_config()
-    holdout, model = _train(frame, change, cfg)
+    holdout, model = episode_retrain(frame, change, cfg)
     stamps = frame["timestamp"]
     post = (stamps >= change).to_numpy()
     plan = holdout.cross_fit
@@ -71,7 +55,7 @@ def test_each_cross_fit_probe_leaves_out_its_fold_of_the_post_change_rows(episod
         # the probe is the recipe (same rounds, categories, params) on exactly the kept rows
         roles = np.where(fold_plan.left_out, training.OTHER, holdout.roles)
         kept = training._quantile_matrix(
-            _reader(frame), roles, cfg, model.categories, (training.FIT, training.VALIDATE, retraining.EVALUATE),
+            frame_reader(frame), roles, cfg, model.categories, (training.FIT, training.VALIDATE, retraining.EVALUATE),
             weights=fold_plan.weights,
         )
         expected = training.xgb.train(params, kept, num_boost_round=model.best_iteration + 1, verbose_eval=False)
@@ -82,7 +66,7 @@ def test_each_cross_fit_probe_leaves_out_its_fold_of_the_post_change_rows(episod
 def test_the_cross_fitted_view_scores_each_row_with_a_probe_that_did_not_train_on_it(episode, toy_config, tmp_path) -> None:
     frame, change = episode
     cfg = toy_config()
-    holdout, model = _train(frame, change, cfg)
+    holdout, model = episode_retrain(frame, change, cfg)
     gated = model.cross_fitted()
     routed = gated.predict(frame).probability
     probe_only = model.held_out()
@@ -130,7 +114,7 @@ def test_no_cross_fit_outside_an_episode_without_the_refit_or_folds(episode, toy
     # few post-change rows: fewer folds, at least MIN_FOLD_ROWS each
     assert len(plan(toy_config(), stamps.iloc[-250]).folds) == 2
     assert plan(toy_config(), stamps.iloc[-150]) is None
-    holdout, model = _train(frame, None, toy_config())
+    holdout, model = episode_retrain(frame, None, toy_config())
     assert model.cross_fit is None and model.unseen_since() is None and model.cross_fitted().routed is False
 
 

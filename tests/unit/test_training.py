@@ -21,6 +21,7 @@ from evergreen.engines.training import (
     split_by_time,
     train_model,
 )
+from tests.rows import frame_reader
 
 
 @pytest.fixture
@@ -214,17 +215,6 @@ def test_search_stays_within_grid(frame, toy_config):
 # ----------------------------------------------------------------------------- in chunks
 
 
-def _reader(frame: pd.DataFrame, size: int):
-    """A RowReader over an in-memory frame, `size` rows a chunk, skipping unneeded chunks."""
-
-    def read(columns, needed):
-        for start in range(0, len(frame), size):
-            if needed is None or needed[start : start + size].any():
-                yield start, frame[columns].iloc[start : start + size]
-
-    return read
-
-
 def _roles(frame: pd.DataFrame, cfg) -> np.ndarray:
     from evergreen.loop.retraining import split_rows
 
@@ -245,7 +235,7 @@ def test_training_in_chunks_matches_training_in_memory_on_the_bench_data() -> No
     holdout = hold_out_recent(frame, cfg)
     in_memory = train_model(holdout.train, cfg)
     roles = _roles(frame, cfg)
-    chunked = train_model_chunks(_reader(frame, 7_000), roles, cfg)
+    chunked = train_model_chunks(frame_reader(frame, 7_000), roles, cfg)
     evaluation = frame[roles == EVALUATE]
     assert len(evaluation) == len(holdout.evaluation)
     auc = [roc_auc_score(evaluation["target"], m.predict(evaluation).probability) for m in (in_memory, chunked)]
@@ -261,8 +251,8 @@ def test_training_in_chunks_is_deterministic_and_independent_of_nothing_but_the_
 
     cfg = toy_config()
     roles = _roles(frame, cfg)
-    a = train_model_chunks(_reader(frame, size), roles, cfg)
-    b = train_model_chunks(_reader(frame, size), roles, cfg)
+    a = train_model_chunks(frame_reader(frame, size), roles, cfg)
+    b = train_model_chunks(frame_reader(frame, size), roles, cfg)
     assert a.to_bytes() == b.to_bytes()
     assert a.categories == fit_categories(frame[roles != 2], cfg.columns)
 
@@ -275,7 +265,7 @@ def test_training_in_chunks_fixes_categories_from_the_training_rows_only(frame, 
     roles = _roles(frame, cfg)
     frame = frame.copy()
     frame.loc[roles == 2, "color"] = "violet"
-    model = train_model_chunks(_reader(frame, 300), roles, cfg)
+    model = train_model_chunks(frame_reader(frame, 300), roles, cfg)
     assert "violet" not in model.categories["color"]
     assert model.predict(frame[roles == 2]).probability.shape == ((roles == 2).sum(),)
 
@@ -285,14 +275,14 @@ def test_training_in_chunks_multiclass_and_regression(toy_frame, toy_config) -> 
 
     reg = toy_config("regression")
     frame = toy_frame(1200, seed=4, regression=True)
-    model = train_model_chunks(_reader(frame, 250), _roles(frame, reg), reg)
+    model = train_model_chunks(frame_reader(frame, 250), _roles(frame, reg), reg)
     assert model.problem_type == "regression" and model.predict(frame.head(5)).probability is None
 
     from tests.unit.test_multiclass import make_frame, mc_config
 
     mc = mc_config()
     frame = make_frame(1500, seed=2)
-    model = train_model_chunks(_reader(frame, 333), _roles(frame, mc), mc)
+    model = train_model_chunks(frame_reader(frame, 333), _roles(frame, mc), mc)
     assert model.classes == train_model(frame, mc).classes
     assert model.predict(frame.head(7)).probability.shape == (7, len(mc.classes))
 
@@ -303,9 +293,9 @@ def test_training_in_chunks_checks_targets_over_all_chunks(frame, toy_config) ->
     cfg = toy_config()
     bad = frame.assign(target=frame["target"].where(frame.index != 700, 3))
     with pytest.raises(TrainingError, match="0/1"):
-        train_model_chunks(_reader(bad, 200), _roles(bad, cfg), cfg)
+        train_model_chunks(frame_reader(bad, 200), _roles(bad, cfg), cfg)
     with pytest.raises(TrainingError, match="more rows"):
-        train_model_chunks(_reader(frame, 200), _roles(frame, cfg)[:100], cfg)
+        train_model_chunks(frame_reader(frame, 200), _roles(frame, cfg)[:100], cfg)
 
 
 def test_categories_from_text_or_categoricals_encode_as_the_strings_do(toy_config) -> None:
@@ -335,8 +325,8 @@ def test_the_final_model_is_refit_on_the_hold_out_and_keeps_its_probe(frame, toy
 
     cfg = toy_config()
     roles = _roles(frame, cfg)
-    plain = train_model_chunks(_reader(frame, 400), roles, cfg)
-    final = train_model_chunks(_reader(frame, 400), roles, cfg, final=(FIT, VALIDATE, EVALUATE))
+    plain = train_model_chunks(frame_reader(frame, 400), roles, cfg)
+    final = train_model_chunks(frame_reader(frame, 400), roles, cfg, final=(FIT, VALIDATE, EVALUATE))
     assert plain.probe is None and plain.held_out() is plain
     assert final.probe is not None and final.best_iteration == plain.best_iteration
     assert final.held_out().to_bytes() == plain.to_bytes()  # the probe is the plain model
@@ -350,7 +340,7 @@ def test_the_final_model_is_refit_on_the_hold_out_and_keeps_its_probe(frame, toy
     plain.save(str(tmp_path / "p"))
     assert not (tmp_path / "p" / PROBE_FILE).exists() and TrainedModel.load(str(tmp_path / "p")).probe is None
     # nothing to add (no row outside FIT and VALIDATE): no probe
-    assert train_model_chunks(_reader(frame, 400), np.where(roles == EVALUATE, FIT, roles), cfg, final=(FIT, VALIDATE, EVALUATE)).probe is None
+    assert train_model_chunks(frame_reader(frame, 400), np.where(roles == EVALUATE, FIT, roles), cfg, final=(FIT, VALIDATE, EVALUATE)).probe is None
 
 
 def test_refit_on_more_rows_keeps_the_rounds_categories_and_the_probe(frame, toy_config) -> None:
