@@ -273,7 +273,8 @@ class RetrainPolicyConfig(_Section):
         None,
         ge=1,
         description="labelled rows from after an episode's change point that its retrain waits for; default: "
-        "twice the gate's minimum (half to learn the new world from, half for the gate to judge on)",
+        "twice the gate's minimum (half to learn the new world from, half for the gate to judge on), at least "
+        "two batches of data.rows_per_batch (the change may begin anywhere inside the first alerting batch)",
     )
     evidence_growth: float = Field(
         2.0, ge=1, description="another retrain for the same episode needs this many times the post-change rows of the last"
@@ -282,10 +283,11 @@ class RetrainPolicyConfig(_Section):
         3.0,
         ge=1,
         description=(
-            "after an episode's retrain replaced the champion, one refresh once the post-change labelled rows "
+            "after an episode's retrain replaced the champion, a refresh once the post-change labelled rows "
             "reach this many times those it was trained with (the replacement learned the new world from its "
-            "first days; the refresh from a window where it dominates), gated for an improvement; "
-            "None: the episode ends with the replacement"
+            "first days, the refresh from a window where it dominates), gated for an improvement; after each "
+            "refresh the next waits for evidence_growth times its rows, while the model's window holds that "
+            "many production rows; None: the episode ends with the replacement"
         ),
     )
     max_attempts_per_episode: int | None = Field(

@@ -10,9 +10,11 @@ performance, or the reverse); quiet batches count towards its end, and
 too (alerts afterwards are about another model): a later alert opens a new episode,
 unless the new champion is the episode's own retrain and `retrain.settle_growth` is set. Then
 the episode *settles*: the replacement learned the new world from its first labelled days,
-and one refresh follows once the post-change labelled rows have grown `settle_growth` times
-(`policy.decide_episode_retrain`); the episode ends when that refresh is decided (promoted or
-not). Quiet batches do not end a settling episode: the new champion's reference is the new
+and a refresh follows once the post-change labelled rows have grown `settle_growth` times;
+after a refresh (promoted: the episode settles on it; or rejected), the next waits for
+`retrain.evidence_growth` times its rows (`policy.settle_needed`). The episode ends when the
+next refresh would need more post-change rows than the window of its model holds from
+production batches: that window was the new world's already (`policy.refresh_rows`). Quiet batches do not end a settling episode: the new champion's reference is the new
 world, so quiet is what it should see.
 
 The monitor emits one event when an episode opens (per kind: `evergreen.drift.detected`,
@@ -41,7 +43,7 @@ class Episode:
     `quiet`: quiet batches in a row since the last alerting one; `requested`: post-change
     labelled rows when a retrain was last requested for it (None: never); `settling_from`:
     once its own retrain replaced the champion, the post-change rows that retrain had (None:
-    not settling)."""
+    not settling); `refreshed`: its refreshes that became champion (it settles on each)."""
 
     id: str
     change_point: datetime | None
@@ -54,6 +56,7 @@ class Episode:
     requested: int | None = None
     requested_at: str | None = None
     settling_from: int | None = None
+    refreshed: int = 0
 
     @property
     def settling(self) -> bool:
@@ -72,6 +75,7 @@ class Episode:
             "requested": self.requested,
             "requested_at": self.requested_at,
             "settling_from": self.settling_from,
+            "refreshed": self.refreshed,
         }
 
     @classmethod
@@ -93,6 +97,7 @@ class Episode:
             requested=raw.get("requested"),
             requested_at=raw.get("requested_at"),
             settling_from=raw.get("settling_from"),
+            refreshed=int(raw.get("refreshed") or 0),
         )
 
 
@@ -134,8 +139,8 @@ def advance_episode(
     held by the hysteresis; `signals`: those that fired; `champion`: the version serving;
     `change_point`: when the change began, the first timestamp of batch `began` (default
     `day`; `policy.change_began`)). `settle_rows`: the new champion is the
-    episode's own retrain, trained with that many post-change rows, and the episode settles
-    (None: a new champion ends it); `settled`: why a settling episode's refresh is decided
+    episode's own retrain (or its refresh), trained with that many post-change rows, and the
+    episode settles (on it; None: a new champion ends it); `settled`: why a settling episode's refresh is decided
     ("" while it is not)."""
     closed: Episode | None = None
     reasons: list[str] = []
@@ -144,11 +149,13 @@ def advance_episode(
         reasons.append(f"episode {episode.id} closed: {closed.closed_reason}")
         episode = closed
     elif episode is not None and episode.open and episode.champion != champion:
-        if settle_rows is not None and not episode.settling:
-            after = replace(episode, champion=champion, settling_from=settle_rows, quiet=0)
+        if settle_rows is not None:
+            refreshed = episode.refreshed + (1 if episode.settling else 0)
+            after = replace(episode, champion=champion, settling_from=settle_rows, refreshed=refreshed, quiet=0)
+            what = "refresh" if episode.settling else "retrain"
             reasons.append(
-                f"episode {episode.id} settling: its retrain v{champion} replaced v{episode.champion} "
-                f"(trained with {settle_rows:,} post-change rows); one refresh follows as the new world's labels grow"
+                f"episode {episode.id} settling: its {what} v{champion} replaced v{episode.champion} "
+                f"(trained with {settle_rows:,} post-change rows); a refresh follows as the new world's labels grow"
             )
             return EpisodeStep(after, "settling", reasons=reasons)
         closed = replace(episode, open=False, closed_reason=f"champion replaced: v{episode.champion} -> v{champion}")

@@ -177,12 +177,14 @@ class LoopState:
 
 @dataclass(frozen=True)
 class Attempt:
-    """A version registered for an alert episode: its status and the post-change labelled
-    rows it was trained with."""
+    """A version registered for an alert episode: its status, the post-change labelled
+    rows it was trained with, and the rows of its training window from production batches
+    rather than the reference (None: not recorded)."""
 
     version: str
     status: str | None
     post_change_rows: int | None = None
+    window_batch_rows: int | None = None
 
 
 @dataclass(frozen=True)
@@ -306,8 +308,14 @@ def decide(observation: ChunkObservation, state: LoopState, policy: Policy) -> P
         else:
             reason = "; ".join(step.reasons) or "no configured signal fired"
         return dataclasses.replace(base, reason=reason, blocked_by="no_alert")
-    rows = 0 if step.transition == "opened" else state.post_change_rows
-    decision = decide_episode_retrain(dataclasses.replace(state, episode=episode, post_change_rows=rows), cfg)
+    # An episode this chunk opens has no labelled rows and no attempts yet (the state's are
+    # those of the episode before it).
+    opened = step.transition == "opened"
+    rows = 0 if opened else state.post_change_rows
+    attempts = () if opened else state.attempts
+    decision = decide_episode_retrain(
+        dataclasses.replace(state, episode=episode, post_change_rows=rows, attempts=attempts), cfg
+    )
     head = "; ".join(step.reasons)
     if not decision.allowed:
         reason = f"{decision.reason}" + (f" ({head})" if head else "")
@@ -334,24 +342,48 @@ def change_began(observation: ChunkObservation, fired: list[str]) -> tuple[str, 
 
 def settling_of(state: LoopState, policy: Policy) -> tuple[int | None, str]:
     """Whether the open episode settles or its settling ends on this chunk (for
-    `episodes.advance_episode`): the post-change rows of the episode's own retrain that just
-    became champion (None: it does not settle: another policy than `default`,
-    `retrain.settle_growth` unset, or a champion from elsewhere), and, for a settling
-    episode, why its refresh is decided ("" while none is)."""
+    `episodes.advance_episode`): the post-change rows of the episode's own retrain, or of
+    its refresh, that just became champion, when a refresh is to follow it (None: it does not
+    settle: another policy than `default`, `retrain.settle_growth` unset, a champion from
+    elsewhere, or no refresh would fit in its window: `refresh_rows`), and, for a settling
+    episode, why its settling ends ("" while it goes on)."""
     episode = state.episode
     if policy.kind != "default" or episode is None or not episode.open:
         return None, ""
+    config = policy.config
     if episode.settling:
-        newer = [a for a in state.attempts if _version_after(a.version, episode.champion)]
-        done = [a for a in newer if a.status not in ("candidate", "canary")]
-        return None, (f"refresh v{done[-1].version} {done[-1].status}" if done else "")
-    if policy.config.settle_growth is None or state.champion is None or state.champion == episode.champion:
+        done = [a for a in _refreshes(state) if a.status not in ("candidate", "canary")]
+        if not done:
+            return None, ""
+        last = done[-1]
+        if last.status == "champion" or last.version == state.champion:
+            rows = last.post_change_rows
+            if rows is not None and refresh_rows(rows, config.evidence_growth, last.window_batch_rows) is not None:
+                return rows, ""
+            return None, f"refresh v{last.version} champion"
+        needed, why = settle_needed(state, config)
+        return None, ("" if needed is not None else f"refresh v{last.version} {last.status}; {why}")
+    if config.settle_growth is None or state.champion is None or state.champion == episode.champion:
         return None, ""
     own = [a for a in state.attempts if a.version == state.champion]
     if not own:
         return None, ""
     rows = own[-1].post_change_rows
-    return (rows if rows is not None else (state.post_change_rows or 0)), ""
+    rows = rows if rows is not None else (state.post_change_rows or 0)
+    first = refresh_rows(rows, config.settle_growth, own[-1].window_batch_rows, first=True)
+    return (rows if first is not None else None), ""
+
+
+def refresh_rows(rows: int, growth: float, window_batch_rows: int | None, first: bool = False) -> int | None:
+    """The post-change labelled rows a settling episode's next refresh waits for, after a
+    model (or a rejected refresh) trained with `rows` of them: `growth` times as many, while
+    the model's window holds that many production rows (`Attempt.window_batch_rows`; past
+    that, its window was already the new world's). None: no further refresh. Without the
+    window's size (a version registered before it was recorded), only the `first` refresh."""
+    needed = max(int(math.ceil(rows * growth)), 1)
+    if window_batch_rows is None:
+        return needed if first else None
+    return needed if needed <= window_batch_rows else None
 
 
 def _version_after(version: str, than: str | None) -> bool:
@@ -432,18 +464,57 @@ def decide_episode_retrain(state: LoopState, config: RetrainPolicyConfig, reques
     return StartCheck(True, f"{since}: {rows:,} labelled post-change rows (>= {needed:,}); {start.reason}")
 
 
-def _settling_retrain(state: LoopState, config: RetrainPolicyConfig, since: str, requested_counts: bool) -> StartCheck:
-    """The one refresh of a settling episode: once its post-change labelled rows are
-    `retrain.settle_growth` times those its replacement was trained with. No cooldown (the
-    evidence paces it); the budget and new data apply."""
+def _refreshes(state: LoopState) -> list[Attempt]:
+    """The refreshes of a settling episode: its versions newer than its replacement."""
+    episode = state.episode
+    assert episode is not None
+    return [a for a in state.attempts if _version_after(a.version, episode.champion)]
+
+
+def settle_needed(state: LoopState, config: RetrainPolicyConfig) -> tuple[int | None, str]:
+    """The post-change labelled rows the next refresh of a settling episode waits for
+    (`refresh_rows`), with the rule that set them: after the episode's replacement,
+    `retrain.settle_growth` times its rows; after a refresh that became champion (the
+    episode settles on it) or that the gate rejected or the canary rolled back,
+    `retrain.evidence_growth` times that refresh's, as an episode's retries. None when the
+    window holds fewer production rows than that, with why the settling ends."""
     episode = state.episode
     assert episode is not None and episode.settling_from is not None
-    growth = config.settle_growth or 1.0
-    needed = max(int(math.ceil(episode.settling_from * growth)), 1)
+    model = next((a for a in state.attempts if a.version == episode.champion), None)
+    cap = model.window_batch_rows if model is not None else None
+    failed = [a for a in _refreshes(state) if a.status in ("rejected", "retired") and a.post_change_rows is not None]
+    if failed:
+        last = failed[-1]
+        assert last.post_change_rows is not None
+        rows, growth, rule = last.post_change_rows, config.evidence_growth, f"v{last.version} {last.status}; retrain.evidence_growth"
+    elif episode.refreshed:
+        rows, growth, rule = episode.settling_from, config.evidence_growth, "retrain.evidence_growth"
+    else:
+        rows, growth, rule = episode.settling_from, config.settle_growth or 1.0, "retrain.settle_growth"
+    rule = f"{rule}={growth:g}"
+    needed = refresh_rows(rows, growth, cap, first=not failed and not episode.refreshed)
+    if needed is not None:
+        return needed, rule
+    if cap is None:
+        return None, "the window's size of its model is not recorded, so no further refresh"
+    return None, (
+        f"another would need {int(math.ceil(rows * growth)):,} post-change rows ({rule}), "
+        f"more than the {cap:,} production rows of the window"
+    )
+
+
+def _settling_retrain(state: LoopState, config: RetrainPolicyConfig, since: str, requested_counts: bool) -> StartCheck:
+    """The next refresh of a settling episode, once its post-change labelled rows reach
+    `settle_needed`. No cooldown (the evidence paces it); the budget and new data apply."""
+    episode = state.episode
+    assert episode is not None and episode.settling_from is not None
+    needed, rule = settle_needed(state, config)
+    if needed is None:
+        return StartCheck(False, f"deferred: {since} is settling: {rule}", "deferred")
     rows = state.post_change_rows
     head = (
         f"{since} is settling: v{episode.champion} replaced its champion with {episode.settling_from:,} post-change rows; "
-        f"its refresh waits for {needed:,} (retrain.settle_growth={growth:g})"
+        f"its refresh waits for {needed:,} ({rule})"
     )
     if rows is None:
         return StartCheck(False, f"deferred: {head}; the post-change labelled rows are not known", "deferred")

@@ -116,6 +116,7 @@ def retrain(
             state.EPISODE_TAG: episode.id,
             state.CHANGE_POINT_TAG: change_point.isoformat(),
             state.POST_CHANGE_ROWS_TAG: str(post),
+            state.WINDOW_BATCH_ROWS_TAG: str(win.rows - win.reference_rows),
             **({state.EPISODE_PHASE_TAG: "settling"} if episode.settling else {}),
         }
     if data_clock is not None:

@@ -29,6 +29,9 @@ EPISODE_TAG = "evergreen.episode"
 EPISODE_PHASE_TAG = "evergreen.episode_phase"  # "settling": the refresh after the episode's replacement
 CHANGE_POINT_TAG = "evergreen.change_point"
 POST_CHANGE_ROWS_TAG = "evergreen.post_change_rows"
+# An episode version's training window's rows from production batches (not the reference):
+# a settling episode's refreshes stop past it (`policy.refresh_rows`)
+WINDOW_BATCH_ROWS_TAG = "evergreen.window_batch_rows"
 
 
 def data_clock(config: ModelConfig, store: BatchStore) -> pd.Timestamp | None:
@@ -125,7 +128,9 @@ def build_loop_state(
         except io.DataReadError:
             post_change = None
     attempts = tuple(
-        policy.Attempt(v.version, v.status, _tag_int(v, POST_CHANGE_ROWS_TAG))
+        policy.Attempt(
+            v.version, v.status, _tag_int(v, POST_CHANGE_ROWS_TAG), _tag_int(v, WINDOW_BATCH_ROWS_TAG)
+        )
         for v in versions
         if episode is not None and v.tags.get(EPISODE_TAG) == episode.id
     )
@@ -218,11 +223,14 @@ def _pending(registry: ModelRegistry) -> str:
 
 def post_change_needed(config: ModelConfig) -> int:
     """Labelled post-change rows an episode's retrain waits for: `retrain.min_post_change_rows`,
-    or twice the gate's minimum (half to learn the new world from, half for the gate)."""
+    or twice the gate's minimum (half to learn the new world from, half for the gate), and at
+    least two batches of `data.rows_per_batch`: the change point is the first alerting batch's
+    start, but the change may begin anywhere inside that batch, so one batch can hold as much
+    of the old world as of the new; two hold at least one whole batch of the new."""
     from evergreen.decisions.defaults import gate_min_rows
 
     given = config.retrain.min_post_change_rows
-    return given if given is not None else 2 * gate_min_rows(config)
+    return given if given is not None else max(2 * gate_min_rows(config), 2 * config.data.rows_per_batch)
 
 
 def _tag_int(version: VersionInfo, tag: str) -> int | None:

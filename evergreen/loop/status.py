@@ -203,7 +203,8 @@ def episode_sentence(episode: dict[str, Any] | None) -> str:
         )
         quiet = f"; {episode.get('quiet')} quiet batch(es) since the last alert" if episode.get("quiet") else ""
         if episode.get("settling_from") is not None:
-            champ = f", settling: its retrain v{episode.get('champion')} replaced the champion with {episode.get('settling_from')} post-change labelled rows (one refresh follows)"
+            what = "refresh" if episode.get("refreshed") else "retrain"
+            champ = f", settling: its {what} v{episode.get('champion')} replaced the champion with {episode.get('settling_from')} post-change labelled rows (a refresh follows as the labels grow)"
         return f"**Open** {kinds} episode, {since}{change}{champ}; last alert on {episode.get('last_alert')}{asked}{quiet}."
     why = f": {episode.get('closed_reason')}" if episode.get("closed_reason") else ""
     return f"No open episode. The last ({kinds}, {since}) is closed{why}."

@@ -84,6 +84,12 @@ def test_the_retrain_waits_for_post_change_labels_and_is_requested_once(world) -
     assert version.tags[state.EPISODE_TAG] == batches[DRIFT_AT].day
     change = pd.Timestamp(version.tags[state.CHANGE_POINT_TAG])
     assert int(version.tags[state.POST_CHANGE_ROWS_TAG]) > 0
+    # Its window's production rows (past which a settling episode's refreshes stop), read back
+    # as the policy reads them: the window but the reference.
+    loop_state = state.build_loop_state(cfg, ports.store, ports.registry, None)
+    attempt = next(a for a in loop_state.attempts if a.version == result.version)
+    reference = pd.read_parquet(cfg.data.path("training_reference"))
+    assert 0 < attempt.window_batch_rows == result.rows - int(reference[cfg.columns.target].notna().sum())
     # Its hold-out (the gate's and the next monitor's evidence) is post-change data.
     assert pd.Timestamp(version.tags[state.TRAIN_END_TAG]) >= change
     assert promote.gate_settings(cfg, version.tags).mode == cfg.gate.mode_on_alert == "improvement"

@@ -26,6 +26,7 @@ from evergreen.decisions.policy import (
     decide,
     decide_episode_retrain,
     history_of,
+    refresh_rows,
 )
 from evergreen.engines.monitoring import (
     FeatureDrift,
@@ -380,7 +381,9 @@ def test_the_demo_config_runs_the_default_policy() -> None:
 def test_the_episodes_own_replacement_settles_it_and_one_refresh_follows(toy_config) -> None:
     """v2, retrained for the episode on 5,000 post-change rows, replaced v1: the episode stays
     open (settling) through quiet batches, requests one refresh when the post-change rows have
-    doubled, and ends when that refresh is decided. Only the default policy settles."""
+    doubled, and ends when that refresh is decided: promoted, or rejected when the
+    replacement's window size is not recorded (no retry: see the next test). Only the default
+    policy settles."""
     pol = _policy(episode_quiet_batches=1, settle_growth=2.0)
     own = (Attempt("2", "champion", 5000),)
     quiet = _observe(toy_config)
@@ -406,6 +409,73 @@ def test_the_episodes_own_replacement_settles_it_and_one_refresh_follows(toy_con
     for other in (_policy(settle_growth=None), _policy("always")):
         closed = decide(quiet, _open(post_change_rows=7000, champion="2", attempts=own), other)
         assert closed.transition == "closed" and EPISODE_CLOSED in closed.events
+
+
+def test_refreshes_follow_the_growing_evidence_while_the_window_holds_it(toy_config) -> None:
+    """The settling episode's replacement v2 learned from 5,000 post-change rows of a window
+    with 35,000 production rows; its refresh waits for settle_growth (3) x 5,000.
+    - A rejected (or rolled-back) refresh v3 on 15,000: the episode stays open and the next
+      waits for evidence_growth (2) x 15,000 = 30,000, as an episode's retries do.
+    - A refresh v3 that became champion: the episode settles on it, and the next waits for
+      2 x 15,000 too.
+    - Once the next would need more than the window's 35,000 production rows (60,000 after
+      v4 on 30,000), the settling ends, whether v4 was rejected or became champion; a
+      replacement trained on 20,000 (its refresh would need 60,000) ends it at once."""
+    pol = _policy(episode_quiet_batches=1)
+    quiet = _observe(toy_config)
+    settling = Episode(
+        id="2024-03-09", change_point=CHANGE, champion="2", kinds=("drift",), last_alert="2024-03-09",
+        settling_from=5000,
+    )
+    replacement = Attempt("2", "champion", 5000, 35_000)
+    first = decide(quiet, LoopState(champion="2", episode=settling, post_change_rows=14_999, attempts=(replacement,)), pol)
+    assert first.blocked_by == "deferred" and "waits for 15,000 (retrain.settle_growth=3)" in first.reason
+    for status in ("rejected", "retired"):
+        tried = (replacement, Attempt("3", status, 15_000, 35_000))
+        wait = decide(quiet, LoopState(champion="2", episode=settling, post_change_rows=29_999, attempts=tried), pol)
+        assert wait.episode.open and EPISODE_CLOSED not in wait.events and not wait.retrain
+        assert wait.blocked_by == "deferred" and f"waits for 30,000 (v3 {status}; retrain.evidence_growth=2)" in wait.reason
+        due = decide(quiet, LoopState(champion="2", episode=settling, post_change_rows=30_000, attempts=tried), pol)
+        assert due.retrain and "refresh of settling" in due.reason
+    promoted = (replacement, Attempt("3", "champion", 15_000, 35_000))
+    on = decide(quiet, LoopState(champion="3", episode=settling, post_change_rows=16_000, attempts=promoted), pol)
+    assert on.transition == "settling" and on.episode.open and EPISODE_CLOSED not in on.events
+    assert (on.episode.champion, on.episode.settling_from, on.episode.refreshed) == ("3", 15_000, 1)
+    assert on.blocked_by == "deferred" and "waits for 30,000 (retrain.evidence_growth=2)" in on.reason
+    kept = Episode.from_dict(on.episode.to_dict())  # as the batch ledger keeps it
+    assert kept is not None and (kept.champion, kept.settling_from, kept.refreshed) == ("3", 15_000, 1)
+    for status, champion in (("rejected", "3"), ("champion", "4")):
+        spent = (*promoted, Attempt("4", status, 30_000, 35_000))
+        end = decide(quiet, LoopState(champion=champion, episode=on.episode, post_change_rows=31_000, attempts=spent), pol)
+        assert not end.episode.open and not end.retrain
+        reason = end.events[EPISODE_CLOSED]["reason"]
+        assert f"settled: refresh v4 {status}" in reason, reason
+        if status == "rejected":
+            assert "another would need 60,000 post-change rows" in reason and "35,000 production rows" in reason
+    big = (Attempt("2", "champion", 20_000, 35_000),)
+    at_once = decide(quiet, _open(post_change_rows=21_000, champion="2", attempts=big), pol)
+    assert at_once.transition == "closed" and not at_once.episode.open
+
+
+def test_refresh_rows_grow_the_evidence_within_the_window() -> None:
+    assert refresh_rows(5000, 3.0, 35_000, first=True) == 15_000
+    assert refresh_rows(15_000, 2.0, 35_000) == 30_000
+    assert refresh_rows(20_000, 2.0, 35_000) is None  # the window held the new world already
+    # A version without its window's size: the first refresh only, as before it was recorded.
+    assert refresh_rows(5000, 3.0, None, first=True) == 15_000
+    assert refresh_rows(15_000, 2.0, None) is None
+
+
+def test_a_new_episode_does_not_inherit_the_attempts_of_the_one_before(toy_config) -> None:
+    """The state of the chunk that opens an episode still lists the closed episode's attempts;
+    the new one's retrain waits for its own evidence, not for a growth over those."""
+    closed = Episode(id="2024-03-01", change_point=datetime(2024, 3, 1), champion="1", kinds=("drift",),
+                     last_alert="2024-03-05", open=False, closed_reason="3 quiet batch(es) in a row")
+    old = (Attempt("2", "rejected", 10_000),)
+    opening = decide(_observe(toy_config, drifted=2), LoopState(champion="1", episode=closed, post_change_rows=12_000,
+                                                                 post_change_needed=1000, attempts=old), _policy())
+    assert opening.transition == "opened" and opening.blocked_by == "deferred"
+    assert "waits for 1,000" in opening.reason and "10,000" not in opening.reason and "20,000" not in opening.reason
 
 
 def test_a_retry_waits_for_evidence_growth_times_the_rows_of_the_failed_attempt(toy_config) -> None:

@@ -184,3 +184,18 @@ def test_batches_since_the_retrain_are_read_from_the_store(toy_config) -> None: 
     # the cooldown of 2 batches has passed; no labels have arrived, so nothing is new yet
     assert policy.check_start(got, cfg.retrain, "event").blocked_by == "no_new_data"
     assert state.count_batches_after(cfg, store, pd.Timestamp("2019-01-03T05:00", tz="UTC")) == 1
+
+
+def test_an_episode_retrain_waits_for_two_batches_of_the_new_world(toy_config) -> None:  # noqa: ANN001
+    """The evidence an episode's retrain waits for: twice the gate's minimum, and at least two
+    batches (the change may begin anywhere inside the first alerting batch); an explicit
+    `retrain.min_post_change_rows` wins."""
+    from evergreen.decisions.defaults import gate_min_rows
+    from evergreen.loop.state import post_change_needed
+
+    small = toy_config()  # 100-row batches: the gate's minimum (200) rules
+    assert gate_min_rows(small) == 200 and post_change_needed(small) == 400
+    big = small.model_copy(update={"data": small.data.model_copy(update={"rows_per_batch": 2500})})
+    assert gate_min_rows(big) == 500 and post_change_needed(big) == 5000
+    given = big.model_copy(update={"retrain": big.retrain.model_copy(update={"min_post_change_rows": 1000})})
+    assert post_change_needed(given) == 1000
