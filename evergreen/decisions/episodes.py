@@ -140,8 +140,8 @@ def advance_episode(
     `change_point`: when the change began, the first timestamp of batch `began` (default
     `day`; `policy.change_began`)). `settle_rows`: the new champion is the
     episode's own retrain (or its refresh), trained with that many post-change rows, and the
-    episode settles (on it; None: a new champion ends it); `settled`: why a settling episode's refresh is decided
-    ("" while it is not)."""
+    episode settles (on it; None: a new champion ends it); `settled`: why a settling episode's
+    settling ends ("" while it goes on)."""
     closed: Episode | None = None
     reasons: list[str] = []
     if episode is not None and episode.open and episode.settling and settled:

@@ -30,7 +30,7 @@ work; ~19-20 min before), within the 45-min budget:
 - DAYS=4 days (9 before): the loan model's unit change (the demo's drift) from day
   LOAN_DRIFT=1, the card model's covariate shift from day CARDS_DRIFT=2. Each asks for its
   retrain the day after, once its first post-change labels are in (1 day's 2,000 rows: the
-  episode's minimum is 1,000), on days 2 and 3, after PostgreSQL's restart during day 1's
+  episode's minimum is set to 1,000 here; the default waits for two batches), on days 2 and 3, after PostgreSQL's restart during day 1's
   monitors; the last day's requests run to the end. (The loan model's covariate shift used
   before trained versions that did not beat the champion: its gate rejected v2 and v3.)
   ROWS=2000 rows a batch: NannyML's default chunking still sees each drift.
@@ -147,6 +147,9 @@ def _config(model: Model, s: Stack, base: dict) -> Path:
                      "model_name": model.name, "ui_url": s.state.mlflow_url}
     raw["mlflow"].pop("password", None)
     raw["mlflow"].pop("username", None)
+    # One day of post-change labels starts the retrain (the default waits for two batches:
+    # the stream is DAYS long, and this module tests the stack, not the evidence rule).
+    raw["retrain"] = {**raw.get("retrain", {}), "min_post_change_rows": 1000}
     path = model.staging.parent / f"{model.name}.yaml"
     path.write_text(yaml.safe_dump(raw, sort_keys=False), encoding="utf-8")
     return path
