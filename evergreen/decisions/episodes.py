@@ -14,8 +14,9 @@ and a refresh follows once the post-change labelled rows have grown `settle_grow
 after a refresh (promoted: the episode settles on it; or rejected), the next waits for
 `retrain.evidence_growth` times its rows (`policy.settle_needed`). The episode ends when the
 next refresh would need more post-change rows than the window of its model holds from
-production batches: that window was the new world's already (`policy.refresh_rows`). Quiet batches do not end a settling episode: the new champion's reference is the new
-world, so quiet is what it should see.
+production batches: that window was the new world's already (`policy.refresh_rows`). Quiet
+batches do not end a settling episode: the new champion's reference is the new world, so
+quiet is what it should see.
 
 The monitor emits one event when an episode opens (per kind: `evergreen.drift.detected`,
 `evergreen.performance.degraded`), one when it escalates (the new kind's event) and
