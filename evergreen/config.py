@@ -279,6 +279,15 @@ class RetrainPolicyConfig(_Section):
     evidence_growth: float = Field(
         2.0, ge=1, description="another retrain for the same episode needs this many times the post-change rows of the last"
     )
+    loss_sampling_errors: float | None = Field(
+        2.0,
+        ge=0,
+        description=(
+            "an episode's first retrain also waits until the champion's realized metric on its post-change "
+            "labelled batches (pooled) is worse than the reference by more than this many sampling errors: a "
+            "change that has not cost accuracy gives a challenger nothing to win on; None: no such wait"
+        ),
+    )
     settle_growth: float | None = Field(
         3.0,
         ge=1,

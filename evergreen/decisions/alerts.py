@@ -56,6 +56,11 @@ class AlertDecision:
     realized_value: float | None = None
     reference_value: float | None = None
     notes: list[str] = field(default_factory=list)  # alerts held back, and why
+    # The realized metric's distance from its reference, worse-positive (metric units, either
+    # direction of metric), its sampling error and the labelled rows it rests on.
+    realized_worse_by: float | None = None
+    realized_error: float | None = None
+    realized_rows: int | None = None
 
     def event_payloads(self) -> dict[str, dict[str, Any]]:
         """Plain-JSON payloads of the events this decision calls for, keyed by event name."""
@@ -154,6 +159,10 @@ def decide_alerts(
             elif held not in notes:
                 notes.append(held)
     estimated, realized = report.estimated_metric, report.realized_metric
+    worse_by = None
+    if realized is not None and realized.value is not None and realized.reference_value is not None:
+        gap = realized.reference_value - realized.value
+        worse_by = float(gap if config.higher_is_better else -gap)
     return AlertDecision(
         model_name=config.name,
         drift_detected=any(s.kind in ("feature_drift", "multivariate_drift") for s in signals),
@@ -167,6 +176,9 @@ def decide_alerts(
         realized_value=realized.value if realized else None,
         reference_value=estimated.reference_value,
         notes=notes,
+        realized_worse_by=worse_by,
+        realized_error=realized.sampling_error if realized else None,
+        realized_rows=realized.rows if realized else None,
     )
 
 

@@ -18,6 +18,10 @@ production batches: that window was the new world's already (`policy.refresh_row
 batches do not end a settling episode: the new champion's reference is the new world, so
 quiet is what it should see.
 
+While it waits for its retrain, the episode keeps the realized metric of its champion on each
+post-change batch whose labels arrive (`Episode.realized`, pooled by `realized_loss`): its
+first retrain waits until they show a loss (`policy.decide_episode_retrain`).
+
 The monitor emits one event when an episode opens (per kind: `evergreen.drift.detected`,
 `evergreen.performance.degraded`), one when it escalates (the new kind's event) and
 `evergreen.episode.closed` when it ends, never one per batch. The episode is kept in the
@@ -29,10 +33,37 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field, replace
 from datetime import datetime
-from typing import Literal
+from typing import Literal, NamedTuple
 
 DRIFT, PERFORMANCE = "drift", "performance"
 Transition = Literal["opened", "escalated", "continued", "quiet", "settling", "closed", "none"]
+
+
+class RealizedBatch(NamedTuple):
+    """One post-change batch's realized metric of the episode's champion: how much worse than
+    its reference (metric units, worse-positive), its sampling error and the labelled rows."""
+
+    batch: str
+    rows: int
+    worse_by: float
+    error: float | None
+
+
+@dataclass(frozen=True)
+class RealizedLoss:
+    """The champion's realized loss over an episode's post-change batches: the row-weighted
+    mean of how much worse than its reference, and the sampling error of that mean (the
+    batches' errors pooled as independent; None when no batch had one)."""
+
+    batches: int
+    rows: int
+    worse_by: float
+    error: float | None
+
+    def shown(self, sigmas: float) -> bool:
+        """Worse than the reference by more than `sigmas` sampling errors (by anything, when
+        the error is not known or `sigmas` is 0)."""
+        return self.worse_by > sigmas * (self.error or 0.0)
 
 
 @dataclass(frozen=True)
@@ -44,7 +75,9 @@ class Episode:
     `quiet`: quiet batches in a row since the last alerting one; `requested`: post-change
     labelled rows when a retrain was last requested for it (None: never); `settling_from`:
     once its own retrain replaced the champion, the post-change rows that retrain had (None:
-    not settling); `refreshed`: its refreshes that became champion (it settles on each)."""
+    not settling); `refreshed`: its refreshes that became champion (it settles on each);
+    `realized`: the realized metric of its champion on post-change batches, as their labels
+    arrived (`RealizedBatch`; `realized_loss` pools them)."""
 
     id: str
     change_point: datetime | None
@@ -58,6 +91,7 @@ class Episode:
     requested_at: str | None = None
     settling_from: int | None = None
     refreshed: int = 0
+    realized: tuple[RealizedBatch, ...] = ()
 
     @property
     def settling(self) -> bool:
@@ -77,6 +111,7 @@ class Episode:
             "requested_at": self.requested_at,
             "settling_from": self.settling_from,
             "refreshed": self.refreshed,
+            "realized": [list(r) for r in self.realized],
         }
 
     @classmethod
@@ -99,6 +134,7 @@ class Episode:
             requested_at=raw.get("requested_at"),
             settling_from=raw.get("settling_from"),
             refreshed=int(raw.get("refreshed") or 0),
+            realized=tuple(RealizedBatch(*r) for r in raw.get("realized") or ()),
         )
 
 
@@ -182,6 +218,26 @@ def advance_episode(
         reasons.append(f"episode {episode.id} closed: {ended.closed_reason}")
         return EpisodeStep(ended, "closed", closed=ended, reasons=reasons)
     return EpisodeStep(replace(episode, quiet=quiet), "quiet", reasons=reasons)
+
+
+def with_realized(episode: Episode, batch: RealizedBatch) -> Episode:
+    """The episode with one more post-change batch's realized metric of its champion (a batch
+    already counted is replaced: its labels may have grown)."""
+    kept = tuple(r for r in episode.realized if r.batch != batch.batch)
+    return replace(episode, realized=(*kept, batch))
+
+
+def realized_loss(episode: Episode) -> RealizedLoss | None:
+    """The champion's realized loss pooled over the episode's post-change batches (None: no
+    batch's labels have arrived, or none could be scored)."""
+    batches = [r for r in episode.realized if r.rows > 0]
+    if not batches:
+        return None
+    rows = sum(r.rows for r in batches)
+    worse_by = sum(r.rows * r.worse_by for r in batches) / rows
+    errors = [r.rows * r.error for r in batches if r.error is not None]
+    error = (sum(e * e for e in errors) ** 0.5 / sum(r.rows for r in batches if r.error is not None)) if errors else None
+    return RealizedLoss(len(batches), rows, worse_by, error)
 
 
 def with_request(episode: Episode, post_change_rows: int, when: str) -> Episode:

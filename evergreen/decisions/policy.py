@@ -50,7 +50,9 @@ import pandas as pd
 from evergreen import events as names
 from evergreen.config import RetrainPolicyConfig
 from evergreen.decisions.alerts import AlertDecision, AlertSignal
-from evergreen.decisions.episodes import Episode, EpisodeStep, advance_episode
+from evergreen.decisions.episodes import (
+    Episode, EpisodeStep, RealizedBatch, advance_episode, realized_loss, with_realized,
+)
 from evergreen.jsonable import plain
 from evergreen.times import utc
 
@@ -268,6 +270,8 @@ def decide(observation: ChunkObservation, state: LoopState, policy: Policy) -> P
         if observation.valid
         else EpisodeStep(state.episode, "none")
     )
+    if step.episode is not None and observation.valid:
+        step = dataclasses.replace(step, episode=record_realized(step.episode, observation, state.champion))
     base = PolicyDecision(
         chunk=observation.chunk,
         policy=policy.name,
@@ -340,6 +344,25 @@ def change_began(observation: ChunkObservation, fired: list[str]) -> tuple[str, 
     return observation.chunk, observation.start
 
 
+def record_realized(episode: Episode, observation: ChunkObservation, serving: str | None) -> Episode:
+    """The open episode with the realized metric the chunk brought, when it is of a batch from
+    after the change point and of the champion the episode opened on (before its retrain
+    replaced it): the evidence `decide_episode_retrain` weighs the first retrain on."""
+    alerts = observation.alerts
+    if (
+        alerts is None or alerts.realized_worse_by is None or not episode.open or episode.settling
+        or serving != episode.champion or episode.change_point is None
+    ):
+        return episode
+    late = observation.realized_on is not None and observation.realized_on != observation.chunk
+    batch = observation.realized_on or observation.chunk
+    start = observation.realized_start if late else observation.start
+    if start is None or utc(start) < utc(episode.change_point):
+        return episode
+    rows = alerts.realized_rows if alerts.realized_rows is not None else observation.rows
+    return with_realized(episode, RealizedBatch(batch, int(rows), float(alerts.realized_worse_by), alerts.realized_error))
+
+
 def settling_of(state: LoopState, policy: Policy) -> tuple[int | None, str]:
     """Whether the open episode settles or its settling ends on this chunk (for
     `episodes.advance_episode`): the post-change rows of the episode's own retrain, or of
@@ -398,7 +421,10 @@ def decide_episode_retrain(state: LoopState, config: RetrainPolicyConfig, reques
     then the loop's start rule (`check_start`):
 
     - its evidence: at least `state.post_change_needed` labelled rows from after the change
-      point (`deferred` until then: labels arrive after their batch);
+      point (`deferred` until then: labels arrive after their batch) and, for its first
+      retrain, a loss they show (`_no_loss_yet`: the champion's realized metric on the
+      post-change batches, `Episode.realized`, worse than its reference by more than
+      `retrain.loss_sampling_errors` sampling errors);
     - what was tried: a version registered for the episode and still under review holds it
       (`candidate_pending`); one the gate rejected or the canary review rolled back is
       tried again only on `retrain.evidence_growth` times its post-change rows
@@ -458,10 +484,34 @@ def decide_episode_retrain(state: LoopState, config: RetrainPolicyConfig, reques
             )
         return StartCheck(False, f"deferred: {since} has {rows:,} labelled post-change rows; {what}", "deferred")
     first = not attempts
+    if first:
+        unpaid = _no_loss_yet(episode, config, since)
+        if unpaid is not None:
+            return unpaid
     start = check_start(state if first else dataclasses.replace(state, last_retrain_clock=None), config, "event")
     if not start.allowed:
         return start
     return StartCheck(True, f"{since}: {rows:,} labelled post-change rows (>= {needed:,}); {start.reason}")
+
+
+def _no_loss_yet(episode: Episode, config: RetrainPolicyConfig, since: str) -> StartCheck | None:
+    """Why the episode's first retrain waits although its rows are there: the champion's
+    realized metric on the post-change batches is not worse than its reference by more than
+    `retrain.loss_sampling_errors` sampling errors, so a challenger has nothing to win (a
+    drift the model absorbs). None: the loss is shown, not checked, or not measurable yet."""
+    sigmas = config.loss_sampling_errors
+    loss = realized_loss(episode)
+    if sigmas is None or loss is None or loss.shown(sigmas):
+        return None
+    error = f", sampling error {loss.error:.4f}" if loss.error is not None else ""
+    return StartCheck(
+        False,
+        f"deferred: {since}: the champion's realized metric on {loss.batches} post-change batch(es) "
+        f"({loss.rows:,} labelled rows) is {abs(loss.worse_by):.4f} {'worse' if loss.worse_by > 0 else 'better'} than "
+        f"its reference{error}; its retrain waits "
+        f"until it is worse by more than {sigmas:g} sampling errors (retrain.loss_sampling_errors)",
+        "deferred",
+    )
 
 
 def _refreshes(state: LoopState) -> list[Attempt]:

@@ -5,6 +5,7 @@ Signals come from the real `monitoring.decide_alerts` on hand-built monitor repo
 
 from __future__ import annotations
 
+import dataclasses
 import json
 from datetime import datetime, timedelta
 
@@ -499,3 +500,51 @@ def test_a_retry_waits_for_evidence_growth_times_the_rows_of_the_failed_attempt(
     assert wait.blocked_by == "deferred" and "another needs 5,000" in wait.reason
     assert decide(drift, _open(post_change_rows=5000, attempts=rejected), _policy()).retrain
     assert not decide(drift, _open(post_change_rows=5000, attempts=rejected), _policy(evidence_growth=3.0)).retrain
+
+
+def _labelled(toy_config, day: str, realized: float, **report) -> ChunkObservation:  # noqa: ANN001
+    """A batch monitored on `day` whose late labels gave the realized metric of that same day's
+    batch (1,000 labelled rows, sampling error 0.01, reference 0.80)."""
+    start = datetime.fromisoformat(day)
+    alerts = decide_alerts(_report(realized=realized, **report), toy_config())
+    return ChunkObservation(chunk=day, valid=True, alerts=alerts, rows=1000, start=start)
+
+
+def test_a_change_that_has_not_cost_accuracy_is_not_retrained_for(toy_config) -> None:
+    """Drift alone opens the episode; its first retrain waits, besides the rows, until the
+    champion's realized metric on the post-change batches (pooled) is worse than the reference
+    by more than `retrain.loss_sampling_errors` sampling errors: a challenger has nothing to
+    win on a change the champion absorbs (gradual drift before it costs accuracy, a covariate
+    shift)."""
+    pol = _policy()
+    state = _open(post_change_rows=2000)
+    # The champion scores at its reference on the first post-change batch: no loss yet.
+    even = decide(_labelled(toy_config, "2024-03-09", 0.80, drifted=2), state, pol)
+    assert not even.retrain and even.blocked_by == "deferred"
+    assert "1 post-change batch(es)" in even.reason and "retrain.loss_sampling_errors" in even.reason
+    assert [r.batch for r in even.episode.realized] == ["2024-03-09"]
+    # A second batch 0.01 worse: pooled 0.005 worse, within 2 pooled errors (0.0141).
+    slight = decide(_labelled(toy_config, "2024-03-10", 0.79, drifted=2), dataclasses.replace(state, episode=even.episode), pol)
+    assert not slight.retrain and "0.0050 worse" in slight.reason
+    # 0.04 worse instead: pooled 0.02, beyond them; the retrain is requested.
+    worse = decide(_labelled(toy_config, "2024-03-10", 0.76, drifted=2), dataclasses.replace(state, episode=even.episode), pol)
+    assert worse.retrain and RETRAIN_REQUESTED in worse.events
+    # A batch from before the change point is no evidence about the change.
+    before = decide(_labelled(toy_config, "2024-03-08", 0.80, drifted=2), state, pol)
+    assert before.episode.realized == () and before.retrain
+    # Switched off: the rows alone decide, as without any realized metric.
+    assert decide(_labelled(toy_config, "2024-03-09", 0.80, drifted=2), state, _policy(loss_sampling_errors=None)).retrain
+    # The evidence survives the ledger's round trip (the retrain flow reads it from there).
+    back = Episode.from_dict(json.loads(json.dumps(slight.episode.to_dict())))
+    assert back.realized == slight.episode.realized
+
+
+def test_the_realized_evidence_is_the_champion_the_episode_opened_on(toy_config) -> None:
+    """After the episode's retrain replaced its champion, realized metrics are of the new model:
+    they are not pooled with the old one's (a retry does not weigh the loss again either)."""
+    replaced = _open(post_change_rows=2000, champion="2")
+    seen = decide(_labelled(toy_config, "2024-03-10", 0.80), replaced, _policy(settle_growth=None))
+    assert seen.episode is None or seen.episode.realized == ()
+    # A retry after a rejected attempt is paced by the evidence growth alone.
+    retry = _open(post_change_rows=2400, attempts=(Attempt("2", "rejected", 1200),))
+    assert decide(_labelled(toy_config, "2024-03-10", 0.80, drifted=2), retry, _policy()).retrain

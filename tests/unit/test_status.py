@@ -256,3 +256,14 @@ def test_a_settling_episode_says_its_replacement_and_the_refresh_to_come() -> No
          "settling_from": 5000, "change_point": "2019-01-09T00:00:00+00:00"}
     )
     assert "settling: its retrain v3 replaced the champion with 5000 post-change labelled rows" in text
+
+
+def test_a_waiting_episode_says_how_far_its_champion_is_from_its_reference() -> None:
+    """The retrain of an open episode waits for a loss the labels show; the status says how far
+    the champion's realized metric on the post-change batches is from its reference."""
+    text = status.episode_sentence(
+        {"id": "2019-01-09", "kinds": ["drift"], "champion": "1", "open": True, "last_alert": "2019-01-12",
+         "change_point": "2019-01-09T00:00:00+00:00",
+         "realized": [["2019-01-09", 1000, 0.004, 0.01], ["2019-01-10", 1000, -0.002, 0.01]]}
+    )
+    assert "realized metric on 2 post-change batch(es) is 0.0010 worse than its reference (sampling error 0.0071)" in text
