@@ -224,6 +224,10 @@ class StreamFigures:
     replaced_delay: int | None = None  # chunks from the change to the first promotion
     episodes: int = 0  # alert episodes the default policy's monitor opened
     label_delay: int | None = None  # chunks
+    # Share of always's gain over never made before the change point: its retrains on larger
+    # windows than the first model's training rows, which no policy that stays still without
+    # an alert can have (a ceiling on `recovery` with `none`'s zero retrains).
+    always_before_change: float | None = None
 
 
 def figures(name: str, result: Any, info: Any) -> StreamFigures:
@@ -248,8 +252,19 @@ def figures(name: str, result: Any, info: Any) -> StreamFigures:
     recovery = (
         ((default.mean_metric or 0) - (never.mean_metric or 0)) / gap if default.mean_metric and abs(gap) > 1e-9 else None
     )
+    before_change = None
+    if start is not None and abs(gap) > 1e-9:
+        pairs = [
+            (a.realized_metric, n.realized_metric)
+            for a, n in zip(always.chunks, never.chunks, strict=True)
+            if a.realized_metric is not None and n.realized_metric is not None
+        ]
+        whole = sum(a - n for a, n in pairs)
+        early = sum(a - n for a, n in pairs[:start])
+        before_change = early / whole if abs(whole) > 1e-9 else None
     return StreamFigures(
         recovery=recovery,
+        always_before_change=before_change,
         replaced_delay=(promoted - start) if start is not None and promoted is not None else None,
         episodes=sum(1 for c in default.chunks if c.episode == "opened"),
         label_delay=result.stream.get("label_delay_chunks"),
@@ -429,15 +444,15 @@ def render_markdown(
             f"{m['nproc']} CPUs, load {m['load_before']} before / {m.get('load_after')} after; "
             f"{acceptance['seconds'] / 60:.0f} min.",
             "",
-            "| stream | shift cost | default / never / always / schedule:7 mean | recovery | retrains default / always | "
-            "first alert | champion replaced | episodes | promotions / rollbacks |",
-            "|---|---:|---|---:|---:|---:|---:|---:|---:|",
+            "| stream | shift cost | default / never / always / schedule:7 mean | recovery | always's gain before the change | "
+            "retrains default / always | first alert | champion replaced | episodes | promotions / rollbacks |",
+            "|---|---:|---|---:|---:|---:|---:|---:|---:|---:|",
         ]
         for f in acceptance["figures"]:
             lines.append(
                 f"| {f['stream']} | {_pts(f['shift_cost'])} | {_f(f['default_mean'])} / {_f(f['never_mean'])} / "
                 f"{_f(f['always_mean'])} / {_f(f['schedule_mean'])} | **{_f(f.get('recovery'), 2)}** | "
-                f"{f['default_retrains']} / {f['always_retrains']} | {_chunks(f['alert_delay'])} | "
+                f"{_share(f.get('always_before_change'))} | {f['default_retrains']} / {f['always_retrains']} | {_chunks(f['alert_delay'])} | "
                 f"{_chunks(f.get('replaced_delay'))} | {f.get('episodes', '—')} | {f['promotions']} / {f['rollbacks']} |"
             )
         lines += ["", *verdicts(acceptance["figures"])]
@@ -531,6 +546,10 @@ def merge_saved(runs: list[dict[str, Any]]) -> dict[str, Any]:
 
 def _f(value: float | None, digits: int = 4) -> str:
     return "—" if value is None else f"{value:.{digits}f}"
+
+
+def _share(value: float | None) -> str:
+    return "—" if value is None else f"{value:.0%}"
 
 
 def _pts(value: float | None) -> str:

@@ -192,7 +192,7 @@ def run_demo(
         runner.result()
 
         rows: list[DayRow] = []
-        counters = {"retrains": 1, "promotions": 0, "rollbacks": 0}
+        counters = {"retrains": 0, "promotions": 0, "rollbacks": 0}  # the bootstrap is not a retrain
         url = stack.enter_context(scoring_service(cfg_file, workdir / "serve.log"))
         echo(f"scoring service: {url}")
         days = info.days

@@ -656,7 +656,7 @@ def _print_demo_table(summary) -> None:  # noqa: ANN001
     typer.echo("")
     typer.echo(
         f"{summary.drift_injected} drift injected from {summary.drift_start_day}, first detected {summary.drift_first_detected_day}; "
-        f"retrains {summary.retrains}, promotions {summary.promotions}, rollbacks {summary.rollbacks}; "
+        f"retrains {summary.retrains} (after the bootstrap), promotions {summary.promotions}, rollbacks {summary.rollbacks}; "
         f"final champion v{summary.final_champion}; {summary.seconds:.0f} s"
     )
     rec = summary.recovery

@@ -51,7 +51,12 @@ from evergreen import events as names
 from evergreen.config import RetrainPolicyConfig
 from evergreen.decisions.alerts import AlertDecision, AlertSignal
 from evergreen.decisions.episodes import (
-    Episode, EpisodeStep, RealizedBatch, advance_episode, realized_loss, with_realized,
+    Episode,
+    EpisodeStep,
+    RealizedBatch,
+    advance_episode,
+    realized_loss,
+    with_realized,
 )
 from evergreen.jsonable import plain
 from evergreen.times import utc
@@ -350,8 +355,8 @@ def record_realized(episode: Episode, observation: ChunkObservation, serving: st
     replaced it): the evidence `decide_episode_retrain` weighs the first retrain on."""
     alerts = observation.alerts
     if (
-        alerts is None or alerts.realized_worse_by is None or not episode.open or episode.settling
-        or serving != episode.champion or episode.change_point is None
+        alerts is None or alerts.realized_worse_by is None or not math.isfinite(alerts.realized_worse_by)
+        or not episode.open or episode.settling or serving != episode.champion or episode.change_point is None
     ):
         return episode
     late = observation.realized_on is not None and observation.realized_on != observation.chunk
@@ -360,7 +365,8 @@ def record_realized(episode: Episode, observation: ChunkObservation, serving: st
     if start is None or utc(start) < utc(episode.change_point):
         return episode
     rows = alerts.realized_rows if alerts.realized_rows is not None else observation.rows
-    return with_realized(episode, RealizedBatch(batch, int(rows), float(alerts.realized_worse_by), alerts.realized_error))
+    error = float(alerts.realized_error) if alerts.realized_error is not None and math.isfinite(alerts.realized_error) else None
+    return with_realized(episode, RealizedBatch(batch, int(rows), float(alerts.realized_worse_by), error))
 
 
 def settling_of(state: LoopState, policy: Policy) -> tuple[int | None, str]:

@@ -455,6 +455,25 @@ def test_lower_is_better_metrics_degrade_upwards(mae: float, degraded: bool) -> 
         assert "above the reference" in decision.reasons[0]
 
 
+def test_the_realized_distance_from_the_reference_is_worse_positive_either_way() -> None:
+    """The alert decision carries how much worse than its reference the realized metric is
+    (what an episode pools before its first retrain): positive when worse, whichever way the
+    metric points; None without a realized metric."""
+    auc = decide_alerts(_report(realized=0.77), make_config())
+    assert auc.realized_worse_by == pytest.approx(0.03) and auc.realized_error == 0.01
+    config = ModelConfig(
+        name="toy",
+        problem_type="regression",
+        metric="mae",
+        columns=ColumnRoles(target="target", features=FEATURES, probability=None),
+        mlflow=MlflowConfig(model_name="toy"),
+    )
+    worse = decide_alerts(_report(estimated=1.0, realized=1.2, metric="mae", reference=1.0), config)
+    better = decide_alerts(_report(estimated=1.0, realized=0.9, metric="mae", reference=1.0), config)
+    assert worse.realized_worse_by == pytest.approx(0.2) and better.realized_worse_by == pytest.approx(-0.1)
+    assert decide_alerts(_report(), make_config()).realized_worse_by is None
+
+
 def test_report_with_missing_values_serializes() -> None:
     report = _report()
     report.features["f0"] = FeatureDrift("jensen_shannon", None, None, False)

@@ -87,6 +87,12 @@ def test_figures_read_the_acceptance_measures() -> None:
         (4 * 0.84 + 0.80 * 2 + 0.83 * 2) / (4 * 0.84 + 0.80 + 0.81 + 0.83 + 0.84)
     )
     assert f.false_alarms is None
+    # always gained nothing over never before the change (both served the first model there)
+    assert f.always_before_change == pytest.approx(0.0)
+    early = _result()
+    early[0].policies["always"] = _policy("always", [0.85] * 4 + [0.80, 0.81, 0.83, 0.84], 8, retrain_at=tuple(range(8)))
+    # gains over never: 0.01 on each of 4 chunks before the change, 0 + 0.01 + 0.03 + 0.04 after
+    assert figures("abrupt", *early).always_before_change == pytest.approx(0.04 / 0.12)
     none = figures("none", *_result("none"))
     assert none.false_alarms == 1 and none.shift_cost is None and none.detection_delay is None
 
@@ -121,7 +127,7 @@ def test_markdown_blocks_replace_only_their_own_part(tmp_path) -> None:
         text.count("<!-- bench:policy:start -->") == 1
         and text.count("<!-- bench:policy-speed:start -->") == 1
     )
-    assert "| abrupt | 4.0 pts | 0.8275 / 0.8200 / 0.8300 / 0.8200 | **0.75** | 1 / 8 |" in text
+    assert "| abrupt | 4.0 pts | 0.8275 / 0.8200 / 0.8300 / 0.8200 | **0.75** | 0% | 1 / 8 |" in text
 
 
 def test_runs_side_by_side_merge_into_one_report() -> None:

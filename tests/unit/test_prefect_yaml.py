@@ -90,6 +90,10 @@ def test_fan_outs_start_existing_per_model_deployments_on_the_old_cadences() -> 
         crons[dep] = schedule["cron"]
     assert crons == {"monitor": "0 * * * *", "retrain": "0 3 * * 1", "canary-review": "30 * * * *"}
     assert DEPLOYMENTS["retrain-all"]["parameters"]["parameters"] == {"trigger": "schedule"}
+    # The weekly refresh regardless of alerts is there to resume, paused: the default policy
+    # retrains on an episode's evidence (zero retrains on a stream without change).
+    active = {name: DEPLOYMENTS[name]["schedules"][0].get("active", True) for name in FAN_OUTS}
+    assert active == {"monitor-all": True, "retrain-all": False, "canary-review-all": True}
 
 
 def _triggers() -> list[tuple[str, dict]]:
