@@ -279,13 +279,15 @@ class RetrainPolicyConfig(_Section):
     evidence_growth: float = Field(
         2.0, ge=1, description="another retrain for the same episode needs this many times the post-change rows of the last"
     )
-    loss_sampling_errors: float | None = Field(
+    effect_sampling_errors: float | None = Field(
         2.0,
         ge=0,
         description=(
-            "an episode's first retrain also waits until the champion's realized metric on its post-change "
-            "labelled batches (pooled) is worse than the reference by more than this many sampling errors: a "
-            "change that has not cost accuracy gives a challenger nothing to win on; None: no such wait"
+            "an episode's first retrain also waits until its labels show the change's effect: the champion's "
+            "realized metric on the post-change labelled batches (pooled) differs from its reference by more than "
+            "this many sampling errors (worse: the change cost accuracy; better: the world became easier, and a "
+            "model trained on it may gain more). A drift the labels show no effect of gives a challenger nothing "
+            "to learn; None: no such wait"
         ),
     )
     settle_growth: float | None = Field(

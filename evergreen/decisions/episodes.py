@@ -19,8 +19,8 @@ batches do not end a settling episode: the new champion's reference is the new w
 quiet is what it should see.
 
 While it waits for its retrain, the episode keeps the realized metric of its champion on each
-post-change batch whose labels arrive (`Episode.realized`, pooled by `realized_loss`): its
-first retrain waits until they show a loss (`policy.decide_episode_retrain`).
+post-change batch whose labels arrive (`Episode.realized`, pooled by `realized_effect`): its
+first retrain waits until they show the change's effect (`policy.decide_episode_retrain`).
 
 The monitor emits one event when an episode opens (per kind: `evergreen.drift.detected`,
 `evergreen.performance.degraded`), one when it escalates (the new kind's event) and
@@ -50,10 +50,11 @@ class RealizedBatch(NamedTuple):
 
 
 @dataclass(frozen=True)
-class RealizedLoss:
-    """The champion's realized loss over an episode's post-change batches: the row-weighted
-    mean of how much worse than its reference, and the sampling error of that mean (the
-    batches' errors pooled as independent; None when no batch had one)."""
+class RealizedEffect:
+    """The change's effect on the champion over an episode's post-change batches: the
+    row-weighted mean of how much worse than its reference its realized metric is (negative:
+    better), and the sampling error of that mean (the batches' errors pooled as independent;
+    None when no batch had one)."""
 
     batches: int
     rows: int
@@ -61,9 +62,9 @@ class RealizedLoss:
     error: float | None
 
     def shown(self, sigmas: float) -> bool:
-        """Worse than the reference by more than `sigmas` sampling errors (by anything, when
-        the error is not known or `sigmas` is 0)."""
-        return self.worse_by > sigmas * (self.error or 0.0)
+        """Away from the reference, either way, by more than `sigmas` sampling errors (by
+        anything, when the error is not known or `sigmas` is 0)."""
+        return abs(self.worse_by) > sigmas * (self.error or 0.0)
 
 
 @dataclass(frozen=True)
@@ -77,7 +78,7 @@ class Episode:
     once its own retrain replaced the champion, the post-change rows that retrain had (None:
     not settling); `refreshed`: its refreshes that became champion (it settles on each);
     `realized`: the realized metric of its champion on post-change batches, as their labels
-    arrived (`RealizedBatch`; `realized_loss` pools them)."""
+    arrived (`RealizedBatch`; `realized_effect` pools them)."""
 
     id: str
     change_point: datetime | None
@@ -227,9 +228,9 @@ def with_realized(episode: Episode, batch: RealizedBatch) -> Episode:
     return replace(episode, realized=(*kept, batch))
 
 
-def realized_loss(episode: Episode) -> RealizedLoss | None:
-    """The champion's realized loss pooled over the episode's post-change batches (None: no
-    batch's labels have arrived, or none could be scored)."""
+def realized_effect(episode: Episode) -> RealizedEffect | None:
+    """The change's effect on the champion's realized metric, pooled over the episode's
+    post-change batches (None: no batch's labels have arrived, or none could be scored)."""
     batches = [r for r in episode.realized if r.rows > 0]
     if not batches:
         return None
@@ -237,7 +238,7 @@ def realized_loss(episode: Episode) -> RealizedLoss | None:
     worse_by = sum(r.rows * r.worse_by for r in batches) / rows
     errors = [r.rows * r.error for r in batches if r.error is not None]
     error = (sum(e * e for e in errors) ** 0.5 / sum(r.rows for r in batches if r.error is not None)) if errors else None
-    return RealizedLoss(len(batches), rows, worse_by, error)
+    return RealizedEffect(len(batches), rows, worse_by, error)
 
 
 def with_request(episode: Episode, post_change_rows: int, when: str) -> Episode:

@@ -55,7 +55,7 @@ from evergreen.decisions.episodes import (
     EpisodeStep,
     RealizedBatch,
     advance_episode,
-    realized_loss,
+    realized_effect,
     with_realized,
 )
 from evergreen.jsonable import plain
@@ -428,9 +428,9 @@ def decide_episode_retrain(state: LoopState, config: RetrainPolicyConfig, reques
 
     - its evidence: at least `state.post_change_needed` labelled rows from after the change
       point (`deferred` until then: labels arrive after their batch) and, for its first
-      retrain, a loss they show (`_no_loss_yet`: the champion's realized metric on the
-      post-change batches, `Episode.realized`, worse than its reference by more than
-      `retrain.loss_sampling_errors` sampling errors);
+      retrain, the change's effect they show (`_no_effect_yet`: the champion's realized
+      metric on the post-change batches, `Episode.realized`, away from its reference by more
+      than `retrain.effect_sampling_errors` sampling errors, either way);
     - what was tried: a version registered for the episode and still under review holds it
       (`candidate_pending`); one the gate rejected or the canary review rolled back is
       tried again only on `retrain.evidence_growth` times its post-change rows
@@ -491,31 +491,34 @@ def decide_episode_retrain(state: LoopState, config: RetrainPolicyConfig, reques
         return StartCheck(False, f"deferred: {since} has {rows:,} labelled post-change rows; {what}", "deferred")
     first = not attempts
     if first:
-        unpaid = _no_loss_yet(episode, config, since)
-        if unpaid is not None:
-            return unpaid
+        unseen = _no_effect_yet(episode, config, since)
+        if unseen is not None:
+            return unseen
     start = check_start(state if first else dataclasses.replace(state, last_retrain_clock=None), config, "event")
     if not start.allowed:
         return start
     return StartCheck(True, f"{since}: {rows:,} labelled post-change rows (>= {needed:,}); {start.reason}")
 
 
-def _no_loss_yet(episode: Episode, config: RetrainPolicyConfig, since: str) -> StartCheck | None:
+def _no_effect_yet(episode: Episode, config: RetrainPolicyConfig, since: str) -> StartCheck | None:
     """Why the episode's first retrain waits although its rows are there: the champion's
-    realized metric on the post-change batches is not worse than its reference by more than
-    `retrain.loss_sampling_errors` sampling errors, so a challenger has nothing to win (a
-    drift the model absorbs). None: the loss is shown, not checked, or not measurable yet."""
-    sigmas = config.loss_sampling_errors
-    loss = realized_loss(episode)
-    if sigmas is None or loss is None or loss.shown(sigmas):
+    realized metric on the post-change batches is within `retrain.effect_sampling_errors`
+    sampling errors of its reference, so the labels show no effect of the change a challenger
+    could learn (a drift the model absorbs). Away from it either way, the retrain goes: worse,
+    the change cost accuracy; better, the world became easier and a model trained on it may
+    gain more. None: the effect is shown, not checked, or not measurable yet."""
+    sigmas = config.effect_sampling_errors
+    effect = realized_effect(episode)
+    if sigmas is None or effect is None or effect.shown(sigmas):
         return None
-    error = f", sampling error {loss.error:.4f}" if loss.error is not None else ""
+    error = f", sampling error {effect.error:.4f}" if effect.error is not None else ""
+    side = "worse" if effect.worse_by > 0 else "better"
     return StartCheck(
         False,
-        f"deferred: {since}: the champion's realized metric on {loss.batches} post-change batch(es) "
-        f"({loss.rows:,} labelled rows) is {abs(loss.worse_by):.4f} {'worse' if loss.worse_by > 0 else 'better'} than "
-        f"its reference{error}; its retrain waits "
-        f"until it is worse by more than {sigmas:g} sampling errors (retrain.loss_sampling_errors)",
+        f"deferred: {since}: the champion's realized metric on {effect.batches} post-change batch(es) "
+        f"({effect.rows:,} labelled rows) is {abs(effect.worse_by):.4f} {side} than its reference{error}; its "
+        f"retrain waits until the labels show the change's effect: a difference of more than {sigmas:g} sampling "
+        "errors either way (retrain.effect_sampling_errors)",
         "deferred",
     )
 

@@ -16,7 +16,7 @@ from typing import Any
 from evergreen.adapters.ledger import BatchLedger, BatchRecord
 from evergreen.adapters.ports import BatchStore, ModelRegistry
 from evergreen.adapters.registry import CANARY, CHALLENGER, CHAMPION, AliasMove, VersionInfo
-from evergreen.decisions.episodes import Episode, realized_loss
+from evergreen.decisions.episodes import Episode, realized_effect
 from evergreen.loop import state
 from evergreen.reports import PromotionResult, RetrainResult
 
@@ -203,13 +203,13 @@ def episode_sentence(episode: dict[str, Any] | None) -> str:
             else "; no retrain requested yet"
         )
         quiet = f"; {episode.get('quiet')} quiet batch(es) since the last alert" if episode.get("quiet") else ""
-        loss = realized_loss(Episode.from_dict(episode)) if episode.get("realized") else None  # type: ignore[arg-type]
-        if loss is not None and episode.get("settling_from") is None:
-            side = "worse" if loss.worse_by > 0 else "better"
+        effect = realized_effect(Episode.from_dict(episode)) if episode.get("realized") else None  # type: ignore[arg-type]
+        if effect is not None and episode.get("settling_from") is None:
+            side = "worse" if effect.worse_by > 0 else "better"
             quiet += (
-                f"; the champion's realized metric on {loss.batches} post-change batch(es) is "
-                f"{abs(loss.worse_by):.4f} {side} than its reference"
-                + (f" (sampling error {loss.error:.4f})" if loss.error is not None else "")
+                f"; the champion's realized metric on {effect.batches} post-change batch(es) is "
+                f"{abs(effect.worse_by):.4f} {side} than its reference"
+                + (f" (sampling error {effect.error:.4f})" if effect.error is not None else "")
             )
         if episode.get("settling_from") is not None:
             what = "refresh" if episode.get("refreshed") else "retrain"

@@ -510,30 +510,35 @@ def _labelled(toy_config, day: str, realized: float, **report) -> ChunkObservati
     return ChunkObservation(chunk=day, valid=True, alerts=alerts, rows=1000, start=start)
 
 
-def test_a_change_that_has_not_cost_accuracy_is_not_retrained_for(toy_config) -> None:
+def test_a_change_the_labels_show_no_effect_of_is_not_retrained_for(toy_config) -> None:
     """Drift alone opens the episode; its first retrain waits, besides the rows, until the
-    champion's realized metric on the post-change batches (pooled) is worse than the reference
-    by more than `retrain.loss_sampling_errors` sampling errors: a challenger has nothing to
-    win on a change the champion absorbs (gradual drift before it costs accuracy, a covariate
-    shift)."""
+    champion's realized metric on the post-change batches (pooled) is away from its reference
+    by more than `retrain.effect_sampling_errors` sampling errors, either way: a challenger has
+    nothing to learn from a change the champion absorbs (gradual drift before it costs
+    accuracy, a covariate shift); worse, the change cost accuracy; better, the world became
+    easier and a model trained on it may gain more."""
     pol = _policy()
     state = _open(post_change_rows=2000)
-    # The champion scores at its reference on the first post-change batch: no loss yet.
+    # The champion scores at its reference on the first post-change batch: no effect yet.
     even = decide(_labelled(toy_config, "2024-03-09", 0.80, drifted=2), state, pol)
     assert not even.retrain and even.blocked_by == "deferred"
-    assert "1 post-change batch(es)" in even.reason and "retrain.loss_sampling_errors" in even.reason
+    assert "1 post-change batch(es)" in even.reason and "retrain.effect_sampling_errors" in even.reason
     assert [r.batch for r in even.episode.realized] == ["2024-03-09"]
+    seen = dataclasses.replace(state, episode=even.episode)
     # A second batch 0.01 worse: pooled 0.005 worse, within 2 pooled errors (0.0141).
-    slight = decide(_labelled(toy_config, "2024-03-10", 0.79, drifted=2), dataclasses.replace(state, episode=even.episode), pol)
+    slight = decide(_labelled(toy_config, "2024-03-10", 0.79, drifted=2), seen, pol)
     assert not slight.retrain and "0.0050 worse" in slight.reason
     # 0.04 worse instead: pooled 0.02, beyond them; the retrain is requested.
-    worse = decide(_labelled(toy_config, "2024-03-10", 0.76, drifted=2), dataclasses.replace(state, episode=even.episode), pol)
+    worse = decide(_labelled(toy_config, "2024-03-10", 0.76, drifted=2), seen, pol)
     assert worse.retrain and RETRAIN_REQUESTED in worse.events
+    # 0.04 better: as far the other way; the retrain is requested too.
+    better = decide(_labelled(toy_config, "2024-03-10", 0.84, drifted=2), seen, pol)
+    assert better.retrain and better.episode.realized[-1].worse_by == pytest.approx(-0.04)
     # A batch from before the change point is no evidence about the change.
     before = decide(_labelled(toy_config, "2024-03-08", 0.80, drifted=2), state, pol)
     assert before.episode.realized == () and before.retrain
     # Switched off: the rows alone decide, as without any realized metric.
-    assert decide(_labelled(toy_config, "2024-03-09", 0.80, drifted=2), state, _policy(loss_sampling_errors=None)).retrain
+    assert decide(_labelled(toy_config, "2024-03-09", 0.80, drifted=2), state, _policy(effect_sampling_errors=None)).retrain
     # The evidence survives the ledger's round trip (the retrain flow reads it from there).
     back = Episode.from_dict(json.loads(json.dumps(slight.episode.to_dict())))
     assert back.realized == slight.episode.realized
