@@ -161,8 +161,7 @@ def decide_alerts(
     estimated, realized = report.estimated_metric, report.realized_metric
     worse_by = None
     if realized is not None and realized.value is not None and realized.reference_value is not None:
-        gap = realized.reference_value - realized.value
-        worse_by = float(gap if config.higher_is_better else -gap)
+        worse_by = float(_worse_by(realized.value, realized.reference_value, config))
     return AlertDecision(
         model_name=config.name,
         drift_detected=any(s.kind in ("feature_drift", "multivariate_drift") for s in signals),
@@ -217,7 +216,7 @@ def too_small_to_estimate(estimate: MetricEstimate, signal: AlertSignal, config:
     )
     if error is None or anchor is None or sigmas <= 0:
         return None
-    worse_by = anchor - value if config.higher_is_better else value - anchor
+    worse_by = _worse_by(value, anchor, config)
     if worse_by > sigmas * error:
         return None
     allowed = _allowed_drop(estimate, config)
@@ -232,6 +231,12 @@ def too_small_to_estimate(estimate: MetricEstimate, signal: AlertSignal, config:
         f"{format_figure(anchor)}, within {sigmas:g} sampling errors ({format_figure(sigmas * error)}, "
         f"monitoring.drop_sampling_errors): no {kind}_drop alert{needed}"
     )
+
+
+def _worse_by(value: float, anchor: float, config: ModelConfig) -> float:
+    """How much worse `value` is than `anchor` in metric units (negative: better), whichever
+    way the metric points."""
+    return anchor - value if config.higher_is_better else value - anchor
 
 
 def _allowed_drop(estimate: MetricEstimate, config: ModelConfig) -> float | None:
