@@ -85,3 +85,55 @@ def test_damaged_parquet_is_named(frame: pd.DataFrame, tmp_path: Path, damage, n
     with pytest.raises(DataReadError, match=re.escape(needle)) as err:
         read_table(str(path))
     assert str(path) in str(err.value) and "\n" not in str(err.value)
+
+
+class _CountingFile:
+    """A file object that counts the bytes read through it."""
+
+    def __init__(self, inner, counter: list[int]) -> None:  # noqa: ANN001
+        self._inner, self._counter = inner, counter
+
+    def read(self, size: int = -1) -> bytes:
+        data = self._inner.read(size)
+        self._counter[0] += len(data)
+        return data
+
+    def __getattr__(self, name: str):  # noqa: ANN204 - seek, tell, close, ...
+        return getattr(self._inner, name)
+
+    def __enter__(self) -> _CountingFile:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self._inner.close()
+
+
+def test_parquet_columns_are_read_without_the_rest_of_the_file(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # The monitor and the retrain read one or two columns of batches of millions of rows:
+    # only their column chunks (and the footer) may be read, never the whole file.
+    import fsspec
+    import numpy as np
+
+    from evergreen.adapters import io as io_module
+
+    rng = np.random.default_rng(0)
+    wide = pd.DataFrame(rng.normal(size=(50_000, 8)), columns=[f"x{i}" for i in range(8)])
+    wide.insert(0, "id", np.arange(len(wide)))
+    path = tmp_path / "wide.parquet"
+    write_table(wide, str(path))
+    local = fsspec.filesystem("file")
+    counter = [0]
+
+    class Counting(type(local)):  # type: ignore[misc]
+        def open(self, p, mode="rb", **kwargs):  # noqa: ANN001, ANN202
+            return _CountingFile(local.open(p, mode, **kwargs), counter)
+
+    monkeypatch.setattr(io_module, "_fs", lambda p: (Counting(), p))
+    ids = read_table(str(path), columns=["id"])
+    assert ids["id"].tolist() == wide["id"].tolist()
+    assert counter[0] < path.stat().st_size / 4, (counter[0], path.stat().st_size)
+    counter[0] = 0
+    pd.testing.assert_frame_equal(read_table(str(path), max_rows=50_000), wide)
+    assert counter[0] >= path.stat().st_size * 0.9
