@@ -1336,12 +1336,19 @@ def validate_labels(
             ),
         )
         if batch_ids_known is not None:
-            known = pd.Index(
-                batch_ids_known
-                if not isinstance(batch_ids_known, (set, frozenset))
-                else list(batch_ids_known)
-            )
-            unknown = ids.dropna()[~ids.dropna().isin(known)]
+            present_ids = ids.dropna()
+            if isinstance(batch_ids_known, pd.Index) and batch_ids_known.is_unique:
+                # A unique index answers from its own hash table, built once for all the
+                # labels files checked against it (`isin` would hash every served id again).
+                served = batch_ids_known.get_indexer(present_ids) >= 0
+            else:
+                known = pd.Index(
+                    batch_ids_known
+                    if not isinstance(batch_ids_known, (set, frozenset))
+                    else list(batch_ids_known)
+                )
+                served = present_ids.isin(known).to_numpy()
+            unknown = present_ids[~served]
             share = len(unknown) / max(len(ids), 1)
             check(
                 share <= max_unknown_fraction,

@@ -84,3 +84,25 @@ def test_unreadable_labels_file_is_rejected(stream: ModelConfig) -> None:
     Path(path).write_bytes(b"")
     [bad] = [r for r in check_label_files(stream) if not r.success]
     assert bad.batch_id == path and bad.failures[0].expectation_type == "expect_file_to_be_readable"
+
+
+def test_an_id_counts_as_labelled_again_only_after_an_earlier_file() -> None:
+    import numpy as np
+    import pandas as pd
+
+    from evergreen.loop.sources import labelled_before
+
+    files = [
+        pd.Series([1, 2, 2, 3]),  # 2 twice within the first file: not "again"
+        pd.Series([4, 1, None, 5, 4]),  # 1 from the first file; 4 repeats within this one
+        pd.Series([None, 4, 6, 3, 3]),  # 4 from the second file, 3 (twice) from the first
+    ]
+    masks = labelled_before(files)
+    assert [m.tolist() for m in masks] == [
+        [False, False, False, False],
+        [False, True, False, False, False],
+        [False, True, False, True, True],
+    ]
+    assert [m.tolist() for m in labelled_before(files[:1])] == [[False] * 4]
+    text = labelled_before([pd.Series(["a", "b"]), pd.Series(["b", "c"])])
+    assert np.array_equal(text[1], [True, False])
