@@ -226,6 +226,7 @@ SEPARATE_COMMANDS = {
     "oneoff": "bench.oneoff_bench",
     "fleet": "bench.fleet_bench",
     "scale": "bench.scale_bench",
+    "labels": "bench.labels_bench",
 }
 
 
